@@ -1,0 +1,43 @@
+//! `palisade`: one binary for operators, automation and the lab.
+//!
+//! Each subcommand lives in its own module under `cmd/` and returns an [`ExitCode`]; this file only
+//! parses arguments and dispatches. Exit codes follow one convention across subcommands:
+//! 0 success, 1 a negative result the caller asked about (unreachable pair, policy mismatch),
+//! 2 invalid input or a failure to carry out the command.
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Palisade: a zero-trust network fabric (identity-based policy enforced by eBPF).
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build, inspect, probe and tear down a local multi-node lab made of network namespaces.
+    Lab(cmd::lab::Args),
+    /// Serve or probe TCP/UDP ports from inside a pod (in the spirit of Kubernetes' agnhost).
+    Workload(cmd::workload::Args),
+    /// Check policy offline: run verdict suites and trace why a connection is allowed or denied.
+    Policy(cmd::policy::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cmd::clap_error(e),
+    };
+    match cli.command {
+        Command::Lab(args) => cmd::lab::run(args),
+        Command::Workload(args) => cmd::workload::run(args),
+        Command::Policy(args) => cmd::policy::run(args),
+    }
+}
