@@ -40,7 +40,9 @@ fn count(ctx: &TcContext, direction: u32) {
         ETH_P_IPV6 => FAMILY_IPV6,
         _ => return,
     };
-    let key = CounterKey { ifindex: ctx.skb.ifindex(), direction, family };
+    // SAFETY: `skb` points at the kernel's `__sk_buff` context for this invocation.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = CounterKey { ifindex, direction, family };
     let len = u64::from(ctx.skb.len());
     if let Some(slot) = PAL_COUNTERS.get_ptr_mut(&key) {
         // SAFETY: the pointer comes from the map and is valid for this CPU's slot; per-CPU values
