@@ -1,13 +1,149 @@
-//! `palisade workload` (placeholder until its owner lands it).
+//! `palisade workload`: serve or probe TCP/UDP ports from inside a pod. The logic lives in the
+//! `palisade-workload` crate; this module only parses arguments and prints.
 
+use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use palisade_workload::{ProbeSpec, Protocol, ServeConfig, Server};
 
 /// Arguments of `palisade workload`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve TCP and UDP ports in the foreground; every connection or datagram gets one reply line.
+    ///
+    /// TCP: reads what the client sends (until a newline or 1 s), replies
+    /// `palisade-workload <name> tcp <port>` and closes. UDP: answers every datagram with
+    /// `palisade-workload <name> udp <port>`. Binds 0.0.0.0 (and [::] where that does not
+    /// conflict). Logs one line to stderr when it starts.
+    Serve(ServeArgs),
+    /// Probe one port and print one JSON object; exit 0 reachable, 1 not reachable, 2 bad input.
+    ///
+    /// TCP connects, sends `probe\n` and requires the server's reply line, so the return path is
+    /// proven. UDP sends a datagram and waits for the reply, retrying within the timeout. Output:
+    /// {"to","port","protocol","reachable","result":"ok|timeout|refused|unreachable|error",
+    /// "detail","rtt_us"}.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TCP ports to serve, comma-separated (e.g. `80,81`).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    tcp: Option<PortList>,
+    /// UDP ports to serve, comma-separated (e.g. `80,81`).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    udp: Option<PortList>,
+    /// Name put in every reply (the lab passes the pod name).
+    #[arg(long, default_value = "workload")]
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Destination IP address (IPv4 or IPv6).
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    to: IpAddr,
+    /// Destination port, 1..=65535.
+    #[arg(long, value_parser = parse_port)]
+    port: u16,
+    /// Protocol: tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// Total time allowed, e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+    timeout: Duration,
+}
 
 /// Runs `palisade workload`.
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("error: `palisade workload` is not built yet");
-    ExitCode::from(super::EXIT_INVALID)
+pub fn run(args: Args) -> ExitCode {
+    match args.command {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Probe(a) => probe(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let cfg = ServeConfig {
+        name: a.name,
+        tcp: a.tcp.map(|p| p.0).unwrap_or_default(),
+        udp: a.udp.map(|p| p.0).unwrap_or_default(),
+    };
+    match Server::bind(&cfg).context("workload serve") {
+        Ok(server) => {
+            server.run();
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(&e),
+    }
+}
+
+fn probe(a: ProbeArgs) -> ExitCode {
+    let spec = ProbeSpec {
+        to: a.to,
+        port: a.port,
+        protocol: a.protocol,
+        timeout: a.timeout,
+    };
+    let result = palisade_workload::probe(&spec);
+    match serde_json::to_string(&result) {
+        Ok(json) => println!("{json}"),
+        Err(e) => return super::fail(&anyhow::Error::new(e).context("encoding the probe result")),
+    }
+    if result.reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+// === value parsers (shared with `palisade lab`) ===
+
+/// A comma-separated port list as one argument value (a newtype so clap keeps it one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses a comma-separated port list.
+pub fn parse_ports(s: &str) -> Result<PortList, String> {
+    palisade_workload::parse_port_list(s)
+        .map(PortList)
+        .map_err(|e| e.to_string())
+}
+
+/// Parses one port.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    palisade_workload::parse_port(s).map_err(|e| e.to_string())
+}
+
+/// Parses a protocol name.
+pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.parse::<Protocol>().map_err(|e| e.to_string())
+}
+
+/// Parses an IP address.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse::<IpAddr>()
+        .map_err(|_| format!("`{s}` is not an IP address"))
+}
+
+/// Parses a timeout such as `1s` or `500ms`: positive, at most one hour.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid timeout `{s}` ({e}); use e.g. 1s or 500ms"))?;
+    if d.is_zero() {
+        return Err(format!("timeout `{s}` must be greater than zero"));
+    }
+    if d > Duration::from_secs(3600) {
+        return Err(format!("timeout `{s}` is longer than 1h"));
+    }
+    Ok(d)
 }
