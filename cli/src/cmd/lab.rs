@@ -1,13 +1,405 @@
-//! `palisade lab` (placeholder until its owner lands it).
+//! `palisade lab`: build, inspect, probe and tear down a multi-node lab made of network
+//! namespaces. The logic lives in the `palisade-lab` crate; this module parses and prints.
 
+use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Subcommand;
+use palisade_lab::{DEFAULT_LAB, Ipv4Cidr, Lab, LabSpec, Matrix, ProbeResult, Protocol};
+use serde_json::json;
+
+use super::Output;
+use super::workload::{PortList, parse_port, parse_ports, parse_protocol, parse_timeout};
+
+const UP_HELP: &str = "\
+Builds a cluster out of network namespaces, starts a workload server in every pod, and waits until
+every server answers. Fails (and removes whatever it created) if anything goes wrong; fails without
+touching anything if the lab already exists.
+
+Address plan (lab name L, node i and pod j are 1-based):
+  fabric      namespace pal-L-fabric, bridge br0 (no address)
+  node i      namespace pal-L-n<i>, eth0 = 10.98.0.(10+i)/24 plugged into br0 (underlay
+              10.98.0.0/24 by default, see --underlay-cidr), pod CIDR 10.200.i.0/24,
+              ip_forward=1, rp_filter=0, a route to every other node's pod /24 via its eth0 IP
+  pod j       namespace pal-L-n<i>-p<j>, name n<i>-p<j>, eth0 = 10.200.i.(10+j)/32,
+              default route via 169.254.1.1 (a permanent neighbour entry holding the MAC of
+              the node-side veth lxc<j>); the node routes 10.200.i.(10+j)/32 dev lxc<j>
+  processes   every pod runs `palisade workload serve --tcp 80 --udp 80 --name n<i>-p<j>`
+              (see --serve-tcp, --serve-udp); logs in /run/palisade/labs/L/logs/
+  state       /run/palisade/labs/L/state.json
+IPv6 is disabled in the lab namespaces for now (planned). Tear down with `palisade lab down`.";
 
 /// Arguments of `palisade lab`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a lab: N nodes with M pods each, every pod serving TCP/UDP ports.
+    #[command(long_about = UP_HELP)]
+    Up(UpArgs),
+    /// Show a lab's nodes and pods, and whether each pod's server is alive.
+    Status(StatusArgs),
+    /// Remove a lab: kill its processes, delete its namespaces and state (idempotent).
+    ///
+    /// Works after a crash too: every namespace named `pal-<lab>-*` is swept, and every process
+    /// inside one is killed. Exits 0 when there is nothing to remove.
+    Down(DownArgs),
+    /// Probe from one pod to a pod or an IP; exit 0 reachable, 1 not reachable, 2 bad input.
+    ///
+    /// Runs `palisade workload probe` inside FROM's namespace, so the packet takes the real path
+    /// (pod veth, node routing, underlay bridge) and the reply must come back.
+    Probe(ProbeArgs),
+    /// Probe every ordered pair of distinct pods and print a grid; exit 0 iff all reachable.
+    ///
+    /// Rows are sources, columns destinations. `-o json` prints
+    /// {"port","protocol","all_reachable","pairs":[{"from","to","to_ip","reachable","result","rtt_us","detail"}]}.
+    Matrix(MatrixArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LabName {
+    /// Lab name: lowercase letters, digits and '-', at most 24 characters.
+    #[arg(long = "name", env = "PALISADE_LAB", default_value = DEFAULT_LAB, value_parser = parse_lab_name)]
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    lab: LabName,
+    /// Number of nodes (1..=250; at most 244 with the default /24 underlay).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=250))]
+    nodes: u16,
+    /// Pods per node (1..=200).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pods_per_node: u16,
+    /// TCP ports every pod serves, comma-separated.
+    #[arg(long, value_name = "PORTS", default_value = "80", value_parser = parse_ports)]
+    serve_tcp: PortList,
+    /// UDP ports every pod serves, comma-separated.
+    #[arg(long, value_name = "PORTS", default_value = "80", value_parser = parse_ports)]
+    serve_udp: PortList,
+    /// Underlay network of the fabric bridge (node i is host 10+i of it).
+    #[arg(long, value_name = "CIDR", default_value = palisade_lab::DEFAULT_UNDERLAY_CIDR, value_parser = parse_cidr)]
+    underlay_cidr: Ipv4Cidr,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    lab: LabName,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct DownArgs {
+    #[command(flatten)]
+    lab: LabName,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    lab: LabName,
+    /// Source pod name (e.g. n1-p1).
+    from: String,
+    /// Destination: a pod name (e.g. n2-p3) or an IP address.
+    to: String,
+    /// Destination port.
+    #[arg(long, default_value = "80", value_parser = parse_port)]
+    port: u16,
+    /// Protocol: tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// Total time allowed, e.g. 1s or 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct MatrixArgs {
+    #[command(flatten)]
+    lab: LabName,
+    /// Destination port.
+    #[arg(long, default_value = "80", value_parser = parse_port)]
+    port: u16,
+    /// Protocol: tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// Time allowed per probe, e.g. 1s or 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+}
+
+fn parse_lab_name(s: &str) -> Result<String, String> {
+    palisade_lab::validate_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+    s.trim().parse::<Ipv4Cidr>().map_err(|e| e.to_string())
+}
 
 /// Runs `palisade lab`.
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("error: `palisade lab` is not built yet");
-    ExitCode::from(super::EXIT_INVALID)
+pub fn run(args: Args) -> ExitCode {
+    let result = match args.command {
+        Cmd::Up(a) => up(a),
+        Cmd::Status(a) => status(a),
+        Cmd::Down(a) => down(a),
+        Cmd::Probe(a) => probe(a),
+        Cmd::Matrix(a) => matrix(a),
+    };
+    result.unwrap_or_else(|e| super::fail(&e))
+}
+
+fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let bin = std::env::current_exe().context("locating the palisade binary")?;
+    let mut spec = LabSpec::new(
+        &a.lab.name,
+        usize::from(a.nodes),
+        usize::from(a.pods_per_node),
+        bin,
+    );
+    spec.serve_tcp = a.serve_tcp.0;
+    spec.serve_udp = a.serve_udp.0;
+    spec.underlay_cidr = a.underlay_cidr;
+    let lab = Lab::up(&spec)?;
+    let st = lab.state();
+    let ports = |proto: &str, p: &[u16]| {
+        let list: Vec<String> = p.iter().map(u16::to_string).collect();
+        format!("{proto} {}", list.join(","))
+    };
+    println!(
+        "lab `{}` is up: {} nodes x {} pods, underlay {}, pods {}; every pod serves {}, {}",
+        st.name,
+        st.nodes.len(),
+        a.pods_per_node,
+        st.underlay_cidr,
+        st.pod_cidr,
+        ports("tcp", &st.serve_tcp),
+        ports("udp", &st.serve_udp)
+    );
+    for n in &st.nodes {
+        let pods: Vec<String> = st
+            .pods_on(&n.name)
+            .map(|p| format!("{} {}", p.name, p.ip))
+            .collect();
+        println!(
+            "  {} {} ({}, pods {}): {}",
+            n.name,
+            n.underlay_ip,
+            n.netns,
+            n.pod_cidr,
+            pods.join(", ")
+        );
+    }
+    println!("check:     palisade lab matrix --name {}", st.name);
+    println!("tear down: palisade lab down --name {}", st.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let lab = Lab::load(&a.lab.name)?;
+    let st = lab.state();
+    let server = |pod: &str| {
+        st.server_of(pod)
+            .map(|p| (p.pid, lab.server_alive(pod).unwrap_or(false)))
+    };
+    match a.output {
+        Output::Json => {
+            let pods: Vec<serde_json::Value> = st
+                .pods
+                .iter()
+                .map(|p| {
+                    let mut v = serde_json::to_value(p).unwrap_or_default();
+                    let (pid, alive) =
+                        server(&p.name).map_or((None, false), |(pid, alive)| (Some(pid), alive));
+                    v["server_pid"] = json!(pid);
+                    v["server_alive"] = json!(alive);
+                    v
+                })
+                .collect();
+            let doc = json!({
+                "name": st.name,
+                "phase": st.phase,
+                "underlay_cidr": st.underlay_cidr,
+                "pod_cidr": st.pod_cidr,
+                "fabric": st.fabric,
+                "nodes": st.nodes,
+                "pods": pods,
+                "processes": st.processes,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Table => {
+            println!(
+                "lab `{}` ({}): {} nodes, {} pods; underlay {}, pods {}",
+                st.name,
+                st.phase,
+                st.nodes.len(),
+                st.pods.len(),
+                st.underlay_cidr,
+                st.pod_cidr
+            );
+            let mut rows = vec![vec![
+                "NODE".into(),
+                "NETNS".into(),
+                "UNDERLAY IP".into(),
+                "POD CIDR".into(),
+            ]];
+            for n in &st.nodes {
+                rows.push(vec![
+                    n.name.clone(),
+                    n.netns.clone(),
+                    n.underlay_ip.to_string(),
+                    n.pod_cidr.to_string(),
+                ]);
+            }
+            print!("{}", table(&rows));
+            println!();
+            let mut rows = vec![
+                [
+                    "POD",
+                    "NODE",
+                    "NETNS",
+                    "IP",
+                    "HOST IFACE",
+                    "SERVER PID",
+                    "ALIVE",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for p in &st.pods {
+                let (pid, alive) = match server(&p.name) {
+                    Some((pid, alive)) => (
+                        pid.to_string(),
+                        if alive { "yes" } else { "no" }.to_string(),
+                    ),
+                    None => ("-".to_string(), "-".to_string()),
+                };
+                rows.push(vec![
+                    p.name.clone(),
+                    p.node.clone(),
+                    p.netns.clone(),
+                    p.ip.to_string(),
+                    p.host_iface.clone(),
+                    pid,
+                    alive,
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
+    let r = Lab::down(&a.lab.name)?;
+    if r.nothing_to_remove() {
+        println!("lab `{}`: nothing to remove", r.name);
+    } else {
+        println!(
+            "lab `{}` removed: {} namespaces deleted, {} processes killed, state directory {}",
+            r.name,
+            r.namespaces_removed.len(),
+            r.processes_killed.len(),
+            if r.state_dir_removed {
+                "removed"
+            } else {
+                "was absent"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let lab = Lab::load(&a.lab.name)?;
+    let to: IpAddr = lab.resolve(&a.to)?;
+    let r: ProbeResult = lab.probe(&a.from, to, a.port, a.protocol, a.timeout)?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string(&r)?),
+        Output::Table => {
+            let rtt = r.rtt_us.map(|us| format!(" in {us}us")).unwrap_or_default();
+            println!(
+                "{} -> {} ({}) {} {}: {}{rtt} ({})",
+                a.from, a.to, r.to, r.protocol, r.port, r.result, r.detail
+            );
+        }
+    }
+    Ok(if r.reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn matrix(a: MatrixArgs) -> anyhow::Result<ExitCode> {
+    let lab = Lab::load(&a.lab.name)?;
+    if lab.state().pods.len() < 2 {
+        return Err(anyhow!(
+            "lab `{}` has fewer than 2 pods: no pairs to probe",
+            lab.name()
+        ));
+    }
+    let m: Matrix = lab.matrix(a.port, a.protocol, a.timeout)?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+        Output::Table => {
+            let pods: Vec<String> = lab.state().pods.iter().map(|p| p.name.clone()).collect();
+            println!(
+                "lab `{}`: {} {} from every pod to every other pod (timeout {:?})",
+                lab.name(),
+                m.protocol,
+                m.port,
+                a.timeout
+            );
+            print!("{}", m.grid(&pods));
+        }
+    }
+    Ok(if m.all_reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

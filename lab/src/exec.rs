@@ -1,0 +1,133 @@
+//! Every external command the lab runs goes through [`run_output`]: it spawns, collects, and turns
+//! a spawn failure into a [`LabError::Command`] naming the command and its stderr. Namespaces,
+//! links, addresses, routes and sysctls are all set through `ip` (iproute2).
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::LabError;
+
+fn render(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn one_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        "no error output".to_string()
+    } else {
+        lines.join("; ")
+    }
+}
+
+/// Runs a command to completion (feeding `stdin` if given) and returns its output whatever its
+/// exit status; only a failure to run it at all is an error.
+pub fn run_output(cmd: &mut Command, stdin: Option<&str>) -> Result<Output, LabError> {
+    let spawn_err = |cmd: &Command, e: std::io::Error| LabError::Command {
+        command: render(cmd),
+        status: "not started".to_string(),
+        stderr: e.to_string(),
+    };
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| spawn_err(cmd, e))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| spawn_err(cmd, e))?;
+    }
+    child.wait_with_output().map_err(|e| spawn_err(cmd, e))
+}
+
+/// Runs a command and requires exit status 0; returns its stdout.
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, LabError> {
+    let out = run_output(cmd, stdin)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: render(cmd),
+            status: out.status.to_string(),
+            stderr: one_line(&out.stderr),
+        })
+    }
+}
+
+/// `ip <args>`.
+pub fn ip(args: &[&str]) -> Result<String, LabError> {
+    run(Command::new("ip").args(args), None)
+}
+
+/// `ip -n <netns> -batch -` with one `ip` command per line of `script` (fewer processes).
+pub fn ip_batch(netns: &str, script: &str) -> Result<(), LabError> {
+    run(
+        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        Some(script),
+    )
+    .map(drop)
+}
+
+/// `ip netns exec <netns> sysctl -qw <settings...>`.
+pub fn sysctl(netns: &str, settings: &[&str]) -> Result<(), LabError> {
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "sysctl", "-qw"])
+            .args(settings),
+        None,
+    )
+    .map(drop)
+}
+
+/// The names of every network namespace (`ip netns list`).
+pub fn list_netns() -> Result<Vec<String>, LabError> {
+    let out = ip(&["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The MAC address of an interface in a namespace.
+pub fn link_mac(netns: &str, iface: &str) -> Result<String, LabError> {
+    let out = ip(&["-n", netns, "-j", "link", "show", "dev", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Command {
+        command: format!("ip -n {netns} -j link show dev {iface}"),
+        status: "unparsable output".to_string(),
+        stderr: e.to_string(),
+    })?;
+    v.get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| LabError::Command {
+            command: format!("ip -n {netns} -j link show dev {iface}"),
+            status: "no address in output".to_string(),
+            stderr: out.trim().to_string(),
+        })
+}
+
+/// Runs `program args...` inside a namespace (`ip netns exec`) and returns its stdout; tests use
+/// it to add nftables rules, read counters, and so on.
+pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> Result<String, LabError> {
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args),
+        None,
+    )
+}

@@ -1,0 +1,177 @@
+//! [`Lab`]: a handle on a lab that exists, with the operations tests and the CLI use.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use palisade_workload::{ProbeResult, Protocol};
+
+use crate::down::{self, DownReport};
+use crate::exec::run_output;
+use crate::matrix::{Matrix, PairResult};
+use crate::parallel::parallel_map;
+use crate::procs::is_alive;
+use crate::state::LabState;
+use crate::{LabError, LabSpec, spec, up};
+
+/// Probes run at once by [`Lab::matrix`].
+pub const MATRIX_PARALLELISM: usize = 8;
+
+/// A lab that exists (built by [`Lab::up`] or read back by [`Lab::load`]).
+#[derive(Debug, Clone)]
+pub struct Lab {
+    state: LabState,
+}
+
+// === impl Lab ===
+
+impl Lab {
+    /// Builds a lab and waits until every pod's servers answer. Fails, having removed whatever it
+    /// created, if anything goes wrong; fails without touching anything if the lab exists.
+    pub fn up(spec: &LabSpec) -> Result<Lab, LabError> {
+        up::up(spec).map(|state| Lab { state })
+    }
+
+    /// Reads an existing lab's state.
+    pub fn load(name: &str) -> Result<Lab, LabError> {
+        spec::validate_name(name)?;
+        LabState::load(name).map(|state| Lab { state })
+    }
+
+    /// Removes a lab entirely; works after a crash and when there is nothing left (idempotent).
+    pub fn down(name: &str) -> Result<DownReport, LabError> {
+        down::down(name)
+    }
+
+    /// The recorded state.
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Resolves a probe target: a pod name or an IP address.
+    pub fn resolve(&self, target: &str) -> Result<IpAddr, LabError> {
+        if let Some(p) = self.state.pod(target) {
+            return Ok(p.ip);
+        }
+        target.parse().map_err(|_| LabError::UnknownPod {
+            lab: self.state.name.clone(),
+            pod: target.to_string(),
+            known: self.state.pod_names(),
+        })
+    }
+
+    /// Whether a pod's server process is alive (`None` if it has none).
+    pub fn server_alive(&self, pod: &str) -> Option<bool> {
+        self.state
+            .server_of(pod)
+            .map(|p| is_alive(p.pid, p.start_time))
+    }
+
+    /// Probes `to_ip:port` from inside pod `from_pod` with `palisade workload probe`.
+    pub fn probe(
+        &self,
+        from_pod: &str,
+        to_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Result<ProbeResult, LabError> {
+        let pod = self
+            .state
+            .pod(from_pod)
+            .ok_or_else(|| LabError::UnknownPod {
+                lab: self.state.name.clone(),
+                pod: from_pod.to_string(),
+                known: self.state.pod_names(),
+            })?;
+        probe_in_netns(
+            &self.state.palisade_bin,
+            &pod.netns,
+            to_ip,
+            port,
+            protocol,
+            timeout,
+        )
+        .map_err(|reason| LabError::Probe {
+            from: from_pod.to_string(),
+            reason,
+        })
+    }
+
+    /// Probes every ordered pair of distinct pods ([`MATRIX_PARALLELISM`] at a time).
+    pub fn matrix(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Result<Matrix, LabError> {
+        let pods = &self.state.pods;
+        let pairs: Vec<(usize, usize)> = (0..pods.len())
+            .flat_map(|a| {
+                (0..pods.len())
+                    .filter(move |b| *b != a)
+                    .map(move |b| (a, b))
+            })
+            .collect();
+        let results = parallel_map(&pairs, MATRIX_PARALLELISM, |&(a, b)| {
+            let (from, to) = (&pods[a], &pods[b]);
+            self.probe(&from.name, to.ip, port, protocol, timeout)
+                .map(|r| PairResult {
+                    from: from.name.clone(),
+                    to: to.name.clone(),
+                    to_ip: to.ip,
+                    reachable: r.reachable,
+                    result: r.result,
+                    rtt_us: r.rtt_us,
+                    detail: r.detail,
+                })
+        });
+        Ok(Matrix::new(
+            port,
+            protocol,
+            results.into_iter().collect::<Result<Vec<_>, _>>()?,
+        ))
+    }
+}
+
+/// Runs `palisade workload probe` inside `netns` and parses its JSON line. Exit status 0 and 1
+/// both carry a result; anything else is an error (the message says why).
+pub fn probe_in_netns(
+    bin: &Path,
+    netns: &str,
+    to: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<ProbeResult, String> {
+    let timeout_arg = format!("{}ms", timeout.as_millis().max(1));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(bin)
+        .args([
+            "workload",
+            "probe",
+            "--to",
+            &to.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--protocol", protocol.as_str(), "--timeout", &timeout_arg]);
+    let out = run_output(&mut cmd, None).map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0 | 1) => serde_json::from_str(stdout.trim())
+            .map_err(|e| format!("cannot parse probe output `{}`: {e}", stdout.trim())),
+        _ => Err(format!(
+            "`ip netns exec {netns} palisade workload probe` exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}

@@ -1,0 +1,145 @@
+//! Processes of the lab: detached starts inside a namespace, liveness (pid + start time, so a
+//! reused pid is not mistaken for ours), the pids inside namespaces, and SIGKILL.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::LabError;
+
+/// Where `ip netns` keeps namespace mounts.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Starts `ip netns exec <netns> <program> <args>` detached: own process group, stdin from
+/// /dev/null, stdout and stderr appended to `log`. `ip netns exec` execs in place, so the pid
+/// returned is the program's. A thread reaps it when it exits, so a long-lived caller (a test
+/// binary) never keeps zombies around.
+pub fn spawn_in_netns(
+    netns: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<u32, LabError> {
+    let open = |action| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| LabError::Io {
+                action,
+                path: log.to_path_buf(),
+                source,
+            })
+    };
+    let out: File = open("open log")?;
+    let err = out.try_clone().map_err(|source| LabError::Io {
+        action: "open log",
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| LabError::Command {
+        command: format!(
+            "ip netns exec {netns} {} {}",
+            program.display(),
+            args.join(" ")
+        ),
+        status: "not started".to_string(),
+        stderr: e.to_string(),
+    })?;
+    let pid = child.id();
+    thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// A process's kernel start time (field 22 of `/proc/<pid>/stat`) and state letter.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The start time to record for a freshly started pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
+}
+
+/// True if `pid` runs (not a zombie) and, when given, started at `start_time`.
+pub fn is_alive(pid: u32, start_time: Option<u64>) -> bool {
+    match stat(pid) {
+        Some((state, t)) => !matches!(state, 'Z' | 'X' | 'x') && start_time.is_none_or(|s| s == t),
+        None => false,
+    }
+}
+
+/// Sends SIGKILL; a process that is already gone is not an error.
+pub fn kill_now(pid: u32) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+/// Waits until none of `pids` is alive, up to `limit`; returns the ones still alive.
+pub fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let alive: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| is_alive(*p, None))
+            .collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids inside each of `namespaces` (like `ip netns pids`, for all of them in one /proc scan).
+pub fn pids_in_netns(namespaces: &[String]) -> BTreeMap<String, Vec<u32>> {
+    let mut by_inode = BTreeMap::new();
+    for ns in namespaces {
+        if let Ok(m) = fs::metadata(Path::new(NETNS_RUN_DIR).join(ns)) {
+            by_inode.insert((m.dev(), m.ino()), ns.clone());
+        }
+    }
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    if by_inode.is_empty() {
+        return out;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(m) = fs::metadata(e.path().join("ns/net"))
+            && let Some(ns) = by_inode.get(&(m.dev(), m.ino()))
+        {
+            out.entry(ns.clone()).or_default().push(pid);
+        }
+    }
+    out
+}

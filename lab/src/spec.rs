@@ -1,0 +1,236 @@
+//! [`LabSpec`]: what `up` builds, with defaults and validation (pure, no IO except checking that
+//! the palisade binary exists).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use palisade_workload::PortError;
+
+use crate::{Ipv4Cidr, LabError, plan};
+
+/// Default lab name (also the default of `--name` / `PALISADE_LAB`).
+pub const DEFAULT_LAB: &str = "palisade";
+/// Longest lab name accepted (keeps namespace names short and readable).
+pub const MAX_NAME_LEN: usize = 24;
+/// Node count bounds.
+pub const MAX_NODES: usize = 250;
+/// Pods-per-node bounds.
+pub const MAX_PODS_PER_NODE: usize = 200;
+/// Default underlay network.
+pub const DEFAULT_UNDERLAY_CIDR: &str = "10.98.0.0/24";
+/// Default cluster pod network (node i gets `10.200.i.0/24`).
+pub const DEFAULT_POD_CIDR: &str = "10.200.0.0/16";
+/// Default k8s-ish namespace of lab pods.
+pub const DEFAULT_POD_NAMESPACE: &str = "default";
+
+/// What `Lab::up` builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Lab name: lowercase letters, digits and `-`, at most [`MAX_NAME_LEN`].
+    pub name: String,
+    /// Number of nodes, 1..=250 (and within the underlay CIDR).
+    pub nodes: usize,
+    /// Pods per node, 1..=200.
+    pub pods_per_node: usize,
+    /// The `palisade` binary started inside pods (`workload serve`) and used for probes.
+    pub palisade_bin: PathBuf,
+    /// Underlay network; node i is host `10 + i` of it.
+    pub underlay_cidr: Ipv4Cidr,
+    /// Cluster pod network, a /16; node i gets the i-th /24.
+    pub pod_cidr: Ipv4Cidr,
+    /// TCP ports every pod serves (may be empty).
+    pub serve_tcp: Vec<u16>,
+    /// UDP ports every pod serves (may be empty).
+    pub serve_udp: Vec<u16>,
+    /// k8s-ish namespace recorded for every pod.
+    pub pod_namespace: String,
+}
+
+// === impl LabSpec ===
+
+impl LabSpec {
+    /// A spec with the defaults: underlay 10.98.0.0/24, pods 10.200.0.0/16, every pod serving
+    /// TCP 80 and UDP 80, pod namespace `default`.
+    pub fn new(
+        name: impl Into<String>,
+        nodes: usize,
+        pods_per_node: usize,
+        palisade_bin: impl Into<PathBuf>,
+    ) -> Self {
+        LabSpec {
+            name: name.into(),
+            nodes,
+            pods_per_node,
+            palisade_bin: palisade_bin.into(),
+            underlay_cidr: Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 98, 0, 0), 24),
+            pod_cidr: Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 200, 0, 0), 16),
+            serve_tcp: vec![80],
+            serve_udp: vec![80],
+            pod_namespace: DEFAULT_POD_NAMESPACE.to_string(),
+        }
+    }
+
+    /// Checks everything that can be checked before touching the system.
+    pub fn validate(&self) -> Result<(), LabError> {
+        validate_name(&self.name)?;
+        let bad = |reason: String| LabError::InvalidSpec {
+            name: self.name.clone(),
+            reason,
+        };
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(bad(format!(
+                "--nodes {} is out of range (1..={MAX_NODES})",
+                self.nodes
+            )));
+        }
+        if !(1..=MAX_PODS_PER_NODE).contains(&self.pods_per_node) {
+            return Err(bad(format!(
+                "--pods-per-node {} is out of range (1..={MAX_PODS_PER_NODE})",
+                self.pods_per_node
+            )));
+        }
+        let fit = plan::max_nodes(self.underlay_cidr);
+        if self.nodes > fit {
+            return Err(bad(format!(
+                "--nodes {} does not fit the underlay {} (at most {fit} nodes: node i is host 10+i)",
+                self.nodes, self.underlay_cidr
+            )));
+        }
+        if self.pod_cidr.prefix() != 16 {
+            return Err(bad(format!(
+                "pod CIDR {} must be a /16 (node i gets the i-th /24)",
+                self.pod_cidr
+            )));
+        }
+        if self.underlay_cidr.contains(self.pod_cidr.addr())
+            || self.pod_cidr.contains(self.underlay_cidr.addr())
+        {
+            return Err(bad(format!(
+                "underlay {} overlaps pod CIDR {}",
+                self.underlay_cidr, self.pod_cidr
+            )));
+        }
+        for (proto, ports) in [("tcp", &self.serve_tcp), ("udp", &self.serve_udp)] {
+            let mut seen = Vec::new();
+            for &p in ports {
+                if p == 0 {
+                    return Err(bad(format!(
+                        "{proto} {}",
+                        PortError::OutOfRange("0".into())
+                    )));
+                }
+                if seen.contains(&p) {
+                    return Err(bad(format!("{proto} {}", PortError::Duplicate(p))));
+                }
+                seen.push(p);
+            }
+        }
+        if self.pod_namespace.is_empty()
+            || !self
+                .pod_namespace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(bad(format!(
+                "pod namespace `{}` must be lowercase alphanumerics and `-`",
+                self.pod_namespace
+            )));
+        }
+        if !self.palisade_bin.is_file() {
+            return Err(bad(format!(
+                "palisade binary `{}` is not a file",
+                self.palisade_bin.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a lab name: 1..=24 chars, lowercase letters, digits and `-`, starting with a letter
+/// and not ending with `-`.
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let bad = |reason: &str| {
+        Err(LabError::InvalidName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 24 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("only lowercase letters, digits and `-` are allowed");
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() {
+        return bad("it must start with a letter");
+    }
+    if name.ends_with('-') || name.contains("--") {
+        return bad("it must not end with `-` or contain `--`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["palisade", "a", "t-matrix-123", "abcdefghijklmnopqrstuvwx"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Palisade",
+            "1abc",
+            "a_b",
+            "a-",
+            "a--b",
+            "abcdefghijklmnopqrstuvwxy",
+            "a b",
+            "a/b",
+            "ä",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_plan() {
+        let s = LabSpec::new("t", 1, 1, "/bin/true");
+        assert_eq!(s.underlay_cidr.to_string(), DEFAULT_UNDERLAY_CIDR);
+        assert_eq!(s.pod_cidr.to_string(), DEFAULT_POD_CIDR);
+    }
+
+    #[test]
+    fn spec_bounds() {
+        let bin = std::env::current_exe().unwrap();
+        let ok = LabSpec::new("t", 2, 3, &bin);
+        assert!(ok.validate().is_ok());
+        for (n, p) in [(0, 1), (251, 1), (1, 0), (1, 201), (245, 1)] {
+            let s = LabSpec::new("t", n, p, &bin);
+            assert!(s.validate().is_err(), "{n}x{p}");
+        }
+        assert!(LabSpec::new("t", 244, 1, &bin).validate().is_ok());
+        let mut wide = LabSpec::new("t", 250, 200, &bin);
+        wide.underlay_cidr = "10.98.0.0/23".parse().unwrap();
+        assert!(wide.validate().is_ok());
+        let mut dup = LabSpec::new("t", 1, 1, &bin);
+        dup.serve_tcp = vec![80, 80];
+        assert!(dup.validate().is_err());
+        assert!(
+            LabSpec::new("t", 1, 1, "/nonexistent/palisade")
+                .validate()
+                .is_err()
+        );
+        let mut overlap = LabSpec::new("t", 1, 1, &bin);
+        overlap.underlay_cidr = "10.200.5.0/24".parse().unwrap();
+        assert!(overlap.validate().is_err());
+    }
+}

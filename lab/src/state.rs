@@ -1,0 +1,262 @@
+//! [`LabState`]: the lab as recorded on disk in `/run/palisade/labs/<lab>/state.json`.
+//!
+//! The state is written before anything is created (phase `creating`, the whole plan) and again
+//! after every process start, so `down` can always find what a crashed `up` left behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Ipv4Cidr, LabError};
+
+/// Where every lab keeps its state directory.
+pub const STATE_ROOT: &str = "/run/palisade/labs";
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+
+/// The state directory of a lab.
+pub fn state_dir(lab: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(lab)
+}
+
+/// The state file of a lab.
+pub fn state_file(lab: &str) -> PathBuf {
+    state_dir(lab).join("state.json")
+}
+
+/// The log directory of a lab.
+pub fn log_dir(lab: &str) -> PathBuf {
+    state_dir(lab).join("logs")
+}
+
+/// Prefix of every network namespace of a lab: `pal-<lab>-`.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("pal-{lab}-")
+}
+
+/// Life-cycle phase recorded in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// `up` is (or was, if it crashed) creating the lab.
+    Creating,
+    /// `up` finished; every server answered.
+    Ready,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Creating => "creating",
+            Phase::Ready => "ready",
+        })
+    }
+}
+
+/// The whole lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    /// State format version.
+    pub version: u32,
+    /// Lab name.
+    pub name: String,
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// The palisade binary used for servers and probes.
+    pub palisade_bin: PathBuf,
+    /// Underlay network of the fabric bridge.
+    pub underlay_cidr: Ipv4Cidr,
+    /// Cluster pod network.
+    pub pod_cidr: Ipv4Cidr,
+    /// The fabric namespace holding the underlay bridge.
+    pub fabric: FabricState,
+    /// Nodes, in order.
+    pub nodes: Vec<NodeState>,
+    /// Pods of every node, in order (node 1's pods first).
+    pub pods: Vec<PodState>,
+    /// Processes started for the lab (servers now; agents and voters later).
+    pub processes: Vec<ProcessRecord>,
+    /// TCP ports every lab pod serves.
+    pub serve_tcp: Vec<u16>,
+    /// UDP ports every lab pod serves.
+    pub serve_udp: Vec<u16>,
+}
+
+/// The fabric: one namespace with one bridge that every node's underlay veth plugs into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricState {
+    /// `pal-<lab>-fabric`.
+    pub netns: String,
+    /// `br0`.
+    pub bridge: String,
+}
+
+/// A node: a namespace with an underlay veth and one veth per pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// `n<i>`.
+    pub name: String,
+    /// 1-based index.
+    pub index: usize,
+    /// `pal-<lab>-n<i>`.
+    pub netns: String,
+    /// Underlay interface inside the node (`eth0`).
+    pub underlay_iface: String,
+    /// The peer of `eth0` in the fabric namespace (`n<i>`, enslaved to `br0`).
+    pub fabric_iface: String,
+    /// `10.98.0.(10+i)` by default.
+    pub underlay_ip: Ipv4Addr,
+    /// Prefix length of the underlay address.
+    pub underlay_prefix: u8,
+    /// `10.200.i.0/24`.
+    pub pod_cidr: Ipv4Cidr,
+}
+
+/// A pod: a namespace whose `eth0` is a veth to the node's `lxc<j>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodState {
+    /// `n<i>-p<j>`.
+    pub name: String,
+    /// k8s-ish namespace (`default`).
+    pub namespace: String,
+    /// Labels (`app=<name>`, `node=<node>` to start with).
+    pub labels: BTreeMap<String, String>,
+    /// Name of the node it runs on.
+    pub node: String,
+    /// `pal-<lab>-n<i>-p<j>`.
+    pub netns: String,
+    /// Interface inside the pod (`eth0`).
+    pub iface: String,
+    /// Host-side veth in the node namespace (`lxc<j>`).
+    pub host_iface: String,
+    /// `10.200.i.(10+j)`, a /32 on `eth0`.
+    pub ip: IpAddr,
+}
+
+/// What a recorded process is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ProcessRole {
+    /// `palisade workload serve` inside a pod.
+    WorkloadServer,
+    /// A node agent (planned).
+    NodeAgent,
+    /// A control-plane voter (planned).
+    ControlPlane,
+    /// Anything else started by tests.
+    Other,
+}
+
+/// A process the lab started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// What it is for.
+    pub role: ProcessRole,
+    /// What it serves (the pod or node name).
+    pub name: String,
+    /// Namespace it runs in (`None`: the root namespace).
+    pub netns: Option<String>,
+    /// Its pid.
+    pub pid: u32,
+    /// Kernel start time (clock ticks since boot, from `/proc/<pid>/stat`) to tell a reused pid.
+    pub start_time: Option<u64>,
+    /// Its stdout+stderr log.
+    pub log: PathBuf,
+}
+
+// === impl LabState ===
+
+impl LabState {
+    /// The pod with this name.
+    pub fn pod(&self, name: &str) -> Option<&PodState> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// The pod with this IP.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodState> {
+        self.pods.iter().find(|p| p.ip == ip)
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The pods of one node.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodState> + 'a {
+        self.pods.iter().filter(move |p| p.node == node)
+    }
+
+    /// The server process recorded for a pod, if any.
+    pub fn server_of(&self, pod: &str) -> Option<&ProcessRecord> {
+        self.processes
+            .iter()
+            .rev()
+            .find(|p| p.role == ProcessRole::WorkloadServer && p.name == pod)
+    }
+
+    /// Every namespace of the lab: pods, nodes, then the fabric.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.pods.iter().map(|p| p.netns.clone()).collect();
+        v.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        v.push(self.fabric.netns.clone());
+        v
+    }
+
+    /// Comma-separated pod names (for error messages).
+    pub fn pod_names(&self) -> String {
+        self.pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Writes the state file atomically (temp file + rename).
+    pub fn save(&self) -> Result<(), LabError> {
+        let path = state_file(&self.name);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|e| LabError::Io {
+            action: "encode",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        fs::write(&tmp, json).map_err(|source| LabError::Io {
+            action: "write",
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| LabError::Io {
+            action: "rename into",
+            path,
+            source,
+        })
+    }
+
+    /// Reads a lab's state file.
+    pub fn load(lab: &str) -> Result<LabState, LabError> {
+        let path = state_file(lab);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LabError::NotFound {
+                    name: lab.to_string(),
+                    path,
+                });
+            }
+            Err(source) => {
+                return Err(LabError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|source| LabError::CorruptState { path, source })
+    }
+}

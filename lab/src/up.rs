@@ -1,0 +1,341 @@
+//! Bring-up: plan, record intent, create namespaces/veths/routes, start servers, wait until every
+//! server answers. Any failure rolls back through [`crate::down::down`].
+//!
+//! ```text
+//!  validate ─▶ plan ─▶ mkdir state dir (atomic: one `up` per name) ─▶ write state (creating)
+//!     ─▶ fabric ─▶ nodes ─▶ pods ─▶ servers (state re-written with pids) ─▶ ready probes
+//!     ─▶ write state (ready)                 any error ─▶ down (rollback) ─▶ Err
+//! ```
+//!
+//! Everything created lives inside `pal-<lab>-*` namespaces (veth pairs are created straight
+//! across namespaces, never in the root namespace), so a sweep by name removes it all.
+
+use std::fs;
+use std::io;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use palisade_workload::Protocol;
+
+use crate::exec::{ip, ip_batch, link_mac, sysctl};
+use crate::lab::probe_in_netns;
+use crate::parallel::parallel_map;
+use crate::plan::{self, POD_GATEWAY};
+use crate::procs::{is_alive, spawn_in_netns, start_time};
+use crate::state::{
+    LabState, Phase, PodState, ProcessRecord, ProcessRole, STATE_ROOT, log_dir, state_dir,
+};
+use crate::{LabError, LabSpec, down};
+
+/// How long `up` waits for every server to answer.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Probes run at once while waiting for servers.
+pub const READY_PARALLELISM: usize = 8;
+
+/// Builds the lab; on failure removes whatever was created.
+pub fn up(spec: &LabSpec) -> Result<LabState, LabError> {
+    spec.validate()?;
+    let mut state = plan::plan(spec).ok_or_else(|| LabError::InvalidSpec {
+        name: spec.name.clone(),
+        reason: "the address plan does not fit the CIDRs".to_string(),
+    })?;
+    let existing = down::lab_namespaces(&spec.name)?;
+    if !existing.is_empty() {
+        return Err(LabError::AlreadyExists {
+            name: spec.name.clone(),
+            evidence: format!("namespaces {} exist", summarize(&existing)),
+        });
+    }
+    fs::create_dir_all(STATE_ROOT).map_err(|source| LabError::Io {
+        action: "create",
+        path: STATE_ROOT.into(),
+        source,
+    })?;
+    let dir = state_dir(&spec.name);
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(LabError::AlreadyExists {
+                name: spec.name.clone(),
+                evidence: format!("state directory `{}` exists", dir.display()),
+            });
+        }
+        Err(source) => {
+            return Err(LabError::Io {
+                action: "create",
+                path: dir,
+                source,
+            });
+        }
+    }
+    match build(&mut state) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            let rollback = down::down(&spec.name).err().map(|e| e.to_string());
+            Err(LabError::UpFailed {
+                name: spec.name.clone(),
+                rollback,
+                source: Box::new(e),
+            })
+        }
+    }
+}
+
+fn summarize(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(3)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    s
+}
+
+fn build(state: &mut LabState) -> Result<(), LabError> {
+    let logs = log_dir(&state.name);
+    fs::create_dir(&logs).map_err(|source| LabError::Io {
+        action: "create",
+        path: logs.clone(),
+        source,
+    })?;
+    // Intent first: the whole plan is on disk before the first namespace exists.
+    state.save()?;
+    build_fabric(state)?;
+    for i in 0..state.nodes.len() {
+        build_node(state, i)?;
+    }
+    for pod in &state.pods {
+        build_pod(state, pod)?;
+    }
+    start_servers(state)?;
+    // Processes are confined to lab namespaces, so a crash before this save still leaves
+    // nothing that the sweep in `down` would miss.
+    state.save()?;
+    wait_ready(state)?;
+    state.phase = Phase::Ready;
+    state.save()
+}
+
+const NO_IPV6: [&str; 2] = [
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+];
+
+fn build_fabric(state: &LabState) -> Result<(), LabError> {
+    let f = &state.fabric;
+    ip(&["netns", "add", &f.netns])?;
+    sysctl(&f.netns, &NO_IPV6)?;
+    ip_batch(
+        &f.netns,
+        &format!(
+            "link set lo up\nlink add {b} type bridge\nlink set {b} up\n",
+            b = f.bridge
+        ),
+    )
+}
+
+fn build_node(state: &LabState, i: usize) -> Result<(), LabError> {
+    let n = &state.nodes[i];
+    ip(&["netns", "add", &n.netns])?;
+    let mut settings = vec![
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ];
+    settings.extend(NO_IPV6);
+    sysctl(&n.netns, &settings)?;
+    let f = &state.fabric;
+    ip(&[
+        "link",
+        "add",
+        &n.underlay_iface,
+        "netns",
+        &n.netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &n.fabric_iface,
+        "netns",
+        &f.netns,
+    ])?;
+    ip_batch(
+        &f.netns,
+        &format!(
+            "link set {i} master {b}\nlink set {i} up\n",
+            i = n.fabric_iface,
+            b = f.bridge
+        ),
+    )?;
+    let mut script = format!(
+        "link set lo up\naddr add {ip}/{len} dev {dev}\nlink set {dev} up\n",
+        ip = n.underlay_ip,
+        len = n.underlay_prefix,
+        dev = n.underlay_iface
+    );
+    for other in state.nodes.iter().filter(|o| o.name != n.name) {
+        script.push_str(&format!(
+            "route add {} via {} dev {}\n",
+            other.pod_cidr, other.underlay_ip, n.underlay_iface
+        ));
+    }
+    ip_batch(&n.netns, &script)
+}
+
+fn build_pod(state: &LabState, pod: &PodState) -> Result<(), LabError> {
+    let node = state.node(&pod.node).ok_or_else(|| LabError::InvalidSpec {
+        name: state.name.clone(),
+        reason: format!("pod `{}` names unknown node `{}`", pod.name, pod.node),
+    })?;
+    ip(&["netns", "add", &pod.netns])?;
+    sysctl(&pod.netns, &NO_IPV6)?;
+    ip(&[
+        "link",
+        "add",
+        &pod.iface,
+        "netns",
+        &pod.netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &pod.host_iface,
+        "netns",
+        &node.netns,
+    ])?;
+    let mac = link_mac(&node.netns, &pod.host_iface)?;
+    ip_batch(
+        &pod.netns,
+        &format!(
+            "link set lo up\naddr add {ip}/32 dev {d}\nlink set {d} up\n\
+             route add {gw} dev {d} scope link\nroute add default via {gw} dev {d}\n\
+             neigh replace {gw} lladdr {mac} dev {d} nud permanent\n",
+            ip = pod.ip,
+            d = pod.iface,
+            gw = POD_GATEWAY
+        ),
+    )?;
+    let host_len = if pod.ip.is_ipv4() { 32 } else { 128 };
+    ip_batch(
+        &node.netns,
+        &format!(
+            "link set {h} up\nroute add {ip}/{host_len} dev {h}\n",
+            h = pod.host_iface,
+            ip = pod.ip
+        ),
+    )
+}
+
+fn ports_arg(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn start_servers(state: &mut LabState) -> Result<(), LabError> {
+    if state.serve_tcp.is_empty() && state.serve_udp.is_empty() {
+        return Ok(());
+    }
+    let logs = log_dir(&state.name);
+    for pod in &state.pods {
+        let mut args = vec![
+            "workload".to_string(),
+            "serve".to_string(),
+            "--name".to_string(),
+            pod.name.clone(),
+        ];
+        if !state.serve_tcp.is_empty() {
+            args.extend(["--tcp".to_string(), ports_arg(&state.serve_tcp)]);
+        }
+        if !state.serve_udp.is_empty() {
+            args.extend(["--udp".to_string(), ports_arg(&state.serve_udp)]);
+        }
+        let log = logs.join(format!("{}.log", pod.name));
+        let pid = spawn_in_netns(&pod.netns, &state.palisade_bin, &args, &log)?;
+        state.processes.push(ProcessRecord {
+            role: ProcessRole::WorkloadServer,
+            name: pod.name.clone(),
+            netns: Some(pod.netns.clone()),
+            pid,
+            start_time: start_time(pid),
+            log,
+        });
+    }
+    Ok(())
+}
+
+fn wait_ready(state: &LabState) -> Result<(), LabError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    parallel_map(&state.pods, READY_PARALLELISM, |pod| {
+        wait_pod_ready(state, pod, deadline)
+    })
+    .into_iter()
+    .collect()
+}
+
+fn last_log_line(path: &std::path::Path) -> String {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "no output".to_string())
+}
+
+fn wait_pod_ready(state: &LabState, pod: &PodState, deadline: Instant) -> Result<(), LabError> {
+    let Some(server) = state.server_of(&pod.name) else {
+        return Ok(());
+    };
+    let Some(node) = state.node(&pod.node) else {
+        return Ok(());
+    };
+    let not_ready = |reason: String| LabError::NotReady {
+        pod: pod.name.clone(),
+        reason,
+        log: server.log.clone(),
+    };
+    let checks = state
+        .serve_tcp
+        .iter()
+        .map(|p| (Protocol::Tcp, *p))
+        .chain(state.serve_udp.iter().map(|p| (Protocol::Udp, *p)));
+    for (protocol, port) in checks {
+        loop {
+            let r = probe_in_netns(
+                &state.palisade_bin,
+                &node.netns,
+                pod.ip,
+                port,
+                protocol,
+                Duration::from_millis(500),
+            );
+            let detail = match r {
+                Ok(r) if r.reachable => break,
+                Ok(r) => r.detail,
+                Err(e) => e,
+            };
+            if !is_alive(server.pid, server.start_time) {
+                return Err(not_ready(format!(
+                    "server exited: {}",
+                    last_log_line(&server.log)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(not_ready(format!(
+                    "{protocol} {port} not answering from node `{}` after {READY_TIMEOUT:?}: {detail}",
+                    node.name
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
