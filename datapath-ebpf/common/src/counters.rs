@@ -39,9 +39,4 @@ pub struct PacketCount {
 }
 const _: () = assert!(core::mem::size_of::<PacketCount>() == 16);
 
-#[cfg(feature = "user")]
-// SAFETY: both types are `#[repr(C)]`, contain only integers and have no padding (asserted above).
-unsafe impl aya::Pod for CounterKey {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for PacketCount {}
+crate::user_pod!(CounterKey, PacketCount);

@@ -1,0 +1,51 @@
+//! Connection tracking: established flows and their replies pass without a policy lookup.
+//!
+//! Entries are scoped to the endpoint that created them (its ifindex is part of the key), so a
+//! flow between two pods on one node is checked by the source's egress policy and again by the
+//! destination's ingress policy, each with its own entry.
+
+/// Name of the LRU hash `CtKey` → [`CtValue`].
+pub const MAP_NAME: &str = "PAL_CT";
+/// Maximum tracked flows per node (LRU eviction beyond).
+pub const MAP_MAX_ENTRIES: u32 = 256 * 1024;
+
+/// A flow as seen in the direction that created it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct CtKey {
+    /// Source address (network order).
+    pub saddr: [u8; 16],
+    /// Destination address (network order).
+    pub daddr: [u8; 16],
+    /// Source port (or ICMP echo id for requests), network order.
+    pub sport: [u8; 2],
+    /// Destination port (or ICMP echo id for replies), network order.
+    pub dport: [u8; 2],
+    /// IP protocol.
+    pub protocol: u8,
+    /// Address family.
+    pub family: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 2],
+    /// Host-side veth ifindex of the endpoint this entry belongs to.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+/// State of one tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` when the flow was created.
+    pub created_ns: u64,
+    /// Policy rule that admitted the flow.
+    pub rule_id: u32,
+    /// Bit set of `FLAG_*`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// Created by the endpoint's egress (outbound) path; otherwise by its ingress path.
+pub const FLAG_EGRESS: u32 = 1 << 0;
+
+crate::user_pod!(CtKey, CtValue);

@@ -1,0 +1,34 @@
+//! Endpoints: the pods this node enforces for, keyed by the ifindex of their host-side veth.
+
+/// Name of the hash map `u32 ifindex` → [`EndpointInfo`].
+pub const MAP_NAME: &str = "PAL_ENDPOINTS";
+/// Maximum endpoints per node.
+pub const MAP_MAX_ENTRIES: u32 = 65_536;
+
+/// What the datapath knows about a local endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    /// Node-local endpoint id: the first field of every [`crate::policy::PolicyKey`].
+    pub endpoint_id: u32,
+    /// The endpoint's security identity (source identity of its egress flows).
+    pub identity: u32,
+    /// Bit set of `FLAG_*`.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The endpoint's IPv4 address (network order) when `FLAG_HAS_IPV4`.
+    pub ipv4: [u8; 4],
+    /// Reserved, zero.
+    pub _pad2: [u8; 12],
+    /// The endpoint's IPv6 address (network order) when `FLAG_HAS_IPV6`.
+    pub ipv6: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 48);
+
+/// The endpoint has an IPv4 address; packets from it with another IPv4 source are dropped.
+pub const FLAG_HAS_IPV4: u32 = 1 << 0;
+/// The endpoint has an IPv6 address; packets from it with another IPv6 source are dropped.
+pub const FLAG_HAS_IPV6: u32 = 1 << 1;
+
+crate::user_pod!(EndpointInfo);

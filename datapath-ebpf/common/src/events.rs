@@ -1,0 +1,55 @@
+//! Flow events: one per new connection and per dropped packet (never per packet of an
+//! established flow), written to a ring buffer the agent reads.
+
+/// Name of the ring buffer.
+pub const MAP_NAME: &str = "PAL_EVENTS";
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const RING_BYTES: u32 = 1 << 22;
+
+/// A new connection was allowed.
+pub const KIND_NEW: u8 = 1;
+/// A packet was dropped.
+pub const KIND_DROP: u8 = 2;
+/// A denial was reported in audit mode and not enforced.
+pub const KIND_AUDIT: u8 = 3;
+
+/// One flow event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns`.
+    pub ts_ns: u64,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// `crate::policy::DIRECTION_*` from the endpoint's point of view.
+    pub direction: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Address family.
+    pub family: u8,
+    /// `crate::verdict` reason.
+    pub reason: u32,
+    /// Host-side veth ifindex of the endpoint.
+    pub ifindex: u32,
+    /// Source identity (0 when unknown).
+    pub src_identity: u32,
+    /// Destination identity (0 when unknown).
+    pub dst_identity: u32,
+    /// Deciding rule id (0 when none matched).
+    pub rule_id: u32,
+    /// Source address (network order).
+    pub saddr: [u8; 16],
+    /// Destination address (network order).
+    pub daddr: [u8; 16],
+    /// Source port (network order), ICMP echo id.
+    pub sport: [u8; 2],
+    /// Destination port (network order), ICMP type.
+    pub dport: [u8; 2],
+    /// Packet length in bytes.
+    pub len: u32,
+    /// Reserved, zero (keeps the size a multiple of 8 with no implicit padding).
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
+
+crate::user_pod!(FlowEvent);

@@ -1,0 +1,70 @@
+//! The policy map: (endpoint, peer identity, direction, protocol, port prefix) → verdict.
+//!
+//! One LPM trie for all endpoints of the node. The first [`KEY_FIXED_BITS`] bits (endpoint id,
+//! peer identity, direction) always match exactly; then the protocol (8 bits, or 0 bits for "any
+//! protocol") and the destination port (0–16 bits: port ranges are split into prefix-aligned
+//! blocks, as Cilium's policy map does). ICMP entries carry the ICMP type in the port field.
+//!
+//! A new flow does two lookups — the peer's identity, then identity 0 (any peer) — and decides:
+//! deny if either result is deny; otherwise the identity-specific result if there is one, else the
+//! wildcard one; nothing found means drop. LPM returns only the longest match, so user space writes
+//! the map *deny-closed*: an allow key never sits under a shorter deny key of the same identity
+//! (the agent turns such allows into denies before writing). See docs/policy.md.
+
+/// Name of the LPM trie `Key<PolicyKey>` → [`PolicyValue`].
+pub const MAP_NAME: &str = "PAL_POLICY";
+/// Maximum entries for the whole node.
+pub const MAP_MAX_ENTRIES: u32 = 1024 * 1024;
+/// Bits always matched: endpoint id (32) + identity (32) + direction (8).
+pub const KEY_FIXED_BITS: u32 = 72;
+/// Prefix length of a key matching one exact protocol and port.
+pub const KEY_FULL_BITS: u32 = KEY_FIXED_BITS + 8 + 16;
+
+/// Traffic leaving the endpoint.
+pub const DIRECTION_EGRESS: u8 = 0;
+/// Traffic entering the endpoint.
+pub const DIRECTION_INGRESS: u8 = 1;
+
+/// LPM key data (after the kernel's `u32` prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyKey {
+    /// Node-local endpoint id (big-endian so the trie compares it byte-wise).
+    pub endpoint_id: [u8; 4],
+    /// Peer security identity, 0 = any peer (big-endian).
+    pub identity: [u8; 4],
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
+    pub direction: u8,
+    /// IP protocol (`crate::proto`); ignored past the prefix when the entry is for any protocol.
+    pub protocol: u8,
+    /// Destination port (or ICMP type), big-endian; matched up to the prefix.
+    pub dport: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// The verdict of one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyValue {
+    /// [`VERDICT_ALLOW`], [`VERDICT_DENY`] or [`VERDICT_REDIRECT`].
+    pub verdict: u8,
+    /// Bit set of `FLAG_*`.
+    pub flags: u8,
+    /// Local proxy port for [`VERDICT_REDIRECT`], host order; zero otherwise.
+    pub proxy_port: u16,
+    /// Id of the rule that produced this entry (for flow events and `policy trace`).
+    pub rule_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// Allow the flow.
+pub const VERDICT_ALLOW: u8 = 1;
+/// Deny the flow; takes precedence over any allow.
+pub const VERDICT_DENY: u8 = 2;
+/// Allow the flow through the L7 proxy at `proxy_port`.
+pub const VERDICT_REDIRECT: u8 = 3;
+
+/// Audit: a deny from this entry is reported and not enforced.
+pub const FLAG_AUDIT: u8 = 1 << 0;
+
+crate::user_pod!(PolicyKey, PolicyValue);
