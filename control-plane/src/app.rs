@@ -1,0 +1,893 @@
+//! The replicated state of the control plane and its pure transition function.
+//!
+//! ```text
+//!   Request ──▶ State::apply ──▶ (Response, touched rows)
+//!                    │                     │
+//!                    ▼                     ▼
+//!            in-memory tables      store::state_machine writes them to RocksDB
+//! ```
+//!
+//! `State::apply` does no I/O and reads no clock: every member applies the same committed
+//! requests in the same order and reaches the same state. Every operation is idempotent under
+//! retry by its own semantics (no client request ids are needed):
+//! - allocating a label set that already has an id returns that id;
+//! - releasing an absent id, removing an absent node or endpoint, deleting an absent policy
+//!   succeed with `existed: false` and change nothing;
+//! - applying a policy identical to the stored one returns the stored revision, no bump;
+//! - registering a node again keeps its pod CIDR and updates its address and key;
+//! - a node's acknowledged revision only moves forward.
+//!
+//! Requests that fail validation inside `apply` (an exhausted CIDR, an unknown node) are
+//! committed as no-ops and answered with [`Response::Rejected`]: nothing is half-applied.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Bits of an identity that hold the cluster-local id (DESIGN §2); the high 8 bits hold the
+/// cluster id.
+pub const LOCAL_ID_BITS: u32 = 24;
+/// The largest cluster-local id.
+pub const MAX_LOCAL_ID: u32 = (1 << LOCAL_ID_BITS) - 1;
+/// The first cluster-local id handed out by allocation; 0–255 are reserved (DESIGN §2).
+pub const FIRST_LOCAL_ID: u32 = 256;
+/// At most this many labels in one label set.
+pub const MAX_LABELS: usize = 64;
+/// At most this many bytes in one label.
+pub const MAX_LABEL_LEN: usize = 253;
+
+/// Builds a cluster-scoped identity from a cluster id and a cluster-local id.
+pub fn identity_of(cluster_id: u8, local: u32) -> u32 {
+    (u32::from(cluster_id) << LOCAL_ID_BITS) | (local & MAX_LOCAL_ID)
+}
+
+// === Requests and responses ===
+
+/// A write to the control plane, replicated through the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Sets the cluster id and the CIDR pod CIDRs are carved from. Only before any node exists.
+    SetClusterConfig(ClusterConfig),
+    /// Returns the id of a label set, allocating one if it has none.
+    AllocateIdentity {
+        /// Normalized (sorted, deduplicated) labels; see [`normalize_labels`].
+        labels: Vec<String>,
+    },
+    /// Releases an identity.
+    ReleaseIdentity {
+        /// The full identity (cluster bits included).
+        id: u32,
+    },
+    /// Registers or updates a node; allocates its pod CIDR on first registration.
+    RegisterNode(NodeRegistration),
+    /// Removes a node, frees its pod CIDR and its endpoints.
+    RemoveNode {
+        /// Node name.
+        name: String,
+    },
+    /// Binds an endpoint IP to an identity on a node.
+    UpsertEndpoint(Endpoint),
+    /// Removes an endpoint.
+    RemoveEndpoint {
+        /// Endpoint IP.
+        ip: IpAddr,
+    },
+    /// Stores a policy object (validated before it was proposed).
+    ApplyPolicy {
+        /// The object's key.
+        key: PolicyKey,
+        /// The raw object, as the client sent it.
+        object: serde_json::Value,
+    },
+    /// Deletes a policy object.
+    DeletePolicy {
+        /// The object's key.
+        key: PolicyKey,
+    },
+    /// Records the policy revision a node enforces.
+    AckRevision {
+        /// Node name.
+        node: String,
+        /// Revision enforced.
+        revision: u64,
+    },
+}
+
+/// The answer of the state machine to one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Blank and membership entries.
+    #[default]
+    Empty,
+    /// The cluster configuration now in force.
+    ClusterConfig(ClusterConfig),
+    /// An identity and whether this request created it.
+    Identity {
+        /// The identity.
+        identity: Identity,
+        /// True when this request allocated it.
+        created: bool,
+    },
+    /// Outcome of a removal: whether the object existed.
+    Removed {
+        /// True when something was removed.
+        existed: bool,
+    },
+    /// The node as stored.
+    Node(NodeRecord),
+    /// The endpoint as stored.
+    Endpoint(Endpoint),
+    /// The policy revision after a policy write.
+    Policy {
+        /// Revision of the policy set after this request.
+        revision: u64,
+        /// False when the request changed nothing (identical apply, absent delete).
+        changed: bool,
+    },
+    /// A node's acknowledged revision after the request.
+    Acked {
+        /// The node's acknowledged revision.
+        revision: u64,
+    },
+    /// The request was committed but rejected by the state machine; nothing changed.
+    Rejected {
+        /// Why, naming the offending field.
+        reason: String,
+    },
+}
+
+// === Records ===
+
+/// Cluster-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Cluster id, the high 8 bits of every identity (cluster mesh).
+    pub cluster_id: u8,
+    /// The CIDR node pod CIDRs are allocated from.
+    pub cluster_cidr: Ipv4Net,
+    /// Prefix length of each node's pod CIDR.
+    pub node_prefix_len: u8,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_id: 0,
+            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 200, 0, 0), 16)
+                .unwrap_or_default(),
+            node_prefix_len: 24,
+        }
+    }
+}
+
+/// A security identity and the label set it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The identity (cluster bits included).
+    pub id: u32,
+    /// Sorted, deduplicated labels.
+    pub labels: Vec<String>,
+}
+
+/// What a node sends to register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    /// Node name, unique in the cluster.
+    pub name: String,
+    /// Underlay address other nodes reach it at.
+    pub address: IpAddr,
+    /// WireGuard public key (base64 of 32 bytes).
+    pub wireguard_public_key: String,
+    /// Epoch of that key; a registration with an older epoch than the stored one is rejected.
+    pub wireguard_epoch: u64,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub address: IpAddr,
+    /// Pod CIDR allocated from the cluster CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// WireGuard public key.
+    pub wireguard_public_key: String,
+    /// Epoch of that key.
+    pub wireguard_epoch: u64,
+}
+
+/// An endpoint: IP → identity on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Endpoint IP.
+    pub ip: IpAddr,
+    /// Its identity.
+    pub identity: u32,
+    /// The node hosting it.
+    pub node: String,
+}
+
+/// The key of a policy object: `kind/namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyKey {
+    /// Object kind, e.g. `CiliumNetworkPolicy`.
+    pub kind: String,
+    /// Namespace, `-` for cluster-scoped kinds.
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+}
+
+impl PolicyKey {
+    /// The storage key, `kind/namespace/name`.
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A stored policy object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Its key.
+    pub key: PolicyKey,
+    /// The raw object.
+    pub object: serde_json::Value,
+    /// The policy revision this object was last written at.
+    pub revision: u64,
+}
+
+/// Scalars of the state machine, stored in one row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Policy revision: bumped by every policy apply or delete that changes something.
+    pub revision: u64,
+    /// Next cluster-local id to try.
+    pub next_local_id: u32,
+}
+
+// === Tables ===
+
+/// The tables of the state; each is one RocksDB column family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    /// Scalars: cluster config and counters.
+    Meta,
+    /// id → [`Identity`].
+    Identities,
+    /// name → [`NodeRecord`].
+    Nodes,
+    /// ip → [`Endpoint`].
+    Endpoints,
+    /// `kind/namespace/name` → [`PolicyRecord`].
+    Policies,
+    /// node → acknowledged revision.
+    Acks,
+}
+
+impl Table {
+    /// All tables.
+    pub const ALL: [Table; 6] = [
+        Table::Meta,
+        Table::Identities,
+        Table::Nodes,
+        Table::Endpoints,
+        Table::Policies,
+        Table::Acks,
+    ];
+
+    /// Column family name.
+    pub fn cf_name(self) -> &'static str {
+        match self {
+            Table::Meta => "sm_meta_rows",
+            Table::Identities => "sm_identities",
+            Table::Nodes => "sm_nodes",
+            Table::Endpoints => "sm_endpoints",
+            Table::Policies => "sm_policies",
+            Table::Acks => "sm_acks",
+        }
+    }
+}
+
+const META_CLUSTER: &str = "cluster";
+const META_COUNTERS: &str = "counters";
+
+/// A row touched by `apply`, to be persisted from the state.
+pub type RowKey = (Table, String);
+
+/// Error restoring state from stored rows or a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A stored row did not decode.
+    #[error("row `{key}` of table `{table}` does not decode")]
+    Decode {
+        /// Table name.
+        table: &'static str,
+        /// Row key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Cluster settings.
+    pub cluster: ClusterConfig,
+    /// Counters.
+    pub counters: Counters,
+    /// id → identity.
+    pub identities: BTreeMap<u32, Identity>,
+    /// name → node.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// ip → endpoint.
+    pub endpoints: BTreeMap<IpAddr, Endpoint>,
+    /// `kind/namespace/name` → policy.
+    pub policies: BTreeMap<String, PolicyRecord>,
+    /// node → acknowledged revision.
+    pub acks: BTreeMap<String, u64>,
+    /// Derived index: label-set key → id. Rebuilt on load, not stored.
+    #[serde(skip)]
+    by_labels: BTreeMap<String, u32>,
+}
+
+/// Normalizes a label set: sorted, deduplicated, each label validated. Errors name the index of
+/// the offending label.
+pub fn normalize_labels(labels: &[String]) -> Result<Vec<String>, String> {
+    if labels.is_empty() {
+        return Err("`labels`: must not be empty".to_owned());
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(format!("`labels`: more than {MAX_LABELS} labels"));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        if l.is_empty() || l.len() > MAX_LABEL_LEN {
+            return Err(format!("`labels[{i}]`: must be 1 to {MAX_LABEL_LEN} bytes"));
+        }
+        if l.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "`labels[{i}]`: must not contain whitespace or control characters"
+            ));
+        }
+    }
+    let mut v = labels.to_vec();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+fn label_key(labels: &[String]) -> String {
+    labels.join("\n")
+}
+
+// === impl State ===
+
+impl State {
+    /// A fresh state.
+    pub fn new() -> Self {
+        State {
+            counters: Counters {
+                revision: 0,
+                next_local_id: FIRST_LOCAL_ID,
+            },
+            ..State::default()
+        }
+    }
+
+    /// Rebuilds derived indexes after loading or deserializing.
+    pub fn reindex(&mut self) {
+        self.by_labels = self
+            .identities
+            .values()
+            .map(|i| (label_key(&i.labels), i.id))
+            .collect();
+        if self.counters.next_local_id < FIRST_LOCAL_ID {
+            self.counters.next_local_id = FIRST_LOCAL_ID;
+        }
+    }
+
+    /// Looks up the id of a normalized label set.
+    pub fn identity_by_labels(&self, labels: &[String]) -> Option<u32> {
+        self.by_labels.get(&label_key(labels)).copied()
+    }
+
+    /// Applies one committed request. Pure: the same request on the same state gives the same
+    /// result everywhere. Returns the response and the rows it touched.
+    pub fn apply(&mut self, req: &Request) -> (Response, Vec<RowKey>) {
+        let mut touched = Vec::new();
+        let resp = match req {
+            Request::SetClusterConfig(cfg) => self.set_cluster(cfg, &mut touched),
+            Request::AllocateIdentity { labels } => self.allocate(labels, &mut touched),
+            Request::ReleaseIdentity { id } => {
+                let existed = self.identities.remove(id).is_some_and(|i| {
+                    self.by_labels.remove(&label_key(&i.labels));
+                    true
+                });
+                touched.push((Table::Identities, id.to_string()));
+                Response::Removed { existed }
+            }
+            Request::RegisterNode(reg) => self.register_node(reg, &mut touched),
+            Request::RemoveNode { name } => {
+                let existed = self.nodes.remove(name).is_some();
+                touched.push((Table::Nodes, name.clone()));
+                let gone: Vec<IpAddr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| &e.node == name)
+                    .map(|e| e.ip)
+                    .collect();
+                for ip in gone {
+                    self.endpoints.remove(&ip);
+                    touched.push((Table::Endpoints, ip.to_string()));
+                }
+                if self.acks.remove(name).is_some() {
+                    touched.push((Table::Acks, name.clone()));
+                }
+                Response::Removed { existed }
+            }
+            Request::UpsertEndpoint(ep) => {
+                if !self.nodes.contains_key(&ep.node) {
+                    Response::Rejected {
+                        reason: format!("`node`: node `{}` is not registered", ep.node),
+                    }
+                } else if !self.identities.contains_key(&ep.identity) && ep.identity >= 256 {
+                    Response::Rejected {
+                        reason: format!("`identity`: identity {} is not allocated", ep.identity),
+                    }
+                } else {
+                    self.endpoints.insert(ep.ip, ep.clone());
+                    touched.push((Table::Endpoints, ep.ip.to_string()));
+                    Response::Endpoint(ep.clone())
+                }
+            }
+            Request::RemoveEndpoint { ip } => {
+                let existed = self.endpoints.remove(ip).is_some();
+                touched.push((Table::Endpoints, ip.to_string()));
+                Response::Removed { existed }
+            }
+            Request::ApplyPolicy { key, object } => {
+                let skey = key.storage_key();
+                match self.policies.get(&skey) {
+                    Some(p) if &p.object == object => Response::Policy {
+                        revision: self.counters.revision,
+                        changed: false,
+                    },
+                    _ => {
+                        self.counters.revision += 1;
+                        let revision = self.counters.revision;
+                        self.policies.insert(
+                            skey.clone(),
+                            PolicyRecord {
+                                key: key.clone(),
+                                object: object.clone(),
+                                revision,
+                            },
+                        );
+                        touched.push((Table::Policies, skey));
+                        touched.push((Table::Meta, META_COUNTERS.to_owned()));
+                        Response::Policy {
+                            revision,
+                            changed: true,
+                        }
+                    }
+                }
+            }
+            Request::DeletePolicy { key } => {
+                let skey = key.storage_key();
+                if self.policies.remove(&skey).is_some() {
+                    self.counters.revision += 1;
+                    touched.push((Table::Policies, skey));
+                    touched.push((Table::Meta, META_COUNTERS.to_owned()));
+                    Response::Policy {
+                        revision: self.counters.revision,
+                        changed: true,
+                    }
+                } else {
+                    Response::Policy {
+                        revision: self.counters.revision,
+                        changed: false,
+                    }
+                }
+            }
+            Request::AckRevision { node, revision } => {
+                if !self.nodes.contains_key(node) {
+                    Response::Rejected {
+                        reason: format!("`node`: node `{node}` is not registered"),
+                    }
+                } else {
+                    let slot = self.acks.entry(node.clone()).or_insert(0);
+                    if *revision > *slot {
+                        *slot = *revision;
+                        touched.push((Table::Acks, node.clone()));
+                    }
+                    Response::Acked { revision: *slot }
+                }
+            }
+        };
+        (resp, touched)
+    }
+
+    fn set_cluster(&mut self, cfg: &ClusterConfig, touched: &mut Vec<RowKey>) -> Response {
+        if &self.cluster == cfg {
+            return Response::ClusterConfig(cfg.clone());
+        }
+        if !self.nodes.is_empty() || !self.identities.is_empty() {
+            return Response::Rejected {
+                reason:
+                    "`cluster`: cannot change the cluster config once nodes or identities exist"
+                        .to_owned(),
+            };
+        }
+        if cfg.node_prefix_len < cfg.cluster_cidr.prefix_len() || cfg.node_prefix_len > 30 {
+            return Response::Rejected {
+                reason: "`node_prefix_len`: must be between the cluster CIDR's prefix and 30"
+                    .to_owned(),
+            };
+        }
+        self.cluster = cfg.clone();
+        touched.push((Table::Meta, META_CLUSTER.to_owned()));
+        Response::ClusterConfig(cfg.clone())
+    }
+
+    fn allocate(&mut self, labels: &[String], touched: &mut Vec<RowKey>) -> Response {
+        let labels = match normalize_labels(labels) {
+            Ok(l) => l,
+            Err(reason) => return Response::Rejected { reason },
+        };
+        let key = label_key(&labels);
+        if let Some(id) = self.by_labels.get(&key) {
+            return Response::Identity {
+                identity: Identity { id: *id, labels },
+                created: false,
+            };
+        }
+        let span = MAX_LOCAL_ID - FIRST_LOCAL_ID + 1;
+        let mut local = self
+            .counters
+            .next_local_id
+            .clamp(FIRST_LOCAL_ID, MAX_LOCAL_ID);
+        let cluster_id = self.cluster.cluster_id;
+        for _ in 0..span {
+            let id = identity_of(cluster_id, local);
+            let next = if local == MAX_LOCAL_ID {
+                FIRST_LOCAL_ID
+            } else {
+                local + 1
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.identities.entry(id) {
+                let identity = Identity { id, labels };
+                slot.insert(identity.clone());
+                self.by_labels.insert(key, id);
+                self.counters.next_local_id = next;
+                touched.push((Table::Identities, id.to_string()));
+                touched.push((Table::Meta, META_COUNTERS.to_owned()));
+                return Response::Identity {
+                    identity,
+                    created: true,
+                };
+            }
+            local = next;
+        }
+        Response::Rejected {
+            reason: "`labels`: the cluster's identity space is exhausted".to_owned(),
+        }
+    }
+
+    fn register_node(&mut self, reg: &NodeRegistration, touched: &mut Vec<RowKey>) -> Response {
+        if let Some(existing) = self.nodes.get(&reg.name) {
+            if reg.wireguard_epoch < existing.wireguard_epoch {
+                return Response::Rejected {
+                    reason: format!(
+                        "`wireguard_epoch`: {} is older than the stored epoch {}",
+                        reg.wireguard_epoch, existing.wireguard_epoch
+                    ),
+                };
+            }
+            let rec = NodeRecord {
+                name: reg.name.clone(),
+                address: reg.address,
+                pod_cidr: existing.pod_cidr,
+                wireguard_public_key: reg.wireguard_public_key.clone(),
+                wireguard_epoch: reg.wireguard_epoch,
+            };
+            if &rec != existing {
+                self.nodes.insert(reg.name.clone(), rec.clone());
+                touched.push((Table::Nodes, reg.name.clone()));
+            }
+            return Response::Node(rec);
+        }
+        let Ok(subnets) = self
+            .cluster
+            .cluster_cidr
+            .subnets(self.cluster.node_prefix_len)
+        else {
+            return Response::Rejected {
+                reason: "`cluster`: invalid node prefix length".to_owned(),
+            };
+        };
+        let used: std::collections::BTreeSet<Ipv4Net> =
+            self.nodes.values().map(|n| n.pod_cidr).collect();
+        let Some(pod_cidr) = subnets.into_iter().find(|s| !used.contains(s)) else {
+            return Response::Rejected {
+                reason: format!(
+                    "`pod_cidr`: cluster CIDR {} has no free /{}",
+                    self.cluster.cluster_cidr, self.cluster.node_prefix_len
+                ),
+            };
+        };
+        let rec = NodeRecord {
+            name: reg.name.clone(),
+            address: reg.address,
+            pod_cidr,
+            wireguard_public_key: reg.wireguard_public_key.clone(),
+            wireguard_epoch: reg.wireguard_epoch,
+        };
+        self.nodes.insert(reg.name.clone(), rec.clone());
+        touched.push((Table::Nodes, reg.name.clone()));
+        Response::Node(rec)
+    }
+
+    // --- rows ---
+
+    /// The current encoded value of a row, `None` when it is absent.
+    pub fn row(&self, table: Table, key: &str) -> Option<Vec<u8>> {
+        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+            // These plain records (string keys, no floats) always serialize.
+            serde_json::to_vec(v).unwrap_or_default()
+        }
+        match table {
+            Table::Meta => match key {
+                META_CLUSTER => Some(enc(&self.cluster)),
+                META_COUNTERS => Some(enc(&self.counters)),
+                _ => None,
+            },
+            Table::Identities => key
+                .parse::<u32>()
+                .ok()
+                .and_then(|id| self.identities.get(&id))
+                .map(enc),
+            Table::Nodes => self.nodes.get(key).map(enc),
+            Table::Endpoints => key
+                .parse::<IpAddr>()
+                .ok()
+                .and_then(|ip| self.endpoints.get(&ip))
+                .map(enc),
+            Table::Policies => self.policies.get(key).map(enc),
+            Table::Acks => self.acks.get(key).map(enc),
+        }
+    }
+
+    /// Every row of the state, for a full rewrite after installing a snapshot.
+    pub fn all_rows(&self) -> Vec<(Table, String, Vec<u8>)> {
+        let mut keys: Vec<RowKey> = vec![
+            (Table::Meta, META_CLUSTER.to_owned()),
+            (Table::Meta, META_COUNTERS.to_owned()),
+        ];
+        keys.extend(
+            self.identities
+                .keys()
+                .map(|k| (Table::Identities, k.to_string())),
+        );
+        keys.extend(self.nodes.keys().map(|k| (Table::Nodes, k.clone())));
+        keys.extend(
+            self.endpoints
+                .keys()
+                .map(|k| (Table::Endpoints, k.to_string())),
+        );
+        keys.extend(self.policies.keys().map(|k| (Table::Policies, k.clone())));
+        keys.extend(self.acks.keys().map(|k| (Table::Acks, k.clone())));
+        keys.into_iter()
+            .filter_map(|(t, k)| self.row(t, &k).map(|v| (t, k, v)))
+            .collect()
+    }
+
+    /// Loads one stored row into the state; call [`State::reindex`] after the last.
+    pub fn load_row(&mut self, table: Table, key: &str, value: &[u8]) -> Result<(), StateError> {
+        let err = |source| StateError::Decode {
+            table: table.cf_name(),
+            key: key.to_owned(),
+            source,
+        };
+        match table {
+            Table::Meta => match key {
+                META_CLUSTER => self.cluster = serde_json::from_slice(value).map_err(err)?,
+                META_COUNTERS => self.counters = serde_json::from_slice(value).map_err(err)?,
+                _ => {}
+            },
+            Table::Identities => {
+                let v: Identity = serde_json::from_slice(value).map_err(err)?;
+                self.identities.insert(v.id, v);
+            }
+            Table::Nodes => {
+                let v: NodeRecord = serde_json::from_slice(value).map_err(err)?;
+                self.nodes.insert(v.name.clone(), v);
+            }
+            Table::Endpoints => {
+                let v: Endpoint = serde_json::from_slice(value).map_err(err)?;
+                self.endpoints.insert(v.ip, v);
+            }
+            Table::Policies => {
+                let v: PolicyRecord = serde_json::from_slice(value).map_err(err)?;
+                self.policies.insert(key.to_owned(), v);
+            }
+            Table::Acks => {
+                let v: u64 = serde_json::from_slice(value).map_err(err)?;
+                self.acks.insert(key.to_owned(), v);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(s: &mut State, labels: &[&str]) -> Response {
+        s.apply(&Request::AllocateIdentity {
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        })
+        .0
+    }
+
+    #[test]
+    fn same_labels_same_id_and_ids_start_at_256() {
+        let mut s = State::new();
+        let a = alloc(
+            &mut s,
+            &["k8s:app=api", "k8s:io.kubernetes.pod.namespace=default"],
+        );
+        let b = alloc(
+            &mut s,
+            &["k8s:io.kubernetes.pod.namespace=default", "k8s:app=api"],
+        );
+        let (
+            Response::Identity {
+                identity: ia,
+                created: true,
+            },
+            Response::Identity {
+                identity: ib,
+                created: false,
+            },
+        ) = (a, b)
+        else {
+            panic!("unexpected responses");
+        };
+        assert_eq!(ia.id, 256);
+        assert_eq!(ia, ib);
+        let Response::Identity { identity: ic, .. } = alloc(&mut s, &["k8s:app=db"]) else {
+            panic!("unexpected response");
+        };
+        assert_eq!(ic.id, 257);
+    }
+
+    #[test]
+    fn cluster_bits_and_release() {
+        let mut s = State::new();
+        let cfg = ClusterConfig {
+            cluster_id: 3,
+            ..ClusterConfig::default()
+        };
+        assert!(matches!(
+            s.apply(&Request::SetClusterConfig(cfg)).0,
+            Response::ClusterConfig(_)
+        ));
+        let Response::Identity { identity, .. } = alloc(&mut s, &["a=b"]) else {
+            panic!("unexpected response");
+        };
+        assert_eq!(identity.id, (3 << 24) | 256);
+        let r = s.apply(&Request::ReleaseIdentity { id: identity.id }).0;
+        assert_eq!(r, Response::Removed { existed: true });
+        let r = s.apply(&Request::ReleaseIdentity { id: identity.id }).0;
+        assert_eq!(r, Response::Removed { existed: false });
+        assert_eq!(s.identity_by_labels(&["a=b".to_owned()]), None);
+    }
+
+    #[test]
+    fn bad_labels_are_rejected_naming_the_field() {
+        let mut s = State::new();
+        let Response::Rejected { reason } = alloc(&mut s, &["ok", "bad label"]) else {
+            panic!("expected rejection");
+        };
+        assert!(reason.contains("labels[1]"), "{reason}");
+        assert!(matches!(alloc(&mut s, &[]), Response::Rejected { .. }));
+    }
+
+    #[test]
+    fn policy_revision_bumps_only_on_change() {
+        let mut s = State::new();
+        let key = PolicyKey {
+            kind: "CiliumNetworkPolicy".into(),
+            namespace: "default".into(),
+            name: "p".into(),
+        };
+        let obj = serde_json::json!({"kind": "CiliumNetworkPolicy"});
+        let apply = Request::ApplyPolicy {
+            key: key.clone(),
+            object: obj,
+        };
+        assert_eq!(
+            s.apply(&apply).0,
+            Response::Policy {
+                revision: 1,
+                changed: true
+            }
+        );
+        assert_eq!(
+            s.apply(&apply).0,
+            Response::Policy {
+                revision: 1,
+                changed: false
+            }
+        );
+        let del = Request::DeletePolicy { key };
+        assert_eq!(
+            s.apply(&del).0,
+            Response::Policy {
+                revision: 2,
+                changed: true
+            }
+        );
+        assert_eq!(
+            s.apply(&del).0,
+            Response::Policy {
+                revision: 2,
+                changed: false
+            }
+        );
+    }
+
+    #[test]
+    fn nodes_get_distinct_pod_cidrs_kept_on_reregistration() {
+        let mut s = State::new();
+        let reg = |name: &str, epoch| {
+            Request::RegisterNode(NodeRegistration {
+                name: name.into(),
+                address: "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                wireguard_public_key: "k".into(),
+                wireguard_epoch: epoch,
+            })
+        };
+        let Response::Node(a) = s.apply(&reg("a", 1)).0 else {
+            panic!("a")
+        };
+        let Response::Node(b) = s.apply(&reg("b", 1)).0 else {
+            panic!("b")
+        };
+        assert_ne!(a.pod_cidr, b.pod_cidr);
+        let Response::Node(a2) = s.apply(&reg("a", 2)).0 else {
+            panic!("a2")
+        };
+        assert_eq!(a.pod_cidr, a2.pod_cidr);
+        assert!(matches!(s.apply(&reg("a", 1)).0, Response::Rejected { .. }));
+        assert_eq!(
+            s.apply(&Request::RemoveNode { name: "a".into() }).0,
+            Response::Removed { existed: true }
+        );
+        let Response::Node(c) = s.apply(&reg("c", 1)).0 else {
+            panic!("c")
+        };
+        assert_eq!(c.pod_cidr, a.pod_cidr);
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        let mut s = State::new();
+        alloc(&mut s, &["x=1"]);
+        alloc(&mut s, &["x=2"]);
+        let mut t = State::new();
+        for (table, k, v) in s.all_rows() {
+            t.load_row(table, &k, &v).unwrap_or_else(|e| panic!("{e}"));
+        }
+        t.reindex();
+        assert_eq!(s, t);
+        assert_eq!(t.identity_by_labels(&["x=2".to_owned()]), Some(257));
+    }
+}
