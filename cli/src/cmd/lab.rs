@@ -109,10 +109,10 @@ struct DownArgs {
 struct ProbeArgs {
     #[command(flatten)]
     lab: LabName,
-    /// Source pod name (e.g. n1-p1).
-    from: String,
-    /// Destination: a pod name (e.g. n2-p3) or an IP address.
-    to: String,
+    /// Source pod name, e.g. n1-p1 (required).
+    from: Option<String>,
+    /// Destination: a pod name (e.g. n2-p3) or an IP address (required).
+    to: Option<String>,
     /// Destination port.
     #[arg(long, default_value = "80", value_parser = parse_port)]
     port: u16,
@@ -354,16 +354,22 @@ fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
+    // Required, but checked here so the one-line error names what is missing.
+    let (Some(from), Some(target)) = (a.from, a.to) else {
+        return Err(anyhow!(
+            "missing FROM and TO: `palisade lab probe FROM TO` (see --help)"
+        ));
+    };
     let lab = Lab::load(&a.lab.name)?;
-    let to: IpAddr = lab.resolve(&a.to)?;
-    let r: ProbeResult = lab.probe(&a.from, to, a.port, a.protocol, a.timeout)?;
+    let to: IpAddr = lab.resolve(&target)?;
+    let r: ProbeResult = lab.probe(&from, to, a.port, a.protocol, a.timeout)?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string(&r)?),
         Output::Table => {
             let rtt = r.rtt_us.map(|us| format!(" in {us}us")).unwrap_or_default();
             println!(
-                "{} -> {} ({}) {} {}: {}{rtt} ({})",
-                a.from, a.to, r.to, r.protocol, r.port, r.result, r.detail
+                "{from} -> {target} ({}) {} {}: {}{rtt} ({})",
+                r.to, r.protocol, r.port, r.result, r.detail
             );
         }
     }

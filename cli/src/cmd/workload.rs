@@ -49,12 +49,12 @@ struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 struct ProbeArgs {
-    /// Destination IP address (IPv4 or IPv6).
+    /// Destination IP address, IPv4 or IPv6 (required).
     #[arg(long, value_name = "IP", value_parser = parse_ip)]
-    to: IpAddr,
-    /// Destination port, 1..=65535.
+    to: Option<IpAddr>,
+    /// Destination port, 1..=65535 (required).
     #[arg(long, value_parser = parse_port)]
-    port: u16,
+    port: Option<u16>,
     /// Protocol: tcp or udp.
     #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
     protocol: Protocol,
@@ -87,9 +87,18 @@ fn serve(a: ServeArgs) -> ExitCode {
 }
 
 fn probe(a: ProbeArgs) -> ExitCode {
+    // Required, but checked here so the one-line error names what is missing.
+    let (Some(to), Some(port)) = (a.to, a.port) else {
+        let missing = if a.to.is_none() {
+            "--to IP"
+        } else {
+            "--port PORT"
+        };
+        return super::fail(&anyhow::anyhow!("missing {missing} (see --help)"));
+    };
     let spec = ProbeSpec {
-        to: a.to,
-        port: a.port,
+        to,
+        port,
         protocol: a.protocol,
         timeout: a.timeout,
     };

@@ -1,0 +1,7 @@
+//! End-to-end lab tests with the real `palisade` binary (root, real namespaces and sockets):
+//! full reachability matrices, a negative control that makes the matrix fail on purpose, and a
+//! `lab up` killed with SIGKILL mid-way.
+
+mod t10_matrix;
+mod t30_crash;
+mod util;

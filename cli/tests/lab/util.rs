@@ -1,0 +1,61 @@
+//! Shared helpers: the binary, unique lab names and the "nothing left" assertion.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use palisade_lab::exec::list_netns;
+use palisade_lab::procs::is_alive;
+use palisade_lab::state::{netns_prefix, state_dir};
+use palisade_lab::{Lab, ProcessRecord};
+
+/// The palisade binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_palisade"))
+}
+
+/// Runs the binary.
+pub fn palisade(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+/// A lab name unique to this test process and tag (`tag` ≤ 12 chars).
+pub fn lab_name(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+/// The namespaces of `lab` that exist now.
+pub fn namespaces_of(lab: &str) -> Vec<String> {
+    let prefix = netns_prefix(lab);
+    list_netns()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Tears `lab` down and asserts that no namespace, state directory or process remains.
+pub fn down_and_assert_gone(lab: &str, processes: &[ProcessRecord]) {
+    let report = Lab::down(lab).unwrap();
+    assert!(report.state_dir_removed, "{report:?}");
+    assert_eq!(
+        namespaces_of(lab),
+        Vec::<String>::new(),
+        "namespaces of `{lab}` left behind"
+    );
+    assert!(!state_dir(lab).exists(), "state dir of `{lab}` left behind");
+    for p in processes {
+        assert!(
+            !is_alive(p.pid, p.start_time),
+            "process {p:?} survived down"
+        );
+    }
+}
+
+/// Tears the lab down when dropped, so a failing test leaves nothing behind either.
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Lab::down(&self.0);
+    }
+}

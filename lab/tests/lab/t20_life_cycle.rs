@@ -1,0 +1,147 @@
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+
+use palisade_lab::exec::ip;
+use palisade_lab::{Lab, LabError, LabSpec, Phase};
+
+use crate::util::{Cleanup, assert_nothing_left, lab_name, namespaces_of};
+
+/// A lab without servers needs no palisade binary: `/bin/true` stands in.
+fn serverless(name: &str, nodes: usize, pods: usize) -> LabSpec {
+    let mut s = LabSpec::new(name, nodes, pods, "/bin/true");
+    s.serve_tcp.clear();
+    s.serve_udp.clear();
+    s
+}
+
+#[test]
+fn down_sweeps_what_a_crash_left_without_state() {
+    let name = lab_name("crash");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    let (node, pod) = (format!("pal-{name}-n1"), format!("pal-{name}-n1-p1"));
+    ip(&["netns", "add", &node]).unwrap();
+    ip(&["netns", "add", &pod]).unwrap();
+    // A stray process inside a pod namespace, in its own process group like lab servers.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &pod, "sleep", "300"])
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Wait until `ip netns exec` has entered the namespace and exec'd sleep.
+    let pid = child.id();
+    for _ in 0..100 {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "sleep" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    let report = Lab::down(&name).unwrap();
+    assert_eq!(report.namespaces_removed.len(), 2, "{report:?}");
+    assert_eq!(report.processes_killed, vec![pid]);
+    assert!(!report.state_dir_removed);
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert_nothing_left(&name);
+
+    // Idempotent: a second down finds nothing and succeeds.
+    assert!(Lab::down(&name).unwrap().nothing_to_remove());
+}
+
+#[test]
+fn up_refuses_an_existing_lab_and_leaves_it_alone() {
+    let name = lab_name("exists");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    let lab = Lab::up(&serverless(&name, 2, 2)).unwrap();
+    assert_eq!(lab.state().phase, Phase::Ready);
+    assert_eq!(namespaces_of(&name).len(), 1 + 2 + 4);
+    let loaded = Lab::load(&name).unwrap();
+    assert_eq!(loaded.state(), lab.state());
+
+    let err = Lab::up(&serverless(&name, 1, 1)).unwrap_err();
+    assert!(matches!(err, LabError::AlreadyExists { .. }), "{err}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(
+        namespaces_of(&name).len(),
+        7,
+        "the existing lab was touched"
+    );
+
+    // The pod plumbing is in place: address, link-local gateway with a pinned MAC, node routes.
+    let pod = lab.state().pod("n2-p1").unwrap();
+    let routes = ip(&["-n", &pod.netns, "route"]).unwrap();
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    let neigh = ip(&["-n", &pod.netns, "neigh", "show", "169.254.1.1"]).unwrap();
+    assert!(neigh.contains("PERMANENT"), "{neigh}");
+    let n1 = lab.state().node("n1").unwrap();
+    let routes = ip(&["-n", &n1.netns, "route"]).unwrap();
+    assert!(
+        routes.contains("10.200.2.0/24 via 10.98.0.12 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("10.200.1.11 dev lxc1"), "{routes}");
+
+    let report = Lab::down(&name).unwrap();
+    assert_eq!(report.namespaces_removed.len(), 7);
+    assert!(report.state_dir_removed);
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn up_that_fails_midway_rolls_back_completely() {
+    let name = lab_name("rollback");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    // `/bin/false` exits at once instead of serving: the readiness wait fails after the
+    // namespaces were built, and everything must be removed.
+    let spec = LabSpec::new(&name, 2, 2, "/bin/false");
+    let err = Lab::up(&spec).unwrap_err();
+    let msg = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        matches!(err, LabError::UpFailed { rollback: None, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("rolled back") && msg.contains("server exited"),
+        "{msg}"
+    );
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn bad_specs_touch_nothing() {
+    let name = lab_name("badspec");
+    for spec in [
+        LabSpec::new(&name, 0, 1, "/bin/true"),
+        LabSpec::new(&name, 1, 201, "/bin/true"),
+        LabSpec::new(&name, 245, 1, "/bin/true"),
+        LabSpec::new(&name, 1, 1, "/nonexistent/palisade"),
+        LabSpec::new("Bad_Name", 1, 1, "/bin/true"),
+    ] {
+        let err = Lab::up(&spec).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LabError::InvalidSpec { .. } | LabError::InvalidName { .. }
+            ),
+            "{err}"
+        );
+        assert_nothing_left(&spec.name.to_lowercase().replace('_', "-"));
+    }
+    assert!(matches!(
+        Lab::down("Bad_Name"),
+        Err(LabError::InvalidName { .. })
+    ));
+    assert!(matches!(Lab::load(&name), Err(LabError::NotFound { .. })));
+}
