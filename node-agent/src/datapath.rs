@@ -4,14 +4,25 @@
 //! All attachment happens in the network namespace of the calling thread (aya resolves interface
 //! names there), so callers that manage several node namespaces enter the right one first.
 
-use std::collections::BTreeMap;
+mod policy_map;
+
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{MapError, PerCpuHashMap},
-    programs::{ProgramError, SchedClassifier, TcAttachType},
+    maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
-use palisade_datapath_common::counters::{self, CounterKey, PacketCount};
+use palisade_datapath_common::{
+    counters::{self, CounterKey, PacketCount},
+    endpoint::{self, EndpointInfo},
+    family,
+    ipcache::{self, IpcacheKey, IpcacheValue},
+    policy::{self, PolicyKey, PolicyValue},
+    verdict,
+};
+
+pub use policy_map::{PolicyMatch, port_range_prefixes};
 
 /// The compiled eBPF object (bpfel), embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-datapath"));
@@ -20,6 +31,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pa
 const PROG_FROM_POD: &str = "count_from_pod";
 /// Program attached at tc egress of the host-side veth (traffic entering the pod).
 const PROG_TO_POD: &str = "count_to_pod";
+/// Enforcement of the endpoint's egress policy: tc ingress of the host-side veth.
+const PROG_EGRESS: &str = "endpoint_egress";
+/// Enforcement of the endpoint's ingress policy: tc egress of the host-side veth.
+const PROG_INGRESS: &str = "endpoint_ingress";
+
+/// Which enforcement program a test packet runs through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The endpoint's egress path (packets leaving the pod).
+    Egress,
+    /// The endpoint's ingress path (packets entering the pod).
+    Ingress,
+}
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Egress => PROG_EGRESS,
+            Hook::Ingress => PROG_INGRESS,
+        }
+    }
+}
 
 /// Errors from loading, attaching or reading the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +97,7 @@ impl Datapath {
     /// Loads the object and verifies its programs. Requires CAP_BPF / root.
     pub fn load() -> Result<Self, DatapathError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(DatapathError::Load)?;
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EGRESS, PROG_INGRESS] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
@@ -94,6 +127,138 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches policy enforcement to a pod's host-side veth, `iface`, in the calling thread's
+    /// network namespace. The endpoint must be registered with [`Datapath::upsert_endpoint`]
+    /// (keyed by this interface's index) for its traffic to be policed; until then it passes.
+    pub fn attach_enforcement(&mut self, iface: &str) -> Result<(), DatapathError> {
+        for (name, hook) in [
+            (PROG_EGRESS, TcAttachType::Ingress),
+            (PROG_INGRESS, TcAttachType::Egress),
+        ] {
+            classifier(&mut self.ebpf, name)?
+                .attach(iface, hook)
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or updates) the endpoint behind the host-side veth with index `ifindex`.
+    pub fn upsert_endpoint(
+        &mut self,
+        ifindex: u32,
+        info: EndpointInfo,
+    ) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, u32, EndpointInfo> = self.map_mut(endpoint::MAP_NAME)?;
+        map.insert(ifindex, info, 0)
+            .map_err(|source| map_err(endpoint::MAP_NAME, source))
+    }
+
+    /// Maps every address in `addr/prefix` to `identity` (longest prefix wins).
+    pub fn upsert_ipcache(
+        &mut self,
+        addr: IpAddr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<(), DatapathError> {
+        let (fam, bytes, max) = match addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (family::IPV4, b, 32)
+            }
+            IpAddr::V6(a) => (family::IPV6, a.octets(), 128),
+        };
+        let prefix = prefix.min(max);
+        let key = Key::new(
+            ipcache::KEY_FIXED_BITS + u32::from(prefix),
+            IpcacheKey {
+                family: fam,
+                _pad: [0; 3],
+                addr: bytes,
+            },
+        );
+        let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> = self.map_mut(ipcache::MAP_NAME)?;
+        map.insert(&key, IpcacheValue { identity, flags: 0 }, 0)
+            .map_err(|source| map_err(ipcache::MAP_NAME, source))
+    }
+
+    /// Writes one policy entry. The caller keeps the map deny-closed (see
+    /// `palisade_datapath_common::policy`).
+    pub fn upsert_policy(
+        &mut self,
+        m: PolicyMatch,
+        value: PolicyValue,
+    ) -> Result<(), DatapathError> {
+        let (prefix_len, data) = m.to_key();
+        let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
+        map.insert(&Key::new(prefix_len, data), value, 0)
+            .map_err(|source| map_err(policy::MAP_NAME, source))
+    }
+
+    /// Packets counted per (reason, direction), summed over CPUs; zero slots are left out.
+    pub fn verdict_counts(&self) -> Result<BTreeMap<(u32, u8), u64>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(verdict::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(verdict::MAP_NAME))?;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| map_err(verdict::MAP_NAME, source))?;
+        let mut out = BTreeMap::new();
+        for reason in 0..verdict::REASONS {
+            for direction in [policy::DIRECTION_EGRESS, policy::DIRECTION_INGRESS] {
+                let per_cpu = map
+                    .get(&verdict::slot(reason, direction), 0)
+                    .map_err(|source| map_err(verdict::MAP_NAME, source))?;
+                let total: u64 = per_cpu.iter().sum();
+                if total > 0 {
+                    out.insert((reason, direction), total);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one packet (an Ethernet frame) through an enforcement program with
+    /// `BPF_PROG_TEST_RUN`, `repeat` times, and returns the tc action and the mean run time.
+    /// The kernel runs it on the loopback device, so the endpoint under test is ifindex 1.
+    pub fn test_run(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration), DatapathError> {
+        let name = hook.program();
+        let prog = classifier(&mut self.ebpf, name)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| DatapathError::Program {
+                program: name,
+                iface: "test-run".into(),
+                source,
+            })?;
+        Ok((r.return_value as i32, r.duration))
+    }
+
+    fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<T, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| map_err(name, source))
+    }
+
     /// Reads every counter slot, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<CounterKeyOrd, PacketCount>, DatapathError> {
         let map = self
@@ -121,6 +286,10 @@ impl Datapath {
         }
         Ok(out)
     }
+}
+
+fn map_err(map: &'static str, source: MapError) -> DatapathError {
+    DatapathError::Map { map, source }
 }
 
 fn classifier<'a>(

@@ -13,6 +13,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod policy;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

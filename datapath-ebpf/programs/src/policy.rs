@@ -1,0 +1,364 @@
+//! Policy enforcement on the host side of each pod veth.
+//!
+//! ```text
+//!  packet ─▶ endpoint? ──no──▶ pass (not ours)
+//!              │yes
+//!              ▼
+//!            parse (IPv4/IPv6; TCP, UDP, SCTP, ICMP) ──bad──▶ drop MALFORMED
+//!              ▼
+//!            egress only: source == endpoint address? ──no──▶ drop SPOOFED_SOURCE
+//!              ▼
+//!            conntrack: this flow or its reply known? ──yes──▶ pass ESTABLISHED
+//!              ▼
+//!            peer identity = ipcache LPM(peer address), world if none
+//!              ▼
+//!            policy LPM (peer id) + policy LPM (any peer) ─▶ deny? ─▶ drop (or pass if audit)
+//!              │ allow / redirect                           none? ─▶ drop DEFAULT
+//!              ▼
+//!            conntrack insert, event NEW, pass
+//! ```
+//!
+//! Events are emitted for new flows and drops only; established packets cost one hash lookup.
+//! Redirects to the L7 proxy are treated as allow until the proxy exists (issue 8).
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TcContext,
+};
+use palisade_datapath_common::{
+    conntrack::{self, CtKey, CtValue},
+    endpoint::{self, EndpointInfo},
+    events::{self, FlowEvent},
+    family,
+    ipcache::{self, IpcacheKey, IpcacheValue},
+    policy::{self, PolicyKey, PolicyValue},
+    proto, verdict,
+};
+
+#[map(name = "PAL_ENDPOINTS")]
+static PAL_ENDPOINTS: HashMap<u32, EndpointInfo> =
+    HashMap::with_max_entries(endpoint::MAP_MAX_ENTRIES, 0);
+
+#[map(name = "PAL_IPCACHE")]
+static PAL_IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> =
+    LpmTrie::with_max_entries(ipcache::MAP_MAX_ENTRIES, 0);
+
+#[map(name = "PAL_POLICY")]
+static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(policy::MAP_MAX_ENTRIES, 0);
+
+#[map(name = "PAL_CT")]
+static PAL_CT: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(conntrack::MAP_MAX_ENTRIES, 0);
+
+#[map(name = "PAL_VERDICTS")]
+static PAL_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::REASONS * 2, 0);
+
+#[map(name = "PAL_EVENTS")]
+static PAL_EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
+
+/// Reserved identity of peers outside the cluster (Cilium's numbering).
+const IDENTITY_WORLD: u32 = 2;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// Traffic leaving the pod: tc ingress on the host-side veth; the endpoint's egress policy.
+#[classifier]
+pub fn endpoint_egress(ctx: TcContext) -> i32 {
+    enforce(&ctx, policy::DIRECTION_EGRESS)
+}
+
+/// Traffic entering the pod: tc egress on the host-side veth; the endpoint's ingress policy.
+#[classifier]
+pub fn endpoint_ingress(ctx: TcContext) -> i32 {
+    enforce(&ctx, policy::DIRECTION_INGRESS)
+}
+
+/// The parsed headers of one packet.
+struct Flow {
+    family: u8,
+    protocol: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    /// Conntrack ports (network order): L4 ports, or the ICMP echo id on one side.
+    sport: [u8; 2],
+    dport: [u8; 2],
+    /// Port the policy matches (network order): destination port, or the ICMP type.
+    policy_port: [u8; 2],
+    /// The packet is an ICMP/ICMPv6 message the datapath does not police (neighbour discovery).
+    unmanaged: bool,
+}
+
+#[inline(always)]
+fn enforce(ctx: &TcContext, direction: u8) -> i32 {
+    // SAFETY: `skb` points at the kernel's `__sk_buff` context for this invocation.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is only read, and the map is only written from user space.
+    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }) else {
+        return TC_ACT_OK;
+    };
+    let flow = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => parse_ipv4(ctx),
+        ETH_P_IPV6 => parse_ipv6(ctx),
+        _ => {
+            count(verdict::FORWARDED_UNMANAGED, direction);
+            return TC_ACT_OK;
+        }
+    };
+    let Some(flow) = flow else {
+        count(verdict::DROP_MALFORMED, direction);
+        return TC_ACT_SHOT;
+    };
+    if flow.unmanaged {
+        count(verdict::FORWARDED_UNMANAGED, direction);
+        return TC_ACT_OK;
+    }
+
+    if direction == policy::DIRECTION_EGRESS && !source_is_endpoint(&flow, ep) {
+        count(verdict::DROP_SPOOFED_SOURCE, direction);
+        emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_SPOOFED_SOURCE, ifindex, ep.identity, 0, 0);
+        return TC_ACT_SHOT;
+    }
+
+    let forward = CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        family: flow.family,
+        _pad: [0; 2],
+        ifindex,
+    };
+    // SAFETY: read-only access to a value the kernel keeps alive for this program run.
+    if unsafe { PAL_CT.get(&forward) }.is_some() {
+        count(verdict::FORWARDED_ESTABLISHED, direction);
+        return TC_ACT_OK;
+    }
+    let reply = CtKey {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        ..forward
+    };
+    // SAFETY: as above.
+    if unsafe { PAL_CT.get(&reply) }.is_some() {
+        count(verdict::FORWARDED_ESTABLISHED, direction);
+        return TC_ACT_OK;
+    }
+
+    let peer_addr = if direction == policy::DIRECTION_EGRESS { flow.daddr } else { flow.saddr };
+    let peer = peer_identity(flow.family, peer_addr);
+    let (src_id, dst_id) =
+        if direction == policy::DIRECTION_EGRESS { (ep.identity, peer) } else { (peer, ep.identity) };
+
+    match lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port) {
+        Some(v) if v.verdict == policy::VERDICT_DENY => {
+            if v.flags & policy::FLAG_AUDIT != 0 {
+                count(verdict::FORWARDED_AUDIT, direction);
+                emit(ctx, &flow, events::KIND_AUDIT, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
+                return TC_ACT_OK;
+            }
+            count(verdict::DROP_POLICY_DENY, direction);
+            emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
+            TC_ACT_SHOT
+        }
+        Some(v) => {
+            let value = CtValue {
+                // SAFETY: helper without preconditions.
+                created_ns: unsafe { bpf_ktime_get_ns() },
+                rule_id: v.rule_id,
+                flags: if direction == policy::DIRECTION_EGRESS { conntrack::FLAG_EGRESS } else { 0 },
+            };
+            let _ = PAL_CT.insert(&forward, &value, u64::from(BPF_ANY));
+            count(verdict::FORWARDED_NEW, direction);
+            emit(ctx, &flow, events::KIND_NEW, direction, verdict::FORWARDED_NEW, ifindex, src_id, dst_id, v.rule_id);
+            TC_ACT_OK
+        }
+        None => {
+            count(verdict::DROP_POLICY_DEFAULT, direction);
+            emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DEFAULT, ifindex, src_id, dst_id, 0);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Two LPM lookups (the peer's identity, then any peer) combined with deny precedence.
+#[inline(always)]
+fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port: [u8; 2]) -> Option<PolicyValue> {
+    let data = PolicyKey {
+        endpoint_id: endpoint_id.to_be_bytes(),
+        identity: peer.to_be_bytes(),
+        direction,
+        protocol,
+        dport: port,
+    };
+    let specific = PAL_POLICY.get(Key::new(policy::KEY_FULL_BITS, data)).copied();
+    let any = PAL_POLICY
+        .get(Key::new(policy::KEY_FULL_BITS, PolicyKey { identity: [0; 4], ..data }))
+        .copied();
+    match (specific, any) {
+        (Some(s), _) if s.verdict == policy::VERDICT_DENY => Some(s),
+        (_, Some(a)) if a.verdict == policy::VERDICT_DENY => Some(a),
+        (Some(s), _) => Some(s),
+        (None, a) => a,
+    }
+}
+
+#[inline(always)]
+fn peer_identity(fam: u8, addr: [u8; 16]) -> u32 {
+    let bits = if fam == family::IPV4 { 32 } else { 128 };
+    let key = Key::new(ipcache::KEY_FIXED_BITS + bits, IpcacheKey { family: fam, _pad: [0; 3], addr });
+    match PAL_IPCACHE.get(key) {
+        Some(v) => v.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
+#[inline(always)]
+fn source_is_endpoint(flow: &Flow, ep: &EndpointInfo) -> bool {
+    if flow.family == family::IPV4 {
+        ep.flags & endpoint::FLAG_HAS_IPV4 != 0
+            && flow.saddr[0] == ep.ipv4[0]
+            && flow.saddr[1] == ep.ipv4[1]
+            && flow.saddr[2] == ep.ipv4[2]
+            && flow.saddr[3] == ep.ipv4[3]
+    } else {
+        ep.flags & endpoint::FLAG_HAS_IPV6 != 0 && flow.saddr == ep.ipv6
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
+    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let frag: [u8; 2] = ctx.load(ETH_HLEN + 6).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let s: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
+    let d: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+    let mut flow = Flow {
+        family: family::IPV4,
+        protocol,
+        saddr: [s[0], s[1], s[2], s[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr: [d[0], d[1], d[2], d[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        sport: [0; 2],
+        dport: [0; 2],
+        policy_port: [0; 2],
+        unmanaged: false,
+    };
+    // A non-first fragment has no L4 header: it is policed by protocol only (port 0).
+    let fragment_offset = u16::from_be_bytes(frag) & 0x1fff;
+    if fragment_offset == 0 {
+        parse_l4(ctx, ETH_HLEN + (ihl & 0x3c), &mut flow, false)?;
+    }
+    Some(flow)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
+    let v: u8 = ctx.load(ETH_HLEN).ok()?;
+    if v >> 4 != 6 {
+        return None;
+    }
+    let protocol: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+    let saddr: [u8; 16] = ctx.load(ETH_HLEN + 8).ok()?;
+    let daddr: [u8; 16] = ctx.load(ETH_HLEN + 24).ok()?;
+    let mut flow = Flow {
+        family: family::IPV6,
+        protocol,
+        saddr,
+        daddr,
+        sport: [0; 2],
+        dport: [0; 2],
+        policy_port: [0; 2],
+        unmanaged: false,
+    };
+    // Extension headers are not walked: such packets are policed by their first next-header value.
+    parse_l4(ctx, ETH_HLEN + 40, &mut flow, true)?;
+    Some(flow)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool) -> Option<()> {
+    match flow.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => {
+            flow.sport = ctx.load(off).ok()?;
+            flow.dport = ctx.load(off + 2).ok()?;
+            flow.policy_port = flow.dport;
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let ty: u8 = ctx.load(off).ok()?;
+            let id: [u8; 2] = ctx.load(off + 4).ok()?;
+            flow.policy_port = [0, ty];
+            let (echo_request, echo_reply) = if v6 { (128, 129) } else { (8, 0) };
+            if ty == echo_request {
+                flow.sport = id;
+            } else if ty == echo_reply {
+                flow.dport = id;
+            }
+            // Router/neighbour solicitation and advertisement, redirect: link housekeeping.
+            if v6 && (133..=137).contains(&ty) {
+                flow.unmanaged = true;
+            }
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn count(reason: u32, direction: u8) {
+    if let Some(slot) = PAL_VERDICTS.get_ptr_mut(verdict::slot(reason, direction)) {
+        // SAFETY: per-CPU slot, never shared with another CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    ctx: &TcContext,
+    flow: &Flow,
+    kind: u8,
+    direction: u8,
+    reason: u32,
+    ifindex: u32,
+    src_identity: u32,
+    dst_identity: u32,
+    rule_id: u32,
+) {
+    if let Some(mut entry) = PAL_EVENTS.reserve::<FlowEvent>(0) {
+        entry.write(FlowEvent {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            kind,
+            direction,
+            protocol: flow.protocol,
+            family: flow.family,
+            reason,
+            ifindex,
+            src_identity,
+            dst_identity,
+            rule_id,
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            sport: flow.sport,
+            dport: flow.policy_port,
+            len: ctx.len(),
+            _pad: 0,
+        });
+        entry.submit(0);
+    }
+}
