@@ -4,5 +4,11 @@
 //! CiliumClusterwideNetworkPolicy, `networking.k8s.io/v1` NetworkPolicy) as serde types, so the
 //! policy engine, the control plane and the Kubernetes mirror share one definition. Protobufs and
 //! REST types arrive with the control plane (issue 4).
+//!
+//! The types only describe shape (field names, types, unknown fields rejected); semantic checks
+//! (port ranges, regular expressions, CIDRs, incompatible fields) live in `palisade-policy`, which
+//! reports them with the field path.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod crd;

@@ -1,13 +1,288 @@
-//! `palisade policy` (placeholder until its owner lands it).
+//! `palisade policy`: offline verdict suites (`test`) and explanations (`trace`).
+//!
+//! File reading lives here; the engine (`palisade-policy`) is pure.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use palisade_policy::engine::Engine;
+use palisade_policy::ir::{Direction, HttpRequest, NormalizedPolicy, proto};
+use palisade_policy::load;
+use palisade_policy::suite::{CaseResult, Suite, table};
+use palisade_policy::verdict::{Connection, ConnectionVerdict, SideVerdict};
+
+use super::Output;
 
 /// Arguments of `palisade policy`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run verdict suites: exit 0 when every case matches, 1 when any differs, 2 on invalid input.
+    Test(TestArgs),
+    /// Explain the verdict of one connection in a suite's world.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Suite files, or directories searched recursively for `*.yaml`/`*.yml`.
+    #[arg(required = true)]
+    suites: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct TraceArgs {
+    /// Suite file providing namespaces, endpoints, externals and policies.
+    #[arg(long)]
+    suite: PathBuf,
+    /// Source: `ns/pod`, an external, or `host`.
+    #[arg(long)]
+    from: String,
+    /// Destination: `ns/pod`, an external, or `host`.
+    #[arg(long)]
+    to: String,
+    /// Destination port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Protocol: TCP, UDP, SCTP, ICMP, ICMPv6.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// ICMP type (default 8 for ICMP, 128 for ICMPv6).
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// HTTP method, for L7 rules.
+    #[arg(long)]
+    http_method: Option<String>,
+    /// HTTP path, for L7 rules.
+    #[arg(long)]
+    http_path: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
 
 /// Runs `palisade policy`.
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("error: `palisade policy` is not built yet");
-    ExitCode::from(super::EXIT_INVALID)
+pub fn run(args: Args) -> ExitCode {
+    let r = match args.command {
+        Command::Test(a) => test(a),
+        Command::Trace(a) => trace(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => super::fail(&e),
+    }
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>, exts: &[&str]) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list `{}`", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            if e.is_dir()
+                || e.extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| exts.contains(&x))
+            {
+                collect(&e, out, exts)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))
+}
+
+/// Parses a suite and builds its world, loading `policiesFrom` relative to the suite.
+fn build_suite(path: &Path) -> Result<(Suite, Engine)> {
+    let name = path.display().to_string();
+    let suite = Suite::parse(&name, &read(path)?)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut extra: Vec<NormalizedPolicy> = Vec::new();
+    for rel in suite.policies_from() {
+        let mut files = Vec::new();
+        collect(&base.join(rel), &mut files, &["yaml", "yml", "json"])?;
+        for f in files {
+            extra.extend(load::load_file(&f.display().to_string(), &read(&f)?)?);
+        }
+    }
+    let engine = suite.build(extra)?;
+    Ok((suite, engine))
+}
+
+fn test(a: TestArgs) -> Result<ExitCode> {
+    let mut files = Vec::new();
+    for s in &a.suites {
+        collect(s, &mut files, &["yaml", "yml"])?;
+    }
+    if files.is_empty() {
+        return Err(anyhow!("no suite files found"));
+    }
+    let mut results: Vec<CaseResult> = Vec::new();
+    for f in &files {
+        let (suite, engine) = build_suite(f)?;
+        results.extend(suite.run(&engine)?.into_iter().map(|(r, _)| r));
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    match a.output {
+        Output::Json => {
+            let doc = serde_json::json!({"cases": results, "passed": results.len() - failed, "failed": failed});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Table => {
+            print!("{}", table(&results));
+            println!("{} passed, {} failed", results.len() - failed, failed);
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn side_lines(engine: &Engine, s: &SideVerdict, out: &mut Vec<String>) {
+    let ep = &engine.endpoints()[&s.endpoint];
+    let sp = engine.selector_policy(ep.identity);
+    let d = s.direction as usize;
+    out.push(format!(
+        "{} at {} (identity {}):",
+        s.direction, s.endpoint, ep.identity
+    ));
+    let mut policies: Vec<String> = sp.rules[d]
+        .iter()
+        .chain(sp.default_deny[d].iter())
+        .filter_map(|r| engine.origin(*r))
+        .map(|o| o.resource.to_string())
+        .collect();
+    policies.sort();
+    policies.dedup();
+    if policies.is_empty() {
+        out.push(format!("  selected by: no policy for {}", s.direction));
+    } else {
+        out.push(format!("  selected by: {}", policies.join(", ")));
+    }
+    if sp.default_deny[d].is_empty() {
+        out.push("  default deny: off (no policy enforces this direction)".to_string());
+    } else {
+        let by: Vec<String> = sp.default_deny[d]
+            .iter()
+            .filter_map(|r| engine.origin(*r))
+            .map(|o| o.to_string())
+            .collect();
+        out.push(format!("  default deny: on, from {}", by.join(", ")));
+    }
+    match (&s.lookup.key, &s.lookup.value) {
+        (Some(k), Some(v)) => out.push(format!(
+            "  entry: identity {} proto {} port {}/{} -> verdict {} flags {} proxy {} rule {}",
+            k.identity,
+            proto::name(k.protocol),
+            k.dport,
+            k.port_prefix_len,
+            v.verdict,
+            v.flags,
+            v.proxy_port,
+            v.rule
+        )),
+        (None, Some(v)) => out.push(format!("  ipBlock rule {} matched the peer's IP", v.rule)),
+        _ => out.push("  entry: none".to_string()),
+    }
+    out.push(format!("  verdict: {} ({})", s.verdict, s.reason));
+    let rule = if s.lookup.value.is_none() && s.verdict == palisade_policy::verdict::Verdict::Allow
+    {
+        "allow-localhost".to_string()
+    } else {
+        engine.describe_rule(s.rule, s.direction, &s.endpoint)
+    };
+    out.push(format!("  rule: {rule}"));
+}
+
+fn trace(a: TraceArgs) -> Result<ExitCode> {
+    let (_suite, engine) = build_suite(&a.suite)?;
+    let from = engine.peer(&a.from)?;
+    let to = engine.peer(&a.to)?;
+    let protocol =
+        proto::parse(&a.protocol).ok_or_else(|| anyhow!("unknown protocol `{}`", a.protocol))?;
+    let icmp = protocol == proto::ICMP || protocol == proto::ICMPV6;
+    let port = if icmp {
+        u16::from(
+            a.icmp_type
+                .unwrap_or(if protocol == proto::ICMP { 8 } else { 128 }),
+        )
+    } else {
+        a.port
+            .ok_or_else(|| anyhow!("--port is required for {}", a.protocol))?
+    };
+    let http = if a.http_method.is_some() || a.http_path.is_some() {
+        Some(HttpRequest {
+            method: a.http_method.clone(),
+            path: a.http_path.clone(),
+            ..Default::default()
+        })
+    } else {
+        None
+    };
+    let conn = Connection {
+        from,
+        to,
+        protocol,
+        port,
+        http,
+    };
+    let v: ConnectionVerdict = engine.check(&conn);
+    match a.output {
+        Output::Json => {
+            let doc = serde_json::json!({"verdict": v.verdict, "rule": engine.deciding_rule(&v), "egress": v.egress, "ingress": v.ingress});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Table => {
+            let mut lines = vec![format!(
+                "{} -> {} {} {}: {}",
+                a.from,
+                a.to,
+                proto::name(protocol),
+                port,
+                v.verdict.to_string().to_uppercase()
+            )];
+            match &v.egress {
+                Some(s) => side_lines(&engine, s, &mut lines),
+                None => lines.push(format!(
+                    "{}: source `{}` is not an endpoint: no egress policy",
+                    Direction::Egress,
+                    a.from
+                )),
+            }
+            match &v.ingress {
+                Some(s) => side_lines(&engine, s, &mut lines),
+                None => lines.push(format!(
+                    "{}: destination `{}` is not an endpoint: no ingress policy",
+                    Direction::Ingress,
+                    a.to
+                )),
+            }
+            lines.push(format!("decided by: {}", engine.deciding_rule(&v)));
+            println!("{}", lines.join("\n"));
+        }
+    }
+    Ok(match v.verdict {
+        palisade_policy::verdict::Verdict::Deny => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
 }

@@ -1,0 +1,793 @@
+//! The engine: identities, endpoints, policies, the selector cache and every endpoint's compiled
+//! map state, kept up to date incrementally.
+//!
+//! ```text
+//!  add_endpoint / add_external ──► identity (new?) ──► selector deltas ──► slice(id) of each
+//!                                                                          affected endpoint
+//!  replace_policy ──► (affected identities, revision) ──► full recompile of their endpoints
+//! ```
+//! Pure: every input arrives as a parameter; outputs are deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::compile::{Contribution, Kind, ProxyPorts, Slices, build_slice};
+use crate::error::EngineError;
+use crate::identity::{Identity, IdentityAllocator};
+use crate::ir::{
+    DefaultDeny, Direction, NormalizedPolicy, Origin, Peers, PolicyEntry, PortSpec, ResourceKey,
+};
+use crate::labels::{LabelSet, Source, pod_labels};
+use crate::mapstate::{IpRule, L4Key, MapState, dir_byte, port_blocks};
+use crate::selector::MatchContext;
+use crate::selector_cache::{SelectorCache, SelectorId};
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Cluster id (high 8 bits of identities).
+    pub cluster_id: u8,
+    /// Cluster name (`io.cilium.k8s.policy.cluster`).
+    pub cluster_name: String,
+    /// Proxy ports used by redirects.
+    pub proxy_ports: ProxyPorts,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cluster_id: 0,
+            cluster_name: "default".into(),
+            proxy_ports: ProxyPorts {
+                http: 15001,
+                dns: 15053,
+            },
+        }
+    }
+}
+
+/// A named container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    /// Name.
+    pub name: String,
+    /// Number.
+    pub port: u16,
+    /// Protocol number.
+    pub protocol: u8,
+}
+
+/// An endpoint (pod) as the engine needs it.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    /// `<namespace>/<pod>`.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: String,
+    /// IP address.
+    pub ip: IpAddr,
+    /// Node name.
+    pub node: String,
+    /// Named container ports.
+    pub ports: Vec<NamedPort>,
+}
+
+/// An endpoint with its identity.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// What was given.
+    pub spec: EndpointSpec,
+    /// Its identity.
+    pub identity: Identity,
+}
+
+/// A peer outside the cluster.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// Name (also matched by `toFQDNs`, as if the pod had resolved it).
+    pub name: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// Its node-local CIDR identity.
+    pub identity: Identity,
+}
+
+#[derive(Debug, Clone)]
+struct StoredRule {
+    id: u32,
+    entry: PolicyEntry,
+    subject: SelectorId,
+    peers: Vec<SelectorId>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredDefault {
+    id: u32,
+    dd: DefaultDeny,
+    subject: SelectorId,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StoredPolicy {
+    rules: Vec<StoredRule>,
+    defaults: Vec<StoredDefault>,
+}
+
+/// The rules and default-deny statements selecting one identity, by direction: the identity's
+/// policy while it still speaks in selectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectorPolicy {
+    /// Rule ids per direction (ingress, egress), ascending.
+    pub rules: [Vec<u32>; 2],
+    /// Default-deny statement ids per direction; empty means the direction is not enforced.
+    pub default_deny: [Vec<u32>; 2],
+}
+
+fn di(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Everything the policy engine knows, and the compiled result.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: EngineConfig,
+    identities: IdentityAllocator,
+    cache: SelectorCache,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    endpoints: BTreeMap<String, Endpoint>,
+    by_identity: BTreeMap<Identity, BTreeSet<String>>,
+    externals: BTreeMap<String, External>,
+    policies: BTreeMap<ResourceKey, StoredPolicy>,
+    rule_loc: BTreeMap<u32, (ResourceKey, usize)>,
+    default_loc: BTreeMap<u32, (ResourceKey, usize)>,
+    origins: BTreeMap<u32, Origin>,
+    peer_index: BTreeMap<SelectorId, BTreeSet<u32>>,
+    next_rule: u32,
+    revision: u64,
+    maps: BTreeMap<String, MapState>,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(config: EngineConfig) -> Self {
+        let ctx = MatchContext {
+            cluster_name: config.cluster_name.clone(),
+        };
+        Engine {
+            identities: IdentityAllocator::new(config.cluster_id),
+            cache: SelectorCache::new(ctx),
+            config,
+            namespaces: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            by_identity: BTreeMap::new(),
+            externals: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            rule_loc: BTreeMap::new(),
+            default_loc: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            peer_index: BTreeMap::new(),
+            next_rule: 1,
+            revision: 0,
+            maps: BTreeMap::new(),
+        }
+    }
+
+    /// Policy revision: increases with every policy change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Sets a namespace's labels. Call before adding the namespace's endpoints.
+    pub fn set_namespace(&mut self, namespace: &str, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(namespace.to_string(), labels);
+    }
+
+    /// Endpoints by name.
+    pub fn endpoints(&self) -> &BTreeMap<String, Endpoint> {
+        &self.endpoints
+    }
+
+    /// Externals by name.
+    pub fn externals(&self) -> &BTreeMap<String, External> {
+        &self.externals
+    }
+
+    /// The identity allocator.
+    pub fn identities(&self) -> &IdentityAllocator {
+        &self.identities
+    }
+
+    /// The selector cache.
+    pub fn selector_cache(&self) -> &SelectorCache {
+        &self.cache
+    }
+
+    /// Origin of a rule or default-deny statement id.
+    pub fn origin(&self, id: u32) -> Option<&Origin> {
+        self.origins.get(&id)
+    }
+
+    /// The normalized rule behind a rule id.
+    pub fn rule(&self, id: u32) -> Option<&PolicyEntry> {
+        let (k, i) = self.rule_loc.get(&id)?;
+        self.policies.get(k)?.rules.get(*i).map(|r| &r.entry)
+    }
+
+    /// Compiled state of an endpoint.
+    pub fn map_state(&self, endpoint: &str) -> Option<&MapState> {
+        self.maps.get(endpoint)
+    }
+
+    /// Labels of an identity.
+    pub fn labels(&self, id: Identity) -> Option<&LabelSet> {
+        self.identities.labels(id)
+    }
+
+    /// Policy objects loaded, in order.
+    pub fn policy_keys(&self) -> impl Iterator<Item = &ResourceKey> {
+        self.policies.keys()
+    }
+
+    /// The endpoint whose IP this is.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.spec.ip == ip)
+    }
+
+    // === identities ===
+
+    fn new_identity(
+        &mut self,
+        name: &str,
+        labels: LabelSet,
+    ) -> Result<(Identity, Vec<SelectorId>), EngineError> {
+        let (id, is_new) =
+            self.identities
+                .allocate(labels)
+                .map_err(|source| EngineError::Identity {
+                    name: name.to_string(),
+                    source,
+                })?;
+        if !is_new {
+            return Ok((id, vec![]));
+        }
+        let labels = self.identities.labels(id).cloned().unwrap_or_default();
+        let deltas = self.cache.update_identities(&[(id, &labels)], &[]);
+        Ok((id, deltas.into_iter().map(|d| d.selector).collect()))
+    }
+
+    /// Recomputes slice(`peer`) of every endpoint with a rule whose peer selector is in `gained`.
+    fn apply_peer_gain(&mut self, peer: Identity, gained: &[SelectorId], skip: Option<&str>) {
+        let mut subjects: BTreeSet<SelectorId> = BTreeSet::new();
+        for s in gained {
+            for rid in self.peer_index.get(s).into_iter().flatten() {
+                if let Some((k, i)) = self.rule_loc.get(rid)
+                    && let Some(r) = self.policies.get(k).and_then(|p| p.rules.get(*i))
+                {
+                    subjects.insert(r.subject);
+                }
+            }
+        }
+        let mut eps: BTreeSet<String> = BTreeSet::new();
+        for s in subjects {
+            for id in self.cache.matches(s) {
+                eps.extend(self.by_identity.get(id).into_iter().flatten().cloned());
+            }
+        }
+        for name in eps {
+            if Some(name.as_str()) == skip {
+                continue;
+            }
+            self.recompute_slice(&name, peer);
+        }
+    }
+
+    /// Adds an endpoint and updates every compiled state it affects.
+    pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<Identity, EngineError> {
+        if self.endpoints.contains_key(&spec.name) || self.externals.contains_key(&spec.name) {
+            return Err(EngineError::Duplicate { name: spec.name });
+        }
+        let empty = BTreeMap::new();
+        let ns_labels = self.namespaces.get(&spec.namespace).unwrap_or(&empty);
+        let labels = pod_labels(
+            &spec.labels,
+            &spec.namespace,
+            ns_labels,
+            &spec.service_account,
+            &self.config.cluster_name,
+        );
+        let (id, gained) = self.new_identity(&spec.name, labels)?;
+        let name = spec.name.clone();
+        let has_named = !spec.ports.is_empty();
+        self.by_identity.entry(id).or_default().insert(name.clone());
+        self.endpoints
+            .insert(name.clone(), Endpoint { spec, identity: id });
+        if has_named {
+            // Egress rules with named ports resolve against destination endpoints' ports.
+            let users: Vec<String> = self
+                .endpoints
+                .keys()
+                .filter(|n| **n != name && self.uses_egress_named_ports(n))
+                .cloned()
+                .collect();
+            for n in users {
+                self.recompile(&n);
+            }
+        }
+        self.apply_peer_gain(id, &gained, Some(&name));
+        self.recompile(&name);
+        Ok(id)
+    }
+
+    /// Removes an endpoint (its identity stays allocated while other endpoints use it).
+    pub fn remove_endpoint(&mut self, name: &str) -> bool {
+        let Some(ep) = self.endpoints.remove(name) else {
+            return false;
+        };
+        self.maps.remove(name);
+        let id = ep.identity;
+        let last = match self.by_identity.get_mut(&id) {
+            Some(set) => {
+                set.remove(name);
+                set.is_empty()
+            }
+            None => true,
+        };
+        if last {
+            self.by_identity.remove(&id);
+            self.identities.release(id);
+            let deltas = self.cache.update_identities(&[], &[id]);
+            for m in self.maps.values_mut() {
+                m.entries.retain(|k, _| k.identity != id.0);
+                m.l7.retain(|k, _| k.identity != id.0);
+            }
+            drop(deltas);
+        }
+        true
+    }
+
+    /// Adds a peer outside the cluster.
+    pub fn add_external(&mut self, name: &str, ip: IpAddr) -> Result<Identity, EngineError> {
+        if self.endpoints.contains_key(name) || self.externals.contains_key(name) {
+            return Err(EngineError::Duplicate {
+                name: name.to_string(),
+            });
+        }
+        let mut labels = LabelSet::new();
+        labels.insert(Source::Cidr, ipnet::IpNet::from(ip).to_string(), "");
+        labels.insert(
+            Source::Fqdn,
+            name.trim_end_matches('.').to_ascii_lowercase(),
+            "",
+        );
+        let (id, gained) = self.new_identity(name, labels)?;
+        self.externals.insert(
+            name.to_string(),
+            External {
+                name: name.to_string(),
+                ip,
+                identity: id,
+            },
+        );
+        self.apply_peer_gain(id, &gained, None);
+        Ok(id)
+    }
+
+    // === policies ===
+
+    /// Replaces (or with `None` removes) a policy object. Returns the identities whose policy
+    /// may have changed and the new revision; their endpoints are recompiled.
+    pub fn replace_policy(
+        &mut self,
+        key: &ResourceKey,
+        policy: Option<NormalizedPolicy>,
+    ) -> (BTreeSet<Identity>, u64) {
+        let mut affected: BTreeSet<Identity> = BTreeSet::new();
+        if let Some(old) = self.policies.remove(key) {
+            for r in &old.rules {
+                affected.extend(self.cache.matches(r.subject).iter().copied());
+                self.cache.remove_user(r.subject);
+                for p in &r.peers {
+                    if let Some(set) = self.peer_index.get_mut(p) {
+                        set.remove(&r.id);
+                        if set.is_empty() {
+                            self.peer_index.remove(p);
+                        }
+                    }
+                    self.cache.remove_user(*p);
+                }
+                self.rule_loc.remove(&r.id);
+                self.origins.remove(&r.id);
+            }
+            for d in &old.defaults {
+                affected.extend(self.cache.matches(d.subject).iter().copied());
+                self.cache.remove_user(d.subject);
+                self.default_loc.remove(&d.id);
+                self.origins.remove(&d.id);
+            }
+        }
+        if let Some(p) = policy {
+            let mut stored = StoredPolicy::default();
+            for (i, entry) in p.entries.into_iter().enumerate() {
+                let id = self.next_rule;
+                self.next_rule += 1;
+                let subject = self.cache.add_user(&entry.subject, self.identities.iter());
+                affected.extend(self.cache.matches(subject).iter().copied());
+                let mut peers = Vec::new();
+                if let Peers::Selectors(sels) = &entry.peers {
+                    for s in sels {
+                        let sid = self.cache.add_user(s, self.identities.iter());
+                        self.peer_index.entry(sid).or_default().insert(id);
+                        peers.push(sid);
+                    }
+                }
+                self.origins.insert(id, entry.origin.clone());
+                self.rule_loc.insert(id, (key.clone(), i));
+                stored.rules.push(StoredRule {
+                    id,
+                    entry,
+                    subject,
+                    peers,
+                });
+            }
+            for (i, dd) in p.default_deny.into_iter().enumerate() {
+                let id = self.next_rule;
+                self.next_rule += 1;
+                let subject = self.cache.add_user(&dd.subject, self.identities.iter());
+                affected.extend(self.cache.matches(subject).iter().copied());
+                self.origins.insert(id, dd.origin.clone());
+                self.default_loc.insert(id, (key.clone(), i));
+                stored.defaults.push(StoredDefault { id, dd, subject });
+            }
+            self.policies.insert(key.clone(), stored);
+        }
+        self.revision += 1;
+        let eps: Vec<String> = affected
+            .iter()
+            .flat_map(|id| self.by_identity.get(id).into_iter().flatten().cloned())
+            .collect();
+        for e in eps {
+            self.recompile(&e);
+        }
+        (affected, self.revision)
+    }
+
+    /// The rules and default-deny statements that select `id`.
+    pub fn selector_policy(&self, id: Identity) -> SelectorPolicy {
+        let mut sp = SelectorPolicy::default();
+        for p in self.policies.values() {
+            for r in &p.rules {
+                if self.cache.matches(r.subject).contains(&id) {
+                    sp.rules[di(r.entry.direction)].push(r.id);
+                }
+            }
+            for d in &p.defaults {
+                if self.cache.matches(d.subject).contains(&id) {
+                    sp.default_deny[di(d.dd.direction)].push(d.id);
+                }
+            }
+        }
+        for v in sp.rules.iter_mut().chain(sp.default_deny.iter_mut()) {
+            v.sort_unstable();
+        }
+        sp
+    }
+
+    fn stored_rule(&self, id: u32) -> Option<&StoredRule> {
+        let (k, i) = self.rule_loc.get(&id)?;
+        self.policies.get(k)?.rules.get(*i)
+    }
+
+    fn uses_egress_named_ports(&self, endpoint: &str) -> bool {
+        let Some(ep) = self.endpoints.get(endpoint) else {
+            return false;
+        };
+        let sp = self.selector_policy(ep.identity);
+        sp.rules[1]
+            .iter()
+            .filter_map(|r| self.stored_rule(*r))
+            .any(|r| {
+                r.entry
+                    .l4
+                    .iter()
+                    .flatten()
+                    .any(|m| matches!(m.port, PortSpec::Named(_)))
+            })
+    }
+
+    // === compilation ===
+
+    /// L4 keys of a rule for one peer (named ports resolved per destination endpoint).
+    pub(crate) fn l4_keys(
+        &self,
+        entry: &PolicyEntry,
+        subject: &Endpoint,
+        peer: Identity,
+    ) -> Vec<L4Key> {
+        let Some(ms) = &entry.l4 else {
+            return vec![L4Key::ANY];
+        };
+        let mut out = Vec::new();
+        for m in ms {
+            let ranges: Vec<(u16, u16)> = match &m.port {
+                PortSpec::Range(lo, hi) => vec![(*lo, *hi)],
+                PortSpec::Named(n) => self
+                    .resolve_named(n, m.proto, entry.direction, subject, peer)
+                    .into_iter()
+                    .map(|p| (p, p))
+                    .collect(),
+            };
+            for (lo, hi) in ranges {
+                for (port, len) in port_blocks(lo, hi) {
+                    out.push(L4Key {
+                        protocol: m.proto,
+                        prefix_len: len,
+                        port,
+                    });
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Ports a named port stands for: the subject's own ports at ingress; at egress the ports of
+    /// the destination endpoints with identity `peer` (every endpoint when `peer` is 0).
+    pub(crate) fn resolve_named(
+        &self,
+        name: &str,
+        proto: u8,
+        dir: Direction,
+        subject: &Endpoint,
+        peer: Identity,
+    ) -> BTreeSet<u16> {
+        let pick = |e: &Endpoint| -> Vec<u16> {
+            e.spec
+                .ports
+                .iter()
+                .filter(|p| p.name == name && p.protocol == proto)
+                .map(|p| p.port)
+                .collect()
+        };
+        match dir {
+            Direction::Ingress => pick(subject).into_iter().collect(),
+            Direction::Egress => {
+                if peer == Identity::ANY {
+                    self.endpoints.values().flat_map(pick).collect()
+                } else {
+                    self.by_identity
+                        .get(&peer)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| self.endpoints.get(n))
+                        .flat_map(pick)
+                        .collect()
+                }
+            }
+        }
+    }
+
+    /// Contributions of the endpoint's rules for one direction, for peers in `only` (all when
+    /// `None`), plus the direction's default.
+    fn contributions(
+        &self,
+        ep: &Endpoint,
+        sp: &SelectorPolicy,
+        dir: Direction,
+        only: Option<&[Identity]>,
+    ) -> Slices {
+        let mut slices: Slices = BTreeMap::new();
+        let dd = &sp.default_deny[di(dir)];
+        if dd.is_empty() {
+            slices.entry(Identity::ANY).or_default().push((
+                L4Key::ANY,
+                Contribution {
+                    kind: Kind::DefaultAllow,
+                    audit: false,
+                    rule: 0,
+                },
+            ));
+        } else if dd
+            .iter()
+            .all(|d| self.origins.get(d).is_some_and(|o| o.audit))
+        {
+            slices.entry(Identity::ANY).or_default().push((
+                L4Key::ANY,
+                Contribution {
+                    kind: Kind::AuditDefault,
+                    audit: true,
+                    rule: dd[0],
+                },
+            ));
+        }
+        for rid in &sp.rules[di(dir)] {
+            let Some(r) = self.stored_rule(*rid) else {
+                continue;
+            };
+            let kind = |l7: &Option<std::sync::Arc<crate::ir::L7>>| {
+                if r.entry.deny {
+                    Kind::Deny
+                } else {
+                    match l7 {
+                        Some(l) => Kind::Redirect(l.clone()),
+                        None => Kind::Allow,
+                    }
+                }
+            };
+            let mut peers: Vec<Identity> = Vec::new();
+            match &r.entry.peers {
+                Peers::Any => peers.push(Identity::ANY),
+                Peers::Selectors(_) => {
+                    for s in &r.peers {
+                        let m = self.cache.matches(*s);
+                        match only {
+                            Some(ids) => peers.extend(ids.iter().filter(|i| m.contains(i))),
+                            None => peers.extend(m.iter().copied()),
+                        }
+                    }
+                }
+            }
+            peers.sort_unstable();
+            peers.dedup();
+            for peer in peers {
+                if let Some(ids) = only
+                    && !ids.contains(&peer)
+                {
+                    continue;
+                }
+                let list = slices.entry(peer).or_default();
+                match &r.entry.l4 {
+                    None => list.push((
+                        L4Key::ANY,
+                        Contribution {
+                            kind: kind(&None),
+                            audit: r.entry.origin.audit,
+                            rule: r.id,
+                        },
+                    )),
+                    Some(ms) => {
+                        for m in ms {
+                            let keys: Vec<L4Key> = match &m.port {
+                                PortSpec::Range(lo, hi) => port_blocks(*lo, *hi)
+                                    .into_iter()
+                                    .map(|(port, len)| L4Key {
+                                        protocol: m.proto,
+                                        prefix_len: len,
+                                        port,
+                                    })
+                                    .collect(),
+                                PortSpec::Named(n) => self
+                                    .resolve_named(n, m.proto, dir, ep, peer)
+                                    .into_iter()
+                                    .map(|port| L4Key {
+                                        protocol: m.proto,
+                                        prefix_len: 16,
+                                        port,
+                                    })
+                                    .collect(),
+                            };
+                            for k in keys {
+                                list.push((
+                                    k,
+                                    Contribution {
+                                        kind: kind(&m.l7),
+                                        audit: r.entry.origin.audit,
+                                        rule: r.id,
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        slices
+    }
+
+    fn ip_rules(&self, ep: &Endpoint, sp: &SelectorPolicy) -> Vec<IpRule> {
+        let mut out = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for rid in &sp.rules[di(dir)] {
+                let Some(r) = self.stored_rule(*rid) else {
+                    continue;
+                };
+                if r.entry.deny || r.entry.pod_ip_blocks.is_empty() {
+                    continue;
+                }
+                let l4 = match &r.entry.l4 {
+                    None => vec![],
+                    Some(_) => self.l4_keys(&r.entry, ep, Identity::ANY),
+                };
+                if r.entry.l4.is_some() && l4.is_empty() {
+                    continue; // named ports that resolve to nothing
+                }
+                for (net, except) in &r.entry.pod_ip_blocks {
+                    out.push(IpRule {
+                        direction: dir,
+                        net: *net,
+                        except: except.clone(),
+                        l4: l4.clone(),
+                        rule: r.id,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn recompile(&mut self, name: &str) {
+        if let Some(ep) = self.endpoints.get(name) {
+            let m = self.compile_endpoint(ep);
+            self.maps.insert(name.to_string(), m);
+        }
+    }
+
+    /// Compiles an endpoint's full state.
+    pub fn compile_endpoint(&self, ep: &Endpoint) -> MapState {
+        let sp = self.selector_policy(ep.identity);
+        let mut m = MapState::default();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let slices = self.contributions(ep, &sp, dir, None);
+            let empty = Vec::new();
+            let wildcard = slices.get(&Identity::ANY).unwrap_or(&empty);
+            let mut out = Vec::new();
+            for (id, own) in &slices {
+                build_slice(
+                    *id,
+                    own,
+                    wildcard,
+                    dir_byte(dir),
+                    self.config.proxy_ports,
+                    &mut out,
+                );
+            }
+            for (k, v, l7) in out {
+                m.entries.insert(k, v);
+                if !l7.is_empty() {
+                    m.l7.insert(k, l7);
+                }
+            }
+        }
+        m.ip_rules = self.ip_rules(ep, &sp);
+        m
+    }
+
+    fn recompute_slice(&mut self, name: &str, peer: Identity) {
+        let Some(ep) = self.endpoints.get(name) else {
+            return;
+        };
+        let sp = self.selector_policy(ep.identity);
+        let mut new_entries = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let slices = self.contributions(ep, &sp, dir, Some(&[Identity::ANY, peer]));
+            let empty = Vec::new();
+            let wildcard = slices.get(&Identity::ANY).unwrap_or(&empty);
+            if let Some(own) = slices.get(&peer) {
+                build_slice(
+                    peer,
+                    own,
+                    wildcard,
+                    dir_byte(dir),
+                    self.config.proxy_ports,
+                    &mut new_entries,
+                );
+            }
+        }
+        let m = self.maps.entry(name.to_string()).or_default();
+        m.entries.retain(|k, _| k.identity != peer.0);
+        m.l7.retain(|k, _| k.identity != peer.0);
+        for (k, v, l7) in new_entries {
+            m.entries.insert(k, v);
+            if !l7.is_empty() {
+                m.l7.insert(k, l7);
+            }
+        }
+    }
+}
