@@ -642,46 +642,95 @@ impl Engine {
                 {
                     continue;
                 }
-                let list = slices.entry(peer).or_default();
+                let audit = r.entry.origin.audit;
                 match &r.entry.l4 {
-                    None => list.push((
+                    None => slices.entry(peer).or_default().push((
                         L4Key::ANY,
                         Contribution {
                             kind: kind(&None),
-                            audit: r.entry.origin.audit,
+                            audit,
                             rule: r.id,
                         },
                     )),
                     Some(ms) => {
                         for m in ms {
-                            let keys: Vec<L4Key> = match &m.port {
-                                PortSpec::Range(lo, hi) => port_blocks(*lo, *hi)
-                                    .into_iter()
-                                    .map(|(port, len)| L4Key {
-                                        protocol: m.proto,
-                                        prefix_len: len,
-                                        port,
-                                    })
-                                    .collect(),
-                                PortSpec::Named(n) => self
-                                    .resolve_named(n, m.proto, dir, ep, peer)
-                                    .into_iter()
-                                    .map(|port| L4Key {
-                                        protocol: m.proto,
-                                        prefix_len: 16,
-                                        port,
-                                    })
-                                    .collect(),
-                            };
-                            for k in keys {
-                                list.push((
-                                    k,
-                                    Contribution {
-                                        kind: kind(&m.l7),
-                                        audit: r.entry.origin.audit,
-                                        rule: r.id,
-                                    },
-                                ));
+                            match &m.port {
+                                PortSpec::Range(lo, hi) => {
+                                    let list = slices.entry(peer).or_default();
+                                    for (port, len) in port_blocks(*lo, *hi) {
+                                        let k = L4Key {
+                                            protocol: m.proto,
+                                            prefix_len: len,
+                                            port,
+                                        };
+                                        list.push((
+                                            k,
+                                            Contribution {
+                                                kind: kind(&m.l7),
+                                                audit,
+                                                rule: r.id,
+                                            },
+                                        ));
+                                    }
+                                }
+                                PortSpec::Named(n)
+                                    if peer == Identity::ANY && dir == Direction::Egress =>
+                                {
+                                    // Resolved per destination: one entry per identity whose
+                                    // endpoints expose the name (externals never do).
+                                    for (id, eps) in &self.by_identity {
+                                        if let Some(ids) = only
+                                            && !ids.contains(id)
+                                        {
+                                            continue;
+                                        }
+                                        let ports: BTreeSet<u16> = eps
+                                            .iter()
+                                            .filter_map(|e| self.endpoints.get(e))
+                                            .flat_map(|e| e.spec.ports.iter())
+                                            .filter(|p| p.name == *n && p.protocol == m.proto)
+                                            .map(|p| p.port)
+                                            .collect();
+                                        if ports.is_empty() {
+                                            continue;
+                                        }
+                                        let list = slices.entry(*id).or_default();
+                                        for port in ports {
+                                            let k = L4Key {
+                                                protocol: m.proto,
+                                                prefix_len: 16,
+                                                port,
+                                            };
+                                            list.push((
+                                                k,
+                                                Contribution {
+                                                    kind: kind(&m.l7),
+                                                    audit,
+                                                    rule: r.id,
+                                                },
+                                            ));
+                                        }
+                                    }
+                                }
+                                PortSpec::Named(n) => {
+                                    let ports = self.resolve_named(n, m.proto, dir, ep, peer);
+                                    let list = slices.entry(peer).or_default();
+                                    for port in ports {
+                                        let k = L4Key {
+                                            protocol: m.proto,
+                                            prefix_len: 16,
+                                            port,
+                                        };
+                                        list.push((
+                                            k,
+                                            Contribution {
+                                                kind: kind(&m.l7),
+                                                audit,
+                                                rule: r.id,
+                                            },
+                                        ));
+                                    }
+                                }
                             }
                         }
                     }

@@ -489,3 +489,18 @@ pub fn table(results: &[CaseResult]) -> String {
     }
     s
 }
+
+/// Whether a file found while walking a directory is a suite (and not a policy file kept beside
+/// suites for `policiesFrom`): its first document is a mapping without `kind`.
+pub fn looks_like_suite(text: &str) -> bool {
+    let Some(doc) = serde_yaml::Deserializer::from_str(text).next() else {
+        return false;
+    };
+    match Value::deserialize(doc) {
+        Ok(Value::Mapping(m)) => {
+            !m.contains_key(Value::String("kind".into()))
+                && !m.contains_key(Value::String("apiVersion".into()))
+        }
+        _ => false,
+    }
+}

@@ -130,7 +130,17 @@ fn build_suite(path: &Path) -> Result<(Suite, Engine)> {
 fn test(a: TestArgs) -> Result<ExitCode> {
     let mut files = Vec::new();
     for s in &a.suites {
-        collect(s, &mut files, &["yaml", "yml"])?;
+        if s.is_dir() {
+            let mut found = Vec::new();
+            collect(s, &mut found, &["yaml", "yml"])?;
+            for f in found {
+                if palisade_policy::suite::looks_like_suite(&read(&f)?) {
+                    files.push(f);
+                }
+            }
+        } else {
+            files.push(s.clone());
+        }
     }
     if files.is_empty() {
         return Err(anyhow!("no suite files found"));
