@@ -19,20 +19,22 @@ use serde::Serialize;
 use crate::identity::Identity;
 use crate::ir::{Direction, L7};
 
-/// Direction as stored in a key.
-pub const DIR_INGRESS: u8 = 0;
-/// Direction as stored in a key.
-pub const DIR_EGRESS: u8 = 1;
+use palisade_datapath_common::policy as dp;
+
+/// Direction as stored in a key (the datapath's value).
+pub const DIR_INGRESS: u8 = dp::DIRECTION_INGRESS;
+/// Direction as stored in a key (the datapath's value).
+pub const DIR_EGRESS: u8 = dp::DIRECTION_EGRESS;
 
 /// Verdict: drop.
-pub const VERDICT_DENY: u8 = 0;
+pub const VERDICT_DENY: u8 = dp::VERDICT_DENY;
 /// Verdict: pass.
-pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_ALLOW: u8 = dp::VERDICT_ALLOW;
 /// Verdict: pass through the L7 proxy at `proxy_port`.
-pub const VERDICT_REDIRECT: u8 = 2;
+pub const VERDICT_REDIRECT: u8 = dp::VERDICT_REDIRECT;
 
 /// Flag: a policy in audit mode would have denied; report AUDIT and let the packet pass.
-pub const FLAG_AUDIT: u8 = 1;
+pub const FLAG_AUDIT: u8 = dp::FLAG_AUDIT;
 /// Flag: no rule decided; the entry is the direction's fallback (default allow when no policy
 /// enforces the direction, or the audit default when only audit-mode policies do).
 pub const FLAG_FALLBACK: u8 = 2;
@@ -207,6 +209,37 @@ impl Lookup {
 }
 
 impl MapState {
+    /// The identity entries as the datapath's LPM trie holds them for endpoint `endpoint_id`:
+    /// `(prefix length in bits, key, value)`. The prefix covers endpoint id, identity and
+    /// direction always, then the protocol when it is not 0, then `port_prefix_len` port bits.
+    pub fn datapath_entries(&self, endpoint_id: u32) -> Vec<(u32, dp::PolicyKey, dp::PolicyValue)> {
+        self.entries
+            .iter()
+            .map(|(k, v)| {
+                let bits = dp::KEY_FIXED_BITS
+                    + if k.protocol == 0 {
+                        0
+                    } else {
+                        8 + u32::from(k.port_prefix_len)
+                    };
+                let key = dp::PolicyKey {
+                    endpoint_id: endpoint_id.to_be_bytes(),
+                    identity: k.identity.to_be_bytes(),
+                    direction: k.direction,
+                    protocol: k.protocol,
+                    dport: k.dport.to_be_bytes(),
+                };
+                let value = dp::PolicyValue {
+                    verdict: v.verdict,
+                    flags: v.flags,
+                    proxy_port: v.proxy_port,
+                    rule_id: v.rule,
+                };
+                (bits, key, value)
+            })
+            .collect()
+    }
+
     /// Looks up the identity map only, in the datapath's order.
     pub fn lookup_identity(
         &self,
@@ -333,6 +366,60 @@ mod tests {
     }
 
     #[test]
+    fn datapath_entries_round_trip_with_prefix_lengths() {
+        let mut m = MapState::default();
+        let k = PolicyKey {
+            identity: 300,
+            direction: DIR_INGRESS,
+            protocol: 6,
+            port_prefix_len: 14,
+            pad: 0,
+            dport: 8080,
+            pad2: 0,
+        };
+        m.entries.insert(
+            k,
+            PolicyValue {
+                verdict: VERDICT_ALLOW,
+                flags: 0,
+                proxy_port: 0,
+                rule: 7,
+            },
+        );
+        let any = PolicyKey {
+            identity: 0,
+            direction: DIR_EGRESS,
+            protocol: 0,
+            port_prefix_len: 0,
+            pad: 0,
+            dport: 0,
+            pad2: 0,
+        };
+        m.entries.insert(
+            any,
+            PolicyValue {
+                verdict: VERDICT_DENY,
+                flags: 0,
+                proxy_port: 0,
+                rule: 8,
+            },
+        );
+        let e = m.datapath_entries(5);
+        assert_eq!(e.len(), 2);
+        let (bits, key, value) = e
+            .iter()
+            .find(|e| e.1.identity == 300u32.to_be_bytes())
+            .unwrap();
+        assert_eq!(*bits, 72 + 8 + 14);
+        assert_eq!(key.endpoint_id, 5u32.to_be_bytes());
+        assert_eq!(u16::from_be_bytes(key.dport), 8080);
+        assert_eq!((value.verdict, value.rule_id), (VERDICT_ALLOW, 7));
+        let (bits, key, _) = e.iter().find(|e| e.1.identity == [0; 4]).unwrap();
+        assert_eq!((*bits, key.direction), (72, DIR_EGRESS));
+        assert_eq!(std::mem::size_of::<dp::PolicyKey>(), 12);
+    }
+
+    #[test]
     fn key_and_value_layout() {
         assert_eq!(std::mem::size_of::<PolicyKey>(), 12);
         assert_eq!(std::mem::size_of::<PolicyValue>(), 8);
@@ -343,7 +430,7 @@ mod tests {
         let mut m = MapState::default();
         let k = |id, p, len, port| PolicyKey {
             identity: id,
-            direction: 0,
+            direction: DIR_INGRESS,
             protocol: p,
             port_prefix_len: len,
             pad: 0,
