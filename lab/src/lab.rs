@@ -11,8 +11,8 @@ use crate::down::{self, DownReport};
 use crate::exec::run_output;
 use crate::matrix::{Matrix, PairResult};
 use crate::parallel::parallel_map;
-use crate::procs::is_alive;
-use crate::state::LabState;
+use crate::procs::{is_alive, spawn_detached, start_time};
+use crate::state::{LabState, ProcessRecord, ProcessRole, log_dir};
 use crate::{LabError, LabSpec, spec, up};
 
 /// Probes run at once by [`Lab::matrix`].
@@ -64,6 +64,45 @@ impl Lab {
             pod: target.to_string(),
             known: self.state.pod_names(),
         })
+    }
+
+    /// Re-reads the state from disk (another handle may have recorded processes).
+    pub fn reload(&mut self) -> Result<(), LabError> {
+        self.state = LabState::load(&self.state.name)?;
+        Ok(())
+    }
+
+    /// Starts a long-running process for the lab (a node agent, a control-plane voter, a test
+    /// helper), detached, inside `netns` (or the root namespace when `None`), logging to
+    /// `logs/<name>.log`, and records it in the state so `down` kills it. Reads the state back
+    /// first, so records made through other handles are kept.
+    pub fn spawn(
+        &mut self,
+        role: ProcessRole,
+        name: &str,
+        netns: Option<&str>,
+        program: &Path,
+        args: &[String],
+    ) -> Result<ProcessRecord, LabError> {
+        self.reload()?;
+        let log = log_dir(&self.state.name).join(format!("{name}.log"));
+        let pid = spawn_detached(netns, program, args, &log)?;
+        let record = ProcessRecord {
+            role,
+            name: name.to_string(),
+            netns: netns.map(str::to_string),
+            pid,
+            start_time: start_time(pid),
+            log,
+        };
+        self.state.processes.push(record.clone());
+        self.state.save()?;
+        Ok(record)
+    }
+
+    /// Whether a recorded process is still running (same pid and start time).
+    pub fn process_alive(record: &ProcessRecord) -> bool {
+        is_alive(record.pid, record.start_time)
     }
 
     /// Whether a pod's server process is alive (`None` if it has none).

@@ -18,12 +18,12 @@ use crate::LabError;
 /// Where `ip netns` keeps namespace mounts.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
-/// Starts `ip netns exec <netns> <program> <args>` detached: own process group, stdin from
-/// /dev/null, stdout and stderr appended to `log`. `ip netns exec` execs in place, so the pid
-/// returned is the program's. A thread reaps it when it exits, so a long-lived caller (a test
-/// binary) never keeps zombies around.
-pub fn spawn_in_netns(
-    netns: &str,
+/// Starts `ip netns exec <netns> <program> <args>` (or just `<program> <args>` when `netns` is
+/// `None`) detached: own process group, stdin from /dev/null, stdout and stderr appended to
+/// `log`. `ip netns exec` execs in place, so the pid returned is the program's. A thread reaps it
+/// when it exits, so a long-lived caller (a test binary) never keeps zombies around.
+pub fn spawn_detached(
+    netns: Option<&str>,
     program: &Path,
     args: &[String],
     log: &Path,
@@ -45,17 +45,25 @@ pub fn spawn_in_netns(
         path: log.to_path_buf(),
         source,
     })?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(program)
-        .args(args)
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .process_group(0);
     let mut child = cmd.spawn().map_err(|e| LabError::Command {
         command: format!(
-            "ip netns exec {netns} {} {}",
+            "{}{} {}",
+            netns
+                .map(|n| format!("ip netns exec {n} "))
+                .unwrap_or_default(),
             program.display(),
             args.join(" ")
         ),

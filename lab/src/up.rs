@@ -21,7 +21,7 @@ use crate::exec::{ip, ip_batch, link_mac, sysctl};
 use crate::lab::probe_in_netns;
 use crate::parallel::parallel_map;
 use crate::plan::{self, POD_GATEWAY};
-use crate::procs::{is_alive, spawn_in_netns, start_time};
+use crate::procs::{is_alive, spawn_detached, start_time};
 use crate::state::{
     LabState, Phase, PodState, ProcessRecord, ProcessRole, STATE_ROOT, log_dir, state_dir,
 };
@@ -256,7 +256,7 @@ fn start_servers(state: &mut LabState) -> Result<(), LabError> {
             args.extend(["--udp".to_string(), ports_arg(&state.serve_udp)]);
         }
         let log = logs.join(format!("{}.log", pod.name));
-        let pid = spawn_in_netns(&pod.netns, &state.palisade_bin, &args, &log)?;
+        let pid = spawn_detached(Some(&pod.netns), &state.palisade_bin, &args, &log)?;
         state.processes.push(ProcessRecord {
             role: ProcessRole::WorkloadServer,
             name: pod.name.clone(),

@@ -13,6 +13,22 @@ use serde_json::json;
 use super::Output;
 use super::workload::{PortList, parse_port, parse_ports, parse_protocol, parse_timeout};
 
+/// `println!` that ignores a closed stdout (`palisade ... | head` must not panic).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 const UP_HELP: &str = "\
 Builds a cluster out of network namespaces, starts a workload server in every pod, and waits until
 every server answers. Fails (and removes whatever it created) if anything goes wrong; fails without
@@ -180,11 +196,14 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     spec.underlay_cidr = a.underlay_cidr;
     let lab = Lab::up(&spec)?;
     let st = lab.state();
-    let ports = |proto: &str, p: &[u16]| {
-        let list: Vec<String> = p.iter().map(u16::to_string).collect();
-        format!("{proto} {}", list.join(","))
+    let ports = |proto: &str, p: &[u16]| match p {
+        [] => format!("no {proto}"),
+        _ => format!(
+            "{proto} {}",
+            p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+        ),
     };
-    println!(
+    outln!(
         "lab `{}` is up: {} nodes x {} pods, underlay {}, pods {}; every pod serves {}, {}",
         st.name,
         st.nodes.len(),
@@ -199,22 +218,42 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             .pods_on(&n.name)
             .map(|p| format!("{} {}", p.name, p.ip))
             .collect();
-        println!(
-            "  {} {} ({}, pods {}): {}",
+        let shown = match pods.as_slice() {
+            [first, .., last] if pods.len() > 4 => format!("{first} ... {last}"),
+            _ => pods.join(", "),
+        };
+        outln!(
+            "  {} {} ({}, pods {}): {shown}",
             n.name,
             n.underlay_ip,
             n.netns,
-            n.pod_cidr,
-            pods.join(", ")
+            n.pod_cidr
         );
     }
-    println!("check:     palisade lab matrix --name {}", st.name);
-    println!("tear down: palisade lab down --name {}", st.name);
+    outln!("status:    palisade lab status --name {}", st.name);
+    outln!("check:     palisade lab matrix --name {}", st.name);
+    outln!("tear down: palisade lab down --name {}", st.name);
     Ok(ExitCode::SUCCESS)
 }
 
 fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let lab = Lab::load(&a.lab.name)?;
+    let lab = match Lab::load(&a.lab.name) {
+        Ok(lab) => lab,
+        Err(e @ palisade_lab::LabError::NotFound { .. }) => {
+            // A crash can leave namespaces without state: say so, `down` removes them.
+            let left = palisade_lab::down::lab_namespaces(&a.lab.name).unwrap_or_default();
+            if left.is_empty() {
+                return Err(e.into());
+            }
+            return Err(anyhow!(
+                "{e}; but {} namespaces named `pal-{}-*` exist (a crashed `up`?): run `palisade lab down --name {}`",
+                left.len(),
+                a.lab.name,
+                a.lab.name
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let st = lab.state();
     let server = |pod: &str| {
         st.server_of(pod)
@@ -244,10 +283,10 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 "pods": pods,
                 "processes": st.processes,
             });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Table => {
-            println!(
+            outln!(
                 "lab `{}` ({}): {} nodes, {} pods; underlay {}, pods {}",
                 st.name,
                 st.phase,
@@ -270,8 +309,8 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                     n.pod_cidr.to_string(),
                 ]);
             }
-            print!("{}", table(&rows));
-            println!();
+            out!("{}", table(&rows));
+            outln!();
             let mut rows = vec![
                 [
                     "POD",
@@ -303,7 +342,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                     alive,
                 ]);
             }
-            print!("{}", table(&rows));
+            out!("{}", table(&rows));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -336,9 +375,9 @@ fn table(rows: &[Vec<String>]) -> String {
 fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     let r = Lab::down(&a.lab.name)?;
     if r.nothing_to_remove() {
-        println!("lab `{}`: nothing to remove", r.name);
+        outln!("lab `{}`: nothing to remove", r.name);
     } else {
-        println!(
+        outln!(
             "lab `{}` removed: {} namespaces deleted, {} processes killed, state directory {}",
             r.name,
             r.namespaces_removed.len(),
@@ -364,12 +403,16 @@ fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     let to: IpAddr = lab.resolve(&target)?;
     let r: ProbeResult = lab.probe(&from, to, a.port, a.protocol, a.timeout)?;
     match a.output {
-        Output::Json => println!("{}", serde_json::to_string(&r)?),
+        Output::Json => outln!("{}", serde_json::to_string(&r)?),
         Output::Table => {
             let rtt = r.rtt_us.map(|us| format!(" in {us}us")).unwrap_or_default();
-            println!(
+            outln!(
                 "{from} -> {target} ({}) {} {}: {}{rtt} ({})",
-                r.to, r.protocol, r.port, r.result, r.detail
+                r.to,
+                r.protocol,
+                r.port,
+                r.result,
+                r.detail
             );
         }
     }
@@ -390,17 +433,17 @@ fn matrix(a: MatrixArgs) -> anyhow::Result<ExitCode> {
     }
     let m: Matrix = lab.matrix(a.port, a.protocol, a.timeout)?;
     match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&m)?),
         Output::Table => {
             let pods: Vec<String> = lab.state().pods.iter().map(|p| p.name.clone()).collect();
-            println!(
+            outln!(
                 "lab `{}`: {} {} from every pod to every other pod (timeout {:?})",
                 lab.name(),
                 m.protocol,
                 m.port,
                 a.timeout
             );
-            print!("{}", m.grid(&pods));
+            out!("{}", m.grid(&pods));
         }
     }
     Ok(if m.all_reachable {

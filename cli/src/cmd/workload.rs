@@ -9,6 +9,14 @@ use anyhow::Context;
 use clap::Subcommand;
 use palisade_workload::{ProbeSpec, Protocol, ServeConfig, Server};
 
+/// `println!` that ignores a closed stdout (`palisade ... | head` must not panic).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// Arguments of `palisade workload`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -104,7 +112,7 @@ fn probe(a: ProbeArgs) -> ExitCode {
     };
     let result = palisade_workload::probe(&spec);
     match serde_json::to_string(&result) {
-        Ok(json) => println!("{json}"),
+        Ok(json) => outln!("{json}"),
         Err(e) => return super::fail(&anyhow::Error::new(e).context("encoding the probe result")),
     }
     if result.reachable {

@@ -186,6 +186,17 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
             .all(|p| p["server_alive"] == true)
     );
 
+    // `up` on the existing lab: one-line error, exit 2, the lab untouched.
+    let out = palisade(&["lab", "up", "--name", &name]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ")
+            && err.contains("already exists")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
     // Remove the rule: everything is reachable again (the failure was the rule, nothing else).
     exec_in(&node, "nft", &["delete", "table", "inet", "paltest"]).unwrap();
     let out = palisade(&["lab", "matrix", "--name", &name]);

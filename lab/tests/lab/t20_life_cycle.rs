@@ -2,7 +2,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 use palisade_lab::exec::ip;
-use palisade_lab::{Lab, LabError, LabSpec, Phase};
+use palisade_lab::{Lab, LabError, LabSpec, Phase, ProcessRole};
 
 use crate::util::{Cleanup, assert_nothing_left, lab_name, namespaces_of};
 
@@ -144,4 +144,47 @@ fn bad_specs_touch_nothing() {
         Err(LabError::InvalidName { .. })
     ));
     assert!(matches!(Lab::load(&name), Err(LabError::NotFound { .. })));
+}
+
+#[test]
+fn spawned_processes_are_recorded_and_killed_by_down() {
+    let name = lab_name("spawn");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    let mut lab = Lab::up(&serverless(&name, 1, 1)).unwrap();
+    let node_ns = lab.state().nodes[0].netns.clone();
+    let sleep = std::path::Path::new("/bin/sleep");
+    let args = vec!["300".to_string()];
+    let in_node = lab
+        .spawn(
+            ProcessRole::NodeAgent,
+            "agent-n1",
+            Some(&node_ns),
+            sleep,
+            &args,
+        )
+        .unwrap();
+    // A process in the root namespace is found through its record alone.
+    let in_root = lab
+        .spawn(ProcessRole::Other, "helper", None, sleep, &args)
+        .unwrap();
+    assert!(Lab::process_alive(&in_node) && Lab::process_alive(&in_root));
+    let on_disk = Lab::load(&name).unwrap();
+    assert_eq!(
+        on_disk.state().processes,
+        vec![in_node.clone(), in_root.clone()]
+    );
+    assert!(in_node.log.ends_with("logs/agent-n1.log"));
+
+    let report = Lab::down(&name).unwrap();
+    assert!(report.processes_killed.contains(&in_node.pid), "{report:?}");
+    assert!(report.processes_killed.contains(&in_root.pid), "{report:?}");
+    for p in [&in_node, &in_root] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while Lab::process_alive(p) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!Lab::process_alive(p), "{p:?} survived down");
+    }
+    assert_nothing_left(&name);
 }
