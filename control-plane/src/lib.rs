@@ -18,7 +18,16 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cluster;
+pub mod config;
+pub mod errors;
+pub mod grpc;
+pub mod http_api;
+pub mod metrics;
+pub mod network;
+pub mod node;
 pub mod store;
+pub mod validate;
 
 use std::fmt;
 use std::io::Cursor;
@@ -57,3 +66,5 @@ openraft::declare_raft_types!(
 
 /// The Raft handle of this control plane.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+pub use node::{ControlPlane, start};

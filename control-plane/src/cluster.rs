@@ -1,0 +1,479 @@
+//! Client operations against the local member: writes through Raft (forwarded to the leader
+//! when this member is a follower), linearizable reads, cluster status and membership changes.
+//!
+//! Forwarding, in one hop over the leader's client API:
+//! - a write on a follower is sent as the Raft [`Request`] to the leader's
+//!   `POST /internal/v1/propose`, which proposes it locally and answers the state machine's
+//!   [`Response`]; a leader change during the hop is retried until the request timeout (every
+//!   operation is idempotent, so a retry after a lost answer is safe);
+//! - a linearizable read on a follower asks the leader for a read index
+//!   (`GET /internal/v1/read-index`, answered after the leader confirmed its leadership with a
+//!   quorum), waits until it has applied that index, then reads its own state (ReadIndex);
+//! - membership changes go to the leader's `POST /internal/v1/members`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{Request, Response, State};
+use crate::errors::ClusterError;
+use crate::store::state_machine::Applied;
+use crate::{Member, NodeId, Raft};
+
+/// Header marking a request forwarded by another member, so it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-palisade-forwarded";
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MembershipChange {
+    /// Adds (or updates) a learner and waits until it has caught up.
+    AddLearner {
+        /// Its Raft id.
+        id: NodeId,
+        /// Its Raft peer address.
+        raft_addr: String,
+        /// Its client API address.
+        api_addr: String,
+    },
+    /// Sets the voters to exactly this set (each must already be a member); members dropped from
+    /// the voters are removed unless `retain` is true, in which case they stay as learners.
+    ChangeMembership {
+        /// The new voter set.
+        voters: BTreeSet<NodeId>,
+        /// Keep removed voters as learners.
+        #[serde(default)]
+        retain: bool,
+    },
+    /// Removes learners.
+    RemoveLearners {
+        /// Their ids.
+        ids: BTreeSet<NodeId>,
+    },
+}
+
+/// One member in the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Raft id.
+    pub id: NodeId,
+    /// Raft peer address.
+    pub raft_addr: String,
+    /// Client API address.
+    pub api_addr: String,
+    /// Highest log index known replicated to it (leader's view only; `null` elsewhere).
+    pub matched_index: Option<u64>,
+}
+
+/// The cluster as this member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This member's id.
+    pub id: NodeId,
+    /// This member's role: `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: String,
+    /// The current leader, if known.
+    pub leader: Option<NodeId>,
+    /// The leader's client API address, if known.
+    pub leader_api_addr: Option<String>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index on this member.
+    pub last_log_index: Option<u64>,
+    /// Highest committed index this member knows.
+    pub commit_index: Option<u64>,
+    /// Last applied index on this member.
+    pub last_applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log was purged.
+    pub purged_index: Option<u64>,
+    /// Voters.
+    pub voters: Vec<MemberStatus>,
+    /// Learners.
+    pub learners: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The read index a leader hands to a follower.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// Apply at least this index before serving the read (`null`: nothing to wait for).
+    pub index: Option<u64>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    committed: Arc<AtomicU64>,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// Client operations on the local member. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Wraps the local Raft, its applied state and its committed-index view.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        applied: Arc<RwLock<Applied>>,
+        committed: Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> Result<Self, ClusterError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| ClusterError::Internal(format!("http client: {e}")))?;
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                applied,
+                committed,
+                http,
+                timeout,
+            }),
+        })
+    }
+
+    /// The local Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Reads the local applied state (no consistency check; see [`Cluster::linearize`]).
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, ClusterError> {
+        let a = self
+            .inner
+            .applied
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".to_owned()))?;
+        Ok(f(&a.state))
+    }
+
+    /// Proposes a write through Raft, forwarding it to the leader when this member is not the
+    /// leader. A [`Response::Rejected`] becomes [`ClusterError::Rejected`].
+    pub async fn write(&self, req: Request) -> Result<Response, ClusterError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        loop {
+            let err = match self.write_local(req.clone()).await {
+                Err(ClusterError::NoLeader) => ClusterError::NoLeader,
+                Err(e) => return Err(e),
+                Ok(Ok(resp)) => return finish(resp),
+                Ok(Err(leader)) => match self
+                    .forward::<_, Response>(&leader.api_addr, "/internal/v1/propose", &req)
+                    .await
+                {
+                    Ok(resp) => return finish(resp),
+                    Err(e) if e.is_retryable() => e,
+                    Err(ClusterError::Leader { status: 421, .. }) => ClusterError::NoLeader,
+                    Err(e) => return Err(e),
+                },
+            };
+            if Instant::now() + RETRY_PAUSE > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Proposes on this member only. `Ok(Err(leader))` when another member leads.
+    pub async fn write_local(
+        &self,
+        req: Request,
+    ) -> Result<Result<Response, Member>, ClusterError> {
+        let started = Instant::now();
+        match self.inner.raft.client_write(req).await {
+            Ok(r) => {
+                metrics::histogram!(crate::metrics::PROPOSAL_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(Ok(r.data))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.leader_of(f).map(Err)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Membership {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(_)) => Err(ClusterError::Fatal { id: self.inner.id }),
+        }
+    }
+
+    fn leader_of(&self, f: ForwardToLeader<NodeId, Member>) -> Result<Member, ClusterError> {
+        match (f.leader_id, f.leader_node) {
+            (Some(id), _) if id == self.inner.id => Err(ClusterError::NoLeader),
+            (Some(_), Some(node)) => Ok(node),
+            _ => Err(ClusterError::NoLeader),
+        }
+    }
+
+    /// Waits until this member's state reflects every write committed before the call
+    /// (linearizable read), asking the leader for a read index when this member follows.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        loop {
+            let err = match self.inner.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    match self.leader_of(f) {
+                        Ok(leader) => match self.follower_read_index(&leader).await {
+                            Ok(()) => return Ok(()),
+                            Err(e) if e.is_retryable() => e,
+                            Err(ClusterError::Leader { status: 421, .. }) => ClusterError::NoLeader,
+                            Err(e) => return Err(e),
+                        },
+                        Err(e) => e,
+                    }
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    ClusterError::NoLeader
+                }
+                Err(RaftError::Fatal(_)) => return Err(ClusterError::Fatal { id: self.inner.id }),
+            };
+            if Instant::now() + RETRY_PAUSE > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn follower_read_index(&self, leader: &Member) -> Result<(), ClusterError> {
+        let ri: ReadIndex = self
+            .forward_get(&leader.api_addr, "/internal/v1/read-index")
+            .await?;
+        if let Some(index) = ri.index {
+            self.inner
+                .raft
+                .wait(Some(self.inner.timeout))
+                .applied_index_at_least(Some(index), "read index")
+                .await
+                .map_err(|_| ClusterError::Timeout {
+                    what: "apply up to the leader's read index",
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The read index, when this member is the leader (confirmed with a quorum).
+    pub async fn read_index(&self) -> Result<Result<ReadIndex, Option<Member>>, ClusterError> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(Ok(ReadIndex {
+                index: read.map(|l| l.index),
+            })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Ok(Err(f.leader_node))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ClusterError::NoLeader)
+            }
+            Err(RaftError::Fatal(_)) => Err(ClusterError::Fatal { id: self.inner.id }),
+        }
+    }
+
+    /// Applies a membership change, forwarding it to the leader when needed.
+    pub async fn change_members(&self, change: MembershipChange) -> Result<(), ClusterError> {
+        match self.change_members_local(change.clone()).await? {
+            Ok(()) => Ok(()),
+            Err(leader) => {
+                let _: serde_json::Value = self
+                    .forward(&leader.api_addr, "/internal/v1/members", &change)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a membership change on this member. `Ok(Err(leader))` when another member leads.
+    pub async fn change_members_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Result<(), Member>, ClusterError> {
+        let raft = &self.inner.raft;
+        let res = match change {
+            MembershipChange::AddLearner {
+                id,
+                raft_addr,
+                api_addr,
+            } => {
+                raft.add_learner(
+                    id,
+                    Member {
+                        raft_addr,
+                        api_addr,
+                    },
+                    true,
+                )
+                .await
+            }
+            MembershipChange::ChangeMembership { voters, retain } => {
+                raft.change_membership(voters, retain).await
+            }
+            MembershipChange::RemoveLearners { ids } => {
+                raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await
+            }
+        };
+        match res {
+            Ok(_) => Ok(Ok(())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.leader_of(f).map(Err)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Membership {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(_)) => Err(ClusterError::Fatal { id: self.inner.id }),
+        }
+    }
+
+    /// The cluster as this member sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let matched: BTreeMap<NodeId, Option<u64>> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let member_status = |id: &NodeId, n: &Member| MemberStatus {
+            id: *id,
+            raft_addr: n.raft_addr.clone(),
+            api_addr: n.api_addr.clone(),
+            matched_index: matched.get(id).copied().flatten().or_else(|| {
+                (*id == m.id && m.state == ServerState::Leader)
+                    .then_some(m.last_log_index)
+                    .flatten()
+            }),
+        };
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = Vec::new();
+        let mut learners = Vec::new();
+        for (id, n) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.push(member_status(id, n));
+            } else {
+                learners.push(member_status(id, n));
+            }
+        }
+        let committed = self.inner.committed.load(Ordering::Relaxed);
+        let leader_api_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()));
+        ClusterStatus {
+            id: m.id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .to_owned(),
+            leader: m.current_leader,
+            leader_api_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: (committed != u64::MAX).then_some(committed),
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters,
+            learners,
+        }
+    }
+
+    // --- forwarding ---
+
+    async fn forward<B: Serialize, T: DeserializeOwned>(
+        &self,
+        leader: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClusterError> {
+        let req = self
+            .inner
+            .http
+            .post(format!("http://{leader}{path}"))
+            .header(FORWARDED_HEADER, self.inner.id.to_string())
+            .json(body);
+        self.send(leader, req).await
+    }
+
+    async fn forward_get<T: DeserializeOwned>(
+        &self,
+        leader: &str,
+        path: &str,
+    ) -> Result<T, ClusterError> {
+        let req = self
+            .inner
+            .http
+            .get(format!("http://{leader}{path}"))
+            .header(FORWARDED_HEADER, self.inner.id.to_string());
+        self.send(leader, req).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        leader: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClusterError> {
+        let fwd = |source| ClusterError::Forward {
+            leader: leader.to_owned(),
+            source,
+        };
+        let resp = req.send().await.map_err(fwd)?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json::<T>().await.map_err(fwd);
+        }
+        let message = match resp.json::<ErrorBody>().await {
+            Ok(b) => b.error,
+            Err(_) => status.to_string(),
+        };
+        match status.as_u16() {
+            409 => Err(ClusterError::Rejected { reason: message }),
+            503 => Err(ClusterError::NoLeader),
+            s => Err(ClusterError::Leader {
+                leader: leader.to_owned(),
+                status: s,
+                message,
+            }),
+        }
+    }
+}
+
+fn finish(resp: Response) -> Result<Response, ClusterError> {
+    match resp {
+        Response::Rejected { reason } => Err(ClusterError::Rejected { reason }),
+        r => Ok(r),
+    }
+}

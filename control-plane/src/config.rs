@@ -1,0 +1,138 @@
+//! Typed configuration of one control-plane member. Built by the binary from flags or a config
+//! file, validated once, then passed down; nothing below reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::ClusterConfig;
+use crate::{Member, NodeId};
+
+/// Configuration of one member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Raft id of this member (≥ 1).
+    pub id: NodeId,
+    /// RocksDB directory.
+    pub data_dir: PathBuf,
+    /// Listen address of the Raft peer service (trusted-only).
+    pub raft_listen: SocketAddr,
+    /// Listen address of the client API (REST, `/metrics`).
+    pub api_listen: SocketAddr,
+    /// The initial members, this one included, used by `init`.
+    #[serde(default)]
+    pub peers: BTreeMap<NodeId, Member>,
+    /// Bootstrap the membership from `peers` if this member's log is empty.
+    #[serde(default)]
+    pub init: bool,
+    /// Build a snapshot every this many applied log entries.
+    #[serde(default = "default_snapshot_logs")]
+    pub snapshot_logs: u64,
+    /// Log entries kept after a snapshot (for followers slightly behind).
+    #[serde(default = "default_keep_logs")]
+    pub keep_logs: u64,
+    /// Raft heartbeat interval in milliseconds; elections time out after 3–6 heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Cluster settings applied once at `init`.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+fn default_snapshot_logs() -> u64 {
+    10_000
+}
+fn default_keep_logs() -> u64 {
+    1_000
+}
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range.
+    #[error("`{field}`: {reason}")]
+    Invalid {
+        /// Field name.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// openraft refused the derived Raft config.
+    #[error("invalid raft configuration")]
+    Raft(#[source] Box<openraft::ConfigError>),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.id == 0 {
+            return bad("id", "must be at least 1");
+        }
+        if self.init && !self.peers.contains_key(&self.id) {
+            return bad(
+                "peers",
+                "must include this member's own id when `init` is set",
+            );
+        }
+        if self.snapshot_logs == 0 {
+            return bad("snapshot_logs", "must be at least 1");
+        }
+        if self.heartbeat_ms == 0 {
+            return bad("heartbeat_ms", "must be at least 1");
+        }
+        if self.cluster.node_prefix_len < self.cluster.cluster_cidr.prefix_len()
+            || self.cluster.node_prefix_len > 30
+        {
+            return bad(
+                "cluster.node_prefix_len",
+                "must be between the cluster CIDR's prefix length and 30",
+            );
+        }
+        self.raft_config().map(|_| ())
+    }
+
+    /// This member's own addresses, as advertised to peers: its `peers` entry when present,
+    /// else its listen addresses.
+    pub fn me(&self) -> Member {
+        self.peers.get(&self.id).cloned().unwrap_or_else(|| Member {
+            raft_addr: self.raft_listen.to_string(),
+            api_addr: self.api_listen.to_string(),
+        })
+    }
+
+    /// The openraft configuration derived from this one.
+    pub fn raft_config(&self) -> Result<openraft::Config, ConfigError> {
+        let hb = self.heartbeat_ms;
+        let cfg = openraft::Config {
+            cluster_name: "palisade".to_owned(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 3,
+            election_timeout_max: hb * 6,
+            install_snapshot_timeout: 2_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            ..openraft::Config::default()
+        };
+        cfg.validate().map_err(|e| ConfigError::Raft(Box::new(e)))
+    }
+
+    /// How long a client operation waits for a leader or a forwarded answer.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis((self.heartbeat_ms * 50).max(3_000))
+    }
+}

@@ -1,0 +1,183 @@
+//! The Raft network: openraft's `RaftNetworkFactory`/`RaftNetwork` over the tonic peer service
+//! ([`crate::grpc::raft_service`]). One lazily connected channel per target member.
+//!
+//! Payloads are openraft's own request/response types, serde_json encoded in a `RaftPayload`
+//! (see `proto/raft.proto`). Snapshots travel as openraft's chunked InstallSnapshot RPCs.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::grpc::pb::RaftPayload;
+use crate::grpc::pb::raft_service_client::RaftServiceClient;
+use crate::{Member, NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Creates a [`PeerClient`] per target member.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.raft_addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// A connection to one peer's Raft service.
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftServiceClient<Channel>>,
+}
+
+/// The ways an RPC can fail before the remote Raft answered.
+#[derive(Debug, thiserror::Error)]
+enum TransportError {
+    #[error("invalid raft address `{addr}`")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("raft rpc to `{addr}` failed")]
+    Status {
+        addr: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("raft payload for `{addr}` does not encode or decode")]
+    Codec {
+        addr: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+// === impl PeerClient ===
+
+impl PeerClient {
+    fn client(&mut self) -> Result<RaftServiceClient<Channel>, TransportError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|source| TransportError::Address {
+                addr: self.addr.clone(),
+                source,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = RaftServiceClient::new(endpoint.connect_lazy());
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error,
+        RaftError<NodeId, E>: DeserializeOwned,
+    {
+        let data = serde_json::to_vec(req).map_err(|source| {
+            RPCError::Network(NetworkError::new(&TransportError::Codec {
+                addr: self.addr.clone(),
+                source,
+            }))
+        })?;
+        let mut client = self
+            .client()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let result = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = match result {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let unreachable = status.code() == tonic::Code::Unavailable;
+                let e = TransportError::Status {
+                    addr: self.addr.clone(),
+                    source: status,
+                };
+                if unreachable {
+                    // Drop the channel so the next attempt reconnects (the peer may have moved).
+                    self.client = None;
+                    return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                }
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.data)
+            .map_err(|source| {
+                RPCError::Network(NetworkError::new(&TransportError::Codec {
+                    addr: self.addr.clone(),
+                    source,
+                }))
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

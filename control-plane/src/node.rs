@@ -1,0 +1,214 @@
+//! Wiring of one control-plane member: store, Raft, the peer service, the client API and the
+//! metrics task, with a handle to shut them down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::app::Request;
+use crate::cluster::Cluster;
+use crate::config::{Config, ConfigError};
+use crate::grpc::pb::raft_service_server::RaftServiceServer;
+use crate::grpc::raft_service::RaftPeerService;
+use crate::network::Network;
+use crate::store::{self, StoreError};
+use crate::validate::PolicyValidator;
+use crate::{Raft, http_api};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on `{addr}`")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Raft refused to start or to initialize.
+    #[error("raft failed to {what}: {message}")]
+    Raft {
+        /// What was attempted.
+        what: &'static str,
+        /// openraft's message.
+        message: String,
+    },
+}
+
+/// A running member.
+pub struct ControlPlane {
+    /// Client operations on this member.
+    pub cluster: Cluster,
+    /// Bound address of the Raft peer service.
+    pub raft_addr: SocketAddr,
+    /// Bound address of the client API.
+    pub api_addr: SocketAddr,
+    raft: Raft,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts a member: opens its store, starts Raft, binds both listeners and, with `init` on an
+/// empty log, bootstraps the membership from `peers` and writes the cluster config.
+pub async fn start(
+    config: Arc<Config>,
+    validator: Arc<dyn PolicyValidator>,
+    prometheus: Option<PrometheusHandle>,
+) -> Result<ControlPlane, StartError> {
+    config.validate()?;
+    let raft_config = Arc::new(config.raft_config()?);
+    let (log_store, state_machine) = store::open(&config.data_dir).await?;
+    let committed = log_store.committed_index();
+    let applied = state_machine.applied();
+    let raft = Raft::new(config.id, raft_config, Network, log_store, state_machine)
+        .await
+        .map_err(|e| StartError::Raft {
+            what: "start",
+            message: e.to_string(),
+        })?;
+    let cluster = Cluster::new(
+        config.id,
+        raft.clone(),
+        applied,
+        committed,
+        config.request_timeout(),
+    )
+    .map_err(|e| StartError::Raft {
+        what: "start",
+        message: e.to_string(),
+    })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Raft peer service (trusted-only, see grpc::raft_service).
+    let raft_listener = bind(config.raft_listen).await?;
+    let raft_addr = local_addr(&raft_listener, config.raft_listen)?;
+    let svc = RaftServiceServer::new(RaftPeerService::new(raft.clone()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpIncoming::from(raft_listener), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "raft peer service stopped");
+        }
+    }));
+
+    // Client API.
+    let api_listener = bind(config.api_listen).await?;
+    let api_addr = local_addr(&api_listener, config.api_listen)?;
+    let router = http_api::router(cluster.clone(), validator, prometheus.clone());
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = axum::serve(api_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "client api stopped");
+        }
+    }));
+
+    tasks.push(tokio::spawn(crate::metrics::run(
+        cluster.clone(),
+        prometheus,
+        shutdown_rx.clone(),
+    )));
+
+    if config.init {
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft {
+            what: "read its state",
+            message: e.to_string(),
+        })?;
+        if !initialized {
+            let mut members = config.peers.clone();
+            members.insert(config.id, config.me());
+            tracing::info!(members = members.len(), "bootstrapping the membership");
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft {
+                    what: "initialize",
+                    message: e.to_string(),
+                })?;
+            let c = cluster.clone();
+            let cfg = config.cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                write_cluster_config(c, cfg).await;
+            }));
+        }
+    }
+
+    tracing::info!(id = config.id, %raft_addr, %api_addr, "control-plane member started");
+    Ok(ControlPlane {
+        cluster,
+        raft_addr,
+        api_addr,
+        raft,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Writes the cluster config after bootstrap, retrying until a leader accepts it.
+async fn write_cluster_config(cluster: Cluster, cfg: crate::app::ClusterConfig) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match cluster.write(Request::SetClusterConfig(cfg.clone())).await {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster config not written");
+                return;
+            }
+        }
+    }
+    tracing::error!("cluster config not written: no leader within 60 s");
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// Stops serving, stops Raft and waits for the servers to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        tracing::info!("control-plane member stopped");
+    }
+}
