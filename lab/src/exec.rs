@@ -131,3 +131,30 @@ pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> Result<String, LabE
         None,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_command_and_its_stderr() {
+        let err = run(
+            Command::new("sh").args(["-c", "echo oops >&2; echo more >&2; exit 3"]),
+            None,
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("command `sh -c echo oops"), "{msg}");
+        assert!(
+            msg.contains("exit status: 3") && msg.ends_with("oops; more"),
+            "{msg}"
+        );
+        let err = run(&mut Command::new("/nonexistent/tool"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`/nonexistent/tool` failed (not started)"),
+            "{err}"
+        );
+        assert_eq!(run(&mut Command::new("cat"), Some("in\n")).unwrap(), "in\n");
+    }
+}

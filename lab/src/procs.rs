@@ -151,3 +151,27 @@ pub fn pids_in_netns(namespaces: &[String]) -> BTreeMap<String, Vec<u32>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_uses_pid_and_start_time() {
+        let me = std::process::id();
+        let t = start_time(me).unwrap();
+        assert!(is_alive(me, None));
+        assert!(is_alive(me, Some(t)));
+        assert!(
+            !is_alive(me, Some(t + 1)),
+            "a reused pid must not look alive"
+        );
+        assert!(!is_alive(u32::MAX, None));
+        assert!(wait_gone(&[u32::MAX], Duration::from_millis(1)).is_empty());
+    }
+
+    #[test]
+    fn unknown_namespaces_have_no_pids() {
+        assert!(pids_in_netns(&["pal-no-such-lab-n1".to_string()]).is_empty());
+    }
+}

@@ -186,6 +186,29 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
             .all(|p| p["server_alive"] == true)
     );
 
+    // No route to a pod CIDR that no node owns: unreachable (ICMP from the node), exit 1.
+    let out = palisade(&[
+        "lab",
+        "probe",
+        "--name",
+        &name,
+        "n2-p1",
+        "10.200.9.11",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "unreachable");
+    // An unknown pod is bad input: exit 2, one line naming it.
+    let out = palisade(&["lab", "probe", "--name", &name, "n9-p9", "n1-p1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no pod `n9-p9`") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
     // `up` on the existing lab: one-line error, exit 2, the lab untouched.
     let out = palisade(&["lab", "up", "--name", &name]);
     assert_eq!(out.status.code(), Some(2));
