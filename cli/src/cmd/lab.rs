@@ -47,8 +47,19 @@ Address plan (lab name L, node i and pod j are 1-based):
   state       /run/palisade/labs/L/state.json
 IPv6 is disabled in the lab namespaces for now (planned). Tear down with `palisade lab down`.";
 
+const LAB_EXAMPLES: &str = "\
+Examples:
+  palisade lab up --nodes 2 --pods-per-node 3   # 2 nodes, pods n1-p1..n2-p3, all serving tcp/udp 80
+  palisade lab matrix --protocol udp            # every pod to every other pod
+  palisade lab probe n1-p1 n2-p3 --port 80      # one probe, exit 0/1
+  palisade lab status -o json
+  palisade lab down
+Every subcommand takes --name (default `palisade`, or $PALISADE_LAB); several labs can coexist.
+The address plan is explained in `palisade lab up --help`.";
+
 /// Arguments of `palisade lab`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = LAB_EXAMPLES)]
 pub struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -63,8 +74,10 @@ enum Cmd {
     Status(StatusArgs),
     /// Remove a lab: kill its processes, delete its namespaces and state (idempotent).
     ///
-    /// Works after a crash too: every namespace named `pal-<lab>-*` is swept, and every process
-    /// inside one is killed. Exits 0 when there is nothing to remove.
+    /// Works after a crash too: every namespace named `pal-<lab>-*` is swept (except those of
+    /// another lab with state whose longer name shares the prefix, e.g. lab `a-b` for lab `a`),
+    /// every process inside one is killed, and so is every process recorded in the state.
+    /// Exits 0 when there is nothing to remove, and says so.
     Down(DownArgs),
     /// Probe from one pod to a pod or an IP; exit 0 reachable, 1 not reachable, 2 bad input.
     ///
