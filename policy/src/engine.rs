@@ -179,6 +179,11 @@ impl Engine {
         }
     }
 
+    /// Proxy ports used by redirects.
+    pub fn proxy_ports(&self) -> ProxyPorts {
+        self.config.proxy_ports
+    }
+
     /// Policy revision: increases with every policy change.
     pub fn revision(&self) -> u64 {
         self.revision
@@ -748,6 +753,55 @@ impl Engine {
                     continue;
                 };
                 if r.entry.deny || r.entry.pod_ip_blocks.is_empty() {
+                    continue;
+                }
+                let named_egress = dir == Direction::Egress
+                    && r.entry
+                        .l4
+                        .iter()
+                        .flatten()
+                        .any(|m| matches!(m.port, PortSpec::Named(_)));
+                if named_egress {
+                    // Named ports resolve on the destination: one host rule per pod in the block.
+                    for (net, except) in &r.entry.pod_ip_blocks {
+                        for dest in self.endpoints.values() {
+                            let ipn = ipnet::IpNet::from(dest.spec.ip);
+                            if !net.contains(&ipn) || except.iter().any(|e| e.contains(&ipn)) {
+                                continue;
+                            }
+                            let l4 = self.l4_keys(&r.entry, ep, dest.identity);
+                            let l4: Vec<L4Key> = l4
+                                .into_iter()
+                                .filter(|k| {
+                                    // keep numeric keys, and named ones that this pod exposes
+                                    r.entry.l4.iter().flatten().any(|m| match &m.port {
+                                        PortSpec::Range(lo, hi) => {
+                                            m.proto == k.protocol
+                                                && port_blocks(*lo, *hi)
+                                                    .contains(&(k.port, k.prefix_len))
+                                        }
+                                        PortSpec::Named(n) => {
+                                            k.prefix_len == 16
+                                                && dest.spec.ports.iter().any(|p| {
+                                                    p.name == *n
+                                                        && p.protocol == k.protocol
+                                                        && p.port == k.port
+                                                })
+                                        }
+                                    })
+                                })
+                                .collect();
+                            if !l4.is_empty() {
+                                out.push(IpRule {
+                                    direction: dir,
+                                    net: ipn,
+                                    except: vec![],
+                                    l4,
+                                    rule: r.id,
+                                });
+                            }
+                        }
+                    }
                     continue;
                 }
                 let l4 = match &r.entry.l4 {

@@ -13,6 +13,7 @@
 pub mod compile;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod identity;
 pub mod ir;
 pub mod labels;
