@@ -248,6 +248,29 @@ impl Datapath {
         Ok((r.return_value as i32, r.duration))
     }
 
+    /// Runs one frame through the plain counter program (the floor any tc program costs), `repeat`
+    /// times, and returns the mean run time.
+    pub fn test_run_counter(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<std::time::Duration, DatapathError> {
+        let prog = classifier(&mut self.ebpf, PROG_FROM_POD)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| DatapathError::Program {
+                program: PROG_FROM_POD,
+                iface: "test-run".into(),
+                source,
+            })?;
+        Ok(r.duration)
+    }
+
     fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
         &'a mut self,
         name: &'static str,
