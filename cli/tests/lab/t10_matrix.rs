@@ -98,7 +98,7 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
         .collect();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let m = lab
-            .matrix(80, protocol, Duration::from_millis(400))
+            .matrix(80, protocol, Duration::from_millis(800))
             .unwrap();
         let failed: BTreeSet<(String, String)> = m
             .unreachable()
@@ -128,7 +128,7 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
         "n2-p1",
         &victim.name,
         "--timeout",
-        "300ms",
+        "800ms",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = palisade(&[
@@ -150,7 +150,7 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
         "--name",
         &name,
         "--timeout",
-        "300ms",
+        "800ms",
         "-o",
         "json",
     ]);
@@ -167,7 +167,7 @@ fn negative_control_drop_rule_fails_exactly_the_affected_pairs() {
             .count(),
         10
     );
-    let out = palisade(&["lab", "matrix", "--name", &name, "--timeout", "300ms"]);
+    let out = palisade(&["lab", "matrix", "--name", &name, "--timeout", "800ms"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
