@@ -66,6 +66,8 @@ const IDENTITY_WORLD: u32 = 2;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+/// Bytes pulled into the linear area when headers are not there: Ethernet + IPv6 + an L4 header.
+const PULL_BYTES: u32 = 14 + 40 + 20;
 
 /// Traffic leaving the pod: tc ingress on the host-side veth; the endpoint's egress policy.
 #[classifier]
@@ -102,14 +104,20 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }) else {
         return TC_ACT_OK;
     };
-    let flow = match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => parse_ipv4(ctx),
-        ETH_P_IPV6 => parse_ipv6(ctx),
-        _ => {
-            count(verdict::FORWARDED_UNMANAGED, direction);
-            return TC_ACT_OK;
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        count(verdict::FORWARDED_UNMANAGED, direction);
+        return TC_ACT_OK;
+    }
+    let mut flow = parse(ctx, ethertype);
+    if flow.is_none() {
+        // Headers may sit outside the linear area: pull them in and parse once more before
+        // calling the packet malformed.
+        let want = if ctx.len() < PULL_BYTES { ctx.len() } else { PULL_BYTES };
+        if ctx.skb.pull_data(want).is_ok() {
+            flow = parse(ctx, ethertype);
         }
-    };
+    }
     let Some(flow) = flow else {
         count(verdict::DROP_MALFORMED, direction);
         return TC_ACT_SHOT;
@@ -234,9 +242,28 @@ fn source_is_endpoint(flow: &Flow, ep: &EndpointInfo) -> bool {
     }
 }
 
+/// Reads a `T` at `off` bytes into the packet by direct packet access, bounds-checked against
+/// `data_end` (cheaper than a `bpf_skb_load_bytes` helper call per field).
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: the range [start + off, start + off + size_of::<T>()) was checked to lie within the
+    // packet's linear data; `read_unaligned` makes no alignment assumption.
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, ethertype: u16) -> Option<Flow> {
+    if ethertype == ETH_P_IP { parse_ipv4(ctx) } else { parse_ipv6(ctx) }
+}
+
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
-    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let vihl: u8 = read(ctx, ETH_HLEN)?;
     if vihl >> 4 != 4 {
         return None;
     }
@@ -244,10 +271,10 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
     if ihl < 20 {
         return None;
     }
-    let frag: [u8; 2] = ctx.load(ETH_HLEN + 6).ok()?;
-    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-    let s: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
-    let d: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+    let frag: [u8; 2] = read(ctx, ETH_HLEN + 6)?;
+    let protocol: u8 = read(ctx, ETH_HLEN + 9)?;
+    let s: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
+    let d: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
     let mut flow = Flow {
         family: family::IPV4,
         protocol,
@@ -261,20 +288,26 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
     // A non-first fragment has no L4 header: it is policed by protocol only (port 0).
     let fragment_offset = u16::from_be_bytes(frag) & 0x1fff;
     if fragment_offset == 0 {
-        parse_l4(ctx, ETH_HLEN + (ihl & 0x3c), &mut flow, false)?;
+        if ihl == 20 {
+            // The common case, at a constant offset the verifier can bound for direct access.
+            parse_l4(ctx, ETH_HLEN + 20, &mut flow, false, true)?;
+        } else {
+            // IP options: a variable offset, read through the load helper instead.
+            parse_l4(ctx, ETH_HLEN + (ihl & 0x3c), &mut flow, false, false)?;
+        }
     }
     Some(flow)
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
-    let v: u8 = ctx.load(ETH_HLEN).ok()?;
+    let v: u8 = read(ctx, ETH_HLEN)?;
     if v >> 4 != 6 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-    let saddr: [u8; 16] = ctx.load(ETH_HLEN + 8).ok()?;
-    let daddr: [u8; 16] = ctx.load(ETH_HLEN + 24).ok()?;
+    let protocol: u8 = read(ctx, ETH_HLEN + 6)?;
+    let saddr: [u8; 16] = read(ctx, ETH_HLEN + 8)?;
+    let daddr: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
     let mut flow = Flow {
         family: family::IPV6,
         protocol,
@@ -286,21 +319,23 @@ fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
         unmanaged: false,
     };
     // Extension headers are not walked: such packets are policed by their first next-header value.
-    parse_l4(ctx, ETH_HLEN + 40, &mut flow, true)?;
+    parse_l4(ctx, ETH_HLEN + 40, &mut flow, true, true)?;
     Some(flow)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool) -> Option<()> {
+fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool) -> Option<()> {
+    let read_u16 = |o: usize| -> Option<[u8; 2]> { if direct { read(ctx, o) } else { ctx.load(o).ok() } };
+    let read_u8 = |o: usize| -> Option<u8> { if direct { read(ctx, o) } else { ctx.load(o).ok() } };
     match flow.protocol {
         proto::TCP | proto::UDP | proto::SCTP => {
-            flow.sport = ctx.load(off).ok()?;
-            flow.dport = ctx.load(off + 2).ok()?;
+            flow.sport = read_u16(off)?;
+            flow.dport = read_u16(off + 2)?;
             flow.policy_port = flow.dport;
         }
         proto::ICMP | proto::ICMPV6 => {
-            let ty: u8 = ctx.load(off).ok()?;
-            let id: [u8; 2] = ctx.load(off + 4).ok()?;
+            let ty = read_u8(off)?;
+            let id = read_u16(off + 4)?;
             flow.policy_port = [0, ty];
             let (echo_request, echo_reply) = if v6 { (128, 129) } else { (8, 0) };
             if ty == echo_request {
