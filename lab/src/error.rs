@@ -51,6 +51,16 @@ pub enum LabError {
         /// The pods that exist.
         known: String,
     },
+    /// A node name that is not in the lab.
+    #[error("lab `{lab}` has no node `{node}` (nodes: {known})")]
+    UnknownNode {
+        /// Lab name.
+        lab: String,
+        /// The node asked for.
+        node: String,
+        /// The nodes that exist.
+        known: String,
+    },
     /// An external command failed.
     #[error("command `{command}` failed ({status}): {stderr}")]
     Command {

@@ -9,10 +9,11 @@ use palisade_workload::{ProbeResult, Protocol};
 
 use crate::down::{self, DownReport};
 use crate::exec::run_output;
+use crate::exec::{exec_in, ip, ip_batch};
 use crate::matrix::{Matrix, PairResult};
 use crate::parallel::parallel_map;
 use crate::procs::{is_alive, spawn_detached, start_time};
-use crate::state::{LabState, ProcessRecord, ProcessRole, log_dir};
+use crate::state::{LabState, NodeState, PodState, ProcessRecord, ProcessRole, log_dir};
 use crate::{LabError, LabSpec, spec, up};
 
 /// Probes run at once by [`Lab::matrix`].
@@ -150,19 +151,36 @@ impl Lab {
         protocol: Protocol,
         timeout: Duration,
     ) -> Result<Matrix, LabError> {
-        let pods = &self.state.pods;
-        let pairs: Vec<(usize, usize)> = (0..pods.len())
-            .flat_map(|a| {
-                (0..pods.len())
-                    .filter(move |b| *b != a)
-                    .map(move |b| (a, b))
-            })
+        let names: Vec<&str> = self.state.pods.iter().map(|p| p.name.as_str()).collect();
+        let pairs: Vec<(&str, &str)> = names
+            .iter()
+            .flat_map(|a| names.iter().filter(move |b| *b != a).map(move |b| (*a, *b)))
             .collect();
-        let results = parallel_map(&pairs, MATRIX_PARALLELISM, |&(a, b)| {
-            let (from, to) = (&pods[a], &pods[b]);
-            self.probe(&from.name, to.ip, port, protocol, timeout)
+        Ok(Matrix::new(
+            port,
+            protocol,
+            self.probe_pairs(&pairs, port, protocol, timeout)?,
+        ))
+    }
+
+    /// Probes the given (from pod, to pod) pairs, [`MATRIX_PARALLELISM`] at a time; results keep
+    /// the order of `pairs`. Policy tests use it for the pairs a policy is about.
+    pub fn probe_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        port: u16,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Result<Vec<PairResult>, LabError> {
+        for (from, to) in pairs {
+            self.pod_state(from)?;
+            self.pod_state(to)?;
+        }
+        parallel_map(pairs, MATRIX_PARALLELISM, |&(from, to)| {
+            let to = self.pod_state(to)?;
+            self.probe(from, to.ip, port, protocol, timeout)
                 .map(|r| PairResult {
-                    from: from.name.clone(),
+                    from: from.to_string(),
                     to: to.name.clone(),
                     to_ip: to.ip,
                     reachable: r.reachable,
@@ -170,12 +188,73 @@ impl Lab {
                     rtt_us: r.rtt_us,
                     detail: r.detail,
                 })
-        });
-        Ok(Matrix::new(
-            port,
-            protocol,
-            results.into_iter().collect::<Result<Vec<_>, _>>()?,
-        ))
+        })
+        .into_iter()
+        .collect()
+    }
+
+    fn pod_state(&self, name: &str) -> Result<&PodState, LabError> {
+        self.state.pod(name).ok_or_else(|| LabError::UnknownPod {
+            lab: self.state.name.clone(),
+            pod: name.to_string(),
+            known: self.state.pod_names(),
+        })
+    }
+
+    /// Runs `program args...` inside a pod's namespace and returns its stdout.
+    pub fn exec_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> Result<String, LabError> {
+        exec_in(&self.pod_state(pod)?.netns, program, args)
+    }
+
+    /// Runs `program args...` inside a node's namespace (nft, tc, ip...) and returns its stdout.
+    pub fn exec_in_node(
+        &self,
+        node: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<String, LabError> {
+        exec_in(&self.node_state(node)?.netns, program, args)
+    }
+
+    /// Fault injection: takes a node's underlay link (`eth0`) down or back up. While it is down
+    /// the node is cut off from every other node; pods on the same node still reach each other.
+    pub fn set_underlay(&self, node: &str, up: bool) -> Result<(), LabError> {
+        let n = self.node_state(node)?;
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &n.netns, "link", "set", &n.underlay_iface, state])?;
+        if up {
+            // Routes via the underlay went away with the link; put them back.
+            let script: String = self
+                .state
+                .nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .map(|o| {
+                    format!(
+                        "route replace {} via {} dev {}\n",
+                        o.pod_cidr, o.underlay_ip, n.underlay_iface
+                    )
+                })
+                .collect();
+            if !script.is_empty() {
+                ip_batch(&n.netns, &script)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn node_state(&self, name: &str) -> Result<&NodeState, LabError> {
+        self.state.node(name).ok_or_else(|| LabError::UnknownNode {
+            lab: self.state.name.clone(),
+            node: name.to_string(),
+            known: self
+                .state
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
 }
 

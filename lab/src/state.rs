@@ -257,6 +257,20 @@ impl LabState {
                 });
             }
         };
-        serde_json::from_slice(&bytes).map_err(|source| LabError::CorruptState { path, source })
+        let state: LabState =
+            serde_json::from_slice(&bytes).map_err(|source| LabError::CorruptState {
+                path: path.clone(),
+                source,
+            })?;
+        if state.version != STATE_VERSION {
+            return Err(LabError::CorruptState {
+                path,
+                source: serde::de::Error::custom(format!(
+                    "state version {} is not {STATE_VERSION}; tear the lab down with this palisade and build it again",
+                    state.version
+                )),
+            });
+        }
+        Ok(state)
     }
 }

@@ -49,6 +49,28 @@ fn tcp_and_udp_matrices_are_all_reachable_then_down_leaves_nothing() {
         .unwrap();
     assert_eq!(r.result, Outcome::Refused, "{r:?}");
 
+    // Fault injection: with n2's underlay down, n2 is cut off from n1 but its pods still talk.
+    lab.set_underlay("n2", false).unwrap();
+    let t = Duration::from_millis(800);
+    let pairs = [("n1-p1", "n2-p1"), ("n2-p1", "n2-p2"), ("n2-p3", "n1-p3")];
+    let r = lab.probe_pairs(&pairs, 80, Protocol::Tcp, t).unwrap();
+    let reachable: Vec<bool> = r.iter().map(|p| p.reachable).collect();
+    assert_eq!(reachable, [false, true, false], "{r:?}");
+    lab.set_underlay("n2", true).unwrap();
+    let r = lab
+        .probe_pairs(&pairs, 80, Protocol::Tcp, Duration::from_secs(1))
+        .unwrap();
+    assert!(r.iter().all(|p| p.reachable), "{r:?}");
+    assert!(
+        lab.probe_pairs(&[("n1-p1", "n9-p1")], 80, Protocol::Tcp, t)
+            .is_err()
+    );
+    assert!(lab.set_underlay("n9", false).is_err());
+    let addrs = lab
+        .exec_in_pod("n2-p2", "ip", &["-br", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(addrs.contains("10.200.2.12/32"), "{addrs}");
+
     let processes = st.processes.clone();
     assert_eq!(processes.len(), 6);
     down_and_assert_gone(&name, &processes);

@@ -188,3 +188,26 @@ fn spawned_processes_are_recorded_and_killed_by_down() {
     }
     assert_nothing_left(&name);
 }
+
+#[test]
+fn unreadable_state_is_reported_and_down_still_cleans_up() {
+    let name = lab_name("corrupt");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    Lab::up(&serverless(&name, 1, 1)).unwrap();
+    let file = palisade_lab::state::state_file(&name);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 99");
+    std::fs::write(&file, text).unwrap();
+    let err = Lab::load(&name).unwrap_err();
+    assert!(matches!(err, LabError::CorruptState { .. }), "{err}");
+    std::fs::write(&file, "{ not json").unwrap();
+    assert!(matches!(
+        Lab::load(&name),
+        Err(LabError::CorruptState { .. })
+    ));
+    let report = Lab::down(&name).unwrap();
+    assert_eq!(report.namespaces_removed.len(), 3);
+    assert_nothing_left(&name);
+}
