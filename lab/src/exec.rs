@@ -1,6 +1,7 @@
-//! Every external command the lab runs goes through [`run_output`]: it spawns, collects, and turns
-//! a spawn failure into a [`LabError::Command`] naming the command and its stderr. Namespaces,
-//! links, addresses, routes and sysctls are all set through `ip` (iproute2).
+//! Every external command the lab runs goes through one [`Runner`]: the real one ([`System`],
+//! [`run_output`]) spawns, collects, and turns a spawn failure into a [`LabError::Command`] naming
+//! the command and its stderr; unit tests pass a fake that records commands. Namespaces, links,
+//! addresses, routes and sysctls are all set through `ip` (iproute2), via [`Cmds`].
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -53,43 +54,102 @@ pub fn run_output(cmd: &mut Command, stdin: Option<&str>) -> Result<Output, LabE
     child.wait_with_output().map_err(|e| spawn_err(cmd, e))
 }
 
-/// Runs a command and requires exit status 0; returns its stdout.
-pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, LabError> {
-    let out = run_output(cmd, stdin)?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(LabError::Command {
-            command: render(cmd),
-            status: out.status.to_string(),
-            stderr: one_line(&out.stderr),
-        })
+/// The seam through which the lab runs external commands.
+pub trait Runner: Sync {
+    /// Runs `cmd` to completion, feeding `stdin`; returns its output whatever its exit status.
+    fn output(&self, cmd: &mut Command, stdin: Option<&str>) -> Result<Output, LabError>;
+}
+
+/// The real runner: spawns processes ([`run_output`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct System;
+
+impl Runner for System {
+    fn output(&self, cmd: &mut Command, stdin: Option<&str>) -> Result<Output, LabError> {
+        run_output(cmd, stdin)
     }
 }
 
-/// `ip <args>`.
+/// The commands the lab issues, through a [`Runner`].
+#[derive(Clone, Copy)]
+pub struct Cmds<'a>(pub &'a dyn Runner);
+
+// === impl Cmds ===
+
+impl Cmds<'_> {
+    /// Runs a command and requires exit status 0; returns its stdout.
+    pub fn run(&self, cmd: &mut Command, stdin: Option<&str>) -> Result<String, LabError> {
+        let out = self.0.output(cmd, stdin)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(LabError::Command {
+                command: render(cmd),
+                status: out.status.to_string(),
+                stderr: one_line(&out.stderr),
+            })
+        }
+    }
+
+    /// `ip <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String, LabError> {
+        self.run(Command::new("ip").args(args), None)
+    }
+
+    /// `ip -n <netns> -batch -` with one `ip` command per line of `script` (fewer processes).
+    pub fn ip_batch(&self, netns: &str, script: &str) -> Result<(), LabError> {
+        self.run(
+            Command::new("ip").args(["-n", netns, "-batch", "-"]),
+            Some(script),
+        )
+        .map(drop)
+    }
+
+    /// `ip netns exec <netns> sysctl -qw <settings...>`.
+    pub fn sysctl(&self, netns: &str, settings: &[&str]) -> Result<(), LabError> {
+        self.run(
+            Command::new("ip")
+                .args(["netns", "exec", netns, "sysctl", "-qw"])
+                .args(settings),
+            None,
+        )
+        .map(drop)
+    }
+
+    /// The MAC address of an interface in a namespace.
+    pub fn link_mac(&self, netns: &str, iface: &str) -> Result<String, LabError> {
+        let command = format!("ip -n {netns} -j link show dev {iface}");
+        let out = self.ip(&["-n", netns, "-j", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Command {
+            command: command.clone(),
+            status: "unparsable output".to_string(),
+            stderr: e.to_string(),
+        })?;
+        v.get(0)
+            .and_then(|l| l.get("address"))
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| LabError::Command {
+                command,
+                status: "no address in output".to_string(),
+                stderr: out.trim().to_string(),
+            })
+    }
+}
+
+/// Runs a command and requires exit status 0; returns its stdout.
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, LabError> {
+    Cmds(&System).run(cmd, stdin)
+}
+
+/// `ip <args>` (real runner).
 pub fn ip(args: &[&str]) -> Result<String, LabError> {
-    run(Command::new("ip").args(args), None)
+    Cmds(&System).ip(args)
 }
 
-/// `ip -n <netns> -batch -` with one `ip` command per line of `script` (fewer processes).
+/// `ip -n <netns> -batch -` (real runner).
 pub fn ip_batch(netns: &str, script: &str) -> Result<(), LabError> {
-    run(
-        Command::new("ip").args(["-n", netns, "-batch", "-"]),
-        Some(script),
-    )
-    .map(drop)
-}
-
-/// `ip netns exec <netns> sysctl -qw <settings...>`.
-pub fn sysctl(netns: &str, settings: &[&str]) -> Result<(), LabError> {
-    run(
-        Command::new("ip")
-            .args(["netns", "exec", netns, "sysctl", "-qw"])
-            .args(settings),
-        None,
-    )
-    .map(drop)
+    Cmds(&System).ip_batch(netns, script)
 }
 
 /// The names of every network namespace (`ip netns list`).
@@ -100,25 +160,6 @@ pub fn list_netns() -> Result<Vec<String>, LabError> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect())
-}
-
-/// The MAC address of an interface in a namespace.
-pub fn link_mac(netns: &str, iface: &str) -> Result<String, LabError> {
-    let out = ip(&["-n", netns, "-j", "link", "show", "dev", iface])?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Command {
-        command: format!("ip -n {netns} -j link show dev {iface}"),
-        status: "unparsable output".to_string(),
-        stderr: e.to_string(),
-    })?;
-    v.get(0)
-        .and_then(|l| l.get("address"))
-        .and_then(|a| a.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| LabError::Command {
-            command: format!("ip -n {netns} -j link show dev {iface}"),
-            status: "no address in output".to_string(),
-            stderr: out.trim().to_string(),
-        })
 }
 
 /// Runs `program args...` inside a namespace (`ip netns exec`) and returns its stdout; tests use

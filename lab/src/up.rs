@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use palisade_workload::Protocol;
 
-use crate::exec::{ip, ip_batch, link_mac, sysctl};
+use crate::exec::{Cmds, System};
 use crate::lab::probe_in_netns;
 use crate::parallel::parallel_map;
 use crate::plan::{self, POD_GATEWAY};
@@ -103,13 +103,7 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
     })?;
     // Intent first: the whole plan is on disk before the first namespace exists.
     state.save()?;
-    build_fabric(state)?;
-    for i in 0..state.nodes.len() {
-        build_node(state, i)?;
-    }
-    for pod in &state.pods {
-        build_pod(state, pod)?;
-    }
+    build_network(Cmds(&System), state)?;
     start_servers(state)?;
     // Processes are confined to lab namespaces, so a crash before this save still leaves
     // nothing that the sweep in `down` would miss.
@@ -119,16 +113,29 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
     state.save()
 }
 
+/// Creates the fabric, the nodes and the pods with their links, addresses and routes (no
+/// processes). Every command goes through `c`, so tests can check the exact sequence.
+pub(crate) fn build_network(c: Cmds<'_>, state: &LabState) -> Result<(), LabError> {
+    build_fabric(c, state)?;
+    for i in 0..state.nodes.len() {
+        build_node(c, state, i)?;
+    }
+    for pod in &state.pods {
+        build_pod(c, state, pod)?;
+    }
+    Ok(())
+}
+
 const NO_IPV6: [&str; 2] = [
     "net.ipv6.conf.all.disable_ipv6=1",
     "net.ipv6.conf.default.disable_ipv6=1",
 ];
 
-fn build_fabric(state: &LabState) -> Result<(), LabError> {
+fn build_fabric(c: Cmds<'_>, state: &LabState) -> Result<(), LabError> {
     let f = &state.fabric;
-    ip(&["netns", "add", &f.netns])?;
-    sysctl(&f.netns, &NO_IPV6)?;
-    ip_batch(
+    c.ip(&["netns", "add", &f.netns])?;
+    c.sysctl(&f.netns, &NO_IPV6)?;
+    c.ip_batch(
         &f.netns,
         &format!(
             "link set lo up\nlink add {b} type bridge\nlink set {b} up\n",
@@ -137,18 +144,18 @@ fn build_fabric(state: &LabState) -> Result<(), LabError> {
     )
 }
 
-fn build_node(state: &LabState, i: usize) -> Result<(), LabError> {
+fn build_node(c: Cmds<'_>, state: &LabState, i: usize) -> Result<(), LabError> {
     let n = &state.nodes[i];
-    ip(&["netns", "add", &n.netns])?;
+    c.ip(&["netns", "add", &n.netns])?;
     let mut settings = vec![
         "net.ipv4.ip_forward=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
     ];
     settings.extend(NO_IPV6);
-    sysctl(&n.netns, &settings)?;
+    c.sysctl(&n.netns, &settings)?;
     let f = &state.fabric;
-    ip(&[
+    c.ip(&[
         "link",
         "add",
         &n.underlay_iface,
@@ -162,7 +169,7 @@ fn build_node(state: &LabState, i: usize) -> Result<(), LabError> {
         "netns",
         &f.netns,
     ])?;
-    ip_batch(
+    c.ip_batch(
         &f.netns,
         &format!(
             "link set {i} master {b}\nlink set {i} up\n",
@@ -182,17 +189,17 @@ fn build_node(state: &LabState, i: usize) -> Result<(), LabError> {
             other.pod_cidr, other.underlay_ip, n.underlay_iface
         ));
     }
-    ip_batch(&n.netns, &script)
+    c.ip_batch(&n.netns, &script)
 }
 
-fn build_pod(state: &LabState, pod: &PodState) -> Result<(), LabError> {
+fn build_pod(c: Cmds<'_>, state: &LabState, pod: &PodState) -> Result<(), LabError> {
     let node = state.node(&pod.node).ok_or_else(|| LabError::InvalidSpec {
         name: state.name.clone(),
         reason: format!("pod `{}` names unknown node `{}`", pod.name, pod.node),
     })?;
-    ip(&["netns", "add", &pod.netns])?;
-    sysctl(&pod.netns, &NO_IPV6)?;
-    ip(&[
+    c.ip(&["netns", "add", &pod.netns])?;
+    c.sysctl(&pod.netns, &NO_IPV6)?;
+    c.ip(&[
         "link",
         "add",
         &pod.iface,
@@ -206,8 +213,8 @@ fn build_pod(state: &LabState, pod: &PodState) -> Result<(), LabError> {
         "netns",
         &node.netns,
     ])?;
-    let mac = link_mac(&node.netns, &pod.host_iface)?;
-    ip_batch(
+    let mac = c.link_mac(&node.netns, &pod.host_iface)?;
+    c.ip_batch(
         &pod.netns,
         &format!(
             "link set lo up\naddr add {ip}/32 dev {d}\nlink set {d} up\n\
@@ -219,7 +226,7 @@ fn build_pod(state: &LabState, pod: &PodState) -> Result<(), LabError> {
         ),
     )?;
     let host_len = if pod.ip.is_ipv4() { 32 } else { 128 };
-    ip_batch(
+    c.ip_batch(
         &node.netns,
         &format!(
             "link set {h} up\nroute add {ip}/{host_len} dev {h}\n",
@@ -339,3 +346,6 @@ fn wait_pod_ready(state: &LabState, pod: &PodState, deadline: Instant) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
