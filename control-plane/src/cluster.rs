@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError,
+};
 use openraft::{ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -299,15 +301,34 @@ impl Cluster {
     }
 
     /// Applies a membership change, forwarding it to the leader when needed.
+    /// Retries while another change is still being committed or no leader is known.
     pub async fn change_members(&self, change: MembershipChange) -> Result<(), ClusterError> {
-        match self.change_members_local(change.clone()).await? {
-            Ok(()) => Ok(()),
-            Err(leader) => {
-                let _: serde_json::Value = self
-                    .forward(&leader.api_addr, "/internal/v1/members", &change)
-                    .await?;
-                Ok(())
+        let deadline = Instant::now() + self.inner.timeout;
+        loop {
+            let res = match self.change_members_local(change.clone()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(leader)) => self
+                    .forward::<_, serde_json::Value>(
+                        &leader.api_addr,
+                        "/internal/v1/members",
+                        &change,
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match res {
+                Err(ClusterError::Leader {
+                    status, message, ..
+                }) if status == 421 || status == 503 => {
+                    if Instant::now() + RETRY_PAUSE > deadline {
+                        return Err(ClusterError::MembershipBusy { reason: message });
+                    }
+                }
+                Err(e) if e.is_retryable() && Instant::now() + RETRY_PAUSE <= deadline => {}
+                other => return other,
             }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
@@ -346,6 +367,11 @@ impl Cluster {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 self.leader_of(f).map(Err)
             }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(e),
+            ))) => Err(ClusterError::MembershipBusy {
+                reason: e.to_string(),
+            }),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ClusterError::Membership {
                     reason: e.to_string(),

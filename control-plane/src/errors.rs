@@ -39,6 +39,12 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// Another membership change is still being committed. Retryable.
+    #[error("another membership change is in progress: {reason}")]
+    MembershipBusy {
+        /// openraft's message.
+        reason: String,
+    },
     /// The request did not complete in time. Retryable (operations are idempotent).
     #[error("timed out waiting for `{what}`")]
     Timeout {
@@ -61,7 +67,10 @@ impl ClusterError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ClusterError::NoLeader | ClusterError::Forward { .. } | ClusterError::Timeout { .. }
+            ClusterError::NoLeader
+                | ClusterError::Forward { .. }
+                | ClusterError::Timeout { .. }
+                | ClusterError::MembershipBusy { .. }
         )
     }
 }

@@ -81,7 +81,9 @@ impl IntoResponse for ApiError {
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
         let status = match &e {
-            ClusterError::NoLeader => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::NoLeader | ClusterError::MembershipBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ClusterError::Forward { .. } => StatusCode::BAD_GATEWAY,
             ClusterError::Leader { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)

@@ -1,0 +1,252 @@
+//! A control plane of real `palisade-controlplane` processes on loopback, killed on drop.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// One member's addresses and process.
+pub struct Member {
+    pub id: u64,
+    pub raft_port: u16,
+    pub api_port: u16,
+    pub child: Option<Child>,
+}
+
+/// A set of members in a temporary directory.
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub members: Vec<Member>,
+    pub extra_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl TestCluster {
+    /// Allocates `n` members (ids 1..=n) without starting them.
+    pub fn new(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut members = Vec::new();
+        for id in 1..=n {
+            members.push(Member {
+                id,
+                raft_port: free_port()?,
+                api_port: free_port()?,
+                child: None,
+            });
+        }
+        Ok(TestCluster {
+            dir: tempfile::tempdir()?,
+            members,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Starts `n` members with member 1 bootstrapping them all.
+    pub async fn start(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut c = TestCluster::new(n, extra_args)?;
+        for id in 1..=n {
+            c.spawn(id, id == 1)?;
+        }
+        c.wait_leader(&c.ids(), Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    /// Adds a member slot (not started, not in the initial peer list).
+    pub fn add_slot(&mut self) -> anyhow::Result<u64> {
+        let id = self.members.len() as u64 + 1;
+        self.members.push(Member {
+            id,
+            raft_port: free_port()?,
+            api_port: free_port()?,
+            child: None,
+        });
+        Ok(id)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn member(&self, id: u64) -> &Member {
+        &self.members[(id - 1) as usize]
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data{id}"))
+    }
+
+    pub fn api(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.member(id).api_port)
+    }
+
+    pub fn raft(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.member(id).raft_port)
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{path}", self.api(id))
+    }
+
+    /// Starts member `id` (the peer list is the initial members 1..=3 or all, whichever fewer).
+    pub fn spawn(&mut self, id: u64, init: bool) -> anyhow::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("member{id}.log")))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-controlplane"));
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--raft-listen")
+            .arg(self.raft(id))
+            .arg("--api-listen")
+            .arg(self.api(id));
+        if init {
+            for m in &self.members {
+                if m.child.is_some() || m.id == id || m.id <= 3 {
+                    cmd.arg("--peer").arg(format!(
+                        "{}={}={}",
+                        m.id,
+                        self.raft(m.id),
+                        self.api(m.id)
+                    ));
+                }
+            }
+            cmd.arg("--init");
+        }
+        cmd.args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("cannot spawn palisade-controlplane")?;
+        self.members[(id - 1) as usize].child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs member `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.members[(id - 1) as usize].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs member `id` and waits for it to exit (SIGKILL after 10 s).
+    pub fn terminate(&mut self, id: u64) -> anyhow::Result<()> {
+        let Some(mut c) = self.members[(id - 1) as usize].child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(i32::try_from(c.id())?);
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait()? {
+                if !status.success() {
+                    bail!("member {id} exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        bail!("member {id} did not exit within 10 s of SIGTERM")
+    }
+
+    pub async fn status(&self, id: u64) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(self.url(id, "/v1/cluster/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Waits until every member in `ids` names the same leader, itself one of `ids` and
+    /// reporting `leader`. Returns its id.
+    pub async fn wait_leader(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for &id in ids {
+                match self.status(id).await {
+                    Ok(s) => leaders.push(s["leader"].as_u64()),
+                    Err(_) => leaders.push(None),
+                }
+            }
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| *x == Some(*l))
+                && ids.contains(l)
+                && self.status(*l).await?["state"] == "leader"
+            {
+                return Ok(*l);
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader among {ids:?} within {timeout:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn post(&self, id: u64, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(self.url(id, path)).json(body).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn put(&self, id: u64, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.put(self.url(id, path)).json(body).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.get(self.url(id, path)).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// The tail of member `id`'s log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("member{id}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for id in self.ids() {
+            self.kill(id);
+            if panicking {
+                eprintln!("--- member {id} log tail ---\n{}", self.log_tail(id));
+            }
+        }
+    }
+}
+
+/// A policy object named `name`.
+pub fn policy(name: &str, port: u32) -> Value {
+    serde_json::json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": name}},
+                 "ingress": [{"toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}]}]}]}
+    })
+}

@@ -1,0 +1,107 @@
+//! Election, follower forwarding, validation errors.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::fixture::{TestCluster, policy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    let status = c.status(leader).await?;
+    assert_eq!(
+        status["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    assert!(status["term"].as_u64() >= Some(1));
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+
+    // A write on a follower is forwarded; the same label set in another order gets the same id.
+    let labels = json!({"labels": ["k8s:app=web", "k8s:io.kubernetes.pod.namespace=default"]});
+    let (code, a) = c.post(followers[0], "/v1/identities", &labels).await?;
+    assert_eq!(code, 201, "{a}");
+    let id = a["id"].as_u64().unwrap_or(0);
+    assert!(id >= 256, "{a}");
+    let again = json!({"labels": ["k8s:io.kubernetes.pod.namespace=default", "k8s:app=web"]});
+    let (code, b) = c.post(followers[1], "/v1/identities", &again).await?;
+    assert_eq!((code, b["id"].as_u64()), (200, Some(id)), "{b}");
+
+    // Policies: apply on a follower, read linearizably on the other.
+    let (code, p) = c
+        .put(
+            followers[0],
+            "/v1/policies/CiliumNetworkPolicy/default/web",
+            &policy("web", 80),
+        )
+        .await?;
+    assert_eq!((code, p["revision"].as_u64()), (200, Some(1)), "{p}");
+    let (code, got) = c
+        .get(followers[1], "/v1/policies/CiliumNetworkPolicy/default/web")
+        .await?;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["object"], policy("web", 80));
+    let (_, id_get) = c.get(followers[1], &format!("/v1/identities/{id}")).await?;
+    assert_eq!(id_get["labels"][0], "k8s:app=web");
+
+    // Bad bodies are 4xx naming the field; an invalid policy commits nothing.
+    let (code, e) = c
+        .post(leader, "/v1/identities", &json!({"labels": ["ok", 5]}))
+        .await?;
+    assert_eq!((code, e["field"].as_str()), (400, Some("labels[1]")), "{e}");
+    let (code, e) = c
+        .post(
+            followers[0],
+            "/v1/identities",
+            &json!({"labels": ["has space"]}),
+        )
+        .await?;
+    assert_eq!((code, e["field"].as_str()), (400, Some("labels[0]")), "{e}");
+    let mut wrong = policy("web", 81);
+    wrong["kind"] = json!("NetworkPolicy");
+    let (code, e) = c
+        .put(
+            followers[0],
+            "/v1/policies/CiliumNetworkPolicy/default/web",
+            &wrong,
+        )
+        .await?;
+    assert_eq!((code, e["field"].as_str()), (422, Some("kind")), "{e}");
+    let (_, list) = c.get(leader, "/v1/policies").await?;
+    assert_eq!(list["revision"].as_u64(), Some(1), "{list}");
+    let (code, e) = c
+        .post(
+            followers[1],
+            "/v1/nodes",
+            &json!({"name": "n1", "address": "not-an-ip"}),
+        )
+        .await?;
+    assert_eq!((code, e["field"].as_str()), (400, Some("address")), "{e}");
+
+    // Nodes get pod CIDRs from the cluster CIDR.
+    let node = json!({"name": "node-a", "address": "192.0.2.10",
+        "wireguard_public_key": "YJ6Zl2CQxkVa9X8YpX6Hx2bX0pQb1V8B3Qm5cS0xHh0=", "wireguard_epoch": 1});
+    let (code, n) = c.post(followers[1], "/v1/nodes", &node).await?;
+    assert_eq!(
+        (code, n["pod_cidr"].as_str()),
+        (200, Some("10.200.0.0/24")),
+        "{n}"
+    );
+
+    // Metrics are served.
+    let text = c
+        .http
+        .get(c.url(leader, "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(text.contains("palisade_cp_term"), "{text}");
+    assert!(
+        text.contains("palisade_cp_proposal_duration_seconds_bucket"),
+        "{text}"
+    );
+    Ok(())
+}
