@@ -186,14 +186,18 @@ impl Datapath {
             .map_err(|source| map_err(ipcache::MAP_NAME, source))
     }
 
-    /// Writes one policy entry. The caller keeps the map deny-closed (see
-    /// `palisade_datapath_common::policy`).
+    /// Writes one policy entry; its `key_bits` are set here from the key.
     pub fn upsert_policy(
         &mut self,
         m: PolicyMatch,
         value: PolicyValue,
     ) -> Result<(), DatapathError> {
         let (prefix_len, data) = m.to_key();
+        // The program compares the specificity of its two hits through `key_bits`.
+        let value = PolicyValue {
+            key_bits: (prefix_len - policy::KEY_FIXED_BITS) as u8,
+            ..value
+        };
         let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
         map.insert(&Key::new(prefix_len, data), value, 0)
             .map_err(|source| map_err(policy::MAP_NAME, source))

@@ -286,26 +286,45 @@ fn replies_and_established_packets_pass_through_conntrack() {
 }
 
 #[test]
-fn deny_beats_a_more_specific_allow() {
+fn the_more_specific_entry_decides_peer_first_on_a_tie() {
     let mut dp = datapath();
-    dp.upsert_policy(
-        rule(PEER_B_ID, DIRECTION_INGRESS, proto::TCP, 80, 16),
-        allow(1),
-    )
-    .expect("allow");
-    dp.upsert_policy(rule(0, DIRECTION_INGRESS, proto::TCP, 0, 0), deny(2))
-        .expect("deny any peer, any tcp port");
+    // L3-only allow for B, L4-only deny of TCP 80 for any peer: the L4 entry is more specific
+    // (Cilium's order), so B is denied on 80 and allowed elsewhere.
+    dp.upsert_policy(rule(PEER_B_ID, DIRECTION_INGRESS, 0, 0, 0), allow(1))
+        .expect("allow b");
+    dp.upsert_policy(rule(0, DIRECTION_INGRESS, proto::TCP, 80, 16), deny(2))
+        .expect("deny 80");
+    let got = run(
+        &mut dp,
+        Hook::Ingress,
+        &frame_v4(PEER_B, POD, proto::TCP, 40000, 80),
+    );
+    assert_eq!(got, TC_ACT_SHOT, "B on 80: {:?}", dp.verdict_counts());
     assert_eq!(
         run(
             &mut dp,
             Hook::Ingress,
-            &frame_v4(PEER_B, POD, proto::TCP, 40000, 80)
+            &frame_v4(PEER_B, POD, proto::TCP, 40000, 81)
         ),
-        TC_ACT_SHOT
+        TC_ACT_OK
     );
     assert_eq!(
         counted(&dp, verdict::DROP_POLICY_DENY, DIRECTION_INGRESS),
         1
+    );
+    // At equal specificity the peer's own entry wins over the any-peer one.
+    dp.upsert_policy(
+        rule(PEER_C_ID, DIRECTION_INGRESS, proto::TCP, 80, 16),
+        allow(3),
+    )
+    .expect("allow c 80");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_C, POD, proto::TCP, 40000, 80)
+        ),
+        TC_ACT_OK
     );
 }
 

@@ -234,6 +234,8 @@ impl MapState {
                     flags: v.flags,
                     proxy_port: v.proxy_port,
                     rule_id: v.rule,
+                    key_bits: (bits - dp::KEY_FIXED_BITS) as u8,
+                    _pad: [0; 3],
                 };
                 (bits, key, value)
             })

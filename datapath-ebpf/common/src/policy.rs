@@ -5,11 +5,12 @@
 //! protocol") and the destination port (0–16 bits: port ranges are split into prefix-aligned
 //! blocks, as Cilium's policy map does). ICMP entries carry the ICMP type in the port field.
 //!
-//! A new flow does two lookups — the peer's identity, then identity 0 (any peer) — and decides:
-//! deny if either result is deny; otherwise the identity-specific result if there is one, else the
-//! wildcard one; nothing found means drop. LPM returns only the longest match, so user space writes
-//! the map *deny-closed*: an allow key never sits under a shorter deny key of the same identity
-//! (the agent turns such allows into denies before writing). See docs/policy.md.
+//! A new flow does two lookups — the peer's identity, then identity 0 (any peer) — and the more
+//! specific hit decides: the one whose key matched more protocol/port bits, the peer's own on a
+//! tie; nothing found means drop. This is the policy engine's lookup order (`MapState::lookup`,
+//! Cilium's order: L3+L4, then L4-only, then L3-only, then allow-all), so offline verdicts are the
+//! kernel's. Deny precedence is resolved when the map is built: the compiler never leaves an allow
+//! where a deny must win. See docs/policy.md.
 
 /// Name of the LPM trie `Key<PolicyKey>` → [`PolicyValue`].
 pub const MAP_NAME: &str = "PAL_POLICY";
@@ -54,8 +55,14 @@ pub struct PolicyValue {
     pub proxy_port: u16,
     /// Id of the rule that produced this entry (for flow events and `policy trace`).
     pub rule_id: u32,
+    /// How many key bits past [`KEY_FIXED_BITS`] this entry matches (protocol + port prefix,
+    /// 0..=24): lets the program compare the specificity of its two lookups. User space fills it
+    /// from the key when writing.
+    pub key_bits: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 12);
 
 /// Allow the flow.
 pub const VERDICT_ALLOW: u8 = 1;

@@ -12,8 +12,8 @@
 //!              ▼
 //!            peer identity = ipcache LPM(peer address), world if none
 //!              ▼
-//!            policy LPM (peer id) + policy LPM (any peer) ─▶ deny? ─▶ drop (or pass if audit)
-//!              │ allow / redirect                           none? ─▶ drop DEFAULT
+//!            policy LPM (peer id) + policy LPM (any peer): more specific hit
+//!              │ allow / redirect          deny ─▶ drop (or pass if audit); none ─▶ drop DEFAULT
 //!              ▼
 //!            conntrack insert, event NEW, pass
 //! ```
@@ -197,7 +197,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     }
 }
 
-/// Two LPM lookups (the peer's identity, then any peer) combined with deny precedence.
+/// Two LPM lookups (the peer's identity, then any peer); the more specific hit decides, the
+/// peer's own on a tie (see `palisade_datapath_common::policy`).
 #[inline(always)]
 fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port: [u8; 2]) -> Option<PolicyValue> {
     let data = PolicyKey {
@@ -212,9 +213,8 @@ fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port:
         .get(Key::new(policy::KEY_FULL_BITS, PolicyKey { identity: [0; 4], ..data }))
         .copied();
     match (specific, any) {
-        (Some(s), _) if s.verdict == policy::VERDICT_DENY => Some(s),
-        (_, Some(a)) if a.verdict == policy::VERDICT_DENY => Some(a),
-        (Some(s), _) => Some(s),
+        (Some(s), Some(a)) => Some(if a.key_bits > s.key_bits { a } else { s }),
+        (Some(s), None) => Some(s),
         (None, a) => a,
     }
 }
