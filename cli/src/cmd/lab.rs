@@ -356,6 +356,33 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 ]);
             }
             out!("{}", table(&rows));
+            let others: Vec<_> = st
+                .processes
+                .iter()
+                .filter(|p| p.role != palisade_lab::ProcessRole::WorkloadServer)
+                .collect();
+            if !others.is_empty() {
+                outln!();
+                let mut rows = vec![
+                    ["PROCESS", "ROLE", "NETNS", "PID", "ALIVE", "LOG"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                for p in others {
+                    rows.push(vec![
+                        p.name.clone(),
+                        serde_json::to_value(p.role)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        p.netns.clone().unwrap_or_else(|| "(root)".to_string()),
+                        p.pid.to_string(),
+                        if Lab::process_alive(p) { "yes" } else { "no" }.to_string(),
+                        p.log.display().to_string(),
+                    ]);
+                }
+                out!("{}", table(&rows));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

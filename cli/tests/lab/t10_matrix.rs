@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use palisade_lab::exec::exec_in;
-use palisade_lab::{Lab, LabSpec, Outcome, Protocol};
+use palisade_lab::{Lab, LabSpec, Outcome, ProcessRole, Protocol};
 
 use crate::util::{Cleanup, bin, down_and_assert_gone, lab_name, palisade};
 
@@ -11,11 +11,11 @@ fn tcp_and_udp_matrices_are_all_reachable_then_down_leaves_nothing() {
     let name = lab_name("matrix");
     let _ = Lab::down(&name);
     let _cleanup = Cleanup(name.clone());
-    let lab = Lab::up(&LabSpec::new(&name, 2, 3, bin())).unwrap();
-    let st = lab.state();
-    assert_eq!(st.pods.len(), 6);
+    let mut lab = Lab::up(&LabSpec::new(&name, 2, 3, bin())).unwrap();
+    assert_eq!(lab.state().pods.len(), 6);
     assert!(
-        st.pods
+        lab.state()
+            .pods
             .iter()
             .all(|p| lab.server_alive(&p.name) == Some(true))
     );
@@ -41,7 +41,7 @@ fn tcp_and_udp_matrices_are_all_reachable_then_down_leaves_nothing() {
     let r = lab
         .probe(
             "n1-p1",
-            st.pod("n2-p1").unwrap().ip,
+            lab.state().pod("n2-p1").unwrap().ip,
             81,
             Protocol::Tcp,
             Duration::from_secs(1),
@@ -71,8 +71,28 @@ fn tcp_and_udp_matrices_are_all_reachable_then_down_leaves_nothing() {
         .unwrap();
     assert!(addrs.contains("10.200.2.12/32"), "{addrs}");
 
-    let processes = st.processes.clone();
-    assert_eq!(processes.len(), 6);
+    // A helper process recorded through the library shows up in `lab status` and dies in `down`.
+    let node_ns = lab.state().nodes[0].netns.clone();
+    let sleep = std::path::Path::new("/bin/sleep");
+    let helper = lab
+        .spawn(
+            ProcessRole::Other,
+            "helper",
+            Some(&node_ns),
+            sleep,
+            &["300".to_string()],
+        )
+        .unwrap();
+    let out = palisade(&["lab", "status", "--name", &name]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PROCESS") && text.contains("helper") && text.contains("other"),
+        "{text}"
+    );
+    assert!(Lab::process_alive(&helper));
+
+    let processes = lab.state().processes.clone();
+    assert_eq!(processes.len(), 7);
     down_and_assert_gone(&name, &processes);
 }
 
