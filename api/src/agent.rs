@@ -1,0 +1,166 @@
+//! The node agent's local API: what the CNI plugin (and `palisade agent status`) say to the agent
+//! over its unix socket.
+//!
+//! Framing: one JSON [`AgentRequest`] per connection, terminated by a newline; the agent answers
+//! with one JSON [`AgentResponse`] and a newline, then closes. The socket is root-only (mode
+//! 0600): anyone who can write to it can change what the node enforces.
+//!
+//! The CNI ADD flow, as Cilium's plugin does it:
+//!
+//! ```text
+//!  plugin                                   agent
+//!    │ IpamAllocate{container, ifname, requested?} ─▶ address from the node's pod CIDR (persisted)
+//!    │ ◀─ IpamAllocated{ip, prefix, gateway}
+//!    │ create veth, address, routes, neighbour
+//!    │ EndpointAdd{container, ifname, host_iface, pod, labels, ip} ─▶ identity, maps, programs
+//!    │ ◀─ EndpointAdded{endpoint_id, identity}
+//!    │ (on any failure after IpamAllocate: IpamRelease, and undo the veth)
+//! ```
+//!
+//! DEL sends `EndpointDel` then `IpamRelease`; both succeed when there is nothing to remove.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum AgentRequest {
+    /// Reserve an address for a container's interface (idempotent per container + ifname).
+    IpamAllocate {
+        /// CNI_CONTAINERID.
+        container_id: String,
+        /// CNI_IFNAME.
+        ifname: String,
+        /// A specific address (CNI_ARGS `IP=` or `args.cni.ips`), when the runtime asks for one.
+        requested: Option<IpAddr>,
+    },
+    /// Release the address of a container's interface (succeeds when none is held).
+    IpamRelease {
+        /// CNI_CONTAINERID.
+        container_id: String,
+        /// CNI_IFNAME.
+        ifname: String,
+    },
+    /// Register an endpoint whose veth is in place: the agent resolves its identity, programs the
+    /// maps and attaches the datapath to `host_iface`.
+    EndpointAdd(EndpointSpec),
+    /// Forget an endpoint (succeeds when it is unknown).
+    EndpointDel {
+        /// CNI_CONTAINERID.
+        container_id: String,
+        /// CNI_IFNAME.
+        ifname: String,
+    },
+    /// Is this endpoint registered and enforced? (CNI CHECK.)
+    EndpointGet {
+        /// CNI_CONTAINERID.
+        container_id: String,
+        /// CNI_IFNAME.
+        ifname: String,
+    },
+    /// The agent's state: node, pod CIDR, endpoints, policy revision.
+    Status {},
+}
+
+/// Everything the agent needs to enforce policy for a new endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME (the interface inside the pod).
+    pub ifname: String,
+    /// CNI_NETNS (path of the pod's network namespace).
+    pub netns: String,
+    /// The host-side veth, in the agent's network namespace.
+    pub host_iface: String,
+    /// Kubernetes namespace of the pod (K8S_POD_NAMESPACE).
+    pub pod_namespace: String,
+    /// Pod name (K8S_POD_NAME).
+    pub pod_name: String,
+    /// Pod labels (from `args.cni.labels`), without the namespace label, which the agent adds.
+    pub labels: BTreeMap<String, String>,
+    /// Service account, when known.
+    pub service_account: Option<String>,
+    /// Addresses assigned by `IpamAllocate`.
+    pub ips: Vec<IpAddr>,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum AgentResponse {
+    /// An address was reserved.
+    IpamAllocated {
+        /// The address.
+        ip: IpAddr,
+        /// Prefix length to configure on the pod interface (32 / 128: routes go via the gateway).
+        prefix: u8,
+        /// The pod's default gateway (a link-local address answered by the host side).
+        gateway: IpAddr,
+    },
+    /// The endpoint is registered and enforced.
+    EndpointAdded {
+        /// Node-local endpoint id.
+        endpoint_id: u32,
+        /// Its security identity.
+        identity: u32,
+    },
+    /// The endpoint as the agent knows it (answer to `EndpointGet`).
+    Endpoint {
+        /// The registration.
+        spec: EndpointSpec,
+        /// Node-local endpoint id.
+        endpoint_id: u32,
+        /// Its security identity.
+        identity: u32,
+    },
+    /// The agent's state (answer to `Status`), free-form for display.
+    Status {
+        /// Status fields.
+        status: serde_json::Value,
+    },
+    /// The request was carried out and has nothing to return.
+    Done,
+    /// The request failed. `code` follows CNI's error codes where one fits (7 invalid network
+    /// config / argument, 11 try again later), 100+ for Palisade's own.
+    Error {
+        /// Error code.
+        code: u32,
+        /// One-line message naming the problem.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip_as_tagged_json() {
+        let req = AgentRequest::IpamAllocate {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            requested: Some("10.200.1.20".parse().expect("ip")),
+        };
+        let line = serde_json::to_string(&req).expect("encode");
+        assert_eq!(line, r#"{"op":"ipamAllocate","containerId":"c1","ifname":"eth0","requested":"10.200.1.20"}"#);
+        assert_eq!(serde_json::from_str::<AgentRequest>(&line).expect("decode"), req);
+        let resp: AgentResponse = serde_json::from_str(r#"{"result":"error","code":7,"message":"bad"}"#).expect("decode");
+        assert_eq!(resp, AgentResponse::Error { code: 7, message: "bad".into() });
+    }
+
+    #[test]
+    fn unknown_ops_and_fields_are_rejected() {
+        assert!(serde_json::from_str::<AgentRequest>(r#"{"op":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<AgentRequest>(r#"{"op":"status","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<AgentRequest>(r#"{"op":"status"}"#).is_ok());
+        let add = r#"{"op":"endpointAdd","containerId":"c","ifname":"eth0","netns":"/run/netns/p","hostIface":"lxc1","podNamespace":"x","podName":"a","labels":{},"serviceAccount":null,"ips":[]}"#;
+        assert!(serde_json::from_str::<AgentRequest>(add).is_ok(), "newtype variant accepts its fields");
+        let bad = add.replace(r#""ips":[]"#, r#""ips":[],"bogus":1"#);
+        assert!(serde_json::from_str::<AgentRequest>(&bad).is_err(), "and rejects unknown ones");
+    }
+}
