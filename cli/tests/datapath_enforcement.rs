@@ -13,7 +13,7 @@ use palisade_datapath_common::{
     proto,
 };
 use palisade_lab::{Lab, LabSpec, Protocol};
-use palisade_node_agent::datapath::{Datapath, PolicyMatch};
+use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch};
 
 struct LabGuard(String);
 impl Drop for LabGuard {
@@ -75,7 +75,7 @@ fn identity_policy_is_enforced_on_real_traffic_within_and_across_nodes() {
         node_threads.push(thread::spawn(move || {
             let ns = File::open(format!("/run/netns/{}", node.netns)).expect("node netns");
             setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            let mut dp = Datapath::load().expect("load");
+            let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
             let index = |pod: &str| {
                 idx.iter()
                     .find(|(n, _)| n == pod)

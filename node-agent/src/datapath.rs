@@ -9,14 +9,15 @@ mod policy_map;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
 use palisade_datapath_common::{
+    conntrack,
     counters::{self, CounterKey, PacketCount},
     endpoint::{self, EndpointInfo},
-    family,
+    events, family,
     ipcache::{self, IpcacheKey, IpcacheValue},
     policy::{self, PolicyKey, PolicyValue},
     verdict,
@@ -88,15 +89,69 @@ pub enum DatapathError {
     },
 }
 
+/// Map sizes. The defaults are production sizes; [`DatapathConfig::for_test`] keeps tests that
+/// load many copies at once small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Endpoints on the node.
+    pub endpoints: u32,
+    /// ipcache prefixes.
+    pub ipcache: u32,
+    /// Policy entries for the whole node.
+    pub policy: u32,
+    /// Tracked flows (LRU beyond).
+    pub conntrack: u32,
+    /// Flow-event ring buffer, bytes (a power of two, multiple of the page size).
+    pub event_ring_bytes: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: endpoint::MAP_MAX_ENTRIES,
+            ipcache: ipcache::MAP_MAX_ENTRIES,
+            policy: policy::MAP_MAX_ENTRIES,
+            conntrack: conntrack::MAP_MAX_ENTRIES,
+            event_ring_bytes: events::RING_BYTES,
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// Small maps for tests (a few hundred KiB of kernel memory per copy).
+    pub fn for_test() -> Self {
+        Self {
+            endpoints: 256,
+            ipcache: 4_096,
+            policy: 16_384,
+            conntrack: 4_096,
+            event_ring_bytes: 1 << 16,
+        }
+    }
+}
+
 /// The loaded datapath. Dropping it detaches every program it attached.
 pub struct Datapath {
     ebpf: Ebpf,
 }
 
 impl Datapath {
-    /// Loads the object and verifies its programs. Requires CAP_BPF / root.
+    /// Loads the object with production map sizes and verifies its programs. Requires CAP_BPF /
+    /// root.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(DatapathError::Load)?;
+        Self::load_with(&DatapathConfig::default())
+    }
+
+    /// Loads the object with the map sizes in `config`.
+    pub fn load_with(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(endpoint::MAP_NAME, config.endpoints)
+            .map_max_entries(ipcache::MAP_NAME, config.ipcache)
+            .map_max_entries(policy::MAP_NAME, config.policy)
+            .map_max_entries(conntrack::MAP_NAME, config.conntrack)
+            .map_max_entries(events::MAP_NAME, config.event_ring_bytes);
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EGRESS, PROG_INGRESS] {
             classifier(&mut ebpf, name)?
                 .load()

@@ -14,7 +14,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::counters::{DIRECTION_FROM_POD, DIRECTION_TO_POD, FAMILY_IPV4};
 use palisade_lab::{Lab, LabSpec};
-use palisade_node_agent::datapath::{CounterKeyOrd, Datapath};
+use palisade_node_agent::datapath::{CounterKeyOrd, Datapath, DatapathConfig};
 
 /// Datagrams pod A sends to pod B; B echoes each one.
 const DATAGRAMS: u64 = 50;
@@ -25,6 +25,7 @@ const FRAME_LEN: u64 = 14 + 20 + 8 + PAYLOAD.len() as u64;
 
 #[test]
 fn object_loads_and_passes_the_verifier() {
+    // Production map sizes: the defaults an agent uses must load.
     Datapath::load().expect("the datapath object must load (run as root with bpffs mounted)");
 }
 
@@ -70,7 +71,7 @@ fn counters_see_every_packet_in_each_direction() {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let datapath = in_netns(&node_netns, move || {
-        let mut dp = Datapath::load().expect("load");
+        let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
         dp.attach_counters(&a_iface).expect("attach to pod a");
         dp.attach_counters(&b_iface).expect("attach to pod b");
         let ifindex = |i: &str| nix::net::if_::if_nametoindex(i).expect("ifindex");

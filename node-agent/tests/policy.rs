@@ -13,7 +13,9 @@ use palisade_datapath_common::{
     },
     proto, verdict,
 };
-use palisade_node_agent::datapath::{Datapath, Hook, PolicyMatch, port_range_prefixes};
+use palisade_node_agent::datapath::{
+    Datapath, DatapathConfig, Hook, PolicyMatch, port_range_prefixes,
+};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -30,7 +32,7 @@ const IDENTITY_WORLD: u32 = 2;
 
 /// A datapath with one endpoint (ifindex 1) and two known peers in the ipcache.
 fn datapath() -> Datapath {
-    let mut dp = Datapath::load().expect("load (root, bpffs)");
+    let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load (root, bpffs)");
     let mut info = EndpointInfo {
         endpoint_id: EP_ID,
         identity: EP_IDENTITY,
@@ -136,7 +138,7 @@ fn counted(dp: &Datapath, reason: u32, direction: u8) -> u64 {
 
 #[test]
 fn unmanaged_interface_passes_untouched() {
-    let mut dp = Datapath::load().expect("load");
+    let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
     let f = frame_v4(POD, PEER_B, proto::TCP, 40000, 80);
     assert_eq!(run(&mut dp, Hook::Egress, &f), TC_ACT_OK);
     assert!(
@@ -540,7 +542,7 @@ fn truncated_headers_are_dropped_as_malformed() {
 
 #[test]
 fn ipv6_is_policed_like_ipv4() {
-    let mut dp = Datapath::load().expect("load");
+    let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
     let pod6: Ipv6Addr = "fd00:200:1::11".parse().expect("addr");
     let peer6: Ipv6Addr = "fd00:200:1::12".parse().expect("addr");
     let mut info = EndpointInfo {
