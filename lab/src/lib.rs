@@ -58,8 +58,10 @@ pub use lab::{Lab, MATRIX_PARALLELISM};
 pub use matrix::{Matrix, PairResult};
 pub use palisade_workload::{Outcome, ProbeResult, Protocol};
 pub use spec::{
-    DEFAULT_LAB, DEFAULT_POD_CIDR, DEFAULT_POD_NAMESPACE, DEFAULT_UNDERLAY_CIDR, LabSpec,
-    MAX_NAME_LEN, MAX_NODES, MAX_PODS_PER_NODE, validate_name,
+    DEFAULT_LAB, DEFAULT_POD_CIDR, DEFAULT_POD_NAMESPACE, DEFAULT_UNDERLAY_CIDR, ExternalPlan,
+    LabSpec, MAX_NAME_LEN, MAX_NODES, MAX_PODS_PER_NODE, PodPlan, validate_name,
 };
-pub use state::{FabricState, LabState, NodeState, Phase, PodState, ProcessRecord, ProcessRole};
+pub use state::{
+    ExternalState, FabricState, LabState, NodeState, Phase, PodState, ProcessRecord, ProcessRole,
+};
 pub use up::READY_TIMEOUT;

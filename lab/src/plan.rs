@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::state::{
-    FabricState, LabState, NodeState, Phase, PodState, STATE_VERSION, netns_prefix,
+    ExternalState, FabricState, LabState, NodeState, Phase, PodState, STATE_VERSION, netns_prefix,
 };
 use crate::{Ipv4Cidr, LabSpec, spec};
 
@@ -82,7 +82,12 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
     for i in 1..=s.nodes {
         let pod_cidr = node_pod_cidr(s.pod_cidr, i)?;
         let node = node_name(i);
-        for j in 1..=s.pods_per_node {
+        let grid = if s.pods.is_empty() {
+            s.pods_per_node
+        } else {
+            0
+        };
+        for j in 1..=grid {
             let name = pod_name(i, j);
             let labels = BTreeMap::from([
                 ("app".to_string(), name.clone()),
@@ -110,6 +115,47 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             name: node,
         });
     }
+    // Explicitly placed pods: the j-th pod of node i gets the grid's names for namespaces and
+    // interfaces, and its own address when it asked for one.
+    let mut per_node = vec![0usize; s.nodes + 1];
+    let mut taken: std::collections::BTreeSet<Ipv4Addr> =
+        s.pods.iter().filter_map(|p| p.ip).collect();
+    for p in &s.pods {
+        per_node[p.node] += 1;
+        let j = per_node[p.node];
+        let ip = match p.ip {
+            Some(ip) => ip,
+            None => {
+                let cidr = node_pod_cidr(s.pod_cidr, p.node)?;
+                let ip = (1..=spec::MAX_PODS_PER_NODE)
+                    .filter_map(|k| pod_ip(cidr, k))
+                    .find(|ip| !taken.contains(ip))?;
+                taken.insert(ip);
+                ip
+            }
+        };
+        pods.push(PodState {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            node: node_name(p.node),
+            netns: pod_netns(&s.name, p.node, j),
+            iface: ETH0.to_string(),
+            host_iface: host_iface(j),
+            ip: ip.into(),
+        });
+    }
+    let externals = s
+        .externals
+        .iter()
+        .enumerate()
+        .map(|(k, x)| ExternalState {
+            name: x.name.clone(),
+            netns: format!("pal-{}-x{}", s.name, k + 1),
+            fabric_iface: format!("x{}", k + 1),
+            ip: x.ip,
+        })
+        .collect();
     Some(LabState {
         version: STATE_VERSION,
         name: s.name.clone(),
@@ -126,6 +172,8 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         processes: Vec::new(),
         serve_tcp: s.serve_tcp.clone(),
         serve_udp: s.serve_udp.clone(),
+        externals,
+        serve_nodes: s.serve_nodes,
     })
 }
 

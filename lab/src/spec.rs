@@ -1,6 +1,7 @@
 //! [`LabSpec`]: what `up` builds, with defaults and validation (pure, no IO except checking that
 //! the palisade binary exists).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -44,6 +45,38 @@ pub struct LabSpec {
     pub serve_udp: Vec<u16>,
     /// k8s-ish namespace recorded for every pod.
     pub pod_namespace: String,
+    /// Pods placed one by one (names, namespaces, labels, nodes, addresses), for `lab test`;
+    /// when non-empty it replaces the `nodes × pods_per_node` grid.
+    pub pods: Vec<PodPlan>,
+    /// Hosts outside the cluster, plugged into the fabric at their own address (peers seen as
+    /// `world`).
+    pub externals: Vec<ExternalPlan>,
+    /// Also run the workload servers in every node namespace (so pods can reach their node).
+    pub serve_nodes: bool,
+}
+
+/// A pod placed explicitly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPlan {
+    /// Pod name, unique in the lab (may contain `/`, e.g. `x/a`).
+    pub name: String,
+    /// k8s-ish namespace.
+    pub namespace: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// 1-based node index.
+    pub node: usize,
+    /// Address; the next free one of the node's pod CIDR when `None`.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A host outside the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalPlan {
+    /// Name, unique in the lab.
+    pub name: String,
+    /// Its address (outside the underlay and every pod address).
+    pub ip: Ipv4Addr,
 }
 
 // === impl LabSpec ===
@@ -67,6 +100,9 @@ impl LabSpec {
             serve_tcp: vec![80],
             serve_udp: vec![80],
             pod_namespace: DEFAULT_POD_NAMESPACE.to_string(),
+            pods: Vec::new(),
+            externals: Vec::new(),
+            serve_nodes: false,
         }
     }
 
@@ -135,6 +171,47 @@ impl LabSpec {
                 "pod namespace `{}` must be lowercase alphanumerics and `-`",
                 self.pod_namespace
             )));
+        }
+        let mut names = BTreeSet::new();
+        let mut ips = BTreeSet::new();
+        for (i, p) in self.pods.iter().enumerate() {
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return Err(bad(format!(
+                    "pods[{i}]: name `{}` is empty or used twice",
+                    p.name
+                )));
+            }
+            if !(1..=self.nodes).contains(&p.node) {
+                return Err(bad(format!(
+                    "pods[{i}] `{}`: node {} is not in 1..={}",
+                    p.name, p.node, self.nodes
+                )));
+            }
+            if let Some(ip) = p.ip {
+                if self.underlay_cidr.contains(ip) || !ips.insert(ip) {
+                    return Err(bad(format!(
+                        "pods[{i}] `{}`: address {ip} is in the underlay or used twice",
+                        p.name
+                    )));
+                }
+            }
+        }
+        for (i, x) in self.externals.iter().enumerate() {
+            if x.name.is_empty() || !names.insert(x.name.as_str()) {
+                return Err(bad(format!(
+                    "externals[{i}]: name `{}` is empty or used twice",
+                    x.name
+                )));
+            }
+            if self.underlay_cidr.contains(x.ip)
+                || self.pod_cidr.contains(x.ip)
+                || !ips.insert(x.ip)
+            {
+                return Err(bad(format!(
+                    "externals[{i}] `{}`: address {} is in the underlay, the pod CIDR, or used twice",
+                    x.name, x.ip
+                )));
+            }
         }
         if !self.palisade_bin.is_file() {
             return Err(bad(format!(

@@ -84,6 +84,26 @@ pub struct LabState {
     pub serve_tcp: Vec<u16>,
     /// UDP ports every lab pod serves.
     pub serve_udp: Vec<u16>,
+    /// Hosts outside the cluster on the fabric.
+    #[serde(default)]
+    pub externals: Vec<ExternalState>,
+    /// Whether node namespaces run workload servers too.
+    #[serde(default)]
+    pub serve_nodes: bool,
+}
+
+/// A host outside the cluster: a namespace whose `eth0` plugs into the fabric bridge, holding
+/// one address outside the underlay; nodes reach it on the bridge, it reaches pods via their node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalState {
+    /// Name.
+    pub name: String,
+    /// `pal-<lab>-x<k>`.
+    pub netns: String,
+    /// Its port on the bridge (`x<k>`).
+    pub fabric_iface: String,
+    /// Its address (a /32 on `eth0`).
+    pub ip: Ipv4Addr,
 }
 
 /// The fabric: one namespace with one bridge that every node's underlay veth plugs into.
@@ -204,6 +224,7 @@ impl LabState {
     pub fn namespaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self.pods.iter().map(|p| p.netns.clone()).collect();
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        v.extend(self.externals.iter().map(|x| x.netns.clone()));
         v.push(self.fabric.netns.clone());
         v
     }

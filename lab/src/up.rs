@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,9 @@ use palisade_workload::Protocol;
 use crate::exec::{Cmds, System};
 use crate::lab::probe_in_netns;
 use crate::parallel::parallel_map;
-use crate::plan::{self, POD_GATEWAY};
+use crate::plan::{self, ETH0, POD_GATEWAY};
 use crate::procs::{is_alive, spawn_detached, start_time};
+use crate::state::ExternalState;
 use crate::state::{
     LabState, Phase, PodState, ProcessRecord, ProcessRole, STATE_ROOT, log_dir, state_dir,
 };
@@ -122,6 +124,86 @@ pub(crate) fn build_network(c: Cmds<'_>, state: &LabState) -> Result<(), LabErro
     }
     for pod in &state.pods {
         build_pod(c, state, pod)?;
+    }
+    route_outside_pods(c, state)?;
+    for x in &state.externals {
+        build_external(c, state, x)?;
+    }
+    Ok(())
+}
+
+/// Pods placed at addresses outside their node's pod CIDR are routed by /32 from every other
+/// node, via the hosting node's underlay address.
+fn route_outside_pods(c: Cmds<'_>, state: &LabState) -> Result<(), LabError> {
+    for n in &state.nodes {
+        let mut script = String::new();
+        for pod in state.pods.iter().filter(|p| p.node != n.name) {
+            let Some(home) = state.node(&pod.node) else {
+                continue;
+            };
+            let IpAddr::V4(ip) = pod.ip else { continue };
+            if !home.pod_cidr.contains(ip) {
+                script.push_str(&format!(
+                    "route add {ip}/32 via {} dev {}\n",
+                    home.underlay_ip, n.underlay_iface
+                ));
+            }
+        }
+        if !script.is_empty() {
+            c.ip_batch(&n.netns, &script)?;
+        }
+    }
+    Ok(())
+}
+
+/// A host outside the cluster: `eth0` on the fabric bridge with its address; every node routes
+/// it on the bridge, and it routes each pod via that pod's node.
+fn build_external(c: Cmds<'_>, state: &LabState, x: &ExternalState) -> Result<(), LabError> {
+    let f = &state.fabric;
+    c.ip(&["netns", "add", &x.netns])?;
+    c.sysctl(&x.netns, &NO_IPV6)?;
+    c.ip(&[
+        "link",
+        "add",
+        ETH0,
+        "netns",
+        &x.netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &x.fabric_iface,
+        "netns",
+        &f.netns,
+    ])?;
+    c.ip_batch(
+        &f.netns,
+        &format!(
+            "link set {i} master {b}\nlink set {i} up\n",
+            i = x.fabric_iface,
+            b = f.bridge
+        ),
+    )?;
+    let mut script = format!(
+        "link set lo up\naddr add {ip}/32 dev {d}\nlink set {d} up\nroute add {u} dev {d}\n",
+        ip = x.ip,
+        d = ETH0,
+        u = state.underlay_cidr
+    );
+    for pod in &state.pods {
+        if let Some(node) = state.node(&pod.node) {
+            script.push_str(&format!(
+                "route add {}/32 via {} dev {ETH0}\n",
+                pod.ip, node.underlay_ip
+            ));
+        }
+    }
+    c.ip_batch(&x.netns, &script)?;
+    for n in &state.nodes {
+        c.ip_batch(
+            &n.netns,
+            &format!("route add {}/32 dev {}\n", x.ip, n.underlay_iface),
+        )?;
     }
     Ok(())
 }
@@ -249,12 +331,32 @@ fn start_servers(state: &mut LabState) -> Result<(), LabError> {
         return Ok(());
     }
     let logs = log_dir(&state.name);
-    for pod in &state.pods {
+    // Pods, externals and (when asked) nodes all serve the lab's ports.
+    let mut servers: Vec<(String, String)> = state
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.netns.clone()))
+        .collect();
+    servers.extend(
+        state
+            .externals
+            .iter()
+            .map(|x| (x.name.clone(), x.netns.clone())),
+    );
+    if state.serve_nodes {
+        servers.extend(
+            state
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.netns.clone())),
+        );
+    }
+    for (name, netns) in servers {
         let mut args = vec![
             "workload".to_string(),
             "serve".to_string(),
             "--name".to_string(),
-            pod.name.clone(),
+            name.clone(),
         ];
         if !state.serve_tcp.is_empty() {
             args.extend(["--tcp".to_string(), ports_arg(&state.serve_tcp)]);
@@ -262,12 +364,13 @@ fn start_servers(state: &mut LabState) -> Result<(), LabError> {
         if !state.serve_udp.is_empty() {
             args.extend(["--udp".to_string(), ports_arg(&state.serve_udp)]);
         }
-        let log = logs.join(format!("{}.log", pod.name));
-        let pid = spawn_detached(Some(&pod.netns), &state.palisade_bin, &args, &log)?;
+        // Pod names may hold `/` (`x/a`): keep log files flat.
+        let log = logs.join(format!("{}.log", name.replace('/', "_")));
+        let pid = spawn_detached(Some(&netns), &state.palisade_bin, &args, &log)?;
         state.processes.push(ProcessRecord {
             role: ProcessRole::WorkloadServer,
-            name: pod.name.clone(),
-            netns: Some(pod.netns.clone()),
+            name,
+            netns: Some(netns),
             pid,
             start_time: start_time(pid),
             log,
