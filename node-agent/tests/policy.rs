@@ -478,6 +478,50 @@ fn icmp_is_matched_by_type_and_echo_replies_return() {
 }
 
 #[test]
+fn allow_localhost_admits_the_node_only_when_flagged() {
+    use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, IDENTITY_HOST};
+    let node = Ipv4Addr::new(10, 98, 0, 11);
+    let mut dp = datapath();
+    dp.upsert_ipcache(IpAddr::V4(node), 32, IDENTITY_HOST)
+        .expect("ipcache");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(node, POD, proto::TCP, 40000, 80)
+        ),
+        TC_ACT_SHOT,
+        "not flagged"
+    );
+    let mut info = EndpointInfo {
+        endpoint_id: EP_ID,
+        identity: EP_IDENTITY,
+        flags: FLAG_HAS_IPV4 | FLAG_ALLOW_LOCALHOST,
+        ..Default::default()
+    };
+    info.ipv4 = POD.octets();
+    dp.upsert_endpoint(1, info).expect("endpoint");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(node, POD, proto::TCP, 40001, 80)
+        ),
+        TC_ACT_OK,
+        "flagged"
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40002, 80)
+        ),
+        TC_ACT_SHOT,
+        "others still policed"
+    );
+}
+
+#[test]
 fn spoofed_source_is_dropped_even_when_policy_allows_everything() {
     let mut dp = datapath();
     dp.upsert_policy(rule(0, DIRECTION_EGRESS, 0, 0, 0), allow(9))

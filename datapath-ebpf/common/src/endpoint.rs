@@ -30,5 +30,11 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 48);
 pub const FLAG_HAS_IPV4: u32 = 1 << 0;
 /// The endpoint has an IPv6 address; packets from it with another IPv6 source are dropped.
 pub const FLAG_HAS_IPV6: u32 = 1 << 1;
+/// Traffic from the endpoint's own node (the `host` identity) is always allowed in, whatever
+/// the policy says: Kubernetes' rule and Cilium's default (`--allow-localhost=always`).
+pub const FLAG_ALLOW_LOCALHOST: u32 = 1 << 2;
+
+/// Reserved identity of the local node.
+pub const IDENTITY_HOST: u32 = 1;
 
 crate::user_pod!(EndpointInfo);

@@ -166,7 +166,15 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     let (src_id, dst_id) =
         if direction == policy::DIRECTION_EGRESS { (ep.identity, peer) } else { (peer, ep.identity) };
 
-    match lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port) {
+    let decision = if direction == policy::DIRECTION_INGRESS
+        && peer == endpoint::IDENTITY_HOST
+        && ep.flags & endpoint::FLAG_ALLOW_LOCALHOST != 0
+    {
+        Some(PolicyValue { verdict: policy::VERDICT_ALLOW, ..PolicyValue::default() })
+    } else {
+        lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port)
+    };
+    match decision {
         Some(v) if v.verdict == policy::VERDICT_DENY => {
             if v.flags & policy::FLAG_AUDIT != 0 {
                 count(verdict::FORWARDED_AUDIT, direction);
