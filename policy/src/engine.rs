@@ -152,6 +152,11 @@ pub struct Engine {
     next_rule: u32,
     revision: u64,
     maps: BTreeMap<String, MapState>,
+    /// Selector policy per identity in use; exact because subject matches change only with
+    /// policies (refreshed in `replace_policy`) and identities (filled in `add_endpoint`).
+    sp_cache: BTreeMap<Identity, SelectorPolicy>,
+    /// Subject selector → (rule or default-deny id, direction, is a default-deny statement).
+    subject_index: BTreeMap<SelectorId, Vec<(u32, Direction, bool)>>,
 }
 
 impl Engine {
@@ -176,6 +181,8 @@ impl Engine {
             next_rule: 1,
             revision: 0,
             maps: BTreeMap::new(),
+            sp_cache: BTreeMap::new(),
+            subject_index: BTreeMap::new(),
         }
     }
 
@@ -269,27 +276,30 @@ impl Engine {
 
     /// Recomputes slice(`peer`) of every endpoint with a rule whose peer selector is in `gained`.
     fn apply_peer_gain(&mut self, peer: Identity, gained: &[SelectorId], skip: Option<&str>) {
-        let mut subjects: BTreeSet<SelectorId> = BTreeSet::new();
+        // Subject selectors whose rules name a gained selector as a peer, with the directions.
+        let mut subjects: BTreeMap<SelectorId, [bool; 2]> = BTreeMap::new();
         for s in gained {
             for rid in self.peer_index.get(s).into_iter().flatten() {
-                if let Some((k, i)) = self.rule_loc.get(rid)
-                    && let Some(r) = self.policies.get(k).and_then(|p| p.rules.get(*i))
-                {
-                    subjects.insert(r.subject);
+                if let Some(r) = self.stored_rule(*rid) {
+                    subjects.entry(r.subject).or_default()[di(r.entry.direction)] = true;
                 }
             }
         }
-        let mut eps: BTreeSet<String> = BTreeSet::new();
-        for s in subjects {
+        let mut eps: BTreeMap<String, [bool; 2]> = BTreeMap::new();
+        for (s, dirs) in subjects {
             for id in self.cache.matches(s) {
-                eps.extend(self.by_identity.get(id).into_iter().flatten().cloned());
+                for n in self.by_identity.get(id).into_iter().flatten() {
+                    let e = eps.entry(n.clone()).or_default();
+                    e[0] |= dirs[0];
+                    e[1] |= dirs[1];
+                }
             }
         }
-        for name in eps {
+        for (name, dirs) in eps {
             if Some(name.as_str()) == skip {
                 continue;
             }
-            self.recompute_slice(&name, peer);
+            self.recompute_slice(&name, peer, dirs);
         }
     }
 
@@ -307,6 +317,7 @@ impl Engine {
             &spec.service_account,
             &self.config.cluster_name,
         );
+        let is_new = self.identities.lookup(&labels).is_none();
         let (id, gained) = self.new_identity(&spec.name, labels)?;
         let name = spec.name.clone();
         let has_named = !spec.ports.is_empty();
@@ -346,6 +357,7 @@ impl Engine {
         };
         if last {
             self.by_identity.remove(&id);
+            self.sp_cache.remove(&id);
             self.identities.release(id);
             let deltas = self.cache.update_identities(&[], &[id]);
             for m in self.maps.values_mut() {
@@ -397,6 +409,7 @@ impl Engine {
         if let Some(old) = self.policies.remove(key) {
             for r in &old.rules {
                 affected.extend(self.cache.matches(r.subject).iter().copied());
+                self.unindex_subject(r.subject, r.id);
                 self.cache.remove_user(r.subject);
                 for p in &r.peers {
                     if let Some(set) = self.peer_index.get_mut(p) {
@@ -412,6 +425,7 @@ impl Engine {
             }
             for d in &old.defaults {
                 affected.extend(self.cache.matches(d.subject).iter().copied());
+                self.unindex_subject(d.subject, d.id);
                 self.cache.remove_user(d.subject);
                 self.default_loc.remove(&d.id);
                 self.origins.remove(&d.id);
@@ -432,6 +446,10 @@ impl Engine {
                         peers.push(sid);
                     }
                 }
+                self.subject_index
+                    .entry(subject)
+                    .or_default()
+                    .push((id, entry.direction, false));
                 self.origins.insert(id, entry.origin.clone());
                 self.rule_loc.insert(id, (key.clone(), i));
                 stored.rules.push(StoredRule {
@@ -446,6 +464,10 @@ impl Engine {
                 self.next_rule += 1;
                 let subject = self.cache.add_user(&dd.subject, self.identities.iter());
                 affected.extend(self.cache.matches(subject).iter().copied());
+                self.subject_index
+                    .entry(subject)
+                    .or_default()
+                    .push((id, dd.direction, true));
                 self.origins.insert(id, dd.origin.clone());
                 self.default_loc.insert(id, (key.clone(), i));
                 stored.defaults.push(StoredDefault { id, dd, subject });
@@ -453,6 +475,12 @@ impl Engine {
             self.policies.insert(key.clone(), stored);
         }
         self.revision += 1;
+        for id in &affected {
+            if self.by_identity.contains_key(id) {
+                let sp = self.compute_selector_policy(*id);
+                self.sp_cache.insert(*id, sp);
+            }
+        }
         let eps: Vec<String> = affected
             .iter()
             .flat_map(|id| self.by_identity.get(id).into_iter().flatten().cloned())
@@ -463,8 +491,43 @@ impl Engine {
         (affected, self.revision)
     }
 
+    fn unindex_subject(&mut self, subject: SelectorId, id: u32) {
+        if let Some(v) = self.subject_index.get_mut(&subject) {
+            v.retain(|(i, _, _)| *i != id);
+            if v.is_empty() {
+                self.subject_index.remove(&subject);
+            }
+        }
+    }
+
     /// The rules and default-deny statements that select `id`.
     pub fn selector_policy(&self, id: Identity) -> SelectorPolicy {
+        match self.sp_cache.get(&id) {
+            Some(sp) => sp.clone(),
+            None => self.compute_selector_policy(id),
+        }
+    }
+
+    /// The selector policy of an identity matched by exactly the selectors in `matching`.
+    fn selector_policy_from(&self, matching: &[SelectorId]) -> SelectorPolicy {
+        let mut sp = SelectorPolicy::default();
+        for s in matching {
+            for (id, dir, is_default) in self.subject_index.get(s).into_iter().flatten() {
+                if *is_default {
+                    sp.default_deny[di(*dir)].push(*id);
+                } else {
+                    sp.rules[di(*dir)].push(*id);
+                }
+            }
+        }
+        for v in sp.rules.iter_mut().chain(sp.default_deny.iter_mut()) {
+            v.sort_unstable();
+            v.dedup();
+        }
+        sp
+    }
+
+    fn compute_selector_policy(&self, id: Identity) -> SelectorPolicy {
         let mut sp = SelectorPolicy::default();
         for p in self.policies.values() {
             for r in &p.rules {
@@ -862,14 +925,25 @@ impl Engine {
         m
     }
 
-    fn recompute_slice(&mut self, name: &str, peer: Identity) {
+    /// Rebuilds slice(`peer`) of one endpoint in the directions flagged in `dirs`.
+    fn recompute_slice(&mut self, name: &str, peer: Identity, dirs: [bool; 2]) {
         let Some(ep) = self.endpoints.get(name) else {
             return;
         };
-        let sp = self.selector_policy(ep.identity);
+        let computed;
+        let sp = match self.sp_cache.get(&ep.identity) {
+            Some(sp) => sp,
+            None => {
+                computed = self.compute_selector_policy(ep.identity);
+                &computed
+            }
+        };
         let mut new_entries = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let slices = self.contributions(ep, &sp, dir, Some(&[Identity::ANY, peer]));
+            if !dirs[di(dir)] {
+                continue;
+            }
+            let slices = self.contributions(ep, sp, dir, Some(&[Identity::ANY, peer]));
             let empty = Vec::new();
             let wildcard = slices.get(&Identity::ANY).unwrap_or(&empty);
             if let Some(own) = slices.get(&peer) {
@@ -883,9 +957,15 @@ impl Engine {
                 );
             }
         }
+        let bytes: Vec<u8> = [Direction::Ingress, Direction::Egress]
+            .iter()
+            .filter(|d| dirs[di(**d)])
+            .map(|d| dir_byte(*d))
+            .collect();
         let m = self.maps.entry(name.to_string()).or_default();
-        m.entries.retain(|k, _| k.identity != peer.0);
-        m.l7.retain(|k, _| k.identity != peer.0);
+        m.entries
+            .retain(|k, _| k.identity != peer.0 || !bytes.contains(&k.direction));
+        m.l7.retain(|k, _| k.identity != peer.0 || !bytes.contains(&k.direction));
         for (k, v, l7) in new_entries {
             m.entries.insert(k, v);
             if !l7.is_empty() {

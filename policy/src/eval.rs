@@ -51,42 +51,49 @@ impl Engine {
                 Peers::Any => true,
                 Peers::Selectors(s) => s.iter().any(|s| s.matches(peer, peer_labels, &ctx)),
             };
-            let mut l4_hits: Vec<Option<&std::sync::Arc<crate::ir::L7>>> = Vec::new();
-            match &r.l4 {
-                None => l4_hits.push(None),
-                Some(ms) => {
-                    for m in ms {
-                        if m.proto != protocol {
-                            continue;
-                        }
-                        let hit = match &m.port {
-                            PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port),
-                            PortSpec::Named(n) => {
-                                let dest: Vec<&Endpoint> = match direction {
-                                    Direction::Ingress => vec![subject],
-                                    Direction::Egress => self
-                                        .endpoints()
-                                        .values()
-                                        .filter(|e| e.identity == peer)
-                                        .collect(),
-                                };
-                                dest.iter().any(|e| {
+            // Named ports resolve on the destination: for identity-keyed matching, the endpoints
+            // of the peer identity (the map is keyed by identity); for an `ipBlock` matching a
+            // pod by address, that pod itself.
+            let by_ip_dest: Vec<&Endpoint> = match (direction, peer_pod_ip) {
+                (Direction::Egress, Some(ip)) => self.endpoint_by_ip(ip).into_iter().collect(),
+                _ => vec![subject],
+            };
+            let l4_match = |dest: &[&Endpoint]| -> Vec<Option<&std::sync::Arc<crate::ir::L7>>> {
+                let mut hits = Vec::new();
+                match &r.l4 {
+                    None => hits.push(None),
+                    Some(ms) => {
+                        for m in ms {
+                            if m.proto != protocol {
+                                continue;
+                            }
+                            let hit = match &m.port {
+                                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&port),
+                                PortSpec::Named(n) => dest.iter().any(|e| {
                                     e.spec.ports.iter().any(|p| {
                                         p.name == *n && p.protocol == protocol && p.port == port
                                     })
-                                })
+                                }),
+                            };
+                            if hit {
+                                hits.push(m.l7.as_ref());
                             }
-                        };
-                        if hit {
-                            l4_hits.push(m.l7.as_ref());
                         }
                     }
                 }
-            }
-            if l4_hits.is_empty() {
-                continue;
-            }
-            if !peer_ok {
+                hits
+            };
+            let by_identity_dest: Vec<&Endpoint> = match direction {
+                Direction::Ingress => vec![subject],
+                Direction::Egress => self
+                    .endpoints()
+                    .values()
+                    .filter(|e| e.identity == peer)
+                    .collect(),
+            };
+            let l4_hits = l4_match(&by_identity_dest);
+            let ip_hits = l4_match(&by_ip_dest);
+            if !peer_ok && !ip_hits.is_empty() {
                 if !r.deny
                     && let Some(ip) = peer_pod_ip
                 {
@@ -98,6 +105,9 @@ impl Engine {
                         ip_allow = Some(ip_allow.map_or(*rid, |x| x.min(*rid)));
                     }
                 }
+                continue;
+            }
+            if l4_hits.is_empty() || !peer_ok {
                 continue;
             }
             for l7 in l4_hits {
