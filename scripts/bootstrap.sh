@@ -13,7 +13,7 @@ APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev  # bpf-linker
   librocksdb-dev libclang-dev                                                   # rocksdb crate
   protobuf-compiler                                                             # prost / tonic
-  iproute2 nftables iptables iperf3 tcpdump ethtool                             # lab + benches
+  iproute2 iputils-ping nftables iptables iperf3 tcpdump ethtool               # lab + benches
   redis-server dnsmasq wireguard-go                                             # demo workloads / bench baseline
 )
 

@@ -54,7 +54,7 @@ mod up;
 pub use cidr::{CidrError, Ipv4Cidr};
 pub use down::DownReport;
 pub use error::LabError;
-pub use lab::{Lab, MATRIX_PARALLELISM};
+pub use lab::{Lab, MATRIX_PARALLELISM, probe_in_netns};
 pub use matrix::{Matrix, PairResult};
 pub use palisade_workload::{Outcome, ProbeResult, Protocol};
 pub use spec::{

@@ -258,6 +258,20 @@ impl Datapath {
             .map_err(|source| map_err(policy::MAP_NAME, source))
     }
 
+    /// Writes one entry exactly as the policy engine produced it
+    /// (`palisade_policy::mapstate::MapState::datapath_entries`: prefix length, key, value with
+    /// its `key_bits`).
+    pub fn upsert_policy_entry(
+        &mut self,
+        prefix_len: u32,
+        key: PolicyKey,
+        value: PolicyValue,
+    ) -> Result<(), DatapathError> {
+        let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
+        map.insert(&Key::new(prefix_len, key), value, 0)
+            .map_err(|source| map_err(policy::MAP_NAME, source))
+    }
+
     /// Packets counted per (reason, direction), summed over CPUs; zero slots are left out.
     pub fn verdict_counts(&self) -> Result<BTreeMap<(u32, u8), u64>, DatapathError> {
         let map = self

@@ -89,6 +89,13 @@ enum Cmd {
     /// Rows are sources, columns destinations. `-o json` prints
     /// {"port","protocol","all_reachable","pairs":[{"from","to","to_ip","reachable","result","rtt_us","detail"}]}.
     Matrix(MatrixArgs),
+    /// Run `policy test` suites on real packets: a lab shaped like each suite, its policies
+    /// compiled and loaded into every node's eBPF datapath, every case probed.
+    ///
+    /// Prints SUITE, CASE, EXPECTED, OFFLINE (the engine's verdict), KERNEL (did the reply come
+    /// back) per case; exit 0 when every probed case's kernel verdict equals both, 1 when any
+    /// differs, 2 on invalid input. HTTP, SCTP and non-echo ICMP cases are listed as not probed.
+    Test(super::lab_test::TestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,6 +199,7 @@ pub fn run(args: Args) -> ExitCode {
         Cmd::Down(a) => down(a),
         Cmd::Probe(a) => probe(a),
         Cmd::Matrix(a) => matrix(a),
+        Cmd::Test(a) => super::lab_test::run(a),
     };
     result.unwrap_or_else(|e| super::fail(&e))
 }
