@@ -82,7 +82,7 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn collect(path: &Path, out: &mut Vec<PathBuf>, exts: &[&str]) -> Result<()> {
+pub(crate) fn collect(path: &Path, out: &mut Vec<PathBuf>, exts: &[&str]) -> Result<()> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     if meta.is_dir() {
@@ -111,7 +111,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Parses a suite and builds its world, loading `policiesFrom` relative to the suite.
-fn build_suite(path: &Path) -> Result<(Suite, Engine)> {
+pub(crate) fn build_suite(path: &Path) -> Result<(Suite, Engine)> {
     let name = path.display().to_string();
     let suite = Suite::parse(&name, &read(path)?)?;
     let base = path.parent().unwrap_or(Path::new("."));
