@@ -163,6 +163,10 @@ pub fn router(
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/members", post(cluster_members))
         .route(

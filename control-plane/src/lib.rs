@@ -26,6 +26,7 @@ pub mod http_api;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod openapi;
 pub mod store;
 pub mod validate;
 
