@@ -19,7 +19,7 @@ use palisade_datapath_common::{
     endpoint::{self, EndpointInfo},
     events, family,
     ipcache::{self, IpcacheKey, IpcacheValue},
-    policy::{self, PolicyKey, PolicyValue},
+    policy::{self, PodIpPolicyKey, PolicyKey, PolicyValue},
     verdict,
 };
 
@@ -149,6 +149,7 @@ impl Datapath {
             .map_max_entries(endpoint::MAP_NAME, config.endpoints)
             .map_max_entries(ipcache::MAP_NAME, config.ipcache)
             .map_max_entries(policy::MAP_NAME, config.policy)
+            .map_max_entries(policy::POD_IP_MAP_NAME, config.policy)
             .map_max_entries(conntrack::MAP_NAME, config.conntrack)
             .map_max_entries(events::MAP_NAME, config.event_ring_bytes);
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
@@ -270,6 +271,48 @@ impl Datapath {
         let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
         map.insert(&Key::new(prefix_len, key), value, 0)
             .map_err(|source| map_err(policy::MAP_NAME, source))
+    }
+
+    /// Allows `peer` (a pod's address) for endpoint `m.endpoint_id` on `m`'s protocol and port
+    /// prefix, when no identity rule decides: a Kubernetes `ipBlock` peer that is a pod
+    /// (`m.identity` is ignored).
+    pub fn upsert_pod_ip_policy(
+        &mut self,
+        m: PolicyMatch,
+        peer: IpAddr,
+        value: PolicyValue,
+    ) -> Result<(), DatapathError> {
+        let (prefix_len, k) = m.to_key();
+        let l4_bits = prefix_len - policy::KEY_FIXED_BITS;
+        let (fam, addr) = match peer {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (family::IPV4, b)
+            }
+            IpAddr::V6(a) => (family::IPV6, a.octets()),
+        };
+        let key = PodIpPolicyKey {
+            endpoint_id: k.endpoint_id,
+            direction: k.direction,
+            family: fam,
+            _pad: [0; 2],
+            peer: addr,
+            protocol: k.protocol,
+            dport: k.dport,
+        };
+        let value = PolicyValue {
+            key_bits: l4_bits as u8,
+            ..value
+        };
+        let mut map: LpmTrie<_, PodIpPolicyKey, PolicyValue> =
+            self.map_mut(policy::POD_IP_MAP_NAME)?;
+        map.insert(
+            &Key::new(policy::POD_IP_KEY_FIXED_BITS + l4_bits, key),
+            value,
+            0,
+        )
+        .map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))
     }
 
     /// Packets counted per (reason, direction), summed over CPUs; zero slots are left out.

@@ -522,6 +522,76 @@ fn allow_localhost_admits_the_node_only_when_flagged() {
 }
 
 #[test]
+fn pod_address_rules_apply_only_when_no_identity_rule_decides() {
+    use palisade_datapath_common::policy::FLAG_FALLBACK;
+    let mut dp = datapath();
+    // An ipBlock that contains B's address allows TCP 80 from it.
+    let ip_rule = rule(0, DIRECTION_INGRESS, proto::TCP, 80, 16);
+    dp.upsert_pod_ip_policy(ip_rule, IpAddr::V4(PEER_B), allow(20))
+        .expect("pod ip");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40000, 80)
+        ),
+        TC_ACT_OK,
+        "B by address"
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40000, 81)
+        ),
+        TC_ACT_SHOT,
+        "other port"
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_C, POD, proto::TCP, 40000, 80)
+        ),
+        TC_ACT_SHOT,
+        "C is outside"
+    );
+    // A fallback entry (no rule decided) still lets the address rule apply ...
+    let fallback = PolicyValue {
+        verdict: VERDICT_DENY,
+        flags: FLAG_FALLBACK,
+        rule_id: 0,
+        ..Default::default()
+    };
+    dp.upsert_policy(rule(0, DIRECTION_INGRESS, 0, 0, 0), fallback)
+        .expect("fallback");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40001, 80)
+        ),
+        TC_ACT_OK,
+        "under a fallback"
+    );
+    // ... but a rule that decides (a deny for B's identity) wins over it.
+    dp.upsert_policy(
+        rule(PEER_B_ID, DIRECTION_INGRESS, proto::TCP, 80, 16),
+        deny(21),
+    )
+    .expect("deny b");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40002, 80)
+        ),
+        TC_ACT_SHOT,
+        "identity rule decides"
+    );
+}
+
+#[test]
 fn spoofed_source_is_dropped_even_when_policy_allows_everything() {
     let mut dp = datapath();
     dp.upsert_policy(rule(0, DIRECTION_EGRESS, 0, 0, 0), allow(9))

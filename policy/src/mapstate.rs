@@ -37,7 +37,7 @@ pub const VERDICT_REDIRECT: u8 = dp::VERDICT_REDIRECT;
 pub const FLAG_AUDIT: u8 = dp::FLAG_AUDIT;
 /// Flag: no rule decided; the entry is the direction's fallback (default allow when no policy
 /// enforces the direction, or the audit default when only audit-mode policies do).
-pub const FLAG_FALLBACK: u8 = 2;
+pub const FLAG_FALLBACK: u8 = dp::FLAG_FALLBACK;
 
 /// Rule id of entries that exist because no policy enforces the direction.
 pub const RULE_DEFAULT_ALLOW: u32 = 0;
@@ -330,6 +330,56 @@ impl MapState {
             value: hit.map(|h| h.1),
             by_ip: false,
         }
+    }
+}
+
+/// One pod-address entry: a Kubernetes `ipBlock` rule that matches a pod by its address, for the
+/// datapath's pod-address map (`palisade_datapath_common::policy::POD_IP_MAP_NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodIpEntry {
+    /// The peer pod's address.
+    pub peer: std::net::IpAddr,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// The L4 match.
+    pub l4: L4Key,
+    /// The rule (the lowest id when several match).
+    pub rule: u32,
+}
+
+impl MapState {
+    /// Expands the `ipBlock` rules over the cluster's pod addresses: every (pod address inside a
+    /// block and outside its `except`, L4 key) pair the rule allows. The datapath consults these
+    /// only when no identity rule decides, as [`MapState::lookup`] does.
+    pub fn pod_ip_entries(&self, pod_ips: &[std::net::IpAddr]) -> Vec<PodIpEntry> {
+        let mut best: BTreeMap<(std::net::IpAddr, u8, L4Key), u32> = BTreeMap::new();
+        for r in &self.ip_rules {
+            let l4s: Vec<L4Key> = if r.l4.is_empty() {
+                vec![L4Key::ANY]
+            } else {
+                r.l4.clone()
+            };
+            for ip in pod_ips {
+                let n = IpNet::from(*ip);
+                if !r.net.contains(&n) || r.except.iter().any(|e| e.contains(&n)) {
+                    continue;
+                }
+                for l4 in &l4s {
+                    let slot = best
+                        .entry((*ip, dir_byte(r.direction), *l4))
+                        .or_insert(r.rule);
+                    *slot = (*slot).min(r.rule);
+                }
+            }
+        }
+        best.into_iter()
+            .map(|((peer, direction, l4), rule)| PodIpEntry {
+                peer,
+                direction,
+                l4,
+                rule,
+            })
+            .collect()
     }
 }
 

@@ -22,8 +22,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::endpoint::{EndpointInfo, FLAG_ALLOW_LOCALHOST, FLAG_HAS_IPV4};
+use palisade_datapath_common::policy::{PolicyValue, VERDICT_ALLOW};
 use palisade_lab::{ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
-use palisade_node_agent::datapath::{Datapath, DatapathConfig};
+use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch};
 use palisade_policy::engine::Engine;
 use palisade_policy::identity::Identity;
 use palisade_policy::ir::proto;
@@ -352,6 +353,7 @@ fn program_nodes(
             };
             node_cache.push((IpAddr::V4(other.underlay_ip), id.0));
         }
+        let pod_ips: Vec<IpAddr> = engine.endpoints().values().map(|e| e.spec.ip).collect();
         let mut endpoints = Vec::new();
         for (i, pod) in state
             .pods
@@ -365,6 +367,29 @@ fn program_nodes(
                 .map_state(&pod.name)
                 .map(|m| m.datapath_entries(endpoint_id))
                 .unwrap_or_default();
+            // Kubernetes ipBlock peers that are pods, expanded per pod address.
+            let pod_ip_entries: Vec<(PolicyMatch, IpAddr, PolicyValue)> = engine
+                .map_state(&pod.name)
+                .map(|m| m.pod_ip_entries(&pod_ips))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| {
+                    let m = PolicyMatch {
+                        endpoint_id,
+                        identity: 0,
+                        direction: e.direction,
+                        protocol: e.l4.protocol,
+                        port: e.l4.port,
+                        port_prefix: e.l4.prefix_len,
+                    };
+                    let v = PolicyValue {
+                        verdict: VERDICT_ALLOW,
+                        rule_id: e.rule,
+                        ..Default::default()
+                    };
+                    (m, e.peer, v)
+                })
+                .collect();
             let IpAddr::V4(v4) = pod.ip else {
                 bail!("pod `{}` is not IPv4", pod.name)
             };
@@ -375,7 +400,7 @@ fn program_nodes(
                 ..Default::default()
             };
             info.ipv4 = v4.octets();
-            endpoints.push((pod.host_iface.clone(), info, entries));
+            endpoints.push((pod.host_iface.clone(), info, entries, pod_ip_entries));
         }
         let netns = node.netns.clone();
         let ready = ready_tx.clone();
@@ -390,12 +415,15 @@ fn program_nodes(
                 for (ip, id) in &node_cache {
                     dp.upsert_ipcache(*ip, if ip.is_ipv4() { 32 } else { 128 }, *id)?;
                 }
-                for (iface, info, entries) in &endpoints {
+                for (iface, info, entries, pod_ip_entries) in &endpoints {
                     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
                         .with_context(|| format!("interface `{iface}` in `{netns}`"))?;
                     dp.upsert_endpoint(ifindex, *info)?;
                     for (bits, key, value) in entries {
                         dp.upsert_policy_entry(*bits, *key, *value)?;
+                    }
+                    for (m, peer, value) in pod_ip_entries {
+                        dp.upsert_pod_ip_policy(*m, *peer, *value)?;
                     }
                     dp.attach_enforcement(iface)?;
                 }

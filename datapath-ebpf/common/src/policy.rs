@@ -73,5 +73,39 @@ pub const VERDICT_REDIRECT: u8 = 3;
 
 /// Audit: a deny from this entry is reported and not enforced.
 pub const FLAG_AUDIT: u8 = 1 << 0;
+/// Fallback: no rule decided (default allow of an unenforced direction, or the audit default);
+/// the pod-address rules below are consulted before this entry applies.
+pub const FLAG_FALLBACK: u8 = 1 << 1;
 
-crate::user_pod!(PolicyKey, PolicyValue);
+/// Name of the LPM trie `Key<PodIpPolicyKey>` → [`PolicyValue`]: Kubernetes `ipBlock` peers that
+/// also match pods by address (upstream conformance requires it; Cilium does not do it). User
+/// space expands each such rule over the pod addresses inside its block (minus `except`); the
+/// program consults it only when the identity lookup found no rule (nothing, or a fallback).
+pub const POD_IP_MAP_NAME: &str = "PAL_POD_IP_POLICY";
+/// Maximum pod-address entries for the node.
+pub const POD_IP_MAP_MAX_ENTRIES: u32 = 256 * 1024;
+/// Bits always matched: endpoint id, direction, family, padding and the full peer address.
+pub const POD_IP_KEY_FIXED_BITS: u32 = (4 + 1 + 1 + 2 + 16) * 8;
+
+/// LPM key data of the pod-address map (after the kernel's `u32` prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodIpPolicyKey {
+    /// Node-local endpoint id (big-endian).
+    pub endpoint_id: [u8; 4],
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
+    pub direction: u8,
+    /// `crate::family::IPV4` or `IPV6`.
+    pub family: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 2],
+    /// The peer pod's address (network order).
+    pub peer: [u8; 16],
+    /// IP protocol; ignored past the prefix for "any protocol".
+    pub protocol: u8,
+    /// Destination port (ICMP type), big-endian, matched up to the prefix.
+    pub dport: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PodIpPolicyKey>() == 27);
+
+crate::user_pod!(PolicyKey, PolicyValue, PodIpPolicyKey);

@@ -34,7 +34,7 @@ use palisade_datapath_common::{
     events::{self, FlowEvent},
     family,
     ipcache::{self, IpcacheKey, IpcacheValue},
-    policy::{self, PolicyKey, PolicyValue},
+    policy::{self, PodIpPolicyKey, PolicyKey, PolicyValue},
     proto, verdict,
 };
 
@@ -50,6 +50,10 @@ static PAL_IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> =
 static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(policy::MAP_MAX_ENTRIES, 0);
 
+#[map(name = "PAL_POD_IP_POLICY")]
+static PAL_POD_IP_POLICY: LpmTrie<PodIpPolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(policy::POD_IP_MAP_MAX_ENTRIES, 0);
+
 #[map(name = "PAL_CT")]
 static PAL_CT: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(conntrack::MAP_MAX_ENTRIES, 0);
@@ -59,6 +63,9 @@ static PAL_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::R
 
 #[map(name = "PAL_EVENTS")]
 static PAL_EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
+
+/// The verdict of a zeroed [`PolicyValue`]: no entry matched.
+const NO_ENTRY: u8 = 0;
 
 /// Reserved identity of peers outside the cluster (Cilium's numbering).
 const IDENTITY_WORLD: u32 = 2;
@@ -166,16 +173,25 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     let (src_id, dst_id) =
         if direction == policy::DIRECTION_EGRESS { (ep.identity, peer) } else { (peer, ep.identity) };
 
-    let decision = if direction == policy::DIRECTION_INGRESS
+    // A zeroed value (verdict 0) means "no entry" throughout: `Option` payloads left undefined
+    // on the `None` path are rejected by the verifier as uninitialised registers.
+    let v = if direction == policy::DIRECTION_INGRESS
         && peer == endpoint::IDENTITY_HOST
         && ep.flags & endpoint::FLAG_ALLOW_LOCALHOST != 0
     {
-        Some(PolicyValue { verdict: policy::VERDICT_ALLOW, ..PolicyValue::default() })
+        PolicyValue { verdict: policy::VERDICT_ALLOW, ..PolicyValue::default() }
     } else {
-        lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port)
+        let by_identity = lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port);
+        if by_identity.verdict == NO_ENTRY || by_identity.flags & policy::FLAG_FALLBACK != 0 {
+            let by_pod_ip =
+                lookup_pod_ip(ep.endpoint_id, direction, flow.family, peer_addr, flow.protocol, flow.policy_port);
+            if by_pod_ip.verdict != NO_ENTRY { by_pod_ip } else { by_identity }
+        } else {
+            by_identity
+        }
     };
-    match decision {
-        Some(v) if v.verdict == policy::VERDICT_DENY => {
+    match v.verdict {
+        policy::VERDICT_DENY => {
             if v.flags & policy::FLAG_AUDIT != 0 {
                 count(verdict::FORWARDED_AUDIT, direction);
                 emit(ctx, &flow, events::KIND_AUDIT, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
@@ -185,7 +201,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
             TC_ACT_SHOT
         }
-        Some(v) => {
+        policy::VERDICT_ALLOW | policy::VERDICT_REDIRECT => {
             let value = CtValue {
                 // SAFETY: helper without preconditions.
                 created_ns: unsafe { bpf_ktime_get_ns() },
@@ -197,7 +213,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             emit(ctx, &flow, events::KIND_NEW, direction, verdict::FORWARDED_NEW, ifindex, src_id, dst_id, v.rule_id);
             TC_ACT_OK
         }
-        None => {
+        _ => {
             count(verdict::DROP_POLICY_DEFAULT, direction);
             emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DEFAULT, ifindex, src_id, dst_id, 0);
             TC_ACT_SHOT
@@ -208,7 +224,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 /// Two LPM lookups (the peer's identity, then any peer); the more specific hit decides, the
 /// peer's own on a tie (see `palisade_datapath_common::policy`).
 #[inline(always)]
-fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port: [u8; 2]) -> Option<PolicyValue> {
+fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port: [u8; 2]) -> PolicyValue {
     let data = PolicyKey {
         endpoint_id: endpoint_id.to_be_bytes(),
         identity: peer.to_be_bytes(),
@@ -216,15 +232,31 @@ fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port:
         protocol,
         dport: port,
     };
-    let specific = PAL_POLICY.get(Key::new(policy::KEY_FULL_BITS, data)).copied();
+    let specific = PAL_POLICY.get(Key::new(policy::KEY_FULL_BITS, data)).copied().unwrap_or_default();
     let any = PAL_POLICY
         .get(Key::new(policy::KEY_FULL_BITS, PolicyKey { identity: [0; 4], ..data }))
-        .copied();
-    match (specific, any) {
-        (Some(s), Some(a)) => Some(if a.key_bits > s.key_bits { a } else { s }),
-        (Some(s), None) => Some(s),
-        (None, a) => a,
+        .copied()
+        .unwrap_or_default();
+    if specific.verdict == NO_ENTRY || (any.verdict != NO_ENTRY && any.key_bits > specific.key_bits) {
+        any
+    } else {
+        specific
     }
+}
+
+/// The pod-address rules (Kubernetes `ipBlock` peers that are pods).
+#[inline(always)]
+fn lookup_pod_ip(endpoint_id: u32, direction: u8, fam: u8, peer: [u8; 16], protocol: u8, port: [u8; 2]) -> PolicyValue {
+    let key = PodIpPolicyKey {
+        endpoint_id: endpoint_id.to_be_bytes(),
+        direction,
+        family: fam,
+        _pad: [0; 2],
+        peer,
+        protocol,
+        dport: port,
+    };
+    PAL_POD_IP_POLICY.get(Key::new(policy::POD_IP_KEY_FIXED_BITS + 24, key)).copied().unwrap_or_default()
 }
 
 #[inline(always)]
