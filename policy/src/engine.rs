@@ -324,6 +324,15 @@ impl Engine {
         self.by_identity.entry(id).or_default().insert(name.clone());
         self.endpoints
             .insert(name.clone(), Endpoint { spec, identity: id });
+        if !self.sp_cache.contains_key(&id) {
+            // A new identity is selected exactly by the subject selectors that just gained it.
+            let sp = if is_new {
+                self.selector_policy_from(&gained)
+            } else {
+                self.compute_selector_policy(id)
+            };
+            self.sp_cache.insert(id, sp);
+        }
         if has_named {
             // Egress rules with named ports resolve against destination endpoints' ports.
             let users: Vec<String> = self

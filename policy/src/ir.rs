@@ -325,6 +325,9 @@ fn err<T>(path: impl Into<String>, reason: impl Into<String>) -> Result<T, Field
 
 type R<T> = Result<T, FieldError>;
 
+/// A CIDR and its exceptions.
+type Block = (IpNet, Vec<IpNet>);
+
 fn audit_of(annotations: &BTreeMap<String, String>) -> R<bool> {
     match annotations.get(AUDIT_ANNOTATION).map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -1069,7 +1072,7 @@ fn k8s_peer(
     peer: &NetworkPolicyPeer,
     path: &str,
     namespace: &str,
-) -> R<(Option<Selector>, Option<(IpNet, Vec<IpNet>)>)> {
+) -> R<(Option<Selector>, Option<Block>)> {
     if let Some(ib) = &peer.ip_block {
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
             return err(
