@@ -94,6 +94,12 @@ pub enum Request {
         /// Revision enforced.
         revision: u64,
     },
+    /// Several independent requests proposed as one log entry (group commit by the proposer),
+    /// applied in order; each gets its own response.
+    Batch {
+        /// The requests.
+        requests: Vec<Request>,
+    },
 }
 
 /// The answer of the state machine to one request.
@@ -132,6 +138,11 @@ pub enum Response {
     Acked {
         /// The node's acknowledged revision.
         revision: u64,
+    },
+    /// One response per request of a [`Request::Batch`], in order.
+    Batch {
+        /// The responses.
+        responses: Vec<Response>,
     },
     /// The request was committed but rejected by the state machine; nothing changed.
     Rejected {
@@ -401,9 +412,20 @@ impl State {
     /// result everywhere. Returns the response and the rows it touched.
     pub fn apply(&mut self, req: &Request) -> (Response, Vec<RowKey>) {
         let mut touched = Vec::new();
-        let resp = match req {
-            Request::SetClusterConfig(cfg) => self.set_cluster(cfg, &mut touched),
-            Request::AllocateIdentity { labels } => self.allocate(labels, &mut touched),
+        let resp = self.apply_into(req, &mut touched);
+        (resp, touched)
+    }
+
+    fn apply_into(&mut self, req: &Request, touched: &mut Vec<RowKey>) -> Response {
+        match req {
+            Request::Batch { requests } => Response::Batch {
+                responses: requests
+                    .iter()
+                    .map(|r| self.apply_into(r, touched))
+                    .collect(),
+            },
+            Request::SetClusterConfig(cfg) => self.set_cluster(cfg, touched),
+            Request::AllocateIdentity { labels } => self.allocate(labels, touched),
             Request::ReleaseIdentity { id } => {
                 let existed = self.identities.remove(id).is_some_and(|i| {
                     self.by_labels.remove(&label_key(&i.labels));
@@ -412,7 +434,7 @@ impl State {
                 touched.push((Table::Identities, id.to_string()));
                 Response::Removed { existed }
             }
-            Request::RegisterNode(reg) => self.register_node(reg, &mut touched),
+            Request::RegisterNode(reg) => self.register_node(reg, touched),
             Request::RemoveNode { name } => {
                 let existed = self.nodes.remove(name).is_some();
                 touched.push((Table::Nodes, name.clone()));
@@ -509,8 +531,7 @@ impl State {
                     Response::Acked { revision: *slot }
                 }
             }
-        };
-        (resp, touched)
+        }
     }
 
     fn set_cluster(&mut self, cfg: &ClusterConfig, touched: &mut Vec<RowKey>) -> Response {
@@ -875,6 +896,37 @@ mod tests {
             panic!("c")
         };
         assert_eq!(c.pod_cidr, a.pod_cidr);
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_with_one_response_each() {
+        let mut s = State::new();
+        let batch = Request::Batch {
+            requests: vec![
+                Request::AllocateIdentity {
+                    labels: vec!["a=1".into()],
+                },
+                Request::AllocateIdentity {
+                    labels: vec!["a=1".into()],
+                },
+                Request::AllocateIdentity { labels: vec![] },
+            ],
+        };
+        let (resp, touched) = s.apply(&batch);
+        let Response::Batch { responses } = resp else {
+            panic!("not a batch response")
+        };
+        assert_eq!(responses.len(), 3);
+        assert!(matches!(
+            responses[0],
+            Response::Identity { created: true, .. }
+        ));
+        assert!(matches!(
+            responses[1],
+            Response::Identity { created: false, .. }
+        ));
+        assert!(matches!(responses[2], Response::Rejected { .. }));
+        assert!(touched.contains(&(Table::Identities, "256".to_owned())));
     }
 
     #[test]

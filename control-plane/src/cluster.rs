@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{Request, Response, State};
 use crate::errors::ClusterError;
+use crate::proposer::{Outcome, Proposer};
 use crate::store::state_machine::Applied;
 use crate::{Member, NodeId, Raft};
 
@@ -121,6 +122,7 @@ struct Inner {
     committed: Arc<AtomicU64>,
     http: reqwest::Client,
     timeout: Duration,
+    proposer: Proposer,
 }
 
 /// Client operations on the local member. Cheap to clone.
@@ -150,6 +152,7 @@ impl Cluster {
         Ok(Cluster {
             inner: Arc::new(Inner {
                 id,
+                proposer: Proposer::spawn(raft.clone()),
                 raft,
                 applied,
                 committed,
@@ -205,27 +208,22 @@ impl Cluster {
         }
     }
 
-    /// Proposes on this member only. `Ok(Err(leader))` when another member leads.
+    /// Proposes on this member only (through the group-commit proposer). `Ok(Err(leader))`
+    /// when another member leads.
     pub async fn write_local(
         &self,
         req: Request,
     ) -> Result<Result<Response, Member>, ClusterError> {
-        let started = Instant::now();
-        match self.inner.raft.client_write(req).await {
-            Ok(r) => {
-                metrics::histogram!(crate::metrics::PROPOSAL_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                Ok(Ok(r.data))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                self.leader_of(f).map(Err)
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ClusterError::Membership {
-                    reason: e.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(_)) => Err(ClusterError::Fatal { id: self.inner.id }),
+        match self.inner.proposer.propose(req).await {
+            Outcome::Applied(r) => Ok(Ok(r)),
+            Outcome::NotLeader(Some((id, node))) if id != self.inner.id => Ok(Err(node)),
+            Outcome::NotLeader(_) => Err(ClusterError::NoLeader),
+            Outcome::Membership {
+                in_progress: true,
+                reason,
+            } => Err(ClusterError::MembershipBusy { reason }),
+            Outcome::Membership { reason, .. } => Err(ClusterError::Membership { reason }),
+            Outcome::Stopped => Err(ClusterError::Fatal { id: self.inner.id }),
         }
     }
 

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod openapi;
+pub mod proposer;
 pub mod store;
 pub mod validate;
 

@@ -9,6 +9,7 @@
 //! | `palisade_cp_applied_index` | gauge | last applied index |
 //! | `palisade_cp_leader_changes_total` | counter | leader changes seen by this member |
 //! | `palisade_cp_proposal_duration_seconds` | histogram | propose → applied, on the leader |
+//! | `palisade_cp_proposal_batch_size` | summary | requests per proposed log entry |
 //! | `palisade_cp_identities_in_use` | gauge | allocated identities |
 //! | `palisade_cp_policy_revision` | gauge | policy revision |
 //! | `palisade_cp_policies` / `palisade_cp_nodes` | gauge | stored policies / nodes |
@@ -24,6 +25,8 @@ use crate::cluster::Cluster;
 
 /// Name of the proposal latency histogram.
 pub const PROPOSAL_SECONDS: &str = "palisade_cp_proposal_duration_seconds";
+/// Name of the histogram of requests per proposed log entry (group commit).
+pub const BATCH_SIZE: &str = "palisade_cp_proposal_batch_size";
 
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
