@@ -375,6 +375,17 @@ impl Engine {
             }
             drop(deltas);
         }
+        if !ep.spec.ports.is_empty() {
+            let users: Vec<String> = self
+                .endpoints
+                .keys()
+                .filter(|n| self.uses_egress_named_ports(n))
+                .cloned()
+                .collect();
+            for n in users {
+                self.recompile(&n);
+            }
+        }
         true
     }
 

@@ -323,7 +323,29 @@ proptest! {
         eps in prop::collection::vec(ep_strategy(), 2..6),
         pols in prop::collection::vec(pol_strategy(), 1..5),
     ) {
-        check_all(&build(&eps, &pols, true))?;
-        check_all(&build(&eps, &pols, false))?;
+        let full = build(&eps, &pols, true);
+        let incremental = build(&eps, &pols, false);
+        check_all(&full)?;
+        check_all(&incremental)?;
+        // The incremental path builds exactly the entries a full compile does.
+        for name in full.endpoints().keys() {
+            let a = full.map_state(name).expect("compiled");
+            let b = incremental.map_state(name).expect("compiled");
+            prop_assert_eq!(&a.entries, &b.entries, "{}", name);
+            // Removing and re-adding an endpoint (it gets a fresh identity) leaves no entry for
+            // the old identity and keeps every lookup equal to direct evaluation.
+            let mut c = full.clone();
+            let spec = c.endpoints()[name].spec.clone();
+            let old = c.endpoints()[name].identity;
+            let shared = c.endpoints().values().filter(|e| e.identity == old).count() > 1;
+            c.remove_endpoint(name);
+            c.add_endpoint(spec).expect("re-add");
+            if !shared {
+                for n in c.endpoints().keys() {
+                    prop_assert!(c.map_state(n).expect("compiled").entries.keys().all(|k| k.identity != old.0), "{} keeps {}", n, old);
+                }
+            }
+            check_all(&c)?;
+        }
     }
 }
