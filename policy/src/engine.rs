@@ -994,3 +994,6 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

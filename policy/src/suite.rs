@@ -504,3 +504,63 @@ pub fn looks_like_suite(text: &str) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_suite_keys_and_peers_are_errors_with_paths() {
+        let e = Suite::parse("s.yaml", "endpoints: [{name: x/a, lables: {}}]\n").unwrap_err();
+        assert_eq!(e.path, "endpoints[0].lables");
+        assert!(e.reason.contains("unknown field"), "{e}");
+        let s = Suite::parse(
+            "s.yaml",
+            "endpoints: [{name: x/a}]\ncases: [{from: x/a, to: x/zz, port: 80, expect: allow}]\n",
+        )
+        .unwrap();
+        let engine = s.build(vec![]).unwrap();
+        let e = s.run(&engine).unwrap_err();
+        assert_eq!(e.path, "cases[0].to");
+        let s = Suite::parse(
+            "s.yaml",
+            "endpoints: [{name: x/a}, {name: x/b}]\ncases: [{from: x/a, to: x/b, expect: allow}]\n",
+        )
+        .unwrap();
+        let e = s.run(&s.build(vec![]).unwrap()).unwrap_err();
+        assert_eq!(e.path, "cases[0].port");
+    }
+
+    #[test]
+    fn inline_policy_errors_name_the_list_index() {
+        let text = "policies:\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: a}\n    spec: {podSelector: {}}\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: b}\n    spec: {podSelector: {}, policyTypes: [Sideways]}\n";
+        let e = Suite::parse("s.yaml", text)
+            .unwrap()
+            .build(vec![])
+            .unwrap_err();
+        assert_eq!(e.document, DocRef::SuitePolicy(1));
+        assert_eq!(e.path, "spec.policyTypes[0]");
+        assert!(
+            e.to_string()
+                .starts_with("s.yaml: policies[1]: `spec.policyTypes[0]`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ips_are_assigned_around_explicit_ones_and_results_tabulate() {
+        let s = Suite::parse("s.yaml", "endpoints: [{name: x/a, ip: 10.244.0.1}, {name: x/b}]\ncases: [{name: c1, from: x/a, to: x/b, port: 80, expect: allow}]\n").unwrap();
+        let engine = s.build(vec![]).unwrap();
+        assert_eq!(engine.endpoints()["x/b"].spec.ip.to_string(), "10.244.0.2");
+        let r: Vec<CaseResult> = s
+            .run(&engine)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert!(r[0].ok);
+        assert!(table(&r).contains("c1"));
+        assert!(looks_like_suite("cases: []\n"));
+        assert!(!looks_like_suite("apiVersion: v1\nkind: List\n"));
+    }
+}
