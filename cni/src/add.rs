@@ -19,7 +19,7 @@ use crate::agent::{Agent, AgentError};
 use crate::config::NetConf;
 use crate::env::{Attachment, EnvError};
 use crate::error::CniError;
-use crate::iproute::{IpRoute, PodNet};
+use crate::iproute::{IpRoute, PodNet, host_prefix};
 use crate::names::host_iface_name;
 use crate::result::{Built, CniResult};
 use crate::runner::Runner;
@@ -156,6 +156,11 @@ fn allocate(
         } => {
             if requested.is_some_and(|r| r != ip) {
                 Err(format!("asked for {requested:?}, got {ip}"))
+            } else if prefix != host_prefix(ip) {
+                Err(format!(
+                    "prefix /{prefix} for {ip}: pods get /{} and reach everything via the gateway",
+                    host_prefix(ip)
+                ))
             } else if ip.is_ipv4() != gateway.is_ipv4() {
                 Err(format!(
                     "address {ip} and gateway {gateway} are of different families"

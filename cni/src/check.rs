@@ -86,6 +86,28 @@ pub fn check(
     }
 
     let ip = IpRoute::new(runner);
+    // The pod side first: it is what a runtime asks about.
+    let pod = ip.link(Some(netns), &att.ifname)?.ok_or_else(|| {
+        CniError::check(format!(
+            "interface `{}` is missing from `{netns}`",
+            att.ifname
+        ))
+    })?;
+    if !pod.is_up() {
+        return Err(CniError::check(format!(
+            "interface `{}` in `{netns}` is down",
+            att.ifname
+        )));
+    }
+    let pod_mac = pod.address.unwrap_or_default();
+    if let Some(want) = &pod_entry.mac
+        && !same_mac(want, &pod_mac)
+    {
+        return Err(CniError::check(format!(
+            "interface `{}` has MAC {pod_mac}, prevResult says {want}",
+            att.ifname
+        )));
+    }
     // The host side.
     let host = ip
         .link(None, &host_iface)?
@@ -102,28 +124,6 @@ pub fn check(
         return Err(CniError::check(format!(
             "host interface `{host_iface}` has MAC {host_mac}, prevResult says {want}"
         )));
-    }
-    // The pod side.
-    let pod = ip.link(Some(netns), &att.ifname)?.ok_or_else(|| {
-        CniError::check(format!(
-            "interface `{}` is missing from `{netns}`",
-            att.ifname
-        ))
-    })?;
-    if !pod.is_up() {
-        return Err(CniError::check(format!(
-            "interface `{}` in `{netns}` is down",
-            att.ifname
-        )));
-    }
-    if let Some(want) = &pod_entry.mac {
-        let have = pod.address.unwrap_or_default();
-        if !same_mac(want, &have) {
-            return Err(CniError::check(format!(
-                "interface `{}` has MAC {have}, prevResult says {want}",
-                att.ifname
-            )));
-        }
     }
     let addrs = ip.addresses(Some(netns), &att.ifname)?;
     for (want, gateway) in &ips {

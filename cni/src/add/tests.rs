@@ -311,3 +311,40 @@ fn run_wires_env_stdin_and_version() {
     .unwrap_err();
     assert_eq!((e.code, e.cni_version.as_str()), (4, "1.0.0"));
 }
+
+#[test]
+fn nonsense_allocations_are_released_and_refused() {
+    let ns_file = fake_netns();
+    let ns = ns_file.path().to_str().unwrap();
+    let answers: Vec<(AgentResponse, &str)> = vec![
+        (
+            AgentResponse::IpamAllocated {
+                ip: "10.200.1.5".parse().unwrap(),
+                prefix: 24,
+                gateway: "169.254.1.1".parse().unwrap(),
+            },
+            "prefix /24",
+        ),
+        (
+            AgentResponse::IpamAllocated {
+                ip: "10.200.1.5".parse().unwrap(),
+                prefix: 32,
+                gateway: "fe80::1".parse().unwrap(),
+            },
+            "different families",
+        ),
+        (AgentResponse::Done, "expected ipamAllocated"),
+    ];
+    for (answer, want) in answers {
+        let r = runner(ns);
+        let agent = ScriptedAgent::with(move |req| match req {
+            AgentRequest::IpamAllocate { .. } => Ok(answer.clone()),
+            other => crate::test_util::healthy(other),
+        });
+        let e = add(&conf(json!({})), &attachment(ns, ""), &r, &agent).unwrap_err();
+        assert_eq!(e.code(), 101, "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(agent.ops(), ["ipamAllocate", "ipamRelease"]);
+        assert_eq!(r.commands().len(), 2);
+    }
+}

@@ -57,8 +57,13 @@ fn check_passes_after_add_and_fails_after_the_pod_interface_is_deleted() {
         .cni(&Invocation::new("CHECK", "ctr-chk", &pod, &check_conf))
         .failure();
     assert_eq!(code, 102, "{msg}");
-    // Deleting the pod end takes the host end with it; CHECK names the first thing missing.
-    assert!(msg.contains("is missing"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "interface `eth0` is missing from `{}`",
+            pod.path()
+        )),
+        "{msg}"
+    );
 
     // The agent forgetting the endpoint also fails CHECK (fresh attachment).
     let pod2 = Netns::new("check2");
