@@ -296,3 +296,75 @@ fn trace(a: TraceArgs) -> Result<ExitCode> {
         _ => ExitCode::SUCCESS,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("palisade-policy-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("policies")).expect("mkdir");
+        d
+    }
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+
+    fn suite(expect: &str) -> String {
+        format!(
+            "endpoints:\n  - {{name: x/a, labels: {{pod: a}}}}\n  - {{name: y/b, labels: {{pod: b}}}}\npoliciesFrom: [policies]\ncases:\n  - {{from: y/b, to: x/a, port: 80, expect: {expect}}}\n"
+        )
+    }
+
+    fn test_args(paths: Vec<PathBuf>) -> TestArgs {
+        TestArgs {
+            suites: paths,
+            output: Output::Json,
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_convention() {
+        let d = dir("codes");
+        std::fs::write(d.join("policies/deny.yaml"), POLICY).expect("write");
+        std::fs::write(d.join("ok.yaml"), suite("deny")).expect("write");
+        // Directory walk: the policy file beside the suite is skipped, the suite runs.
+        assert_eq!(
+            test(test_args(vec![d.clone()])).expect("runs"),
+            ExitCode::SUCCESS
+        );
+        std::fs::write(d.join("bad.yaml"), suite("allow")).expect("write");
+        assert_eq!(
+            test(test_args(vec![d.join("bad.yaml")])).expect("runs"),
+            ExitCode::from(1)
+        );
+        std::fs::write(d.join("invalid.yaml"), "endpoints: []\ncasez: []\n").expect("write");
+        let err = test(test_args(vec![d.join("invalid.yaml")])).expect_err("invalid");
+        assert!(
+            format!("{err:#}").contains("unknown field `casez`"),
+            "{err:#}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn trace_explains_a_denial() {
+        let d = dir("trace");
+        std::fs::write(d.join("policies/deny.yaml"), POLICY).expect("write");
+        std::fs::write(d.join("s.yaml"), suite("deny")).expect("write");
+        let a = TraceArgs {
+            suite: d.join("s.yaml"),
+            from: "y/b".into(),
+            to: "x/a".into(),
+            port: Some(80),
+            protocol: "TCP".into(),
+            icmp_type: None,
+            http_method: None,
+            http_path: None,
+            output: Output::Table,
+        };
+        assert_eq!(trace(a).expect("runs"), ExitCode::from(1));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
