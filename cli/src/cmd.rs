@@ -1,5 +1,6 @@
 //! Subcommands, one module each, plus the error conventions they share.
 
+pub mod agent;
 pub mod lab;
 pub mod lab_test;
 pub mod policy;

@@ -28,6 +28,10 @@ enum Command {
     Workload(cmd::workload::Args),
     /// Check policy offline: run verdict suites and trace why a connection is allowed or denied.
     Policy(cmd::policy::Args),
+    /// Run the node agent, or ask the local one what it enforces.
+    Agent(cmd::agent::Args),
+    /// Endpoints the local agent enforces for.
+    Endpoint(cmd::agent::EndpointArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +43,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => cmd::lab::run(args),
         Command::Workload(args) => cmd::workload::run(args),
         Command::Policy(args) => cmd::policy::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Endpoint(args) => cmd::agent::run_endpoint(args),
     }
 }

@@ -220,23 +220,7 @@ impl Datapath {
         prefix: u8,
         identity: u32,
     ) -> Result<(), DatapathError> {
-        let (fam, bytes, max) = match addr {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (family::IPV4, b, 32)
-            }
-            IpAddr::V6(a) => (family::IPV6, a.octets(), 128),
-        };
-        let prefix = prefix.min(max);
-        let key = Key::new(
-            ipcache::KEY_FIXED_BITS + u32::from(prefix),
-            IpcacheKey {
-                family: fam,
-                _pad: [0; 3],
-                addr: bytes,
-            },
-        );
+        let (key, _) = ipcache_key(addr, prefix);
         let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> = self.map_mut(ipcache::MAP_NAME)?;
         map.insert(&key, IpcacheValue { identity, flags: 0 }, 0)
             .map_err(|source| map_err(ipcache::MAP_NAME, source))
@@ -282,37 +266,53 @@ impl Datapath {
         peer: IpAddr,
         value: PolicyValue,
     ) -> Result<(), DatapathError> {
-        let (prefix_len, k) = m.to_key();
-        let l4_bits = prefix_len - policy::KEY_FIXED_BITS;
-        let (fam, addr) = match peer {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (family::IPV4, b)
-            }
-            IpAddr::V6(a) => (family::IPV6, a.octets()),
-        };
-        let key = PodIpPolicyKey {
-            endpoint_id: k.endpoint_id,
-            direction: k.direction,
-            family: fam,
-            _pad: [0; 2],
-            peer: addr,
-            protocol: k.protocol,
-            dport: k.dport,
-        };
+        let (prefix_len, key) = pod_ip_key(m, peer);
         let value = PolicyValue {
-            key_bits: l4_bits as u8,
+            key_bits: (prefix_len - policy::POD_IP_KEY_FIXED_BITS) as u8,
             ..value
         };
         let mut map: LpmTrie<_, PodIpPolicyKey, PolicyValue> =
             self.map_mut(policy::POD_IP_MAP_NAME)?;
-        map.insert(
-            &Key::new(policy::POD_IP_KEY_FIXED_BITS + l4_bits, key),
-            value,
-            0,
-        )
-        .map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))
+        map.insert(&Key::new(prefix_len, key), value, 0)
+            .map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))
+    }
+
+    /// Removes a pod-address entry written by [`Datapath::upsert_pod_ip_policy`].
+    pub fn remove_pod_ip_policy(
+        &mut self,
+        m: PolicyMatch,
+        peer: IpAddr,
+    ) -> Result<(), DatapathError> {
+        let (prefix_len, key) = pod_ip_key(m, peer);
+        let mut map: LpmTrie<_, PodIpPolicyKey, PolicyValue> =
+            self.map_mut(policy::POD_IP_MAP_NAME)?;
+        ignore_missing(map.remove(&Key::new(prefix_len, key)))
+            .map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))
+    }
+
+    /// Removes an entry written by [`Datapath::upsert_policy_entry`].
+    pub fn remove_policy_entry(
+        &mut self,
+        prefix_len: u32,
+        key: PolicyKey,
+    ) -> Result<(), DatapathError> {
+        let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
+        ignore_missing(map.remove(&Key::new(prefix_len, key)))
+            .map_err(|source| map_err(policy::MAP_NAME, source))
+    }
+
+    /// Forgets the endpoint behind `ifindex` (its traffic then passes unpoliced, as any
+    /// interface that is not an endpoint's).
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, u32, EndpointInfo> = self.map_mut(endpoint::MAP_NAME)?;
+        ignore_missing(map.remove(&ifindex)).map_err(|source| map_err(endpoint::MAP_NAME, source))
+    }
+
+    /// Removes an ipcache prefix written by [`Datapath::upsert_ipcache`].
+    pub fn remove_ipcache(&mut self, addr: IpAddr, prefix: u8) -> Result<(), DatapathError> {
+        let (key, _) = ipcache_key(addr, prefix);
+        let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> = self.map_mut(ipcache::MAP_NAME)?;
+        ignore_missing(map.remove(&key)).map_err(|source| map_err(ipcache::MAP_NAME, source))
     }
 
     /// Packets counted per (reason, direction), summed over CPUs; zero slots are left out.
@@ -425,6 +425,60 @@ impl Datapath {
         }
         Ok(out)
     }
+}
+
+/// A removal of something absent is not an error: removals are idempotent.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+fn pod_ip_key(m: PolicyMatch, peer: IpAddr) -> (u32, PodIpPolicyKey) {
+    let (prefix_len, k) = m.to_key();
+    let l4_bits = prefix_len - policy::KEY_FIXED_BITS;
+    let (fam, addr) = match peer {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (family::IPV4, b)
+        }
+        IpAddr::V6(a) => (family::IPV6, a.octets()),
+    };
+    let key = PodIpPolicyKey {
+        endpoint_id: k.endpoint_id,
+        direction: k.direction,
+        family: fam,
+        _pad: [0; 2],
+        peer: addr,
+        protocol: k.protocol,
+        dport: k.dport,
+    };
+    (policy::POD_IP_KEY_FIXED_BITS + l4_bits, key)
+}
+
+fn ipcache_key(addr: IpAddr, prefix: u8) -> (Key<IpcacheKey>, u8) {
+    let (fam, bytes, max) = match addr {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (family::IPV4, b, 32)
+        }
+        IpAddr::V6(a) => (family::IPV6, a.octets(), 128),
+    };
+    let prefix = prefix.min(max);
+    (
+        Key::new(
+            ipcache::KEY_FIXED_BITS + u32::from(prefix),
+            IpcacheKey {
+                family: fam,
+                _pad: [0; 3],
+                addr: bytes,
+            },
+        ),
+        prefix,
+    )
 }
 
 fn map_err(map: &'static str, source: MapError) -> DatapathError {

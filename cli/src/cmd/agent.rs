@@ -1,0 +1,190 @@
+//! `palisade agent` and `palisade endpoint`: run the node agent, and ask it what it enforces.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::Subcommand;
+use palisade_api::agent::{AgentRequest, AgentResponse};
+use palisade_node_agent::agent::{self, AgentConfig};
+use palisade_node_agent::datapath::DatapathConfig;
+
+use super::Output;
+
+/// Default socket of the agent.
+const DEFAULT_SOCKET: &str = "/run/palisade/agent.sock";
+
+/// Arguments of `palisade agent`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the node agent in this network namespace (foreground; needs root).
+    ///
+    /// It loads the eBPF datapath, serves the CNI plugin on --socket (IPAM from --pod-cidr and
+    /// endpoint registration), compiles the policies found in --policy-dir for the endpoints
+    /// registered here, and keeps the maps equal to that compiled state. IPAM and the endpoint
+    /// registry persist in --state-dir, so a restarted agent re-attaches its endpoints.
+    Run(RunArgs),
+    /// Show what the agent enforces: node, endpoints, policies, verdict counters.
+    Status(ClientArgs),
+}
+
+/// Arguments of `palisade endpoint`.
+#[derive(Debug, clap::Args)]
+pub struct EndpointArgs {
+    #[command(subcommand)]
+    command: EndpointCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCmd {
+    /// List the endpoints the local agent enforces for.
+    List(ClientArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Node name.
+    #[arg(long)]
+    node: String,
+    /// This node's pod CIDR (addresses are handed out from host .10 upwards).
+    #[arg(long, value_name = "CIDR")]
+    pod_cidr: ipnet::Ipv4Net,
+    /// This node's own addresses, mapped to the `host` identity (repeatable).
+    #[arg(long = "node-ip", value_name = "IP")]
+    node_ips: Vec<Ipv4Addr>,
+    /// Unix socket for the CNI plugin and the CLI (mode 0600).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Directory for IPAM and endpoint state.
+    #[arg(long, default_value = "/var/lib/palisade/agent")]
+    state_dir: PathBuf,
+    /// Directory of policy objects (YAML/JSON) to enforce; re-read when it changes.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// Small eBPF maps (tests and labs with many agents on one host).
+    #[arg(long)]
+    small_maps: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// The agent's socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+/// Runs `palisade agent`.
+pub fn run(args: Args) -> ExitCode {
+    let r = match args.command {
+        Cmd::Run(a) => run_agent(a),
+        Cmd::Status(a) => status(a, false),
+    };
+    r.unwrap_or_else(|e| super::fail(&e))
+}
+
+/// Runs `palisade endpoint`.
+pub fn run_endpoint(args: EndpointArgs) -> ExitCode {
+    let r = match args.command {
+        EndpointCmd::List(a) => status(a, true),
+    };
+    r.unwrap_or_else(|e| super::fail(&e))
+}
+
+fn run_agent(a: RunArgs) -> Result<ExitCode> {
+    let config = AgentConfig {
+        node: a.node,
+        pod_cidr: a.pod_cidr,
+        node_ips: a.node_ips,
+        socket: a.socket,
+        state_dir: a.state_dir,
+        policy_dir: a.policy_dir,
+        datapath: if a.small_maps {
+            DatapathConfig::for_test()
+        } else {
+            DatapathConfig::default()
+        },
+    };
+    agent::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
+    let status = match agent::request(&a.socket, &AgentRequest::Status {})? {
+        AgentResponse::Status { status } => status,
+        AgentResponse::Error { message, .. } => return Err(anyhow!("agent: {message}")),
+        other => return Err(anyhow!("agent answered {other:?}")),
+    };
+    if a.output == Output::Json {
+        let doc = if endpoints_only {
+            status["endpoints"].clone()
+        } else {
+            status
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !endpoints_only {
+        println!(
+            "Node:            {}",
+            status["node"].as_str().unwrap_or("?")
+        );
+        println!(
+            "Pod CIDR:        {}",
+            status["podCidr"].as_str().unwrap_or("?")
+        );
+        println!("Policy revision: {}", status["policyRevision"]);
+        println!("Policy entries:  {}", status["policyEntries"]);
+        if let Some(e) = status["policyError"].as_str() {
+            println!("Policy error:    {e} (previous policies stay in force)");
+        }
+        let policies: Vec<&str> = status["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .collect();
+        println!(
+            "Policies:        {}",
+            if policies.is_empty() {
+                "none".to_string()
+            } else {
+                policies.join(", ")
+            }
+        );
+        println!("Verdicts:");
+        for (k, v) in status["verdicts"].as_object().into_iter().flatten() {
+            println!("  {k:<34} {v}");
+        }
+        println!("Endpoints:");
+    }
+    println!(
+        "{:<28} {:>6} {:>9} {:<16} {:<14}",
+        "NAME", "ID", "IDENTITY", "IP", "HOST IFACE"
+    );
+    for e in status["endpoints"].as_array().into_iter().flatten() {
+        let ip = e["ips"]
+            .as_array()
+            .and_then(|v| v.first())
+            .and_then(|v| v.as_str())
+            .unwrap_or("-");
+        println!(
+            "{:<28} {:>6} {:>9} {:<16} {:<14}",
+            e["name"].as_str().unwrap_or("?"),
+            e["endpointId"],
+            e["identity"],
+            ip,
+            e["hostIface"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
