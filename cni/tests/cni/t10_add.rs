@@ -134,3 +134,51 @@ fn add_with_ip_arg_gets_that_address() {
     assert_eq!(node.veths().len(), 1);
     assert_eq!(pod2.links(), ["lo"]);
 }
+
+#[test]
+fn add_accepts_a_proc_pid_netns_path() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    // Some runtimes pass the namespace of the sandbox's process, not a bind mount.
+    let node = Node::new(10);
+    let pod = Netns::new("proc");
+    /// Kills and reaps the process when dropped, also when the test panics.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Reaped(
+        Command::new("ip")
+            .args(["netns", "exec", &pod.name, "sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep in the pod"),
+    );
+    let proc_path = format!("/proc/{}/ns/net", child.0.id());
+    let want = std::fs::metadata(pod.path()).expect("netns").ino();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&proc_path).map(|m| m.ino()).ok() != Some(want) {
+        assert!(Instant::now() < deadline, "the child never entered the pod");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let conf = node.conf(json!({}));
+    let mut inv = Invocation::new("ADD", "ctr-proc", &pod, &conf);
+    inv.netns = Some(proc_path.clone());
+    let r = node.cni(&inv).success();
+    assert_eq!(r["interfaces"][1]["sandbox"], proc_path);
+    assert!(ping(&pod.path(), NODE_IP));
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = r;
+    let mut check = Invocation::new("CHECK", "ctr-proc", &pod, &check_conf);
+    check.netns = Some(proc_path.clone());
+    assert!(node.cni(&check).ok);
+    inv.command = "DEL";
+    assert!(node.cni(&inv).ok);
+    assert!(node.veths().is_empty());
+    drop(child);
+}
