@@ -187,13 +187,13 @@ impl LabSpec {
                     p.name, p.node, self.nodes
                 )));
             }
-            if let Some(ip) = p.ip {
-                if self.underlay_cidr.contains(ip) || !ips.insert(ip) {
-                    return Err(bad(format!(
-                        "pods[{i}] `{}`: address {ip} is in the underlay or used twice",
-                        p.name
-                    )));
-                }
+            if let Some(ip) = p.ip
+                && (self.underlay_cidr.contains(ip) || !ips.insert(ip))
+            {
+                return Err(bad(format!(
+                    "pods[{i}] `{}`: address {ip} is in the underlay or used twice",
+                    p.name
+                )));
             }
         }
         for (i, x) in self.externals.iter().enumerate() {

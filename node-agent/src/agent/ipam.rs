@@ -92,10 +92,10 @@ impl Ipam {
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, IpamError> {
         let key = format!("{container}/{ifname}");
-        if let Some(ip) = self.state.allocations.get(&key) {
-            if requested.is_none_or(|r| r == *ip) {
-                return Ok(*ip);
-            }
+        if let Some(ip) = self.state.allocations.get(&key)
+            && requested.is_none_or(|r| r == *ip)
+        {
+            return Ok(*ip);
         }
         let ip = match requested {
             Some(addr) => {
