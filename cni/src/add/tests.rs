@@ -348,3 +348,36 @@ fn nonsense_allocations_are_released_and_refused() {
         assert_eq!(r.commands().len(), 2);
     }
 }
+
+#[test]
+fn ipv6_allocations_use_the_same_plumbing() {
+    let ns_file = fake_netns();
+    let ns = ns_file.path().to_str().unwrap();
+    let r = runner(ns);
+    let agent = ScriptedAgent::with(|req| match req {
+        AgentRequest::IpamAllocate { .. } => Ok(AgentResponse::IpamAllocated {
+            ip: "fd00:200:1::14".parse().unwrap(),
+            prefix: 128,
+            gateway: "fe80::1".parse().unwrap(),
+        }),
+        other => crate::test_util::healthy(other),
+    });
+    let result = add(&conf(json!({})), &attachment(ns, ""), &r, &agent).unwrap();
+    let h = host_iface_name("c1", "eth0");
+    let cmds = r.commands();
+    assert_eq!(
+        cmds[4],
+        format!("ip -batch - <<< link set {h} up; route add fd00:200:1::14/128 dev {h}")
+    );
+    assert_eq!(
+        cmds[5],
+        format!(
+            "nsenter --net={ns} ip -batch - <<< addr add fd00:200:1::14/128 dev eth0; link set eth0 up; \
+             route add fe80::1 dev eth0 scope link; route add default via fe80::1 dev eth0; \
+             neigh replace fe80::1 lladdr {HOST_MAC} dev eth0 nud permanent"
+        )
+    );
+    let v = serde_json::to_value(&result).unwrap();
+    assert_eq!(v["ips"][0]["address"], "fd00:200:1::14/128");
+    assert_eq!(v["routes"], json!([{"dst": "::/0", "gw": "fe80::1"}]));
+}
