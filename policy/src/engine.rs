@@ -426,31 +426,8 @@ impl Engine {
         policy: Option<NormalizedPolicy>,
     ) -> (BTreeSet<Identity>, u64) {
         let mut affected: BTreeSet<Identity> = BTreeSet::new();
-        if let Some(old) = self.policies.remove(key) {
-            for r in &old.rules {
-                affected.extend(self.cache.matches(r.subject).iter().copied());
-                self.unindex_subject(r.subject, r.id);
-                self.cache.remove_user(r.subject);
-                for p in &r.peers {
-                    if let Some(set) = self.peer_index.get_mut(p) {
-                        set.remove(&r.id);
-                        if set.is_empty() {
-                            self.peer_index.remove(p);
-                        }
-                    }
-                    self.cache.remove_user(*p);
-                }
-                self.rule_loc.remove(&r.id);
-                self.origins.remove(&r.id);
-            }
-            for d in &old.defaults {
-                affected.extend(self.cache.matches(d.subject).iter().copied());
-                self.unindex_subject(d.subject, d.id);
-                self.cache.remove_user(d.subject);
-                self.default_loc.remove(&d.id);
-                self.origins.remove(&d.id);
-            }
-        }
+        // Register the new version first so selectors shared with the old one stay cached.
+        let old = self.policies.remove(key);
         if let Some(p) = policy {
             let mut stored = StoredPolicy::default();
             for (i, entry) in p.entries.into_iter().enumerate() {
@@ -494,12 +471,79 @@ impl Engine {
             }
             self.policies.insert(key.clone(), stored);
         }
-        self.revision += 1;
-        for id in &affected {
-            if self.by_identity.contains_key(id) {
-                let sp = self.compute_selector_policy(*id);
-                self.sp_cache.insert(*id, sp);
+        if let Some(old) = old {
+            for r in &old.rules {
+                affected.extend(self.cache.matches(r.subject).iter().copied());
+                self.unindex_subject(r.subject, r.id);
+                self.cache.remove_user(r.subject);
+                for p in &r.peers {
+                    if let Some(set) = self.peer_index.get_mut(p) {
+                        set.remove(&r.id);
+                        if set.is_empty() {
+                            self.peer_index.remove(p);
+                        }
+                    }
+                    self.cache.remove_user(*p);
+                }
+                self.rule_loc.remove(&r.id);
+                self.origins.remove(&r.id);
             }
+            for d in &old.defaults {
+                affected.extend(self.cache.matches(d.subject).iter().copied());
+                self.unindex_subject(d.subject, d.id);
+                self.cache.remove_user(d.subject);
+                self.default_loc.remove(&d.id);
+                self.origins.remove(&d.id);
+            }
+        }
+        self.revision += 1;
+        // Patch the cached selector policies: drop the old version's ids, add the new version's
+        // statements whose subject selects the identity.
+        let new_items: Vec<(u32, Direction, bool, SelectorId)> = self
+            .policies
+            .get(key)
+            .map(|p| {
+                p.rules
+                    .iter()
+                    .map(|r| (r.id, r.entry.direction, false, r.subject))
+                    .chain(
+                        p.defaults
+                            .iter()
+                            .map(|d| (d.id, d.dd.direction, true, d.subject)),
+                    )
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &affected {
+            if !self.by_identity.contains_key(id) {
+                continue;
+            }
+            let mut sp = match self.sp_cache.remove(id) {
+                Some(sp) => sp,
+                None => {
+                    let sp = self.compute_selector_policy(*id);
+                    self.sp_cache.insert(*id, sp);
+                    continue;
+                }
+            };
+            for v in sp.rules.iter_mut().chain(sp.default_deny.iter_mut()) {
+                v.retain(|r| self.origins.contains_key(r));
+            }
+            for (rid, dir, is_default, subject) in &new_items {
+                if self.cache.matches(*subject).contains(id) {
+                    let v = if *is_default {
+                        &mut sp.default_deny[di(*dir)]
+                    } else {
+                        &mut sp.rules[di(*dir)]
+                    };
+                    v.push(*rid);
+                }
+            }
+            for v in sp.rules.iter_mut().chain(sp.default_deny.iter_mut()) {
+                v.sort_unstable();
+                v.dedup();
+            }
+            self.sp_cache.insert(*id, sp);
         }
         let eps: Vec<String> = affected
             .iter()
