@@ -116,9 +116,9 @@ pub fn add(
             place: format!("CNI_NETNS `{}`", plan.netns),
         });
     }
-    let (address, gateway) = allocate(att, plan.requested, agent)?;
+    let lease = allocate(att, plan.requested, agent)?;
     let mut undo = Undo::default();
-    match build(conf, att, &plan, address, gateway, &ip, agent, &mut undo) {
+    match build(conf, att, &plan, lease, &ip, agent, &mut undo) {
         Ok(built) => Ok(CniResult::for_add(
             conf.cni_version,
             &built,
@@ -131,11 +131,17 @@ pub fn add(
     }
 }
 
+/// An address the agent reserved.
+struct Lease {
+    address: IpNet,
+    gateway: IpAddr,
+}
+
 fn allocate(
     att: &Attachment,
     requested: Option<IpAddr>,
     agent: &impl Agent,
-) -> Result<(IpNet, IpAddr), CniError> {
+) -> Result<Lease, CniError> {
     let req = AgentRequest::IpamAllocate {
         container_id: att.container_id.clone(),
         ifname: att.ifname.clone(),
@@ -167,7 +173,7 @@ fn allocate(
                 ))
             } else {
                 IpNet::new(ip, prefix)
-                    .map(|net| (net, gateway))
+                    .map(|address| Lease { address, gateway })
                     .map_err(|_| format!("prefix /{prefix} is too long for {ip}"))
             }
         }
@@ -225,13 +231,11 @@ impl Undo {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build<R: Runner>(
     conf: &NetConf,
     att: &Attachment,
     plan: &Plan,
-    address: IpNet,
-    gateway: IpAddr,
+    Lease { address, gateway }: Lease,
     ip: &IpRoute<'_, R>,
     agent: &impl Agent,
     undo: &mut Undo,
