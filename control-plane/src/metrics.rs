@@ -57,20 +57,28 @@ pub async fn run(
     let mut last_leader = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        // Leader changes are counted as they happen; the gauges are refreshed once a second
+        // (metrics change on every commit, which is too often to recompute them).
         tokio::select! {
             _ = shutdown.changed() => return,
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let leader = rx.borrow().current_leader;
+                if leader != last_leader {
+                    if leader.is_some() {
+                        metrics::counter!("palisade_cp_leader_changes_total").increment(1);
+                    }
+                    last_leader = leader;
+                }
+                continue;
+            }
             _ = tick.tick() => {
                 if let Some(h) = &handle { h.run_upkeep(); }
             }
         }
         let m = rx.borrow().clone();
-        if m.current_leader != last_leader {
-            if m.current_leader.is_some() {
-                metrics::counter!("palisade_cp_leader_changes_total").increment(1);
-            }
-            last_leader = m.current_leader;
-        }
         let status = cluster.status();
         let gauge = |name: &'static str, v: Option<u64>| {
             if let Some(v) = v {
