@@ -368,12 +368,11 @@ impl Engine {
             self.by_identity.remove(&id);
             self.sp_cache.remove(&id);
             self.identities.release(id);
-            let deltas = self.cache.update_identities(&[], &[id]);
+            self.cache.update_identities(&[], &[id]);
             for m in self.maps.values_mut() {
                 m.entries.retain(|k, _| k.identity != id.0);
                 m.l7.retain(|k, _| k.identity != id.0);
             }
-            drop(deltas);
         }
         if !ep.spec.ports.is_empty() {
             let users: Vec<String> = self
