@@ -432,12 +432,12 @@ impl Engine {
             for (i, entry) in p.entries.into_iter().enumerate() {
                 let id = self.next_rule;
                 self.next_rule += 1;
-                let subject = self.cache.add_user(&entry.subject, self.identities.iter());
+                let subject = self.cache.add_user(&entry.subject, &self.identities);
                 affected.extend(self.cache.matches(subject).iter().copied());
                 let mut peers = Vec::new();
                 if let Peers::Selectors(sels) = &entry.peers {
                     for s in sels {
-                        let sid = self.cache.add_user(s, self.identities.iter());
+                        let sid = self.cache.add_user(s, &self.identities);
                         self.peer_index.entry(sid).or_default().insert(id);
                         peers.push(sid);
                     }
@@ -458,7 +458,7 @@ impl Engine {
             for (i, dd) in p.default_deny.into_iter().enumerate() {
                 let id = self.next_rule;
                 self.next_rule += 1;
-                let subject = self.cache.add_user(&dd.subject, self.identities.iter());
+                let subject = self.cache.add_user(&dd.subject, &self.identities);
                 affected.extend(self.cache.matches(subject).iter().copied());
                 self.subject_index
                     .entry(subject)

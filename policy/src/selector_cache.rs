@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::identity::Identity;
+use crate::identity::{Identity, IdentityAllocator};
 use crate::labels::LabelSet;
-use crate::selector::{MatchContext, Selector};
+use crate::labels::Source;
+use crate::selector::{MatchContext, Op, Selector};
 
 /// Handle of a cached selector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +37,10 @@ pub struct SelectorCache {
     by_selector: BTreeMap<Selector, SelectorId>,
     entries: BTreeMap<SelectorId, Cached>,
     next: u32,
+    /// `(key, value)` → identities carrying it (any source), for identities given to
+    /// [`SelectorCache::update_identities`]: lets a new label selector with an `In` requirement
+    /// look at its candidates only instead of every identity.
+    index: BTreeMap<(String, String), BTreeSet<Identity>>,
 }
 
 impl SelectorCache {
@@ -46,6 +51,7 @@ impl SelectorCache {
             by_selector: BTreeMap::new(),
             entries: BTreeMap::new(),
             next: 0,
+            index: BTreeMap::new(),
         }
     }
 
@@ -55,11 +61,7 @@ impl SelectorCache {
     }
 
     /// Adds a user of `selector`, computing its matches over `identities` when it is new.
-    pub fn add_user<'a>(
-        &mut self,
-        selector: &Selector,
-        identities: impl Iterator<Item = (Identity, &'a LabelSet)>,
-    ) -> SelectorId {
+    pub fn add_user(&mut self, selector: &Selector, identities: &IdentityAllocator) -> SelectorId {
         if let Some(id) = self.by_selector.get(selector) {
             if let Some(c) = self.entries.get_mut(id) {
                 c.users += 1;
@@ -68,10 +70,22 @@ impl SelectorCache {
         }
         let id = SelectorId(self.next);
         self.next += 1;
-        let ids = identities
-            .filter(|(i, l)| selector.matches(*i, l, &self.ctx))
-            .map(|(i, _)| i)
-            .collect();
+        let ids = match self.candidates(selector) {
+            // Candidates from the index; confirm each against its labels.
+            Some(cands) => cands
+                .into_iter()
+                .filter(|i| {
+                    identities
+                        .labels(*i)
+                        .is_some_and(|l| selector.matches(*i, l, &self.ctx))
+                })
+                .collect(),
+            None => identities
+                .iter()
+                .filter(|(i, l)| selector.matches(*i, l, &self.ctx))
+                .map(|(i, _)| i)
+                .collect(),
+        };
         self.by_selector.insert(selector.clone(), id);
         self.entries.insert(
             id,
@@ -82,6 +96,32 @@ impl SelectorCache {
             },
         );
         id
+    }
+
+    /// Identities that may match a label selector with an `In` requirement (pods only: a
+    /// selector naming a `reserved:` key is not indexed), or `None` to scan everything.
+    fn candidates(&self, selector: &Selector) -> Option<BTreeSet<Identity>> {
+        let Selector::Labels(reqs) = selector else {
+            return None;
+        };
+        if reqs.iter().any(|r| r.source == Some(Source::Reserved)) {
+            return None;
+        }
+        let mut best: Option<BTreeSet<Identity>> = None;
+        for r in reqs {
+            if let Op::In(values) = &r.op {
+                let mut set = BTreeSet::new();
+                for v in values {
+                    if let Some(ids) = self.index.get(&(r.key.clone(), v.clone())) {
+                        set.extend(ids.iter().copied());
+                    }
+                }
+                if best.as_ref().is_none_or(|b| set.len() < b.len()) {
+                    best = Some(set);
+                }
+            }
+        }
+        best
     }
 
     /// Drops a user; the selector is forgotten with its last user.
@@ -116,6 +156,20 @@ impl SelectorCache {
         added: &[(Identity, &LabelSet)],
         removed: &[Identity],
     ) -> Vec<SelectorDelta> {
+        for (id, labels) in added {
+            for (_, k, v) in labels.iter() {
+                self.index
+                    .entry((k.to_string(), v.to_string()))
+                    .or_default()
+                    .insert(*id);
+            }
+        }
+        for id in removed {
+            self.index.retain(|_, ids| {
+                ids.remove(id);
+                !ids.is_empty()
+            });
+        }
         let mut out = Vec::new();
         for (sid, c) in self.entries.iter_mut() {
             let mut d = SelectorDelta {
@@ -167,8 +221,8 @@ mod tests {
             key: "app".into(),
             op: Op::In(vec!["a".into()]),
         }]);
-        let a = cache.add_user(&sel, std::iter::empty());
-        let b = cache.add_user(&sel, std::iter::empty());
+        let a = cache.add_user(&sel, &IdentityAllocator::new(0));
+        let b = cache.add_user(&sel, &IdentityAllocator::new(0));
         assert_eq!(a, b);
         assert_eq!(cache.len(), 1);
         let mut l = LabelSet::new();
