@@ -143,12 +143,24 @@ fn glob_labels(pattern: &str, name: &str) -> bool {
             .all(|(p, n)| glob(p.as_bytes(), n.as_bytes()))
 }
 
+/// `*` matches any run of bytes; linear-space dynamic programming (no backtracking blow-up).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    // reach[j]: the pattern prefix consumed so far can match s[..j].
+    let mut reach = vec![false; s.len() + 1];
+    reach[0] = true;
+    for &c in p {
+        if c == b'*' {
+            for j in 1..=s.len() {
+                reach[j] = reach[j] || reach[j - 1];
+            }
+        } else {
+            for j in (1..=s.len()).rev() {
+                reach[j] = reach[j - 1] && s[j - 1] == c;
+            }
+            reach[0] = false;
+        }
     }
+    reach[s.len()]
 }
 
 /// A normalized selector: what a subject or a peer clause selects.
@@ -346,6 +358,10 @@ mod tests {
         assert!(FqdnMatch::Pattern("**.cilium.io".into()).matches("a.b.cilium.io"));
         assert!(FqdnMatch::Pattern("part*ial.com".into()).matches("partial.com"));
         assert!(FqdnMatch::Name("cilium.io".into()).matches("cilium.io."));
+        assert!(FqdnMatch::Pattern("a*b*c".into()).matches("aXXbYc"));
+        assert!(!FqdnMatch::Pattern("a*b*c".into()).matches("aXXbY"));
+        let long = format!("{}x", "a".repeat(200));
+        assert!(!FqdnMatch::Pattern("*a*a*a*a*a*a*a*a*a*a*b".into()).matches(&long));
     }
 
     #[test]

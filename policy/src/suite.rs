@@ -236,6 +236,13 @@ impl Suite {
             let ip = match ips[i] {
                 Some(ip) => ip,
                 None => loop {
+                    if next > 0xFFFF {
+                        return Err(suite_err(
+                            f,
+                            format!("{path}.ip"),
+                            "no free address left in 10.244.0.0/16; give one",
+                        ));
+                    }
                     let cand = IpAddr::V4(Ipv4Addr::new(
                         10,
                         244,
