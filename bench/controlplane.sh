@@ -45,5 +45,8 @@ echo "leader API: $LEADER_API; cores: $(nproc); load: $(cut -d' ' -f1-3 /proc/lo
 "$BENCH" --api "$LEADER_API" --mode latency --requests 1000 --concurrency 1 --prefix lat
 "$BENCH" --api "$LEADER_API" --mode throughput --requests "$REQUESTS" --concurrency 64 --prefix tp
 "$BENCH" --api "$LEADER_API" --mode identities --requests "$REQUESTS" --concurrency 64 --prefix id
+"$BENCH" --api "$LEADER_API" --mode identities --requests 100000 --concurrency 64 --prefix gc \
+  | sed 's/^/gc-setup: /'
+"$BENCH" --api "$LEADER_API" --mode gc
 "$BENCH" --api "127.0.0.1:$((BASE + 13))" --mode latency --requests 300 --concurrency 1 --prefix fwd \
   | sed 's/^/via-follower-or-leader(member 3): /'

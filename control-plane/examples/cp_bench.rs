@@ -6,7 +6,7 @@
 //! ```
 //! Modes: `latency` (policy applies, prints p50/p99), `throughput` (policy applies from
 //! `--concurrency` clients), `identities` (distinct label sets allocated from `--concurrency`
-//! clients). Every write is acknowledged only after Raft committed and applied it with the log
+//! clients), `gc` (one bulk collection of every unreferenced identity). Every write is acknowledged only after Raft committed and applied it with the log
 //! fsynced on a quorum.
 
 use std::sync::Arc;
@@ -47,14 +47,36 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !matches!(args.mode.as_str(), "latency" | "throughput" | "identities") {
-        bail!("--mode must be latency, throughput or identities");
+    if !matches!(
+        args.mode.as_str(),
+        "latency" | "throughput" | "identities" | "gc"
+    ) {
+        bail!("--mode must be latency, throughput, identities or gc");
     }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(args.concurrency as usize)
         .tcp_nodelay(true)
         .build()?;
+    if args.mode == "gc" {
+        let t = Instant::now();
+        let r: serde_json::Value = http
+            .post(format!("http://{}/v1/identities/gc", args.api))
+            .timeout(Duration::from_secs(300))
+            .json(&json!({"grace_seconds": 0}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let n = r["collected"].as_u64().unwrap_or(0);
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "mode=gc collected={n} seconds={s:.2} ids_per_s={:.0}",
+            n as f64 / s
+        );
+        return Ok(());
+    }
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let args = Arc::new(args);

@@ -99,6 +99,18 @@ pub enum Request {
     Batch {
         /// The requests.
         requests: Vec<Request>,
+        /// Wall clock of the proposing leader (ms since the epoch); advances the replicated
+        /// clock used by identity garbage collection (never moves it backwards).
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// Removes identities no endpoint references and that have been unreferenced for at least
+    /// `grace_ms` of the replicated clock; at most `max` of them.
+    CollectIdentities {
+        /// Grace period in milliseconds.
+        grace_ms: u64,
+        /// Most identities removed by this request.
+        max: u32,
     },
 }
 
@@ -138,6 +150,13 @@ pub enum Response {
     Acked {
         /// The node's acknowledged revision.
         revision: u64,
+    },
+    /// Outcome of [`Request::CollectIdentities`].
+    Collected {
+        /// Identities removed.
+        collected: u32,
+        /// Identities still eligible (over `max`).
+        remaining: u32,
     },
     /// One response per request of a [`Request::Batch`], in order.
     Batch {
@@ -182,6 +201,9 @@ pub struct Identity {
     pub id: u32,
     /// Sorted, deduplicated labels.
     pub labels: Vec<String>,
+    /// Replicated-clock time since when no endpoint references it (`None` while referenced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreferenced_since_ms: Option<u64>,
 }
 
 /// What a node sends to register.
@@ -259,6 +281,9 @@ pub struct Counters {
     pub revision: u64,
     /// Next cluster-local id to try.
     pub next_local_id: u32,
+    /// The replicated clock: the largest proposer timestamp applied (ms since the epoch).
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 // === Tables ===
@@ -346,6 +371,9 @@ pub struct State {
     /// Derived index: label-set key → id. Rebuilt on load, not stored.
     #[serde(skip)]
     by_labels: BTreeMap<String, u32>,
+    /// Derived index: id → number of endpoints using it. Rebuilt on load, not stored.
+    #[serde(skip)]
+    refs: BTreeMap<u32, u32>,
 }
 
 /// Normalizes a label set: sorted, deduplicated, each label validated. Errors name the index of
@@ -386,6 +414,7 @@ impl State {
             counters: Counters {
                 revision: 0,
                 next_local_id: FIRST_LOCAL_ID,
+                clock_ms: 0,
             },
             ..State::default()
         }
@@ -398,6 +427,10 @@ impl State {
             .values()
             .map(|i| (label_key(&i.labels), i.id))
             .collect();
+        self.refs.clear();
+        for e in self.endpoints.values() {
+            *self.refs.entry(e.identity).or_insert(0) += 1;
+        }
         if self.counters.next_local_id < FIRST_LOCAL_ID {
             self.counters.next_local_id = FIRST_LOCAL_ID;
         }
@@ -418,14 +451,29 @@ impl State {
 
     fn apply_into(&mut self, req: &Request, touched: &mut Vec<RowKey>) -> Response {
         match req {
-            Request::Batch { requests } => Response::Batch {
-                responses: requests
-                    .iter()
-                    .map(|r| self.apply_into(r, touched))
-                    .collect(),
-            },
+            Request::Batch { requests, at_ms } => {
+                if *at_ms > self.counters.clock_ms {
+                    self.counters.clock_ms = *at_ms;
+                    touched.push((Table::Meta, META_COUNTERS.to_owned()));
+                }
+                Response::Batch {
+                    responses: requests
+                        .iter()
+                        .map(|r| self.apply_into(r, touched))
+                        .collect(),
+                }
+            }
+            Request::CollectIdentities { grace_ms, max } => self.collect(*grace_ms, *max, touched),
             Request::SetClusterConfig(cfg) => self.set_cluster(cfg, touched),
             Request::AllocateIdentity { labels } => self.allocate(labels, touched),
+            Request::ReleaseIdentity { id } if self.refs.get(id).is_some_and(|n| *n > 0) => {
+                Response::Rejected {
+                    reason: format!(
+                        "`id`: identity {id} is used by {} endpoint(s)",
+                        self.refs.get(id).copied().unwrap_or(0)
+                    ),
+                }
+            }
             Request::ReleaseIdentity { id } => {
                 let existed = self.identities.remove(id).is_some_and(|i| {
                     self.by_labels.remove(&label_key(&i.labels));
@@ -445,7 +493,9 @@ impl State {
                     .map(|e| e.ip)
                     .collect();
                 for ip in gone {
-                    self.endpoints.remove(&ip);
+                    if let Some(e) = self.endpoints.remove(&ip) {
+                        self.unref(e.identity, touched);
+                    }
                     touched.push((Table::Endpoints, ip.to_string()));
                 }
                 if self.acks.remove(name).is_some() {
@@ -463,13 +513,20 @@ impl State {
                         reason: format!("`identity`: identity {} is not allocated", ep.identity),
                     }
                 } else {
-                    self.endpoints.insert(ep.ip, ep.clone());
+                    if let Some(old) = self.endpoints.insert(ep.ip, ep.clone()) {
+                        self.unref(old.identity, touched);
+                    }
+                    self.add_ref(ep.identity, touched);
                     touched.push((Table::Endpoints, ep.ip.to_string()));
                     Response::Endpoint(ep.clone())
                 }
             }
             Request::RemoveEndpoint { ip } => {
-                let existed = self.endpoints.remove(ip).is_some();
+                let old = self.endpoints.remove(ip);
+                let existed = old.is_some();
+                if let Some(e) = old {
+                    self.unref(e.identity, touched);
+                }
                 touched.push((Table::Endpoints, ip.to_string()));
                 Response::Removed { existed }
             }
@@ -563,8 +620,13 @@ impl State {
         };
         let key = label_key(&labels);
         if let Some(id) = self.by_labels.get(&key) {
+            let identity = self.identities.get(id).cloned().unwrap_or(Identity {
+                id: *id,
+                labels,
+                unreferenced_since_ms: None,
+            });
             return Response::Identity {
-                identity: Identity { id: *id, labels },
+                identity,
                 created: false,
             };
         }
@@ -582,7 +644,11 @@ impl State {
                 local + 1
             };
             if let std::collections::btree_map::Entry::Vacant(slot) = self.identities.entry(id) {
-                let identity = Identity { id, labels };
+                let identity = Identity {
+                    id,
+                    labels,
+                    unreferenced_since_ms: Some(self.counters.clock_ms),
+                };
                 slot.insert(identity.clone());
                 self.by_labels.insert(key, id);
                 self.counters.next_local_id = next;
@@ -597,6 +663,56 @@ impl State {
         }
         Response::Rejected {
             reason: "`labels`: the cluster's identity space is exhausted".to_owned(),
+        }
+    }
+
+    fn add_ref(&mut self, id: u32, touched: &mut Vec<RowKey>) {
+        let n = self.refs.entry(id).or_insert(0);
+        *n += 1;
+        if *n == 1
+            && let Some(i) = self.identities.get_mut(&id)
+        {
+            i.unreferenced_since_ms = None;
+            touched.push((Table::Identities, id.to_string()));
+        }
+    }
+
+    fn unref(&mut self, id: u32, touched: &mut Vec<RowKey>) {
+        let Some(n) = self.refs.get_mut(&id) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.refs.remove(&id);
+            if let Some(i) = self.identities.get_mut(&id) {
+                i.unreferenced_since_ms = Some(self.counters.clock_ms);
+                touched.push((Table::Identities, id.to_string()));
+            }
+        }
+    }
+
+    fn collect(&mut self, grace_ms: u64, max: u32, touched: &mut Vec<RowKey>) -> Response {
+        let clock = self.counters.clock_ms;
+        let eligible: Vec<u32> = self
+            .identities
+            .values()
+            .filter(|i| {
+                !self.refs.contains_key(&i.id)
+                    && i.unreferenced_since_ms
+                        .is_some_and(|s| s.saturating_add(grace_ms) <= clock)
+            })
+            .map(|i| i.id)
+            .collect();
+        let take = eligible.len().min(max as usize);
+        for id in &eligible[..take] {
+            if let Some(i) = self.identities.remove(id) {
+                self.by_labels.remove(&label_key(&i.labels));
+            }
+            touched.push((Table::Identities, id.to_string()));
+        }
+        Response::Collected {
+            collected: u32::try_from(take).unwrap_or(u32::MAX),
+            remaining: u32::try_from(eligible.len() - take).unwrap_or(u32::MAX),
         }
     }
 
@@ -911,6 +1027,7 @@ mod tests {
                 },
                 Request::AllocateIdentity { labels: vec![] },
             ],
+            at_ms: 0,
         };
         let (resp, touched) = s.apply(&batch);
         let Response::Batch { responses } = resp else {
@@ -927,6 +1044,98 @@ mod tests {
         ));
         assert!(matches!(responses[2], Response::Rejected { .. }));
         assert!(touched.contains(&(Table::Identities, "256".to_owned())));
+    }
+
+    #[test]
+    fn gc_collects_only_unreferenced_identities_past_their_grace() {
+        let mut s = State::new();
+        let at = |s: &mut State, at_ms, r: Request| {
+            let (resp, _) = s.apply(&Request::Batch {
+                requests: vec![r],
+                at_ms,
+            });
+            let Response::Batch { mut responses } = resp else {
+                panic!("not a batch")
+            };
+            responses.remove(0)
+        };
+        for l in ["a=1", "a=2", "a=3"] {
+            at(
+                &mut s,
+                1_000,
+                Request::AllocateIdentity {
+                    labels: vec![l.into()],
+                },
+            );
+        }
+        at(
+            &mut s,
+            1_000,
+            Request::RegisterNode(NodeRegistration {
+                name: "n".into(),
+                address: IpAddr::from([192, 0, 2, 1]),
+                wireguard_public_key: "k".into(),
+                wireguard_epoch: 1,
+            }),
+        );
+        let ip = IpAddr::from([10, 200, 0, 5]);
+        let ep = Endpoint {
+            ip,
+            identity: 256,
+            node: "n".into(),
+        };
+        assert!(matches!(
+            at(&mut s, 1_000, Request::UpsertEndpoint(ep)),
+            Response::Endpoint(_)
+        ));
+        // Referenced identities cannot be released.
+        assert!(matches!(
+            at(&mut s, 1_000, Request::ReleaseIdentity { id: 256 }),
+            Response::Rejected { .. }
+        ));
+        let gc = |grace_ms| Request::CollectIdentities { grace_ms, max: 1 };
+        // Within the grace period nothing goes.
+        assert_eq!(
+            at(&mut s, 5_000, gc(10_000)),
+            Response::Collected {
+                collected: 0,
+                remaining: 0
+            }
+        );
+        // Past it, only the unreferenced ones, `max` at a time.
+        assert_eq!(
+            at(&mut s, 20_000, gc(10_000)),
+            Response::Collected {
+                collected: 1,
+                remaining: 1
+            }
+        );
+        assert_eq!(
+            at(&mut s, 20_000, gc(10_000)),
+            Response::Collected {
+                collected: 1,
+                remaining: 0
+            }
+        );
+        assert!(s.identities.contains_key(&256));
+        // Removing the endpoint starts 256's grace period at the current clock.
+        at(&mut s, 30_000, Request::RemoveEndpoint { ip });
+        assert_eq!(s.identities[&256].unreferenced_since_ms, Some(30_000));
+        assert_eq!(
+            at(&mut s, 35_000, gc(10_000)),
+            Response::Collected {
+                collected: 0,
+                remaining: 0
+            }
+        );
+        assert_eq!(
+            at(&mut s, 40_000, gc(10_000)),
+            Response::Collected {
+                collected: 1,
+                remaining: 0
+            }
+        );
+        assert!(s.identities.is_empty());
     }
 
     #[test]

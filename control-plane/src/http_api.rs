@@ -173,6 +173,7 @@ pub fn router(
             "/v1/identities",
             post(allocate_identity).get(list_identities),
         )
+        .route("/v1/identities/gc", post(collect_identities))
         .route(
             "/v1/identities/{id}",
             get(get_identity).delete(release_identity),
@@ -235,6 +236,9 @@ struct IdentityBody {
     labels: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<bool>,
+    /// Milliseconds since the epoch (replicated clock) since no endpoint uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreferenced_since_ms: Option<u64>,
 }
 
 async fn allocate_identity(State(api): State<Api>, body: Bytes) -> ApiResult {
@@ -266,6 +270,7 @@ async fn allocate_identity(State(api): State<Api>, body: Bytes) -> ApiResult {
                 id: identity.id,
                 labels: identity.labels,
                 created: Some(created),
+                unreferenced_since_ms: identity.unreferenced_since_ms,
             };
             Ok((status, Json(body)).into_response())
         }
@@ -293,6 +298,7 @@ async fn list_identities(
                 id: i.id,
                 labels: i.labels.clone(),
                 created: None,
+                unreferenced_since_ms: i.unreferenced_since_ms,
             })
             .collect::<Vec<_>>()
     })?;
@@ -317,6 +323,7 @@ async fn get_identity(
         id: i.id,
         labels: i.labels,
         created: None,
+        unreferenced_since_ms: i.unreferenced_since_ms,
     })
     .into_response())
 }
@@ -324,6 +331,42 @@ async fn get_identity(
 async fn release_identity(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
     let id = parse_id(&id)?;
     removed(api.cluster.write(Request::ReleaseIdentity { id }).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcBody {
+    /// Collect identities unreferenced for at least this long.
+    grace_seconds: u64,
+}
+
+/// Identities removed per log entry by a collection.
+const GC_PER_ENTRY: u32 = 20_000;
+
+async fn collect_identities(State(api): State<Api>, body: Bytes) -> ApiResult {
+    let b: GcBody = parse(&body)?;
+    let grace_ms = b.grace_seconds.saturating_mul(1000);
+    let mut total: u64 = 0;
+    // Bounded: each entry removes up to GC_PER_ENTRY; stop when nothing eligible remains.
+    for _ in 0..1_000 {
+        let req = Request::CollectIdentities {
+            grace_ms,
+            max: GC_PER_ENTRY,
+        };
+        match api.cluster.write(req).await? {
+            Response::Collected {
+                collected,
+                remaining,
+            } => {
+                total += u64::from(collected);
+                if remaining == 0 || collected == 0 {
+                    break;
+                }
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(Json(json!({ "collected": total })).into_response())
 }
 
 fn removed(r: Response) -> ApiResult {

@@ -42,6 +42,9 @@ pub fn document() -> Value {
                 "post": op("allocate the identity of a label set (same labels, same id)", Some("AllocateIdentity"), "Identity"),
                 "get": read("list identities", "IdentityList"),
             },
+            "/v1/identities/gc": {
+                "post": op("remove identities no endpoint has used for grace_seconds (replicated clock)", Some("Gc"), "GcResult"),
+            },
             "/v1/identities/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "format": "uint32"}}],
                 "get": read("get an identity", "Identity"),
@@ -94,6 +97,8 @@ fn schemas() -> Value {
                 "properties": {"labels": {"type": "array", "minItems": 1, "maxItems": 64, "items": {"type": "string"}}}},
             "Identity": {"type": "object", "properties": {"id": {"type": "integer"}, "labels": {"type": "array", "items": {"type": "string"}}, "created": {"type": "boolean"}}},
             "IdentityList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Identity"}}}},
+            "Gc": {"type": "object", "required": ["grace_seconds"], "properties": {"grace_seconds": {"type": "integer"}}},
+            "GcResult": {"type": "object", "properties": {"collected": {"type": "integer"}}},
             "Removed": {"type": "object", "properties": {"existed": {"type": "boolean"}}},
             "PolicyObject": any,
             "PolicyWrite": {"type": "object", "properties": {"revision": {"type": "integer"}, "changed": {"type": "boolean"}}},

@@ -9,12 +9,15 @@
 //!                                         client_write(one request | Batch) ──▶ replies
 //! ```
 //!
+//! Every entry is a `Batch` (of one, when alone) stamped with the leader's wall clock, which
+//! advances the replicated clock identity garbage collection measures grace periods with.
+//!
 //! While `MAX_IN_FLIGHT` entries are being committed, new requests queue up and form the next
 //! batch, so a lone client pays no batching delay and many clients share fsyncs. A batch is one
 //! log entry: its requests commit or fail together, each gets its own response.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -97,14 +100,14 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-async fn commit(raft: &Raft, mut batch: Vec<Pending>) {
+async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let started = Instant::now();
-    let (payload, single) = if batch.len() == 1 {
-        (batch[0].req.clone(), true)
-    } else {
-        let requests = batch.iter_mut().map(|p| p.req.clone()).collect();
-        (Request::Batch { requests }, false)
-    };
+    // Every entry is a batch stamped with this leader's clock (see `Request::Batch`).
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let requests = batch.iter().map(|p| p.req.clone()).collect();
+    let payload = Request::Batch { requests, at_ms };
     let outcome = match raft.client_write(payload).await {
         Ok(r) => {
             let secs = started.elapsed().as_secs_f64();
@@ -113,12 +116,11 @@ async fn commit(raft: &Raft, mut batch: Vec<Pending>) {
                 h.record(secs);
             }
             metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
-            match (single, r.data) {
-                (true, resp) => vec![Outcome::Applied(resp)],
-                (false, Response::Batch { responses }) if responses.len() == batch.len() => {
+            match r.data {
+                Response::Batch { responses } if responses.len() == batch.len() => {
                     responses.into_iter().map(Outcome::Applied).collect()
                 }
-                (false, other) => {
+                other => {
                     tracing::error!(response = ?other, "batch answered with a non-batch response");
                     vec![Outcome::Stopped; batch.len()]
                 }

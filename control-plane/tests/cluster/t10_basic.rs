@@ -90,6 +90,46 @@ async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::R
         "{n}"
     );
 
+    // Endpoints reference identities; GC removes only unreferenced ones.
+    let (code, web2) = c
+        .post(
+            leader,
+            "/v1/identities",
+            &json!({"labels": ["k8s:app=web2"]}),
+        )
+        .await?;
+    assert_eq!(code, 201, "{web2}");
+    let (code, e) = c
+        .put(
+            followers[0],
+            "/v1/endpoints/10.200.0.7",
+            &json!({"identity": id, "node": "node-a"}),
+        )
+        .await?;
+    assert_eq!(code, 200, "{e}");
+    let code = c
+        .http
+        .delete(c.url(followers[0], &format!("/v1/identities/{id}")))
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(code, 409, "a referenced identity was released");
+    let (code, gc) = c
+        .post(
+            followers[1],
+            "/v1/identities/gc",
+            &json!({"grace_seconds": 0}),
+        )
+        .await?;
+    assert_eq!((code, gc["collected"].as_u64()), (200, Some(1)), "{gc}");
+    let (code, _) = c
+        .get(leader, &format!("/v1/identities/{}", web2["id"]))
+        .await?;
+    assert_eq!(code, 404);
+    let (code, _) = c.get(leader, &format!("/v1/identities/{id}")).await?;
+    assert_eq!(code, 200);
+
     // Metrics are served.
     let text = c
         .http
