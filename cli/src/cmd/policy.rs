@@ -82,6 +82,22 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        palisade_policy::mapstate::VERDICT_ALLOW => "allow",
+        palisade_policy::mapstate::VERDICT_DENY => "deny",
+        palisade_policy::mapstate::VERDICT_REDIRECT => "redirect",
+        _ => "?",
+    }
+}
+
 pub(crate) fn collect(path: &Path, out: &mut Vec<PathBuf>, exts: &[&str]) -> Result<()> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -154,11 +170,15 @@ fn test(a: TestArgs) -> Result<ExitCode> {
     match a.output {
         Output::Json => {
             let doc = serde_json::json!({"cases": results, "passed": results.len() - failed, "failed": failed});
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
         }
         Output::Table => {
-            print!("{}", table(&results));
-            println!("{} passed, {} failed", results.len() - failed, failed);
+            emit(&table(&results));
+            emit(&format!(
+                "{} passed, {} failed\n",
+                results.len() - failed,
+                failed
+            ));
         }
     }
     Ok(if failed == 0 {
@@ -201,13 +221,15 @@ fn side_lines(engine: &Engine, s: &SideVerdict, out: &mut Vec<String>) {
     }
     match (&s.lookup.key, &s.lookup.value) {
         (Some(k), Some(v)) => out.push(format!(
-            "  entry: identity {} proto {} port {}/{} -> verdict {} flags {} proxy {} rule {}",
+            "  entry: {{identity {}, {}, proto {}, port {}/{}}} -> {{{}{}{}, proxy port {}, rule {}}}",
             k.identity,
+            if k.direction == palisade_policy::mapstate::DIR_EGRESS { "egress" } else { "ingress" },
             proto::name(k.protocol),
             k.dport,
             k.port_prefix_len,
-            v.verdict,
-            v.flags,
+            verdict_name(v.verdict),
+            if v.audit() { ", audit" } else { "" },
+            if palisade_policy::mapstate::is_fallback(v) { ", fallback" } else { "" },
             v.proxy_port,
             v.rule
         )),
@@ -260,7 +282,7 @@ fn trace(a: TraceArgs) -> Result<ExitCode> {
     match a.output {
         Output::Json => {
             let doc = serde_json::json!({"verdict": v.verdict, "rule": engine.deciding_rule(&v), "egress": v.egress, "ingress": v.ingress});
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
         }
         Output::Table => {
             let mut lines = vec![format!(
@@ -288,7 +310,7 @@ fn trace(a: TraceArgs) -> Result<ExitCode> {
                 )),
             }
             lines.push(format!("decided by: {}", engine.deciding_rule(&v)));
-            println!("{}", lines.join("\n"));
+            emit(&format!("{}\n", lines.join("\n")));
         }
     }
     Ok(match v.verdict {
