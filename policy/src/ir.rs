@@ -1178,9 +1178,10 @@ pub fn normalize_k8s(p: &NetworkPolicy) -> R<NormalizedPolicy> {
     reqs.push(ns_req(&namespace));
     reqs.sort();
     let subject = Selector::Labels(reqs);
+    // An empty list is defaulted like an absent one (the API server checks the length).
     let types: Vec<PolicyType> = match &p.spec.policy_types {
-        Some(t) => t.clone(),
-        None => {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ => {
             let mut t = vec![PolicyType::Ingress];
             if !p.spec.egress.is_empty() {
                 t.push(PolicyType::Egress);
