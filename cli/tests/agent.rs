@@ -17,11 +17,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 struct Cleanup {
     lab: String,
     dir: PathBuf,
+    pins: PathBuf,
 }
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = Lab::down(&self.lab);
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Pinned maps and links outlive the agent by design; the test removes its own.
+        let _ = std::fs::remove_dir_all(&self.pins);
     }
 }
 
@@ -33,7 +36,7 @@ spec:
   podSelector: {matchLabels: {app: n1-p2}}
   ingress:
     - from: [{podSelector: {matchLabels: {app: n1-p1}}}]
-      ports: [{port: 80, protocol: TCP}]
+      ports: [{port: 80, protocol: TCP}, {port: 9100, protocol: TCP}]
 ";
 
 /// Default deny ingress for n1-p1.
@@ -45,8 +48,10 @@ spec:
   policyTypes: [Ingress]
 ";
 
-fn spawn_agent(lab: &mut Lab, socket: &Path, state: &Path, policies: &Path) -> u32 {
+fn spawn_agent(lab: &mut Lab, socket: &Path, state: &Path, policies: &Path, pins: &Path) -> u32 {
     let node = lab.state().nodes[0].clone();
+    // The agent enters the node's namespace itself (--netns), staying in the host's mount
+    // namespace where /sys/fs/bpf (the pins) lives.
     let args: Vec<String> = [
         "agent",
         "run",
@@ -63,6 +68,10 @@ fn spawn_agent(lab: &mut Lab, socket: &Path, state: &Path, policies: &Path) -> u
         "--policy-dir",
         policies.to_str().expect("utf8"),
         "--small-maps",
+        "--netns",
+        &node.netns,
+        "--bpf-pin-dir",
+        pins.to_str().expect("utf8"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -71,7 +80,7 @@ fn spawn_agent(lab: &mut Lab, socket: &Path, state: &Path, policies: &Path) -> u
         .spawn(
             ProcessRole::NodeAgent,
             "agent-n1",
-            Some(&node.netns),
+            None,
             Path::new(BIN),
             &args,
         )
@@ -109,6 +118,87 @@ fn eventually(lab: &Lab, from: &str, to: &str, want: bool) -> bool {
     }
 }
 
+/// A TCP connection from `from` to `to_ip:9100` exchanging a line every 25 ms until finished.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Stream {
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.client.join().expect("client thread")
+    }
+}
+
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+fn long_lived_stream(from: &str, to_netns: &str, to_ip: std::net::IpAddr) -> Stream {
+    use std::io::{BufRead, BufReader, Write};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_netns(to_netns, move || {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 9100)).expect("bind 9100");
+        ready_tx.send(()).expect("ready");
+        if let Ok((conn, _)) = listener.accept() {
+            let mut w = conn.try_clone().expect("clone");
+            for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                if w.write_all(format!("{line}\n").as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let client = in_netns(from, move || {
+        let mut errors = Vec::new();
+        let conn = match std::net::TcpStream::connect_timeout(
+            &(to_ip, 9100).into(),
+            Duration::from_secs(2),
+        ) {
+            Ok(c) => c,
+            Err(e) => return (0, vec![format!("connect: {e}")]),
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut w = conn.try_clone().expect("clone");
+        let mut r = BufReader::new(conn);
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut line = String::new();
+            let sent = w.write_all(format!("ping {n}\n").as_bytes());
+            match sent.and_then(|_| r.read_line(&mut line)) {
+                Ok(0) => {
+                    errors.push(format!("closed after {n} round trips"));
+                    break;
+                }
+                Ok(_) if line.trim() == format!("ping {n}") => n += 1,
+                Ok(_) => errors.push(format!("wrong echo {line:?}")),
+                Err(e) => {
+                    errors.push(format!("after {n} round trips: {e}"));
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        (n, errors)
+    });
+    Stream { stop, client }
+}
+
 fn status(socket: &Path) -> serde_json::Value {
     match agent::request(socket, &AgentRequest::Status {}).expect("status") {
         AgentResponse::Status { status } => status,
@@ -120,9 +210,11 @@ fn status(socket: &Path) -> serde_json::Value {
 fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart() {
     let name = format!("agt{}", std::process::id() % 100_000);
     let dir = std::env::temp_dir().join(format!("pal-agent-{}", std::process::id()));
+    let pins = PathBuf::from(format!("/sys/fs/bpf/palisade-test-{}", std::process::id()));
     let _cleanup = Cleanup {
         lab: name.clone(),
         dir: dir.clone(),
+        pins: pins.clone(),
     };
     let (socket, state, policies) = (
         dir.join("agent.sock"),
@@ -133,7 +225,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
     std::fs::write(policies.join("p2.yaml"), ALLOW_P1_TO_P2).expect("policy");
 
     let mut lab = Lab::up(&LabSpec::new(&name, 1, 3, BIN)).expect("lab up");
-    let pid = spawn_agent(&mut lab, &socket, &state, &policies);
+    let pid = spawn_agent(&mut lab, &socket, &state, &policies, &pins);
 
     // IPAM answers from the node's pod CIDR.
     let cidr = lab.state().nodes[0].pod_cidr;
@@ -236,20 +328,45 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
 
-    // Restart: the registry is restored and enforcement comes back without new registrations.
+    // A long-lived TCP connection p1 -> p2:9100 runs across the agent's death and restart.
+    let p1 = lab.state().pod("n1-p1").expect("p1").netns.clone();
+    let p2 = lab.state().pod("n1-p2").expect("p2").clone();
+    let stream = long_lived_stream(&p1, &p2.netns, p2.ip);
+
+    // The agent dies: the pinned programs and maps keep enforcing (never fail open).
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     std::thread::sleep(Duration::from_millis(300));
-    spawn_agent(&mut lab, &socket, &state, &policies);
+    assert!(
+        !reachable(&lab, "n1-p3", "n1-p2"),
+        "still denied with the agent down"
+    );
+    assert!(
+        reachable(&lab, "n1-p1", "n1-p2"),
+        "still allowed with the agent down"
+    );
+
+    // Restart: the registry and the pins are adopted, nothing is re-registered by hand.
+    spawn_agent(&mut lab, &socket, &state, &policies, &pins);
     assert_eq!(
         status(&socket)["endpoints"].as_array().map(Vec::len),
         Some(3),
         "endpoints restored"
     );
     assert!(
-        eventually(&lab, "n1-p3", "n1-p2", false),
-        "p2 isolated again after restart"
+        !reachable(&lab, "n1-p3", "n1-p2"),
+        "p2 isolated after restart"
     );
     assert!(reachable(&lab, "n1-p1", "n1-p2"), "and p1 still allowed");
+    let (round_trips, errors) = stream.finish();
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "the established connection saw no error"
+    );
+    assert!(
+        round_trips >= 20,
+        "the connection kept carrying data: {round_trips} round trips"
+    );
 
     // Deleting an endpoint is idempotent and stops policing it.
     for _ in 0..2 {

@@ -6,12 +6,16 @@
 
 mod policy_map;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
 };
 use palisade_datapath_common::{
     conntrack,
@@ -78,6 +82,15 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    /// A pin on bpffs could not be created, read or removed.
+    #[error("bpffs pin `{path}`")]
+    Pin {
+        /// The pin's path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading a map failed.
     #[error("reading eBPF map `{map}`")]
     Map {
@@ -103,6 +116,12 @@ pub struct DatapathConfig {
     pub conntrack: u32,
     /// Flow-event ring buffer, bytes (a power of two, multiple of the page size).
     pub event_ring_bytes: u32,
+    /// Where maps and program links are pinned on bpffs (e.g. `/sys/fs/bpf/palisade/<node>`).
+    /// With a pin directory the datapath outlives the process: programs stay attached and maps
+    /// (conntrack included) keep their contents while the agent is down, and a restarted agent
+    /// re-adopts both, so it never fails open and never drops established flows. `None`: the
+    /// datapath lives and dies with this process (tests, `lab test`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for DatapathConfig {
@@ -113,6 +132,7 @@ impl Default for DatapathConfig {
             policy: policy::MAP_MAX_ENTRIES,
             conntrack: conntrack::MAP_MAX_ENTRIES,
             event_ring_bytes: events::RING_BYTES,
+            pin_dir: None,
         }
     }
 }
@@ -126,6 +146,7 @@ impl DatapathConfig {
             policy: 16_384,
             conntrack: 4_096,
             event_ring_bytes: 1 << 16,
+            pin_dir: None,
         }
     }
 }
@@ -133,6 +154,28 @@ impl DatapathConfig {
 /// The loaded datapath. Dropping it detaches every program it attached.
 pub struct Datapath {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+/// Maps pinned when a pin directory is configured (everything the agent writes or that holds
+/// per-flow state; the ring buffer and counters too, so counts survive restarts).
+const PINNED_MAPS: [&str; 8] = [
+    endpoint::MAP_NAME,
+    ipcache::MAP_NAME,
+    policy::MAP_NAME,
+    policy::POD_IP_MAP_NAME,
+    conntrack::MAP_NAME,
+    verdict::MAP_NAME,
+    events::MAP_NAME,
+    counters::MAP_NAME,
+];
+/// Subdirectory of the pin directory holding one pinned TCX link per (interface, hook).
+const LINKS_DIR: &str = "links";
+
+/// The pin name of one link: bpffs refuses names containing `.` (EPERM), which interface names
+/// may contain; they never contain `:`, so `.` becomes `:` and no two interfaces collide.
+fn link_pin_name(iface: &str, hook: &str) -> String {
+    format!("{}_{hook}", iface.replace('.', ":"))
 }
 
 impl Datapath {
@@ -144,6 +187,18 @@ impl Datapath {
 
     /// Loads the object with the map sizes in `config`.
     pub fn load_with(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let pins: Vec<(&'static str, PathBuf)> = match &config.pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir.join(LINKS_DIR)).map_err(|source| {
+                    DatapathError::Pin {
+                        path: dir.clone(),
+                        source,
+                    }
+                })?;
+                PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(endpoint::MAP_NAME, config.endpoints)
@@ -152,6 +207,10 @@ impl Datapath {
             .map_max_entries(policy::POD_IP_MAP_NAME, config.policy)
             .map_max_entries(conntrack::MAP_NAME, config.conntrack)
             .map_max_entries(events::MAP_NAME, config.event_ring_bytes);
+        for (name, path) in &pins {
+            // An existing pin is reused as it is (contents and sizes): that is the restart path.
+            loader.map_pin_path(name, path.as_path());
+        }
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_EGRESS, PROG_INGRESS] {
             classifier(&mut ebpf, name)?
@@ -162,7 +221,10 @@ impl Datapath {
                     source,
                 })?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            pin_dir: config.pin_dir.clone(),
+        })
     }
 
     /// Attaches the packet counters to a pod's host-side veth, `iface`, in the calling thread's
@@ -187,19 +249,115 @@ impl Datapath {
     /// network namespace. The endpoint must be registered with [`Datapath::upsert_endpoint`]
     /// (keyed by this interface's index) for its traffic to be policed; until then it passes.
     pub fn attach_enforcement(&mut self, iface: &str) -> Result<(), DatapathError> {
-        for (name, hook) in [
-            (PROG_EGRESS, TcAttachType::Ingress),
-            (PROG_INGRESS, TcAttachType::Egress),
+        for (name, hook, pin_name) in [
+            (PROG_EGRESS, TcAttachType::Ingress, "egress"),
+            (PROG_INGRESS, TcAttachType::Egress, "ingress"),
         ] {
-            classifier(&mut self.ebpf, name)?
-                .attach(iface, hook)
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    iface: iface.to_owned(),
-                    source,
-                })?;
+            let prog_err = |source| DatapathError::Program {
+                program: name,
+                iface: iface.to_owned(),
+                source,
+            };
+            let prog = classifier(&mut self.ebpf, name)?;
+            let Some(dir) = &self.pin_dir else {
+                prog.attach(iface, hook).map_err(prog_err)?;
+                continue;
+            };
+            let pin = dir.join(LINKS_DIR).join(link_pin_name(iface, pin_name));
+            // A pinned link from an earlier run: swap this program in atomically (no packet sees
+            // the hook empty). A stale pin (the interface was re-created) is dropped and replaced.
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                let replaced = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| ProgramError::IOError(std::io::Error::other(e)))
+                    .and_then(|link| prog.attach_to_link(link));
+                match replaced {
+                    Ok(id) => {
+                        // The pin owns the link from here on; dropping our handle only closes a fd.
+                        drop(prog.take_link(id).map_err(prog_err)?);
+                        continue;
+                    }
+                    Err(_) => {
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
+            }
+            let id = prog
+                .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(prog_err)?;
+            let link = prog.take_link(id).map_err(prog_err)?;
+            let fd_link: FdLink = link
+                .try_into()
+                .map_err(|e| prog_err(ProgramError::IOError(std::io::Error::other(e))))?;
+            fd_link.pin(&pin).map_err(|e| DatapathError::Pin {
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
         }
         Ok(())
+    }
+
+    /// Detaches enforcement from `iface` when links are pinned (removing the pins releases them);
+    /// without a pin directory the links live as long as this process and go with it.
+    pub fn detach_enforcement(&mut self, iface: &str) -> Result<(), DatapathError> {
+        if let Some(dir) = &self.pin_dir {
+            for pin_name in ["egress", "ingress"] {
+                let pin = dir.join(LINKS_DIR).join(link_pin_name(iface, pin_name));
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(DatapathError::Pin { path: pin, source }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every identity-map entry currently in the kernel (prefix length, key, value): what a
+    /// restarted agent adopts before it syncs, so entries gone stale while it was down go too.
+    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(policy::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(policy::MAP_NAME))?;
+        let map: LpmTrie<_, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(map).map_err(|source| map_err(policy::MAP_NAME, source))?;
+        map.iter()
+            .map(|r| {
+                r.map(|(k, v)| (k.prefix_len(), k.data(), v))
+                    .map_err(|source| map_err(policy::MAP_NAME, source))
+            })
+            .collect()
+    }
+
+    /// Every pod-address entry currently in the kernel, as (match, peer, value).
+    pub fn pod_ip_entries(&self) -> Result<Vec<(PolicyMatch, IpAddr, PolicyValue)>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(policy::POD_IP_MAP_NAME)
+            .ok_or(DatapathError::MissingMap(policy::POD_IP_MAP_NAME))?;
+        let map: LpmTrie<_, PodIpPolicyKey, PolicyValue> =
+            LpmTrie::try_from(map).map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))?;
+        let mut out = Vec::new();
+        for r in map.iter() {
+            let (k, v) = r.map_err(|source| map_err(policy::POD_IP_MAP_NAME, source))?;
+            let d = k.data();
+            let l4_bits = k.prefix_len().saturating_sub(policy::POD_IP_KEY_FIXED_BITS);
+            let peer = if d.family == family::IPV4 {
+                IpAddr::from([d.peer[0], d.peer[1], d.peer[2], d.peer[3]])
+            } else {
+                IpAddr::from(d.peer)
+            };
+            let m = PolicyMatch {
+                endpoint_id: u32::from_be_bytes(d.endpoint_id),
+                identity: 0,
+                direction: d.direction,
+                protocol: d.protocol,
+                port: u16::from_be_bytes(d.dport),
+                port_prefix: l4_bits.saturating_sub(8) as u8,
+            };
+            out.push((m, peer, v));
+        }
+        Ok(out)
     }
 
     /// Registers (or updates) the endpoint behind the host-side veth with index `ifindex`.

@@ -71,6 +71,17 @@ struct RunArgs {
     /// Small eBPF maps (tests and labs with many agents on one host).
     #[arg(long)]
     small_maps: bool,
+    /// Where maps and program links are pinned on bpffs, so enforcement continues while the
+    /// agent is down and a restarted agent adopts it [default: /sys/fs/bpf/palisade/<node>].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_bpf_pin")]
+    bpf_pin_dir: Option<PathBuf>,
+    /// Do not pin: the datapath lives and dies with this process (enforcement stops with it).
+    #[arg(long)]
+    no_bpf_pin: bool,
+    /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
+    /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +112,28 @@ pub fn run_endpoint(args: EndpointArgs) -> ExitCode {
 }
 
 fn run_agent(a: RunArgs) -> Result<ExitCode> {
+    if let Some(ns) = &a.netns {
+        let path = format!("/run/netns/{ns}");
+        let file = std::fs::File::open(&path)
+            .map_err(|e| anyhow!("--netns `{ns}`: cannot open {path}: {e}"))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| anyhow!("--netns `{ns}`: setns: {e}"))?;
+    }
+    let pin_dir = if a.no_bpf_pin {
+        None
+    } else {
+        Some(
+            a.bpf_pin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/palisade").join(&a.node)),
+        )
+    };
+    let mut datapath = if a.small_maps {
+        DatapathConfig::for_test()
+    } else {
+        DatapathConfig::default()
+    };
+    datapath.pin_dir = pin_dir;
     let config = AgentConfig {
         node: a.node,
         pod_cidr: a.pod_cidr,
@@ -108,11 +141,7 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         socket: a.socket,
         state_dir: a.state_dir,
         policy_dir: a.policy_dir,
-        datapath: if a.small_maps {
-            DatapathConfig::for_test()
-        } else {
-            DatapathConfig::default()
-        },
+        datapath,
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)

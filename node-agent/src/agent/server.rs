@@ -137,6 +137,13 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
 }
 
+/// An endpoint recorded in the engine and registry, with what enforcing it needs.
+struct Registered {
+    endpoint: RegisteredEndpoint,
+    ifindex: u32,
+    ip: IpAddr,
+}
+
 /// The agent's state.
 struct Agent {
     config: AgentConfig,
@@ -170,20 +177,41 @@ impl Agent {
             policy_error: None,
             config,
         };
+        let adopted = agent.sync.adopt(&agent.dp)?;
         for ip in agent.config.node_ips.clone() {
             agent.dp.upsert_ipcache(IpAddr::V4(ip), 32, IDENTITY_HOST)?;
         }
-        agent.poll_policies();
-        // Endpoints registered before a restart are enforced again right away.
+        // Restart order: every known endpoint and every policy into the engine first, then one
+        // sync, then the programs: the maps go from the old state to the new in one diff, with
+        // no moment where a restored endpoint's entries are missing.
         let known: Vec<RegisteredEndpoint> = agent.registry.iter().cloned().collect();
+        let mut restored = Vec::new();
         for e in known {
-            if let Err(err) = agent.add_endpoint(e.spec.clone()) {
-                eprintln!(
+            match agent.register(e.spec.clone()) {
+                Ok(r) => restored.push(r),
+                Err(err) => eprintln!(
                     "palisade agent: restoring endpoint `{}`: {}",
                     e.name(),
                     err.1
+                ),
+            }
+        }
+        agent.load_policies();
+        agent.resync()?;
+        for r in restored {
+            if let Err(err) = agent.enforce(&r) {
+                eprintln!(
+                    "palisade agent: re-attaching endpoint `{}`: {}",
+                    r.endpoint.name(),
+                    err.1
                 );
             }
+        }
+        if adopted > 0 {
+            eprintln!(
+                "palisade agent: adopted {adopted} pinned policy entries; {} after restore",
+                agent.last_sync.total
+            );
         }
         Ok(agent)
     }
@@ -284,6 +312,21 @@ impl Agent {
     }
 
     fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<RegisteredEndpoint, (u32, String)> {
+        let r = self.register(spec)?;
+        // Policy first, then the endpoint entry, then the programs: the first policed packet
+        // already sees the endpoint's complete policy.
+        self.resync().map_err(|e| {
+            (
+                CODE_DATAPATH,
+                format!("endpoint `{}`: {}", r.endpoint.name(), chain(&e)),
+            )
+        })?;
+        self.enforce(&r)?;
+        Ok(r.endpoint)
+    }
+
+    /// Validates an endpoint and records it in the engine and the registry (no map writes).
+    fn register(&mut self, spec: EndpointSpec) -> Result<Registered, (u32, String)> {
         let invalid = |m: String| (CODE_INVALID, m);
         let ip = match spec.ips.as_slice() {
             [ip] => *ip,
@@ -315,17 +358,27 @@ impl Agent {
                 ports: Vec::new(),
             })
             .map_err(|e| invalid(format!("endpoint `{name}`: {e}")))?;
-        let e = self
+        let endpoint = self
             .registry
-            .insert(spec.clone(), identity.0)
+            .insert(spec, identity.0)
             .map_err(|e| (CODE_TRY_AGAIN, format!("saving the endpoint registry: {e}")))?;
+        Ok(Registered {
+            endpoint,
+            ifindex,
+            ip,
+        })
+    }
+
+    /// Writes a registered endpoint's ipcache and endpoint entries and attaches its programs.
+    fn enforce(&mut self, r: &Registered) -> Result<(), (u32, String)> {
+        let e = &r.endpoint;
         let mut info = EndpointInfo {
             endpoint_id: e.endpoint_id,
-            identity: identity.0,
+            identity: e.identity,
             flags: FLAG_ALLOW_LOCALHOST,
             ..Default::default()
         };
-        match ip {
+        match r.ip {
             IpAddr::V4(a) => {
                 info.flags |= FLAG_HAS_IPV4;
                 info.ipv4 = a.octets();
@@ -335,19 +388,19 @@ impl Agent {
                 info.ipv6 = a.octets();
             }
         }
-        let dp_err =
-            |e: DatapathError| (CODE_DATAPATH, format!("endpoint `{name}`: {}", chain(&e)));
-        // Policy first, then the endpoint entry, then the programs: the first policed packet
-        // already sees the endpoint's complete policy.
-        self.resync().map_err(dp_err)?;
+        let dp_err = |err: DatapathError| {
+            (
+                CODE_DATAPATH,
+                format!("endpoint `{}`: {}", e.name(), chain(&err)),
+            )
+        };
         self.dp
-            .upsert_ipcache(ip, if ip.is_ipv4() { 32 } else { 128 }, identity.0)
+            .upsert_ipcache(r.ip, if r.ip.is_ipv4() { 32 } else { 128 }, e.identity)
             .map_err(dp_err)?;
-        self.dp.upsert_endpoint(ifindex, info).map_err(dp_err)?;
+        self.dp.upsert_endpoint(r.ifindex, info).map_err(dp_err)?;
         self.dp
-            .attach_enforcement(&spec.host_iface)
-            .map_err(dp_err)?;
-        Ok(e)
+            .attach_enforcement(&e.spec.host_iface)
+            .map_err(dp_err)
     }
 
     fn del_endpoint(&mut self, container: &str, ifname: &str) -> Result<(), (u32, String)> {
@@ -368,6 +421,9 @@ impl Agent {
         if let Ok(ifindex) = nix::net::if_::if_nametoindex(e.spec.host_iface.as_str()) {
             self.dp.remove_endpoint(ifindex).map_err(dp_err)?;
         }
+        self.dp
+            .detach_enforcement(&e.spec.host_iface)
+            .map_err(dp_err)?;
         for ip in &e.spec.ips {
             self.dp
                 .remove_ipcache(*ip, if ip.is_ipv4() { 32 } else { 128 })
@@ -381,11 +437,29 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-reads the policy directory when its files changed. A directory with any invalid file is
-    /// not applied at all (the previous policies stay in force) and the error is reported.
+    /// Re-reads the policy directory when its files changed and programs the result.
     fn poll_policies(&mut self) {
-        let Some(dir) = self.config.policy_dir.clone() else {
+        if !self.load_policies() {
             return;
+        }
+        match self.resync() {
+            Ok(()) => eprintln!(
+                "palisade agent: {} policies applied (revision {}): {} entries written, {} removed",
+                self.policies.len(),
+                self.engine.revision(),
+                self.last_sync.written,
+                self.last_sync.removed
+            ),
+            Err(e) => eprintln!("palisade agent: programming policy: {}", chain(&e)),
+        }
+    }
+
+    /// Loads the policy directory into the engine when it changed; true when the engine changed.
+    /// A directory with any invalid file is not applied at all (the previous policies stay in
+    /// force) and the error is reported.
+    fn load_policies(&mut self) -> bool {
+        let Some(dir) = self.config.policy_dir.clone() else {
+            return false;
         };
         let files = policy_files(&dir);
         let fingerprint: Vec<(PathBuf, u64, u128)> = files
@@ -402,7 +476,7 @@ impl Agent {
             })
             .collect();
         if fingerprint == self.policy_fingerprint {
-            return;
+            return false;
         }
         self.policy_fingerprint = fingerprint;
         let mut loaded: BTreeMap<ResourceKey, NormalizedPolicy> = BTreeMap::new();
@@ -418,7 +492,7 @@ impl Agent {
                 Err(e) => {
                     eprintln!("palisade agent: policy not applied: {e}");
                     self.policy_error = Some(e);
-                    return;
+                    return false;
                 }
             }
         }
@@ -436,16 +510,7 @@ impl Agent {
         for (k, p) in loaded {
             self.engine.replace_policy(&k, Some(p));
         }
-        match self.resync() {
-            Ok(()) => eprintln!(
-                "palisade agent: {} policies applied (revision {}): {} entries written, {} removed",
-                self.policies.len(),
-                self.engine.revision(),
-                self.last_sync.written,
-                self.last_sync.removed
-            ),
-            Err(e) => eprintln!("palisade agent: programming policy: {}", chain(&e)),
-        }
+        true
     }
 
     fn status(&self) -> serde_json::Value {

@@ -45,6 +45,29 @@ pub struct SyncStats {
 }
 
 impl MapSync {
+    /// Takes what the kernel maps already hold (pinned maps after a restart) as written, so the
+    /// first sync removes whatever went stale while the agent was down.
+    pub fn adopt(&mut self, dp: &Datapath) -> Result<usize, DatapathError> {
+        for (bits, key, value) in dp.policy_entries()? {
+            self.identity.insert(id_key(bits, &key), (bits, key, value));
+        }
+        for (m, peer, value) in dp.pod_ip_entries()? {
+            self.pod_ip.insert(
+                (
+                    m.endpoint_id,
+                    0,
+                    m.direction,
+                    m.protocol,
+                    m.port,
+                    m.port_prefix,
+                    peer,
+                ),
+                (m, peer, value),
+            );
+        }
+        Ok(self.identity.len() + self.pod_ip.len())
+    }
+
     /// Brings the maps to the engine's current compiled state for every registered endpoint.
     pub fn sync(
         &mut self,
