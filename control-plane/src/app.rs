@@ -47,7 +47,7 @@ pub fn identity_of(cluster_id: u8, local: u32) -> u32 {
 
 /// A write to the control plane, replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Request {
     /// Sets the cluster id and the CIDR pod CIDRs are carved from. Only before any node exists.
     SetClusterConfig(ClusterConfig),
@@ -116,7 +116,7 @@ pub enum Request {
 
 /// The answer of the state machine to one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Response {
     /// Blank and membership entries.
     #[default]

@@ -106,23 +106,25 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let requests = batch.iter().map(|p| p.req.clone()).collect();
+    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
+        batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+    let n = replies.len();
     let payload = Request::Batch { requests, at_ms };
     let outcome = match raft.client_write(payload).await {
         Ok(r) => {
             let secs = started.elapsed().as_secs_f64();
             let h = metrics::histogram!(crate::metrics::PROPOSAL_SECONDS);
-            for _ in 0..batch.len() {
+            for _ in 0..n {
                 h.record(secs);
             }
-            metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
+            metrics::histogram!(crate::metrics::BATCH_SIZE).record(n as f64);
             match r.data {
-                Response::Batch { responses } if responses.len() == batch.len() => {
+                Response::Batch { responses } if responses.len() == n => {
                     responses.into_iter().map(Outcome::Applied).collect()
                 }
                 other => {
                     tracing::error!(response = ?other, "batch answered with a non-batch response");
-                    vec![Outcome::Stopped; batch.len()]
+                    vec![Outcome::Stopped; n]
                 }
             }
         }
@@ -139,10 +141,10 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
                 }
                 RaftError::Fatal(_) => Outcome::Stopped,
             };
-            vec![o; batch.len()]
+            vec![o; n]
         }
     };
-    for (p, o) in batch.into_iter().zip(outcome) {
-        let _ = p.reply.send(o);
+    for (reply, o) in replies.into_iter().zip(outcome) {
+        let _ = reply.send(o);
     }
 }
