@@ -169,6 +169,7 @@ pub fn router(
         )
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/members", post(cluster_members))
+        .route("/v1/cluster/snapshot", post(cluster_snapshot))
         .route(
             "/v1/identities",
             post(allocate_identity).get(list_identities),
@@ -214,6 +215,19 @@ async fn metrics(State(api): State<Api>) -> HttpResponse {
 
 async fn cluster_status(State(api): State<Api>) -> HttpResponse {
     Json(api.cluster.status()).into_response()
+}
+
+/// Asks this member to build a snapshot now (and purge its log behind it).
+async fn cluster_snapshot(State(api): State<Api>) -> ApiResult {
+    api.cluster
+        .raft()
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|_| ClusterError::Fatal {
+            id: api.cluster.id(),
+        })?;
+    Ok(Json(json!({ "triggered": true })).into_response())
 }
 
 async fn cluster_members(State(api): State<Api>, body: Bytes) -> ApiResult {

@@ -82,6 +82,7 @@ pub fn document() -> Value {
                 "delete": op("remove an endpoint", None, "Removed"),
             },
             "/v1/cluster/status": {"get": op("this member's view of the cluster", None, "ClusterStatus")},
+            "/v1/cluster/snapshot": {"post": {"summary": "build a snapshot on this member now", "responses": {"200": {"description": "triggered"}}}},
             "/v1/cluster/members": {"post": op("add a learner, change the voters or remove learners", Some("MembershipChange"), "ClusterStatus")},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
         },

@@ -14,7 +14,7 @@ async fn check_state(c: &TestCluster, ids: &[(String, u64)]) -> anyhow::Result<(
             assert_eq!(v["labels"][0].as_str(), Some(label.as_str()));
         }
         let (_, pols) = c.get(m, "/v1/policies").await?;
-        assert_eq!(pols["revision"].as_u64(), Some(5), "member {m}: {pols}");
+        assert_eq!(pols["revision"].as_u64(), Some(6), "member {m}: {pols}");
         let (_, nodes) = c.get(m, "/v1/nodes").await?;
         assert_eq!(nodes["items"].as_array().map(Vec::len), Some(1), "{nodes}");
     }
@@ -51,6 +51,23 @@ async fn all_voters_restarted_keep_state() -> anyhow::Result<()> {
     let node = json!({"name": "node-a", "address": "192.0.2.10",
         "wireguard_public_key": "YJ6Zl2CQxkVa9X8YpX6Hx2bX0pQb1V8B3Qm5cS0xHh0=", "wireguard_epoch": 1});
     assert_eq!(c.post(2, "/v1/nodes", &node).await?.0, 200);
+
+    // A snapshot on demand; restarts must then combine it with the log after it.
+    let (code, v) = c.post(2, "/v1/cluster/snapshot", &json!({})).await?;
+    assert_eq!(code, 200, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.status(2).await?["snapshot_index"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot built");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, v) = c
+        .put(
+            3,
+            "/v1/policies/CiliumNetworkPolicy/default/p4",
+            &policy("p4", 443),
+        )
+        .await?;
+    assert_eq!((code, v["revision"].as_u64()), (200, Some(6)), "{v}");
 
     // Graceful: SIGTERM exits 0 and a restart without --init keeps everything.
     for m in [1, 2, 3] {
