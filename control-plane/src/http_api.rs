@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -26,7 +27,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::app::{Endpoint, NodeRegistration, PolicyKey, Request, Response, normalize_labels};
 use crate::cluster::{Cluster, MembershipChange};
@@ -180,6 +181,7 @@ pub fn router(
             get(get_identity).delete(release_identity),
         )
         .route("/v1/policies", get(list_policies))
+        .route("/v1/policies/wait", get(wait_policies))
         .route(
             "/v1/policies/{kind}/{namespace}/{name}",
             put(apply_policy).get(get_policy).delete(delete_policy),
@@ -471,6 +473,56 @@ async fn list_policies(
         )
     })?;
     Ok(Json(json!({ "revision": revision, "items": items })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitParams {
+    /// Revision to wait for; the current one when absent.
+    revision: Option<u64>,
+    /// Give up after this long (default 30 s, at most 600 s).
+    timeout_ms: Option<u64>,
+}
+
+/// Waits until every registered node acknowledged `revision` (what `palisade policy wait`
+/// calls). 200 `{"revision", "nodes"}`; 504 with `laggards` listing the nodes behind.
+async fn wait_policies(
+    State(api): State<Api>,
+    q: Result<Query<WaitParams>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(600_000));
+    api.cluster.linearize().await?;
+    let revision = match q.revision {
+        Some(r) => r,
+        None => api.cluster.read(|s| s.counters.revision)?,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (nodes, laggards) = api.cluster.read(|s| {
+            let laggards: Vec<Value> = s
+                .nodes
+                .keys()
+                .filter_map(|n| {
+                    let acked = s.acks.get(n).copied().unwrap_or(0);
+                    (acked < revision).then(|| json!({"node": n, "acked_revision": acked}))
+                })
+                .collect();
+            (s.nodes.len(), laggards)
+        })?;
+        if laggards.is_empty() {
+            return Ok(Json(json!({ "revision": revision, "nodes": nodes })).into_response());
+        }
+        if Instant::now() >= deadline {
+            let body = json!({
+                "error": format!("{} of {nodes} node(s) have not acknowledged revision {revision}", laggards.len()),
+                "revision": revision,
+                "laggards": laggards,
+            });
+            return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // === nodes ===

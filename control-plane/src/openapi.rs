@@ -51,6 +51,14 @@ pub fn document() -> Value {
                 "delete": op("release an identity", None, "Removed"),
             },
             "/v1/policies": {"get": read("list policies with the current revision", "PolicyList")},
+            "/v1/policies/wait": {"get": {
+                "summary": "wait until every registered node acknowledged a revision (504 lists the laggards)",
+                "parameters": [
+                    {"name": "revision", "in": "query", "required": false, "schema": {"type": "integer"}},
+                    {"name": "timeout_ms", "in": "query", "required": false, "schema": {"type": "integer", "default": 30000}}
+                ],
+                "responses": {"200": {"description": "every node acknowledged"}, "504": {"description": "timed out; `laggards` lists nodes and their acknowledged revision"}}
+            }},
             "/v1/policies/{kind}/{namespace}/{name}": {
                 "parameters": [
                     {"name": "kind", "in": "path", "required": true, "schema": {"type": "string"}},

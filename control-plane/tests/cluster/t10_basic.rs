@@ -90,6 +90,25 @@ async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::R
         "{n}"
     );
 
+    // policy wait: node-a has not acknowledged revision 1, then does.
+    let (code, w) = c
+        .get(followers[0], "/v1/policies/wait?timeout_ms=300")
+        .await?;
+    assert_eq!(code, 504, "{w}");
+    assert_eq!(w["laggards"][0]["node"], "node-a", "{w}");
+    let (code, a) = c
+        .post(
+            followers[1],
+            "/v1/nodes/node-a/ack",
+            &json!({"revision": 1}),
+        )
+        .await?;
+    assert_eq!((code, a["revision"].as_u64()), (200, Some(1)), "{a}");
+    let (code, w) = c
+        .get(followers[0], "/v1/policies/wait?revision=1&timeout_ms=5000")
+        .await?;
+    assert_eq!((code, w["nodes"].as_u64()), (200, Some(1)), "{w}");
+
     // Endpoints reference identities; GC removes only unreferenced ones.
     let (code, web2) = c
         .post(
