@@ -59,11 +59,22 @@ async fn membership_three_to_five_to_three_under_writes() -> anyhow::Result<()> 
     assert_eq!(s["voters"].as_array().map(Vec::len), Some(5), "{s}");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Back to 3 voters, keeping 4 and 5 as learners, then removing them.
     let (code, v) = c
         .post(
             4,
             "/v1/cluster/members",
-            &json!({"action": "change_membership", "voters": [1, 2, 3]}),
+            &json!({"action": "change_membership", "voters": [1, 2, 3], "retain": true}),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    let s = c.status(leader).await?;
+    assert_eq!(s["learners"].as_array().map(Vec::len), Some(2), "{s}");
+    let (code, v) = c
+        .post(
+            follower,
+            "/v1/cluster/members",
+            &json!({"action": "remove_learners", "ids": [4, 5]}),
         )
         .await?;
     assert_eq!(code, 200, "{v}");
