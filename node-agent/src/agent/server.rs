@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
 use palisade_datapath_common::endpoint::{
     EndpointInfo, FLAG_ALLOW_LOCALHOST, FLAG_HAS_IPV4, FLAG_HAS_IPV6, IDENTITY_HOST,
@@ -28,6 +30,8 @@ use crate::datapath::{Datapath, DatapathError};
 const POLICY_POLL: Duration = Duration::from_millis(500);
 /// The largest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// The largest response line a client reads (a status lists every endpoint).
+const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
 /// CNI error code for an invalid argument.
 const CODE_INVALID: u32 = 7;
@@ -87,7 +91,7 @@ pub fn request(socket: &Path, req: &AgentRequest) -> Result<AgentResponse, Agent
         .write_all(line.as_bytes())
         .map_err(io("write to", socket))?;
     let mut answer = String::new();
-    BufReader::new(stream.take(MAX_REQUEST))
+    BufReader::new(stream.take(MAX_RESPONSE))
         .read_line(&mut answer)
         .map_err(io("read from", socket))?;
     serde_json::from_str(&answer).map_err(|e| AgentError::BadResponse {
@@ -123,12 +127,21 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
     let mut next_poll = Instant::now();
     loop {
-        match listener.accept() {
-            Ok((stream, _)) => agent.serve(stream),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(20))
+        // Sleep in poll(2) until a client connects or the policy directory is due a look.
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        let timeout =
+            PollTimeout::try_from(wait.as_millis().min(1_000) as u16).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, timeout);
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => agent.serve(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    eprintln!("palisade agent: accept: {e}");
+                    break;
+                }
             }
-            Err(e) => eprintln!("palisade agent: accept: {e}"),
         }
         if Instant::now() >= next_poll {
             agent.poll_policies();
