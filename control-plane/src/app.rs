@@ -87,6 +87,11 @@ pub enum Request {
         /// The object's key.
         key: PolicyKey,
     },
+    /// Renews a node's lease: its last heartbeat becomes the replicated clock.
+    Heartbeat {
+        /// Node name.
+        node: String,
+    },
     /// Records the policy revision a node enforces.
     AckRevision {
         /// Node name.
@@ -145,6 +150,11 @@ pub enum Response {
         revision: u64,
         /// False when the request changed nothing (identical apply, absent delete).
         changed: bool,
+    },
+    /// A node's last heartbeat after the request.
+    Heartbeat {
+        /// Replicated-clock time of the heartbeat (ms since the epoch).
+        at_ms: u64,
     },
     /// A node's acknowledged revision after the request.
     Acked {
@@ -232,6 +242,9 @@ pub struct NodeRecord {
     pub wireguard_public_key: String,
     /// Epoch of that key.
     pub wireguard_epoch: u64,
+    /// Replicated-clock time of its last heartbeat or registration (ms since the epoch).
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
 }
 
 /// An endpoint: IP → identity on a node.
@@ -574,6 +587,23 @@ impl State {
                     }
                 }
             }
+            Request::Heartbeat { node } => {
+                let clock = self.counters.clock_ms;
+                match self.nodes.get_mut(node) {
+                    None => Response::Rejected {
+                        reason: format!("`node`: node `{node}` is not registered"),
+                    },
+                    Some(n) => {
+                        if clock > n.last_heartbeat_ms {
+                            n.last_heartbeat_ms = clock;
+                            touched.push((Table::Nodes, node.clone()));
+                        }
+                        Response::Heartbeat {
+                            at_ms: n.last_heartbeat_ms,
+                        }
+                    }
+                }
+            }
             Request::AckRevision { node, revision } => {
                 if !self.nodes.contains_key(node) {
                     Response::Rejected {
@@ -732,6 +762,7 @@ impl State {
                 pod_cidr: existing.pod_cidr,
                 wireguard_public_key: reg.wireguard_public_key.clone(),
                 wireguard_epoch: reg.wireguard_epoch,
+                last_heartbeat_ms: self.counters.clock_ms.max(existing.last_heartbeat_ms),
             };
             if &rec != existing {
                 self.nodes.insert(reg.name.clone(), rec.clone());
@@ -764,6 +795,7 @@ impl State {
             pod_cidr,
             wireguard_public_key: reg.wireguard_public_key.clone(),
             wireguard_epoch: reg.wireguard_epoch,
+            last_heartbeat_ms: self.counters.clock_ms,
         };
         self.nodes.insert(reg.name.clone(), rec.clone());
         touched.push((Table::Nodes, reg.name.clone()));
@@ -1136,6 +1168,38 @@ mod tests {
             }
         );
         assert!(s.identities.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_follow_the_replicated_clock() {
+        let mut s = State::new();
+        let reg = Request::RegisterNode(NodeRegistration {
+            name: "n".into(),
+            address: IpAddr::from([192, 0, 2, 1]),
+            wireguard_public_key: "k".into(),
+            wireguard_epoch: 1,
+        });
+        s.apply(&Request::Batch {
+            requests: vec![reg],
+            at_ms: 1_000,
+        });
+        assert_eq!(s.nodes["n"].last_heartbeat_ms, 1_000);
+        let hb = |node: &str| Request::Heartbeat { node: node.into() };
+        let (r, _) = s.apply(&Request::Batch {
+            requests: vec![hb("n"), hb("x")],
+            at_ms: 5_000,
+        });
+        let Response::Batch { responses } = r else {
+            panic!("not a batch")
+        };
+        assert_eq!(responses[0], Response::Heartbeat { at_ms: 5_000 });
+        assert!(matches!(responses[1], Response::Rejected { .. }));
+        // A leader with a slower clock never moves it backwards.
+        s.apply(&Request::Batch {
+            requests: vec![hb("n")],
+            at_ms: 4_000,
+        });
+        assert_eq!(s.nodes["n"].last_heartbeat_ms, 5_000);
     }
 
     #[test]

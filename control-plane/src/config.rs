@@ -38,6 +38,9 @@ pub struct Config {
     /// Raft heartbeat interval in milliseconds; elections time out after 3–6 heartbeats.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// A node is live while its last heartbeat is at most this old (milliseconds).
+    #[serde(default = "default_node_lease_ms")]
+    pub node_lease_ms: u64,
     /// Cluster settings applied once at `init`.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -48,6 +51,9 @@ fn default_snapshot_logs() -> u64 {
 }
 fn default_keep_logs() -> u64 {
     1_000
+}
+fn default_node_lease_ms() -> u64 {
+    20_000
 }
 fn default_heartbeat_ms() -> u64 {
     100

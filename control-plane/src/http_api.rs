@@ -15,7 +15,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -29,7 +29,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::app::{Endpoint, NodeRegistration, PolicyKey, Request, Response, normalize_labels};
+use crate::app::{
+    Endpoint, NodeRecord, NodeRegistration, PolicyKey, Request, Response, normalize_labels,
+};
 use crate::cluster::{Cluster, MembershipChange};
 use crate::errors::ClusterError;
 use crate::validate::PolicyValidator;
@@ -38,6 +40,7 @@ use crate::validate::PolicyValidator;
 #[derive(Clone)]
 pub struct Api {
     cluster: Cluster,
+    node_lease: Duration,
     validator: Arc<dyn PolicyValidator>,
     prometheus: Option<PrometheusHandle>,
 }
@@ -155,9 +158,11 @@ pub fn router(
     cluster: Cluster,
     validator: Arc<dyn PolicyValidator>,
     prometheus: Option<PrometheusHandle>,
+    node_lease: Duration,
 ) -> Router {
     let api = Api {
         cluster,
+        node_lease,
         validator,
         prometheus,
     };
@@ -189,6 +194,7 @@ pub fn router(
         .route("/v1/nodes", post(register_node).get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{name}/ack", post(ack_revision))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/endpoints", get(list_endpoints))
         .route(
             "/v1/endpoints/{ip}",
@@ -484,7 +490,7 @@ struct WaitParams {
     timeout_ms: Option<u64>,
 }
 
-/// Waits until every registered node acknowledged `revision` (what `palisade policy wait`
+/// Waits until every live node (lease current) acknowledged `revision` (what `palisade policy wait`
 /// calls). 200 `{"revision", "nodes"}`; 504 with `laggards` listing the nodes behind.
 async fn wait_policies(
     State(api): State<Api>,
@@ -500,15 +506,15 @@ async fn wait_policies(
     let deadline = Instant::now() + timeout;
     loop {
         let (nodes, laggards) = api.cluster.read(|s| {
-            let laggards: Vec<Value> = s
-                .nodes
-                .keys()
+            let live: Vec<&NodeRecord> = s.nodes.values().filter(|n| api.is_live(n)).collect();
+            let laggards: Vec<Value> = live
+                .iter()
                 .filter_map(|n| {
-                    let acked = s.acks.get(n).copied().unwrap_or(0);
-                    (acked < revision).then(|| json!({"node": n, "acked_revision": acked}))
+                    let acked = s.acks.get(&n.name).copied().unwrap_or(0);
+                    (acked < revision).then(|| json!({"node": n.name, "acked_revision": acked}))
                 })
                 .collect();
-            (s.nodes.len(), laggards)
+            (live.len(), laggards)
         })?;
         if laggards.is_empty() {
             return Ok(Json(json!({ "revision": revision, "nodes": nodes })).into_response());
@@ -526,6 +532,40 @@ async fn wait_policies(
 }
 
 // === nodes ===
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Api {
+    /// Whether a node's lease is current: its last heartbeat (leader clock at commit) is within
+    /// the lease of this member's clock. Members' clocks are assumed close (NTP).
+    fn is_live(&self, n: &NodeRecord) -> bool {
+        let lease = u64::try_from(self.node_lease.as_millis()).unwrap_or(u64::MAX);
+        now_ms().saturating_sub(n.last_heartbeat_ms) <= lease
+    }
+
+    fn node_json(&self, s: &crate::app::State, n: &NodeRecord) -> Value {
+        let mut v = json!(n);
+        v["acked_revision"] = json!(s.acks.get(&n.name).copied().unwrap_or(0));
+        v["live"] = json!(self.is_live(n));
+        v
+    }
+}
+
+async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    check_node_name("name", &name)?;
+    match api.cluster.write(Request::Heartbeat { node: name }).await? {
+        Response::Heartbeat { at_ms } => Ok(Json(json!({
+            "at_ms": at_ms,
+            "lease_ms": u64::try_from(api.node_lease.as_millis()).unwrap_or(u64::MAX),
+        }))
+        .into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
 
 fn check_node_name(field: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
@@ -575,11 +615,7 @@ async fn list_nodes(
     let items = api.cluster.read(|s| {
         s.nodes
             .values()
-            .map(|n| {
-                let mut v = json!(n);
-                v["acked_revision"] = json!(s.acks.get(&n.name).copied().unwrap_or(0));
-                v
-            })
+            .map(|n| api.node_json(s, n))
             .collect::<Vec<_>>()
     })?;
     Ok(Json(json!({ "items": items })).into_response())
@@ -592,13 +628,9 @@ async fn get_node(
 ) -> ApiResult {
     check_node_name("name", &name)?;
     api.before_read(q).await?;
-    let found = api.cluster.read(|s| {
-        s.nodes.get(&name).map(|n| {
-            let mut v = json!(n);
-            v["acked_revision"] = json!(s.acks.get(&n.name).copied().unwrap_or(0));
-            v
-        })
-    })?;
+    let found = api
+        .cluster
+        .read(|s| s.nodes.get(&name).map(|n| api.node_json(s, n)))?;
     let n = found.ok_or_else(|| ApiError::not_found(format!("node `{name}`")))?;
     Ok(Json(n).into_response())
 }

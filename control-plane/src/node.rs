@@ -117,7 +117,12 @@ pub async fn start(
     // Client API.
     let api_listener = bind(config.api_listen).await?;
     let api_addr = local_addr(&api_listener, config.api_listen)?;
-    let router = http_api::router(cluster.clone(), validator, prometheus.clone());
+    let router = http_api::router(
+        cluster.clone(),
+        validator,
+        prometheus.clone(),
+        Duration::from_millis(config.node_lease_ms),
+    );
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = axum::serve(api_listener, router)

@@ -78,6 +78,10 @@ pub fn document() -> Value {
                 "get": read("get a node", "Node"),
                 "delete": op("remove a node, its pod CIDR and endpoints", None, "Removed"),
             },
+            "/v1/nodes/{name}/heartbeat": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "post": op("renew a node's lease", None, "Heartbeat"),
+            },
             "/v1/nodes/{name}/ack": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "post": op("record the policy revision a node enforces", Some("Ack"), "Ack"),
@@ -116,8 +120,10 @@ fn schemas() -> Value {
             "NodeRegistration": {"type": "object", "required": ["name", "address", "wireguard_public_key", "wireguard_epoch"],
                 "properties": {"name": {"type": "string"}, "address": {"type": "string"}, "wireguard_public_key": {"type": "string"}, "wireguard_epoch": {"type": "integer"}}},
             "Node": {"type": "object", "properties": {"name": {"type": "string"}, "address": {"type": "string"}, "pod_cidr": {"type": "string"},
-                "wireguard_public_key": {"type": "string"}, "wireguard_epoch": {"type": "integer"}, "acked_revision": {"type": "integer"}}},
+                "wireguard_public_key": {"type": "string"}, "wireguard_epoch": {"type": "integer"}, "acked_revision": {"type": "integer"},
+                "last_heartbeat_ms": {"type": "integer"}, "live": {"type": "boolean"}}},
             "NodeList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+            "Heartbeat": {"type": "object", "properties": {"at_ms": {"type": "integer"}, "lease_ms": {"type": "integer"}}},
             "Ack": {"type": "object", "required": ["revision"], "properties": {"revision": {"type": "integer"}}},
             "EndpointBody": {"type": "object", "required": ["identity", "node"], "properties": {"identity": {"type": "integer"}, "node": {"type": "string"}}},
             "Endpoint": {"type": "object", "properties": {"ip": {"type": "string"}, "identity": {"type": "integer"}, "node": {"type": "string"}}},

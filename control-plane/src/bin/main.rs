@@ -55,6 +55,9 @@ struct Args {
     /// Raft heartbeat interval in milliseconds (elections after 3–6 heartbeats).
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// A node is live while its last heartbeat is at most this old (ms).
+    #[arg(long, default_value_t = 20_000)]
+    node_lease_ms: u64,
     /// Cluster id (0–255): the high 8 bits of every identity. Applied at --init.
     #[arg(long, default_value_t = 0)]
     cluster_id: u8,
@@ -110,6 +113,7 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         snapshot_logs: args.snapshot_logs,
         keep_logs: args.keep_logs,
         heartbeat_ms: args.heartbeat_ms,
+        node_lease_ms: args.node_lease_ms,
         cluster: ClusterConfig {
             cluster_id: args.cluster_id,
             cluster_cidr: args.cluster_cidr,

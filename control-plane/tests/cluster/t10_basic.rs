@@ -90,6 +90,19 @@ async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::R
         "{n}"
     );
 
+    // Heartbeats renew a node's lease; registered nodes start live.
+    let (code, hb) = c
+        .post(followers[0], "/v1/nodes/node-a/heartbeat", &json!({}))
+        .await?;
+    assert_eq!(code, 200, "{hb}");
+    assert!(hb["at_ms"].as_u64() > Some(0), "{hb}");
+    let (code, n) = c.get(followers[1], "/v1/nodes/node-a").await?;
+    assert_eq!((code, n["live"].as_bool()), (200, Some(true)), "{n}");
+    let (code, e) = c
+        .post(leader, "/v1/nodes/nobody/heartbeat", &json!({}))
+        .await?;
+    assert_eq!((code, e["field"].as_str()), (409, Some("node")), "{e}");
+
     // policy wait: node-a has not acknowledged revision 1, then does.
     let (code, w) = c
         .get(followers[0], "/v1/policies/wait?timeout_ms=300")
