@@ -142,3 +142,56 @@ impl Config {
         Duration::from_millis((self.heartbeat_ms * 50).max(3_000))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+        "id": 2, "data_dir": "/var/lib/palisade/cp2",
+        "raft_listen": "127.0.0.1:7002", "api_listen": "127.0.0.1:8002",
+        "peers": {
+            "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"},
+            "2": {"raft_addr": "127.0.0.1:7002", "api_addr": "127.0.0.1:8002"}
+        },
+        "init": true, "snapshot_logs": 50
+    }"#;
+
+    #[test]
+    fn a_config_file_parses_with_defaults() -> Result<(), Box<dyn std::error::Error>> {
+        let c: Config = serde_json::from_str(SAMPLE)?;
+        c.validate()?;
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.me().api_addr, "127.0.0.1:8002");
+        assert_eq!(
+            (c.snapshot_logs, c.keep_logs, c.heartbeat_ms),
+            (50, 1_000, 100)
+        );
+        assert_eq!(c.cluster, ClusterConfig::default());
+        let raft = c.raft_config()?;
+        assert_eq!(raft.election_timeout_min, 300);
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() -> Result<(), Box<dyn std::error::Error>> {
+        let mut c: Config = serde_json::from_str(SAMPLE)?;
+        c.peers.remove(&2);
+        let e = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("`peers`"), "{e}");
+        let mut c: Config = serde_json::from_str(SAMPLE)?;
+        c.id = 0;
+        let e = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("`id`"), "{e}");
+        assert!(serde_json::from_str::<Config>(&SAMPLE.replace("\"init\"", "\"inti\"")).is_err());
+        Ok(())
+    }
+}
