@@ -181,3 +181,29 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_vote_request_round_trips_through_the_envelope() -> Result<(), Box<dyn std::error::Error>> {
+        let req = VoteRequest::<NodeId>::new(
+            Vote::new(3, 1),
+            Some(LogId::new(CommittedLeaderId::new(2, 1), 7)),
+        );
+        let data = serde_json::to_vec(&req)?;
+        let payload = RaftPayload { data: data.clone() };
+        let wire = payload.encode_to_vec();
+        // Field 1 (tag 0x0a), a varint length, then the JSON bytes.
+        let varint_len = if data.len() < 128 { 1 } else { 2 };
+        assert_eq!(wire.len(), 1 + varint_len + data.len());
+        let back: VoteRequest<NodeId> =
+            serde_json::from_slice(&RaftPayload::decode(wire.as_slice())?.data)?;
+        assert_eq!(back, req);
+        Ok(())
+    }
+}
