@@ -2,7 +2,8 @@
 //! ([`crate::grpc::raft_service`]). One lazily connected channel per target member.
 //!
 //! Payloads are openraft's own request/response types, serde_json encoded in a `RaftPayload`
-//! (see `proto/raft.proto`). Snapshots travel as openraft's chunked InstallSnapshot RPCs.
+//! (see `proto/raft.proto`). Snapshots travel as openraft's chunked InstallSnapshot RPCs, the
+//! chunk bytes raw beside the JSON request.
 
 use std::time::Duration;
 
@@ -102,6 +103,7 @@ impl PeerClient {
         &mut self,
         rpc: Rpc,
         req: &Req,
+        chunk: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
@@ -116,10 +118,24 @@ impl PeerClient {
                 source,
             }))
         })?;
+        self.send(rpc, RaftPayload { data, chunk }, option).await
+    }
+
+    async fn send<Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        payload: RaftPayload,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error,
+        RaftError<NodeId, E>: DeserializeOwned,
+    {
         let mut client = self
             .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -159,7 +175,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        self.call(Rpc::Append, &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
@@ -170,7 +186,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let mut rpc = rpc;
+        let chunk = std::mem::take(&mut rpc.data);
+        self.call(Rpc::Snapshot, &rpc, chunk, &option).await
     }
 
     async fn vote(
@@ -178,7 +196,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
     }
 }
 
@@ -196,9 +214,12 @@ mod tests {
             Some(LogId::new(CommittedLeaderId::new(2, 1), 7)),
         );
         let data = serde_json::to_vec(&req)?;
-        let payload = RaftPayload { data: data.clone() };
+        let payload = RaftPayload {
+            data: data.clone(),
+            chunk: Vec::new(),
+        };
         let wire = payload.encode_to_vec();
-        // Field 1 (tag 0x0a), a varint length, then the JSON bytes.
+        // Field 1 (tag 0x0a), a varint length, then the JSON bytes; an empty `chunk` is omitted.
         let varint_len = if data.len() < 128 { 1 } else { 2 };
         assert_eq!(wire.len(), 1 + varint_len + data.len());
         let back: VoteRequest<NodeId> =

@@ -36,7 +36,10 @@ fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     let data = serde_json::to_vec(v)
         .map_err(|e| Status::internal(format!("unencodable raft payload: {e}")))?;
-    Ok(Response::new(RaftPayload { data }))
+    Ok(Response::new(RaftPayload {
+        data,
+        chunk: Vec::new(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -58,7 +61,11 @@ impl RaftService for RaftPeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
+        let payload = request.into_inner();
+        let mut rpc: openraft::raft::InstallSnapshotRequest<crate::TypeConfig> =
+            serde_json::from_slice(&payload.data)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))?;
+        rpc.data = payload.chunk;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }
