@@ -42,7 +42,11 @@ fn count(ctx: &TcContext, direction: u32) {
     };
     // SAFETY: `skb` points at the kernel's `__sk_buff` context for this invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let key = CounterKey { ifindex, direction, family };
+    let key = CounterKey {
+        ifindex,
+        direction,
+        family,
+    };
     let len = u64::from(ctx.skb.len());
     if let Some(slot) = PAL_COUNTERS.get_ptr_mut(&key) {
         // SAFETY: the pointer comes from the map and is valid for this CPU's slot; per-CPU values
@@ -52,10 +56,15 @@ fn count(ctx: &TcContext, direction: u32) {
             (*slot).bytes += len;
         }
     } else {
-        let first = PacketCount { packets: 1, bytes: len };
+        let first = PacketCount {
+            packets: 1,
+            bytes: len,
+        };
         // A concurrent first insert on another CPU makes this fail; that CPU's slot then exists and
         // this packet is counted on the next lookup path only if we retry, so retry once.
-        if PAL_COUNTERS.insert(&key, &first, u64::from(BPF_NOEXIST)).is_err()
+        if PAL_COUNTERS
+            .insert(&key, &first, u64::from(BPF_NOEXIST))
+            .is_err()
             && let Some(slot) = PAL_COUNTERS.get_ptr_mut(&key)
         {
             // SAFETY: as above.

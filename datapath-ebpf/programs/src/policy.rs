@@ -120,7 +120,11 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     if flow.is_none() {
         // Headers may sit outside the linear area: pull them in and parse once more before
         // calling the packet malformed.
-        let want = if ctx.len() < PULL_BYTES { ctx.len() } else { PULL_BYTES };
+        let want = if ctx.len() < PULL_BYTES {
+            ctx.len()
+        } else {
+            PULL_BYTES
+        };
         if ctx.skb.pull_data(want).is_ok() {
             flow = parse(ctx, ethertype);
         }
@@ -136,7 +140,17 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 
     if direction == policy::DIRECTION_EGRESS && !source_is_endpoint(&flow, ep) {
         count(verdict::DROP_SPOOFED_SOURCE, direction);
-        emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_SPOOFED_SOURCE, ifindex, ep.identity, 0, 0);
+        emit(
+            ctx,
+            &flow,
+            events::KIND_DROP,
+            direction,
+            verdict::DROP_SPOOFED_SOURCE,
+            ifindex,
+            ep.identity,
+            0,
+            0,
+        );
         return TC_ACT_SHOT;
     }
 
@@ -168,10 +182,17 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_OK;
     }
 
-    let peer_addr = if direction == policy::DIRECTION_EGRESS { flow.daddr } else { flow.saddr };
+    let peer_addr = if direction == policy::DIRECTION_EGRESS {
+        flow.daddr
+    } else {
+        flow.saddr
+    };
     let peer = peer_identity(flow.family, peer_addr);
-    let (src_id, dst_id) =
-        if direction == policy::DIRECTION_EGRESS { (ep.identity, peer) } else { (peer, ep.identity) };
+    let (src_id, dst_id) = if direction == policy::DIRECTION_EGRESS {
+        (ep.identity, peer)
+    } else {
+        (peer, ep.identity)
+    };
 
     // A zeroed value (verdict 0) means "no entry" throughout: `Option` payloads left undefined
     // on the `None` path are rejected by the verifier as uninitialised registers.
@@ -179,13 +200,32 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         && peer == endpoint::IDENTITY_HOST
         && ep.flags & endpoint::FLAG_ALLOW_LOCALHOST != 0
     {
-        PolicyValue { verdict: policy::VERDICT_ALLOW, ..PolicyValue::default() }
+        PolicyValue {
+            verdict: policy::VERDICT_ALLOW,
+            ..PolicyValue::default()
+        }
     } else {
-        let by_identity = lookup_policy(ep.endpoint_id, peer, direction, flow.protocol, flow.policy_port);
+        let by_identity = lookup_policy(
+            ep.endpoint_id,
+            peer,
+            direction,
+            flow.protocol,
+            flow.policy_port,
+        );
         if by_identity.verdict == NO_ENTRY || by_identity.flags & policy::FLAG_FALLBACK != 0 {
-            let by_pod_ip =
-                lookup_pod_ip(ep.endpoint_id, direction, flow.family, peer_addr, flow.protocol, flow.policy_port);
-            if by_pod_ip.verdict != NO_ENTRY { by_pod_ip } else { by_identity }
+            let by_pod_ip = lookup_pod_ip(
+                ep.endpoint_id,
+                direction,
+                flow.family,
+                peer_addr,
+                flow.protocol,
+                flow.policy_port,
+            );
+            if by_pod_ip.verdict != NO_ENTRY {
+                by_pod_ip
+            } else {
+                by_identity
+            }
         } else {
             by_identity
         }
@@ -194,11 +234,31 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         policy::VERDICT_DENY => {
             if v.flags & policy::FLAG_AUDIT != 0 {
                 count(verdict::FORWARDED_AUDIT, direction);
-                emit(ctx, &flow, events::KIND_AUDIT, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
+                emit(
+                    ctx,
+                    &flow,
+                    events::KIND_AUDIT,
+                    direction,
+                    verdict::DROP_POLICY_DENY,
+                    ifindex,
+                    src_id,
+                    dst_id,
+                    v.rule_id,
+                );
                 return TC_ACT_OK;
             }
             count(verdict::DROP_POLICY_DENY, direction);
-            emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DENY, ifindex, src_id, dst_id, v.rule_id);
+            emit(
+                ctx,
+                &flow,
+                events::KIND_DROP,
+                direction,
+                verdict::DROP_POLICY_DENY,
+                ifindex,
+                src_id,
+                dst_id,
+                v.rule_id,
+            );
             TC_ACT_SHOT
         }
         policy::VERDICT_ALLOW | policy::VERDICT_REDIRECT => {
@@ -206,16 +266,40 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 // SAFETY: helper without preconditions.
                 created_ns: unsafe { bpf_ktime_get_ns() },
                 rule_id: v.rule_id,
-                flags: if direction == policy::DIRECTION_EGRESS { conntrack::FLAG_EGRESS } else { 0 },
+                flags: if direction == policy::DIRECTION_EGRESS {
+                    conntrack::FLAG_EGRESS
+                } else {
+                    0
+                },
             };
             let _ = PAL_CT.insert(&forward, &value, u64::from(BPF_ANY));
             count(verdict::FORWARDED_NEW, direction);
-            emit(ctx, &flow, events::KIND_NEW, direction, verdict::FORWARDED_NEW, ifindex, src_id, dst_id, v.rule_id);
+            emit(
+                ctx,
+                &flow,
+                events::KIND_NEW,
+                direction,
+                verdict::FORWARDED_NEW,
+                ifindex,
+                src_id,
+                dst_id,
+                v.rule_id,
+            );
             TC_ACT_OK
         }
         _ => {
             count(verdict::DROP_POLICY_DEFAULT, direction);
-            emit(ctx, &flow, events::KIND_DROP, direction, verdict::DROP_POLICY_DEFAULT, ifindex, src_id, dst_id, 0);
+            emit(
+                ctx,
+                &flow,
+                events::KIND_DROP,
+                direction,
+                verdict::DROP_POLICY_DEFAULT,
+                ifindex,
+                src_id,
+                dst_id,
+                0,
+            );
             TC_ACT_SHOT
         }
     }
@@ -224,7 +308,13 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 /// Two LPM lookups (the peer's identity, then any peer); the more specific hit decides, the
 /// peer's own on a tie (see `palisade_datapath_common::policy`).
 #[inline(always)]
-fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port: [u8; 2]) -> PolicyValue {
+fn lookup_policy(
+    endpoint_id: u32,
+    peer: u32,
+    direction: u8,
+    protocol: u8,
+    port: [u8; 2],
+) -> PolicyValue {
     let data = PolicyKey {
         endpoint_id: endpoint_id.to_be_bytes(),
         identity: peer.to_be_bytes(),
@@ -232,12 +322,22 @@ fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port:
         protocol,
         dport: port,
     };
-    let specific = PAL_POLICY.get(Key::new(policy::KEY_FULL_BITS, data)).copied().unwrap_or_default();
-    let any = PAL_POLICY
-        .get(Key::new(policy::KEY_FULL_BITS, PolicyKey { identity: [0; 4], ..data }))
+    let specific = PAL_POLICY
+        .get(Key::new(policy::KEY_FULL_BITS, data))
         .copied()
         .unwrap_or_default();
-    if specific.verdict == NO_ENTRY || (any.verdict != NO_ENTRY && any.key_bits > specific.key_bits) {
+    let any = PAL_POLICY
+        .get(Key::new(
+            policy::KEY_FULL_BITS,
+            PolicyKey {
+                identity: [0; 4],
+                ..data
+            },
+        ))
+        .copied()
+        .unwrap_or_default();
+    if specific.verdict == NO_ENTRY || (any.verdict != NO_ENTRY && any.key_bits > specific.key_bits)
+    {
         any
     } else {
         specific
@@ -246,7 +346,14 @@ fn lookup_policy(endpoint_id: u32, peer: u32, direction: u8, protocol: u8, port:
 
 /// The pod-address rules (Kubernetes `ipBlock` peers that are pods).
 #[inline(always)]
-fn lookup_pod_ip(endpoint_id: u32, direction: u8, fam: u8, peer: [u8; 16], protocol: u8, port: [u8; 2]) -> PolicyValue {
+fn lookup_pod_ip(
+    endpoint_id: u32,
+    direction: u8,
+    fam: u8,
+    peer: [u8; 16],
+    protocol: u8,
+    port: [u8; 2],
+) -> PolicyValue {
     let key = PodIpPolicyKey {
         endpoint_id: endpoint_id.to_be_bytes(),
         direction,
@@ -256,13 +363,23 @@ fn lookup_pod_ip(endpoint_id: u32, direction: u8, fam: u8, peer: [u8; 16], proto
         protocol,
         dport: port,
     };
-    PAL_POD_IP_POLICY.get(Key::new(policy::POD_IP_KEY_FIXED_BITS + 24, key)).copied().unwrap_or_default()
+    PAL_POD_IP_POLICY
+        .get(Key::new(policy::POD_IP_KEY_FIXED_BITS + 24, key))
+        .copied()
+        .unwrap_or_default()
 }
 
 #[inline(always)]
 fn peer_identity(fam: u8, addr: [u8; 16]) -> u32 {
     let bits = if fam == family::IPV4 { 32 } else { 128 };
-    let key = Key::new(ipcache::KEY_FIXED_BITS + bits, IpcacheKey { family: fam, _pad: [0; 3], addr });
+    let key = Key::new(
+        ipcache::KEY_FIXED_BITS + bits,
+        IpcacheKey {
+            family: fam,
+            _pad: [0; 3],
+            addr,
+        },
+    );
     match PAL_IPCACHE.get(key) {
         Some(v) => v.identity,
         None => IDENTITY_WORLD,
@@ -298,7 +415,11 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 
 #[inline(always)]
 fn parse(ctx: &TcContext, ethertype: u16) -> Option<Flow> {
-    if ethertype == ETH_P_IP { parse_ipv4(ctx) } else { parse_ipv6(ctx) }
+    if ethertype == ETH_P_IP {
+        parse_ipv4(ctx)
+    } else {
+        parse_ipv6(ctx)
+    }
 }
 
 #[inline(always)]
@@ -365,8 +486,20 @@ fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool) -> Option<()> {
-    let read_u16 = |o: usize| -> Option<[u8; 2]> { if direct { read(ctx, o) } else { ctx.load(o).ok() } };
-    let read_u8 = |o: usize| -> Option<u8> { if direct { read(ctx, o) } else { ctx.load(o).ok() } };
+    let read_u16 = |o: usize| -> Option<[u8; 2]> {
+        if direct {
+            read(ctx, o)
+        } else {
+            ctx.load(o).ok()
+        }
+    };
+    let read_u8 = |o: usize| -> Option<u8> {
+        if direct {
+            read(ctx, o)
+        } else {
+            ctx.load(o).ok()
+        }
+    };
     match flow.protocol {
         proto::TCP | proto::UDP | proto::SCTP => {
             flow.sport = read_u16(off)?;

@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -129,8 +128,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     loop {
         // Sleep in poll(2) until a client connects or the policy directory is due a look.
         let wait = next_poll.saturating_duration_since(Instant::now());
-        let timeout =
-            PollTimeout::try_from(wait.as_millis().min(1_000) as u16).unwrap_or(PollTimeout::ZERO);
+        let timeout = PollTimeout::from(wait.as_millis().min(1_000) as u16);
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, timeout);
         loop {
