@@ -26,7 +26,12 @@ use serde::{Deserialize, Serialize};
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum AgentRequest {
     /// Reserve an address for a container's interface (idempotent per container + ifname).
     IpamAllocate {
@@ -91,7 +96,12 @@ pub struct EndpointSpec {
 
 /// The agent's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[serde(
+    tag = "result",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum AgentResponse {
     /// An address was reserved.
     IpamAllocated {
@@ -147,10 +157,23 @@ mod tests {
             requested: Some("10.200.1.20".parse().expect("ip")),
         };
         let line = serde_json::to_string(&req).expect("encode");
-        assert_eq!(line, r#"{"op":"ipamAllocate","containerId":"c1","ifname":"eth0","requested":"10.200.1.20"}"#);
-        assert_eq!(serde_json::from_str::<AgentRequest>(&line).expect("decode"), req);
-        let resp: AgentResponse = serde_json::from_str(r#"{"result":"error","code":7,"message":"bad"}"#).expect("decode");
-        assert_eq!(resp, AgentResponse::Error { code: 7, message: "bad".into() });
+        assert_eq!(
+            line,
+            r#"{"op":"ipamAllocate","containerId":"c1","ifname":"eth0","requested":"10.200.1.20"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<AgentRequest>(&line).expect("decode"),
+            req
+        );
+        let resp: AgentResponse =
+            serde_json::from_str(r#"{"result":"error","code":7,"message":"bad"}"#).expect("decode");
+        assert_eq!(
+            resp,
+            AgentResponse::Error {
+                code: 7,
+                message: "bad".into()
+            }
+        );
     }
 
     #[test]
@@ -159,8 +182,14 @@ mod tests {
         assert!(serde_json::from_str::<AgentRequest>(r#"{"op":"status","extra":1}"#).is_err());
         assert!(serde_json::from_str::<AgentRequest>(r#"{"op":"status"}"#).is_ok());
         let add = r#"{"op":"endpointAdd","containerId":"c","ifname":"eth0","netns":"/run/netns/p","hostIface":"lxc1","podNamespace":"x","podName":"a","labels":{},"serviceAccount":null,"ips":[]}"#;
-        assert!(serde_json::from_str::<AgentRequest>(add).is_ok(), "newtype variant accepts its fields");
+        assert!(
+            serde_json::from_str::<AgentRequest>(add).is_ok(),
+            "newtype variant accepts its fields"
+        );
         let bad = add.replace(r#""ips":[]"#, r#""ips":[],"bogus":1"#);
-        assert!(serde_json::from_str::<AgentRequest>(&bad).is_err(), "and rejects unknown ones");
+        assert!(
+            serde_json::from_str::<AgentRequest>(&bad).is_err(),
+            "and rejects unknown ones"
+        );
     }
 }
