@@ -587,9 +587,9 @@ fn check_node_name(field: &str, name: &str) -> ApiResult<()> {
 fn is_wireguard_key(key: &str) -> bool {
     key.len() == 44
         && key.ends_with('=')
-        && key[..43]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+        && key.as_bytes()[..43]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 async fn register_node(State(api): State<Api>, body: Bytes) -> ApiResult {
@@ -778,5 +778,7 @@ mod tests {
             "YJ6Zl2CQxkVa9X8YpX6Hx2bX0pQb1V8B3Qm5cS0xHh0="
         ));
         assert!(!is_wireguard_key("short="));
+        // Multi-byte characters must not panic the slice.
+        assert!(!is_wireguard_key(&format!("{}é=", "a".repeat(41))));
     }
 }
