@@ -565,6 +565,12 @@ impl Agent {
             "policyRevision": self.engine.revision(),
             "policyError": self.policy_error,
             "policyEntries": self.last_sync.total,
+            "policyEntriesByEndpoint": self
+                .sync
+                .entries_by_endpoint()
+                .into_iter()
+                .map(|(id, (identity, pod_ip))| (id.to_string(), serde_json::json!({"identity": identity, "podAddress": pod_ip})))
+                .collect::<serde_json::Map<_, _>>(),
             "verdicts": verdicts,
         })
     }

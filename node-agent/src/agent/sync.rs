@@ -45,6 +45,20 @@ pub struct SyncStats {
 }
 
 impl MapSync {
+    /// Entries written per endpoint id, as (identity-map entries, pod-address entries).
+    pub fn entries_by_endpoint(&self) -> BTreeMap<u32, (usize, usize)> {
+        let mut out: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for (_, key, _) in self.identity.values() {
+            out.entry(u32::from_be_bytes(key.endpoint_id))
+                .or_default()
+                .0 += 1;
+        }
+        for (m, _, _) in self.pod_ip.values() {
+            out.entry(m.endpoint_id).or_default().1 += 1;
+        }
+        out
+    }
+
     /// Takes what the kernel maps already hold (pinned maps after a restart) as written, so the
     /// first sync removes whatever went stale while the agent was down.
     pub fn adopt(&mut self, dp: &Datapath) -> Result<usize, DatapathError> {
