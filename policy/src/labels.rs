@@ -83,7 +83,13 @@ impl LabelSet {
     /// The value of `key` from `source` (any source when `None`).
     pub fn get(&self, source: Option<Source>, key: &str) -> Option<&str> {
         match source {
-            Some(s) => self.0.get(&(s, key.to_string())).map(String::as_str),
+            // Range from (s, "") walks this source's labels in order without allocating a key.
+            Some(s) => self
+                .0
+                .range((s, String::new())..)
+                .take_while(|((src, _), _)| *src == s)
+                .find(|((_, k), _)| k == key)
+                .map(|(_, v)| v.as_str()),
             None => self
                 .0
                 .iter()
