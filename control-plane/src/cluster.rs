@@ -123,6 +123,7 @@ struct Inner {
     http: reqwest::Client,
     timeout: Duration,
     proposer: Proposer,
+    member_token: Option<String>,
 }
 
 /// Client operations on the local member. Cheap to clone.
@@ -143,6 +144,7 @@ impl Cluster {
         applied: Arc<RwLock<Applied>>,
         committed: Arc<AtomicU64>,
         timeout: Duration,
+        member_token: Option<String>,
     ) -> Result<Self, ClusterError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -158,6 +160,7 @@ impl Cluster {
                 committed,
                 http,
                 timeout,
+                member_token,
             }),
         })
     }
@@ -449,7 +452,7 @@ impl Cluster {
             .post(format!("http://{leader}{path}"))
             .header(FORWARDED_HEADER, self.inner.id.to_string())
             .json(body);
-        self.send(leader, req).await
+        self.send(leader, self.with_token(req)).await
     }
 
     async fn forward_get<T: DeserializeOwned>(
@@ -462,7 +465,14 @@ impl Cluster {
             .http
             .get(format!("http://{leader}{path}"))
             .header(FORWARDED_HEADER, self.inner.id.to_string());
-        self.send(leader, req).await
+        self.send(leader, self.with_token(req)).await
+    }
+
+    fn with_token(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.inner.member_token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     async fn send<T: DeserializeOwned>(

@@ -41,6 +41,16 @@ pub struct Config {
     /// A node is live while its last heartbeat is at most this old (milliseconds).
     #[serde(default = "default_node_lease_ms")]
     pub node_lease_ms: u64,
+    /// File of admin bearer tokens (one a line). Unset: the client API has no authentication.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// File of read-only bearer tokens.
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
+    /// File holding the token members present to each other (same on every member); required
+    /// with `admin_token_file`.
+    #[serde(default)]
+    pub member_token_file: Option<PathBuf>,
     /// Cluster settings applied once at `init`.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -93,6 +103,12 @@ impl Config {
             return bad(
                 "peers",
                 "must include this member's own id when `init` is set",
+            );
+        }
+        if self.admin_token_file.is_some() && self.member_token_file.is_none() {
+            return bad(
+                "member_token_file",
+                "is required when `admin_token_file` is set (members forward with it)",
             );
         }
         if self.snapshot_logs == 0 {

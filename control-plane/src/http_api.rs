@@ -1,7 +1,8 @@
 //! The client API: REST/JSON over axum on its own listener (`--api-listen`).
 //!
-//! Who may call it: automation and agents. It has no authentication yet (bearer tokens with
-//! roles are planned, issue 4 "Security"), so expose it only where those callers are.
+//! Who may call it: automation and agents holding a bearer token ([`crate::auth`]): admin
+//! tokens for everything under `/v1`, read tokens for GETs; the `/internal/v1/*` endpoints only
+//! with the members' token. It is plain HTTP until TLS lands (issue 4, "Security").
 //!
 //! Writes go through Raft; on a follower they are forwarded to the leader (one hop, see
 //! [`crate::cluster`]), so any member accepts any request. Reads are linearizable by default;
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -32,6 +34,7 @@ use serde_json::{Value, json};
 use crate::app::{
     Endpoint, NodeRecord, NodeRegistration, PolicyKey, Request, Response, normalize_labels,
 };
+use crate::auth::{self, Tokens};
 use crate::cluster::{Cluster, MembershipChange};
 use crate::errors::ClusterError;
 use crate::validate::PolicyValidator;
@@ -41,6 +44,7 @@ use crate::validate::PolicyValidator;
 pub struct Api {
     cluster: Cluster,
     node_lease: Duration,
+    tokens: Arc<Tokens>,
     validator: Arc<dyn PolicyValidator>,
     prometheus: Option<PrometheusHandle>,
 }
@@ -159,10 +163,12 @@ pub fn router(
     validator: Arc<dyn PolicyValidator>,
     prometheus: Option<PrometheusHandle>,
     node_lease: Duration,
+    tokens: Tokens,
 ) -> Router {
     let api = Api {
         cluster,
         node_lease,
+        tokens: Arc::new(tokens),
         validator,
         prometheus,
     };
@@ -205,7 +211,63 @@ pub fn router(
         .route("/internal/v1/propose", post(internal_propose))
         .route("/internal/v1/read-index", get(internal_read_index))
         .route("/internal/v1/members", post(internal_members))
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api)
+}
+
+/// Refuses requests without a token of the role their method and path need: 401 without a
+/// valid bearer token, 403 with a token of the wrong role.
+async fn authenticate(
+    State(api): State<Api>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> HttpResponse {
+    if !api.tokens.enabled() {
+        return next.run(req).await;
+    }
+    let Some(need) = auth::required_role(req.method().as_str(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let deny = |status, error: String| {
+        let mut r = ApiError {
+            status,
+            error,
+            field: None,
+        }
+        .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    };
+    let Some(token) = presented else {
+        return deny(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (`Authorization: Bearer TOKEN`)".to_owned(),
+        );
+    };
+    match api.tokens.role_of(token) {
+        None => deny(StatusCode::UNAUTHORIZED, "invalid bearer token".to_owned()),
+        Some(have) if auth::allows(have, need) => next.run(req).await,
+        Some(have) => deny(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a {} token may not call `{} {}` (it needs the {} role)",
+                have.name(),
+                req.method(),
+                req.uri().path(),
+                need.name()
+            ),
+        ),
+    }
 }
 
 // === cluster ===

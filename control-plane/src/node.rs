@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::app::Request;
+use crate::auth::{AuthError, Tokens};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::grpc::pb::raft_service_server::RaftServiceServer;
@@ -27,6 +28,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    /// A token file is unusable.
+    #[error("cannot load the api tokens")]
+    Auth(#[from] AuthError),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -72,6 +76,14 @@ pub async fn start(
     config.validate()?;
     let raft_config = Arc::new(config.raft_config()?);
     let (log_store, state_machine) = store::open(&config.data_dir).await?;
+    let tokens = Tokens::load(
+        config.admin_token_file.as_deref(),
+        config.read_token_file.as_deref(),
+        config.member_token_file.as_deref(),
+    )?;
+    if !tokens.enabled() {
+        tracing::warn!("no admin token file: the client API accepts unauthenticated requests");
+    }
     let committed = log_store.committed_index();
     let applied = state_machine.applied();
     let raft = Raft::new(config.id, raft_config, Network, log_store, state_machine)
@@ -86,6 +98,7 @@ pub async fn start(
         applied,
         committed,
         config.request_timeout(),
+        tokens.member_token().map(str::to_owned),
     )
     .map_err(|e| StartError::Raft {
         what: "start",
@@ -122,6 +135,7 @@ pub async fn start(
         validator,
         prometheus.clone(),
         Duration::from_millis(config.node_lease_ms),
+        tokens,
     );
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {

@@ -98,7 +98,12 @@ pub fn document() -> Value {
             "/v1/cluster/members": {"post": op("add a learner, change the voters or remove learners", Some("MembershipChange"), "ClusterStatus")},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
         },
-        "components": {"schemas": schemas()}
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "admin tokens may call everything under /v1, read tokens GET only; off when the member has no admin token file"}}
+        }
     })
 }
 

@@ -58,6 +58,15 @@ struct Args {
     /// A node is live while its last heartbeat is at most this old (ms).
     #[arg(long, default_value_t = 20_000)]
     node_lease_ms: u64,
+    /// File of admin bearer tokens (one a line); without it the client API is unauthenticated.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// File of read-only bearer tokens.
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// File with the token members present to each other (the same file on every member).
+    #[arg(long)]
+    member_token_file: Option<PathBuf>,
     /// Cluster id (0–255): the high 8 bits of every identity. Applied at --init.
     #[arg(long, default_value_t = 0)]
     cluster_id: u8,
@@ -114,6 +123,9 @@ fn config_from(args: Args) -> anyhow::Result<Config> {
         keep_logs: args.keep_logs,
         heartbeat_ms: args.heartbeat_ms,
         node_lease_ms: args.node_lease_ms,
+        admin_token_file: args.admin_token_file,
+        read_token_file: args.read_token_file,
+        member_token_file: args.member_token_file,
         cluster: ClusterConfig {
             cluster_id: args.cluster_id,
             cluster_cidr: args.cluster_cidr,

@@ -26,6 +26,8 @@ pub struct TestCluster {
     pub members: Vec<Member>,
     pub extra_args: Vec<String>,
     pub http: reqwest::Client,
+    /// Bearer token sent by the helpers below, when set.
+    pub token: Option<String>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -51,6 +53,7 @@ impl TestCluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            token: None,
         })
     }
 
@@ -167,10 +170,16 @@ impl TestCluster {
         bail!("member {id} did not exit within 10 s of SIGTERM")
     }
 
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     pub async fn status(&self, id: u64) -> anyhow::Result<Value> {
         Ok(self
-            .http
-            .get(self.url(id, "/v1/cluster/status"))
+            .authed(self.http.get(self.url(id, "/v1/cluster/status")))
             .timeout(Duration::from_secs(2))
             .send()
             .await?
@@ -205,17 +214,28 @@ impl TestCluster {
     }
 
     pub async fn post(&self, id: u64, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.post(self.url(id, path)).json(body).send().await?;
+        let r = self
+            .authed(self.http.post(self.url(id, path)))
+            .json(body)
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn put(&self, id: u64, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.put(self.url(id, path)).json(body).send().await?;
+        let r = self
+            .authed(self.http.put(self.url(id, path)))
+            .json(body)
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn get(&self, id: u64, path: &str) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.get(self.url(id, path)).send().await?;
+        let r = self
+            .authed(self.http.get(self.url(id, path)))
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 

@@ -8,3 +8,4 @@ mod t20_leader_killed_under_writes;
 mod t30_restart;
 mod t40_snapshot_catch_up;
 mod t50_membership;
+mod t60_auth;

@@ -1,0 +1,216 @@
+//! Bearer tokens on the client API: `admin` (everything), `read` (GET only) and `member` (the
+//! `/internal/v1/*` forwarding endpoints, shared by the control-plane members).
+//!
+//! Tokens are read from files (one token per line, `#` comments) named in the configuration;
+//! with no admin token file configured, authentication is off (a warning is logged at start).
+//! Tokens are compared in constant time and never logged.
+
+use std::path::Path;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// GET requests on `/v1/*` and `/metrics`.
+    Read,
+    /// Every `/v1/*` request.
+    Admin,
+    /// The member-to-member `/internal/v1/*` endpoints.
+    Member,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// A token file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The file cannot be read.
+    #[error("cannot read the token file `{path}`")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no token, or one that is too short.
+    #[error("token file `{path}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// The accepted tokens.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    admin: Vec<String>,
+    read: Vec<String>,
+    member: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the tokens themselves.
+        f.debug_struct("Tokens")
+            .field("admin", &self.admin.len())
+            .field("read", &self.read.len())
+            .field("member", &self.member.is_some())
+            .finish()
+    }
+}
+
+/// Shortest accepted token.
+const MIN_TOKEN_LEN: usize = 16;
+
+fn read_tokens(path: &Path) -> Result<Vec<String>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let invalid = |reason| AuthError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
+    if tokens.is_empty() {
+        return Err(invalid("holds no token"));
+    }
+    if tokens.iter().any(|t| t.len() < MIN_TOKEN_LEN) {
+        return Err(invalid("tokens must be at least 16 characters"));
+    }
+    Ok(tokens)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// === impl Tokens ===
+
+impl Tokens {
+    /// Loads the token files; `admin` `None` turns authentication off.
+    pub fn load(
+        admin: Option<&Path>,
+        read: Option<&Path>,
+        member: Option<&Path>,
+    ) -> Result<Self, AuthError> {
+        let Some(admin) = admin else {
+            return Ok(Tokens::default());
+        };
+        let member = match member {
+            Some(p) => read_tokens(p)?.into_iter().next(),
+            None => None,
+        };
+        Ok(Tokens {
+            admin: read_tokens(admin)?,
+            read: match read {
+                Some(p) => read_tokens(p)?,
+                None => Vec::new(),
+            },
+            member,
+        })
+    }
+
+    /// Whether requests must carry a token.
+    pub fn enabled(&self) -> bool {
+        !self.admin.is_empty()
+    }
+
+    /// The token this member presents to the others.
+    pub fn member_token(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
+    /// The role of a presented token, if any.
+    pub fn role_of(&self, token: &str) -> Option<Role> {
+        let t = token.as_bytes();
+        let any = |set: &[String]| set.iter().any(|s| constant_time_eq(s.as_bytes(), t));
+        if self
+            .member
+            .as_ref()
+            .is_some_and(|m| constant_time_eq(m.as_bytes(), t))
+        {
+            Some(Role::Member)
+        } else if any(&self.admin) {
+            Some(Role::Admin)
+        } else if any(&self.read) {
+            Some(Role::Read)
+        } else {
+            None
+        }
+    }
+}
+
+/// The role a request needs: `None` for the open endpoints.
+pub fn required_role(method: &str, path: &str) -> Option<Role> {
+    if path == "/healthz" || path == "/openapi.json" {
+        None
+    } else if path.starts_with("/internal/") {
+        Some(Role::Member)
+    } else if method == "GET" || method == "HEAD" {
+        Some(Role::Read)
+    } else {
+        Some(Role::Admin)
+    }
+}
+
+/// Whether `have` satisfies `need`: admin includes read; member only serves internal calls.
+pub fn allows(have: Role, need: Role) -> bool {
+    match need {
+        Role::Read => matches!(have, Role::Read | Role::Admin),
+        Role::Admin => have == Role::Admin,
+        Role::Member => have == Role::Member,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_requirements() {
+        let t = Tokens {
+            admin: vec!["admin-token-0123456789".into()],
+            read: vec!["read-token-0123456789".into()],
+            member: Some("member-token-0123456789".into()),
+        };
+        assert_eq!(t.role_of("admin-token-0123456789"), Some(Role::Admin));
+        assert_eq!(t.role_of("read-token-0123456789"), Some(Role::Read));
+        assert_eq!(t.role_of("member-token-0123456789"), Some(Role::Member));
+        assert_eq!(t.role_of("admin-token-012345678"), None);
+        assert_eq!(required_role("GET", "/v1/policies"), Some(Role::Read));
+        assert_eq!(
+            required_role("PUT", "/v1/policies/a/b/c"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role("POST", "/internal/v1/propose"),
+            Some(Role::Member)
+        );
+        assert_eq!(required_role("GET", "/healthz"), None);
+        assert!(allows(Role::Admin, Role::Read));
+        assert!(!allows(Role::Read, Role::Admin));
+        assert!(!allows(Role::Admin, Role::Member));
+        assert!(!allows(Role::Member, Role::Admin));
+        assert!(!format!("{t:?}").contains("token-0123"));
+    }
+}
