@@ -54,7 +54,10 @@ fn every_suite_case_matches() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/suites");
     let mut files = Vec::new();
     walk(&root, &mut files);
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/suites-offline"), &mut files);
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/suites-offline"),
+        &mut files,
+    );
     let mut results = Vec::new();
     let mut errors = Vec::new();
     let mut suites = 0;
