@@ -159,12 +159,13 @@ pub struct Datapath {
 
 /// Maps pinned when a pin directory is configured (everything the agent writes or that holds
 /// per-flow state; the ring buffer and counters too, so counts survive restarts).
-const PINNED_MAPS: [&str; 8] = [
+const PINNED_MAPS: [&str; 9] = [
     endpoint::MAP_NAME,
     ipcache::MAP_NAME,
     policy::MAP_NAME,
     policy::POD_IP_MAP_NAME,
     conntrack::MAP_NAME,
+    conntrack::MAP_NAME_V4,
     verdict::MAP_NAME,
     events::MAP_NAME,
     counters::MAP_NAME,
@@ -206,6 +207,7 @@ impl Datapath {
             .map_max_entries(policy::MAP_NAME, config.policy)
             .map_max_entries(policy::POD_IP_MAP_NAME, config.policy)
             .map_max_entries(conntrack::MAP_NAME, config.conntrack)
+            .map_max_entries(conntrack::MAP_NAME_V4, config.conntrack)
             .map_max_entries(events::MAP_NAME, config.event_ring_bytes);
         for (name, path) in &pins {
             // An existing pin is reused as it is (contents and sizes): that is the restart path.

@@ -4,8 +4,11 @@
 //! flow between two pods on one node is checked by the source's egress policy and again by the
 //! destination's ingress policy, each with its own entry.
 
-/// Name of the LRU hash `CtKey` → [`CtValue`].
+/// Name of the LRU hash `CtKey` → [`CtValue`] (IPv6 flows).
 pub const MAP_NAME: &str = "PAL_CT";
+/// Name of the LRU hash `CtKey4` → [`CtValue`] (IPv4 flows: a 20-byte key instead of 44, hashed
+/// on every packet).
+pub const MAP_NAME_V4: &str = "PAL_CT4";
 /// Maximum tracked flows per node (LRU eviction beyond).
 pub const MAP_MAX_ENTRIES: u32 = 256 * 1024;
 
@@ -32,6 +35,27 @@ pub struct CtKey {
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 
+/// An IPv4 flow as seen in the direction that created it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct CtKey4 {
+    /// Source address (network order).
+    pub saddr: [u8; 4],
+    /// Destination address (network order).
+    pub daddr: [u8; 4],
+    /// Source port (or ICMP echo id for requests), network order.
+    pub sport: [u8; 2],
+    /// Destination port (or ICMP echo id for replies), network order.
+    pub dport: [u8; 2],
+    /// IP protocol.
+    pub protocol: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 3],
+    /// Host-side veth ifindex of the endpoint this entry belongs to.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtKey4>() == 20);
+
 /// State of one tracked flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -48,4 +72,4 @@ const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
 /// Created by the endpoint's egress (outbound) path; otherwise by its ingress path.
 pub const FLAG_EGRESS: u32 = 1 << 0;
 
-crate::user_pod!(CtKey, CtValue);
+crate::user_pod!(CtKey, CtKey4, CtValue);

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_datapath_common::{
-    conntrack::{self, CtKey, CtValue},
+    conntrack::{self, CtKey, CtKey4, CtValue},
     endpoint::{self, EndpointInfo},
     events::{self, FlowEvent},
     family,
@@ -53,6 +53,10 @@ static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> =
 #[map(name = "PAL_POD_IP_POLICY")]
 static PAL_POD_IP_POLICY: LpmTrie<PodIpPolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(policy::POD_IP_MAP_MAX_ENTRIES, 0);
+
+#[map(name = "PAL_CT4")]
+static PAL_CT4: LruHashMap<CtKey4, CtValue> =
+    LruHashMap::with_max_entries(conntrack::MAP_MAX_ENTRIES, 0);
 
 #[map(name = "PAL_CT")]
 static PAL_CT: LruHashMap<CtKey, CtValue> =
@@ -154,30 +158,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_SHOT;
     }
 
-    let forward = CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        protocol: flow.protocol,
-        family: flow.family,
-        _pad: [0; 2],
-        ifindex,
-    };
-    // SAFETY: read-only access to a value the kernel keeps alive for this program run.
-    if unsafe { PAL_CT.get(&forward) }.is_some() {
-        count(verdict::FORWARDED_ESTABLISHED, direction);
-        return TC_ACT_OK;
-    }
-    let reply = CtKey {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-        ..forward
-    };
-    // SAFETY: as above.
-    if unsafe { PAL_CT.get(&reply) }.is_some() {
+    if ct_known(&flow, ifindex) {
         count(verdict::FORWARDED_ESTABLISHED, direction);
         return TC_ACT_OK;
     }
@@ -272,7 +253,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                     0
                 },
             };
-            let _ = PAL_CT.insert(&forward, &value, u64::from(BPF_ANY));
+            ct_insert(&flow, ifindex, &value);
             count(verdict::FORWARDED_NEW, direction);
             emit(
                 ctx,
@@ -302,6 +283,71 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             );
             TC_ACT_SHOT
         }
+    }
+}
+
+/// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
+/// a map with a 20-byte key; the IPv6 map's is 44 bytes.)
+#[inline(always)]
+fn ct_known(flow: &Flow, ifindex: u32) -> bool {
+    if flow.family == family::IPV4 {
+        let fwd = ct_key4(flow, ifindex);
+        let rev = CtKey4 {
+            saddr: fwd.daddr,
+            daddr: fwd.saddr,
+            sport: fwd.dport,
+            dport: fwd.sport,
+            ..fwd
+        };
+        // SAFETY: read-only access to values the kernel keeps alive for this program run.
+        unsafe { PAL_CT4.get(&fwd).is_some() || PAL_CT4.get(&rev).is_some() }
+    } else {
+        let fwd = ct_key6(flow, ifindex);
+        let rev = CtKey {
+            saddr: fwd.daddr,
+            daddr: fwd.saddr,
+            sport: fwd.dport,
+            dport: fwd.sport,
+            ..fwd
+        };
+        // SAFETY: as above.
+        unsafe { PAL_CT.get(&fwd).is_some() || PAL_CT.get(&rev).is_some() }
+    }
+}
+
+#[inline(always)]
+fn ct_insert(flow: &Flow, ifindex: u32, value: &CtValue) {
+    if flow.family == family::IPV4 {
+        let _ = PAL_CT4.insert(&ct_key4(flow, ifindex), value, u64::from(BPF_ANY));
+    } else {
+        let _ = PAL_CT.insert(&ct_key6(flow, ifindex), value, u64::from(BPF_ANY));
+    }
+}
+
+#[inline(always)]
+fn ct_key4(flow: &Flow, ifindex: u32) -> CtKey4 {
+    CtKey4 {
+        saddr: [flow.saddr[0], flow.saddr[1], flow.saddr[2], flow.saddr[3]],
+        daddr: [flow.daddr[0], flow.daddr[1], flow.daddr[2], flow.daddr[3]],
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        _pad: [0; 3],
+        ifindex,
+    }
+}
+
+#[inline(always)]
+fn ct_key6(flow: &Flow, ifindex: u32) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        family: flow.family,
+        _pad: [0; 2],
+        ifindex,
     }
 }
 
