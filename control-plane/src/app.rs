@@ -297,6 +297,25 @@ pub struct Counters {
     /// The replicated clock: the largest proposer timestamp applied (ms since the epoch).
     #[serde(default)]
     pub clock_ms: u64,
+    /// Change revision: numbers every change of an identity, node, endpoint or policy.
+    #[serde(default)]
+    pub change_revision: u64,
+}
+
+/// Changes kept in memory for watchers; older ones need a full re-list.
+pub const CHANGE_FEED_LEN: usize = 100_000;
+
+/// One change of an object, as served to watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Change revision.
+    pub revision: u64,
+    /// `identity`, `node`, `endpoint` or `policy`.
+    pub kind: String,
+    /// The object's key in its table.
+    pub key: String,
+    /// The object after the change; `None` when it was deleted.
+    pub value: Option<serde_json::Value>,
 }
 
 // === Tables ===
@@ -387,6 +406,10 @@ pub struct State {
     /// Derived index: id → number of endpoints using it. Rebuilt on load, not stored.
     #[serde(skip)]
     refs: BTreeMap<u32, u32>,
+    /// Recent changes for watchers, in memory only: it starts empty after a restart or a
+    /// snapshot install, and watchers from before then re-list.
+    #[serde(skip)]
+    feed: std::collections::VecDeque<Change>,
 }
 
 /// Normalizes a label set: sorted, deduplicated, each label validated. Errors name the index of
@@ -428,6 +451,7 @@ impl State {
                 revision: 0,
                 next_local_id: FIRST_LOCAL_ID,
                 clock_ms: 0,
+                change_revision: 0,
             },
             ..State::default()
         }
@@ -459,7 +483,57 @@ impl State {
     pub fn apply(&mut self, req: &Request) -> (Response, Vec<RowKey>) {
         let mut touched = Vec::new();
         let resp = self.apply_into(req, &mut touched);
+        touched.sort();
+        touched.dedup();
+        self.record_changes(&touched);
         (resp, touched)
+    }
+
+    /// Numbers every changed object row with the next change revision and keeps it in the
+    /// in-memory change feed (bounded to [`CHANGE_FEED_LEN`]).
+    fn record_changes(&mut self, touched: &[RowKey]) {
+        for (table, key) in touched {
+            let kind = match table {
+                Table::Identities => "identity",
+                Table::Nodes => "node",
+                Table::Endpoints => "endpoint",
+                Table::Policies => "policy",
+                Table::Meta | Table::Acks => continue,
+            };
+            self.counters.change_revision += 1;
+            let value = self
+                .row(*table, key)
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            self.feed.push_back(Change {
+                revision: self.counters.change_revision,
+                kind: kind.to_owned(),
+                key: key.clone(),
+                value,
+            });
+            if self.feed.len() > CHANGE_FEED_LEN {
+                self.feed.pop_front();
+            }
+        }
+    }
+
+    /// Changes after `revision`, oldest first, at most `limit`. `None` when the feed no longer
+    /// holds every change after `revision` (the caller must list everything again).
+    pub fn changes_since(&self, revision: u64, limit: usize) -> Option<Vec<Change>> {
+        let oldest_kept = self
+            .feed
+            .front()
+            .map_or(self.counters.change_revision + 1, |c| c.revision);
+        if revision + 1 < oldest_kept && revision < self.counters.change_revision {
+            return None;
+        }
+        Some(
+            self.feed
+                .iter()
+                .filter(|c| c.revision > revision)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
     }
 
     fn apply_into(&mut self, req: &Request, touched: &mut Vec<RowKey>) -> Response {
@@ -1203,6 +1277,31 @@ mod tests {
     }
 
     #[test]
+    fn the_change_feed_numbers_changes_and_resumes() {
+        let mut s = State::new();
+        alloc(&mut s, &["f=1"]);
+        alloc(&mut s, &["f=1"]); // no change
+        alloc(&mut s, &["f=2"]);
+        s.apply(&Request::ReleaseIdentity { id: 256 });
+        assert_eq!(s.counters.change_revision, 3);
+        let all = s.changes_since(0, 10).unwrap_or_default();
+        let revs: Vec<u64> = all.iter().map(|c| c.revision).collect();
+        assert_eq!(revs, vec![1, 2, 3]);
+        assert_eq!(all[2].value, None);
+        assert_eq!(all[0].kind, "identity");
+        assert_eq!(s.changes_since(2, 10).map(|c| c.len()), Some(1));
+        assert_eq!(s.changes_since(3, 10).map(|c| c.len()), Some(0));
+        // A restarted member has an empty feed: older revisions must re-list.
+        let mut t = State::new();
+        for (table, k, v) in s.all_rows() {
+            t.load_row(table, &k, &v).unwrap_or_else(|e| panic!("{e}"));
+        }
+        t.reindex();
+        assert_eq!(t.changes_since(1, 10), None);
+        assert_eq!(t.changes_since(3, 10).map(|c| c.len()), Some(0));
+    }
+
+    #[test]
     fn rows_round_trip() {
         let mut s = State::new();
         alloc(&mut s, &["x=1"]);
@@ -1212,7 +1311,8 @@ mod tests {
             t.load_row(table, &k, &v).unwrap_or_else(|e| panic!("{e}"));
         }
         t.reindex();
-        assert_eq!(s, t);
+        let json = |s: &State| serde_json::to_value(s).unwrap_or_default();
+        assert_eq!(json(&s), json(&t));
         assert_eq!(t.identity_by_labels(&["x=2".to_owned()]), Some(257));
     }
 }

@@ -202,6 +202,8 @@ pub fn router(
         .route("/v1/nodes/{name}/ack", post(ack_revision))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/endpoints", get(list_endpoints))
+        .route("/v1/watch", get(watch))
+        .route("/v1/watch/revision", get(watch_revision))
         .route(
             "/v1/endpoints/{ip}",
             put(upsert_endpoint)
@@ -591,6 +593,62 @@ async fn wait_policies(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// === watch ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchParams {
+    /// Return changes after this change revision (0: from the start of this member's feed).
+    from: u64,
+    /// Wait at most this long for a change (default 30 s, at most 300 s).
+    timeout_ms: Option<u64>,
+    /// At most this many changes (default 1000).
+    limit: Option<usize>,
+}
+
+/// Long-polls the change feed of identities, nodes, endpoints and policies. Served from this
+/// member's applied state, so a follower serves it too (behind the leader by at most its
+/// replication lag). 200 `{"revision", "changes"}` as soon as there is a change after `from`
+/// (empty after the timeout); 410 when this member's feed no longer reaches back to `from`
+/// (after a restart, a snapshot install, or 100,000 newer changes): resync by reading
+/// `GET /v1/watch/revision`, then listing, then watching from that revision (changes between the
+/// two are replayed; each carries the whole object, so replays are harmless).
+async fn watch(State(api): State<Api>, q: Result<Query<WatchParams>, QueryRejection>) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(300_000));
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (revision, changes) = api
+            .cluster
+            .read(|s| (s.counters.change_revision, s.changes_since(q.from, limit)))?;
+        let Some(changes) = changes else {
+            return Err(ApiError {
+                status: StatusCode::GONE,
+                error: format!(
+                    "changes after revision {} are no longer kept here; list again and watch from the current revision",
+                    q.from
+                ),
+                field: Some("from".to_owned()),
+            });
+        };
+        if !changes.is_empty() || Instant::now() >= deadline {
+            return Ok(Json(json!({ "revision": revision, "changes": changes })).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The current change revision (after a linearizable read by default): list, then watch from it.
+async fn watch_revision(
+    State(api): State<Api>,
+    q: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.before_read(q).await?;
+    let revision = api.cluster.read(|s| s.counters.change_revision)?;
+    Ok(Json(json!({ "revision": revision })).into_response())
 }
 
 // === nodes ===

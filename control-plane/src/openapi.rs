@@ -93,6 +93,17 @@ pub fn document() -> Value {
                 "get": read("get an endpoint", "Endpoint"),
                 "delete": op("remove an endpoint", None, "Removed"),
             },
+            "/v1/watch/revision": {"get": read("the current change revision", "WatchRevision")},
+            "/v1/watch": {"get": {
+                "summary": "long-poll the change feed after a change revision (410: re-list)",
+                "parameters": [
+                    {"name": "from", "in": "query", "required": true, "schema": {"type": "integer"}},
+                    {"name": "timeout_ms", "in": "query", "required": false, "schema": {"type": "integer", "default": 30000}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "default": 1000}}
+                ],
+                "responses": {"200": {"description": "changes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Changes"}}}},
+                    "410": {"description": "the feed no longer reaches back to `from`"}}
+            }},
             "/v1/cluster/status": {"get": op("this member's view of the cluster", None, "ClusterStatus")},
             "/v1/cluster/snapshot": {"post": {"summary": "build a snapshot on this member now", "responses": {"200": {"description": "triggered"}}}},
             "/v1/cluster/members": {"post": op("add a learner, change the voters or remove learners", Some("MembershipChange"), "ClusterStatus")},
@@ -128,6 +139,10 @@ fn schemas() -> Value {
                 "wireguard_public_key": {"type": "string"}, "wireguard_epoch": {"type": "integer"}, "acked_revision": {"type": "integer"},
                 "last_heartbeat_ms": {"type": "integer"}, "live": {"type": "boolean"}}},
             "NodeList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+            "WatchRevision": {"type": "object", "properties": {"revision": {"type": "integer"}}},
+            "Changes": {"type": "object", "properties": {"revision": {"type": "integer"}, "changes": {"type": "array", "items": {"type": "object",
+                "properties": {"revision": {"type": "integer"}, "kind": {"type": "string", "enum": ["identity", "node", "endpoint", "policy"]},
+                    "key": {"type": "string"}, "value": {"type": ["object", "null"]}}}}}},
             "Heartbeat": {"type": "object", "properties": {"at_ms": {"type": "integer"}, "lease_ms": {"type": "integer"}}},
             "Ack": {"type": "object", "required": ["revision"], "properties": {"revision": {"type": "integer"}}},
             "EndpointBody": {"type": "object", "required": ["identity", "node"], "properties": {"identity": {"type": "integer"}, "node": {"type": "string"}}},

@@ -9,3 +9,4 @@ mod t30_restart;
 mod t40_snapshot_catch_up;
 mod t50_membership;
 mod t60_auth;
+mod t70_watch;
