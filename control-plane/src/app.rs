@@ -305,6 +305,15 @@ pub struct Counters {
 /// Changes kept in memory for watchers; older ones need a full re-list.
 pub const CHANGE_FEED_LEN: usize = 100_000;
 
+/// One entry of the in-memory change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FeedEntry {
+    revision: u64,
+    table: Table,
+    kind: &'static str,
+    key: String,
+}
+
 /// One change of an object, as served to watchers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -314,7 +323,7 @@ pub struct Change {
     pub kind: String,
     /// The object's key in its table.
     pub key: String,
-    /// The object after the change; `None` when it was deleted.
+    /// The object's current value; `None` when it is deleted.
     pub value: Option<serde_json::Value>,
 }
 
@@ -409,7 +418,7 @@ pub struct State {
     /// Recent changes for watchers, in memory only: it starts empty after a restart or a
     /// snapshot install, and watchers from before then re-list.
     #[serde(skip)]
-    feed: std::collections::VecDeque<Change>,
+    feed: std::collections::VecDeque<FeedEntry>,
 }
 
 /// Normalizes a label set: sorted, deduplicated, each label validated. Errors name the index of
@@ -501,14 +510,11 @@ impl State {
                 Table::Meta | Table::Acks => continue,
             };
             self.counters.change_revision += 1;
-            let value = self
-                .row(*table, key)
-                .and_then(|v| serde_json::from_slice(&v).ok());
-            self.feed.push_back(Change {
+            self.feed.push_back(FeedEntry {
                 revision: self.counters.change_revision,
-                kind: kind.to_owned(),
+                table: *table,
+                kind,
                 key: key.clone(),
-                value,
             });
             if self.feed.len() > CHANGE_FEED_LEN {
                 self.feed.pop_front();
@@ -516,8 +522,10 @@ impl State {
         }
     }
 
-    /// Changes after `revision`, oldest first, at most `limit`. `None` when the feed no longer
-    /// holds every change after `revision` (the caller must list everything again).
+    /// Changes after `revision`, oldest first, at most `limit`, each with the object's current
+    /// value (level-triggered: it may already reflect a later change; `None` once deleted).
+    /// `None` when the feed no longer holds every change after `revision` (the caller must list
+    /// everything again).
     pub fn changes_since(&self, revision: u64, limit: usize) -> Option<Vec<Change>> {
         let oldest_kept = self
             .feed
@@ -531,7 +539,14 @@ impl State {
                 .iter()
                 .filter(|c| c.revision > revision)
                 .take(limit)
-                .cloned()
+                .map(|c| Change {
+                    revision: c.revision,
+                    kind: c.kind.to_owned(),
+                    key: c.key.clone(),
+                    value: self
+                        .row(c.table, &c.key)
+                        .and_then(|v| serde_json::from_slice(&v).ok()),
+                })
                 .collect(),
         )
     }
