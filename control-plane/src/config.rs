@@ -23,7 +23,7 @@ pub struct Config {
     pub raft_listen: SocketAddr,
     /// Listen address of the client API (REST, `/metrics`).
     pub api_listen: SocketAddr,
-    /// The initial members, this one included, used by `init`.
+    /// The initial members, this one included, used by `init` (empty: a single-member cluster).
     #[serde(default)]
     pub peers: BTreeMap<NodeId, Member>,
     /// Bootstrap the membership from `peers` if this member's log is empty.
@@ -99,7 +99,7 @@ impl Config {
         if self.id == 0 {
             return bad("id", "must be at least 1");
         }
-        if self.init && !self.peers.contains_key(&self.id) {
+        if self.init && !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
             return bad(
                 "peers",
                 "must include this member's own id when `init` is set",
@@ -199,6 +199,9 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.starts_with("`peers`"), "{e}");
+        // No peers at all: a single-member cluster of this one.
+        c.peers.clear();
+        c.validate()?;
         let mut c: Config = serde_json::from_str(SAMPLE)?;
         c.id = 0;
         let e = c
