@@ -43,7 +43,8 @@ struct Args {
     /// A member as ID=RAFT_ADDR=API_ADDR; repeat for each (this one included).
     #[arg(long, value_name = "ID=RAFT_ADDR=API_ADDR")]
     peer: Vec<String>,
-    /// Bootstrap the membership from the --peer list if this member's log is empty.
+    /// Bootstrap the membership from the --peer list (this member alone without --peer) if this
+    /// member's log is empty.
     #[arg(long)]
     init: bool,
     /// Build a snapshot every N applied log entries.
