@@ -448,10 +448,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
     else {
         panic!("re-add refused")
     };
-    // Identity stability across delete and re-create (Cilium keeps an unreferenced identity for a
-    // grace period) needs the engine to retain unreferenced identities; until then the label set
-    // may get a new number, and the policy must follow it either way.
-    let _ = (again, p2_identity);
+    assert_eq!(again, p2_identity, "same labels, same identity");
     let probe = |from: &str| {
         lab.probe(from, new_ip, 80, Protocol::Tcp, Duration::from_millis(600))
             .expect("probe")

@@ -31,6 +31,11 @@ pub struct EngineConfig {
     pub cluster_name: String,
     /// Proxy ports used by redirects.
     pub proxy_ports: ProxyPorts,
+    /// Keep an identity allocated when its last endpoint goes, so a pod re-created with the same
+    /// labels gets the same identity and no policy entry has to change (Cilium keeps unreferenced
+    /// identities for a grace period). The caller decides when they go:
+    /// [`Engine::release_unreferenced_identities`]. Off: released at once (offline suites).
+    pub retain_unreferenced_identities: bool,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +47,7 @@ impl Default for EngineConfig {
                 http: 15001,
                 dns: 15053,
             },
+            retain_unreferenced_identities: false,
         }
     }
 }
@@ -350,6 +356,36 @@ impl Engine {
         Ok(id)
     }
 
+    /// Releases every identity no endpoint uses any more (with
+    /// [`EngineConfig::retain_unreferenced_identities`], the caller's grace-period collection);
+    /// returns them.
+    pub fn release_unreferenced_identities(&mut self) -> Vec<Identity> {
+        let unused: Vec<Identity> = self
+            .sp_cache
+            .keys()
+            .copied()
+            .filter(|id| {
+                !self.by_identity.contains_key(id)
+                    && !self.externals.values().any(|x| x.identity == *id)
+            })
+            .collect();
+        for id in &unused {
+            self.release_identity(*id);
+        }
+        unused
+    }
+
+    /// Forgets an identity: allocation, selector memberships, cached policy, entries naming it.
+    fn release_identity(&mut self, id: Identity) {
+        self.sp_cache.remove(&id);
+        self.identities.release(id);
+        self.cache.update_identities(&[], &[id]);
+        for m in self.maps.values_mut() {
+            m.entries.retain(|k, _| k.identity != id.0);
+            m.l7.retain(|k, _| k.identity != id.0);
+        }
+    }
+
     /// Removes an endpoint (its identity stays allocated while other endpoints use it).
     pub fn remove_endpoint(&mut self, name: &str) -> bool {
         let Some(ep) = self.endpoints.remove(name) else {
@@ -366,12 +402,8 @@ impl Engine {
         };
         if last {
             self.by_identity.remove(&id);
-            self.sp_cache.remove(&id);
-            self.identities.release(id);
-            self.cache.update_identities(&[], &[id]);
-            for m in self.maps.values_mut() {
-                m.entries.retain(|k, _| k.identity != id.0);
-                m.l7.retain(|k, _| k.identity != id.0);
+            if !self.config.retain_unreferenced_identities {
+                self.release_identity(id);
             }
         }
         if !ep.spec.ports.is_empty() {

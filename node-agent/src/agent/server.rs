@@ -178,7 +178,11 @@ impl Agent {
             .map_err(io("open the endpoint registry in", &config.state_dir))?;
         let mut agent = Agent {
             dp,
-            engine: Engine::new(EngineConfig::default()),
+            // A pod re-created with the same labels keeps its identity (no policy churn).
+            engine: Engine::new(EngineConfig {
+                retain_unreferenced_identities: true,
+                ..EngineConfig::default()
+            }),
             ipam,
             registry,
             sync: MapSync::default(),

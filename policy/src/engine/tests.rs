@@ -98,3 +98,34 @@ fn deny_rule_ids_and_origins_explain_verdicts() {
     let v = e.check(&tcp("x/b", "x/a", 23));
     assert!(e.deciding_rule(&v).contains("specs[0].ingress[0]"));
 }
+
+#[test]
+fn retained_identity_survives_delete_and_recreate_until_released() {
+    let mut e = Engine::new(EngineConfig {
+        retain_unreferenced_identities: true,
+        ..EngineConfig::default()
+    });
+    for p in load_file("p.yaml", ALLOW_B).expect("policy") {
+        e.replace_policy(&p.key.clone(), Some(p));
+    }
+    e.add_endpoint(ep("x/a", "a", "10.0.0.1")).expect("a");
+    let b = e.add_endpoint(ep("x/b", "b", "10.0.0.2")).expect("b");
+    assert!(e.remove_endpoint("x/b"));
+    // Re-created at a new address: same labels, same identity, and a's policy still names it.
+    let again = e.add_endpoint(ep("x/b", "b", "10.0.0.9")).expect("b again");
+    assert_eq!(again, b);
+    assert_eq!(e.check(&tcp("x/b", "x/a", 80)).verdict, Verdict::Allow);
+    // Nothing is collected while the identity is in use; once unused, collection releases it.
+    assert!(e.release_unreferenced_identities().is_empty());
+    assert!(e.remove_endpoint("x/b"));
+    assert_eq!(e.release_unreferenced_identities(), vec![b]);
+    assert!(e.identities().labels(b).is_none(), "released");
+}
+
+#[test]
+fn without_retention_the_identity_goes_with_its_last_endpoint() {
+    let mut e = Engine::new(EngineConfig::default());
+    let b = e.add_endpoint(ep("x/b", "b", "10.0.0.2")).expect("b");
+    assert!(e.remove_endpoint("x/b"));
+    assert!(e.identities().labels(b).is_none());
+}
