@@ -1,8 +1,10 @@
 //! The seam where policy objects are validated before they are proposed: an invalid policy never
 //! enters the Raft log, and the caller gets the validator's message.
 //!
-//! The real validator is the policy engine (`palisade-policy`), wired in once it lands. Until
-//! then [`PlaceholderShapeValidator`] checks only the object's envelope.
+//! [`EngineValidator`] is the real one: the envelope must match the storage key, then the policy
+//! engine (`palisade-policy`) must accept the object exactly as `palisade policy test` would, and
+//! its error (field path and reason) is what the caller sees. [`PlaceholderShapeValidator`] checks
+//! the envelope only; it is kept for tests of the store that do not want the engine.
 
 use serde_json::Value;
 
@@ -33,7 +35,32 @@ pub trait PolicyValidator: Send + Sync + 'static {
     fn validate(&self, key: &PolicyKey, object: &Value) -> Result<(), PolicyRejected>;
 }
 
-/// PLACEHOLDER until `palisade-policy` is wired in: checks only that the object is a JSON object
+/// The policy engine as validator: the envelope check, then the engine's parser and semantic
+/// checks (unknown fields, port ranges, regular expressions, CIDRs, incompatible fields, …).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineValidator;
+
+impl PolicyValidator for EngineValidator {
+    fn validate(&self, key: &PolicyKey, object: &Value) -> Result<(), PolicyRejected> {
+        PlaceholderShapeValidator.validate(key, object)?;
+        // JSON is YAML: the engine's loader reads the object as one document.
+        let text =
+            serde_json::to_string(object).map_err(|e| PolicyRejected::new("", e.to_string()))?;
+        match palisade_policy::load::load_file(&key.storage_key(), &text) {
+            Ok(policies) if policies.len() == 1 => Ok(()),
+            Ok(policies) => Err(PolicyRejected::new(
+                "",
+                format!("must hold exactly one policy, not {}", policies.len()),
+            )),
+            Err(e) => Err(PolicyRejected::new(
+                if e.path == "." { "" } else { &e.path },
+                e.reason,
+            )),
+        }
+    }
+}
+
+/// The envelope only: checks that the object is a JSON object
 /// with a string `apiVersion`, a `kind` equal to the key's, and a `metadata.name` (and
 /// `metadata.namespace`, when present) equal to the key's. It does not look at `spec` at all.
 #[derive(Debug, Clone, Copy, Default)]
@@ -108,6 +135,40 @@ mod tests {
             namespace: "default".into(),
             name: "allow".into(),
         }
+    }
+
+    #[test]
+    fn the_engine_validates_the_spec_and_names_the_field() {
+        let ok = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "allow", "namespace": "default"},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "api"}},
+                     "ingress": [{"toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
+        assert_eq!(EngineValidator.validate(&key(), &ok), Ok(()));
+        let mut bad = ok.clone();
+        bad["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = json!("70000");
+        let err = EngineValidator
+            .validate(&key(), &bad)
+            .expect_err("port out of range");
+        assert_eq!(
+            err.field, "spec.ingress[0].toPorts[0].ports[0].port",
+            "{err}"
+        );
+        let mut unknown = ok.clone();
+        unknown["spec"]["ingres"] = json!([]);
+        let err = EngineValidator
+            .validate(&key(), &unknown)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("ingres"), "{err}");
+        // The envelope is still checked first.
+        let mut renamed = ok;
+        renamed["metadata"]["name"] = json!("other");
+        assert_eq!(
+            EngineValidator
+                .validate(&key(), &renamed)
+                .expect_err("name")
+                .field,
+            "metadata.name"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use clap::Parser;
 use ipnet::Ipv4Net;
 use palisade_control_plane::app::ClusterConfig;
 use palisade_control_plane::config::Config;
-use palisade_control_plane::validate::PlaceholderShapeValidator;
+use palisade_control_plane::validate::EngineValidator;
 use palisade_control_plane::{Member, NodeId};
 
 /// One member of the Palisade control plane (Raft over tonic, RocksDB, REST client API).
@@ -148,13 +148,9 @@ async fn main() -> anyhow::Result<()> {
     let config = config_from(Args::parse())?;
     config.validate().context("invalid configuration")?;
     let prometheus = palisade_control_plane::metrics::install();
-    let cp = palisade_control_plane::start(
-        Arc::new(config),
-        Arc::new(PlaceholderShapeValidator),
-        prometheus,
-    )
-    .await
-    .context("cannot start the control-plane member")?;
+    let cp = palisade_control_plane::start(Arc::new(config), Arc::new(EngineValidator), prometheus)
+        .await
+        .context("cannot start the control-plane member")?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -69,6 +69,23 @@ async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::R
         )
         .await?;
     assert_eq!((code, e["field"].as_str()), (422, Some("kind")), "{e}");
+    // The policy engine validates the spec: the caller gets its field path and reason.
+    let mut bad_port = policy("web", 81);
+    bad_port["spec"]["ingress"] =
+        json!([{"toPorts": [{"ports": [{"port": "70000", "protocol": "TCP"}]}]}]);
+    let (code, e) = c
+        .put(
+            followers[1],
+            "/v1/policies/CiliumNetworkPolicy/default/web",
+            &bad_port,
+        )
+        .await?;
+    assert_eq!(code, 422, "{e}");
+    assert_eq!(
+        e["field"].as_str(),
+        Some("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{e}"
+    );
     let (_, list) = c.get(leader, "/v1/policies").await?;
     assert_eq!(list["revision"].as_u64(), Some(1), "{list}");
     let (code, e) = c
