@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::endpoint::{EndpointInfo, FLAG_ALLOW_LOCALHOST, FLAG_HAS_IPV4};
-use palisade_datapath_common::policy::{PolicyValue, VERDICT_ALLOW};
+use palisade_datapath_common::policy::PolicyValue;
 use palisade_lab::{ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
 use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch};
 use palisade_policy::engine::Engine;
@@ -372,23 +372,8 @@ fn program_nodes(
                 .map_state(&pod.name)
                 .map(|m| m.pod_ip_entries(&pod_ips))
                 .unwrap_or_default()
-                .into_iter()
-                .map(|e| {
-                    let m = PolicyMatch {
-                        endpoint_id,
-                        identity: 0,
-                        direction: e.direction,
-                        protocol: e.l4.protocol,
-                        port: e.l4.port,
-                        port_prefix: e.l4.prefix_len,
-                    };
-                    let v = PolicyValue {
-                        verdict: VERDICT_ALLOW,
-                        rule_id: e.rule,
-                        ..Default::default()
-                    };
-                    (m, e.peer, v)
-                })
+                .iter()
+                .map(|e| PolicyMatch::from_pod_ip_entry(endpoint_id, e))
                 .collect();
             let IpAddr::V4(v4) = pod.ip else {
                 bail!("pod `{}` is not IPv4", pod.name)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use palisade_datapath_common::policy::{PolicyKey, PolicyValue, VERDICT_ALLOW};
+use palisade_datapath_common::policy::{PolicyKey, PolicyValue};
 use palisade_policy::engine::Engine;
 
 use super::registry::Registry;
@@ -100,19 +100,7 @@ impl MapSync {
                 want_id.insert(id_key(bits, &key), (bits, key, value));
             }
             for e in ms.pod_ip_entries(&pod_ips) {
-                let m = PolicyMatch {
-                    endpoint_id: ep.endpoint_id,
-                    identity: 0,
-                    direction: e.direction,
-                    protocol: e.l4.protocol,
-                    port: e.l4.port,
-                    port_prefix: e.l4.prefix_len,
-                };
-                let v = PolicyValue {
-                    verdict: VERDICT_ALLOW,
-                    rule_id: e.rule,
-                    ..Default::default()
-                };
+                let (m, peer, v) = PolicyMatch::from_pod_ip_entry(ep.endpoint_id, &e);
                 want_pod.insert(
                     (
                         ep.endpoint_id,
@@ -121,9 +109,9 @@ impl MapSync {
                         m.protocol,
                         m.port,
                         m.port_prefix,
-                        e.peer,
+                        peer,
                     ),
-                    (m, e.peer, v),
+                    (m, peer, v),
                 );
             }
         }

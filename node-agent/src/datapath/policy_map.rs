@@ -45,6 +45,34 @@ impl PolicyMatch {
     }
 }
 
+impl PolicyMatch {
+    /// The datapath write for one of the engine's pod-address entries
+    /// (`palisade_policy::mapstate::PodIpEntry`) of endpoint `endpoint_id`: match, peer, value.
+    pub fn from_pod_ip_entry(
+        endpoint_id: u32,
+        e: &palisade_policy::mapstate::PodIpEntry,
+    ) -> (
+        PolicyMatch,
+        std::net::IpAddr,
+        palisade_datapath_common::policy::PolicyValue,
+    ) {
+        let m = PolicyMatch {
+            endpoint_id,
+            identity: 0,
+            direction: e.direction,
+            protocol: e.l4.protocol,
+            port: e.l4.port,
+            port_prefix: e.l4.prefix_len,
+        };
+        let v = palisade_datapath_common::policy::PolicyValue {
+            verdict: palisade_datapath_common::policy::VERDICT_ALLOW,
+            rule_id: e.rule,
+            ..Default::default()
+        };
+        (m, e.peer, v)
+    }
+}
+
 /// Splits the inclusive port range `lo..=hi` into the fewest prefix-aligned blocks
 /// `(base, prefix_len)`, the way Cilium's policy map expresses ranges.
 pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
