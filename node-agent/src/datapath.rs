@@ -398,9 +398,7 @@ impl Datapath {
             key_bits: (prefix_len - policy::KEY_FIXED_BITS) as u8,
             ..value
         };
-        let mut map: LpmTrie<_, PolicyKey, PolicyValue> = self.map_mut(policy::MAP_NAME)?;
-        map.insert(&Key::new(prefix_len, data), value, 0)
-            .map_err(|source| map_err(policy::MAP_NAME, source))
+        self.upsert_policy_entry(prefix_len, data, value)
     }
 
     /// Writes one entry exactly as the policy engine produced it
