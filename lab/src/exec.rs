@@ -173,6 +173,33 @@ pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> Result<String, LabE
     )
 }
 
+/// Moves the calling thread into the named network namespace (`/run/netns/<netns>`). Only this
+/// thread moves; its mount namespace stays the host's (unlike `ip netns exec`, /sys/fs/bpf
+/// stays visible).
+pub fn enter_netns(netns: &str) -> Result<(), LabError> {
+    let path = std::path::PathBuf::from(format!("/run/netns/{netns}"));
+    let file = std::fs::File::open(&path).map_err(|source| LabError::Io {
+        action: "open",
+        path: path.clone(),
+        source,
+    })?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| LabError::Io {
+        action: "enter",
+        path,
+        source: std::io::Error::from(e),
+    })
+}
+
+/// Runs `f` on a new thread inside the named network namespace (tests, `lab test` and benches
+/// use it to hold sockets or datapaths in a node or pod).
+pub fn spawn_in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, LabError>> {
+    let netns = netns.to_string();
+    std::thread::spawn(move || enter_netns(&netns).map(|()| f()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,31 +159,9 @@ fn route_outside_pods(c: Cmds<'_>, state: &LabState) -> Result<(), LabError> {
 /// A host outside the cluster: `eth0` on the fabric bridge with its address; every node routes
 /// it on the bridge, and it routes each pod via that pod's node.
 fn build_external(c: Cmds<'_>, state: &LabState, x: &ExternalState) -> Result<(), LabError> {
-    let f = &state.fabric;
     c.ip(&["netns", "add", &x.netns])?;
     c.sysctl(&x.netns, &NO_IPV6)?;
-    c.ip(&[
-        "link",
-        "add",
-        ETH0,
-        "netns",
-        &x.netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &x.fabric_iface,
-        "netns",
-        &f.netns,
-    ])?;
-    c.ip_batch(
-        &f.netns,
-        &format!(
-            "link set {i} master {b}\nlink set {i} up\n",
-            i = x.fabric_iface,
-            b = f.bridge
-        ),
-    )?;
+    plug_into_fabric(c, state, &x.netns, ETH0, &x.fabric_iface)?;
     let mut script = format!(
         "link set lo up\naddr add {ip}/32 dev {d}\nlink set {d} up\nroute add {u} dev {d}\n",
         ip = x.ip,
@@ -236,29 +214,7 @@ fn build_node(c: Cmds<'_>, state: &LabState, i: usize) -> Result<(), LabError> {
     ];
     settings.extend(NO_IPV6);
     c.sysctl(&n.netns, &settings)?;
-    let f = &state.fabric;
-    c.ip(&[
-        "link",
-        "add",
-        &n.underlay_iface,
-        "netns",
-        &n.netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &n.fabric_iface,
-        "netns",
-        &f.netns,
-    ])?;
-    c.ip_batch(
-        &f.netns,
-        &format!(
-            "link set {i} master {b}\nlink set {i} up\n",
-            i = n.fabric_iface,
-            b = f.bridge
-        ),
-    )?;
+    plug_into_fabric(c, state, &n.netns, &n.underlay_iface, &n.fabric_iface)?;
     let mut script = format!(
         "link set lo up\naddr add {ip}/{len} dev {dev}\nlink set {dev} up\n",
         ip = n.underlay_ip,
@@ -272,6 +228,28 @@ fn build_node(c: Cmds<'_>, state: &LabState, i: usize) -> Result<(), LabError> {
         ));
     }
     c.ip_batch(&n.netns, &script)
+}
+
+/// A veth from `netns` (as `iface`) to the fabric bridge (as `port`, enslaved and up).
+fn plug_into_fabric(
+    c: Cmds<'_>,
+    state: &LabState,
+    netns: &str,
+    iface: &str,
+    port: &str,
+) -> Result<(), LabError> {
+    let f = &state.fabric;
+    c.ip(&[
+        "link", "add", iface, "netns", netns, "type", "veth", "peer", "name", port, "netns",
+        &f.netns,
+    ])?;
+    c.ip_batch(
+        &f.netns,
+        &format!(
+            "link set {port} master {b}\nlink set {port} up\n",
+            b = f.bridge
+        ),
+    )
 }
 
 fn build_pod(c: Cmds<'_>, state: &LabState, pod: &PodState) -> Result<(), LabError> {
