@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
+use palisade_lab::exec::spawn_in_netns;
 use palisade_lab::{Lab, LabSpec, ProcessRole, Protocol};
 use palisade_node_agent::agent;
 
@@ -121,32 +122,20 @@ fn eventually(lab: &Lab, from: &str, to: &str, want: bool) -> bool {
 /// A TCP connection from `from` to `to_ip:9100` exchanging a line every 25 ms until finished.
 struct Stream {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    client: std::thread::JoinHandle<(usize, Vec<String>)>,
+    client: std::thread::JoinHandle<Result<(usize, Vec<String>), palisade_lab::LabError>>,
 }
 
 impl Stream {
     fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.client.join().expect("client thread")
+        self.client.join().expect("client thread").expect("netns")
     }
-}
-
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
 }
 
 fn long_lived_stream(from: &str, to_netns: &str, to_ip: std::net::IpAddr) -> Stream {
     use std::io::{BufRead, BufReader, Write};
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    in_netns(to_netns, move || {
+    spawn_in_netns(to_netns, move || {
         let listener = std::net::TcpListener::bind(("0.0.0.0", 9100)).expect("bind 9100");
         ready_tx.send(()).expect("ready");
         if let Ok((conn, _)) = listener.accept() {
@@ -163,7 +152,7 @@ fn long_lived_stream(from: &str, to_netns: &str, to_ip: std::net::IpAddr) -> Str
         .expect("server ready");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
-    let client = in_netns(from, move || {
+    let client = spawn_in_netns(from, move || {
         let mut errors = Vec::new();
         let conn = match std::net::TcpStream::connect_timeout(
             &(to_ip, 9100).into(),

@@ -4,9 +4,8 @@
 //!
 //! Needs root; `make test` runs it as root.
 
-use std::{collections::BTreeSet, fs::File, net::IpAddr, sync::mpsc, thread, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, sync::mpsc, thread, time::Duration};
 
-use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::{
     endpoint::{EndpointInfo, FLAG_HAS_IPV4},
     policy::{DIRECTION_EGRESS, DIRECTION_INGRESS, PolicyValue, VERDICT_ALLOW},
@@ -73,8 +72,7 @@ fn identity_policy_is_enforced_on_real_traffic_within_and_across_nodes() {
             .map(|p| (p.name.clone(), index_of(&p.name)))
             .collect();
         node_threads.push(thread::spawn(move || {
-            let ns = File::open(format!("/run/netns/{}", node.netns)).expect("node netns");
-            setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
+            palisade_lab::exec::enter_netns(&node.netns).expect("enter the node's netns");
             let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
             let index = |pod: &str| {
                 idx.iter()

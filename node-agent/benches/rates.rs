@@ -9,7 +9,6 @@
 //! - rr: 1-byte request/response on one TCP connection, transactions per second.
 //! - crr: connect, 1-byte request/response, close, connections per second.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -17,27 +16,16 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::{
     endpoint::{EndpointInfo, FLAG_HAS_IPV4},
     policy::{DIRECTION_EGRESS, DIRECTION_INGRESS, PolicyValue, VERDICT_ALLOW},
     proto,
 };
+use palisade_lab::exec::spawn_in_netns;
 use palisade_lab::{Lab, LabSpec, PodState};
 use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch};
 
 const PORT: u16 = 5001;
-
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{netns}");
-    thread::spawn(move || {
-        setns(File::open(&path).expect("netns"), CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
 
 fn sh(netns: &str, program: &str, args: &[&str], stdin: Option<&str>) {
     let mut cmd = Command::new("ip");
@@ -62,7 +50,7 @@ fn sh(netns: &str, program: &str, args: &[&str], stdin: Option<&str>) {
 /// A 1-byte echo server inside `netns`, one thread per connection, for the whole run.
 fn start_server(netns: &str) {
     let (tx, rx) = mpsc::channel();
-    in_netns(netns, move || {
+    spawn_in_netns(netns, move || {
         let listener = TcpListener::bind(("0.0.0.0", PORT)).expect("bind");
         tx.send(()).expect("ready");
         for conn in listener.incoming().flatten() {
@@ -78,7 +66,7 @@ fn start_server(netns: &str) {
 
 fn measure(client_netns: &str, server: IpAddr, secs: f64, crr: bool) -> f64 {
     let addr = SocketAddr::new(server, PORT);
-    in_netns(client_netns, move || {
+    spawn_in_netns(client_netns, move || {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let start = Instant::now();
         let mut n = 0u64;
@@ -106,6 +94,7 @@ fn measure(client_netns: &str, server: IpAddr, secs: f64, crr: bool) -> f64 {
     })
     .join()
     .expect("client")
+    .expect("netns")
 }
 
 fn bogus_source(i: u32) -> Ipv4Addr {
@@ -151,11 +140,14 @@ fn palisade(
     client: &PodState,
     server: &PodState,
     n: u32,
-) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+) -> (
+    mpsc::Sender<()>,
+    thread::JoinHandle<Result<(), palisade_lab::LabError>>,
+) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (c, s) = (client.clone(), server.clone());
-    let h = in_netns(node_netns, move || {
+    let h = spawn_in_netns(node_netns, move || {
         let mut dp = Datapath::load_with(&DatapathConfig::default()).expect("load");
         for (i, pod) in [&c, &s].into_iter().enumerate() {
             let IpAddr::V4(v4) = pod.ip else {
@@ -270,7 +262,7 @@ fn main() {
             measure(&client.netns, server.ip, secs, true),
         );
         drop(stop);
-        h.join().expect("palisade thread");
+        h.join().expect("palisade thread").expect("netns");
 
         sh(
             &node,

@@ -505,20 +505,7 @@ impl Datapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(i32, std::time::Duration), DatapathError> {
-        let name = hook.program();
-        let prog = classifier(&mut self.ebpf, name)?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        };
-        let r = prog
-            .test_run(opts)
-            .map_err(|source| DatapathError::Program {
-                program: name,
-                iface: "test-run".into(),
-                source,
-            })?;
+        let r = self.run_program(hook.program(), frame, repeat)?;
         Ok((r.return_value as i32, r.duration))
     }
 
@@ -529,20 +516,27 @@ impl Datapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<std::time::Duration, DatapathError> {
-        let prog = classifier(&mut self.ebpf, PROG_FROM_POD)?;
+        Ok(self.run_program(PROG_FROM_POD, frame, repeat)?.duration)
+    }
+
+    fn run_program(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<aya::programs::TestRunResult, DatapathError> {
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..Default::default()
         };
-        let r = prog
+        classifier(&mut self.ebpf, name)?
             .test_run(opts)
             .map_err(|source| DatapathError::Program {
-                program: PROG_FROM_POD,
+                program: name,
                 iface: "test-run".into(),
                 source,
-            })?;
-        Ok(r.duration)
+            })
     }
 
     fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
@@ -596,14 +590,7 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 fn pod_ip_key(m: PolicyMatch, peer: IpAddr) -> (u32, PodIpPolicyKey) {
     let (prefix_len, k) = m.to_key();
     let l4_bits = prefix_len - policy::KEY_FIXED_BITS;
-    let (fam, addr) = match peer {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (family::IPV4, b)
-        }
-        IpAddr::V6(a) => (family::IPV6, a.octets()),
-    };
+    let (fam, addr, _) = addr_bytes(peer);
     let key = PodIpPolicyKey {
         endpoint_id: k.endpoint_id,
         direction: k.direction,
@@ -616,15 +603,42 @@ fn pod_ip_key(m: PolicyMatch, peer: IpAddr) -> (u32, PodIpPolicyKey) {
     (policy::POD_IP_KEY_FIXED_BITS + l4_bits, key)
 }
 
-fn ipcache_key(addr: IpAddr, prefix: u8) -> (Key<IpcacheKey>, u8) {
-    let (fam, bytes, max) = match addr {
+/// An address as the maps store it: family, 16 bytes in network order (IPv4 in the first 4),
+/// and the family's full prefix length.
+fn addr_bytes(addr: IpAddr) -> (u8, [u8; 16], u8) {
+    match addr {
         IpAddr::V4(a) => {
             let mut b = [0u8; 16];
             b[..4].copy_from_slice(&a.octets());
             (family::IPV4, b, 32)
         }
         IpAddr::V6(a) => (family::IPV6, a.octets(), 128),
+    }
+}
+
+/// The endpoint-map entry of an endpoint at `addr` (anti-spoofing takes its address from here).
+pub fn endpoint_info(endpoint_id: u32, identity: u32, addr: IpAddr, flags: u32) -> EndpointInfo {
+    let mut info = EndpointInfo {
+        endpoint_id,
+        identity,
+        flags,
+        ..Default::default()
     };
+    match addr {
+        IpAddr::V4(a) => {
+            info.flags |= endpoint::FLAG_HAS_IPV4;
+            info.ipv4 = a.octets();
+        }
+        IpAddr::V6(a) => {
+            info.flags |= endpoint::FLAG_HAS_IPV6;
+            info.ipv6 = a.octets();
+        }
+    }
+    info
+}
+
+fn ipcache_key(addr: IpAddr, prefix: u8) -> (Key<IpcacheKey>, u8) {
+    let (fam, bytes, max) = addr_bytes(addr);
     let prefix = prefix.min(max);
     (
         Key::new(

@@ -4,15 +4,14 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN) and bpffs; `make test` runs it as root.
 
 use std::{
-    fs::File,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
-use nix::sched::{CloneFlags, setns};
 use palisade_datapath_common::counters::{DIRECTION_FROM_POD, DIRECTION_TO_POD, FAMILY_IPV4};
+use palisade_lab::exec::spawn_in_netns;
 use palisade_lab::{Lab, LabSpec};
 use palisade_node_agent::datapath::{CounterKeyOrd, Datapath, DatapathConfig};
 
@@ -27,19 +26,6 @@ const FRAME_LEN: u64 = 14 + 20 + 8 + PAYLOAD.len() as u64;
 fn object_loads_and_passes_the_verifier() {
     // Production map sizes: the defaults an agent uses must load.
     Datapath::load().expect("the datapath object must load (run as root with bpffs mounted)");
-}
-
-/// Runs `f` on a thread that has entered network namespace `netns` (setns is per thread).
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{netns}");
-    thread::spawn(move || {
-        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        setns(ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
 }
 
 /// Tears the lab down even when the test fails.
@@ -70,7 +56,7 @@ fn counters_see_every_packet_in_each_direction() {
     // The datapath lives on a thread inside the node namespace for the whole exchange.
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let datapath = in_netns(&node_netns, move || {
+    let datapath = spawn_in_netns(&node_netns, move || {
         let mut dp = Datapath::load_with(&DatapathConfig::for_test()).expect("load");
         dp.attach_counters(&a_iface).expect("attach to pod a");
         dp.attach_counters(&b_iface).expect("attach to pod b");
@@ -84,7 +70,7 @@ fn counters_see_every_packet_in_each_direction() {
         .recv_timeout(Duration::from_secs(10))
         .expect("datapath attached");
 
-    let server = in_netns(&b.netns, move || {
+    let server = spawn_in_netns(&b.netns, move || {
         let sock =
             UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, UDP_PORT)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_secs(5)))
@@ -96,7 +82,7 @@ fn counters_see_every_packet_in_each_direction() {
         }
     });
     thread::sleep(Duration::from_millis(200)); // let the server bind
-    let client = in_netns(&a.netns, move || {
+    let client = spawn_in_netns(&a.netns, move || {
         let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -108,10 +94,10 @@ fn counters_see_every_packet_in_each_direction() {
             assert_eq!(&buf[..n], PAYLOAD);
         }
     });
-    client.join().expect("client");
-    server.join().expect("server");
+    client.join().expect("client").expect("netns");
+    server.join().expect("server").expect("netns");
     done_tx.send(()).expect("done");
-    let ((a_idx, b_idx), counts) = datapath.join().expect("datapath thread");
+    let ((a_idx, b_idx), counts) = datapath.join().expect("datapath thread").expect("netns");
 
     let get = |ifindex, direction| {
         counts

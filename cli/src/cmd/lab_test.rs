@@ -11,7 +11,6 @@
 //! itself, from the same compiled entries the agent will receive.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,11 +19,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sched::{CloneFlags, setns};
-use palisade_datapath_common::endpoint::{EndpointInfo, FLAG_ALLOW_LOCALHOST, FLAG_HAS_IPV4};
+use palisade_datapath_common::endpoint::FLAG_ALLOW_LOCALHOST;
 use palisade_datapath_common::policy::PolicyValue;
 use palisade_lab::{ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
-use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch};
+use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch, endpoint_info};
 use palisade_policy::engine::Engine;
 use palisade_policy::identity::Identity;
 use palisade_policy::ir::proto;
@@ -378,13 +376,12 @@ fn program_nodes(
             let IpAddr::V4(v4) = pod.ip else {
                 bail!("pod `{}` is not IPv4", pod.name)
             };
-            let mut info = EndpointInfo {
+            let info = endpoint_info(
                 endpoint_id,
-                identity: ep.identity.0,
-                flags: FLAG_HAS_IPV4 | FLAG_ALLOW_LOCALHOST,
-                ..Default::default()
-            };
-            info.ipv4 = v4.octets();
+                ep.identity.0,
+                IpAddr::V4(v4),
+                FLAG_ALLOW_LOCALHOST,
+            );
             endpoints.push((pod.host_iface.clone(), info, entries, pod_ip_entries));
         }
         let netns = node.netns.clone();
@@ -392,10 +389,7 @@ fn program_nodes(
         let stop = stop_rx.clone();
         threads.push(thread::spawn(move || -> Result<()> {
             let programmed = (|| -> Result<Datapath> {
-                let ns = File::open(format!("/run/netns/{netns}"))
-                    .with_context(|| format!("opening netns `{netns}`"))?;
-                setns(ns, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("entering netns `{netns}`"))?;
+                palisade_lab::exec::enter_netns(&netns)?;
                 let mut dp = Datapath::load_with(&DatapathConfig::for_test())?;
                 for (ip, id) in &node_cache {
                     dp.upsert_ipcache(*ip, if ip.is_ipv4() { 32 } else { 128 }, *id)?;

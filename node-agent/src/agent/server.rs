@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
-use palisade_datapath_common::endpoint::{
-    EndpointInfo, FLAG_ALLOW_LOCALHOST, FLAG_HAS_IPV4, FLAG_HAS_IPV6, IDENTITY_HOST,
-};
+use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, IDENTITY_HOST};
 use palisade_policy::engine::{EndpointSpec as EngineEndpoint, Engine, EngineConfig};
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 
@@ -23,7 +21,7 @@ use super::config::AgentConfig;
 use super::ipam::{Ipam, IpamError};
 use super::registry::{RegisteredEndpoint, Registry};
 use super::sync::{MapSync, SyncStats};
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, endpoint_info};
 
 /// How often the policy directory is checked for changes.
 const POLICY_POLL: Duration = Duration::from_millis(500);
@@ -387,22 +385,7 @@ impl Agent {
     /// Writes a registered endpoint's ipcache and endpoint entries and attaches its programs.
     fn enforce(&mut self, r: &Registered) -> Result<(), (u32, String)> {
         let e = &r.endpoint;
-        let mut info = EndpointInfo {
-            endpoint_id: e.endpoint_id,
-            identity: e.identity,
-            flags: FLAG_ALLOW_LOCALHOST,
-            ..Default::default()
-        };
-        match r.ip {
-            IpAddr::V4(a) => {
-                info.flags |= FLAG_HAS_IPV4;
-                info.ipv4 = a.octets();
-            }
-            IpAddr::V6(a) => {
-                info.flags |= FLAG_HAS_IPV6;
-                info.ipv6 = a.octets();
-            }
-        }
+        let info = endpoint_info(e.endpoint_id, e.identity, r.ip, FLAG_ALLOW_LOCALHOST);
         let dp_err = |err: DatapathError| {
             (
                 CODE_DATAPATH,
