@@ -12,4 +12,5 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod controlplane;
 pub mod crd;

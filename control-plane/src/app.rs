@@ -181,111 +181,11 @@ pub enum Response {
 }
 
 // === Records ===
-
-/// Cluster-wide settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterConfig {
-    /// Cluster id, the high 8 bits of every identity (cluster mesh).
-    pub cluster_id: u8,
-    /// The CIDR node pod CIDRs are allocated from.
-    pub cluster_cidr: Ipv4Net,
-    /// Prefix length of each node's pod CIDR.
-    pub node_prefix_len: u8,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            cluster_id: 0,
-            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 200, 0, 0), 16)
-                .unwrap_or_default(),
-            node_prefix_len: 24,
-        }
-    }
-}
-
-/// A security identity and the label set it stands for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// The identity (cluster bits included).
-    pub id: u32,
-    /// Sorted, deduplicated labels.
-    pub labels: Vec<String>,
-    /// Replicated-clock time since when no endpoint references it (`None` while referenced).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unreferenced_since_ms: Option<u64>,
-}
-
-/// What a node sends to register.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRegistration {
-    /// Node name, unique in the cluster.
-    pub name: String,
-    /// Underlay address other nodes reach it at.
-    pub address: IpAddr,
-    /// WireGuard public key (base64 of 32 bytes).
-    pub wireguard_public_key: String,
-    /// Epoch of that key; a registration with an older epoch than the stored one is rejected.
-    pub wireguard_epoch: u64,
-}
-
-/// A registered node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// Node name.
-    pub name: String,
-    /// Underlay address.
-    pub address: IpAddr,
-    /// Pod CIDR allocated from the cluster CIDR.
-    pub pod_cidr: Ipv4Net,
-    /// WireGuard public key.
-    pub wireguard_public_key: String,
-    /// Epoch of that key.
-    pub wireguard_epoch: u64,
-    /// Replicated-clock time of its last heartbeat or registration (ms since the epoch).
-    #[serde(default)]
-    pub last_heartbeat_ms: u64,
-}
-
-/// An endpoint: IP → identity on a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// Endpoint IP.
-    pub ip: IpAddr,
-    /// Its identity.
-    pub identity: u32,
-    /// The node hosting it.
-    pub node: String,
-}
-
-/// The key of a policy object: `kind/namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PolicyKey {
-    /// Object kind, e.g. `CiliumNetworkPolicy`.
-    pub kind: String,
-    /// Namespace, `-` for cluster-scoped kinds.
-    pub namespace: String,
-    /// Object name.
-    pub name: String,
-}
-
-impl PolicyKey {
-    /// The storage key, `kind/namespace/name`.
-    pub fn storage_key(&self) -> String {
-        format!("{}/{}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-/// A stored policy object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyRecord {
-    /// Its key.
-    pub key: PolicyKey,
-    /// The raw object.
-    pub object: serde_json::Value,
-    /// The policy revision this object was last written at.
-    pub revision: u64,
-}
+// The record types are shared with clients (the CLI, the agents): they live in `palisade-api`.
+pub use palisade_api::controlplane::{
+    Change, ClusterConfig, Endpoint, Identity, NodeRecord, NodeRegistration, PolicyKey,
+    PolicyRecord,
+};
 
 /// Scalars of the state machine, stored in one row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,22 +209,13 @@ pub const CHANGE_FEED_LEN: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FeedEntry {
     revision: u64,
+    /// The policy revision once this change was applied.
+    policy_revision: u64,
+    /// The replicated clock when it was applied (ms since the epoch).
+    at_ms: u64,
     table: Table,
     kind: &'static str,
     key: String,
-}
-
-/// One change of an object, as served to watchers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// Change revision.
-    pub revision: u64,
-    /// `identity`, `node`, `endpoint` or `policy`.
-    pub kind: String,
-    /// The object's key in its table.
-    pub key: String,
-    /// The object's current value; `None` when it is deleted.
-    pub value: Option<serde_json::Value>,
 }
 
 // === Tables ===
@@ -512,6 +403,8 @@ impl State {
             self.counters.change_revision += 1;
             self.feed.push_back(FeedEntry {
                 revision: self.counters.change_revision,
+                policy_revision: self.counters.revision,
+                at_ms: self.counters.clock_ms,
                 table: *table,
                 kind,
                 key: key.clone(),
@@ -541,6 +434,8 @@ impl State {
                 .take(limit)
                 .map(|c| Change {
                     revision: c.revision,
+                    policy_revision: c.policy_revision,
+                    at_ms: c.at_ms,
                     kind: c.kind.to_owned(),
                     key: c.key.clone(),
                     value: self
@@ -870,7 +765,27 @@ impl State {
         };
         let used: std::collections::BTreeSet<Ipv4Net> =
             self.nodes.values().map(|n| n.pod_cidr).collect();
-        let Some(pod_cidr) = subnets.into_iter().find(|s| !used.contains(s)) else {
+        // A node may ask for a particular pod CIDR (an operator's or a lab's addressing plan):
+        // granted when it is one of the cluster CIDR's node-sized subnets and free.
+        if let Some(want) = reg.pod_cidr {
+            if !subnets.clone().any(|s| s == want) {
+                return Response::Rejected {
+                    reason: format!(
+                        "`pod_cidr`: {want} is not a /{} inside the cluster CIDR {}",
+                        self.cluster.node_prefix_len, self.cluster.cluster_cidr
+                    ),
+                };
+            }
+            if used.contains(&want) {
+                return Response::Rejected {
+                    reason: format!("`pod_cidr`: {want} is already allocated to another node"),
+                };
+            }
+        }
+        let Some(pod_cidr) = reg
+            .pod_cidr
+            .or_else(|| subnets.into_iter().find(|s| !used.contains(s)))
+        else {
             return Response::Rejected {
                 reason: format!(
                     "`pod_cidr`: cluster CIDR {} has no free /{}",
@@ -1103,6 +1018,45 @@ mod tests {
     }
 
     #[test]
+    fn a_node_gets_the_pod_cidr_it_asks_for_when_free_and_inside_the_cluster_cidr() {
+        let mut s = State::new();
+        let reg = |name: &str, cidr: &str| {
+            Request::RegisterNode(NodeRegistration {
+                name: name.into(),
+                address: IpAddr::from([192, 0, 2, 1]),
+                wireguard_public_key: "k".into(),
+                wireguard_epoch: 1,
+                pod_cidr: cidr.parse().ok(),
+            })
+        };
+        let Response::Node(a) = s.apply(&reg("a", "10.200.7.0/24")).0 else {
+            panic!("a")
+        };
+        assert_eq!(a.pod_cidr.to_string(), "10.200.7.0/24");
+        let taken = s.apply(&reg("b", "10.200.7.0/24")).0;
+        assert!(
+            matches!(&taken, Response::Rejected { reason } if reason.contains("already allocated")),
+            "{taken:?}"
+        );
+        for outside in ["10.201.0.0/24", "10.200.7.0/25"] {
+            let r = s.apply(&reg("b", outside)).0;
+            assert!(
+                matches!(&r, Response::Rejected { reason } if reason.starts_with("`pod_cidr`")),
+                "{outside}: {r:?}"
+            );
+        }
+        assert!(
+            !s.nodes.contains_key("b"),
+            "a rejected registration adds nothing"
+        );
+        // Without a request the first free subnet is picked, skipping the taken one.
+        let Response::Node(c) = s.apply(&reg("c", "")).0 else {
+            panic!("c")
+        };
+        assert_eq!(c.pod_cidr.to_string(), "10.200.0.0/24");
+    }
+
+    #[test]
     fn nodes_get_distinct_pod_cidrs_kept_on_reregistration() {
         let mut s = State::new();
         let reg = |name: &str, epoch| {
@@ -1111,6 +1065,7 @@ mod tests {
                 address: "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 wireguard_public_key: "k".into(),
                 wireguard_epoch: epoch,
+                pod_cidr: None,
             })
         };
         let Response::Node(a) = s.apply(&reg("a", 1)).0 else {
@@ -1197,6 +1152,7 @@ mod tests {
                 address: IpAddr::from([192, 0, 2, 1]),
                 wireguard_public_key: "k".into(),
                 wireguard_epoch: 1,
+                pod_cidr: None,
             }),
         );
         let ip = IpAddr::from([10, 200, 0, 5]);
@@ -1267,6 +1223,7 @@ mod tests {
             address: IpAddr::from([192, 0, 2, 1]),
             wireguard_public_key: "k".into(),
             wireguard_epoch: 1,
+            pod_cidr: None,
         });
         s.apply(&Request::Batch {
             requests: vec![reg],

@@ -621,9 +621,13 @@ async fn watch(State(api): State<Api>, q: Result<Query<WatchParams>, QueryReject
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
     let deadline = Instant::now() + timeout;
     loop {
-        let (revision, changes) = api
-            .cluster
-            .read(|s| (s.counters.change_revision, s.changes_since(q.from, limit)))?;
+        let (revision, policy_revision, changes) = api.cluster.read(|s| {
+            (
+                s.counters.change_revision,
+                s.counters.revision,
+                s.changes_since(q.from, limit),
+            )
+        })?;
         let Some(changes) = changes else {
             return Err(ApiError {
                 status: StatusCode::GONE,
@@ -635,7 +639,12 @@ async fn watch(State(api): State<Api>, q: Result<Query<WatchParams>, QueryReject
             });
         };
         if !changes.is_empty() || Instant::now() >= deadline {
-            return Ok(Json(json!({ "revision": revision, "changes": changes })).into_response());
+            return Ok(Json(json!({
+                "revision": revision,
+                "policy_revision": policy_revision,
+                "changes": changes,
+            }))
+            .into_response());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
