@@ -314,15 +314,7 @@ impl Engine {
         if self.endpoints.contains_key(&spec.name) || self.externals.contains_key(&spec.name) {
             return Err(EngineError::Duplicate { name: spec.name });
         }
-        let empty = BTreeMap::new();
-        let ns_labels = self.namespaces.get(&spec.namespace).unwrap_or(&empty);
-        let labels = pod_labels(
-            &spec.labels,
-            &spec.namespace,
-            ns_labels,
-            &spec.service_account,
-            &self.config.cluster_name,
-        );
+        let labels = self.endpoint_labels(&spec);
         let is_new = self.identities.lookup(&labels).is_none();
         let (id, gained) = self.new_identity(&spec.name, labels)?;
         let name = spec.name.clone();
@@ -354,6 +346,50 @@ impl Engine {
         self.apply_peer_gain(id, &gained, Some(&name));
         self.recompile(&name);
         Ok(id)
+    }
+
+    /// The security label set a pod would get (its identity's key), with the namespace labels
+    /// this engine knows.
+    pub fn endpoint_labels(&self, spec: &EndpointSpec) -> LabelSet {
+        let empty = BTreeMap::new();
+        pod_labels(
+            &spec.labels,
+            &spec.namespace,
+            self.namespaces.get(&spec.namespace).unwrap_or(&empty),
+            &spec.service_account,
+            &self.config.cluster_name,
+        )
+    }
+
+    /// Binds an identity allocated elsewhere (the control plane) to its labels: selectors start
+    /// matching it and local endpoints' policy naming it is recompiled. A local endpoint with
+    /// those labels added later gets this id. Returns whether anything changed.
+    pub fn bind_identity(&mut self, id: Identity, labels: LabelSet) -> Result<bool, EngineError> {
+        let name = labels.to_string();
+        let is_new =
+            self.identities
+                .bind(id, labels.clone())
+                .map_err(|source| EngineError::Identity {
+                    name: name.clone(),
+                    source,
+                })?;
+        if !is_new {
+            return Ok(false);
+        }
+        let deltas = self.cache.update_identities(&[(id, &labels)], &[]);
+        let gained: Vec<SelectorId> = deltas.into_iter().map(|d| d.selector).collect();
+        self.apply_peer_gain(id, &gained, None);
+        Ok(true)
+    }
+
+    /// Forgets an identity bound with [`Engine::bind_identity`] once the control plane released
+    /// it. Refused (false) while a local endpoint uses it.
+    pub fn unbind_identity(&mut self, id: Identity) -> bool {
+        if self.by_identity.contains_key(&id) || self.identities.labels(id).is_none() {
+            return false;
+        }
+        self.release_identity(id);
+        true
     }
 
     /// Releases every identity no endpoint uses any more (with

@@ -105,6 +105,16 @@ pub enum IdentityError {
         /// Cluster bits of the exhausted scope.
         cluster: u8,
     },
+    /// An identity bound elsewhere collides with a binding this allocator already holds.
+    #[error("identity {id} for `{labels}` conflicts with {existing}")]
+    Conflict {
+        /// The identity being bound.
+        id: u32,
+        /// Its label set.
+        labels: String,
+        /// What is already bound: the label set's other id, or the id's other label set.
+        existing: String,
+    },
 }
 
 /// Allocates identities for label sets, deterministically (in order of first use). Reserved
@@ -166,6 +176,31 @@ impl IdentityAllocator {
         self.by_labels.insert(labels.clone(), id);
         self.by_id.insert(id, labels);
         Ok((id, true))
+    }
+
+    /// Binds an identity allocated elsewhere (the control plane) to its label set. Returns
+    /// whether the binding is new; binding the same pair again changes nothing. The label set
+    /// already bound to another id, or the id to other labels, is a [`IdentityError::Conflict`]
+    /// (the caller unbinds the stale side first).
+    pub fn bind(&mut self, id: Identity, labels: LabelSet) -> Result<bool, IdentityError> {
+        match (self.by_labels.get(&labels), self.by_id.get(&id)) {
+            (Some(bound), _) if *bound == id => Ok(false),
+            (Some(bound), _) => Err(IdentityError::Conflict {
+                id: id.0,
+                labels: labels.to_string(),
+                existing: format!("identity {}", bound.0),
+            }),
+            (None, Some(other)) => Err(IdentityError::Conflict {
+                id: id.0,
+                labels: labels.to_string(),
+                existing: format!("its binding to `{other}`"),
+            }),
+            (None, None) => {
+                self.by_labels.insert(labels.clone(), id);
+                self.by_id.insert(id, labels);
+                Ok(true)
+            }
+        }
     }
 
     /// Labels of an identity.

@@ -117,6 +117,42 @@ impl LabelSet {
     }
 }
 
+impl LabelSet {
+    /// The labels as `source:key=value` strings (`source:key` when the value is empty), in
+    /// order: the form the control plane stores identities under.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.iter()
+            .map(|(s, k, v)| {
+                if v.is_empty() {
+                    format!("{}:{k}", s.as_str())
+                } else {
+                    format!("{}:{k}={v}", s.as_str())
+                }
+            })
+            .collect()
+    }
+
+    /// Parses labels written by [`LabelSet::to_strings`]; the error names the label at fault.
+    pub fn from_strings<S: AsRef<str>>(labels: &[S]) -> Result<LabelSet, String> {
+        let mut set = LabelSet::new();
+        for (i, l) in labels.iter().enumerate() {
+            let l = l.as_ref();
+            let (source, rest) = l
+                .split_once(':')
+                .ok_or_else(|| format!("labels[{i}] `{l}`: no `source:` prefix"))?;
+            let source = Source::parse(source)
+                .ok_or_else(|| format!("labels[{i}] `{l}`: unknown source `{source}`"))?;
+            // Kubernetes label keys and values never contain `=`; the first one splits.
+            let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+            if key.is_empty() {
+                return Err(format!("labels[{i}] `{l}`: empty key"));
+            }
+            set.insert(source, key, value);
+        }
+        Ok(set)
+    }
+}
+
 impl fmt::Display for LabelSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
