@@ -1,0 +1,285 @@
+//! One request, tried on each server in turn: the failover policy lives here and only here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::blocking::Client as Http;
+use serde_json::Value;
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+
+/// HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// A request: method, path segments (encoded here), query pairs, JSON body, and how long the
+/// server may legitimately hold it (a long poll's own timeout) on top of the client's timeout.
+pub(crate) struct Call<'a> {
+    pub method: Method,
+    pub path: &'a [&'a str],
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<&'a Value>,
+    pub hold: Duration,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(method: Method, path: &'a [&'a str]) -> Self {
+        Call {
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            hold: Duration::ZERO,
+        }
+    }
+
+    /// `METHOD /a/b`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} /{}", self.method.name(), self.path.join("/"))
+    }
+}
+
+/// A server's answer: status and body (JSON, a JSON string for a non-JSON body, `Null` if empty).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The HTTP client and the servers, with the index of the last one that answered.
+pub(crate) struct Transport {
+    http: Http,
+    servers: Vec<Url>,
+    token: Option<String>,
+    timeout: Duration,
+    /// Where the next call starts: the last server that answered, so a healthy cluster costs one
+    /// attempt per call and a dead member is skipped once, not on every call.
+    preferred: AtomicUsize,
+}
+
+/// Parses a base URL; `host:port` alone means `http://host:port`.
+fn parse_server(s: &str) -> Result<Url, ClientError> {
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let bad = |why: String| ClientError::Config {
+        reason: format!("server `{s}`: {why}"),
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| bad(e.to_string()))?;
+    match url.scheme() {
+        "http" => {}
+        // The control plane serves plain HTTP until TLS lands (issue 4, "Security"), and this
+        // client is built without a TLS stack.
+        "https" => return Err(bad("https is not supported yet; use http://".to_owned())),
+        other => return Err(bad(format!("unsupported scheme `{other}`"))),
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(bad("needs a host, e.g. http://127.0.0.1:8001".to_owned()));
+    }
+    Ok(url)
+}
+
+/// An error and its causes on one line (reqwest's own message hides the root cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl Transport {
+    pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        if cfg.servers.is_empty() {
+            return Err(ClientError::Config {
+                reason: "no server given".to_owned(),
+            });
+        }
+        if cfg.timeout.is_zero() {
+            return Err(ClientError::Config {
+                reason: "the timeout must be positive".to_owned(),
+            });
+        }
+        if let Some(t) = &cfg.token
+            && (t.is_empty() || t.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(ClientError::Config {
+                reason: "the token must be non-empty, without spaces or control characters"
+                    .to_owned(),
+            });
+        }
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| parse_server(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = Http::builder()
+            .connect_timeout(cfg.timeout)
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| ClientError::Config {
+                reason: format!("cannot build the HTTP client: {}", chain(&e)),
+            })?;
+        Ok(Transport {
+            http,
+            servers,
+            token: cfg.token.clone(),
+            timeout: cfg.timeout,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(Url::as_str)
+    }
+
+    fn url(&self, base: &Url, call: &Call<'_>) -> Url {
+        let mut url = base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(call.path);
+        }
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&call.query);
+        }
+        url
+    }
+
+    /// Sends `call` to the servers in turn, starting from the preferred one. A transport error
+    /// (refused, reset, timed out) or a 503 (no leader known there right now) moves on to the
+    /// next server: every operation of the API is idempotent, so a retry elsewhere is safe even
+    /// if the first attempt took effect. Any other answer is final and returned as is.
+    pub fn call(&self, call: &Call<'_>) -> Result<Reply, ClientError> {
+        let n = self.servers.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut tried = Vec::with_capacity(n);
+        let mut last = String::new();
+        let mut unavailable: Option<Reply> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let base = &self.servers[i];
+            tried.push(base.as_str().trim_end_matches('/').to_owned());
+            match self.send(base, call) {
+                Ok(reply) if reply.status == 503 => {
+                    last = format!("{} answered 503", tried[k]);
+                    unavailable = Some(reply);
+                }
+                Ok(reply) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(e) => last = e,
+            }
+        }
+        // Some member answered but had no leader: its message says more than "unreachable".
+        if let Some(reply) = unavailable {
+            return Err(ClientError::from_answer(reply.status, reply.body));
+        }
+        Err(ClientError::Unreachable { tried, last })
+    }
+
+    fn send(&self, base: &Url, call: &Call<'_>) -> Result<Reply, String> {
+        let url = self.url(base, call);
+        let mut req = match call.method {
+            Method::Get => self.http.get(url),
+            Method::Post => self.http.post(url),
+            Method::Put => self.http.put(url),
+            Method::Delete => self.http.delete(url),
+        };
+        // The server may hold a long poll for `hold`; the client must wait longer than that.
+        req = req.timeout(self.timeout + call.hold);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = call.body {
+            req = req.json(b);
+        }
+        let resp = req.send().map_err(|e| chain(&e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().map_err(|e| chain(&e))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&bytes).trim().to_owned())
+            })
+        };
+        Ok(Reply { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            parse_server("127.0.0.1:8001").map(|u| u.to_string()).ok(),
+            Some("http://127.0.0.1:8001/".to_owned())
+        );
+        assert!(parse_server("https://a:1").is_err());
+        assert!(parse_server("ftp://a:1").is_err());
+        assert!(parse_server("http://").is_err());
+    }
+
+    #[test]
+    fn paths_are_encoded_per_segment() {
+        let t = Transport::new(&ClientConfig::new(["http://h:1/base/"])).expect("config");
+        let path = ["v1", "policies", "CiliumNetworkPolicy", "-", "a b?"];
+        let mut call = Call::new(Method::Get, &path);
+        call.query.push(("from", "3".to_owned()));
+        assert_eq!(
+            t.url(&t.servers[0], &call).as_str(),
+            "http://h:1/base/v1/policies/CiliumNetworkPolicy/-/a%20b%3F?from=3"
+        );
+    }
+
+    #[test]
+    fn nothing_listening_is_unreachable_naming_every_server() {
+        // Ports bound then released: nothing listens there.
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .expect("bind")
+            })
+            .collect();
+        let cfg = ClientConfig::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")));
+        let t = Transport::new(&cfg).expect("config");
+        match t.call(&Call::new(Method::Get, &["healthz"])) {
+            Err(ClientError::Unreachable { tried, last }) => {
+                assert_eq!(tried.len(), 2);
+                assert!(tried[0].ends_with(&ports[0].to_string()), "{tried:?}");
+                assert!(!last.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
