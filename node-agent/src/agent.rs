@@ -10,17 +10,24 @@
 //!                                   Datapath: endpoints, ipcache, policy maps, programs on veths
 //! ```
 //!
-//! Today identities are allocated by the agent's own engine and policies come from a directory;
-//! the control-plane stream (cluster-wide identities, compiled policy per node, acknowledgements)
-//! replaces both in issue 5.
+//! With a control plane (`control_plane` in the config), `control_plane::Link` registers the node,
+//! follows the change feed (identities, endpoints of other nodes, policy objects) into
+//! `cluster_view::ClusterView`, which binds the identities in the engine, writes remote
+//! endpoints into the ipcache and applies the policy objects; the agent publishes its endpoints
+//! and acknowledges the policy revision it enforces. Without one, identities are allocated by
+//! the agent's own engine and policy comes from the policy directory alone.
 
+mod cluster_view;
 mod config;
+mod control_plane;
 mod ipam;
+mod metrics;
 mod registry;
 mod server;
 mod sync;
 
-pub use config::AgentConfig;
+pub use cluster_view::ClusterView;
+pub use config::{AgentConfig, ControlPlaneConfig};
 pub use ipam::{Ipam, IpamError};
 pub use registry::{RegisteredEndpoint, Registry};
 pub use server::{AgentError, request, run};

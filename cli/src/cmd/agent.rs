@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
-use palisade_node_agent::agent::{self, AgentConfig};
+use palisade_cp_client::ClientConfig;
+use palisade_node_agent::agent::{self, AgentConfig, ControlPlaneConfig};
 use palisade_node_agent::datapath::DatapathConfig;
 
 use super::Output;
+
+/// The all-zero key (base64 of 32 zero bytes): registered until keymgr gives the node a real one.
+const PLACEHOLDER_WIREGUARD_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 /// Default socket of the agent.
 const DEFAULT_SOCKET: &str = "/run/palisade/agent.sock";
@@ -30,7 +34,7 @@ enum Cmd {
     /// endpoint registration), compiles the policies found in --policy-dir for the endpoints
     /// registered here, and keeps the maps equal to that compiled state. IPAM and the endpoint
     /// registry persist in --state-dir, so a restarted agent re-attaches its endpoints.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the agent enforces: node, endpoints, policies, verdict counters.
     Status(ClientArgs),
 }
@@ -78,6 +82,21 @@ struct RunArgs {
     /// Do not pin: the datapath lives and dies with this process (enforcement stops with it).
     #[arg(long)]
     no_bpf_pin: bool,
+    /// Follow this control plane (a member's API URL; repeatable, any member serves): register
+    /// the node, take cluster-wide identities and policy from it, publish endpoints and
+    /// acknowledge the policy revision enforced. Without it the agent is standalone.
+    #[arg(long = "control-plane", value_name = "URL")]
+    control_plane: Vec<String>,
+    /// Bearer token file for the control plane (first non-comment line).
+    #[arg(long, value_name = "FILE", requires = "control_plane")]
+    control_plane_token_file: Option<PathBuf>,
+    /// This node's underlay address as registered with the control plane
+    /// [default: the first --node-ip].
+    #[arg(long, value_name = "IP", requires = "control_plane")]
+    node_address: Option<std::net::IpAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -97,7 +116,7 @@ struct ClientArgs {
 /// Runs `palisade agent`.
 pub fn run(args: Args) -> ExitCode {
     let r = match args.command {
-        Cmd::Run(a) => run_agent(a),
+        Cmd::Run(a) => run_agent(*a),
         Cmd::Status(a) => status(a, false),
     };
     r.unwrap_or_else(|e| super::fail(&e))
@@ -134,6 +153,25 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         DatapathConfig::default()
     };
     datapath.pin_dir = pin_dir;
+    let control_plane = if a.control_plane.is_empty() {
+        None
+    } else {
+        let node_address = a
+            .node_address
+            .or_else(|| a.node_ips.first().copied().map(std::net::IpAddr::V4))
+            .ok_or_else(|| anyhow!("--control-plane needs --node-address or a --node-ip"))?;
+        let client =
+            ClientConfig::from_flags(&a.control_plane, a.control_plane_token_file.as_deref())
+                .map_err(|e| anyhow!("--control-plane: {e}"))?;
+        Some(ControlPlaneConfig {
+            client,
+            node_address,
+            // Until keymgr (issue 6) generates the node's key: a placeholder of the right shape,
+            // epoch 0, so the registration is well-formed and a real key (epoch ≥ 1) replaces it.
+            wireguard_public_key: PLACEHOLDER_WIREGUARD_KEY.into(),
+            wireguard_epoch: 0,
+        })
+    };
     let config = AgentConfig {
         node: a.node,
         pod_cidr: a.pod_cidr,
@@ -142,6 +180,8 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         state_dir: a.state_dir,
         policy_dir: a.policy_dir,
         datapath,
+        control_plane,
+        metrics_listen: a.metrics_listen,
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)

@@ -60,6 +60,8 @@ fn pods_added_through_cni_are_enforced_by_the_real_agent() {
         state_dir: dir.path().join("state"),
         policy_dir: Some(policies),
         datapath: DatapathConfig::for_test(),
+        control_plane: None,
+        metrics_listen: None,
     };
     // The agent runs for the rest of the test process, on a thread inside the node namespace.
     let _agent = spawn_in(&node.path(), move || {

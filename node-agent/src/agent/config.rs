@@ -1,9 +1,10 @@
 //! Agent configuration: plain data, validated once, then shared read-only.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
+use palisade_cp_client::ClientConfig;
 
 use crate::datapath::DatapathConfig;
 
@@ -25,4 +26,22 @@ pub struct AgentConfig {
     pub policy_dir: Option<PathBuf>,
     /// eBPF map sizes.
     pub datapath: DatapathConfig,
+    /// The control plane to follow; `None`: a standalone agent (identities allocated locally,
+    /// policy from `policy_dir` only).
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Where to serve Prometheus `/metrics` (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How the agent reaches the control plane and presents its node.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Members to talk to (any member serves; writes are forwarded to the leader).
+    pub client: ClientConfig,
+    /// This node's underlay address, as registered (other nodes route its pods through it).
+    pub node_address: IpAddr,
+    /// This node's WireGuard public key (base64) and its epoch, as registered.
+    pub wireguard_public_key: String,
+    /// Epoch of that key.
+    pub wireguard_epoch: u64,
 }

@@ -17,8 +17,13 @@ use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, IDENTITY_HOST};
 use palisade_policy::engine::{EndpointSpec as EngineEndpoint, Engine, EngineConfig};
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 
+use palisade_api::controlplane::{Endpoint as CpEndpoint, NodeRecord, NodeRegistration};
+
+use super::cluster_view::{Applied, ClusterView};
 use super::config::AgentConfig;
+use super::control_plane::{Link, Publish, Update};
 use super::ipam::{Ipam, IpamError};
+use super::metrics;
 use super::registry::{RegisteredEndpoint, Registry};
 use super::sync::{MapSync, SyncStats};
 use crate::datapath::{Datapath, DatapathError, endpoint_info};
@@ -57,6 +62,9 @@ pub enum AgentError {
     /// IPAM state could not be opened.
     #[error("ipam")]
     Ipam(#[from] IpamError),
+    /// The control plane link or the saved view of it could not be set up.
+    #[error("control plane: {0}")]
+    ControlPlane(String),
     /// The agent's answer was not a response.
     #[error("agent at `{socket}` answered something that is not a response: {detail}")]
     BadResponse {
@@ -114,6 +122,9 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         .set_nonblocking(true)
         .map_err(io("configure", &config.socket))?;
 
+    if let Some(addr) = config.metrics_listen {
+        metrics::serve(addr).map_err(AgentError::ControlPlane)?;
+    }
     let mut agent = Agent::start(config)?;
     eprintln!(
         "palisade agent: node `{}`, pod CIDR {}, {} endpoint(s) restored, listening on {}",
@@ -127,8 +138,18 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         // Sleep in poll(2) until a client connects or the policy directory is due a look.
         let wait = next_poll.saturating_duration_since(Instant::now());
         let timeout = PollTimeout::from(wait.as_millis().min(1_000) as u16);
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout);
+        {
+            let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            if let Some(link) = &agent.link {
+                fds.push(PollFd::new(link.wake_fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(&mut fds, timeout);
+        }
+        // Control-plane updates first: a CNI request served next sees the newest identities.
+        let updates = agent.link.as_ref().map(Link::drain).unwrap_or_default();
+        for u in updates {
+            agent.on_update(u);
+        }
         loop {
             match listener.accept() {
                 Ok((stream, _)) => agent.serve(stream),
@@ -166,6 +187,27 @@ struct Agent {
     policy_fingerprint: Vec<(PathBuf, u64, u128)>,
     last_sync: SyncStats,
     policy_error: Option<String>,
+    /// The control plane link (`None`: standalone agent).
+    link: Option<Link>,
+    /// The control plane's state as applied here (the last-known-good state).
+    view: ClusterView,
+    /// How the link is doing, for status.
+    cp: CpState,
+}
+
+/// The control plane link's health, as `palisade agent status` shows it.
+#[derive(Debug, Default)]
+struct CpState {
+    /// This node as registered.
+    registered: Option<NodeRecord>,
+    /// Whether the last exchange succeeded.
+    connected: bool,
+    /// The last failure (cleared by the next success).
+    last_error: Option<String>,
+    /// The last update that could not be applied (the previous state stays in force).
+    update_error: Option<String>,
+    /// Propagation latency of the last policy change applied (ms).
+    last_propagation_ms: Option<u64>,
 }
 
 impl Agent {
@@ -188,11 +230,24 @@ impl Agent {
             policy_fingerprint: Vec::new(),
             last_sync: SyncStats::default(),
             policy_error: None,
+            link: None,
+            view: ClusterView::default(),
+            cp: CpState::default(),
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
         for ip in agent.config.node_ips.clone() {
             agent.dp.upsert_ipcache(IpAddr::V4(ip), 32, IDENTITY_HOST)?;
+        }
+        if agent.config.control_plane.is_some() {
+            // The last-known-good view goes in before the endpoints: they get their cluster
+            // identities back, and the first sync already holds the cluster's policy (a restart
+            // never passes through an unpoliced state).
+            let mut view =
+                ClusterView::load(&agent.config.state_dir).map_err(AgentError::ControlPlane)?;
+            view.restore(&mut agent.engine, &mut agent.dp)
+                .map_err(|e| AgentError::ControlPlane(chain(&e)))?;
+            agent.view = view;
         }
         // Restart order: every known endpoint and every policy into the engine first, then one
         // sync, then the programs: the maps go from the old state to the new in one diff, with
@@ -226,6 +281,18 @@ impl Agent {
                 agent.last_sync.total
             );
         }
+        if let Some(cp) = agent.config.control_plane.clone() {
+            let registration = NodeRegistration {
+                name: agent.config.node.clone(),
+                address: cp.node_address,
+                wireguard_public_key: cp.wireguard_public_key.clone(),
+                wireguard_epoch: cp.wireguard_epoch,
+                pod_cidr: Some(agent.config.pod_cidr),
+            };
+            agent.link =
+                Some(Link::start(cp.client, registration).map_err(AgentError::ControlPlane)?);
+        }
+        agent.update_gauges();
         Ok(agent)
     }
 
@@ -335,6 +402,14 @@ impl Agent {
             )
         })?;
         self.enforce(&r)?;
+        if let Some(link) = &self.link {
+            link.publish(Publish::Endpoint(CpEndpoint {
+                ip: r.ip,
+                identity: r.endpoint.identity,
+                node: self.config.node.clone(),
+            }));
+        }
+        self.update_gauges();
         Ok(r.endpoint)
     }
 
@@ -356,20 +431,22 @@ impl Agent {
         let ifindex = nix::net::if_::if_nametoindex(spec.host_iface.as_str())
             .map_err(|e| invalid(format!("hostIface `{}`: {e}", spec.host_iface)))?;
         let name = format!("{}/{}", spec.pod_namespace, spec.pod_name);
+        let engine_spec = EngineEndpoint {
+            name: name.clone(),
+            namespace: spec.pod_namespace.clone(),
+            labels: spec.labels.clone(),
+            service_account: spec
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            ip,
+            node: self.config.node.clone(),
+            ports: Vec::new(),
+        };
+        self.cluster_identity(&engine_spec)?;
         let identity = self
             .engine
-            .add_endpoint(EngineEndpoint {
-                name: name.clone(),
-                namespace: spec.pod_namespace.clone(),
-                labels: spec.labels.clone(),
-                service_account: spec
-                    .service_account
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                ip,
-                node: self.config.node.clone(),
-                ports: Vec::new(),
-            })
+            .add_endpoint(engine_spec)
             .map_err(|e| invalid(format!("endpoint `{name}`: {e}")))?;
         let endpoint = self
             .registry
@@ -380,6 +457,177 @@ impl Agent {
             ifindex,
             ip,
         })
+    }
+
+    /// With a control plane, makes sure the endpoint's label set is bound to its cluster
+    /// identity before the engine sees the endpoint: known label sets resolve locally (also
+    /// while the control plane is unreachable); a new one costs one round trip.
+    fn cluster_identity(&mut self, spec: &EngineEndpoint) -> Result<(), (u32, String)> {
+        let Some(link) = &self.link else {
+            return Ok(());
+        };
+        let labels = self.engine.endpoint_labels(spec);
+        if self.engine.identities().lookup(&labels).is_some() {
+            return Ok(());
+        }
+        let strings = labels.to_strings();
+        let id = link.allocate(&strings).map_err(|e| {
+            (
+                CODE_TRY_AGAIN,
+                format!(
+                    "endpoint `{}`: its labels are new and the control plane could not allocate their identity: {e}",
+                    spec.name
+                ),
+            )
+        })?;
+        self.engine
+            .bind_identity(palisade_policy::identity::Identity(id.id), labels)
+            .map_err(|e| {
+                (
+                    CODE_TRY_AGAIN,
+                    format!("endpoint `{}`: {}", spec.name, chain(&e)),
+                )
+            })?;
+        self.view.note_identity(id.id, strings);
+        Ok(())
+    }
+
+    /// Applies one update from the control plane and acknowledges what is then enforced.
+    fn on_update(&mut self, u: Update) {
+        let node = self.config.node.clone();
+        let result = match u {
+            Update::Unreachable(e) => {
+                if self.cp.connected || self.cp.last_error.is_none() {
+                    eprintln!(
+                        "palisade agent: control plane: {e} (enforcing the last-known-good state)"
+                    );
+                }
+                self.cp.connected = false;
+                self.cp.last_error = Some(e);
+                metrics::gauge("palisade_agent_control_plane_connected", 0.0);
+                return;
+            }
+            Update::Registered(rec) => {
+                if rec.pod_cidr != self.config.pod_cidr {
+                    eprintln!(
+                        "palisade agent: the control plane keeps pod CIDR {} for node `{node}`, this agent runs with {}: pods here will not be routed",
+                        rec.pod_cidr, self.config.pod_cidr
+                    );
+                }
+                self.cp.registered = Some(rec);
+                self.mark_connected();
+                return;
+            }
+            Update::Snapshot(snap) => {
+                let r = self
+                    .view
+                    .apply_snapshot(&snap, &node, &mut self.engine, &mut self.dp);
+                if r.is_ok()
+                    && let Some(link) = &self.link
+                {
+                    // The control plane's record of this node's endpoints follows the registry:
+                    // publish every local one (idempotent), withdraw what is no longer here.
+                    let local: BTreeSet<IpAddr> = self
+                        .registry
+                        .iter()
+                        .flat_map(|e| e.spec.ips.clone())
+                        .collect();
+                    for e in snap.endpoints.iter().filter(|e| e.node == node) {
+                        if !local.contains(&e.ip) {
+                            link.publish(Publish::EndpointGone(e.ip));
+                        }
+                    }
+                    for e in self.registry.iter() {
+                        for ip in &e.spec.ips {
+                            link.publish(Publish::Endpoint(CpEndpoint {
+                                ip: *ip,
+                                identity: e.identity,
+                                node: node.clone(),
+                            }));
+                        }
+                    }
+                }
+                r
+            }
+            Update::Changes(batch) => {
+                let caught_up = batch
+                    .changes
+                    .last()
+                    .is_none_or(|c| c.revision >= batch.revision);
+                let rev = match batch.changes.last() {
+                    Some(c) if !caught_up => c.policy_revision,
+                    _ => batch.policy_revision,
+                };
+                self.view
+                    .apply_changes(&batch.changes, rev, &node, &mut self.engine, &mut self.dp)
+            }
+        };
+        self.mark_connected();
+        match result {
+            Ok(applied) => self.enforce_update(applied),
+            Err(e) => {
+                let msg = chain(&e);
+                eprintln!("palisade agent: control-plane update not applied: {msg}");
+                self.cp.update_error = Some(msg);
+                metrics::counter("palisade_agent_updates_total", "rejected");
+            }
+        }
+    }
+
+    fn mark_connected(&mut self) {
+        if !self.cp.connected && self.cp.last_error.is_some() {
+            eprintln!("palisade agent: control plane reachable again");
+        }
+        self.cp.connected = true;
+        self.cp.last_error = None;
+        metrics::gauge("palisade_agent_control_plane_connected", 1.0);
+    }
+
+    /// Programs the maps after an applied update, saves the view, acknowledges.
+    fn enforce_update(&mut self, applied: Applied) {
+        if applied.engine_changed()
+            && let Err(e) = self.resync()
+        {
+            // Not acknowledged: `policy wait` keeps waiting for this node, as it should.
+            let msg = chain(&e);
+            eprintln!("palisade agent: programming control-plane policy: {msg}");
+            self.cp.update_error = Some(msg);
+            return;
+        }
+        self.cp.update_error = None;
+        if let Err(e) = self.view.save(&self.config.state_dir) {
+            eprintln!("palisade agent: saving the control-plane view: {e}");
+        }
+        if !applied.policy_changed_at_ms.is_empty() {
+            metrics::propagated(&applied.policy_changed_at_ms);
+            let latest = applied
+                .policy_changed_at_ms
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(0);
+            self.cp.last_propagation_ms = Some(metrics::now_ms().saturating_sub(latest));
+        }
+        metrics::counter("palisade_agent_updates_total", "applied");
+        self.update_gauges();
+        if let Some(link) = &self.link {
+            link.publish(Publish::Ack(self.view.policy_revision));
+        }
+    }
+
+    fn update_gauges(&self) {
+        let (identities, remote, _) = self.view.counts();
+        metrics::gauge(
+            "palisade_agent_policy_revision",
+            self.view.policy_revision as f64,
+        );
+        metrics::gauge(
+            "palisade_agent_endpoints",
+            self.registry.iter().count() as f64,
+        );
+        metrics::gauge("palisade_agent_identities", identities as f64);
+        metrics::gauge("palisade_agent_remote_endpoints", remote as f64);
+        metrics::gauge("palisade_agent_policy_entries", self.last_sync.total as f64);
     }
 
     /// Writes a registered endpoint's ipcache and endpoint entries and attaches its programs.
@@ -426,6 +674,9 @@ impl Agent {
             self.dp
                 .remove_ipcache(*ip, if ip.is_ipv4() { 32 } else { 128 })
                 .map_err(dp_err)?;
+            if let Some(link) = &self.link {
+                link.publish(Publish::EndpointGone(*ip));
+            }
         }
         self.resync().map_err(dp_err)
     }
@@ -559,6 +810,22 @@ impl Agent {
                 .map(|(id, (identity, pod_ip))| (id.to_string(), serde_json::json!({"identity": identity, "podAddress": pod_ip})))
                 .collect::<serde_json::Map<_, _>>(),
             "verdicts": verdicts,
+            "controlPlane": self.config.control_plane.as_ref().map(|_| {
+                let (identities, remote, policies) = self.view.counts();
+                serde_json::json!({
+                    "connected": self.cp.connected,
+                    "lastError": self.cp.last_error,
+                    "updateError": self.cp.update_error,
+                    "podCidr": self.cp.registered.as_ref().map(|r| r.pod_cidr.to_string()),
+                    "policyRevision": self.view.policy_revision,
+                    "policies": self.view.policy_keys().collect::<Vec<_>>(),
+                    "identities": identities,
+                    "remoteEndpoints": remote,
+                    "objects": policies,
+                    "nodes": self.view.nodes().map(|n| n.name.clone()).collect::<Vec<_>>(),
+                    "lastPropagationMs": self.cp.last_propagation_ms,
+                })
+            }),
         })
     }
 }
@@ -579,7 +846,7 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -1,0 +1,446 @@
+//! Agents following a real control plane, with real packets between pods on two nodes:
+//! cluster-wide identities (the same labels on two nodes get the same id), remote endpoints in the
+//! ipcache (cross-node policy by label), `policy wait` returning once both nodes enforce a change,
+//! the propagation latency in the agents' metrics, and the last-known-good state: with the control
+//! plane gone the policy stays enforced (also across an agent restart) and a change made once it
+//! is back takes effect. Needs root; `make test` runs it as root.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
+use palisade_api::controlplane::PolicyKey;
+use palisade_cp_client::{Client, ClientConfig, WaitOutcome};
+use palisade_lab::exec::spawn_in_netns;
+use palisade_lab::{ExternalPlan, Lab, LabSpec, ProcessRole, Protocol};
+use palisade_node_agent::agent;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+/// The control plane's host: a namespace on the fabric, outside the cluster.
+const CP_IP: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
+const METRICS_PORT: u16 = 9962;
+
+/// db (on n1) accepts TCP 80 from web pods only, wherever they run.
+const DB_FROM_WEB: &str = r#"{
+  "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+  "metadata": {"name": "db-from-web", "namespace": "default"},
+  "spec": {
+    "endpointSelector": {"matchLabels": {"app": "db"}},
+    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}],
+                 "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]
+  }
+}"#;
+
+/// other (on n2) accepts nothing (Kubernetes default deny ingress).
+const ISOLATE_OTHER: &str = r#"{
+  "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+  "metadata": {"name": "isolate-other", "namespace": "default"},
+  "spec": {"podSelector": {"matchLabels": {"app": "other"}}, "policyTypes": ["Ingress"]}
+}"#;
+
+struct Cleanup {
+    lab: String,
+    dir: PathBuf,
+    pins: Vec<PathBuf>,
+}
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Lab::down(&self.lab);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for p in &self.pins {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Runs `f` inside a network namespace and returns its result.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f)
+        .join()
+        .expect("thread")
+        .expect("enter netns")
+}
+
+fn client() -> Client {
+    Client::new(ClientConfig::new([format!("http://{CP_IP}:8001")])).expect("client")
+}
+
+struct Cluster {
+    lab: Lab,
+    dir: PathBuf,
+    cp_ns: String,
+}
+
+impl Cluster {
+    fn cp<T: Send + 'static>(&self, f: impl FnOnce(&Client) -> T + Send + 'static) -> T {
+        in_netns(&self.cp_ns, move || f(&client()))
+    }
+
+    fn start_control_plane(&mut self) -> u32 {
+        let bin = Path::new(BIN).with_file_name("palisade-controlplane");
+        let data = self.dir.join("cp-data");
+        let args: Vec<String> = vec![
+            "--id".into(),
+            "1".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--raft-listen".into(),
+            format!("{CP_IP}:7001"),
+            "--api-listen".into(),
+            format!("{CP_IP}:8001"),
+            "--init".into(),
+        ];
+        let ns = self.cp_ns.clone();
+        let rec = self
+            .lab
+            .spawn(ProcessRole::ControlPlane, "cp1", Some(&ns), &bin, &args)
+            .expect("spawn control plane");
+        let log = rec.log.clone();
+        let up = self.cp(|c| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if c.cluster_status()
+                    .is_ok_and(|s| s["leader"].as_u64().is_some())
+                {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        assert!(up, "control plane has no leader; see {}", log.display());
+        rec.pid
+    }
+
+    fn start_agent(&mut self, i: usize) -> u32 {
+        let node = self.lab.state().nodes[i].clone();
+        let socket = self.socket(i);
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "run".into(),
+            "--node".into(),
+            node.name.clone(),
+            "--pod-cidr".into(),
+            node.pod_cidr.to_string(),
+            "--node-ip".into(),
+            node.underlay_ip.to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--state-dir".into(),
+            self.dir
+                .join(format!("state-{}", node.name))
+                .display()
+                .to_string(),
+            "--small-maps".into(),
+            "--netns".into(),
+            node.netns.clone(),
+            "--bpf-pin-dir".into(),
+            pin_dir(&self.dir, &node.name).display().to_string(),
+            "--control-plane".into(),
+            format!("http://{CP_IP}:8001"),
+            "--metrics-listen".into(),
+            format!("{}:{METRICS_PORT}", node.underlay_ip),
+        ];
+        let rec = self
+            .lab
+            .spawn(
+                ProcessRole::NodeAgent,
+                &format!("agent-{}", node.name),
+                None,
+                Path::new(BIN),
+                &args,
+            )
+            .expect("spawn agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent::request(&socket, &AgentRequest::Status {}).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start; see {}",
+                rec.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rec.pid
+    }
+
+    fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent-n{}.sock", i + 1))
+    }
+
+    fn status(&self, i: usize) -> serde_json::Value {
+        match agent::request(&self.socket(i), &AgentRequest::Status {}).expect("status") {
+            AgentResponse::Status { status } => status,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Registers a lab pod with its node's agent (what the CNI plugin does); returns its identity.
+    fn add_pod(&self, pod: &str, app: &str) -> u32 {
+        let p = self.lab.state().pod(pod).expect("pod").clone();
+        let i = self
+            .lab
+            .state()
+            .nodes
+            .iter()
+            .position(|n| n.name == p.node)
+            .expect("node");
+        let spec = EndpointSpec {
+            container_id: format!("c-{pod}"),
+            ifname: "eth0".into(),
+            netns: format!("/run/netns/{}", p.netns),
+            host_iface: p.host_iface.clone(),
+            pod_namespace: "default".into(),
+            pod_name: pod.into(),
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            service_account: None,
+            ips: vec![p.ip],
+        };
+        match agent::request(&self.socket(i), &AgentRequest::EndpointAdd(spec)).expect("add") {
+            AgentResponse::EndpointAdded { identity, .. } => identity,
+            other => panic!("endpoint {pod}: {other:?}"),
+        }
+    }
+
+    fn reachable(&self, from: &str, to: &str) -> bool {
+        let ip = self.lab.state().pod(to).expect("pod").ip;
+        self.lab
+            .probe(from, ip, 80, Protocol::Tcp, Duration::from_millis(600))
+            .expect("probe")
+            .reachable
+    }
+
+    /// The whole matrix the test cares about, as `from→to` strings that are reachable.
+    fn open_pairs(&self) -> Vec<String> {
+        let pairs = [
+            ("n1-p1", "n1-p2"),
+            ("n2-p1", "n1-p2"),
+            ("n2-p2", "n1-p2"),
+            ("n1-p1", "n2-p2"),
+            ("n2-p1", "n2-p2"),
+            ("n1-p2", "n2-p1"),
+        ];
+        pairs
+            .iter()
+            .filter(|(a, b)| self.reachable(a, b))
+            .map(|(a, b)| format!("{a}→{b}"))
+            .collect()
+    }
+
+    fn apply(&self, text: &'static str) -> u64 {
+        self.cp(move |c| {
+            let object: serde_json::Value = serde_json::from_str(text).expect("json");
+            let key = PolicyKey {
+                kind: object["kind"].as_str().expect("kind").into(),
+                namespace: "default".into(),
+                name: object["metadata"]["name"].as_str().expect("name").into(),
+            };
+            c.apply_policy(&key, &object).expect("apply").revision
+        })
+    }
+
+    fn wait(&self, revision: u64) -> WaitOutcome {
+        self.cp(move |c| {
+            c.wait_policies(Some(revision), Duration::from_secs(15))
+                .expect("wait")
+        })
+    }
+
+    fn metrics(&self, i: usize) -> String {
+        let node = self.lab.state().nodes[i].clone();
+        in_netns(&node.netns, move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect((node.underlay_ip, METRICS_PORT))
+                .expect("connect metrics");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out
+        })
+    }
+}
+
+fn pin_dir(dir: &Path, node: &str) -> PathBuf {
+    let tag = dir
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    PathBuf::from(format!("/sys/fs/bpf/{tag}-{node}"))
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
+    let name = format!("acp{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("pal-acp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _cleanup = Cleanup {
+        lab: name.clone(),
+        dir: dir.clone(),
+        pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
+    };
+    let mut spec = LabSpec::new(&name, 2, 2, BIN);
+    spec.externals.push(ExternalPlan {
+        name: "cp".into(),
+        ip: CP_IP,
+    });
+    let lab = Lab::up(&spec).expect("lab up");
+    let cp_ns = lab
+        .state()
+        .externals
+        .iter()
+        .find(|x| x.name == "cp")
+        .expect("cp host")
+        .netns
+        .clone();
+    let mut c = Cluster { lab, dir, cp_ns };
+    let cp_pid = c.start_control_plane();
+    let mut agents = [c.start_agent(0), c.start_agent(1)];
+
+    // Identities come from the control plane: web on n1 and web on n2 share one.
+    let web1 = c.add_pod("n1-p1", "web");
+    let db = c.add_pod("n1-p2", "db");
+    let web2 = c.add_pod("n2-p1", "web");
+    let other = c.add_pod("n2-p2", "other");
+    assert_eq!(
+        web1, web2,
+        "the same labels on two nodes get the same identity"
+    );
+    assert!(web1 > 255 && db > 255 && other > 255);
+    assert_eq!(
+        [web1, db, other]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+    let cp_ids: Vec<u32> = c.cp(|c| {
+        c.list_identities()
+            .expect("identities")
+            .iter()
+            .map(|i| i.id)
+            .collect()
+    });
+    for id in [web1, db, other] {
+        assert!(cp_ids.contains(&id), "identity {id} is the control plane's");
+    }
+    // Both nodes are registered and their endpoints published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let eps = c.cp(|c| c.list_endpoints().expect("endpoints").len());
+        if eps == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "4 endpoints published, saw {eps}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.open_pairs().len(), 6, "no policy: everything open");
+
+    // Cross-node policy by label: enforced on both nodes when `policy wait` returns.
+    c.apply(DB_FROM_WEB);
+    let rev = c.apply(ISOLATE_OTHER);
+    match c.wait(rev) {
+        WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
+        other => panic!("policy wait: {other:?}"),
+    }
+    let enforced = vec![
+        "n1-p1→n1-p2".to_string(),
+        "n2-p1→n1-p2".into(),
+        "n1-p2→n2-p1".into(),
+    ];
+    assert_eq!(c.open_pairs(), enforced, "db only from web; other isolated");
+    for i in 0..2 {
+        let m = c.metrics(i);
+        assert!(
+            sample(&m, "palisade_agent_policy_propagation_seconds_count").is_some_and(|n| n >= 1.0),
+            "node {i} propagation metric:\n{m}"
+        );
+        assert_eq!(
+            sample(&m, "palisade_agent_policy_revision"),
+            Some(rev as f64),
+            "node {i} enforces revision {rev}"
+        );
+        assert_eq!(
+            sample(&m, "palisade_agent_control_plane_connected"),
+            Some(1.0)
+        );
+    }
+
+    // The control plane goes away: the policy stays enforced, also across an agent restart.
+    kill(cp_pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.status(0)["controlPlane"]["connected"] != serde_json::json!(false) {
+        assert!(
+            Instant::now() < deadline,
+            "agent notices the control plane is gone"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.open_pairs(), enforced, "last-known-good policy enforced");
+    kill(agents[0]);
+    agents[0] = c.start_agent(0);
+    let st = c.status(0);
+    assert_eq!(
+        st["controlPlane"]["policyRevision"],
+        serde_json::json!(rev),
+        "{st}"
+    );
+    assert_eq!(
+        c.open_pairs(),
+        enforced,
+        "a restarted agent enforces the saved policy without the control plane"
+    );
+
+    // Back again: a change made now reaches both nodes.
+    c.start_control_plane();
+    let rev2 = c.cp(|c| {
+        c.delete_policy(&PolicyKey {
+            kind: "NetworkPolicy".into(),
+            namespace: "default".into(),
+            name: "isolate-other".into(),
+        })
+        .expect("delete")
+        .revision
+    });
+    match c.wait(rev2) {
+        WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
+        other => panic!("policy wait after the control plane returned: {other:?}"),
+    }
+    let open = c.open_pairs();
+    assert!(
+        open.contains(&"n1-p1→n2-p2".to_string()) && open.contains(&"n2-p1→n2-p2".to_string()),
+        "other is open again: {open:?}"
+    );
+    assert!(
+        !open.contains(&"n2-p2→n1-p2".to_string()),
+        "db still only from web"
+    );
+    for pid in agents {
+        kill(pid);
+    }
+}

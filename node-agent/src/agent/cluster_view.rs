@@ -1,0 +1,430 @@
+//! What this agent knows of the cluster from the control plane (identities, endpoints on other
+//! nodes, policy objects, nodes) and how that maps into the engine and the ipcache. Saved to
+//! disk after every applied update: the last-known-good state a restarted agent enforces before
+//! (or without) reaching the control plane again.
+//!
+//! Every update is all-or-nothing: the policy objects it carries are parsed before anything
+//! changes, and an update with one the engine cannot read is not applied at all (the previous
+//! state stays in force and the error is reported), so a bad object never opens traffic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use palisade_api::controlplane::{Change, Endpoint, Identity, NodeRecord, PolicyRecord};
+use palisade_policy::engine::Engine;
+use palisade_policy::identity::Identity as PolicyIdentity;
+use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
+use palisade_policy::labels::LabelSet;
+use serde::{Deserialize, Serialize};
+
+use super::control_plane::Snapshot;
+use crate::datapath::{Datapath, DatapathError};
+
+/// File name of the saved view in the agent's state directory.
+const FILE: &str = "control-plane-view.json";
+
+/// The control plane's state as this agent applied it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The policy revision the applied state corresponds to (what the agent acknowledges).
+    pub policy_revision: u64,
+    /// Identity → its labels (the control plane's `source:key=value` strings).
+    identities: BTreeMap<u32, Vec<String>>,
+    /// Endpoints on other nodes: address → identity (this node's own come from the CNI plugin).
+    remote: BTreeMap<IpAddr, u32>,
+    /// Policy objects by `kind/namespace/name`.
+    policies: BTreeMap<String, PolicyRecord>,
+    /// Nodes by name.
+    nodes: BTreeMap<String, NodeRecord>,
+    /// The engine's keys of each applied policy object (derived, not saved).
+    #[serde(skip)]
+    engine_keys: BTreeMap<String, Vec<ResourceKey>>,
+}
+
+/// What applying an update changed, for logs, status and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Identities bound or unbound.
+    pub identities: usize,
+    /// Remote ipcache entries written or removed.
+    pub ipcache: usize,
+    /// Policy objects applied or deleted.
+    pub policies: usize,
+    /// Replicated-clock times (ms) of the policy changes applied: the start of their
+    /// propagation latency.
+    pub policy_changed_at_ms: Vec<u64>,
+}
+
+impl Applied {
+    /// Whether the engine's compiled state may have changed (a map sync is due).
+    pub fn engine_changed(&self) -> bool {
+        self.identities > 0 || self.policies > 0
+    }
+}
+
+/// A failed update (nothing of it was applied).
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// A policy object the engine cannot read.
+    #[error("policy `{key}` from the control plane: {reason}")]
+    Policy {
+        /// `kind/namespace/name`.
+        key: String,
+        /// The engine's message.
+        reason: String,
+    },
+    /// An ipcache write failed.
+    #[error("ipcache")]
+    Datapath(#[from] DatapathError),
+}
+
+/// One parsed object of an update.
+enum PolicyOp {
+    Apply(PolicyRecord, Vec<NormalizedPolicy>),
+    Delete(String),
+}
+
+impl ClusterView {
+    /// Path of the saved view.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(FILE)
+    }
+
+    /// The saved view, or an empty one when none was saved. A file that cannot be read is an
+    /// error: starting from nothing would drop the policy the node enforces.
+    pub fn load(state_dir: &Path) -> Result<ClusterView, String> {
+        let path = Self::path(state_dir);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a saved control-plane view: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterView::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Saves the view atomically (write a temporary file, fsync, rename).
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let path = Self::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    }
+
+    /// Number of identities, remote endpoints and policy objects held.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.identities.len(),
+            self.remote.len(),
+            self.policies.len(),
+        )
+    }
+
+    /// Applied policy objects' keys.
+    pub fn policy_keys(&self) -> impl Iterator<Item = &String> {
+        self.policies.keys()
+    }
+
+    /// Known nodes.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// Puts a loaded view into a fresh engine and the ipcache (agent start, before endpoints are
+    /// restored, so they get their cluster identities back).
+    pub fn restore(&mut self, engine: &mut Engine, dp: &mut Datapath) -> Result<(), ViewError> {
+        let identities = std::mem::take(&mut self.identities);
+        let remote = std::mem::take(&mut self.remote);
+        let policies = std::mem::take(&mut self.policies);
+        let ops = parse_all(policies.into_values().map(Some).collect())?;
+        for (id, labels) in identities {
+            self.bind(engine, id, labels);
+        }
+        self.apply_policies(engine, ops);
+        for (ip, id) in remote {
+            self.set_remote(dp, ip, Some(id))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the view equal to a snapshot. `node` is this node (its own endpoints are skipped).
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        node: &str,
+        engine: &mut Engine,
+        dp: &mut Datapath,
+    ) -> Result<Applied, ViewError> {
+        let present: BTreeSet<String> = snap.policies.iter().map(|p| p.key.storage_key()).collect();
+        let mut objects: Vec<Option<PolicyRecord>> =
+            snap.policies.iter().cloned().map(Some).collect();
+        let gone: Vec<String> = self
+            .policies
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        let ops = {
+            let mut ops = parse_all(std::mem::take(&mut objects))?;
+            ops.extend(gone.into_iter().map(PolicyOp::Delete));
+            ops
+        };
+        let mut applied = Applied::default();
+        // Identities: unbind the released ones first (their labels may come back under a new id).
+        let want: BTreeMap<u32, &Vec<String>> =
+            snap.identities.iter().map(|i| (i.id, &i.labels)).collect();
+        let stale: Vec<u32> = self
+            .identities
+            .keys()
+            .filter(|id| !want.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            applied.identities += usize::from(self.unbind(engine, id));
+        }
+        for (id, labels) in want {
+            applied.identities += usize::from(self.bind(engine, id, labels.clone()));
+        }
+        applied.policies += self.apply_policies(engine, ops);
+        let remote: BTreeMap<IpAddr, u32> = snap
+            .endpoints
+            .iter()
+            .filter(|e| e.node != node)
+            .map(|e| (e.ip, e.identity))
+            .collect();
+        let stale: Vec<IpAddr> = self
+            .remote
+            .keys()
+            .filter(|ip| !remote.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in stale {
+            applied.ipcache += self.set_remote(dp, ip, None)?;
+        }
+        for (ip, id) in remote {
+            applied.ipcache += self.set_remote(dp, ip, Some(id))?;
+        }
+        self.nodes = snap
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.clone()))
+            .collect();
+        self.policy_revision = snap.policy_revision;
+        Ok(applied)
+    }
+
+    /// Applies changes from the feed, in order. `policy_revision` is what the agent enforces
+    /// once they are applied.
+    pub fn apply_changes(
+        &mut self,
+        changes: &[Change],
+        policy_revision: u64,
+        node: &str,
+        engine: &mut Engine,
+        dp: &mut Datapath,
+    ) -> Result<Applied, ViewError> {
+        // Parse every policy object first: all or nothing.
+        let mut latest: BTreeMap<&str, (Option<PolicyRecord>, u64)> = BTreeMap::new();
+        for c in changes.iter().filter(|c| c.kind == "policy") {
+            let rec = match &c.value {
+                Some(v) => Some(serde_json::from_value::<PolicyRecord>(v.clone()).map_err(
+                    |e| ViewError::Policy {
+                        key: c.key.clone(),
+                        reason: format!("not a policy record: {e}"),
+                    },
+                )?),
+                None => None,
+            };
+            latest.insert(c.key.as_str(), (rec, c.at_ms));
+        }
+        let mut applied = Applied::default();
+        let mut objects = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, (rec, at)) in latest {
+            applied.policy_changed_at_ms.push(at);
+            match rec {
+                Some(r) => objects.push(Some(r)),
+                None => deletes.push(key.to_owned()),
+            }
+        }
+        let mut ops = parse_all(objects)?;
+        ops.extend(deletes.into_iter().map(PolicyOp::Delete));
+        for c in changes {
+            match c.kind.as_str() {
+                "identity" => {
+                    let Ok(id) = c.key.parse::<u32>() else {
+                        continue;
+                    };
+                    match c
+                        .value
+                        .as_ref()
+                        .and_then(|v| serde_json::from_value::<Identity>(v.clone()).ok())
+                    {
+                        Some(i) => {
+                            applied.identities += usize::from(self.bind(engine, i.id, i.labels))
+                        }
+                        None => applied.identities += usize::from(self.unbind(engine, id)),
+                    }
+                }
+                "endpoint" => {
+                    let Ok(ip) = c.key.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    let ep = c
+                        .value
+                        .as_ref()
+                        .and_then(|v| serde_json::from_value::<Endpoint>(v.clone()).ok());
+                    match ep {
+                        Some(e) if e.node != node => {
+                            applied.ipcache += self.set_remote(dp, ip, Some(e.identity))?
+                        }
+                        // Gone, or (re)assigned to this node: no longer a remote entry.
+                        _ => applied.ipcache += self.set_remote(dp, ip, None)?,
+                    }
+                }
+                "node" => match c
+                    .value
+                    .as_ref()
+                    .and_then(|v| serde_json::from_value::<NodeRecord>(v.clone()).ok())
+                {
+                    Some(n) => {
+                        self.nodes.insert(n.name.clone(), n);
+                    }
+                    None => {
+                        self.nodes.remove(&c.key);
+                    }
+                },
+                _ => {}
+            }
+        }
+        applied.policies += self.apply_policies(engine, ops);
+        self.policy_revision = self.policy_revision.max(policy_revision);
+        Ok(applied)
+    }
+
+    /// Records an identity this agent allocated for a local pod (bound in the engine by the
+    /// caller) so the saved view has it before the feed echoes it.
+    pub fn note_identity(&mut self, id: u32, labels: Vec<String>) {
+        self.identities.insert(id, labels);
+    }
+
+    fn bind(&mut self, engine: &mut Engine, id: u32, labels: Vec<String>) -> bool {
+        if self.identities.get(&id) == Some(&labels) && engine.labels(PolicyIdentity(id)).is_some()
+        {
+            return false;
+        }
+        let set = match LabelSet::from_strings(&labels) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("palisade agent: identity {id} from the control plane: {e} (skipped)");
+                return false;
+            }
+        };
+        // The control plane maps each label set to one id; a local binding of the same labels
+        // to another id is stale (released and re-allocated): drop it if nothing local uses it.
+        if let Some(old) = engine.identities().lookup(&set)
+            && old.0 != id
+        {
+            self.unbind(engine, old.0);
+        }
+        match engine.bind_identity(PolicyIdentity(id), set) {
+            Ok(changed) => {
+                self.identities.insert(id, labels);
+                changed
+            }
+            Err(e) => {
+                eprintln!(
+                    "palisade agent: binding identity {id}: {}",
+                    super::server::chain(&e)
+                );
+                false
+            }
+        }
+    }
+
+    fn unbind(&mut self, engine: &mut Engine, id: u32) -> bool {
+        self.identities.remove(&id);
+        engine.unbind_identity(PolicyIdentity(id))
+    }
+
+    fn apply_policies(&mut self, engine: &mut Engine, ops: Vec<PolicyOp>) -> usize {
+        let mut n = 0;
+        for op in ops {
+            n += 1;
+            match op {
+                PolicyOp::Apply(rec, parsed) => {
+                    let key = rec.key.storage_key();
+                    let new_keys: Vec<ResourceKey> = parsed.iter().map(|p| p.key.clone()).collect();
+                    for old in self.engine_keys.remove(&key).unwrap_or_default() {
+                        if !new_keys.contains(&old) {
+                            engine.replace_policy(&old, None);
+                        }
+                    }
+                    for p in parsed {
+                        let k = p.key.clone();
+                        engine.replace_policy(&k, Some(p));
+                    }
+                    self.engine_keys.insert(key.clone(), new_keys);
+                    self.policies.insert(key, rec);
+                }
+                PolicyOp::Delete(key) => {
+                    for old in self.engine_keys.remove(&key).unwrap_or_default() {
+                        engine.replace_policy(&old, None);
+                    }
+                    self.policies.remove(&key);
+                }
+            }
+        }
+        n
+    }
+
+    /// Writes (`Some`) or removes (`None`) a remote endpoint's ipcache entry; 1 when it changed.
+    fn set_remote(
+        &mut self,
+        dp: &mut Datapath,
+        ip: IpAddr,
+        id: Option<u32>,
+    ) -> Result<usize, DatapathError> {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        match id {
+            Some(id) if self.remote.get(&ip) != Some(&id) => {
+                dp.upsert_ipcache(ip, prefix, id)?;
+                self.remote.insert(ip, id);
+                Ok(1)
+            }
+            Some(_) => Ok(0),
+            None => {
+                if self.remote.remove(&ip).is_some() {
+                    dp.remove_ipcache(ip, prefix)?;
+                    Ok(1)
+                } else {
+                    Ok(0)
+                }
+            }
+        }
+    }
+}
+
+/// Parses policy records into engine policies; the first unreadable one fails the whole update.
+fn parse_all(records: Vec<Option<PolicyRecord>>) -> Result<Vec<PolicyOp>, ViewError> {
+    let mut ops = Vec::new();
+    for rec in records.into_iter().flatten() {
+        let key = rec.key.storage_key();
+        let text = serde_json::to_string(&rec.object).map_err(|e| ViewError::Policy {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        // JSON is YAML: the same loader as `palisade policy test` and the policy directory.
+        let parsed =
+            palisade_policy::load::load_file(&key, &text).map_err(|e| ViewError::Policy {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        ops.push(PolicyOp::Apply(rec, parsed));
+    }
+    Ok(ops)
+}

@@ -1,0 +1,406 @@
+//! The agent's link to the control plane: two threads that do every network round trip, so the
+//! run loop (which owns the engine and the maps) never waits on the network except to allocate
+//! the identity of a label set it has never seen.
+//!
+//! ```text
+//!   follower thread ── register node, list, long-poll /v1/watch ──▶ Update ──┐
+//!                                                                           ├─▶ run loop (woken
+//!   publisher thread ◀── Publish (endpoints, acks) + heartbeats ◀───────────┘    by the wake pipe)
+//! ```
+//!
+//! The control plane being unreachable is an ordinary state, not an error: the follower retries
+//! with backoff, the publisher keeps what it could not send and retries, and the run loop keeps
+//! enforcing what it last applied (never fails open).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use palisade_api::controlplane::{Endpoint, Identity, NodeRecord, NodeRegistration, PolicyRecord};
+use palisade_cp_client::{Client, ClientConfig, ClientError, WatchBatch};
+
+/// How long one watch long-poll waits for a change.
+const WATCH_POLL: Duration = Duration::from_secs(10);
+/// Changes per watch answer.
+const WATCH_LIMIT: usize = 1_000;
+/// Longest pause between attempts while the control plane is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the node's lease is renewed (the control plane's default lease is 20 s).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What the follower hands the run loop.
+#[derive(Debug)]
+pub enum Update {
+    /// The node is registered; its record (pod CIDR) as the control plane keeps it.
+    Registered(NodeRecord),
+    /// The whole state, after connecting or when the feed no longer reaches back far enough.
+    Snapshot(Box<Snapshot>),
+    /// Changes since the previous update.
+    Changes(WatchBatch),
+    /// The control plane could not be reached or refused; the loop keeps what it has.
+    Unreachable(String),
+}
+
+/// Everything an agent follows, read after the change revision it resumes from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The change revision the watch continues from.
+    pub revision: u64,
+    /// The policy revision the policy list is at.
+    pub policy_revision: u64,
+    /// Every identity.
+    pub identities: Vec<Identity>,
+    /// Every endpoint.
+    pub endpoints: Vec<Endpoint>,
+    /// Every policy object.
+    pub policies: Vec<PolicyRecord>,
+    /// Every node.
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// A write the agent owes the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// This node hosts an endpoint.
+    Endpoint(Endpoint),
+    /// This node no longer hosts the endpoint at that address.
+    EndpointGone(IpAddr),
+    /// This node enforces that policy revision.
+    Ack(u64),
+}
+
+/// The run loop's handle on the two threads.
+pub struct Link {
+    client: Arc<Client>,
+    updates: Receiver<Update>,
+    wake: UnixStream,
+    publish: Sender<Publish>,
+}
+
+impl Link {
+    /// Starts the follower and the publisher for `registration`'s node.
+    pub fn start(config: ClientConfig, registration: NodeRegistration) -> Result<Link, String> {
+        let client =
+            Arc::new(Client::new(config).map_err(|e| format!("control-plane client: {e}"))?);
+        let (wake, wake_tx) = UnixStream::pair().map_err(|e| format!("wake pipe: {e}"))?;
+        wake.set_nonblocking(true)
+            .map_err(|e| format!("wake pipe: {e}"))?;
+        let (tx, updates) = mpsc::channel();
+        let (publish, rx) = mpsc::channel();
+        let follower = Follower {
+            client: client.clone(),
+            registration: registration.clone(),
+            tx,
+            wake: wake_tx,
+        };
+        thread::Builder::new()
+            .name("cp-follower".into())
+            .spawn(move || follower.run())
+            .map_err(|e| format!("starting the follower thread: {e}"))?;
+        let publisher = Publisher {
+            client: client.clone(),
+            node: registration.name,
+            rx,
+        };
+        thread::Builder::new()
+            .name("cp-publisher".into())
+            .spawn(move || publisher.run())
+            .map_err(|e| format!("starting the publisher thread: {e}"))?;
+        Ok(Link {
+            client,
+            updates,
+            wake,
+            publish,
+        })
+    }
+
+    /// Readable when updates are waiting (for the run loop's poll).
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Takes every waiting update.
+    pub fn drain(&self) -> Vec<Update> {
+        let mut buf = [0u8; 256];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.updates.try_iter().collect()
+    }
+
+    /// Queues a write (sent in order, retried until it lands).
+    pub fn publish(&self, p: Publish) {
+        let _ = self.publish.send(p);
+    }
+
+    /// The identity of a label set, allocated by the control plane (idempotent: the same labels
+    /// always get the same id). The one round trip a pod start can wait on.
+    pub fn allocate(&self, labels: &[String]) -> Result<Identity, ClientError> {
+        self.client.allocate_identity(labels)
+    }
+}
+
+struct Follower {
+    client: Arc<Client>,
+    registration: NodeRegistration,
+    tx: Sender<Update>,
+    wake: UnixStream,
+}
+
+impl Follower {
+    fn send(&self, u: Update) -> bool {
+        let ok = self.tx.send(u).is_ok();
+        let _ = (&self.wake).write(&[1]);
+        ok
+    }
+
+    fn run(self) {
+        let mut backoff = Backoff::default();
+        let mut registered = false;
+        loop {
+            if !registered {
+                match self.client.register_node(&self.registration) {
+                    Ok(rec) => {
+                        registered = true;
+                        if !self.send(Update::Registered(rec)) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if !self.send(Update::Unreachable(format!("registering the node: {e}"))) {
+                            return;
+                        }
+                        backoff.wait();
+                        continue;
+                    }
+                }
+            }
+            let snapshot = match self.snapshot() {
+                Ok(s) => s,
+                Err(e) => {
+                    if !self.send(Update::Unreachable(format!("listing: {e}"))) {
+                        return;
+                    }
+                    backoff.wait();
+                    continue;
+                }
+            };
+            backoff.reset();
+            let mut from = snapshot.revision;
+            if !self.send(Update::Snapshot(Box::new(snapshot))) {
+                return;
+            }
+            loop {
+                match self.client.watch(from, WATCH_POLL, WATCH_LIMIT) {
+                    Ok(batch) => {
+                        backoff.reset();
+                        if let Some(last) = batch.changes.last() {
+                            from = last.revision;
+                            // A node record of ours that vanished means we were removed: register
+                            // again before anything else is published.
+                            if batch.changes.iter().any(|c| {
+                                c.kind == "node"
+                                    && c.key == self.registration.name
+                                    && c.value.is_none()
+                            }) {
+                                registered = false;
+                            }
+                            if !self.send(Update::Changes(batch)) {
+                                return;
+                            }
+                            if !registered {
+                                break;
+                            }
+                        }
+                    }
+                    // The member serving us no longer keeps changes that old: list again.
+                    Err(ClientError::Compacted { .. }) => break,
+                    Err(e) => {
+                        if !self.send(Update::Unreachable(format!("watching: {e}"))) {
+                            return;
+                        }
+                        backoff.wait();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the change revision first, then the lists: changes between the two are replayed by
+    /// the watch (each carries the whole object, so a replay is harmless).
+    fn snapshot(&self) -> Result<Snapshot, ClientError> {
+        let revision = self.client.watch_revision()?;
+        let identities = self.client.list_identities()?;
+        let endpoints = self.client.list_endpoints()?;
+        let (policy_revision, policies) = self.client.list_policies()?;
+        let nodes = self
+            .client
+            .list_nodes()?
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<NodeRecord>(v).ok())
+            .collect();
+        Ok(Snapshot {
+            revision,
+            policy_revision,
+            identities,
+            endpoints,
+            policies,
+            nodes,
+        })
+    }
+}
+
+/// Sends what the agent owes the control plane: the latest desired state per endpoint address
+/// and the highest acknowledged revision, retried until each lands; plus heartbeats.
+struct Publisher {
+    client: Arc<Client>,
+    node: String,
+    rx: Receiver<Publish>,
+}
+
+impl Publisher {
+    fn run(self) {
+        let mut endpoints: BTreeMap<IpAddr, Option<Endpoint>> = BTreeMap::new();
+        let mut ack: Option<u64> = None;
+        let mut next_heartbeat = Instant::now() + HEARTBEAT;
+        let mut backoff = Backoff::default();
+        let mut failing = false;
+        loop {
+            let wait = if failing {
+                backoff.next()
+            } else {
+                next_heartbeat.saturating_duration_since(Instant::now())
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(p) => merge(&mut endpoints, &mut ack, p),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for p in self.rx.try_iter() {
+                merge(&mut endpoints, &mut ack, p);
+            }
+            failing = false;
+            if Instant::now() >= next_heartbeat {
+                if let Err(e) = self.client.heartbeat(&self.node) {
+                    eprintln!("palisade agent: heartbeat: {e}");
+                    failing = true;
+                }
+                next_heartbeat = Instant::now() + HEARTBEAT;
+            }
+            let pending: Vec<(IpAddr, Option<Endpoint>)> =
+                endpoints.iter().map(|(k, v)| (*k, v.clone())).collect();
+            for (ip, desired) in pending {
+                let r = match &desired {
+                    Some(ep) => self.client.put_endpoint(ep).map(|_| ()),
+                    None => self.client.delete_endpoint(ip).map(|_| ()),
+                };
+                match r {
+                    Ok(()) => {
+                        // Only if nothing newer was queued for this address meanwhile.
+                        if endpoints.get(&ip) == Some(&desired) {
+                            endpoints.remove(&ip);
+                        }
+                    }
+                    Err(e) if is_retryable(&e) => {
+                        failing = true;
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("palisade agent: publishing endpoint {ip}: {e} (dropped)");
+                        endpoints.remove(&ip);
+                    }
+                }
+            }
+            if let (Some(rev), false) = (ack, failing) {
+                match self.client.ack(&self.node, rev) {
+                    Ok(_) => ack = None,
+                    Err(e) if is_retryable(&e) => failing = true,
+                    Err(e) => {
+                        eprintln!("palisade agent: acknowledging revision {rev}: {e}");
+                        failing = true;
+                    }
+                }
+            }
+            if !failing {
+                backoff.reset();
+            }
+        }
+    }
+}
+
+fn merge(endpoints: &mut BTreeMap<IpAddr, Option<Endpoint>>, ack: &mut Option<u64>, p: Publish) {
+    match p {
+        Publish::Endpoint(ep) => {
+            endpoints.insert(ep.ip, Some(ep));
+        }
+        Publish::EndpointGone(ip) => {
+            endpoints.insert(ip, None);
+        }
+        Publish::Ack(rev) => *ack = Some(ack.map_or(rev, |a| a.max(rev))),
+    }
+}
+
+/// Whether a failed write may succeed later as it is: unreachable, no leader, timeouts, and a
+/// node not (yet) registered.
+fn is_retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api { status, .. } => matches!(status, 409 | 429 | 502 | 503 | 504),
+        _ => true,
+    }
+}
+
+/// Exponential backoff from 100 ms to [`MAX_BACKOFF`].
+#[derive(Debug, Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = Duration::from_millis(100u64 << self.0.min(6)).min(MAX_BACKOFF);
+        self.0 = self.0.saturating_add(1);
+        d
+    }
+    fn wait(&mut self) {
+        thread::sleep(self.next());
+    }
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_desired_state_per_address_and_the_highest_ack_win() {
+        let mut eps = BTreeMap::new();
+        let mut ack = None;
+        let ip: IpAddr = "10.200.1.10".parse().expect("ip");
+        let ep = Endpoint {
+            ip,
+            identity: 300,
+            node: "n1".into(),
+        };
+        merge(&mut eps, &mut ack, Publish::Endpoint(ep));
+        merge(&mut eps, &mut ack, Publish::EndpointGone(ip));
+        merge(&mut eps, &mut ack, Publish::Ack(7));
+        merge(&mut eps, &mut ack, Publish::Ack(5));
+        assert_eq!(eps.get(&ip), Some(&None), "the delete replaces the put");
+        assert_eq!(ack, Some(7), "acks only move forward");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::default();
+        let first = b.next();
+        let waits: Vec<Duration> = (0..10).map(|_| b.next()).collect();
+        assert_eq!(first, Duration::from_millis(100));
+        assert_eq!(waits.last().copied(), Some(MAX_BACKOFF));
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}

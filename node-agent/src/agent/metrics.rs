@@ -1,0 +1,101 @@
+//! The agent's Prometheus metrics, served at `GET /metrics` on `--metrics-listen` by a small
+//! thread (the agent's run loop has no async runtime and needs none for one read-only page).
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `palisade_agent_policy_revision` | gauge | the control plane's policy revision this node enforces |
+//! | `palisade_agent_policy_propagation_seconds` | histogram | from a policy change's commit on the control plane to its enforcement in this node's maps |
+//! | `palisade_agent_control_plane_connected` | gauge | 1 while the control plane answers, 0 while it is unreachable (the last-known-good state is enforced) |
+//! | `palisade_agent_endpoints` | gauge | endpoints enforced on this node |
+//! | `palisade_agent_identities` | gauge | cluster identities known |
+//! | `palisade_agent_remote_endpoints` | gauge | endpoints of other nodes in the ipcache |
+//! | `palisade_agent_policy_entries` | gauge | policy map entries written |
+//! | `palisade_agent_updates_total` | counter | control-plane updates applied, by `result` (`applied`, `rejected`) |
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Propagation buckets (seconds): a change is normally enforced within tens of milliseconds.
+const PROPAGATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Installs the recorder and serves it on `addr`. Errors name the address.
+pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("palisade_agent_policy_propagation_seconds".into()),
+            &PROPAGATION_BUCKETS,
+        )
+        .map_err(|e| format!("metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                answer(stream, &handle);
+            }
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
+    Ok(())
+}
+
+/// One request per connection: `GET /metrics` gets the text format, anything else 404.
+fn answer(mut stream: std::net::TcpStream, handle: &PrometheusHandle) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    // Drain the headers.
+    let mut h = String::new();
+    while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+        h.clear();
+    }
+    let mut parts = line.split_whitespace();
+    let (status, body) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => ("200 OK", handle.render()),
+        _ => (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_owned(),
+        ),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Records the enforcement of policy changes committed at `changed_at_ms` (replicated clock).
+pub fn propagated(changed_at_ms: &[u64]) {
+    let now = now_ms();
+    for at in changed_at_ms {
+        let secs = now.saturating_sub(*at) as f64 / 1000.0;
+        metrics::histogram!("palisade_agent_policy_propagation_seconds").record(secs);
+    }
+}
+
+/// Milliseconds since the Unix epoch on this host's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sets a gauge.
+pub fn gauge(name: &'static str, value: f64) {
+    metrics::gauge!(name).set(value);
+}
+
+/// Counts one event with a `result` label.
+pub fn counter(name: &'static str, result: &'static str) {
+    metrics::counter!(name, "result" => result).increment(1);
+}
