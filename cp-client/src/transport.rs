@@ -114,6 +114,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why a request to `server` got no answer, short: reqwest's own message repeats the URL and
+/// wraps the cause in layers (`error sending request for url (..): client error (Connect): ..`).
+fn failure(server: &str, e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("{server}: timed out");
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if e.is_connect() {
+        format!("{server}: cannot connect: {root}")
+    } else {
+        format!("{server}: {}", chain(e))
+    }
+}
+
 impl Transport {
     pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
         if cfg.servers.is_empty() {
@@ -219,9 +236,10 @@ impl Transport {
         if let Some(b) = call.body {
             req = req.json(b);
         }
-        let resp = req.send().map_err(|e| chain(&e))?;
+        let server = base.as_str().trim_end_matches('/');
+        let resp = req.send().map_err(|e| failure(server, &e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().map_err(|e| chain(&e))?;
+        let bytes = resp.bytes().map_err(|e| failure(server, &e))?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
