@@ -1,6 +1,7 @@
 //! One `palisade-controlplane` process on loopback, killed on drop (even on panic), and a way to
 //! run the `palisade` binary against it.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::net::TcpListener;
@@ -68,6 +69,8 @@ pub fn scratch(tag: &str) -> PathBuf {
 /// A single-voter control plane.
 pub struct ControlPlane {
     child: Option<Child>,
+    daemon: PathBuf,
+    args: Vec<OsString>,
     pub dir: PathBuf,
     pub url: String,
     /// The admin token file, when the daemon requires tokens.
@@ -94,17 +97,17 @@ impl ControlPlane {
         );
         let dir = scratch(tag);
         let api = format!("127.0.0.1:{}", free_port());
-        let log = File::create(dir.join("controlplane.log")).expect("log file");
-        let mut cmd = Command::new(&daemon);
-        cmd.arg("--id")
-            .arg("1")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--raft-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--api-listen")
-            .arg(&api)
-            .arg("--init");
+        let mut args: Vec<OsString> = vec![
+            "--id".into(),
+            "1".into(),
+            "--data-dir".into(),
+            dir.join("data").into(),
+            "--raft-listen".into(),
+            format!("127.0.0.1:{}", free_port()).into(),
+            "--api-listen".into(),
+            api.clone().into(),
+            "--init".into(),
+        ];
         let token_file = token.then(|| {
             let f = dir.join("admin.token");
             let mut file = File::create(&f).expect("token file");
@@ -112,25 +115,52 @@ impl ControlPlane {
             // Members forward with their own token; the daemon wants one with admin tokens.
             let m = dir.join("member.token");
             std::fs::write(&m, "member-token-0123456789abcdef\n").expect("member token");
-            cmd.arg("--admin-token-file")
-                .arg(&f)
-                .arg("--member-token-file")
-                .arg(&m);
+            args.extend([
+                "--admin-token-file".into(),
+                f.clone().into(),
+                "--member-token-file".into(),
+                m.into(),
+            ]);
             f
         });
-        cmd.env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        let child = cmd.spawn().expect("spawn palisade-controlplane");
-        let cp = ControlPlane {
-            child: Some(child),
+        let mut cp = ControlPlane {
+            child: None,
+            daemon,
+            args,
             dir,
             url: format!("http://{api}"),
             token_file,
         };
-        cp.wait_leader(Duration::from_secs(20));
+        cp.launch();
         cp
+    }
+
+    /// Starts the daemon (appending to its log) and waits until it leads.
+    fn launch(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controlplane.log"))
+            .expect("log file");
+        let child = Command::new(&self.daemon)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn palisade-controlplane");
+        self.child = Some(child);
+        self.wait_leader(Duration::from_secs(20));
+    }
+
+    /// SIGKILLs the daemon and starts it again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.launch();
     }
 
     /// A client of this member (with the admin token when there is one).

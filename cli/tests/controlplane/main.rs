@@ -11,3 +11,4 @@ mod t10_policy;
 mod t20_nodes_identities;
 mod t50_environment;
 mod t60_auth;
+mod t70_client;
