@@ -209,7 +209,7 @@ fn an_invalid_document_applies_nothing() {
     // Document 3 of the first file is invalid; the second file is valid.
     let bad = SET.replace("port: \"53\"", "port: \"70000\"");
     std::fs::write(dir.join("a.yaml"), &bad).expect("write");
-    std::fs::write(dir.join("b.yaml"), super::t10_policy::OTHER).expect("write");
+    std::fs::write(dir.join("b.yaml"), OTHER).expect("write");
     let a = dir.join("a.yaml");
     let b = dir.join("b.yaml");
     let out = cp.palisade(&[
