@@ -1,8 +1,12 @@
 //! Subcommands, one module each, plus the error conventions they share.
 
 pub mod agent;
+pub mod cluster;
+pub mod connect;
+pub mod identity;
 pub mod lab;
 pub mod lab_test;
+pub mod node;
 pub mod policy;
 pub mod workload;
 
@@ -51,4 +55,49 @@ pub enum Output {
     Table,
     /// JSON, one document, for scripts.
     Json,
+    /// YAML, one document, for scripts and people.
+    Yaml,
+}
+
+impl Output {
+    /// Renders `doc` as this format's document (pretty JSON for `Table`, whose callers print
+    /// their own text), ending with a newline.
+    pub fn render<T: serde::Serialize>(self, doc: &T) -> anyhow::Result<String> {
+        Ok(match self {
+            Output::Yaml => serde_yaml::to_string(doc)?,
+            Output::Json | Output::Table => format!("{}\n", serde_json::to_string_pretty(doc)?),
+        })
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+pub fn emit(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Left-aligned columns separated by two spaces; the first row is usually the header.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

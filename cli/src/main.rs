@@ -26,12 +26,19 @@ enum Command {
     Lab(cmd::lab::Args),
     /// Serve or probe TCP/UDP ports from inside a pod (in the spirit of Kubernetes' agnhost).
     Workload(cmd::workload::Args),
-    /// Check policy offline: run verdict suites and trace why a connection is allowed or denied.
+    /// Policy: check it offline (verdict suites, traces), and apply, list, delete and wait for
+    /// the policy objects stored in the control plane.
     Policy(cmd::policy::Args),
     /// Run the node agent, or ask the local one what it enforces.
     Agent(cmd::agent::Args),
     /// Endpoints the local agent enforces for.
     Endpoint(cmd::agent::EndpointArgs),
+    /// The control plane itself: leader, members and replication lag; cluster-wide endpoints.
+    Cluster(cmd::cluster::Args),
+    /// Security identities allocated by the control plane.
+    Identity(cmd::identity::Args),
+    /// Nodes registered in the control plane.
+    Node(cmd::node::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +52,8 @@ fn main() -> ExitCode {
         Command::Policy(args) => cmd::policy::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Endpoint(args) => cmd::agent::run_endpoint(args),
+        Command::Cluster(args) => cmd::cluster::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
+        Command::Node(args) => cmd::node::run(args),
     }
 }

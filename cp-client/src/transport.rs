@@ -114,6 +114,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why a request to `server` got no answer, short: reqwest's own message repeats the URL and
+/// wraps the cause in layers (`error sending request for url (..): client error (Connect): ..`).
+fn failure(server: &str, e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("{server}: timed out");
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if e.is_connect() {
+        format!("{server}: cannot connect: {root}")
+    } else {
+        format!("{server}: {}", chain(e))
+    }
+}
+
 impl Transport {
     pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
         if cfg.servers.is_empty() {
@@ -219,9 +236,10 @@ impl Transport {
         if let Some(b) = call.body {
             req = req.json(b);
         }
-        let resp = req.send().map_err(|e| chain(&e))?;
+        let server = base.as_str().trim_end_matches('/');
+        let resp = req.send().map_err(|e| failure(server, &e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().map_err(|e| chain(&e))?;
+        let bytes = resp.bytes().map_err(|e| failure(server, &e))?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
@@ -258,6 +276,72 @@ mod tests {
             t.url(&t.servers[0], &call).as_str(),
             "http://h:1/base/v1/policies/CiliumNetworkPolicy/-/a%20b%3F?from=3"
         );
+    }
+
+    /// A one-route HTTP server answering every request with `status` and `body`, counting them.
+    fn fake(status: u16, body: &'static str) -> (String, std::sync::Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut sink = vec![0; len];
+                let _ = reader.read_exact(&mut sink);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, hits)
+    }
+
+    #[test]
+    fn moves_on_at_503_and_stays_with_the_server_that_answered() {
+        let (busy, busy_hits) = fake(503, r#"{"error":"no leader"}"#);
+        let (good, good_hits) = fake(200, r#"{"ok":true}"#);
+        let t = Transport::new(&ClientConfig::new([busy.clone(), good.clone()])).expect("config");
+        let call = Call::new(Method::Get, &["v1", "x"]);
+        let r = t.call(&call).expect("answer");
+        assert_eq!((r.status, r.body["ok"].as_bool()), (200, Some(true)));
+        assert_eq!(busy_hits.load(Ordering::SeqCst), 1);
+        // The next call starts at the server that answered.
+        t.call(&call).expect("answer");
+        assert_eq!(busy_hits.load(Ordering::SeqCst), 1);
+        assert_eq!(good_hits.load(Ordering::SeqCst), 2);
+        // Only 503s: the server's own message, not "unreachable".
+        let t = Transport::new(&ClientConfig::new([busy])).expect("config");
+        let e = t.call(&call).expect_err("503");
+        assert_eq!(e.status(), Some(503), "{e}");
+        assert!(e.to_string().contains("no leader"), "{e}");
+    }
+
+    #[test]
+    fn other_statuses_are_final() {
+        let (bad, _) = fake(400, r#"{"error":"`labels[0]`: bad","field":"labels[0]"}"#);
+        let (good, good_hits) = fake(200, "{}");
+        let t = Transport::new(&ClientConfig::new([bad, good])).expect("config");
+        let r = t
+            .call(&Call::new(Method::Get, &["v1", "x"]))
+            .expect("answer");
+        assert_eq!(r.status, 400);
+        assert_eq!(good_hits.load(Ordering::SeqCst), 0);
     }
 
     #[test]

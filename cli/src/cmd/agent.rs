@@ -193,13 +193,13 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
         AgentResponse::Error { message, .. } => return Err(anyhow!("agent: {message}")),
         other => return Err(anyhow!("agent answered {other:?}")),
     };
-    if a.output == Output::Json {
+    if a.output != Output::Table {
         let doc = if endpoints_only {
             status["endpoints"].clone()
         } else {
             status
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print!("{}", a.output.render(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
     if !endpoints_only {

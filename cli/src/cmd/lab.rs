@@ -10,8 +10,8 @@ use clap::Subcommand;
 use palisade_lab::{DEFAULT_LAB, Ipv4Cidr, Lab, LabSpec, Matrix, ProbeResult, Protocol};
 use serde_json::json;
 
-use super::Output;
 use super::workload::{PortList, parse_port, parse_ports, parse_protocol, parse_timeout};
+use super::{Output, table};
 
 /// `println!` that ignores a closed stdout (`palisade ... | head` must not panic).
 macro_rules! outln {
@@ -281,7 +281,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             .map(|p| (p.pid, lab.server_alive(pod).unwrap_or(false)))
     };
     match a.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let pods: Vec<serde_json::Value> = st
                 .pods
                 .iter()
@@ -304,7 +304,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 "pods": pods,
                 "processes": st.processes,
             });
-            outln!("{}", serde_json::to_string_pretty(&doc)?);
+            out!("{}", a.output.render(&doc)?);
         }
         Output::Table => {
             outln!(
@@ -396,30 +396,6 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     let r = Lab::down(&a.lab.name)?;
     if r.nothing_to_remove() {
@@ -452,6 +428,7 @@ fn probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     let r: ProbeResult = lab.probe(&from, to, a.port, a.protocol, a.timeout)?;
     match a.output {
         Output::Json => outln!("{}", serde_json::to_string(&r)?),
+        Output::Yaml => out!("{}", a.output.render(&r)?),
         Output::Table => {
             let rtt = r.rtt_us.map(|us| format!(" in {us}us")).unwrap_or_default();
             outln!(
@@ -481,7 +458,7 @@ fn matrix(a: MatrixArgs) -> anyhow::Result<ExitCode> {
     }
     let m: Matrix = lab.matrix(a.port, a.protocol, a.timeout)?;
     match a.output {
-        Output::Json => outln!("{}", serde_json::to_string_pretty(&m)?),
+        Output::Json | Output::Yaml => out!("{}", a.output.render(&m)?),
         Output::Table => {
             let pods: Vec<String> = lab.state().pods.iter().map(|p| p.name.clone()).collect();
             outln!(

@@ -108,9 +108,9 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     let skipped = results.iter().filter(|r| r.kernel.is_none()).count();
     let passed = results.len() - failed - skipped;
     match a.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let doc = serde_json::json!({"cases": results, "passed": passed, "failed": failed, "notProbed": skipped});
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            print!("{}", a.output.render(&doc)?);
         }
         Output::Table => {
             print!("{}", table(&results));

@@ -1,6 +1,11 @@
-//! `palisade policy`: offline verdict suites (`test`) and explanations (`trace`).
+//! `palisade policy`: offline verdict suites (`test`) and explanations (`trace`), and the policy
+//! objects stored in the control plane (`apply`, `get`, `list`, `delete`, `wait`; `remote.rs`,
+//! with file parsing in `objects.rs`).
 //!
 //! File reading lives here; the engine (`palisade-policy`) is pure.
+
+mod objects;
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +17,7 @@ use palisade_policy::load;
 use palisade_policy::suite::{CaseResult, Suite, table};
 use palisade_policy::verdict::{Connection, ConnectionVerdict, SideVerdict};
 
-use super::Output;
+use super::{Output, emit};
 
 /// Arguments of `palisade policy`.
 #[derive(Debug, clap::Args)]
@@ -27,6 +32,26 @@ enum Command {
     Test(TestArgs),
     /// Explain the verdict of one connection in a suite's world.
     Trace(TraceArgs),
+    /// Store policy objects in the control plane (CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy: the YAML used with kubectl).
+    ///
+    /// Every document is first validated locally by the policy engine; if any is invalid the
+    /// error names its file, document and field, nothing is sent, and the exit code is 2. Each
+    /// object is stored under KIND/NAMESPACE/NAME (namespace `default` when omitted, `-` for
+    /// CiliumClusterwideNetworkPolicy). Prints one `kind.group/name created|configured|unchanged`
+    /// line per object and the resulting policy revision. Re-applying the same objects changes
+    /// nothing and keeps the revision.
+    Apply(remote::ApplyArgs),
+    /// Show one stored policy object.
+    Get(remote::GetArgs),
+    /// List the stored policy objects and the current policy revision.
+    List(remote::ListArgs),
+    /// Delete stored policy objects, named or as defined in files. Exit 1 when some did not
+    /// exist (unless --ignore-not-found).
+    Delete(remote::DeleteArgs),
+    /// Wait until every live node acknowledged a policy revision: exit 0 when all did, 1 on
+    /// timeout (the nodes behind are listed with the revision each acknowledged).
+    Wait(remote::WaitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,18 +100,16 @@ pub fn run(args: Args) -> ExitCode {
     let r = match args.command {
         Command::Test(a) => test(a),
         Command::Trace(a) => trace(a),
+        Command::Apply(a) => remote::apply(&a),
+        Command::Get(a) => remote::get(&a),
+        Command::List(a) => remote::list(&a),
+        Command::Delete(a) => remote::delete(&a),
+        Command::Wait(a) => remote::wait(&a),
     };
     match r {
         Ok(code) => code,
         Err(e) => super::fail(&e),
     }
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn emit(s: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
 }
 
 fn verdict_name(v: u8) -> &'static str {
@@ -168,9 +191,9 @@ fn test(a: TestArgs) -> Result<ExitCode> {
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     match a.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let doc = serde_json::json!({"cases": results, "passed": results.len() - failed, "failed": failed});
-            emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+            emit(&a.output.render(&doc)?);
         }
         Output::Table => {
             emit(&table(&results));
@@ -280,9 +303,9 @@ fn trace(a: TraceArgs) -> Result<ExitCode> {
     };
     let v: ConnectionVerdict = engine.check(&conn);
     match a.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let doc = serde_json::json!({"verdict": v.verdict, "rule": engine.deciding_rule(&v), "egress": v.egress, "ingress": v.ingress});
-            emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+            emit(&a.output.render(&doc)?);
         }
         Output::Table => {
             let mut lines = vec![format!(
