@@ -120,6 +120,8 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
         }
     }
 
+    // Agents' pinned maps outlive them by design; the lab's go with the lab.
+    let _ = fs::remove_dir_all(crate::state::pin_root(name));
     let dir = state_dir(name);
     let state_dir_removed = match fs::remove_dir_all(&dir) {
         Ok(()) => true,

@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 mod cidr;
+pub mod cluster;
 pub mod down;
 mod error;
 pub mod exec;
@@ -58,10 +59,12 @@ pub use lab::{Lab, MATRIX_PARALLELISM, probe_in_netns};
 pub use matrix::{Matrix, PairResult};
 pub use palisade_workload::{Outcome, ProbeResult, Protocol};
 pub use spec::{
-    DEFAULT_LAB, DEFAULT_POD_CIDR, DEFAULT_POD_NAMESPACE, DEFAULT_UNDERLAY_CIDR, ExternalPlan,
-    LabSpec, MAX_NAME_LEN, MAX_NODES, MAX_PODS_PER_NODE, PodPlan, validate_name,
+    CP_HOST, CP_HOST_IP, ClusterPlan, DEFAULT_LAB, DEFAULT_POD_CIDR, DEFAULT_POD_NAMESPACE,
+    DEFAULT_UNDERLAY_CIDR, ExternalPlan, LabSpec, MAX_NAME_LEN, MAX_NODES, MAX_PODS_PER_NODE,
+    PodPlan, validate_name,
 };
 pub use state::{
-    ExternalState, FabricState, LabState, NodeState, Phase, PodState, ProcessRecord, ProcessRole,
+    ClusterState, ExternalState, FabricState, LabState, NodeState, Phase, PodState, ProcessRecord,
+    ProcessRole,
 };
 pub use up::READY_TIMEOUT;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::state::{
-    ExternalState, FabricState, LabState, NodeState, Phase, PodState, STATE_VERSION, netns_prefix,
+    ClusterState, ExternalState, FabricState, LabState, NodeState, Phase, PodState, STATE_VERSION,
+    netns_prefix,
 };
 use crate::{Ipv4Cidr, LabSpec, spec};
 
@@ -145,7 +146,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             ip: ip.into(),
         });
     }
-    let externals = s
+    let mut externals: Vec<ExternalState> = s
         .externals
         .iter()
         .enumerate()
@@ -156,6 +157,23 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             ip: x.ip,
         })
         .collect();
+    let cluster = s.cluster.as_ref().map(|c| {
+        externals.push(ExternalState {
+            name: spec::CP_HOST.to_string(),
+            netns: format!("{}cp", netns_prefix(&s.name)),
+            fabric_iface: "cp".to_string(),
+            ip: spec::CP_HOST_IP,
+        });
+        ClusterState {
+            voters: c.voters,
+            controlplane_bin: c.controlplane_bin.clone(),
+            cni_bin: c.cni_bin.clone(),
+            cp_netns: format!("{}cp", netns_prefix(&s.name)),
+            api_urls: (1..=c.voters)
+                .map(|k| format!("http://{}", ClusterState::voter_addrs(k).1))
+                .collect(),
+        }
+    });
     Some(LabState {
         version: STATE_VERSION,
         name: s.name.clone(),
@@ -174,6 +192,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         serve_udp: s.serve_udp.clone(),
         externals,
         serve_nodes: s.serve_nodes,
+        cluster,
     })
 }
 

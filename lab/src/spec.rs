@@ -53,7 +53,30 @@ pub struct LabSpec {
     pub externals: Vec<ExternalPlan>,
     /// Also run the workload servers in every node namespace (so pods can reach their node).
     pub serve_nodes: bool,
+    /// Run Palisade itself: a control plane, an agent per node, pods made by the CNI plugin.
+    /// `None`: bare namespaces and veths (what the datapath tests and `lab test` program
+    /// directly).
+    pub cluster: Option<ClusterPlan>,
 }
+
+/// The Palisade cluster a lab runs: control-plane voters on their own host on the fabric (the
+/// `cp` external, [`CP_HOST_IP`]), one agent per node following them, and every pod created
+/// through the CNI plugin exactly as a container runtime would (`CNI_*` variables, the network
+/// config on stdin, the planned address requested with `CNI_ARGS` `IP=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPlan {
+    /// Control-plane voters: 1, 3 or 5.
+    pub voters: usize,
+    /// The `palisade-controlplane` daemon.
+    pub controlplane_bin: PathBuf,
+    /// The `palisade-cni` plugin.
+    pub cni_bin: PathBuf,
+}
+
+/// Address of the control plane's host (outside the underlay and the pod CIDR).
+pub const CP_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
+/// Name of the control plane's host.
+pub const CP_HOST: &str = "cp";
 
 /// A pod placed explicitly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +126,7 @@ impl LabSpec {
             pods: Vec::new(),
             externals: Vec::new(),
             serve_nodes: false,
+            cluster: None,
         }
     }
 
@@ -210,6 +234,30 @@ impl LabSpec {
                 return Err(bad(format!(
                     "externals[{i}] `{}`: address {} is in the underlay, the pod CIDR, or used twice",
                     x.name, x.ip
+                )));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if ![1, 3, 5].contains(&c.voters) {
+                return Err(bad(format!(
+                    "cluster.voters: {} (a control plane has 1, 3 or 5 voters)",
+                    c.voters
+                )));
+            }
+            for (what, path) in [
+                ("control-plane daemon", &c.controlplane_bin),
+                ("CNI plugin", &c.cni_bin),
+            ] {
+                if !path.is_file() {
+                    return Err(bad(format!(
+                        "{what} `{}` is not a file (build it: cargo build -p palisade-control-plane -p palisade-cni)",
+                        path.display()
+                    )));
+                }
+            }
+            if !names.insert(CP_HOST) || !ips.insert(CP_HOST_IP) {
+                return Err(bad(format!(
+                    "externals: `{CP_HOST}` ({CP_HOST_IP}) is the control plane's host"
                 )));
             }
         }

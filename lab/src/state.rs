@@ -90,6 +90,48 @@ pub struct LabState {
     /// Whether node namespaces run workload servers too.
     #[serde(default)]
     pub serve_nodes: bool,
+    /// The Palisade cluster running in the lab (control plane, agents, CNI-made pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterState>,
+}
+
+/// The Palisade cluster of a lab: where its control plane listens and where each node's agent
+/// keeps its socket, state and pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Control-plane voters.
+    pub voters: usize,
+    /// The `palisade-controlplane` daemon.
+    pub controlplane_bin: PathBuf,
+    /// The `palisade-cni` plugin.
+    pub cni_bin: PathBuf,
+    /// The control plane's host namespace.
+    pub cp_netns: String,
+    /// Each voter's client API URL.
+    pub api_urls: Vec<String>,
+}
+
+impl ClusterState {
+    /// Voter `k`'s (1-based) Raft and API listen addresses on the control plane's host.
+    pub fn voter_addrs(k: usize) -> (String, String) {
+        let ip = crate::spec::CP_HOST_IP;
+        (format!("{ip}:{}", 7000 + k), format!("{ip}:{}", 8000 + k))
+    }
+}
+
+/// The directory of node `node`'s agent (socket, state) in lab `lab`.
+pub fn agent_dir(lab: &str, node: &str) -> PathBuf {
+    state_dir(lab).join("agents").join(node)
+}
+
+/// The unix socket of node `node`'s agent in lab `lab`.
+pub fn agent_socket(lab: &str, node: &str) -> PathBuf {
+    agent_dir(lab, node).join("agent.sock")
+}
+
+/// The bpffs directory holding the pins of every agent of lab `lab` (removed by `down`).
+pub fn pin_root(lab: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("palisade-lab-{lab}"))
 }
 
 /// A host outside the cluster: a namespace whose `eth0` plugs into the fabric bridge, holding

@@ -106,6 +106,8 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
     // Intent first: the whole plan is on disk before the first namespace exists.
     state.save()?;
     build_network(Cmds(&System), state)?;
+    // With a cluster, pods are made by the CNI plugin once the agents run.
+    crate::cluster::start(state)?;
     start_servers(state)?;
     // Processes are confined to lab namespaces, so a crash before this save still leaves
     // nothing that the sweep in `down` would miss.
@@ -122,8 +124,10 @@ pub(crate) fn build_network(c: Cmds<'_>, state: &LabState) -> Result<(), LabErro
     for i in 0..state.nodes.len() {
         build_node(c, state, i)?;
     }
-    for pod in &state.pods {
-        build_pod(c, state, pod)?;
+    if state.cluster.is_none() {
+        for pod in &state.pods {
+            build_pod(c, state, pod)?;
+        }
     }
     route_outside_pods(c, state)?;
     for x in &state.externals {

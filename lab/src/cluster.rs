@@ -1,0 +1,289 @@
+//! Palisade itself in a lab: the control-plane voters on their host, one agent per node, and
+//! every pod created through the CNI plugin exactly as a container runtime creates it.
+//!
+//! ```text
+//!  cp host (pal-<lab>-cp, 10.97.0.1): voters 1..N, Raft on :700k, API on :800k
+//!        ▲ register, identities, endpoints, watch, acks
+//!  node n<i> (pal-<lab>-n<i>): `palisade agent run --netns …` ◀── unix socket ── palisade-cni ADD
+//!                                                                  (`ip netns exec <node>`, CNI_*)
+//! ```
+//!
+//! Every process is recorded in the state before the next step, so `down` removes whatever a
+//! failed `up` left.
+
+use std::fs;
+use std::io::Read;
+use std::net::{IpAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::exec::{run_output, spawn_in_netns};
+use crate::procs::{is_alive, spawn_detached, start_time};
+use crate::state::{
+    ClusterState, LabState, PodState, ProcessRecord, ProcessRole, agent_dir, agent_socket, log_dir,
+    pin_root,
+};
+use crate::{LabError, spec};
+
+/// How long the control plane may take to elect a leader, and an agent to open its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the control plane and the agents, then creates every pod through the CNI plugin.
+pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
+    let Some(cluster) = state.cluster.clone() else {
+        return Ok(());
+    };
+    start_control_plane(state, &cluster)?;
+    for i in 0..state.nodes.len() {
+        start_agent(state, &cluster, i)?;
+    }
+    for i in 0..state.pods.len() {
+        let host_iface = add_pod(state, &cluster, &state.pods[i])?;
+        state.pods[i].host_iface = host_iface;
+        state.save()?;
+    }
+    Ok(())
+}
+
+fn record(state: &mut LabState, role: ProcessRole, name: &str, netns: Option<&str>, pid: u32) {
+    state.processes.push(ProcessRecord {
+        role,
+        name: name.to_string(),
+        netns: netns.map(str::to_string),
+        pid,
+        start_time: start_time(pid),
+        log: log_dir(&state.name).join(format!("{name}.log")),
+    });
+}
+
+fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), LabError> {
+    let peers: Vec<String> = (1..=c.voters)
+        .flat_map(|k| {
+            let (raft, api) = ClusterState::voter_addrs(k);
+            ["--peer".to_string(), format!("{k}={raft}={api}")]
+        })
+        .collect();
+    for k in 1..=c.voters {
+        let (raft, api) = ClusterState::voter_addrs(k);
+        let data = crate::state::state_dir(&state.name).join(format!("cp{k}"));
+        let mut args = vec![
+            "--id".to_string(),
+            k.to_string(),
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--raft-listen".to_string(),
+            raft,
+            "--api-listen".to_string(),
+            api,
+            "--cluster-cidr".to_string(),
+            state.pod_cidr.to_string(),
+            "--init".to_string(),
+        ];
+        args.extend(peers.iter().cloned());
+        let name = format!("cp{k}");
+        let log = log_dir(&state.name).join(format!("{name}.log"));
+        let pid = spawn_detached(Some(&c.cp_netns), &c.controlplane_bin, &args, &log)?;
+        record(
+            state,
+            ProcessRole::ControlPlane,
+            &name,
+            Some(&c.cp_netns.clone()),
+            pid,
+        );
+        state.save()?;
+    }
+    // A leader is elected when any member's status names one.
+    let urls: Vec<(String, u16)> = (1..=c.voters)
+        .map(|k| (spec::CP_HOST_IP.to_string(), 8000 + k as u16))
+        .collect();
+    let ns = c.cp_netns.clone();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let urls = urls.clone();
+        let leader = spawn_in_netns(&ns, move || {
+            urls.iter()
+                .any(|(host, port)| status_has_leader(host, *port))
+        })
+        .join()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
+        if leader {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                pod: "control plane".to_string(),
+                reason: format!("no leader elected within {START_TIMEOUT:?}"),
+                log: log_dir(&state.name).join("cp1.log"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One plain HTTP/1.1 GET of `/v1/cluster/status`; true when it names a leader.
+fn status_has_leader(host: &str, port: u16) -> bool {
+    use std::io::Write;
+    let Ok(addr) = format!("{host}:{port}").parse() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s
+        .write_all(b"GET /v1/cluster/status?consistency=local HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let Some((_, body)) = out.split_once("\r\n\r\n") else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v["leader"].as_u64().is_some())
+}
+
+fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), LabError> {
+    let node = state.nodes[i].clone();
+    let dir = agent_dir(&state.name, &node.name);
+    fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let socket = agent_socket(&state.name, &node.name);
+    let mut args = vec![
+        "agent".to_string(),
+        "run".to_string(),
+        "--node".to_string(),
+        node.name.clone(),
+        "--pod-cidr".to_string(),
+        node.pod_cidr.to_string(),
+        "--node-ip".to_string(),
+        node.underlay_ip.to_string(),
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--state-dir".to_string(),
+        dir.join("state").display().to_string(),
+        "--small-maps".to_string(),
+        // The agent enters the node itself and stays in the host's mount namespace, where the
+        // pins live (`ip netns exec` would hide /sys/fs/bpf).
+        "--netns".to_string(),
+        node.netns.clone(),
+        "--bpf-pin-dir".to_string(),
+        pin_root(&state.name).join(&node.name).display().to_string(),
+        "--metrics-listen".to_string(),
+        format!("{}:9962", node.underlay_ip),
+    ];
+    for url in &c.api_urls {
+        args.extend(["--control-plane".to_string(), url.clone()]);
+    }
+    let name = format!("agent-{}", node.name);
+    let log = log_dir(&state.name).join(format!("{name}.log"));
+    let pid = spawn_detached(None, &state.palisade_bin, &args, &log)?;
+    record(state, ProcessRole::NodeAgent, &name, None, pid);
+    state.save()?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if !is_alive(pid, start_time(pid)) || Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                pod: format!("agent of {}", node.name),
+                reason: "its socket did not open".to_string(),
+                log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Creates a pod's namespace and runs `palisade-cni ADD` for it in its node, as a runtime
+/// would; returns the host-side interface the plugin made.
+fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String, LabError> {
+    let node = state
+        .node(&pod.node)
+        .ok_or_else(|| LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{}` names unknown node `{}`", pod.name, pod.node),
+        })?
+        .clone();
+    crate::exec::ip(&["netns", "add", &pod.netns])?;
+    let labels: Vec<serde_json::Value> = pod
+        .labels
+        .iter()
+        .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+        .collect();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "palisade",
+        "type": "palisade-cni",
+        "agentSocket": agent_socket(&state.name, &node.name),
+        "args": {"cni": {"labels": labels}},
+    });
+    let IpAddr::V4(ip) = pod.ip else {
+        return Err(LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{}`: IPv6 pods are not supported by the lab", pod.name),
+        });
+    };
+    let container = container_id(&state.name, &pod.name);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.netns])
+        .arg(&c.cni_bin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &container)
+        .env("CNI_NETNS", Path::new("/run/netns").join(&pod.netns))
+        .env("CNI_IFNAME", &pod.iface)
+        .env(
+            "CNI_PATH",
+            c.cni_bin.parent().unwrap_or(Path::new("/")).as_os_str(),
+        )
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={};IP={ip}",
+                pod.namespace,
+                pod.name.replace('/', "-")
+            ),
+        );
+    let out = run_output(&mut cmd, Some(&conf.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: format!("palisade-cni ADD for pod `{}`", pod.name),
+            status: out.status.to_string(),
+            stderr: format!(
+                "{} {}",
+                result["msg"].as_str().unwrap_or(stdout.trim()),
+                result["details"].as_str().unwrap_or("")
+            )
+            .trim()
+            .to_string(),
+        });
+    }
+    // The host side is the interface without a sandbox.
+    result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i.get("sandbox").is_none())
+        .and_then(|i| i["name"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| LabError::Command {
+            command: format!("palisade-cni ADD for pod `{}`", pod.name),
+            status: "no host interface in the result".to_string(),
+            stderr: stdout.into_owned(),
+        })
+}
+
+/// The container id the lab's runtime role uses for a pod (CNI ids are `[A-Za-z0-9_.-]`).
+pub fn container_id(lab: &str, pod: &str) -> String {
+    format!("{lab}-{}", pod.replace('/', "-"))
+}
