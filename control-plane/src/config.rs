@@ -51,6 +51,10 @@ pub struct Config {
     /// with `admin_token_file`.
     #[serde(default)]
     pub member_token_file: Option<PathBuf>,
+    /// TLS dir (`ca.pem`, `cert.pem`, `key.pem`, see [`crate::tls`]): mutual TLS between
+    /// members on the Raft port, HTTPS on the client API. Unset: both are plain.
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
     /// Cluster settings applied once at `init`.
     #[serde(default)]
     pub cluster: ClusterConfig,

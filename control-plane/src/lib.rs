@@ -21,6 +21,7 @@ pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod errors;
 pub mod grpc;
 pub mod http_api;
@@ -30,6 +31,7 @@ pub mod node;
 pub mod openapi;
 pub mod proposer;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 use std::fmt;
