@@ -399,6 +399,31 @@ mod tests {
     }
 
     #[test]
+    fn a_node_certificate_never_passes_as_a_server() -> Result<(), Box<dyn std::error::Error>> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{ServerName, UnixTime};
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        init_ca(&ca, 30)?;
+        let verify = |role, out: &str| -> Result<(), Box<dyn std::error::Error>> {
+            let out = dir.path().join(out);
+            issue(&ca, "x", role, &out, &["127.0.0.1".into()], 30)?;
+            let m = TlsMaterial::load(&out)?;
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                m.roots.clone(),
+                provider(),
+            )
+            .build()?;
+            let ip = ServerName::try_from("127.0.0.1")?;
+            verifier.verify_server_cert(&m.chain[0], &[], &ip, &[], UnixTime::now())?;
+            Ok(())
+        };
+        verify(CertRole::Member, "m")?;
+        assert!(verify(CertRole::Node, "n").is_err());
+        Ok(())
+    }
+
+    #[test]
     fn role_names_parse() {
         assert_eq!("member".parse(), Ok(CertRole::Member));
         assert_eq!("node".parse(), Ok(CertRole::Node));

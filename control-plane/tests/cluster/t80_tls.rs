@@ -223,3 +223,44 @@ async fn members_talk_mutual_tls_and_agents_act_for_their_own_node() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_with_an_empty_tls_dir_creates_the_cluster_ca() -> anyhow::Result<()> {
+    let mut c = TestCluster::new(1, &[])?;
+    c.tls = true;
+    c.spawn(1, true)?;
+    let dir = c.tls_dir(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("key.pem").exists() || !dir.join("ca.pem").exists() {
+        assert!(Instant::now() < deadline, "no certificates in {dir:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca-key.pem", "key.pem"] {
+        let mode = std::fs::metadata(dir.join(key))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    c.http = tls_client(&dir, None)?;
+    c.wait_leader(&[1], Duration::from_secs(20)).await?;
+    // More members: issue their certificates from the first member's CA.
+    let out = c.dir.path().join("m2");
+    certs(&[
+        "issue",
+        "--ca-dir",
+        s(&dir),
+        "--name",
+        "member-2",
+        "--role",
+        "member",
+        "--out",
+        s(&out),
+        "--san",
+        "127.0.0.1",
+    ])?;
+    let r = tls_client(&out, Some(&out))?
+        .get(c.url(1, "/v1/cluster/status"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    Ok(())
+}
