@@ -272,8 +272,9 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
     })
 }
 
-/// Runs the daemon (or a `certs` subcommand) and returns its exit code; errors are printed to
-/// stderr with their causes. Installs the tracing subscriber unless one is installed already.
+/// Runs the daemon (or a `certs` subcommand) on a runtime of its own and returns its exit
+/// code; errors are printed to stderr with their causes. Installs the tracing subscriber unless
+/// one is installed already. Call it outside any tokio runtime; inside one, await [`run`].
 pub fn main_with(args: Args) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -283,10 +284,14 @@ pub fn main_with(args: Args) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let result = match args.command {
-        Some(Command::Certs(c)) => certs(c),
-        None => run(args.run),
-    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Runtime {
+            what: "start the tokio runtime",
+            source,
+        })
+        .and_then(|rt| rt.block_on(run(args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -299,6 +304,14 @@ pub fn main_with(args: Args) -> ExitCode {
             eprintln!("{msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, or a `certs` subcommand.
+pub async fn run(args: Args) -> Result<(), DaemonError> {
+    match args.command {
+        Some(Command::Certs(c)) => certs(c),
+        None => serve(args.run).await,
     }
 }
 
@@ -363,7 +376,7 @@ fn init_tls_dir(config: &Config, dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> Result<(), DaemonError> {
+async fn serve(args: RunArgs) -> Result<(), DaemonError> {
     let config = config_from(args)?;
     config.validate().map_err(DaemonError::Invalid)?;
     if config.init
@@ -371,17 +384,6 @@ fn run(args: RunArgs) -> Result<(), DaemonError> {
     {
         init_tls_dir(&config, dir)?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::Runtime {
-            what: "start the tokio runtime",
-            source,
-        })?;
-    runtime.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> Result<(), DaemonError> {
     let prometheus = crate::metrics::install();
     let cp = crate::start(Arc::new(config), Arc::new(EngineValidator), prometheus)
         .await
@@ -458,6 +460,39 @@ mod tests {
         assert_eq!(e.as_deref(), Some("--data-dir is required (or --config)"));
         let e = parse_peer("1=127.0.0.1:7001").err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.starts_with("--peer `1=127.0.0.1:7001`")));
+        Ok(())
+    }
+
+    /// The `palisade` CLI embeds the daemon as `palisade controlplane ...`.
+    #[test]
+    fn the_daemon_embeds_as_a_subcommand() -> Result<(), Box<dyn std::error::Error>> {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: CliCommand,
+        }
+        #[derive(Debug, clap::Subcommand)]
+        enum CliCommand {
+            Controlplane(Args),
+        }
+        let CliCommand::Controlplane(a) = Cli::try_parse_from([
+            "palisade",
+            "controlplane",
+            "certs",
+            "init-ca",
+            "--dir",
+            "/ca",
+        ])?
+        .command;
+        assert!(matches!(
+            a.command,
+            Some(Command::Certs(CertsCommand::InitCa { days: 3650, .. }))
+        ));
+        let CliCommand::Controlplane(a) =
+            Cli::try_parse_from(["palisade", "controlplane", "--id", "2", "--tls-dir", "/tls"])?
+                .command;
+        assert_eq!(a.run.id, Some(2));
+        assert!(a.command.is_none());
         Ok(())
     }
 }

@@ -14,7 +14,9 @@
 //!
 //! `app` holds the replicated state and its pure `apply` (no I/O); `store` persists the Raft log
 //! and the applied state in RocksDB; `network` and `grpc` carry Raft between members; `http_api`
-//! is the client API; `node` wires them into one running member.
+//! is the client API; `node` wires them into one running member; `tls` holds the cluster CA,
+//! the certificates and the rustls configs of both ports; `daemon` is the daemon's command line
+//! (the binary and the `palisade` CLI both run it).
 #![forbid(unsafe_code)]
 
 pub mod app;
