@@ -182,6 +182,59 @@ pub fn allows(have: Role, need: Role) -> bool {
     }
 }
 
+/// What a request from a node's agent (a client certificate with the node role) may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCheck {
+    /// Allowed as it is.
+    Allow,
+    /// Refused, with the reason.
+    Deny(String),
+    /// Allowed if the JSON body's `field` names the agent's node, and (`endpoint`: the path's
+    /// IP) if that endpoint, when it exists, belongs to the agent's node.
+    Owned {
+        /// Body field that must name the node, if any.
+        field: Option<&'static str>,
+        /// The endpoint IP of the path, if any.
+        endpoint: Option<String>,
+    },
+}
+
+/// The calls an agent needs, for its own node `node` only: register itself
+/// (`POST /v1/nodes` with `name` = `node`), `POST /v1/nodes/{node}/heartbeat|ack`,
+/// `POST /v1/identities`, `PUT`/`DELETE /v1/endpoints/{ip}` of its own endpoints (`node` =
+/// `node`), and every `GET` under `/v1/` (the watch included). Everything else is refused.
+pub fn agent_check(node: &str, method: &str, path: &str) -> AgentCheck {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let deny = || {
+        AgentCheck::Deny(format!(
+            "the node certificate of `{node}` may not call `{method} {path}`: agents may only \
+             register, heartbeat and ack as their own node, allocate identities, put and delete \
+             their own endpoints, and read `/v1/*`"
+        ))
+    };
+    match (method, segments.as_slice()) {
+        ("GET" | "HEAD", ["v1", ..]) => AgentCheck::Allow,
+        ("POST", ["v1", "identities"]) => AgentCheck::Allow,
+        ("POST", ["v1", "nodes"]) => AgentCheck::Owned {
+            field: Some("name"),
+            endpoint: None,
+        },
+        ("POST", ["v1", "nodes", name, "heartbeat" | "ack"]) if *name == node => AgentCheck::Allow,
+        ("POST", ["v1", "nodes", name, "heartbeat" | "ack"]) => AgentCheck::Deny(format!(
+            "the node certificate of `{node}` may not act for node `{name}` (`{method} {path}`)"
+        )),
+        ("PUT", ["v1", "endpoints", ip]) => AgentCheck::Owned {
+            field: Some("node"),
+            endpoint: Some((*ip).to_owned()),
+        },
+        ("DELETE", ["v1", "endpoints", ip]) => AgentCheck::Owned {
+            field: None,
+            endpoint: Some((*ip).to_owned()),
+        },
+        _ => deny(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +265,46 @@ mod tests {
         assert!(!allows(Role::Admin, Role::Member));
         assert!(!allows(Role::Member, Role::Admin));
         assert!(!format!("{t:?}").contains("token-0123"));
+    }
+
+    #[test]
+    fn agents_act_for_their_own_node_only() {
+        let check = |m, p| agent_check("node-a", m, p);
+        assert_eq!(check("GET", "/v1/watch"), AgentCheck::Allow);
+        assert_eq!(check("GET", "/v1/policies"), AgentCheck::Allow);
+        assert_eq!(check("POST", "/v1/identities"), AgentCheck::Allow);
+        assert_eq!(
+            check("POST", "/v1/nodes/node-a/heartbeat"),
+            AgentCheck::Allow
+        );
+        assert_eq!(check("POST", "/v1/nodes/node-a/ack"), AgentCheck::Allow);
+        assert!(
+            matches!(check("POST", "/v1/nodes/node-b/heartbeat"), AgentCheck::Deny(m) if m.contains("`node-b`"))
+        );
+        assert_eq!(
+            check("POST", "/v1/nodes"),
+            AgentCheck::Owned {
+                field: Some("name"),
+                endpoint: None
+            }
+        );
+        assert_eq!(
+            check("DELETE", "/v1/endpoints/10.0.0.1"),
+            AgentCheck::Owned {
+                field: None,
+                endpoint: Some("10.0.0.1".into())
+            }
+        );
+        for (m, p) in [
+            ("PUT", "/v1/policies/a/b/c"),
+            ("DELETE", "/v1/nodes/node-a"),
+            ("POST", "/v1/cluster/members"),
+            ("POST", "/v1/identities/gc"),
+            ("DELETE", "/v1/identities/300"),
+            ("POST", "/internal/v1/propose"),
+            ("GET", "/metrics"),
+        ] {
+            assert!(matches!(check(m, p), AgentCheck::Deny(_)), "{m} {p}");
+        }
     }
 }

@@ -124,6 +124,8 @@ struct Inner {
     timeout: Duration,
     proposer: Proposer,
     member_token: Option<String>,
+    /// `https` when members talk TLS ([`crate::tls`]), else `http`.
+    scheme: &'static str,
 }
 
 /// Client operations on the local member. Cheap to clone.
@@ -145,10 +147,17 @@ impl Cluster {
         committed: Arc<AtomicU64>,
         timeout: Duration,
         member_token: Option<String>,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, ClusterError> {
-        let http = reqwest::Client::builder()
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(Duration::from_secs(1));
+        if let Some(cfg) = tls {
+            // Trusts the cluster CA only and presents this member's certificate.
+            http = http.use_preconfigured_tls(cfg);
+        }
+        let http = http
             .build()
             .map_err(|e| ClusterError::Internal(format!("http client: {e}")))?;
         Ok(Cluster {
@@ -161,6 +170,7 @@ impl Cluster {
                 http,
                 timeout,
                 member_token,
+                scheme,
             }),
         })
     }
@@ -449,7 +459,7 @@ impl Cluster {
         let req = self
             .inner
             .http
-            .post(format!("http://{leader}{path}"))
+            .post(format!("{}://{leader}{path}", self.inner.scheme))
             .header(FORWARDED_HEADER, self.inner.id.to_string())
             .json(body);
         self.send(leader, self.with_token(req)).await
@@ -463,7 +473,7 @@ impl Cluster {
         let req = self
             .inner
             .http
-            .get(format!("http://{leader}{path}"))
+            .get(format!("{}://{leader}{path}", self.inner.scheme))
             .header(FORWARDED_HEADER, self.inner.id.to_string());
         self.send(leader, self.with_token(req)).await
     }

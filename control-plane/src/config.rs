@@ -48,9 +48,14 @@ pub struct Config {
     #[serde(default)]
     pub read_token_file: Option<PathBuf>,
     /// File holding the token members present to each other (same on every member); required
-    /// with `admin_token_file`.
+    /// with `admin_token_file` unless `tls_dir` is set (members then forward with their member
+    /// certificate).
     #[serde(default)]
     pub member_token_file: Option<PathBuf>,
+    /// TLS dir (`ca.pem`, `cert.pem`, `key.pem`, see [`crate::tls`]): mutual TLS between
+    /// members on the Raft port, HTTPS on the client API. Unset: both are plain.
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
     /// Cluster settings applied once at `init`.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -105,10 +110,14 @@ impl Config {
                 "must include this member's own id when `init` is set",
             );
         }
-        if self.admin_token_file.is_some() && self.member_token_file.is_none() {
+        if self.admin_token_file.is_some()
+            && self.member_token_file.is_none()
+            && self.tls_dir.is_none()
+        {
             return bad(
                 "member_token_file",
-                "is required when `admin_token_file` is set (members forward with it)",
+                "is required when `admin_token_file` is set without `tls_dir` (members forward \
+                 with it; with `tls_dir` they forward with their member certificate)",
             );
         }
         if self.snapshot_logs == 0 {

@@ -2,7 +2,9 @@
 //!
 //! Who may call it: automation and agents holding a bearer token ([`crate::auth`]): admin
 //! tokens for everything under `/v1`, read tokens for GETs; the `/internal/v1/*` endpoints only
-//! with the members' token. It is plain HTTP until TLS lands (issue 4, "Security").
+//! with the members' token or a member certificate. With `--tls-dir` it serves HTTPS and
+//! accepts optional client certificates: a node certificate authenticates that node's agent for
+//! the agent's calls only (see [`authenticate`]).
 //!
 //! Writes go through Raft; on a follower they are forwarded to the leader (one hop, see
 //! [`crate::cluster`]), so any member accepts any request. Reads are linearizable by default;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -34,9 +36,10 @@ use serde_json::{Value, json};
 use crate::app::{
     Endpoint, NodeRecord, NodeRegistration, PolicyKey, Request, Response, normalize_labels,
 };
-use crate::auth::{self, Tokens};
+use crate::auth::{self, AgentCheck, Tokens};
 use crate::cluster::{Cluster, MembershipChange};
 use crate::errors::ClusterError;
+use crate::tls::{CertRole, ClientCert, PeerIdentity};
 use crate::validate::PolicyValidator;
 
 /// Shared state of the handlers.
@@ -217,39 +220,43 @@ pub fn router(
         .with_state(api)
 }
 
-/// Refuses requests without a token of the role their method and path need: 401 without a
-/// valid bearer token, 403 with a token of the wrong role.
+/// Refuses requests without the credentials their method and path need.
+///
+/// A client certificate (HTTPS with `--tls-dir`, chained to the cluster CA) comes first: a
+/// `node` certificate makes the request its agent's, allowed only what [`auth::agent_check`]
+/// allows, whatever token it carries; a `member` certificate may call `/internal/v1/*`. Then
+/// bearer tokens: 401 without a valid token, 403 with a token of the wrong role.
 async fn authenticate(
     State(api): State<Api>,
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> HttpResponse {
-    if !api.tokens.enabled() {
-        return next.run(req).await;
-    }
     let Some(need) = auth::required_role(req.method().as_str(), req.uri().path()) else {
         return next.run(req).await;
     };
+    let cert = req
+        .extensions()
+        .get::<ConnectInfo<ClientCert>>()
+        .and_then(|c| c.0.0.clone());
+    match cert {
+        Some(PeerIdentity {
+            role: CertRole::Node,
+            name,
+        }) => return authorize_agent(&api, &name, req, next).await,
+        Some(PeerIdentity {
+            role: CertRole::Member,
+            ..
+        }) if need == auth::Role::Member => return next.run(req).await,
+        _ => {}
+    }
+    if !api.tokens.enabled() {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let deny = |status, error: String| {
-        let mut r = ApiError {
-            status,
-            error,
-            field: None,
-        }
-        .into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        r
-    };
     let Some(token) = presented else {
         return deny(
             StatusCode::UNAUTHORIZED,
@@ -270,6 +277,84 @@ async fn authenticate(
             ),
         ),
     }
+}
+
+/// A 401 (with `WWW-Authenticate: Bearer`) or 403 answer.
+fn deny(status: StatusCode, error: String) -> HttpResponse {
+    let mut r = ApiError {
+        status,
+        error,
+        field: None,
+    }
+    .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// Largest body an agent's register or endpoint call may carry (read before the handler).
+const AGENT_BODY_LIMIT: usize = 64 << 10;
+
+/// Lets the agent of `node` (its node certificate) through to what [`auth::agent_check`]
+/// allows: its own node's calls, its own endpoints (checked against this member's applied
+/// state), identity allocation and reads.
+async fn authorize_agent(
+    api: &Api,
+    node: &str,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> HttpResponse {
+    let (field, endpoint) = match auth::agent_check(node, req.method().as_str(), req.uri().path()) {
+        AgentCheck::Allow => return next.run(req).await,
+        AgentCheck::Deny(why) => return deny(StatusCode::FORBIDDEN, why),
+        AgentCheck::Owned { field, endpoint } => (field, endpoint),
+    };
+    if let Some(ip) = endpoint.and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        let owner = api
+            .cluster
+            .read(|s| s.endpoints.get(&ip).map(|e| e.node.clone()))
+            .ok()
+            .flatten();
+        if let Some(owner) = owner
+            && owner != node
+        {
+            return deny(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the node certificate of `{node}` may not change endpoint `{ip}` of node `{owner}`"
+                ),
+            );
+        }
+    }
+    let Some(field) = field else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, AGENT_BODY_LIMIT).await else {
+        return ApiError::bad("body", "unreadable or larger than 64 KiB").into_response();
+    };
+    let named = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get(field).and_then(Value::as_str).map(str::to_owned));
+    if named.as_deref() != Some(node) {
+        return deny(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the node certificate of `{node}` may only send `{field}` = `{node}` to `{} {}`",
+                parts.method,
+                parts.uri.path()
+            ),
+        );
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 // === cluster ===

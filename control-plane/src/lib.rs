@@ -14,13 +14,16 @@
 //!
 //! `app` holds the replicated state and its pure `apply` (no I/O); `store` persists the Raft log
 //! and the applied state in RocksDB; `network` and `grpc` carry Raft between members; `http_api`
-//! is the client API; `node` wires them into one running member.
+//! is the client API; `node` wires them into one running member; `tls` holds the cluster CA,
+//! the certificates and the rustls configs of both ports; `daemon` is the daemon's command line
+//! (the binary and the `palisade` CLI both run it).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod errors;
 pub mod grpc;
 pub mod http_api;
@@ -30,6 +33,7 @@ pub mod node;
 pub mod openapi;
 pub mod proposer;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 use std::fmt;

@@ -1,6 +1,9 @@
 //! The Raft network: openraft's `RaftNetworkFactory`/`RaftNetwork` over the tonic peer service
 //! ([`crate::grpc::raft_service`]). One lazily connected channel per target member.
 //!
+//! With TLS ([`crate::tls`]) the channel is `https://RAFT_ADDR`: it presents this member's
+//! certificate and verifies the peer's against the cluster CA and the peer's address (an IP SAN).
+//!
 //! Payloads are openraft's own request/response types, serde_json encoded in a `RaftPayload`
 //! (see `proto/raft.proto`). Snapshots travel as openraft's chunked InstallSnapshot RPCs, the
 //! chunk bytes raw beside the JSON request.
@@ -17,7 +20,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::grpc::pb::RaftPayload;
 use crate::grpc::pb::raft_service_client::RaftServiceClient;
@@ -28,7 +31,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Creates a [`PeerClient`] per target member.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Network {
+    /// Plain (`None`) or mutual TLS with this member's certificate.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Network { tls }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -37,6 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.raft_addr.clone(),
+            tls: self.tls.clone(),
             client: None,
         }
     }
@@ -47,6 +60,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    tls: Option<ClientTlsConfig>,
     client: Option<RaftServiceClient<Channel>>,
 }
 
@@ -87,13 +101,18 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|source| TransportError::Address {
-                addr: self.addr.clone(),
-                source,
-            })?
+        let address = |source| TransportError::Address {
+            addr: self.addr.clone(),
+            source,
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+            .map_err(address)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(address)?;
+        }
         let client = RaftServiceClient::new(endpoint.connect_lazy());
         self.client = Some(client.clone());
         Ok(client)

@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::app::Request;
@@ -16,9 +17,10 @@ use crate::auth::{AuthError, Tokens};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::grpc::pb::raft_service_server::RaftServiceServer;
-use crate::grpc::raft_service::RaftPeerService;
+use crate::grpc::raft_service::{RaftPeerService, require_member};
 use crate::network::Network;
 use crate::store::{self, StoreError};
+use crate::tls::{CertRole, ClientCert, TlsError, TlsListener, TlsMaterial};
 use crate::validate::PolicyValidator;
 use crate::{Raft, http_api};
 
@@ -31,6 +33,22 @@ pub enum StartError {
     /// A token file is unusable.
     #[error("cannot load the api tokens")]
     Auth(#[from] AuthError),
+    /// The TLS dir is unusable.
+    #[error("cannot load the tls dir")]
+    Tls(#[from] TlsError),
+    /// The TLS dir's certificate is not a member's.
+    #[error(
+        "`{path}`: the {identity} cannot run a control-plane member (it needs the member role)"
+    )]
+    NotMember {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Who it names.
+        identity: crate::tls::PeerIdentity,
+    },
+    /// The Raft peer service's TLS could not be set up.
+    #[error("cannot set up tls on the raft peer service")]
+    RaftTls(#[source] tonic::transport::Error),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -84,9 +102,30 @@ pub async fn start(
     if !tokens.enabled() {
         tracing::warn!("no admin token file: the client API accepts unauthenticated requests");
     }
+    let tls = match &config.tls_dir {
+        Some(dir) => {
+            let m = TlsMaterial::load(dir)?;
+            if m.identity.role != CertRole::Member {
+                return Err(StartError::NotMember {
+                    path: dir.join(crate::tls::CERT_FILE),
+                    identity: m.identity,
+                });
+            }
+            tracing::info!(identity = %m.identity, dir = %dir.display(), "tls on the raft peer service and the client api");
+            Some(m)
+        }
+        None => {
+            tracing::warn!(
+                "no tls dir: the raft peer service and the client API are plain (unauthenticated raft)"
+            );
+            None
+        }
+    };
+    let api_client_tls = tls.as_ref().map(TlsMaterial::api_client).transpose()?;
+    let network = Network::new(tls.as_ref().map(TlsMaterial::raft_client));
     let committed = log_store.committed_index();
     let applied = state_machine.applied();
-    let raft = Raft::new(config.id, raft_config, Network, log_store, state_machine)
+    let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| StartError::Raft {
             what: "start",
@@ -99,6 +138,7 @@ pub async fn start(
         committed,
         config.request_timeout(),
         tokens.member_token().map(str::to_owned),
+        api_client_tls,
     )
     .map_err(|e| StartError::Raft {
         what: "start",
@@ -114,9 +154,17 @@ pub async fn start(
     let svc = RaftServiceServer::new(RaftPeerService::new(raft.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    let svc = InterceptedService::new(svc, require_member(tls.is_some()));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(m) = &tls {
+        server = server
+            .tls_config(m.raft_server())
+            .map_err(StartError::RaftTls)?;
+    }
+    let api_server_tls = tls.as_ref().map(TlsMaterial::api_server).transpose()?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
+        let res = server
             .add_service(svc)
             .serve_with_incoming_shutdown(TcpIncoming::from(raft_listener), async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -137,17 +185,36 @@ pub async fn start(
         Duration::from_millis(config.node_lease_ms),
         tokens,
     );
+    let app = router.into_make_service_with_connect_info::<ClientCert>();
     let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let res = axum::serve(api_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
+    let stopped = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tasks.push(match api_server_tls {
+        Some(cfg) => {
+            let listener =
+                TlsListener::new(api_listener, cfg).map_err(|source| StartError::Listen {
+                    addr: api_addr,
+                    source,
+                })?;
+            tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "client api stopped");
+                }
             })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "client api stopped");
         }
-    }));
+        None => tokio::spawn(async move {
+            let res = axum::serve(api_listener, app)
+                .with_graceful_shutdown(stopped)
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "client api stopped");
+            }
+        }),
+    });
 
     tasks.push(tokio::spawn(crate::metrics::run(
         cluster.clone(),

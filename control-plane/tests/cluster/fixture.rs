@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub struct TestCluster {
     pub http: reqwest::Client,
     /// Bearer token sent by the helpers below, when set.
     pub token: Option<String>,
+    /// Members run with `--tls-dir DIR/tls{id}` (the test issues those) and URLs are https.
+    pub tls: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -54,6 +56,7 @@ impl TestCluster {
                 .timeout(Duration::from_secs(10))
                 .build()?,
             token: None,
+            tls: false,
         })
     }
 
@@ -100,7 +103,13 @@ impl TestCluster {
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{path}", self.api(id))
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.api(id))
+    }
+
+    /// The tls dir of member `id` (used when `tls` is set).
+    pub fn tls_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("tls{id}"))
     }
 
     /// Starts member `id` (the peer list is the initial members 1..=3 or all, whichever fewer).
@@ -130,6 +139,9 @@ impl TestCluster {
                 }
             }
             cmd.arg("--init");
+        }
+        if self.tls {
+            cmd.arg("--tls-dir").arg(self.tls_dir(id));
         }
         cmd.args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
@@ -258,6 +270,40 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// Runs `palisade-controlplane certs ARGS...`; fails with its stderr.
+pub fn certs(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade-controlplane"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .context("cannot run palisade-controlplane certs")?;
+    if !out.status.success() {
+        bail!(
+            "certs {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// An HTTPS client trusting the CA in `ca_dir` only, presenting the certificate of the tls dir
+/// `identity` when given.
+pub fn tls_client(ca_dir: &Path, identity: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let ca = std::fs::read(ca_dir.join("ca.pem"))?;
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .timeout(Duration::from_secs(10));
+    if let Some(dir) = identity {
+        let mut pem = std::fs::read(dir.join("cert.pem"))?;
+        pem.extend(std::fs::read(dir.join("key.pem"))?);
+        b = b.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(b.build()?)
 }
 
 /// A policy object named `name`.

@@ -10,3 +10,4 @@ mod t40_snapshot_catch_up;
 mod t50_membership;
 mod t60_auth;
 mod t70_watch;
+mod t80_tls;
