@@ -32,9 +32,9 @@ lint: bootstrap ## rustfmt and clippy, warnings are errors.
 bench: bootstrap ## Run the benchmarks and print their figures (see docs/BENCHMARKS.md).
 	@bash bench/run.sh
 
-demo: bootstrap ## Bring up a 2-node x 3-pod lab and show the reachability matrix.
+demo: bootstrap ## A 3-voter control plane, 2 nodes x 3 pods via CNI, a policy enforced before/after.
 	@bash scripts/require-root.sh
-	$(CARGO) build --release -p palisade-cli
+	$(CARGO) build --release -p palisade-cli -p palisade-cni
 	@bash scripts/demo.sh "$(PALISADE_RELEASE)" "$(DEMO_LAB)"
 
 demo-down: ## Tear the demo lab down.

@@ -1,29 +1,72 @@
 #!/usr/bin/env bash
-# `make demo`: a local cluster of network namespaces, with the reachability matrix before policy.
+# `make demo`: a local Palisade cluster out of network namespaces (a 3-voter control plane, an
+# agent per node, pods made by the CNI plugin), the reachability matrix before and after a policy
+# applied to the control plane, and where the policy's propagation shows.
 # Usage: demo.sh PALISADE_BIN LAB_NAME
 set -euo pipefail
 bin=$1
 lab=$2
 step() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+policy=$(mktemp --suffix=.yaml)
+trap 'rm -f "$policy"' EXIT
 
-step "Palisade lab: 2 nodes x 3 pods (lab '$lab')"
+step "Palisade lab: 3 control-plane voters, 2 nodes x 3 pods (lab '$lab')"
 "$bin" lab down --name "$lab" >/dev/null
 "$bin" lab up --name "$lab" --nodes 2 --pods-per-node 3
 
-step "Nodes and pods"
-"$bin" lab status --name "$lab"
+step "The control plane"
+"$bin" cluster status --lab "$lab"
+"$bin" node list --lab "$lab"
 
-step "Reachability, TCP port 80 (no policy: every pod reaches every other pod)"
-"$bin" lab matrix --name "$lab" --port 80 --protocol tcp
+step "Before any policy: every pod reaches every other pod (TCP 80)"
+"$bin" lab matrix --name "$lab" --port 80 --protocol tcp || true
 
-step "Reachability, UDP port 80"
-"$bin" lab matrix --name "$lab" --port 80 --protocol udp
+cat >"$policy" <<'YAML'
+# n1-p2 is the database: only n2-p1 (the API, on the other node) may connect, and only to TCP 80.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: db-from-api
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {app: n1-p2}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: n2-p1}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+---
+# n2-p3 sends nothing anywhere (Kubernetes NetworkPolicy, applied unchanged).
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: n2-p3-no-egress
+  namespace: default
+spec:
+  podSelector:
+    matchLabels: {app: n2-p3}
+  policyTypes: [Egress]
+YAML
+
+step "Apply two policies to the control plane and wait until every node enforces them"
+cat "$policy"
+"$bin" policy apply --lab "$lab" -f "$policy"
+"$bin" policy wait --lab "$lab" --timeout 30s
+
+step "After: only n2-p1 reaches n1-p2, and n2-p3 reaches nobody"
+"$bin" lab matrix --name "$lab" --port 80 --protocol tcp || true
+
+step "What node n1's agent enforces"
+"$bin" agent status --socket "/run/palisade/labs/$lab/agents/n1/agent.sock"
 
 step "Done"
 cat <<TXT
 The lab is still running. Try:
-  $bin lab status --name $lab
-  $bin lab probe --name $lab n1-p1 n2-p3 --port 80 --protocol tcp
+  $bin policy list --lab $lab
+  $bin policy delete --lab $lab ciliumnetworkpolicy/default/db-from-api && $bin policy wait --lab $lab
+  $bin lab probe --name $lab n1-p1 n1-p2 --port 80
+  $bin identity list --lab $lab
 Tear it down with:
   make demo-down        (or: $bin lab down --name $lab)
 TXT

@@ -39,6 +39,9 @@ enum Command {
     Identity(cmd::identity::Args),
     /// Nodes registered in the control plane.
     Node(cmd::node::Args),
+    /// Run a control-plane member (Raft voter or learner serving the API), or manage the
+    /// cluster CA and certificates (`palisade controlplane certs ...`).
+    Controlplane(Box<palisade_control_plane::daemon::Args>),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +58,6 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -68,6 +68,7 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
         let (raft, api) = ClusterState::voter_addrs(k);
         let data = crate::state::state_dir(&state.name).join(format!("cp{k}"));
         let mut args = vec![
+            "controlplane".to_string(),
             "--id".to_string(),
             k.to_string(),
             "--data-dir".to_string(),
@@ -83,7 +84,7 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
         args.extend(peers.iter().cloned());
         let name = format!("cp{k}");
         let log = log_dir(&state.name).join(format!("{name}.log"));
-        let pid = spawn_detached(Some(&c.cp_netns), &c.controlplane_bin, &args, &log)?;
+        let pid = spawn_detached(Some(&c.cp_netns), &state.palisade_bin, &args, &log)?;
         record(
             state,
             ProcessRole::ControlPlane,
@@ -214,6 +215,9 @@ fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String,
         })?
         .clone();
     crate::exec::ip(&["netns", "add", &pod.netns])?;
+    // As in the rest of the lab (IPv6 pods are not planned yet): no router solicitations that
+    // the datapath would count as spoofed.
+    crate::exec::Cmds(&crate::exec::System).sysctl(&pod.netns, &crate::up::NO_IPV6)?;
     let labels: Vec<serde_json::Value> = pod
         .labels
         .iter()

@@ -166,7 +166,6 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         });
         ClusterState {
             voters: c.voters,
-            controlplane_bin: c.controlplane_bin.clone(),
             cni_bin: c.cni_bin.clone(),
             cp_netns: format!("{}cp", netns_prefix(&s.name)),
             api_urls: (1..=c.voters)

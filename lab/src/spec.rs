@@ -59,7 +59,7 @@ pub struct LabSpec {
     pub cluster: Option<ClusterPlan>,
 }
 
-/// The Palisade cluster a lab runs: control-plane voters on their own host on the fabric (the
+/// The Palisade cluster a lab runs: control-plane voters (`palisade controlplane`) on their own host on the fabric (the
 /// `cp` external, [`CP_HOST_IP`]), one agent per node following them, and every pod created
 /// through the CNI plugin exactly as a container runtime would (`CNI_*` variables, the network
 /// config on stdin, the planned address requested with `CNI_ARGS` `IP=`).
@@ -67,8 +67,6 @@ pub struct LabSpec {
 pub struct ClusterPlan {
     /// Control-plane voters: 1, 3 or 5.
     pub voters: usize,
-    /// The `palisade-controlplane` daemon.
-    pub controlplane_bin: PathBuf,
     /// The `palisade-cni` plugin.
     pub cni_bin: PathBuf,
 }
@@ -244,16 +242,11 @@ impl LabSpec {
                     c.voters
                 )));
             }
-            for (what, path) in [
-                ("control-plane daemon", &c.controlplane_bin),
-                ("CNI plugin", &c.cni_bin),
-            ] {
-                if !path.is_file() {
-                    return Err(bad(format!(
-                        "{what} `{}` is not a file (build it: cargo build -p palisade-control-plane -p palisade-cni)",
-                        path.display()
-                    )));
-                }
+            if !c.cni_bin.is_file() {
+                return Err(bad(format!(
+                    "CNI plugin `{}` is not a file (build it: cargo build -p palisade-cni)",
+                    c.cni_bin.display()
+                )));
             }
             if !names.insert(CP_HOST) || !ips.insert(CP_HOST_IP) {
                 return Err(bad(format!(

@@ -101,8 +101,6 @@ pub struct LabState {
 pub struct ClusterState {
     /// Control-plane voters.
     pub voters: usize,
-    /// The `palisade-controlplane` daemon.
-    pub controlplane_bin: PathBuf,
     /// The `palisade-cni` plugin.
     pub cni_bin: PathBuf,
     /// The control plane's host namespace.

@@ -190,7 +190,7 @@ fn build_external(c: Cmds<'_>, state: &LabState, x: &ExternalState) -> Result<()
     Ok(())
 }
 
-const NO_IPV6: [&str; 2] = [
+pub(crate) const NO_IPV6: [&str; 2] = [
     "net.ipv6.conf.all.disable_ipv6=1",
     "net.ipv6.conf.default.disable_ipv6=1",
 ];

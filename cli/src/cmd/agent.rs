@@ -223,13 +223,51 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
             .filter_map(|p| p.as_str())
             .collect();
         println!(
-            "Policies:        {}",
+            "Local policies:  {}",
             if policies.is_empty() {
                 "none".to_string()
             } else {
                 policies.join(", ")
             }
         );
+        let cp = &status["controlPlane"];
+        if cp.is_object() {
+            let state = if cp["connected"].as_bool() == Some(true) {
+                "connected".to_string()
+            } else {
+                format!(
+                    "UNREACHABLE ({}); enforcing the last-known-good state",
+                    cp["lastError"].as_str().unwrap_or("not contacted yet")
+                )
+            };
+            println!("Control plane:   {state}");
+            println!(
+                "  enforces policy revision {}, {} identities, {} remote endpoints, last propagation {}",
+                cp["policyRevision"],
+                cp["identities"],
+                cp["remoteEndpoints"],
+                cp["lastPropagationMs"]
+                    .as_u64()
+                    .map_or("-".to_string(), |ms| format!("{ms} ms"))
+            );
+            let names: Vec<&str> = cp["policies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str())
+                .collect();
+            println!(
+                "  policies: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+            if let Some(e) = cp["updateError"].as_str() {
+                println!("  update not applied: {e} (previous state stays in force)");
+            }
+        }
         println!("Verdicts:");
         for (k, v) in status["verdicts"].as_object().into_iter().flatten() {
             println!("  {k:<34} {v}");

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use palisade_cp_client::config::{DEFAULT_SERVER, ENV_SERVER, ENV_TOKEN_FILE};
 use palisade_cp_client::{Client, ClientConfig};
 
@@ -22,12 +22,30 @@ pub struct ConnectArgs {
     /// File holding the bearer token (its first line that is not blank or a `#` comment).
     #[arg(long, value_name = "FILE", env = ENV_TOKEN_FILE)]
     pub token_file: Option<PathBuf>,
+    /// Talk to the control plane of this local lab (`palisade lab up`): its members' URLs, reached
+    /// from inside the lab's control-plane host namespace (overrides --server).
+    #[arg(long, value_name = "NAME")]
+    pub lab: Option<String>,
 }
 
 impl ConnectArgs {
     /// A client of the configured servers (contacts none yet).
     pub fn client(&self) -> Result<Client> {
-        let cfg = ClientConfig::from_flags(&self.servers, self.token_file.as_deref())?;
+        let servers = match &self.lab {
+            None => self.servers.clone(),
+            Some(name) => {
+                let lab = palisade_lab::Lab::load(name)?;
+                let cluster = lab.state().cluster.clone().ok_or_else(|| {
+                    anyhow!("--lab {name}: the lab runs no control plane (it was made with --control-plane-voters 0)")
+                })?;
+                // The lab's addresses exist only inside its namespaces: enter the control plane's
+                // host before the client starts its threads (they inherit the namespace).
+                palisade_lab::exec::enter_netns(&cluster.cp_netns)
+                    .map_err(|e| anyhow!("--lab {name}: {e}"))?;
+                cluster.api_urls
+            }
+        };
+        let cfg = ClientConfig::from_flags(&servers, self.token_file.as_deref())?;
         Ok(Client::new(cfg)?)
     }
 }

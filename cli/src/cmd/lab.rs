@@ -42,6 +42,16 @@ Address plan (lab name L, node i and pod j are 1-based):
   pod j       namespace pal-L-n<i>-p<j>, name n<i>-p<j>, eth0 = 10.200.i.(10+j)/32,
               default route via 169.254.1.1 (a permanent neighbour entry holding the MAC of
               the node-side veth lxc<j>); the node routes 10.200.i.(10+j)/32 dev lxc<j>
+  cp host     namespace pal-L-cp, eth0 = 10.97.0.1/32 on br0: control-plane voter k runs
+              `palisade controlplane` with Raft on :700k and its API on :800k (3 voters by
+              default, see --control-plane-voters; 0 runs no Palisade at all)
+  agents      node i runs `palisade agent run --netns pal-L-n<i>` following the control plane,
+              socket /run/palisade/labs/L/agents/n<i>/agent.sock, metrics on 10.98.0.(10+i):9962,
+              pins under /sys/fs/bpf/palisade-lab-L/
+  pods        made by `palisade-cni ADD` run in the node as a runtime would (CNI_* variables,
+              the config on stdin, the planned address asked for with CNI_ARGS IP=); labels
+              app=n<i>-p<j>, node=n<i>, namespace default; the node-side veth is the plugin's
+              lxc<hash>
   processes   every pod runs `palisade workload serve --tcp 80 --udp 80 --name n<i>-p<j>`
               (see --serve-tcp, --serve-udp); logs in /run/palisade/labs/L/logs/
   state       /run/palisade/labs/L/state.json
@@ -50,6 +60,7 @@ IPv6 is disabled in the lab namespaces for now (planned). Tear down with `palisa
 const LAB_EXAMPLES: &str = "\
 Examples:
   palisade lab up --nodes 2 --pods-per-node 3   # 2 nodes, pods n1-p1..n2-p3, all serving tcp/udp 80
+  palisade policy apply --lab palisade -f deny.yaml && palisade policy wait --lab palisade
   palisade lab matrix --protocol udp            # every pod to every other pod
   palisade lab probe n1-p1 n2-p3 --port 80      # one probe, exit 0/1
   palisade lab status -o json
@@ -124,6 +135,13 @@ struct UpArgs {
     /// Underlay network of the fabric bridge (node i is host 10+i of it).
     #[arg(long, value_name = "CIDR", default_value = palisade_lab::DEFAULT_UNDERLAY_CIDR, value_parser = parse_cidr)]
     underlay_cidr: Ipv4Cidr,
+    /// Control-plane voters (1, 3 or 5); 0: bare namespaces, no control plane, agents or CNI
+    /// (pods plugged in by the lab itself, nothing enforced).
+    #[arg(long, default_value_t = 3, value_parser = parse_voters)]
+    control_plane_voters: usize,
+    /// The CNI plugin the lab's runtime calls [default: palisade-cni next to this binary].
+    #[arg(long, value_name = "PATH")]
+    cni_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -215,6 +233,15 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     spec.serve_tcp = a.serve_tcp.0;
     spec.serve_udp = a.serve_udp.0;
     spec.underlay_cidr = a.underlay_cidr;
+    if a.control_plane_voters > 0 {
+        spec.cluster = Some(palisade_lab::ClusterPlan {
+            voters: a.control_plane_voters,
+            cni_bin: a
+                .cni_bin
+                .clone()
+                .unwrap_or_else(|| spec.palisade_bin.with_file_name("palisade-cni")),
+        });
+    }
     let lab = Lab::up(&spec)?;
     let st = lab.state();
     let ports = |proto: &str, p: &[u16]| match p {
@@ -250,6 +277,15 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             n.netns,
             n.pod_cidr
         );
+    }
+    if let Some(c) = &st.cluster {
+        outln!(
+            "  control plane: {} voter(s) in {} ({}); an agent per node; pods made by palisade-cni",
+            c.voters,
+            c.cp_netns,
+            c.api_urls.join(", ")
+        );
+        outln!("policy:    palisade policy apply --lab {} -f FILE", st.name);
     }
     outln!("status:    palisade lab status --name {}", st.name);
     outln!("check:     palisade lab matrix --name {}", st.name);
@@ -476,4 +512,13 @@ fn matrix(a: MatrixArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ (0 | 1 | 3 | 5)) => Ok(n),
+        _ => Err(format!(
+            "`{s}`: a control plane has 1, 3 or 5 voters (0: none)"
+        )),
+    }
 }
