@@ -25,6 +25,53 @@ pub struct ClientConfig {
     /// Time allowed for one request to one server (connect, send, answer). Long polls
     /// (`watch`, `wait_policies`) get their own wait on top of it.
     pub timeout: Duration,
+    /// TLS towards `https://` members: the cluster CA to trust and, for agents, the node's
+    /// certificate to present.
+    pub tls: Option<TlsConfig>,
+}
+
+/// What the client trusts and presents over TLS. The private key never appears in `Debug`.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// PEM of the cluster CA: the only root trusted (no system store).
+    pub ca_pem: Vec<u8>,
+    /// PEM of a client certificate followed by its private key (a node's, for an agent), if any.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &format!("{} bytes", self.ca_pem.len()))
+            .field("client_certificate", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Reads a control-plane TLS directory (`ca.pem`, and `cert.pem` + `key.pem` when present:
+    /// the layout `palisade controlplane certs issue` writes). Errors name the file.
+    pub fn from_dir(dir: &Path) -> Result<TlsConfig, ClientError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| ClientError::Config {
+                reason: format!("TLS directory: cannot read `{}`: {e}", path.display()),
+            })
+        };
+        let ca_pem = read("ca.pem")?;
+        let identity_pem = if dir.join("cert.pem").exists() {
+            let mut pem = read("cert.pem")?;
+            pem.push(b'\n');
+            pem.extend(read("key.pem")?);
+            Some(pem)
+        } else {
+            None
+        };
+        Ok(TlsConfig {
+            ca_pem,
+            identity_pem,
+        })
+    }
 }
 
 impl fmt::Debug for ClientConfig {
@@ -33,6 +80,7 @@ impl fmt::Debug for ClientConfig {
             .field("servers", &self.servers)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -43,6 +91,7 @@ impl Default for ClientConfig {
             servers: vec![DEFAULT_SERVER.to_owned()],
             token: None,
             timeout: DEFAULT_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -76,6 +125,7 @@ impl ClientConfig {
             servers: list,
             token,
             timeout: DEFAULT_TIMEOUT,
+            tls: None,
         })
     }
 
@@ -83,6 +133,13 @@ impl ClientConfig {
     #[must_use]
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sets TLS (needed for `https://` members).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -23,7 +23,7 @@ pub mod outcome;
 mod transport;
 
 pub use client::Client;
-pub use config::ClientConfig;
+pub use config::{ClientConfig, TlsConfig};
 pub use error::ClientError;
 pub use outcome::{ApplyOutcome, WaitOutcome, WatchBatch};
 

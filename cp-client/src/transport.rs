@@ -76,7 +76,7 @@ pub(crate) struct Transport {
 }
 
 /// Parses a base URL; `host:port` alone means `http://host:port`.
-fn parse_server(s: &str) -> Result<Url, ClientError> {
+fn parse_server(s: &str, tls: bool) -> Result<Url, ClientError> {
     let with_scheme = if s.contains("://") {
         s.to_owned()
     } else {
@@ -86,12 +86,21 @@ fn parse_server(s: &str) -> Result<Url, ClientError> {
         reason: format!("server `{s}`: {why}"),
     };
     let url = Url::parse(&with_scheme).map_err(|e| bad(e.to_string()))?;
-    match url.scheme() {
-        "http" => {}
-        // The control plane serves plain HTTP until TLS lands (issue 4, "Security"), and this
-        // client is built without a TLS stack.
-        "https" => return Err(bad("https is not supported yet; use http://".to_owned())),
-        other => return Err(bad(format!("unsupported scheme `{other}`"))),
+    match (url.scheme(), tls) {
+        ("http", false) | ("https", true) => {}
+        // Trusting whatever certificate a server shows would defeat the point of TLS.
+        ("https", false) => {
+            return Err(bad(
+                "https needs the cluster CA to trust (a TLS directory with ca.pem)".to_owned(),
+            ));
+        }
+        // With TLS configured, a plain-HTTP member would receive the token in clear.
+        ("http", true) => {
+            return Err(bad(
+                "plain http while TLS is configured; use https://".to_owned()
+            ));
+        }
+        (other, _) => return Err(bad(format!("unsupported scheme `{other}`"))),
     }
     if url.cannot_be_a_base() || url.host().is_none() {
         return Err(bad("needs a host, e.g. http://127.0.0.1:8001".to_owned()));
@@ -154,15 +163,31 @@ impl Transport {
         let servers = cfg
             .servers
             .iter()
-            .map(|s| parse_server(s))
+            .map(|s| parse_server(s, cfg.tls.is_some()))
             .collect::<Result<Vec<_>, _>>()?;
-        let http = Http::builder()
+        let mut builder = Http::builder()
             .connect_timeout(cfg.timeout)
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| ClientError::Config {
-                reason: format!("cannot build the HTTP client: {}", chain(&e)),
-            })?;
+            .timeout(cfg.timeout);
+        if let Some(tls) = &cfg.tls {
+            let bad = |what: &str, e: reqwest::Error| ClientError::Config {
+                reason: format!("TLS: {what}: {}", chain(&e)),
+            };
+            let ca = reqwest::Certificate::from_pem(&tls.ca_pem)
+                .map_err(|e| bad("the CA is not a PEM certificate", e))?;
+            builder = builder
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .https_only(true);
+            if let Some(pem) = &tls.identity_pem {
+                let id = reqwest::Identity::from_pem(pem)
+                    .map_err(|e| bad("the client certificate or key is unusable", e))?;
+                builder = builder.identity(id);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Config {
+            reason: format!("cannot build the HTTP client: {}", chain(&e)),
+        })?;
         Ok(Transport {
             http,
             servers,
@@ -202,8 +227,10 @@ impl Transport {
             let base = &self.servers[i];
             tried.push(base.as_str().trim_end_matches('/').to_owned());
             match self.send(base, call) {
-                Ok(reply) if reply.status == 503 => {
-                    last = format!("{} answered 503", tried[k]);
+                // 503: no leader known there; 502: a follower could not reach the leader. Both
+                // may be fine on another member.
+                Ok(reply) if reply.status == 503 || reply.status == 502 => {
+                    last = format!("{} answered {}", tried[k], reply.status);
                     unavailable = Some(reply);
                 }
                 Ok(reply) => {
@@ -258,12 +285,17 @@ mod tests {
     #[test]
     fn server_urls() {
         assert_eq!(
-            parse_server("127.0.0.1:8001").map(|u| u.to_string()).ok(),
+            parse_server("127.0.0.1:8001", false)
+                .map(|u| u.to_string())
+                .ok(),
             Some("http://127.0.0.1:8001/".to_owned())
         );
-        assert!(parse_server("https://a:1").is_err());
-        assert!(parse_server("ftp://a:1").is_err());
-        assert!(parse_server("http://").is_err());
+        assert!(parse_server("https://a:1", true).is_ok());
+        // https without a CA to trust, http while TLS is configured: both refused.
+        assert!(parse_server("https://a:1", false).is_err());
+        assert!(parse_server("http://a:1", true).is_err());
+        assert!(parse_server("ftp://a:1", false).is_err());
+        assert!(parse_server("http://", false).is_err());
     }
 
     #[test]

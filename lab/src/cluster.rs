@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{IpAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
     let Some(cluster) = state.cluster.clone() else {
         return Ok(());
     };
+    make_credentials(state, &cluster)?;
     start_control_plane(state, &cluster)?;
     for i in 0..state.nodes.len() {
         start_agent(state, &cluster, i)?;
@@ -42,6 +43,126 @@ pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
         let host_iface = add_pod(state, &cluster, &state.pods[i])?;
         state.pods[i].host_iface = host_iface;
         state.save()?;
+    }
+    wait_published(state, &cluster)
+}
+
+/// Waits until the control plane knows every node and every pod: `up` returns a cluster whose
+/// state a user can read back at once (`node list`, `identity list`).
+fn wait_published(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
+    let cfg = operator_client_config(state, c)?;
+    let want = (state.nodes.len(), state.pods.len());
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let cfg = cfg.clone();
+        let seen = spawn_in_netns(&c.cp_netns, move || {
+            let client = palisade_cp_client::Client::new(cfg).ok()?;
+            Some((
+                client.list_nodes().ok()?.len(),
+                client.list_endpoints().ok()?.len(),
+            ))
+        })
+        .join()
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        if seen == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                pod: "control plane".to_string(),
+                reason: format!(
+                    "expected {} nodes and {} endpoints registered, saw {seen:?}",
+                    want.0, want.1
+                ),
+                log: log_dir(&state.name).join("agent-n1.log"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `palisade controlplane certs ARGS`.
+fn certs(state: &LabState, args: &[&str]) -> Result<(), LabError> {
+    let mut cmd = Command::new(&state.palisade_bin);
+    cmd.args(["controlplane", "certs"]).args(args);
+    crate::exec::run(&mut cmd, None).map(|_| ())
+}
+
+/// The lab's cluster CA, a certificate per member (IP SAN of the control plane's host) and per
+/// node (role node, so an agent can act for its own node only), the CLI's trust directory, and an
+/// admin token. All under the lab's state directory, removed by `down`.
+fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
+    let pki = ClusterState::pki_dir(&state.name);
+    let ca = pki.join("ca");
+    let s = |p: &Path| p.display().to_string();
+    certs(state, &["init-ca", "--dir", &s(&ca)])?;
+    let san = spec::CP_HOST_IP.to_string();
+    for k in 1..=c.voters {
+        let name = format!("cp{k}");
+        let out = pki.join(&name);
+        certs(
+            state,
+            &[
+                "issue",
+                "--ca-dir",
+                &s(&ca),
+                "--name",
+                &name,
+                "--role",
+                "member",
+                "--out",
+                &s(&out),
+                "--san",
+                &san,
+            ],
+        )?;
+    }
+    for n in &state.nodes {
+        let out = pki.join(&n.name);
+        certs(
+            state,
+            &[
+                "issue",
+                "--ca-dir",
+                &s(&ca),
+                "--name",
+                &n.name,
+                "--role",
+                "node",
+                "--out",
+                &s(&out),
+            ],
+        )?;
+    }
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LabError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let operator = c.operator_tls_dir(&state.name);
+    fs::create_dir_all(&operator).map_err(io("create", &operator))?;
+    fs::copy(ca.join("ca.pem"), operator.join("ca.pem")).map_err(io("write", &operator))?;
+    let mut secret = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .map_err(io("read", Path::new("/dev/urandom")))?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let file = c.admin_token_file(&state.name);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(io("create", &file))?;
+        writeln!(f, "{token}").map_err(io("write", &file))?;
     }
     Ok(())
 }
@@ -79,6 +200,13 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
             api,
             "--cluster-cidr".to_string(),
             state.pod_cidr.to_string(),
+            "--tls-dir".to_string(),
+            ClusterState::pki_dir(&state.name)
+                .join(format!("cp{k}"))
+                .display()
+                .to_string(),
+            "--admin-token-file".to_string(),
+            c.admin_token_file(&state.name).display().to_string(),
             "--init".to_string(),
         ];
         args.extend(peers.iter().cloned());
@@ -94,17 +222,17 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
         );
         state.save()?;
     }
-    // A leader is elected when any member's status names one.
-    let urls: Vec<(String, u16)> = (1..=c.voters)
-        .map(|k| (spec::CP_HOST_IP.to_string(), 8000 + k as u16))
-        .collect();
+    // A leader is elected when a member's status names one (asked as the operator would).
+    let cfg = operator_client_config(state, c)?;
     let ns = c.cp_netns.clone();
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let urls = urls.clone();
+        let cfg = cfg.clone();
         let leader = spawn_in_netns(&ns, move || {
-            urls.iter()
-                .any(|(host, port)| status_has_leader(host, *port))
+            palisade_cp_client::Client::new(cfg)
+                .ok()
+                .and_then(|client| client.cluster_status().ok())
+                .is_some_and(|s| s["leader"].as_u64().is_some())
         })
         .join()
         .ok()
@@ -124,30 +252,25 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
     }
 }
 
-/// One plain HTTP/1.1 GET of `/v1/cluster/status`; true when it names a leader.
-fn status_has_leader(host: &str, port: u16) -> bool {
-    use std::io::Write;
-    let Ok(addr) = format!("{host}:{port}").parse() else {
-        return false;
+/// How the operator (the CLI's `--lab`, and the lab itself) reaches the control plane: the
+/// lab's CA as the only trusted root, its admin token.
+pub fn operator_client_config(
+    state: &LabState,
+    c: &ClusterState,
+) -> Result<palisade_cp_client::ClientConfig, LabError> {
+    let bad = |e: palisade_cp_client::ClientError| LabError::InvalidSpec {
+        name: state.name.clone(),
+        reason: format!("control-plane credentials: {e}"),
     };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /v1/cluster/status?consistency=local HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let Some((_, body)) = out.split_once("\r\n\r\n") else {
-        return false;
-    };
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .is_some_and(|v| v["leader"].as_u64().is_some())
+    let tls =
+        palisade_cp_client::TlsConfig::from_dir(&c.operator_tls_dir(&state.name)).map_err(bad)?;
+    Ok(palisade_cp_client::ClientConfig::from_flags(
+        &c.api_urls,
+        Some(&c.admin_token_file(&state.name)),
+    )
+    .map_err(bad)?
+    .with_tls(tls)
+    .with_timeout(Duration::from_secs(2)))
 }
 
 fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), LabError> {
@@ -185,6 +308,13 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);
     }
+    args.extend([
+        "--control-plane-tls-dir".to_string(),
+        ClusterState::pki_dir(&state.name)
+            .join(&node.name)
+            .display()
+            .to_string(),
+    ]);
     let name = format!("agent-{}", node.name);
     let log = log_dir(&state.name).join(format!("{name}.log"));
     let pid = spawn_detached(None, &state.palisade_bin, &args, &log)?;

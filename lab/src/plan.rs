@@ -169,7 +169,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             cni_bin: c.cni_bin.clone(),
             cp_netns: format!("{}cp", netns_prefix(&s.name)),
             api_urls: (1..=c.voters)
-                .map(|k| format!("http://{}", ClusterState::voter_addrs(k).1))
+                .map(|k| format!("https://{}", ClusterState::voter_addrs(k).1))
                 .collect(),
         }
     });

@@ -110,6 +110,22 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The lab's certificates: `ca/` (the cluster CA), `cp<k>/` (members), `<node>/` (agents),
+    /// `operator/` (just `ca.pem`, for the CLI).
+    pub fn pki_dir(lab: &str) -> PathBuf {
+        state_dir(lab).join("pki")
+    }
+
+    /// The TLS directory the CLI uses for this lab (trusts the lab's CA, no client certificate).
+    pub fn operator_tls_dir(&self, lab: &str) -> PathBuf {
+        Self::pki_dir(lab).join("operator")
+    }
+
+    /// The lab's admin bearer token (mode 0600).
+    pub fn admin_token_file(&self, lab: &str) -> PathBuf {
+        state_dir(lab).join("admin.token")
+    }
+
     /// Voter `k`'s (1-based) Raft and API listen addresses on the control plane's host.
     pub fn voter_addrs(k: usize) -> (String, String) {
         let ip = crate::spec::CP_HOST_IP;

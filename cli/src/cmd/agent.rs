@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
-use palisade_cp_client::ClientConfig;
+use palisade_cp_client::{ClientConfig, TlsConfig};
 use palisade_node_agent::agent::{self, AgentConfig, ControlPlaneConfig};
 use palisade_node_agent::datapath::DatapathConfig;
 
@@ -90,6 +90,11 @@ struct RunArgs {
     /// Bearer token file for the control plane (first non-comment line).
     #[arg(long, value_name = "FILE", requires = "control_plane")]
     control_plane_token_file: Option<PathBuf>,
+    /// TLS directory for `https://` members: `ca.pem` (the cluster CA) and this node's
+    /// certificate `cert.pem` + `key.pem` (role node, name = --node): the agent authenticates
+    /// with it and may then act for this node only.
+    #[arg(long, value_name = "DIR", requires = "control_plane")]
+    control_plane_tls_dir: Option<PathBuf>,
     /// This node's underlay address as registered with the control plane
     /// [default: the first --node-ip].
     #[arg(long, value_name = "IP", requires = "control_plane")]
@@ -160,9 +165,14 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
             .node_address
             .or_else(|| a.node_ips.first().copied().map(std::net::IpAddr::V4))
             .ok_or_else(|| anyhow!("--control-plane needs --node-address or a --node-ip"))?;
-        let client =
+        let mut client =
             ClientConfig::from_flags(&a.control_plane, a.control_plane_token_file.as_deref())
                 .map_err(|e| anyhow!("--control-plane: {e}"))?;
+        if let Some(dir) = &a.control_plane_tls_dir {
+            client = client.with_tls(
+                TlsConfig::from_dir(dir).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?,
+            );
+        }
         Some(ControlPlaneConfig {
             client,
             node_address,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 use palisade_cp_client::config::{DEFAULT_SERVER, ENV_SERVER, ENV_TOKEN_FILE};
-use palisade_cp_client::{Client, ClientConfig};
+use palisade_cp_client::{Client, ClientConfig, TlsConfig};
 
 /// Where the control plane is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,6 +22,10 @@ pub struct ConnectArgs {
     /// File holding the bearer token (its first line that is not blank or a `#` comment).
     #[arg(long, value_name = "FILE", env = ENV_TOKEN_FILE)]
     pub token_file: Option<PathBuf>,
+    /// TLS directory for `https://` members: `ca.pem` (the cluster CA, the only root trusted)
+    /// and optionally `cert.pem` + `key.pem` (a client certificate).
+    #[arg(long, value_name = "DIR", env = "PALISADE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Talk to the control plane of this local lab (`palisade lab up`): its members' URLs, reached
     /// from inside the lab's control-plane host namespace (overrides --server).
     #[arg(long, value_name = "NAME")]
@@ -31,8 +35,12 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// A client of the configured servers (contacts none yet).
     pub fn client(&self) -> Result<Client> {
-        let servers = match &self.lab {
-            None => self.servers.clone(),
+        let (servers, tls_dir, token_file) = match &self.lab {
+            None => (
+                self.servers.clone(),
+                self.tls_dir.clone(),
+                self.token_file.clone(),
+            ),
             Some(name) => {
                 let lab = palisade_lab::Lab::load(name)?;
                 let cluster = lab.state().cluster.clone().ok_or_else(|| {
@@ -42,10 +50,18 @@ impl ConnectArgs {
                 // host before the client starts its threads (they inherit the namespace).
                 palisade_lab::exec::enter_netns(&cluster.cp_netns)
                     .map_err(|e| anyhow!("--lab {name}: {e}"))?;
-                cluster.api_urls
+                // The lab's operator credentials: its CA and admin token (root-only files).
+                (
+                    cluster.api_urls.clone(),
+                    Some(cluster.operator_tls_dir(name)),
+                    Some(cluster.admin_token_file(name)),
+                )
             }
         };
-        let cfg = ClientConfig::from_flags(&servers, self.token_file.as_deref())?;
+        let mut cfg = ClientConfig::from_flags(&servers, token_file.as_deref())?;
+        if let Some(dir) = tls_dir {
+            cfg = cfg.with_tls(TlsConfig::from_dir(&dir)?);
+        }
         Ok(Client::new(cfg)?)
     }
 }

@@ -33,7 +33,7 @@ fn unreachable_servers_are_named_on_one_line() {
         None,
     );
     assert!(
-        out.error_line(2).contains("https is not supported"),
+        out.error_line(2).contains("https needs the cluster CA"),
         "{out:?}"
     );
 }

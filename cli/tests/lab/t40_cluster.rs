@@ -1,0 +1,115 @@
+//! `palisade lab up` runs Palisade: a 3-voter control plane over mutual TLS, an agent per node,
+//! pods made by the CNI plugin. A policy applied with `palisade policy apply --lab` is enforced
+//! on real packets once `palisade policy wait --lab` returns; deleting it reopens the path; the
+//! agents' certificates act for their own node only; `down` leaves nothing (pins included).
+
+use palisade_lab::Lab;
+use palisade_lab::state::pin_root;
+
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
+
+/// n1-p2 accepts TCP 80 only from n2-p1 (on the other node).
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p2-from-n2-p1}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p2}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: n2-p1}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+
+fn ok(args: &[&str]) -> String {
+    let out = palisade(args);
+    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn reachable(lab: &str, from: &str, to: &str) -> bool {
+    let out = palisade(&["lab", "probe", "--name", lab, from, to, "--port", "80"]);
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("probe {from} {to}: {out:?}"),
+    }
+}
+
+#[test]
+fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
+    let name = lab_name("clu");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    let up = ok(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+    ]);
+    assert!(up.contains("3 voter(s)"), "{up}");
+    let lab = Lab::load(&name).expect("state");
+    let cluster = lab.state().cluster.clone().expect("the lab runs Palisade");
+    assert!(cluster.api_urls.iter().all(|u| u.starts_with("https://")));
+    // Pods were made by the CNI plugin: its host-side interface names, its registrations.
+    for pod in &lab.state().pods {
+        assert!(
+            pod.host_iface.starts_with("lxc") && pod.host_iface.len() == 14,
+            "{pod:?}"
+        );
+    }
+    let nodes = ok(&["node", "list", "--lab", &name, "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).expect("json");
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(2), "{nodes}");
+    let status = ok(&["cluster", "status", "--lab", &name, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert!(status["leader"].as_u64().is_some(), "{status}");
+    assert_eq!(
+        status["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+
+    assert!(reachable(&name, "n1-p1", "n1-p2") && reachable(&name, "n2-p2", "n1-p2"));
+    let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
+    std::fs::write(&file, POLICY).expect("policy file");
+    ok(&[
+        "policy",
+        "apply",
+        "--lab",
+        &name,
+        "-f",
+        file.to_str().expect("utf8"),
+    ]);
+    ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
+    assert!(reachable(&name, "n2-p1", "n1-p2"), "allowed across nodes");
+    assert!(
+        !reachable(&name, "n1-p1", "n1-p2"),
+        "same node, not selected"
+    );
+    assert!(
+        !reachable(&name, "n2-p2", "n1-p2"),
+        "other node, not selected"
+    );
+    assert!(
+        reachable(&name, "n1-p2", "n2-p2"),
+        "egress of n1-p2 is open"
+    );
+
+    ok(&[
+        "policy",
+        "delete",
+        "--lab",
+        &name,
+        "ciliumnetworkpolicy/default/p2-from-n2-p1",
+    ]);
+    ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
+    assert!(reachable(&name, "n2-p2", "n1-p2"), "open again");
+    let _ = std::fs::remove_file(&file);
+
+    let processes = lab.state().processes.clone();
+    down_and_assert_gone(&name, &processes);
+    assert!(!pin_root(&name).exists(), "pins left behind");
+}
