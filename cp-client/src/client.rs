@@ -322,4 +322,22 @@ impl Client {
     pub fn cluster_status(&self) -> Result<Value> {
         self.expect(&Call::new(Method::Get, &["v1", "cluster", "status"]))
     }
+
+    /// The leader's view (only the leader knows what each member matched, hence the lags):
+    /// asks the answering member, then the leader it names when that is another member. Falls
+    /// back to the first answer when the leader cannot be asked.
+    pub fn leader_status(&self) -> Result<Value> {
+        let first = self.cluster_status()?;
+        if first["state"] == "leader" {
+            return Ok(first);
+        }
+        let Some(addr) = first["leader_api_addr"].as_str() else {
+            return Ok(first);
+        };
+        let call = Call::new(Method::Get, &["v1", "cluster", "status"]);
+        match self.transport.call_member(addr, &call) {
+            Ok(r) if is_success(&r) => decode(&call, r.body),
+            _ => Ok(first),
+        }
+    }
 }

@@ -197,6 +197,18 @@ impl Transport {
         })
     }
 
+    /// Sends `call` to one member given by its `host:port` (same scheme, credentials and trust as
+    /// the configured servers), without failover: for questions only that member can answer.
+    pub fn call_member(&self, host_port: &str, call: &Call<'_>) -> Result<Reply, ClientError> {
+        let scheme = self.servers.first().map_or("http", Url::scheme);
+        let base = parse_server(&format!("{scheme}://{host_port}"), scheme == "https")?;
+        self.send(&base, call)
+            .map_err(|last| ClientError::Unreachable {
+                tried: vec![base.as_str().trim_end_matches('/').to_owned()],
+                last,
+            })
+    }
+
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.servers.iter().map(Url::as_str)
     }

@@ -18,9 +18,10 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// The answering member's view of the control plane: leader, term, log and commit indexes,
-    /// and every voter and learner with its replication lag (the leader's last log index minus
-    /// the index it knows the member matched; only the leader knows, so ask it for lags).
+    /// The control plane as its leader sees it: leader, term, log and commit indexes, and every
+    /// voter and learner with its replication lag (the leader's last log index minus the index
+    /// it knows the member matched). Asked of the leader directly when another member answers
+    /// first; without a leader, the answering member's view.
     Status(ReadArgs),
     /// Every endpoint registered in the control plane (IP, identity, node), cluster-wide. The
     /// endpoints the local agent enforces for are `palisade endpoint list`.
@@ -51,7 +52,7 @@ pub(crate) fn num(v: &Value) -> String {
 }
 
 fn status(a: &ReadArgs) -> Result<ExitCode> {
-    let s = a.connect.client()?.cluster_status()?;
+    let s = a.connect.client()?.leader_status()?;
     if a.output != Output::Table {
         emit(&a.output.render(&s)?);
         return Ok(ExitCode::SUCCESS);
