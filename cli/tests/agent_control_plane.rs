@@ -3,7 +3,8 @@
 //! ipcache (cross-node policy by label), `policy wait` returning once both nodes enforce a change,
 //! the propagation latency in the agents' metrics, and the last-known-good state: with the control
 //! plane gone the policy stays enforced (also across an agent restart) and a change made once it
-//! is back takes effect. Needs root; `make test` runs it as root.
+//! is back takes effect; a pod sending from an address not its own is dropped. Needs root; `make
+//! test` runs it as root.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -440,7 +441,46 @@ fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
         !open.contains(&"n2-p2→n1-p2".to_string()),
         "db still only from web"
     );
+
+    // Anti-spoofing on real packets: n2-p1 sending from an address that is not its own is
+    // dropped at its veth (and counted); from its own address the same datagram is answered.
+    let target = c.lab.state().pod("n2-p2").expect("pod").ip;
+    let own = c.lab.state().pod("n2-p1").expect("pod").ip;
+    let spoofed: std::net::IpAddr = "10.200.2.99".parse().expect("ip");
+    c.lab
+        .exec_in_pod(
+            "n2-p1",
+            "ip",
+            &["addr", "add", "10.200.2.99/32", "dev", "eth0"],
+        )
+        .expect("second address in the pod");
+    let ns = c.lab.state().pod("n2-p1").expect("pod").netns.clone();
+    let before = spoofed_drops(&c.status(1));
+    let answered = move |src: std::net::IpAddr| {
+        in_netns(&ns.clone(), move || {
+            let sock = std::net::UdpSocket::bind((src, 0)).expect("bind");
+            sock.set_read_timeout(Some(Duration::from_millis(700)))
+                .expect("timeout");
+            sock.send_to(b"hello", (target, 80)).expect("send");
+            let mut buf = [0u8; 512];
+            sock.recv_from(&mut buf).is_ok()
+        })
+    };
+    assert!(answered(own), "from its own address: answered");
+    assert!(!answered(spoofed), "from a spoofed address: dropped");
+    assert!(
+        spoofed_drops(&c.status(1)) > before,
+        "the drop is counted as spoofed_source: {}",
+        c.status(1)["verdicts"]
+    );
     for pid in agents {
         kill(pid);
     }
+}
+
+/// The node's count of egress packets dropped for a spoofed source.
+fn spoofed_drops(status: &serde_json::Value) -> u64 {
+    status["verdicts"]["spoofed_source/egress"]
+        .as_u64()
+        .unwrap_or(0)
 }
