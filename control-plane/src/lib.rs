@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod openapi;
+pub mod ops;
 pub mod proposer;
 pub mod store;
 pub mod tls;
