@@ -39,7 +39,6 @@ use crate::cluster::{Cluster, MembershipChange};
 use crate::errors::ClusterError;
 use crate::ops::{self, Consistency, OpError, Ops, check_node_name, parse_ip};
 use crate::tls::{CertRole, ClientCert, PeerIdentity};
-use crate::validate::PolicyValidator;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -177,18 +176,12 @@ impl Api {
     }
 }
 
-/// Builds the router.
-pub fn router(
-    cluster: Cluster,
-    validator: Arc<dyn PolicyValidator>,
-    prometheus: Option<PrometheusHandle>,
-    node_lease: Duration,
-    tokens: Tokens,
-) -> Router {
+/// Builds the router over `ops`, authenticating with `tokens`.
+pub fn router(ops: Ops, prometheus: Option<PrometheusHandle>, tokens: Arc<Tokens>) -> Router {
     let api = Api {
-        ops: Ops::new(cluster.clone(), node_lease, validator),
-        cluster,
-        tokens: Arc::new(tokens),
+        cluster: ops.cluster().clone(),
+        ops,
+        tokens,
         prometheus,
     };
     Router::new()
@@ -550,8 +543,6 @@ async fn apply_policy(
     Ok(Json(api.ops.apply_policy(key, object).await?).into_response())
 }
 
-
-
 async fn get_policy(
     State(api): State<Api>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
@@ -648,9 +639,6 @@ async fn watch_revision(
 
 // === nodes ===
 
-
-
-
 async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
     check_node_name("name", &name)?;
     match api.cluster.write(Request::Heartbeat { node: name }).await? {
@@ -662,8 +650,6 @@ async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> ApiResul
         other => Err(unexpected(&other)),
     }
 }
-
-
 
 /// Whether `key` looks like a WireGuard public key: base64 of 32 bytes.
 fn is_wireguard_key(key: &str) -> bool {
@@ -742,8 +728,6 @@ struct EndpointBody {
     identity: u32,
     node: String,
 }
-
-
 
 async fn upsert_endpoint(State(api): State<Api>, Path(ip): Path<String>, body: Bytes) -> ApiResult {
     let ip = parse_ip("ip", &ip)?;
