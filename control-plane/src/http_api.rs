@@ -14,6 +14,8 @@
 //! machine refused a write (nothing changed), 503 while no leader is known (retry: every
 //! operation is idempotent), 504 on timeout.
 //!
+//! The operations themselves are [`crate::ops`], shared with the gRPC API.
+//!
 //! `/internal/v1/*` serve member-to-member forwarding (propose, read index, membership).
 
 use std::net::IpAddr;

@@ -1,7 +1,9 @@
 //! The automation gRPC API (`--grpc-listen`): policy writes and reads through a follower,
 //! invalid input refused with the field, the change stream resumed on another member after the
-//! one serving it is SIGKILLed, bearer-token roles, and `Wait` naming the node that never acks.
+//! one serving it is SIGKILLed, bearer-token roles, and `Wait` naming the node that never acks;
+//! with `--tls-dir`, TLS only and node certificates may read and watch only.
 
+use std::path::Path;
 use std::time::Duration;
 
 use palisade_api::grpc::WAIT_FAILURE_METADATA;
@@ -12,10 +14,10 @@ use palisade_api::grpc::v1::policy_service_client::PolicyServiceClient;
 use palisade_api::grpc::v1::watch_service_client::WatchServiceClient;
 use prost::Message;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Streaming};
 
-use crate::fixture::{TestCluster, policy};
+use crate::fixture::{TestCluster, certs, policy, tls_client};
 
 const ADMIN: &str = "admin-0123456789abcdef";
 const READ: &str = "read-0123456789abcdef";
@@ -401,6 +403,146 @@ async fn the_automation_api_over_grpc() -> anyhow::Result<()> {
     assert!(
         s.voters.iter().any(|v| v.id == other && v.lag.is_some()),
         "{s:?}"
+    );
+    Ok(())
+}
+
+/// A TLS channel to member `id`'s gRPC API trusting the CA of `ca_dir`, presenting the
+/// certificate of the tls dir `identity` when given.
+async fn tls_channel(
+    c: &TestCluster,
+    id: u64,
+    ca_dir: &Path,
+    identity: Option<&Path>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca_dir.join("ca.pem"))?));
+    if let Some(dir) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(dir.join("cert.pem"))?,
+            std::fs::read(dir.join("key.pem"))?,
+        ));
+    }
+    let url = c.grpc_url(id).replace("http://", "https://");
+    Ok(Channel::from_shared(url)?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_node_certificates_may_only_read_and_watch() -> anyhow::Result<()> {
+    let mut c = TestCluster::new(1, &[])?;
+    c.grpc = true;
+    let dir = c.dir.path().to_owned();
+    let p = |p: &Path| p.display().to_string();
+    let ca = dir.join("ca");
+    let node_a = dir.join("node-a");
+    certs(&["init-ca", "--dir", &p(&ca)])?;
+    certs(&[
+        "issue",
+        "--ca-dir",
+        &p(&ca),
+        "--name",
+        "cp-1",
+        "--role",
+        "member",
+        "--out",
+        &p(&c.tls_dir(1)),
+        "--san",
+        "127.0.0.1",
+    ])?;
+    certs(&[
+        "issue",
+        "--ca-dir",
+        &p(&ca),
+        "--name",
+        "node-a",
+        "--role",
+        "node",
+        "--out",
+        &p(&node_a),
+    ])?;
+    for (name, token) in [("admin", ADMIN), ("read", READ)] {
+        let path = dir.join(format!("{name}.tokens"));
+        std::fs::write(&path, format!("{token}\n"))?;
+        c.extra_args.push(format!("--{name}-token-file"));
+        c.extra_args.push(path.display().to_string());
+    }
+    c.tls = true;
+    c.http = tls_client(&ca, None)?;
+    c.token = Some(READ.to_owned());
+    c.spawn(1, true)?;
+    c.wait_leader(&[1], Duration::from_secs(20)).await?;
+
+    // TLS only: a plain client gets no answer.
+    let plain = match channel(&c, 1).await {
+        Ok(ch) => PolicyServiceClient::new(ch)
+            .list(authed(v1::ListPoliciesRequest::default(), Some(READ))?)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plain, "the grpc api answered plain text under --tls-dir");
+
+    // Without a client certificate the tokens decide.
+    let mut policies = PolicyServiceClient::new(tls_channel(&c, 1, &ca, None).await?);
+    let e = policies
+        .apply(authed(apply("web", &policy("web", 80)), Some(READ))?)
+        .await
+        .err();
+    assert_eq!(e.map(|e| e.code()), Some(Code::PermissionDenied));
+    let w = policies
+        .apply(authed(apply("web", &policy("web", 80)), Some(ADMIN))?)
+        .await?
+        .into_inner();
+    assert_eq!((w.revision, w.changed), (1, true));
+
+    // A node certificate reads and watches, but never writes, whatever token it carries.
+    let ch = tls_channel(&c, 1, &ca, Some(&node_a)).await?;
+    let mut policies = PolicyServiceClient::new(ch.clone());
+    let e = policies
+        .delete(authed(
+            v1::DeletePolicyRequest { key: key("web") },
+            Some(ADMIN),
+        )?)
+        .await
+        .err();
+    assert_eq!(
+        e.as_ref().map(|e| e.code()),
+        Some(Code::PermissionDenied),
+        "{e:?}"
+    );
+    assert!(
+        e.is_some_and(|e| e.message().contains("node certificate of `node-a`")),
+        "the refusal names the certificate"
+    );
+    let list = policies
+        .list(authed(v1::ListPoliciesRequest::default(), None)?)
+        .await?
+        .into_inner();
+    assert_eq!(list.items.len(), 1);
+    let mut stream = WatchServiceClient::new(ch)
+        .watch(authed(v1::WatchRequest { from_revision: 0 }, None)?)
+        .await?
+        .into_inner();
+    let got = next_changes(&mut stream, 1).await?;
+    assert_eq!(got[0].key, "CiliumNetworkPolicy/default/web");
+
+    // SIGTERM with a watch open: the stream ends (UNAVAILABLE: resume elsewhere) and the member
+    // exits promptly rather than waiting for the watcher.
+    let started = std::time::Instant::now();
+    c.terminate(1)?;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await?;
+    assert!(
+        matches!(&end, Err(e) if e.code() == Code::Unavailable) || matches!(end, Ok(None)),
+        "{end:?}"
     );
     Ok(())
 }
