@@ -2,8 +2,9 @@
 //!
 //! The policy objects users already apply with kubectl (`cilium.io/v2` CiliumNetworkPolicy and
 //! CiliumClusterwideNetworkPolicy, `networking.k8s.io/v1` NetworkPolicy) as serde types, so the
-//! policy engine, the control plane and the Kubernetes mirror share one definition. Protobufs and
-//! REST types arrive with the control plane (issue 4).
+//! policy engine, the control plane and the Kubernetes mirror share one definition. The
+//! control plane's records live in [`controlplane`]; with the `grpc` feature, [`grpc`] holds the
+//! automation gRPC API generated from `proto/`.
 //!
 //! The types only describe shape (field names, types, unknown fields rejected); semantic checks
 //! (port ranges, regular expressions, CIDRs, incompatible fields) live in `palisade-policy`, which
@@ -14,3 +15,5 @@
 pub mod agent;
 pub mod controlplane;
 pub mod crd;
+#[cfg(feature = "grpc")]
+pub mod grpc;

@@ -182,6 +182,39 @@ pub fn allows(have: Role, need: Role) -> bool {
     }
 }
 
+/// Why a bearer token does not grant a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No token or an unknown one (HTTP 401, gRPC `UNAUTHENTICATED`), with the reason.
+    Unauthenticated(&'static str),
+    /// A valid token of a role that does not satisfy the call's (HTTP 403, gRPC
+    /// `PERMISSION_DENIED`).
+    WrongRole(Role),
+}
+
+/// Checks the `authorization` header (or gRPC metadata) value of a call that needs `need`:
+/// `Bearer TOKEN` with a token whose role [`allows`] it. Everything passes while authentication
+/// is off (no admin token file). Both client APIs call this.
+pub fn check_bearer(
+    tokens: &Tokens,
+    authorization: Option<&str>,
+    need: Role,
+) -> Result<(), Denial> {
+    if !tokens.enabled() {
+        return Ok(());
+    }
+    let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Err(Denial::Unauthenticated(
+            "missing bearer token (`Authorization: Bearer TOKEN`)",
+        ));
+    };
+    match tokens.role_of(token) {
+        None => Err(Denial::Unauthenticated("invalid bearer token")),
+        Some(have) if allows(have, need) => Ok(()),
+        Some(have) => Err(Denial::WrongRole(have)),
+    }
+}
+
 /// What a request from a node's agent (a client certificate with the node role) may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentCheck {
@@ -265,6 +298,19 @@ mod tests {
         assert!(!allows(Role::Admin, Role::Member));
         assert!(!allows(Role::Member, Role::Admin));
         assert!(!format!("{t:?}").contains("token-0123"));
+        assert_eq!(
+            check_bearer(&t, Some("Bearer read-token-0123456789"), Role::Read),
+            Ok(())
+        );
+        assert_eq!(
+            check_bearer(&t, Some("Bearer read-token-0123456789"), Role::Admin),
+            Err(Denial::WrongRole(Role::Read))
+        );
+        assert!(matches!(
+            check_bearer(&t, Some("read-token-0123456789"), Role::Read),
+            Err(Denial::Unauthenticated(_))
+        ));
+        assert_eq!(check_bearer(&Tokens::default(), None, Role::Admin), Ok(()));
     }
 
     #[test]

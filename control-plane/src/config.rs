@@ -23,6 +23,9 @@ pub struct Config {
     pub raft_listen: SocketAddr,
     /// Listen address of the client API (REST, `/metrics`).
     pub api_listen: SocketAddr,
+    /// Listen address of the automation gRPC API; not served when unset.
+    #[serde(default)]
+    pub grpc_listen: Option<SocketAddr>,
     /// The initial members, this one included, used by `init` (empty: a single-member cluster).
     #[serde(default)]
     pub peers: BTreeMap<NodeId, Member>,

@@ -93,7 +93,7 @@ pub enum CertsCommand {
 pub struct RunArgs {
     /// Read the whole configuration from this JSON file (the fields of `Config`) instead of
     /// the flags below.
-    #[arg(long, conflicts_with_all = ["id", "data_dir", "raft_listen", "api_listen", "peer", "init", "tls_dir"])]
+    #[arg(long, conflicts_with_all = ["id", "data_dir", "raft_listen", "api_listen", "grpc_listen", "peer", "init", "tls_dir"])]
     pub config: Option<PathBuf>,
     /// Raft id of this member (≥ 1).
     #[arg(long)]
@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Listen address of the REST client API and /metrics.
     #[arg(long)]
     pub api_listen: Option<SocketAddr>,
+    /// Listen address of the automation gRPC API (palisade.controlplane.v1: policies,
+    /// identities, nodes, endpoints, cluster status, the change stream). Not served without it.
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
     /// A member as ID=RAFT_ADDR=API_ADDR; repeat for each (this one included).
     #[arg(long, value_name = "ID=RAFT_ADDR=API_ADDR")]
     pub peer: Vec<String>,
@@ -254,6 +258,7 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
         data_dir: args.data_dir.ok_or_else(|| missing("--data-dir"))?,
         raft_listen: args.raft_listen.ok_or_else(|| missing("--raft-listen"))?,
         api_listen: args.api_listen.ok_or_else(|| missing("--api-listen"))?,
+        grpc_listen: args.grpc_listen,
         peers,
         init: args.init,
         snapshot_logs: args.snapshot_logs,
@@ -345,7 +350,7 @@ fn certs(c: CertsCommand) -> Result<(), DaemonError> {
 }
 
 /// With `--init` and a tls dir that is empty or missing: creates the CA there and this member's
-/// certificate (`member-ID`, with the IPs of its Raft and API addresses as SANs).
+/// certificate (`member-ID`, with the IPs of its Raft, API and gRPC addresses as SANs).
 fn init_tls_dir(config: &Config, dir: &Path) -> Result<(), DaemonError> {
     let empty = match std::fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_none(),
@@ -362,7 +367,11 @@ fn init_tls_dir(config: &Config, dir: &Path) -> Result<(), DaemonError> {
     }
     let me = config.me();
     let mut sans = Vec::new();
-    for addr in [&me.raft_addr, &me.api_addr] {
+    let grpc = config.grpc_listen.map(|a| a.to_string());
+    for addr in [Some(&me.raft_addr), Some(&me.api_addr), grpc.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(a) = addr.parse::<SocketAddr>()
             && !sans.contains(&a.ip().to_string())
         {
@@ -427,9 +436,12 @@ mod tests {
             "--init",
             "--tls-dir",
             "/tmp/tls",
+            "--grpc-listen",
+            "127.0.0.1:9001",
         ])?;
         assert!(a.command.is_none());
         let c = config_from(a.run)?;
+        assert_eq!(c.grpc_listen, "127.0.0.1:9001".parse().ok());
         assert_eq!(c.tls_dir, Some(PathBuf::from("/tmp/tls")));
         assert_eq!(c.peers.len(), 1);
         let a = Args::try_parse_from([

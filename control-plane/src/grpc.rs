@@ -1,6 +1,8 @@
-//! gRPC services of the control plane. Only the Raft peer service exists so far; the public
-//! automation and agent services will be generated from the protos in `api/`.
+//! gRPC services of the control plane: the Raft peer service (trusted-only, `--raft-listen`)
+//! and the automation API (`palisade.controlplane.v1` from `api/proto`, `--grpc-listen`).
 
+pub mod automation;
+pub mod pb_impl;
 pub mod raft_service;
 
 /// Code generated from `proto/raft.proto`.

@@ -14,11 +14,13 @@
 //! machine refused a write (nothing changed), 503 while no leader is known (retry: every
 //! operation is idempotent), 504 on timeout.
 //!
+//! The operations themselves are [`crate::ops`], shared with the gRPC API.
+//!
 //! `/internal/v1/*` serve member-to-member forwarding (propose, read index, membership).
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -33,22 +35,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::app::{
-    Endpoint, NodeRecord, NodeRegistration, PolicyKey, Request, Response, normalize_labels,
-};
-use crate::auth::{self, AgentCheck, Tokens};
+use crate::app::{Endpoint, NodeRegistration, Request, Response, normalize_labels};
+use crate::auth::{self, AgentCheck, Denial, Tokens};
 use crate::cluster::{Cluster, MembershipChange};
 use crate::errors::ClusterError;
+use crate::ops::{self, Consistency, OpError, Ops, check_node_name, parse_ip};
 use crate::tls::{CertRole, ClientCert, PeerIdentity};
-use crate::validate::PolicyValidator;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct Api {
     cluster: Cluster,
-    node_lease: Duration,
+    ops: Ops,
     tokens: Arc<Tokens>,
-    validator: Arc<dyn PolicyValidator>,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -122,6 +121,31 @@ impl From<ClusterError> for ApiError {
     }
 }
 
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Invalid { field, reason } => ApiError::bad(field, reason),
+            OpError::Policy(e) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                error: e.to_string(),
+                field: Some(e.field),
+            },
+            OpError::NotFound { what } => ApiError::not_found(what),
+            e @ OpError::Gone { .. } => ApiError {
+                status: StatusCode::GONE,
+                error: e.to_string(),
+                field: Some("from".to_owned()),
+            },
+            OpError::Cluster(e) => e.into(),
+            e @ OpError::Unexpected(_) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: e.to_string(),
+                field: None,
+            },
+        }
+    }
+}
+
 type ApiResult<T = HttpResponse> = Result<T, ApiError>;
 
 /// Parses a JSON body; errors name the field path.
@@ -135,14 +159,6 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum Consistency {
-    #[default]
-    Linearizable,
-    Local,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReadParams {
@@ -150,29 +166,24 @@ struct ReadParams {
     consistency: Consistency,
 }
 
+/// The consistency a read asks for (`?consistency=`).
+fn consistency(q: Result<Query<ReadParams>, QueryRejection>) -> ApiResult<Consistency> {
+    let Query(q) = q.map_err(|e| ApiError::bad("consistency", e.body_text()))?;
+    Ok(q.consistency)
+}
+
 impl Api {
     async fn before_read(&self, q: Result<Query<ReadParams>, QueryRejection>) -> ApiResult<()> {
-        let Query(q) = q.map_err(|e| ApiError::bad("consistency", e.body_text()))?;
-        if q.consistency == Consistency::Linearizable {
-            self.cluster.linearize().await?;
-        }
-        Ok(())
+        Ok(self.ops.before_read(consistency(q)?).await?)
     }
 }
 
-/// Builds the router.
-pub fn router(
-    cluster: Cluster,
-    validator: Arc<dyn PolicyValidator>,
-    prometheus: Option<PrometheusHandle>,
-    node_lease: Duration,
-    tokens: Tokens,
-) -> Router {
+/// Builds the router over `ops`, authenticating with `tokens`.
+pub fn router(ops: Ops, prometheus: Option<PrometheusHandle>, tokens: Arc<Tokens>) -> Router {
     let api = Api {
-        cluster,
-        node_lease,
-        tokens: Arc::new(tokens),
-        validator,
+        cluster: ops.cluster().clone(),
+        ops,
+        tokens,
         prometheus,
     };
     Router::new()
@@ -249,24 +260,14 @@ async fn authenticate(
         }) if need == auth::Role::Member => return next.run(req).await,
         _ => {}
     }
-    if !api.tokens.enabled() {
-        return next.run(req).await;
-    }
-    let presented = req
+    let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = presented else {
-        return deny(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (`Authorization: Bearer TOKEN`)".to_owned(),
-        );
-    };
-    match api.tokens.role_of(token) {
-        None => deny(StatusCode::UNAUTHORIZED, "invalid bearer token".to_owned()),
-        Some(have) if auth::allows(have, need) => next.run(req).await,
-        Some(have) => deny(
+        .and_then(|v| v.to_str().ok());
+    match auth::check_bearer(&api.tokens, authorization, need) {
+        Ok(()) => next.run(req).await,
+        Err(Denial::Unauthenticated(why)) => deny(StatusCode::UNAUTHORIZED, why.to_owned()),
+        Err(Denial::WrongRole(have)) => deny(
             StatusCode::FORBIDDEN,
             format!(
                 "a {} token may not call `{} {}` (it needs the {} role)",
@@ -461,18 +462,7 @@ async fn list_identities(
     State(api): State<Api>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.before_read(q).await?;
-    let items = api.cluster.read(|s| {
-        s.identities
-            .values()
-            .map(|i| IdentityBody {
-                id: i.id,
-                labels: i.labels.clone(),
-                created: None,
-                unreferenced_since_ms: i.unreferenced_since_ms,
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let items = api.ops.list_identities(consistency(q)?).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -487,16 +477,8 @@ async fn get_identity(
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    api.before_read(q).await?;
-    let found = api.cluster.read(|s| s.identities.get(&id).cloned())?;
-    let i = found.ok_or_else(|| ApiError::not_found(format!("identity {id}")))?;
-    Ok(Json(IdentityBody {
-        id: i.id,
-        labels: i.labels,
-        created: None,
-        unreferenced_since_ms: i.unreferenced_since_ms,
-    })
-    .into_response())
+    let i = api.ops.get_identity(id, consistency(q)?).await?;
+    Ok(Json(i).into_response())
 }
 
 async fn release_identity(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
@@ -549,20 +531,8 @@ fn removed(r: Response) -> ApiResult {
 
 // === policies ===
 
-fn policy_key(kind: String, namespace: String, name: String) -> ApiResult<PolicyKey> {
-    for (field, v) in [("kind", &kind), ("namespace", &namespace), ("name", &name)] {
-        if v.is_empty() || v.len() > 253 || v.contains('/') || v.chars().any(char::is_control) {
-            return Err(ApiError::bad(
-                field,
-                "must be 1 to 253 characters without `/`",
-            ));
-        }
-    }
-    Ok(PolicyKey {
-        kind,
-        namespace,
-        name,
-    })
+fn policy_key(kind: String, namespace: String, name: String) -> ApiResult<crate::app::PolicyKey> {
+    Ok(ops::policy_key(kind, namespace, name)?)
 }
 
 async fn apply_policy(
@@ -572,27 +542,7 @@ async fn apply_policy(
 ) -> ApiResult {
     let key = policy_key(kind, namespace, name)?;
     let object: serde_json::Value = parse(&body)?;
-    api.validator
-        .validate(&key, &object)
-        .map_err(|e| ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            error: e.to_string(),
-            field: Some(e.field.clone()),
-        })?;
-    policy_written(
-        api.cluster
-            .write(Request::ApplyPolicy { key, object })
-            .await?,
-    )
-}
-
-fn policy_written(r: Response) -> ApiResult {
-    match r {
-        Response::Policy { revision, changed } => {
-            Ok(Json(json!({ "revision": revision, "changed": changed })).into_response())
-        }
-        other => Err(unexpected(&other)),
-    }
+    Ok(Json(api.ops.apply_policy(key, object).await?).into_response())
 }
 
 async fn get_policy(
@@ -601,10 +551,7 @@ async fn get_policy(
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
     let key = policy_key(kind, namespace, name)?;
-    api.before_read(q).await?;
-    let skey = key.storage_key();
-    let found = api.cluster.read(|s| s.policies.get(&skey).cloned())?;
-    let p = found.ok_or_else(|| ApiError::not_found(format!("policy `{skey}`")))?;
+    let p = api.ops.get_policy(&key, consistency(q)?).await?;
     Ok(Json(p).into_response())
 }
 
@@ -613,20 +560,14 @@ async fn delete_policy(
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> ApiResult {
     let key = policy_key(kind, namespace, name)?;
-    policy_written(api.cluster.write(Request::DeletePolicy { key }).await?)
+    Ok(Json(api.ops.delete_policy(key).await?).into_response())
 }
 
 async fn list_policies(
     State(api): State<Api>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.before_read(q).await?;
-    let (revision, items) = api.cluster.read(|s| {
-        (
-            s.counters.revision,
-            s.policies.values().cloned().collect::<Vec<_>>(),
-        )
-    })?;
+    let (revision, items) = api.ops.list_policies(consistency(q)?).await?;
     Ok(Json(json!({ "revision": revision, "items": items })).into_response())
 }
 
@@ -647,37 +588,18 @@ async fn wait_policies(
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(600_000));
-    api.cluster.linearize().await?;
-    let revision = match q.revision {
-        Some(r) => r,
-        None => api.cluster.read(|s| s.counters.revision)?,
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (nodes, laggards) = api.cluster.read(|s| {
-            let live: Vec<&NodeRecord> = s.nodes.values().filter(|n| api.is_live(n)).collect();
-            let laggards: Vec<Value> = live
-                .iter()
-                .filter_map(|n| {
-                    let acked = s.acks.get(&n.name).copied().unwrap_or(0);
-                    (acked < revision).then(|| json!({"node": n.name, "acked_revision": acked}))
-                })
-                .collect();
-            (live.len(), laggards)
-        })?;
-        if laggards.is_empty() {
-            return Ok(Json(json!({ "revision": revision, "nodes": nodes })).into_response());
-        }
-        if Instant::now() >= deadline {
-            let body = json!({
-                "error": format!("{} of {nodes} node(s) have not acknowledged revision {revision}", laggards.len()),
-                "revision": revision,
-                "laggards": laggards,
-            });
-            return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = api.ops.wait_policies(q.revision, timeout).await?;
+    if report.laggards.is_empty() {
+        return Ok(
+            Json(json!({ "revision": report.revision, "nodes": report.nodes })).into_response(),
+        );
     }
+    let body = json!({
+        "error": report.failure_message(),
+        "revision": report.revision,
+        "laggards": report.laggards,
+    });
+    Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response())
 }
 
 // === watch ===
@@ -704,35 +626,8 @@ async fn watch(State(api): State<Api>, q: Result<Query<WatchParams>, QueryReject
     let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(300_000));
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (revision, policy_revision, changes) = api.cluster.read(|s| {
-            (
-                s.counters.change_revision,
-                s.counters.revision,
-                s.changes_since(q.from, limit),
-            )
-        })?;
-        let Some(changes) = changes else {
-            return Err(ApiError {
-                status: StatusCode::GONE,
-                error: format!(
-                    "changes after revision {} are no longer kept here; list again and watch from the current revision",
-                    q.from
-                ),
-                field: Some("from".to_owned()),
-            });
-        };
-        if !changes.is_empty() || Instant::now() >= deadline {
-            return Ok(Json(json!({
-                "revision": revision,
-                "policy_revision": policy_revision,
-                "changes": changes,
-            }))
-            .into_response());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let feed = api.ops.next_changes(q.from, limit, timeout).await?;
+    Ok(Json(feed).into_response())
 }
 
 /// The current change revision (after a linearizable read by default): list, then watch from it.
@@ -740,60 +635,21 @@ async fn watch_revision(
     State(api): State<Api>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.before_read(q).await?;
-    let revision = api.cluster.read(|s| s.counters.change_revision)?;
+    let revision = api.ops.change_revision(consistency(q)?).await?;
     Ok(Json(json!({ "revision": revision })).into_response())
 }
 
 // === nodes ===
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-impl Api {
-    /// Whether a node's lease is current: its last heartbeat (leader clock at commit) is within
-    /// the lease of this member's clock. Members' clocks are assumed close (NTP).
-    fn is_live(&self, n: &NodeRecord) -> bool {
-        let lease = u64::try_from(self.node_lease.as_millis()).unwrap_or(u64::MAX);
-        now_ms().saturating_sub(n.last_heartbeat_ms) <= lease
-    }
-
-    fn node_json(&self, s: &crate::app::State, n: &NodeRecord) -> Value {
-        let mut v = json!(n);
-        v["acked_revision"] = json!(s.acks.get(&n.name).copied().unwrap_or(0));
-        v["live"] = json!(self.is_live(n));
-        v
-    }
-}
 
 async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
     check_node_name("name", &name)?;
     match api.cluster.write(Request::Heartbeat { node: name }).await? {
         Response::Heartbeat { at_ms } => Ok(Json(json!({
             "at_ms": at_ms,
-            "lease_ms": u64::try_from(api.node_lease.as_millis()).unwrap_or(u64::MAX),
+            "lease_ms": u64::try_from(api.ops.node_lease().as_millis()).unwrap_or(u64::MAX),
         }))
         .into_response()),
         other => Err(unexpected(&other)),
-    }
-}
-
-fn check_node_name(field: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            field,
-            "must be 1 to 253 characters of a-z, 0-9, `-` and `.`",
-        ))
     }
 }
 
@@ -825,13 +681,7 @@ async fn list_nodes(
     State(api): State<Api>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.before_read(q).await?;
-    let items = api.cluster.read(|s| {
-        s.nodes
-            .values()
-            .map(|n| api.node_json(s, n))
-            .collect::<Vec<_>>()
-    })?;
+    let items = api.ops.list_nodes(consistency(q)?).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -841,11 +691,7 @@ async fn get_node(
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
     check_node_name("name", &name)?;
-    api.before_read(q).await?;
-    let found = api
-        .cluster
-        .read(|s| s.nodes.get(&name).map(|n| api.node_json(s, n)))?;
-    let n = found.ok_or_else(|| ApiError::not_found(format!("node `{name}`")))?;
+    let n = api.ops.get_node(&name, consistency(q)?).await?;
     Ok(Json(n).into_response())
 }
 
@@ -885,13 +731,8 @@ struct EndpointBody {
     node: String,
 }
 
-fn parse_ip(ip: &str) -> ApiResult<IpAddr> {
-    ip.parse()
-        .map_err(|_| ApiError::bad("ip", "must be an IPv4 or IPv6 address"))
-}
-
 async fn upsert_endpoint(State(api): State<Api>, Path(ip): Path<String>, body: Bytes) -> ApiResult {
-    let ip = parse_ip(&ip)?;
+    let ip = parse_ip("ip", &ip)?;
     let b: EndpointBody = parse(&body)?;
     check_node_name("node", &b.node)?;
     let ep = Endpoint {
@@ -910,7 +751,7 @@ async fn get_endpoint(
     Path(ip): Path<String>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    let ip = parse_ip(&ip)?;
+    let ip = parse_ip("ip", &ip)?;
     api.before_read(q).await?;
     let found = api.cluster.read(|s| s.endpoints.get(&ip).cloned())?;
     let e = found.ok_or_else(|| ApiError::not_found(format!("endpoint {ip}")))?;
@@ -921,15 +762,12 @@ async fn list_endpoints(
     State(api): State<Api>,
     q: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.before_read(q).await?;
-    let items = api
-        .cluster
-        .read(|s| s.endpoints.values().cloned().collect::<Vec<_>>())?;
+    let items = api.ops.list_endpoints(consistency(q)?).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 async fn remove_endpoint(State(api): State<Api>, Path(ip): Path<String>) -> ApiResult {
-    let ip = parse_ip(&ip)?;
+    let ip = parse_ip("ip", &ip)?;
     removed(api.cluster.write(Request::RemoveEndpoint { ip }).await?)
 }
 

@@ -4,6 +4,7 @@
 //! ```text
 //!   automation / agents                     other voters
 //!          │ REST (axum, --api-listen)             │ Raft RPCs (tonic, --raft-listen, trusted-only)
+//!          │ gRPC (grpc::automation, --grpc-listen)│
 //!          ▼                                       ▼
 //!   http_api ──client_write──▶ openraft::Raft ◀── grpc::raft_service
 //!      │  ▲ forward to leader      │    │ network (tonic client) ──▶ peers
@@ -13,10 +14,11 @@
 //! ```
 //!
 //! `app` holds the replicated state and its pure `apply` (no I/O); `store` persists the Raft log
-//! and the applied state in RocksDB; `network` and `grpc` carry Raft between members; `http_api`
-//! is the client API; `node` wires them into one running member; `tls` holds the cluster CA,
-//! the certificates and the rustls configs of both ports; `daemon` is the daemon's command line
-//! (the binary and the `palisade` CLI both run it).
+//! and the applied state in RocksDB; `network` and `grpc::raft_service` carry Raft between
+//! members; `http_api` (REST) and `grpc::automation` (gRPC) are the client APIs, both calling
+//! `ops`; `node` wires them into one running member; `tls` holds the cluster CA, the
+//! certificates and the rustls configs of the ports; `daemon` is the daemon's command line (the
+//! binary and the `palisade` CLI both run it).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod openapi;
+pub mod ops;
 pub mod proposer;
 pub mod store;
 pub mod tls;

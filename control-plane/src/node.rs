@@ -1,5 +1,6 @@
-//! Wiring of one control-plane member: store, Raft, the peer service, the client API and the
-//! metrics task, with a handle to shut them down.
+//! Wiring of one control-plane member: store, Raft, the peer service, the client APIs (REST and,
+//! with `grpc_listen`, the automation gRPC API) and the metrics task, with a handle to shut them
+//! down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +17,11 @@ use crate::app::Request;
 use crate::auth::{AuthError, Tokens};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
+use crate::grpc::automation::Automation;
 use crate::grpc::pb::raft_service_server::RaftServiceServer;
 use crate::grpc::raft_service::{RaftPeerService, require_member};
 use crate::network::Network;
+use crate::ops::Ops;
 use crate::store::{self, StoreError};
 use crate::tls::{CertRole, ClientCert, TlsError, TlsListener, TlsMaterial};
 use crate::validate::PolicyValidator;
@@ -49,6 +52,9 @@ pub enum StartError {
     /// The Raft peer service's TLS could not be set up.
     #[error("cannot set up tls on the raft peer service")]
     RaftTls(#[source] tonic::transport::Error),
+    /// The automation gRPC API's TLS could not be set up.
+    #[error("cannot set up tls on the automation grpc api")]
+    GrpcTls(#[source] tonic::transport::Error),
     /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
@@ -79,6 +85,8 @@ pub struct ControlPlane {
     pub raft_addr: SocketAddr,
     /// Bound address of the client API.
     pub api_addr: SocketAddr,
+    /// Bound address of the automation gRPC API, when served.
+    pub grpc_addr: Option<SocketAddr>,
     raft: Raft,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -102,6 +110,7 @@ pub async fn start(
     if !tokens.enabled() {
         tracing::warn!("no admin token file: the client API accepts unauthenticated requests");
     }
+    let tokens = Arc::new(tokens);
     let tls = match &config.tls_dir {
         Some(dir) => {
             let m = TlsMaterial::load(dir)?;
@@ -178,13 +187,12 @@ pub async fn start(
     // Client API.
     let api_listener = bind(config.api_listen).await?;
     let api_addr = local_addr(&api_listener, config.api_listen)?;
-    let router = http_api::router(
+    let ops = Ops::new(
         cluster.clone(),
-        validator,
-        prometheus.clone(),
         Duration::from_millis(config.node_lease_ms),
-        tokens,
+        validator,
     );
+    let router = http_api::router(ops.clone(), prometheus.clone(), tokens.clone());
     let app = router.into_make_service_with_connect_info::<ClientCert>();
     let mut rx = shutdown_rx.clone();
     let stopped = async move {
@@ -216,6 +224,35 @@ pub async fn start(
         }),
     });
 
+    // Automation gRPC API (optional).
+    let grpc_addr = match config.grpc_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local_addr(&listener, addr)?;
+            let mut server = tonic::transport::Server::builder();
+            if let Some(m) = &tls {
+                server = server
+                    .tls_config(m.grpc_api_server())
+                    .map_err(StartError::GrpcTls)?;
+            }
+            let routes = Automation::new(ops, tokens, shutdown_rx.clone()).routes();
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = server
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "automation grpc api stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+
     tasks.push(tokio::spawn(crate::metrics::run(
         cluster.clone(),
         prometheus,
@@ -245,11 +282,12 @@ pub async fn start(
         }
     }
 
-    tracing::info!(id = config.id, %raft_addr, %api_addr, "control-plane member started");
+    tracing::info!(id = config.id, %raft_addr, %api_addr, grpc_addr = ?grpc_addr, "control-plane member started");
     Ok(ControlPlane {
         cluster,
         raft_addr,
         api_addr,
+        grpc_addr,
         raft,
         shutdown,
         tasks,

@@ -328,6 +328,15 @@ impl TlsMaterial {
         Ok(Arc::new(cfg))
     }
 
+    /// The automation gRPC API: this certificate; client certificates optional, verified
+    /// against the CA when presented (like [`TlsMaterial::api_server`]).
+    pub fn grpc_api_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+    }
+
     /// An HTTPS client of other members' APIs: trusts the CA only and presents this
     /// certificate.
     pub fn api_client(&self) -> Result<ClientConfig, TlsError> {

@@ -17,6 +17,7 @@ pub struct Member {
     pub id: u64,
     pub raft_port: u16,
     pub api_port: u16,
+    pub grpc_port: u16,
     pub child: Option<Child>,
 }
 
@@ -30,6 +31,8 @@ pub struct TestCluster {
     pub token: Option<String>,
     /// Members run with `--tls-dir DIR/tls{id}` (the test issues those) and URLs are https.
     pub tls: bool,
+    /// Members serve the automation gRPC API (`--grpc-listen`).
+    pub grpc: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -45,6 +48,7 @@ impl TestCluster {
                 id,
                 raft_port: free_port()?,
                 api_port: free_port()?,
+                grpc_port: free_port()?,
                 child: None,
             });
         }
@@ -57,6 +61,7 @@ impl TestCluster {
                 .build()?,
             token: None,
             tls: false,
+            grpc: false,
         })
     }
 
@@ -77,6 +82,7 @@ impl TestCluster {
             id,
             raft_port: free_port()?,
             api_port: free_port()?,
+            grpc_port: free_port()?,
             child: None,
         });
         Ok(id)
@@ -105,6 +111,11 @@ impl TestCluster {
     pub fn url(&self, id: u64, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}{path}", self.api(id))
+    }
+
+    /// The automation gRPC API's URL of member `id` (served when `grpc` is set).
+    pub fn grpc_url(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.member(id).grpc_port)
     }
 
     /// The tls dir of member `id` (used when `tls` is set).
@@ -142,6 +153,10 @@ impl TestCluster {
         }
         if self.tls {
             cmd.arg("--tls-dir").arg(self.tls_dir(id));
+        }
+        if self.grpc {
+            cmd.arg("--grpc-listen")
+                .arg(format!("127.0.0.1:{}", self.member(id).grpc_port));
         }
         cmd.args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")

@@ -11,3 +11,4 @@ mod t50_membership;
 mod t60_auth;
 mod t70_watch;
 mod t80_tls;
+mod t90_grpc;
