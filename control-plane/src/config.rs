@@ -44,6 +44,12 @@ pub struct Config {
     /// A node is live while its last heartbeat is at most this old (milliseconds).
     #[serde(default = "default_node_lease_ms")]
     pub node_lease_ms: u64,
+    /// Unused identities older than this (ms, replicated clock) are collected by the leader.
+    #[serde(default = "default_identity_gc_grace_ms")]
+    pub identity_gc_grace_ms: u64,
+    /// Period of the leader's identity collection (ms); 0: off.
+    #[serde(default = "default_identity_gc_interval_ms")]
+    pub identity_gc_interval_ms: u64,
     /// File of admin bearer tokens (one a line). Unset: the client API has no authentication.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
@@ -69,6 +75,12 @@ fn default_snapshot_logs() -> u64 {
 }
 fn default_keep_logs() -> u64 {
     1_000
+}
+fn default_identity_gc_grace_ms() -> u64 {
+    900_000
+}
+fn default_identity_gc_interval_ms() -> u64 {
+    60_000
 }
 fn default_node_lease_ms() -> u64 {
     20_000

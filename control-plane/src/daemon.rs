@@ -136,6 +136,14 @@ pub struct RunArgs {
     /// A node is live while its last heartbeat is at most this old (ms).
     #[arg(long, default_value_t = 20_000)]
     pub node_lease_ms: u64,
+    /// Identities no endpoint has used for this long (ms, replicated clock) are garbage-collected
+    /// by the leader (Cilium's default grace is 15 minutes too).
+    #[arg(long, default_value_t = 900_000)]
+    pub identity_gc_grace_ms: u64,
+    /// How often the leader collects unused identities (ms); 0 turns the collection off
+    /// (`POST /v1/identities/gc` still works).
+    #[arg(long, default_value_t = 60_000)]
+    pub identity_gc_interval_ms: u64,
     /// File of admin bearer tokens (one a line); without it the client API is unauthenticated.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
@@ -265,6 +273,8 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
         keep_logs: args.keep_logs,
         heartbeat_ms: args.heartbeat_ms,
         node_lease_ms: args.node_lease_ms,
+        identity_gc_grace_ms: args.identity_gc_grace_ms,
+        identity_gc_interval_ms: args.identity_gc_interval_ms,
         admin_token_file: args.admin_token_file,
         read_token_file: args.read_token_file,
         member_token_file: args.member_token_file,

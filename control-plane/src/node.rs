@@ -253,6 +253,15 @@ pub async fn start(
         None => None,
     };
 
+    if config.identity_gc_interval_ms > 0 {
+        tasks.push(tokio::spawn(collect_identities(
+            cluster.clone(),
+            config.id,
+            Duration::from_millis(config.identity_gc_interval_ms),
+            config.identity_gc_grace_ms,
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::metrics::run(
         cluster.clone(),
         prometheus,
@@ -334,5 +343,57 @@ impl ControlPlane {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         tracing::info!("control-plane member stopped");
+    }
+}
+
+/// Identities collected per log entry (one proposal stays small; the loop takes the rest).
+const GC_BATCH: u32 = 20_000;
+
+/// The leader's periodic garbage collection of identities no endpoint has used for `grace_ms`
+/// (DESIGN §2: in bulk, through Raft, so every member drops the same ids). Followers skip it.
+async fn collect_identities(
+    cluster: Cluster,
+    id: crate::NodeId,
+    every: Duration,
+    grace_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if cluster.raft().metrics().borrow().current_leader != Some(id) {
+            continue;
+        }
+        loop {
+            match cluster
+                .write(Request::CollectIdentities {
+                    grace_ms,
+                    max: GC_BATCH,
+                })
+                .await
+            {
+                Ok(crate::app::Response::Collected {
+                    collected,
+                    remaining,
+                }) => {
+                    if collected > 0 {
+                        tracing::info!(collected, remaining, "collected unused identities");
+                    }
+                    if remaining == 0 {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!(answer = ?other, "identity collection");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "identity collection");
+                    break;
+                }
+            }
+        }
     }
 }

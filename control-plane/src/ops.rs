@@ -150,10 +150,9 @@ pub struct Feed {
     pub changes: Vec<Change>,
 }
 
-/// How often a long poll of the feed looks for new changes.
-const FEED_POLL: Duration = Duration::from_millis(25);
-/// How often a wait looks at the acknowledgements.
-const WAIT_POLL: Duration = Duration::from_millis(50);
+/// Long polls (the feed, `wait`) wake as soon as this member applies a log entry (Raft's
+/// metrics change); this is only the longest they sleep without one, a safety net.
+const RECHECK: Duration = Duration::from_millis(500);
 
 /// The client operations on this member. Cheap to clone.
 #[derive(Clone)]
@@ -316,7 +315,9 @@ impl Ops {
             None => self.cluster.read(|s| s.counters.revision)?,
         };
         let deadline = Instant::now() + timeout;
+        let mut applied = self.cluster.raft().metrics();
         loop {
+            let seen = applied.borrow_and_update().last_applied;
             let report = self.cluster.read(|s| {
                 let live: Vec<&NodeRecord> = s.nodes.values().filter(|n| self.is_live(n)).collect();
                 let laggards = live
@@ -338,7 +339,7 @@ impl Ops {
             if report.laggards.is_empty() || Instant::now() >= deadline {
                 return Ok(report);
             }
-            tokio::time::sleep(WAIT_POLL).await;
+            next_apply(&mut applied, seen, deadline).await;
         }
     }
 
@@ -421,7 +422,10 @@ impl Ops {
         timeout: Duration,
     ) -> Result<Feed, OpError> {
         let deadline = Instant::now() + timeout;
+        let mut applied = self.cluster.raft().metrics();
         loop {
+            // What was applied before the read: anything applied after it wakes the wait below.
+            let seen = applied.borrow_and_update().last_applied;
             let (revision, policy_revision, changes) = self.cluster.read(|s| {
                 (
                     s.counters.change_revision,
@@ -437,9 +441,23 @@ impl Ops {
                     changes,
                 });
             }
-            tokio::time::sleep(FEED_POLL).await;
+            next_apply(&mut applied, seen, deadline).await;
         }
     }
+}
+
+/// Sleeps until this member applies past `seen` (a change, an acknowledgement, a heartbeat:
+/// the caller re-reads), the deadline, or [`RECHECK`], whichever comes first. Replaces a fixed
+/// polling interval: a watcher hears of a commit at once instead of up to one interval late.
+async fn next_apply(
+    applied: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<crate::NodeId, crate::Member>>,
+    seen: Option<openraft::LogId<crate::NodeId>>,
+    deadline: Instant,
+) {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(RECHECK);
+    let _ = tokio::time::timeout(wait, applied.wait_for(|m| m.last_applied != seen)).await;
 }
 
 fn policy_written(r: Response) -> Result<PolicyWritten, OpError> {

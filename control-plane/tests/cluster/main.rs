@@ -12,3 +12,4 @@ mod t60_auth;
 mod t70_watch;
 mod t80_tls;
 mod t90_grpc;
+mod t95_identity_gc;
