@@ -99,42 +99,32 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
     let s = |p: &Path| p.display().to_string();
     certs(state, &["init-ca", "--dir", &s(&ca)])?;
     let san = spec::CP_HOST_IP.to_string();
+    let issue = |name: &str, role: &str, sans: &[&str]| {
+        let out = s(&pki.join(name));
+        let mut args = vec![
+            "issue",
+            "--ca-dir",
+            &s(&ca),
+            "--name",
+            name,
+            "--role",
+            role,
+            "--out",
+            &out,
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        for san in sans {
+            args.extend(["--san".to_string(), (*san).to_string()]);
+        }
+        certs(state, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     for k in 1..=c.voters {
-        let name = format!("cp{k}");
-        let out = pki.join(&name);
-        certs(
-            state,
-            &[
-                "issue",
-                "--ca-dir",
-                &s(&ca),
-                "--name",
-                &name,
-                "--role",
-                "member",
-                "--out",
-                &s(&out),
-                "--san",
-                &san,
-            ],
-        )?;
+        issue(&format!("cp{k}"), "member", &[&san])?;
     }
     for n in &state.nodes {
-        let out = pki.join(&n.name);
-        certs(
-            state,
-            &[
-                "issue",
-                "--ca-dir",
-                &s(&ca),
-                "--name",
-                &n.name,
-                "--role",
-                "node",
-                "--out",
-                &s(&out),
-            ],
-        )?;
+        issue(&n.name, "node", &[])?;
     }
     let io = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();

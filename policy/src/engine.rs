@@ -163,6 +163,9 @@ pub struct Engine {
     sp_cache: BTreeMap<Identity, SelectorPolicy>,
     /// Subject selector → (rule or default-deny id, direction, is a default-deny statement).
     subject_index: BTreeMap<SelectorId, Vec<(u32, Direction, bool)>>,
+    /// Endpoints whose compiled state may have changed since [`Engine::take_changed`]: what a
+    /// map writer must look at, so a change costs what it touches, not every endpoint.
+    changed: BTreeSet<String>,
 }
 
 impl Engine {
@@ -189,6 +192,7 @@ impl Engine {
             maps: BTreeMap::new(),
             sp_cache: BTreeMap::new(),
             subject_index: BTreeMap::new(),
+            changed: BTreeSet::new(),
         }
     }
 
@@ -416,10 +420,20 @@ impl Engine {
         self.sp_cache.remove(&id);
         self.identities.release(id);
         self.cache.update_identities(&[], &[id]);
-        for m in self.maps.values_mut() {
+        for (name, m) in self.maps.iter_mut() {
+            let before = m.entries.len() + m.l7.len();
             m.entries.retain(|k, _| k.identity != id.0);
             m.l7.retain(|k, _| k.identity != id.0);
+            if m.entries.len() + m.l7.len() != before {
+                self.changed.insert(name.clone());
+            }
         }
+    }
+
+    /// The endpoints whose compiled state may have changed since the last call (added,
+    /// recompiled, removed, or entries naming a released identity dropped), and forgets them.
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Removes an endpoint (its identity stays allocated while other endpoints use it).
@@ -428,6 +442,7 @@ impl Engine {
             return false;
         };
         self.maps.remove(name);
+        self.changed.insert(name.to_string());
         let id = ep.identity;
         let last = match self.by_identity.get_mut(&id) {
             Some(set) => {
@@ -1023,6 +1038,7 @@ impl Engine {
         if let Some(ep) = self.endpoints.get(name) {
             let m = self.compile_endpoint(ep);
             self.maps.insert(name.to_string(), m);
+            self.changed.insert(name.to_string());
         }
     }
 
@@ -1093,6 +1109,7 @@ impl Engine {
             .filter(|d| dirs[di(**d)])
             .map(|d| dir_byte(*d))
             .collect();
+        self.changed.insert(name.to_string());
         let m = self.maps.entry(name.to_string()).or_default();
         m.entries
             .retain(|k, _| k.identity != peer.0 || !bytes.contains(&k.direction));

@@ -123,3 +123,31 @@ fn label_sets_round_trip_through_the_control_planes_strings() {
     let err = LabelSet::from_strings(&["k8s:app", "bogus:x=y"]).expect_err("bad source");
     assert!(err.contains("labels[1]") && err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn take_changed_reports_only_the_endpoints_a_change_touched() {
+    let mut engine = engine_with_policy();
+    engine
+        .add_endpoint(pod("db", "db", "10.0.0.1"))
+        .expect("db");
+    engine
+        .add_endpoint(pod("cache", "cache", "10.0.0.3"))
+        .expect("cache");
+    assert_eq!(engine.take_changed().len(), 2, "both were compiled");
+    assert!(engine.take_changed().is_empty(), "taken once");
+    // A web pod appears: its own state, and db's (its ingress now names web); not cache's.
+    engine
+        .add_endpoint(pod("web", "web", "10.0.0.2"))
+        .expect("web");
+    let changed = engine.take_changed();
+    assert!(
+        changed.contains("prod/web") && changed.contains("prod/db"),
+        "{changed:?}"
+    );
+    assert!(!changed.contains("prod/cache"), "{changed:?}");
+    engine.remove_endpoint("prod/cache");
+    assert_eq!(
+        engine.take_changed().into_iter().collect::<Vec<_>>(),
+        vec!["prod/cache".to_string()]
+    );
+}

@@ -226,20 +226,7 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
         if let Some(e) = status["policyError"].as_str() {
             println!("Policy error:    {e} (previous policies stay in force)");
         }
-        let policies: Vec<&str> = status["policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str())
-            .collect();
-        println!(
-            "Local policies:  {}",
-            if policies.is_empty() {
-                "none".to_string()
-            } else {
-                policies.join(", ")
-            }
-        );
+        println!("Local policies:  {}", names(&status["policies"]));
         let cp = &status["controlPlane"];
         if cp.is_object() {
             let state = if cp["connected"].as_bool() == Some(true) {
@@ -260,20 +247,7 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
                     .as_u64()
                     .map_or("-".to_string(), |ms| format!("{ms} ms"))
             );
-            let names: Vec<&str> = cp["policies"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.as_str())
-                .collect();
-            println!(
-                "  policies: {}",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            );
+            println!("  policies: {}", names(&cp["policies"]));
             if let Some(e) = cp["updateError"].as_str() {
                 println!("  update not applied: {e} (previous state stays in force)");
             }
@@ -304,4 +278,19 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON list of names, comma-separated, or `none`.
+fn names(list: &serde_json::Value) -> String {
+    let names: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }

@@ -186,6 +186,8 @@ struct Agent {
     policies: BTreeSet<ResourceKey>,
     policy_fingerprint: Vec<(PathBuf, u64, u128)>,
     last_sync: SyncStats,
+    /// The next sync diffs every endpoint (at start, and after a failed sync).
+    sync_all: bool,
     policy_error: Option<String>,
     /// The control plane link (`None`: standalone agent).
     link: Option<Link>,
@@ -229,6 +231,7 @@ impl Agent {
             policies: BTreeSet::new(),
             policy_fingerprint: Vec::new(),
             last_sync: SyncStats::default(),
+            sync_all: true,
             policy_error: None,
             link: None,
             view: ClusterView::default(),
@@ -681,9 +684,30 @@ impl Agent {
         self.resync().map_err(dp_err)
     }
 
+    /// Programs what the engine changed since the last sync (everything after a failed one).
     fn resync(&mut self) -> Result<(), DatapathError> {
-        self.last_sync = self.sync.sync(&mut self.dp, &self.engine, &self.registry)?;
-        Ok(())
+        let changed = self.engine.take_changed();
+        let r = if self.sync_all {
+            self.sync.sync(&mut self.dp, &self.engine, &self.registry)
+        } else {
+            self.sync
+                .sync_changed(&mut self.dp, &self.engine, &self.registry, &changed)
+        };
+        match r {
+            Ok(stats) => {
+                self.last_sync = stats;
+                self.sync_all = false;
+                Ok(())
+            }
+            Err(e) => {
+                // What the maps hold is no longer known: read them back and diff every endpoint
+                // next time, so nothing stale survives a partial write.
+                self.sync = MapSync::default();
+                let _ = self.sync.adopt(&self.dp);
+                self.sync_all = true;
+                Err(e)
+            }
+        }
     }
 
     /// Re-reads the policy directory when its files changed and programs the result.
