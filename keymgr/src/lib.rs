@@ -15,5 +15,10 @@
 // exempts the keymgr crate).
 
 pub mod keys;
+pub mod userspace;
 
 pub use keys::{KeyError, KeyStore, NodeKey, PublicKey};
+pub use userspace::{
+    PeerConfig, PeerStatus, TunnelConfig, TunnelError, TunnelKeyStatus, TunnelStatus,
+    UserspaceTunnel,
+};

@@ -1,0 +1,492 @@
+//! The userspace WireGuard backend: an interface implemented inside the process, for machines
+//! without the kernel module.
+//!
+//! ```text
+//!   kernel routes pod CIDRs ──► TUN (MTU 1420) ──tx thread──► PeerTable::outbound ──► UDP socket
+//!   UDP socket ──rx thread──► PeerTable::inbound ──(source ∈ peer's allowed IPs?)──► TUN
+//!                 └─ every 250 ms: PeerTable::tick (boringtun timers, handshake retries)
+//! ```
+//!
+//! Only boringtun's `noise::Tunn` state machine is used, not its device layer: that layer installs
+//! signal handlers that race the host's, names its control socket after the interface (global
+//! across namespaces) and asserts when a peer is modified (DESIGN §6). Here peers and keys are only
+//! ever added or removed, never modified; see [`UserspaceTunnel`] for the rotation protocol.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::keys::{NodeKey, PublicKey};
+use table::{Out, PeerTable};
+
+mod table;
+
+/// The interface MTU: 1500 on the underlay minus WireGuard's 80 bytes of worst-case (IPv6)
+/// overhead, as wg-quick and DESIGN §6 use.
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// The default WireGuard UDP port.
+pub const DEFAULT_PORT: u16 = 51820;
+
+/// How often the timers run.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How long a blocked read waits before the loop checks for shutdown and timers.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Errors of the userspace backend. None carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The TUN device could not be created or configured.
+    #[error("cannot create tun device `{ifname}`")]
+    Tun {
+        /// The interface name.
+        ifname: String,
+        /// The underlying error.
+        #[source]
+        source: tun::Error,
+    },
+    /// The UDP socket could not be bound or configured.
+    #[error("cannot bind wireguard udp socket `{addr}`")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start tunnel thread `{name}`")]
+    Thread {
+        /// The thread name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer of that name exists already (remove it first: peers are never modified).
+    #[error("peer `{peer}` exists already")]
+    PeerExists {
+        /// The peer.
+        peer: String,
+    },
+    /// No peer of that name.
+    #[error("no peer `{peer}`")]
+    NoPeer {
+        /// The peer.
+        peer: String,
+    },
+    /// The public key belongs to a peer already.
+    #[error("public key is already used by peer `{peer}`")]
+    KeyInUse {
+        /// The peer that has it.
+        peer: String,
+    },
+    /// The peer already has a key of that epoch.
+    #[error("peer `{peer}` already has a key of epoch {epoch}")]
+    PeerKeyExists {
+        /// The peer.
+        peer: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The peer has no key of that epoch.
+    #[error("peer `{peer}` has no key of epoch {epoch}")]
+    NoPeerKey {
+        /// The peer.
+        peer: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The tunnel already has a local key of that epoch.
+    #[error("local key of epoch {epoch} exists already")]
+    LocalKeyExists {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The tunnel has no local key of that epoch.
+    #[error("no local key of epoch {epoch}")]
+    NoLocalKey {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Removing the key would leave the tunnel or the peer without one.
+    #[error("refusing to remove the last key")]
+    LastKey,
+    /// The peer's allowed IPs overlap another peer's.
+    #[error("allowed ips of peer `{peer}` overlap `{range}` of peer `{other}`")]
+    AllowedIpsOverlap {
+        /// The peer being added.
+        peer: String,
+        /// The peer that has the range.
+        other: String,
+        /// The overlapping range.
+        range: IpNet,
+    },
+    /// All 2^24 tunnel indices are in use.
+    #[error("too many tunnels")]
+    TooManyTunnels,
+}
+
+/// Settings of one userspace interface.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// The TUN interface name (at most 15 bytes). It is created in the network namespace of the
+    /// calling thread.
+    pub ifname: String,
+    /// The UDP address to listen on for WireGuard (the underlay side).
+    pub listen: SocketAddr,
+    /// The interface MTU.
+    pub mtu: u16,
+}
+
+impl TunnelConfig {
+    /// A config with the default MTU.
+    pub fn new(ifname: impl Into<String>, listen: SocketAddr) -> Self {
+        Self {
+            ifname: ifname.into(),
+            listen,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+/// A peer node as the control plane describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's stable name (the node name); keys change, the name does not.
+    pub name: String,
+    /// The peer's current public key.
+    pub public_key: PublicKey,
+    /// That key's epoch.
+    pub epoch: u64,
+    /// The peer's underlay address and WireGuard port.
+    pub endpoint: SocketAddr,
+    /// The addresses the peer may send from and that are routed to it (its pod CIDR).
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// The state of one (local key, peer key) tunnel of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelKeyStatus {
+    /// Local key epoch.
+    pub local_epoch: u64,
+    /// Peer key epoch.
+    pub remote_epoch: u64,
+    /// Whether a session exists that the peer has proven it shares.
+    pub confirmed: bool,
+    /// The last completed handshake on this tunnel.
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// Status of one peer, for `palisade encrypt status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer name.
+    pub name: String,
+    /// Its endpoint.
+    pub endpoint: SocketAddr,
+    /// Its allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+    /// Its known keys: (epoch, public-key fingerprint).
+    pub keys: Vec<(u64, String)>,
+    /// The (local epoch, peer epoch) outbound packets use, once a session is confirmed.
+    pub sending: Option<(u64, u64)>,
+    /// Every tunnel of the peer.
+    pub tunnels: Vec<TunnelKeyStatus>,
+    /// The last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Plaintext bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// Plaintext bytes received from the peer and delivered.
+    pub rx_bytes: u64,
+    /// Packets from the peer dropped because their source was outside its allowed IPs.
+    pub rx_spoofed: u64,
+}
+
+/// Status of the interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelStatus {
+    /// Always `"userspace"`; the kernel backend will report `"kernel"`.
+    pub backend: &'static str,
+    /// The interface name.
+    pub interface: String,
+    /// The UDP address it listens on.
+    pub listen: SocketAddr,
+    /// Epochs of the local keys in use, oldest first.
+    pub local_epochs: Vec<u64>,
+    /// Outbound packets whose destination no peer's allowed IPs contain.
+    pub drops_no_route: u64,
+    /// Datagrams from no known peer or key (a wrong-key sender lands here).
+    pub drops_unknown_sender: u64,
+    /// Datagrams that failed to parse or authenticate.
+    pub drops_invalid: u64,
+    /// The peers.
+    pub peers: Vec<PeerStatus>,
+}
+
+struct Shared {
+    table: Mutex<PeerTable>,
+    udp: UdpSocket,
+    tun: tun::Device,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Locks the table. A panic in another thread while it held the lock leaves boringtun state
+    /// that is still memory-safe; continuing beats taking the node's encryption down.
+    fn table(&self) -> MutexGuard<'_, PeerTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn emit(&self, out: Out<'_>) {
+        let result = match out {
+            Out::Network(addr, bytes) => self.udp.send_to(bytes, addr).map(drop),
+            Out::Tunnel(bytes) => self.tun.send(bytes).map(drop),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "tunnel write failed");
+        }
+    }
+}
+
+/// Writes the table's output to the socket and the TUN device.
+struct Writer<'a>(&'a Shared);
+
+impl table::Sink for Writer<'_> {
+    fn emit(&mut self, out: Out<'_>) {
+        self.0.emit(out)
+    }
+}
+
+// === impl UserspaceTunnel ===
+
+/// A running userspace WireGuard interface.
+///
+/// Rotation protocol (make-before-break; details in `keymgr/README.md`):
+/// 1. the node rotates: [`KeyStore::rotate`](crate::KeyStore::rotate), then
+///    [`add_local_key`](Self::add_local_key) with the new key, then publishes its public key;
+/// 2. every peer's agent calls [`add_peer_key`](Self::add_peer_key) with it; a handshake on the
+///    new pair completes and both sides switch their outbound packets to it, while the old pair
+///    keeps accepting what is in flight;
+/// 3. after the grace period: [`remove_local_key`](Self::remove_local_key) on the node,
+///    [`remove_peer_key`](Self::remove_peer_key) on the peers,
+///    [`KeyStore::destroy_expired`](crate::KeyStore::destroy_expired).
+///
+/// Dropping it stops the threads and deletes the interface.
+pub struct UserspaceTunnel {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    ifname: String,
+    listen: SocketAddr,
+}
+
+impl UserspaceTunnel {
+    /// Creates the TUN interface (up, with the configured MTU) in the calling thread's network
+    /// namespace, binds the UDP socket and starts the two worker threads. The caller adds routes
+    /// for the peers' allowed IPs to the interface.
+    pub fn start(config: TunnelConfig, key: &NodeKey) -> Result<Self, TunnelError> {
+        let mut tun_config = tun::Configuration::default();
+        tun_config.tun_name(&config.ifname).mtu(config.mtu).up();
+        let tun = tun::create(&tun_config).map_err(|source| TunnelError::Tun {
+            ifname: config.ifname.clone(),
+            source,
+        })?;
+        let socket_err = |source| TunnelError::Socket {
+            addr: config.listen,
+            source,
+        };
+        let udp = UdpSocket::bind(config.listen).map_err(socket_err)?;
+        udp.set_read_timeout(Some(POLL_INTERVAL))
+            .map_err(socket_err)?;
+        let listen = udp.local_addr().map_err(socket_err)?;
+        let shared = Arc::new(Shared {
+            table: Mutex::new(PeerTable::new(key.epoch(), key.secret().clone())),
+            udp,
+            tun,
+            stop: AtomicBool::new(false),
+        });
+        let mut tunnel = Self {
+            shared,
+            threads: Vec::new(),
+            ifname: config.ifname.clone(),
+            listen,
+        };
+        let tx = Arc::clone(&tunnel.shared);
+        tunnel
+            .threads
+            .push(spawn(format!("wg-tx-{}", config.ifname), move || {
+                tx_loop(&tx)
+            })?);
+        let rx = Arc::clone(&tunnel.shared);
+        tunnel
+            .threads
+            .push(spawn(format!("wg-rx-{}", config.ifname), move || {
+                rx_loop(&rx)
+            })?);
+        tracing::info!(interface = %config.ifname, %listen, epoch = key.epoch(), public = %key.public_key().fingerprint(), "userspace wireguard up");
+        Ok(tunnel)
+    }
+
+    /// The interface name.
+    pub fn interface(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The UDP address the tunnel listens on (with the port the OS chose if it was 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Adds a peer. Errors if the name or key is known or its allowed IPs overlap another peer's.
+    /// To change a peer's endpoint or allowed IPs, remove it and add it again.
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<(), TunnelError> {
+        let shared = &self.shared;
+        shared.table().add_peer(peer, &mut Writer(shared))
+    }
+
+    /// Removes a peer and its tunnels. Returns whether it existed.
+    pub fn remove_peer(&self, name: &str) -> bool {
+        self.shared.table().remove_peer(name)
+    }
+
+    /// Adds another key of a peer (after the peer rotated); outbound traffic moves to it once a
+    /// handshake with it completes, and the older keys keep working until removed.
+    pub fn add_peer_key(&self, name: &str, key: PublicKey, epoch: u64) -> Result<(), TunnelError> {
+        let shared = &self.shared;
+        shared
+            .table()
+            .add_peer_key(name, key, epoch, &mut Writer(shared))
+    }
+
+    /// Removes one key of a peer (after the grace period). The last key cannot be removed.
+    pub fn remove_peer_key(&self, name: &str, epoch: u64) -> Result<(), TunnelError> {
+        self.shared.table().remove_peer_key(name, epoch)
+    }
+
+    /// Adds a local key (after [`KeyStore::rotate`](crate::KeyStore::rotate)); each peer gets a
+    /// handshake with it, which completes once the peer knows the new public key.
+    pub fn add_local_key(&self, key: &NodeKey) -> Result<(), TunnelError> {
+        let shared = &self.shared;
+        shared
+            .table()
+            .add_local_key(key.epoch(), key.secret().clone(), &mut Writer(shared))
+    }
+
+    /// Removes a local key and its tunnels (after the grace period). The last key cannot be
+    /// removed.
+    pub fn remove_local_key(&self, epoch: u64) -> Result<(), TunnelError> {
+        self.shared.table().remove_local_key(epoch)
+    }
+
+    /// The interface's status.
+    pub fn status(&self) -> TunnelStatus {
+        let table = self.shared.table();
+        TunnelStatus {
+            backend: "userspace",
+            interface: self.ifname.clone(),
+            listen: self.listen,
+            local_epochs: table.local_epochs(),
+            drops_no_route: table.drops.no_route,
+            drops_unknown_sender: table.drops.unknown_sender,
+            drops_invalid: table.drops.invalid,
+            peers: table.peer_status(),
+        }
+    }
+
+    /// The status of one peer.
+    pub fn peer_status(&self, name: &str) -> Option<PeerStatus> {
+        self.status().peers.into_iter().find(|p| p.name == name)
+    }
+}
+
+impl Drop for UserspaceTunnel {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, TunnelError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|source| TunnelError::Thread { name, source })
+}
+
+/// TUN → peers. Reads until shutdown; `poll` with a timeout so the stop flag is seen.
+fn tx_loop(shared: &Shared) {
+    let mut packet = vec![0u8; 65_536];
+    while !shared.stop.load(Ordering::Relaxed) {
+        match wait_readable(&shared.tun, POLL_INTERVAL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "poll on tun failed");
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+        }
+        match shared.tun.recv(&mut packet) {
+            Ok(n) => {
+                let mut table = shared.table();
+                table.outbound(&packet[..n], &mut Writer(shared));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "tun read failed");
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+    }
+}
+
+/// Underlay → TUN, plus the timers.
+fn rx_loop(shared: &Shared) {
+    let mut datagram = vec![0u8; 65_536];
+    let mut last_tick = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match shared.udp.recv_from(&mut datagram) {
+            Ok((n, from)) => {
+                let mut table = shared.table();
+                table.inbound(from, &datagram[..n], &mut Writer(shared));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                // ICMP errors from a peer that is down surface here (ECONNREFUSED); not fatal.
+                tracing::debug!(error = %e, "udp receive failed");
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(last_tick) >= TICK {
+            last_tick = now;
+            shared.table().tick(now, &mut Writer(shared));
+        }
+    }
+}
+
+fn wait_readable(tun: &tun::Device, timeout: Duration) -> std::io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let fd = borrow_tun_fd(tun);
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let ready = poll(&mut fds, PollTimeout::from(millis))?;
+    Ok(ready > 0)
+}
+
+/// The tun crate exposes only `AsRawFd`, and nix's `poll` wants a `BorrowedFd`.
+#[allow(unsafe_code)]
+fn borrow_tun_fd(tun: &tun::Device) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor is owned by `tun`, which outlives the returned borrow (same
+    // lifetime) and closes it only when dropped.
+    unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) }
+}
