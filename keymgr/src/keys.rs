@@ -311,13 +311,12 @@ impl KeyStore {
         if epoch >= self.current.epoch {
             return None;
         }
-        self.previous
+        let successor = self
+            .previous
             .range(epoch.saturating_add(1)..)
             .next()
-            .map(|(_, k)| k)
-            .unwrap_or(&self.current)
-            .created
-            .into()
+            .map_or(&self.current, |(_, k)| k);
+        Some(successor.created)
     }
 
     /// Wipes and removes every superseded key whose grace period has ended at `now`. Returns the

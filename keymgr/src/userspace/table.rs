@@ -18,9 +18,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::IpNet;
 use x25519_dalek::StaticSecret;
@@ -32,6 +34,13 @@ use crate::keys::PublicKey;
 /// timer waits 5 s (REKEY_TIMEOUT); during a rotation the first initiation is usually dropped
 /// because the peer has not learnt the new key yet, and 5 s per rotation is needlessly slow.
 pub(crate) const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+
+/// Handshake initiations per second per local key before cookies are demanded (boringtun's
+/// device uses the same figure).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// How often the rate limiter's count resets.
+const RATE_LIMIT_WINDOW: Duration = Duration::from_secs(1);
 
 /// Largest tunnel index: boringtun shifts it left by 8 bits into a u32.
 const MAX_INDEX: u32 = (1 << 24) - 1;
@@ -61,6 +70,21 @@ pub(crate) struct Drops {
 struct LocalKey {
     secret: StaticSecret,
     public: x25519_dalek::PublicKey,
+    /// Checks mac1 (and, under load, cookies) of initiations to this key before any
+    /// Diffie-Hellman is spent on them; shared with every tunnel of this key.
+    limiter: Arc<RateLimiter>,
+}
+
+impl LocalKey {
+    fn new(secret: StaticSecret) -> Self {
+        let public = x25519_dalek::PublicKey::from(&secret);
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        Self {
+            secret,
+            public,
+            limiter,
+        }
+    }
 }
 
 struct Peer {
@@ -100,6 +124,7 @@ pub(crate) struct PeerTable {
     next_index: u32,
     pub(crate) drops: Drops,
     buf: Vec<u8>,
+    last_limiter_reset: Option<Instant>,
 }
 
 /// Room for the largest datagram plus WireGuard's overhead.
@@ -109,14 +134,14 @@ const BUF_LEN: usize = 65_536 + 256;
 
 impl PeerTable {
     pub(crate) fn new(epoch: u64, secret: StaticSecret) -> Self {
-        let public = x25519_dalek::PublicKey::from(&secret);
         Self {
-            local: BTreeMap::from([(epoch, LocalKey { secret, public })]),
+            local: BTreeMap::from([(epoch, LocalKey::new(secret))]),
             peers: BTreeMap::new(),
             tunnels: HashMap::new(),
             next_index: 1,
             drops: Drops::default(),
             buf: vec![0; BUF_LEN],
+            last_limiter_reset: None,
         }
     }
 
@@ -135,8 +160,7 @@ impl PeerTable {
         if self.local.contains_key(&epoch) {
             return Err(TunnelError::LocalKeyExists { epoch });
         }
-        let public = x25519_dalek::PublicKey::from(&secret);
-        self.local.insert(epoch, LocalKey { secret, public });
+        self.local.insert(epoch, LocalKey::new(secret));
         let names: Vec<String> = self.peers.keys().cloned().collect();
         for name in names {
             let remote: Vec<u64> = self.peer_key_epochs(&name);
@@ -271,11 +295,11 @@ impl PeerTable {
             self.drops.invalid += 1;
             return;
         };
-        let Some(name) = self.route(dst) else {
+        let Some(position) = self.route(dst) else {
             self.drops.no_route += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(&name) else {
+        let Some(peer) = self.peers.values_mut().nth(position) else {
             return;
         };
         let Some(index) = send_tunnel(peer, &self.tunnels) else {
@@ -288,7 +312,9 @@ impl PeerTable {
         };
         match tunnel.tunn.encapsulate(packet, &mut self.buf) {
             TunnResult::WriteToNetwork(bytes) => sink.emit(Out::Network(endpoint, bytes)),
-            TunnResult::Err(e) => tracing::debug!(peer = %name, error = ?e, "encapsulate failed"),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %tunnel.peer, error = ?e, "encapsulate failed")
+            }
             _ => {}
         }
     }
@@ -303,9 +329,13 @@ impl PeerTable {
             }
         };
         let (index, kind) = match parsed {
-            Packet::HandshakeInit(ref init) => match self.handshake_sender(init) {
-                Some(index) => (index, Kind::Init),
-                None => {
+            Packet::HandshakeInit(ref init) => match self.handshake_sender(from, datagram, init) {
+                Sender::Tunnel(index) => (index, Kind::Init),
+                Sender::Cookie(len) => {
+                    sink.emit(Out::Network(from, &self.buf[..len]));
+                    return;
+                }
+                Sender::Unknown => {
                     self.drops.unknown_sender += 1;
                     return;
                 }
@@ -373,6 +403,16 @@ impl PeerTable {
     /// Runs boringtun's timers (rekey, keepalive, expiry) and re-sends handshakes of newest
     /// tunnels that are not confirmed yet. Call every ~250 ms.
     pub(crate) fn tick(&mut self, now: Instant, sink: &mut dyn Sink) {
+        // The limiters are shared, so no tunnel resets them (boringtun resets only its own).
+        if self
+            .last_limiter_reset
+            .is_none_or(|at| now.duration_since(at) >= RATE_LIMIT_WINDOW)
+        {
+            self.last_limiter_reset = Some(now);
+            for key in self.local.values() {
+                key.limiter.reset_count();
+            }
+        }
         for tunnel in self.tunnels.values_mut() {
             let Some(peer) = self.peers.get(&tunnel.peer) else {
                 continue;
@@ -449,13 +489,16 @@ impl PeerTable {
             .map(|p| p.config.name.clone())
     }
 
-    fn route(&self, dst: IpAddr) -> Option<String> {
+    /// The position (in name order) of the peer whose allowed IPs contain `dst` most
+    /// specifically. A position, not a name, so the hot path allocates nothing.
+    fn route(&self, dst: IpAddr) -> Option<usize> {
         self.peers
             .values()
-            .flat_map(|p| p.config.allowed_ips.iter().map(move |net| (net, p)))
+            .enumerate()
+            .flat_map(|(i, p)| p.config.allowed_ips.iter().map(move |net| (net, i)))
             .filter(|(net, _)| net.contains(&dst))
             .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, p)| p.config.name.clone())
+            .map(|(_, i)| i)
     }
 
     fn allocate_index(&mut self) -> Result<u32, TunnelError> {
@@ -491,7 +534,7 @@ impl PeerTable {
             None,
             None,
             index,
-            None,
+            Some(Arc::clone(&local.limiter)),
         );
         peer.tunnels.push(index);
         self.tunnels.insert(
@@ -559,31 +602,67 @@ impl PeerTable {
         }
     }
 
-    /// The tunnel a handshake initiation is addressed to: the one whose local key decrypts it and
-    /// whose peer key is the static key inside it.
-    fn handshake_sender(&self, init: &boringtun::noise::HandshakeInit<'_>) -> Option<u32> {
+    /// The tunnel a handshake initiation is addressed to: the one whose local key it was made for
+    /// (mac1, checked before any Diffie-Hellman so garbage costs a hash, not a scalar
+    /// multiplication) and whose peer key is the static key inside it. Under a flood the rate
+    /// limiter answers with a cookie reply instead, written to `self.buf`.
+    fn handshake_sender(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        init: &boringtun::noise::HandshakeInit<'_>,
+    ) -> Sender {
         for (epoch, local) in self.local.iter().rev() {
+            match local
+                .limiter
+                .verify_packet(Some(from.ip()), datagram, &mut self.buf)
+            {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(cookie)) => return Sender::Cookie(cookie.len()),
+                Err(_) => continue,
+            }
             let Ok(half) = parse_handshake_anon(&local.secret, &local.public, init) else {
-                continue;
+                return Sender::Unknown;
             };
             let sender = PublicKey::from_bytes(half.peer_static_public);
-            let peer = self
+            let Some(peer) = self
                 .peers
                 .values()
-                .find(|p| p.keys.values().any(|k| *k == sender))?;
-            let remote_epoch = peer
+                .find(|p| p.keys.values().any(|k| *k == sender))
+            else {
+                return Sender::Unknown;
+            };
+            let Some(remote_epoch) = peer
                 .keys
                 .iter()
                 .find(|(_, k)| **k == sender)
-                .map(|(e, _)| *e)?;
-            return peer.tunnels.iter().copied().find(|i| {
-                self.tunnels
-                    .get(i)
-                    .is_some_and(|t| t.local_epoch == *epoch && t.remote_epoch == remote_epoch)
-            });
+                .map(|(e, _)| *e)
+            else {
+                return Sender::Unknown;
+            };
+            return peer
+                .tunnels
+                .iter()
+                .copied()
+                .find(|i| {
+                    self.tunnels
+                        .get(i)
+                        .is_some_and(|t| t.local_epoch == *epoch && t.remote_epoch == remote_epoch)
+                })
+                .map_or(Sender::Unknown, Sender::Tunnel);
         }
-        None
+        Sender::Unknown
     }
+}
+
+/// Who sent a handshake initiation.
+enum Sender {
+    /// The tunnel it belongs to.
+    Tunnel(u32),
+    /// Under load: a cookie reply of this length is in the buffer.
+    Cookie(usize),
+    /// No local key or known peer matches.
+    Unknown,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

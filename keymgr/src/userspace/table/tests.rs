@@ -207,3 +207,16 @@ fn rotation_switches_only_after_confirmation_and_loses_nothing() {
         .collect();
     assert_eq!(seqs, (1..=seq).collect::<Vec<_>>());
 }
+
+#[test]
+fn garbage_initiation_is_dropped_before_any_key_work() {
+    let (_, mut b, _, _) = pair();
+    // A handshake initiation is type 1 and 148 bytes long; random contents fail mac1.
+    let mut init = vec![0x5au8; 148];
+    init[..4].copy_from_slice(&[1, 0, 0, 0]);
+    let before = b.table.drops.unknown_sender;
+    b.table
+        .inbound(A_UNDERLAY.parse().unwrap(), &init, &mut b.out);
+    assert_eq!(b.table.drops.unknown_sender, before + 1);
+    assert!(b.out.network.is_empty() && b.out.tunnel.is_empty());
+}
