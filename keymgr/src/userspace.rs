@@ -14,7 +14,7 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -33,6 +33,14 @@ pub const DEFAULT_MTU: u16 = 1420;
 
 /// The default WireGuard UDP port.
 pub const DEFAULT_PORT: u16 = 51820;
+
+/// Room for one packet: the TUN MTU is 1420, but a peer may send up to a full UDP datagram's
+/// worth before we notice it is wrong.
+const PACKET_BUF: usize = 65_536;
+
+/// Socket buffer size asked for: a throughput burst from a TCP sender must not overflow the
+/// default (~200 KiB) while the other thread holds the lock.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// How often the timers run.
 const TICK: Duration = Duration::from_millis(250);
@@ -256,12 +264,42 @@ impl Shared {
     }
 }
 
-/// Writes the table's output to the socket and the TUN device.
-struct Writer<'a>(&'a Shared);
+/// Collects the table's output while the lock is held, so the write syscalls happen after it is
+/// released and the other thread is not kept waiting on them. Buffers are reused.
+#[derive(Default)]
+struct Outbox {
+    items: Vec<(Option<SocketAddr>, Vec<u8>)>,
+    used: usize,
+}
 
-impl table::Sink for Writer<'_> {
+impl table::Sink for Outbox {
     fn emit(&mut self, out: Out<'_>) {
-        self.0.emit(out)
+        let (dst, bytes) = match out {
+            Out::Network(addr, bytes) => (Some(addr), bytes),
+            Out::Tunnel(bytes) => (None, bytes),
+        };
+        if self.used == self.items.len() {
+            self.items.push((dst, bytes.to_vec()));
+        } else {
+            let slot = &mut self.items[self.used];
+            slot.0 = dst;
+            slot.1.clear();
+            slot.1.extend_from_slice(bytes);
+        }
+        self.used += 1;
+    }
+}
+
+impl Outbox {
+    /// Writes everything collected; call without the table lock.
+    fn flush(&mut self, shared: &Shared) {
+        for (dst, bytes) in &self.items[..self.used] {
+            match dst {
+                Some(addr) => shared.emit(Out::Network(*addr, bytes)),
+                None => shared.emit(Out::Tunnel(bytes)),
+            }
+        }
+        self.used = 0;
     }
 }
 
@@ -303,8 +341,13 @@ impl UserspaceTunnel {
             source,
         };
         let udp = UdpSocket::bind(config.listen).map_err(socket_err)?;
-        udp.set_read_timeout(Some(POLL_INTERVAL))
-            .map_err(socket_err)?;
+        // Both descriptors are non-blocking: the loops wait in `poll` and then drain a batch.
+        udp.set_nonblocking(true).map_err(socket_err)?;
+        tun.set_nonblock().map_err(|e| TunnelError::Tun {
+            ifname: config.ifname.clone(),
+            source: e.into(),
+        })?;
+        set_socket_buffers(&udp);
         let listen = udp.local_addr().map_err(socket_err)?;
         let shared = Arc::new(Shared {
             table: Mutex::new(PeerTable::new(key.epoch(), key.secret().clone())),
@@ -347,8 +390,10 @@ impl UserspaceTunnel {
     /// Adds a peer. Errors if the name or key is known or its allowed IPs overlap another peer's.
     /// To change a peer's endpoint or allowed IPs, remove it and add it again.
     pub fn add_peer(&self, peer: PeerConfig) -> Result<(), TunnelError> {
-        let shared = &self.shared;
-        shared.table().add_peer(peer, &mut Writer(shared))
+        let mut outbox = Outbox::default();
+        let result = self.shared.table().add_peer(peer, &mut outbox);
+        outbox.flush(&self.shared);
+        result
     }
 
     /// Removes a peer and its tunnels. Returns whether it existed.
@@ -359,10 +404,13 @@ impl UserspaceTunnel {
     /// Adds another key of a peer (after the peer rotated); outbound traffic moves to it once a
     /// handshake with it completes, and the older keys keep working until removed.
     pub fn add_peer_key(&self, name: &str, key: PublicKey, epoch: u64) -> Result<(), TunnelError> {
-        let shared = &self.shared;
-        shared
+        let mut outbox = Outbox::default();
+        let result = self
+            .shared
             .table()
-            .add_peer_key(name, key, epoch, &mut Writer(shared))
+            .add_peer_key(name, key, epoch, &mut outbox);
+        outbox.flush(&self.shared);
+        result
     }
 
     /// Removes one key of a peer (after the grace period). The last key cannot be removed.
@@ -373,10 +421,13 @@ impl UserspaceTunnel {
     /// Adds a local key (after [`KeyStore::rotate`](crate::KeyStore::rotate)); each peer gets a
     /// handshake with it, which completes once the peer knows the new public key.
     pub fn add_local_key(&self, key: &NodeKey) -> Result<(), TunnelError> {
-        let shared = &self.shared;
-        shared
-            .table()
-            .add_local_key(key.epoch(), key.secret().clone(), &mut Writer(shared))
+        let mut outbox = Outbox::default();
+        let result =
+            self.shared
+                .table()
+                .add_local_key(key.epoch(), key.secret().clone(), &mut outbox);
+        outbox.flush(&self.shared);
+        result
     }
 
     /// Removes a local key and its tunnels (after the grace period). The last key cannot be
@@ -422,11 +473,18 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|source| TunnelError::Thread { name, source })
 }
 
-/// TUN → peers. Reads until shutdown; `poll` with a timeout so the stop flag is seen.
+/// Packets handled per lock acquisition: enough to amortise the lock and wake-ups under load,
+/// few enough that the other direction is not starved.
+const BATCH: usize = 32;
+
+/// TUN → peers. `poll` with a timeout so the stop flag is seen; then up to [`BATCH`] packets are
+/// read (the descriptor is non-blocking) and encrypted under one lock, and sent after it.
 fn tx_loop(shared: &Shared) {
-    let mut packet = vec![0u8; 65_536];
+    let mut packets = vec![[0u8; PACKET_BUF]; BATCH];
+    let mut lens = [0usize; BATCH];
+    let mut outbox = Outbox::default();
     while !shared.stop.load(Ordering::Relaxed) {
-        match wait_readable(&shared.tun, POLL_INTERVAL) {
+        match wait_readable(borrow_tun_fd(&shared.tun), POLL_INTERVAL) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -435,48 +493,82 @@ fn tx_loop(shared: &Shared) {
                 continue;
             }
         }
-        match shared.tun.recv(&mut packet) {
-            Ok(n) => {
-                let mut table = shared.table();
-                table.outbound(&packet[..n], &mut Writer(shared));
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "tun read failed");
-                std::thread::sleep(POLL_INTERVAL);
+        let mut n = 0;
+        while n < BATCH {
+            match shared.tun.recv(&mut packets[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tun read failed");
+                    std::thread::sleep(POLL_INTERVAL);
+                    break;
+                }
             }
         }
+        if n == 0 {
+            continue;
+        }
+        {
+            let mut table = shared.table();
+            for (packet, len) in packets.iter().zip(&lens).take(n) {
+                table.outbound(&packet[..*len], &mut outbox);
+            }
+        }
+        outbox.flush(shared);
     }
 }
 
-/// Underlay → TUN, plus the timers.
+/// Underlay → TUN, plus the timers; batched like [`tx_loop`].
 fn rx_loop(shared: &Shared) {
-    let mut datagram = vec![0u8; 65_536];
+    let mut datagrams = vec![[0u8; PACKET_BUF]; BATCH];
+    let mut meta = [(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
+    let mut outbox = Outbox::default();
     let mut last_tick = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
-        match shared.udp.recv_from(&mut datagram) {
-            Ok((n, from)) => {
-                let mut table = shared.table();
-                table.inbound(from, &datagram[..n], &mut Writer(shared));
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                // ICMP errors from a peer that is down surface here (ECONNREFUSED); not fatal.
-                tracing::debug!(error = %e, "udp receive failed");
+        let mut n = 0;
+        if matches!(wait_readable(shared.udp.as_fd(), POLL_INTERVAL), Ok(true)) {
+            while n < BATCH {
+                match shared.udp.recv_from(&mut datagrams[n]) {
+                    Ok((len, from)) => {
+                        meta[n] = (len, from);
+                        n += 1;
+                    }
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                    {
+                        break;
+                    }
+                    Err(e) => {
+                        // ICMP errors from a peer that is down surface here (ECONNREFUSED).
+                        tracing::debug!(error = %e, "udp receive failed");
+                        break;
+                    }
+                }
             }
         }
         let now = Instant::now();
-        if now.duration_since(last_tick) >= TICK {
-            last_tick = now;
-            shared.table().tick(now, &mut Writer(shared));
+        let tick = now.duration_since(last_tick) >= TICK;
+        if n > 0 || tick {
+            let mut table = shared.table();
+            for (datagram, (len, from)) in datagrams.iter().zip(&meta).take(n) {
+                table.inbound(*from, &datagram[..*len], &mut outbox);
+            }
+            if tick {
+                last_tick = now;
+                table.tick(now, &mut outbox);
+            }
         }
+        outbox.flush(shared);
     }
 }
 
-fn wait_readable(tun: &tun::Device, timeout: Duration) -> std::io::Result<bool> {
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let fd = borrow_tun_fd(tun);
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let ready = poll(&mut fds, PollTimeout::from(millis))?;
@@ -489,4 +581,15 @@ fn borrow_tun_fd(tun: &tun::Device) -> BorrowedFd<'_> {
     // SAFETY: the descriptor is owned by `tun`, which outlives the returned borrow (same
     // lifetime) and closes it only when dropped.
     unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) }
+}
+
+/// Enlarges the UDP socket's buffers; best effort (the kernel caps them at `rmem_max`/`wmem_max`).
+fn set_socket_buffers(udp: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot set SO_RCVBUF");
+    }
+    if let Err(e) = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+    }
 }
