@@ -9,3 +9,4 @@ mod t10_marker_never_on_underlay;
 mod t20_forged_sender_cannot_deliver;
 mod t30_rotation_loses_nothing;
 mod t40_restart_keeps_key;
+mod t50_peer_remove_and_readd;
