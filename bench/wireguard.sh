@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Node-to-node throughput and latency between two network namespaces joined by a veth, three ways,
-# in one run: plain routing over the veth, Palisade's userspace tunnel (release `palisade-wg`,
-# boringtun's noise::Tunn over TUN), and Debian's wireguard-go set up the same way (MTU 1420, pod
-# range routed into the interface). iperf3 TCP from pod A to pod B; ping for the round trip.
+# Node-to-node throughput and latency between two network namespaces joined by a veth, in one
+# run: plain routing over the veth, Palisade's userspace tunnel (release `palisade-wg`, boringtun's
+# noise::Tunn over TUN; with and without UDP GSO/GRO on the underlay socket), and Debian's
+# wireguard-go set up the same way (MTU 1420, pod range routed into the interface).
+# iperf3 TCP from pod A to pod B; ping for the round trip.
 # Usage (root): bench/wireguard.sh [SECONDS]     Figures go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,23 +78,32 @@ echo "== node-to-node throughput, iperf3 TCP ${SECS}s, $(nproc) cores, $(uname -
 route_via veth
 measure "plain veth routing"
 
-# 2. Palisade userspace tunnel.
+# 2. Palisade userspace tunnel, with UDP GSO/GRO on the underlay socket (the default) and without.
 KA=$("$BIN" pubkey --key-dir "$DIR/ka" 2>/dev/null)
 KB=$("$BIN" pubkey --key-dir "$DIR/kb" 2>/dev/null)
-ip netns exec "$NSA" "$BIN" up --key-dir "$DIR/ka" --ifname "pal-a$ID" --listen 10.250.0.1:51820 \
-  --peer "b,$KB,1,10.250.0.2:51820,10.251.2.0/24" 2>"$DIR/pal-a.log" &
-PIDS+=($!)
-ip netns exec "$NSB" "$BIN" up --key-dir "$DIR/kb" --ifname "pal-b$ID" --listen 10.250.0.2:51820 \
-  --peer "a,$KA,1,10.250.0.1:51820,10.251.1.0/24" 2>"$DIR/pal-b.log" &
-PIDS+=($!)
-for _ in $(seq 50); do
-  ip -n "$NSA" link show "pal-a$ID" >/dev/null 2>&1 && ip -n "$NSB" link show "pal-b$ID" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-route_via pal
-ip netns exec "$NSA" ping -q -c 3 -W 2 -I 10.251.1.1 10.251.2.1 >/dev/null
-measure "palisade userspace (boringtun)"
-kill "${PIDS[@]}"; wait 2>/dev/null || true; PIDS=()
+palisade() { # palisade LABEL [EXTRA FLAGS]
+  local label="$1"; shift
+  ip netns exec "$NSA" "$BIN" up --key-dir "$DIR/ka" --ifname "pal-a$ID" --listen 10.250.0.1:51820 \
+    --peer "b,$KB,1,10.250.0.2:51820,10.251.2.0/24" "$@" 2>>"$DIR/pal-a.log" &
+  PIDS+=($!)
+  ip netns exec "$NSB" "$BIN" up --key-dir "$DIR/kb" --ifname "pal-b$ID" --listen 10.250.0.2:51820 \
+    --peer "a,$KA,1,10.250.0.1:51820,10.251.1.0/24" "$@" 2>>"$DIR/pal-b.log" &
+  PIDS+=($!)
+  for _ in $(seq 50); do
+    ip -n "$NSA" link show "pal-a$ID" >/dev/null 2>&1 && ip -n "$NSB" link show "pal-b$ID" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  route_via pal
+  ip netns exec "$NSA" ping -q -c 3 -W 2 -I 10.251.1.1 10.251.2.1 >/dev/null
+  measure "$label"
+  kill "${PIDS[@]}"; wait 2>/dev/null || true; PIDS=()
+  # The TUN devices go with the processes; wait so the next run can reuse the names.
+  while ip -n "$NSA" link show "pal-a$ID" >/dev/null 2>&1 || ip -n "$NSB" link show "pal-b$ID" >/dev/null 2>&1; do
+    sleep 0.1
+  done
+}
+palisade "palisade userspace"
+palisade "palisade, no UDP GSO/GRO" --no-udp-offload
 
 # 3. Debian's wireguard-go with the same addressing; keys made here (x25519 in a few lines of
 # Python, so no `wg` tool is needed) and handed over its UAPI socket.
@@ -163,8 +173,9 @@ vals = {}
 for item in sys.argv[1:]:
     name, v = item.rsplit(" ", 1); vals[name] = float(v)
 names = list(vals)
-plain, pal, wgo = (vals[n] for n in names)
+plain, pal, pal_plain, wgo = (vals[n] for n in names)
 print("palisade / plain veth: %.1f%%" % (100 * pal / plain))
 print("wireguard-go / plain veth: %.1f%%" % (100 * wgo / plain))
 print("palisade / wireguard-go: %.2fx" % (pal / wgo))
+print("palisade without UDP GSO/GRO / wireguard-go: %.2fx" % (pal_plain / wgo))
 EOF

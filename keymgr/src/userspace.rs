@@ -152,6 +152,10 @@ pub struct TunnelConfig {
     pub listen: SocketAddr,
     /// The interface MTU.
     pub mtu: u16,
+    /// Use UDP segmentation offload for sends and UDP GRO for receives on the underlay socket
+    /// (one syscall and one stack traversal per batch instead of per packet). On by default;
+    /// sends fall back by themselves where the kernel refuses.
+    pub udp_offload: bool,
 }
 
 impl TunnelConfig {
@@ -161,6 +165,7 @@ impl TunnelConfig {
             ifname: ifname.into(),
             listen,
             mtu: DEFAULT_MTU,
+            udp_offload: true,
         }
     }
 }
@@ -244,6 +249,8 @@ struct Shared {
     udp: UdpSocket,
     tun: tun::Device,
     stop: AtomicBool,
+    /// Whether UDP GSO sends work here (cleared on the first refusal).
+    gso: AtomicBool,
 }
 
 impl Shared {
@@ -293,13 +300,83 @@ impl table::Sink for Outbox {
 impl Outbox {
     /// Writes everything collected; call without the table lock.
     fn flush(&mut self, shared: &Shared) {
-        for (dst, bytes) in &self.items[..self.used] {
-            match dst {
-                Some(addr) => shared.emit(Out::Network(*addr, bytes)),
-                None => shared.emit(Out::Tunnel(bytes)),
+        let items = &self.items[..self.used];
+        let mut i = 0;
+        while i < items.len() {
+            match items[i].0 {
+                None => {
+                    shared.emit(Out::Tunnel(&items[i].1));
+                    i += 1;
+                }
+                Some(addr) => {
+                    let run = gso_run(&items[i..], addr);
+                    if run > 1 && shared.gso.load(Ordering::Relaxed) {
+                        send_gso(shared, addr, &items[i..i + run]);
+                    } else {
+                        for (_, bytes) in &items[i..i + run] {
+                            shared.emit(Out::Network(addr, bytes));
+                        }
+                    }
+                    i += run;
+                }
             }
         }
         self.used = 0;
+    }
+}
+
+/// Most segments the kernel accepts in one UDP GSO send (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Length of the run of datagrams at the head of `items` that one UDP GSO send can carry: same
+/// destination, all the size of the first except possibly a shorter last one, under 64 KiB.
+fn gso_run(items: &[(Option<SocketAddr>, Vec<u8>)], addr: SocketAddr) -> usize {
+    let size = items[0].1.len();
+    let mut total = 0;
+    let mut run = 0;
+    for (dst, bytes) in items.iter().take(GSO_MAX_SEGMENTS) {
+        if *dst != Some(addr) || bytes.len() > size || total + bytes.len() > 65_000 {
+            break;
+        }
+        total += bytes.len();
+        run += 1;
+        if bytes.len() < size {
+            break;
+        }
+    }
+    run.max(1)
+}
+
+/// Sends a run of datagrams with one `sendmsg` and UDP GSO (the kernel splits it at the segment
+/// size, far down the stack): one UDP/IP traversal instead of one per packet. If the kernel or
+/// the route refuses GSO, it is switched off for good and the run goes out one by one.
+fn send_gso(shared: &Shared, addr: SocketAddr, run: &[(Option<SocketAddr>, Vec<u8>)]) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+    let segment = u16::try_from(run[0].1.len()).unwrap_or(u16::MAX);
+    let iov: Vec<std::io::IoSlice<'_>> =
+        run.iter().map(|(_, b)| std::io::IoSlice::new(b)).collect();
+    let dst = SockaddrStorage::from(addr);
+    let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+    match sendmsg(
+        shared.udp.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        Some(&dst),
+    ) {
+        Ok(_) => {}
+        Err(e) => {
+            if matches!(
+                e,
+                nix::errno::Errno::EIO | nix::errno::Errno::EINVAL | nix::errno::Errno::EOPNOTSUPP
+            ) {
+                tracing::info!(error = %e, "udp gso unavailable; sending datagrams one by one");
+                shared.gso.store(false, Ordering::Relaxed);
+            }
+            for (_, bytes) in run {
+                shared.emit(Out::Network(addr, bytes));
+            }
+        }
     }
 }
 
@@ -347,13 +424,14 @@ impl UserspaceTunnel {
             ifname: config.ifname.clone(),
             source: e.into(),
         })?;
-        set_socket_buffers(&udp);
+        set_socket_buffers(&udp, config.udp_offload);
         let listen = udp.local_addr().map_err(socket_err)?;
         let shared = Arc::new(Shared {
             table: Mutex::new(PeerTable::new(key.epoch(), key.secret().clone())),
             udp,
             tun,
             stop: AtomicBool::new(false),
+            gso: AtomicBool::new(config.udp_offload),
         });
         let mut tunnel = Self {
             shared,
@@ -523,26 +601,23 @@ fn tx_loop(shared: &Shared) {
     }
 }
 
-/// Underlay → TUN, plus the timers; batched like [`tx_loop`].
+/// Underlay → TUN, plus the timers; batched like [`tx_loop`]. With UDP GRO on, one receive may
+/// carry several datagrams of the segment size the kernel reports; they are split here.
 fn rx_loop(shared: &Shared) {
     let mut datagrams = vec![[0u8; PACKET_BUF]; BATCH];
-    let mut meta = [(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
+    let mut meta = [(0usize, 0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
     let mut outbox = Outbox::default();
     let mut last_tick = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut n = 0;
         if matches!(wait_readable(shared.udp.as_fd(), POLL_INTERVAL), Ok(true)) {
             while n < BATCH {
-                match shared.udp.recv_from(&mut datagrams[n]) {
-                    Ok((len, from)) => {
-                        meta[n] = (len, from);
+                match recv_gro(&shared.udp, &mut datagrams[n]) {
+                    Ok(Some(received)) => {
+                        meta[n] = received;
                         n += 1;
                     }
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
-                    {
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(e) => {
                         // ICMP errors from a peer that is down surface here (ECONNREFUSED).
                         tracing::debug!(error = %e, "udp receive failed");
@@ -555,8 +630,10 @@ fn rx_loop(shared: &Shared) {
         let tick = now.duration_since(last_tick) >= TICK;
         if n > 0 || tick {
             let mut table = shared.table();
-            for (datagram, (len, from)) in datagrams.iter().zip(&meta).take(n) {
-                table.inbound(*from, &datagram[..*len], &mut outbox);
+            for (buf, (len, segment, from)) in datagrams.iter().zip(&meta).take(n) {
+                for datagram in buf[..*len].chunks(*segment) {
+                    table.inbound(*from, datagram, &mut outbox);
+                }
             }
             if tick {
                 last_tick = now;
@@ -564,6 +641,45 @@ fn rx_loop(shared: &Shared) {
             }
         }
         outbox.flush(shared);
+    }
+}
+
+/// One non-blocking receive: (length, segment size, sender), or `None` when nothing is queued.
+/// The segment size is the length itself unless GRO coalesced several datagrams.
+fn recv_gro(
+    udp: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<Option<(usize, usize, SocketAddr)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(i32);
+    let msg = match recvmsg::<SockaddrStorage>(
+        udp.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let len = msg.bytes;
+    let mut segment = len;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(size) = cmsg {
+                segment = usize::try_from(size).unwrap_or(len);
+            }
+        }
+    }
+    let from = msg.address.as_ref().and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::V4((*v4).into()))
+            .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+    });
+    match from {
+        Some(from) if segment > 0 => Ok(Some((len, segment, from))),
+        _ => Ok(None),
     }
 }
 
@@ -583,13 +699,18 @@ fn borrow_tun_fd(tun: &tun::Device) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(tun.as_raw_fd()) }
 }
 
-/// Enlarges the UDP socket's buffers; best effort (the kernel caps them at `rmem_max`/`wmem_max`).
-fn set_socket_buffers(udp: &UdpSocket) {
+/// Enlarges the UDP socket's buffers (best effort: the kernel caps them at `rmem_max`/`wmem_max`)
+/// and turns on UDP GRO if asked.
+fn set_socket_buffers(udp: &UdpSocket, gro: bool) {
     use nix::sys::socket::{setsockopt, sockopt};
     if let Err(e) = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER) {
         tracing::debug!(error = %e, "cannot set SO_RCVBUF");
     }
     if let Err(e) = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER) {
         tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+    }
+    // Coalesced receives (UDP GRO): the kernel hands over a train of same-size datagrams at once.
+    if gro && let Err(e) = setsockopt(udp, sockopt::UdpGroSegment, &true) {
+        tracing::debug!(error = %e, "cannot enable UDP GRO");
     }
 }

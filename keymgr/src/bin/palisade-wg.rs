@@ -45,6 +45,9 @@ enum Cmd {
         /// A peer: NAME,PUBKEY,EPOCH,ENDPOINT,CIDR[+CIDR...]
         #[arg(long)]
         peer: Vec<String>,
+        /// Send and receive one datagram per syscall (no UDP GSO/GRO), for comparison.
+        #[arg(long)]
+        no_udp_offload: bool,
         /// Seconds between status lines on stderr (0: none).
         #[arg(long, default_value_t = 0)]
         status_every: u64,
@@ -80,11 +83,13 @@ fn main() -> Result<()> {
             ifname,
             listen,
             peer,
+            no_udp_offload,
             status_every,
         } => {
             let store = KeyStore::open(&key_dir)?;
-            let tunnel =
-                UserspaceTunnel::start(TunnelConfig::new(ifname, listen), store.current())?;
+            let mut config = TunnelConfig::new(ifname, listen);
+            config.udp_offload = !no_udp_offload;
+            let tunnel = UserspaceTunnel::start(config, store.current())?;
             for p in &peer {
                 tunnel.add_peer(parse_peer(p)?)?;
             }
