@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 
 use crate::keys::{NodeKey, PublicKey};
+use offload::VNET_HDR_LEN;
 use table::{Out, PeerTable};
 
+mod offload;
 mod table;
 
 /// The interface MTU: 1500 on the underlay minus WireGuard's 80 bytes of worst-case (IPv6)
@@ -36,7 +38,7 @@ pub const DEFAULT_PORT: u16 = 51820;
 
 /// Room for one packet: the TUN MTU is 1420, but a peer may send up to a full UDP datagram's
 /// worth before we notice it is wrong.
-const PACKET_BUF: usize = 65_536;
+const PACKET_BUF: usize = 65_536 + 64;
 
 /// Socket buffer size asked for: a throughput burst from a TCP sender must not overflow the
 /// default (~200 KiB) while the other thread holds the lock.
@@ -156,6 +158,9 @@ pub struct TunnelConfig {
     /// (one syscall and one stack traversal per batch instead of per packet). On by default;
     /// sends fall back by themselves where the kernel refuses.
     pub udp_offload: bool,
+    /// Let the kernel hand over TCP super-packets (TSO) with partial checksums through the TUN
+    /// device (`IFF_VNET_HDR`, `TUNSETOFFLOAD`); the tunnel segments them itself. On by default.
+    pub tun_offload: bool,
 }
 
 impl TunnelConfig {
@@ -166,6 +171,7 @@ impl TunnelConfig {
             listen,
             mtu: DEFAULT_MTU,
             udp_offload: true,
+            tun_offload: true,
         }
     }
 }
@@ -251,6 +257,8 @@ struct Shared {
     stop: AtomicBool,
     /// Whether UDP GSO sends work here (cleared on the first refusal).
     gso: AtomicBool,
+    /// Whether TUN reads and writes carry a `virtio_net_hdr`.
+    vnet: bool,
 }
 
 impl Shared {
@@ -273,10 +281,11 @@ impl Shared {
 
 /// Collects the table's output while the lock is held, so the write syscalls happen after it is
 /// released and the other thread is not kept waiting on them. Buffers are reused.
-#[derive(Default)]
 struct Outbox {
     items: Vec<(Option<SocketAddr>, Vec<u8>)>,
     used: usize,
+    /// Prefix packets for the TUN device with a `virtio_net_hdr`.
+    vnet: bool,
 }
 
 impl table::Sink for Outbox {
@@ -286,18 +295,29 @@ impl table::Sink for Outbox {
             Out::Tunnel(bytes) => (None, bytes),
         };
         if self.used == self.items.len() {
-            self.items.push((dst, bytes.to_vec()));
-        } else {
-            let slot = &mut self.items[self.used];
-            slot.0 = dst;
-            slot.1.clear();
-            slot.1.extend_from_slice(bytes);
+            self.items
+                .push((dst, Vec::with_capacity(bytes.len() + VNET_HDR_LEN)));
         }
+        let slot = &mut self.items[self.used];
+        slot.0 = dst;
+        slot.1.clear();
+        if dst.is_none() && self.vnet {
+            slot.1.extend_from_slice(&offload::WRITE_HDR);
+        }
+        slot.1.extend_from_slice(bytes);
         self.used += 1;
     }
 }
 
 impl Outbox {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            items: Vec::new(),
+            used: 0,
+            vnet: shared.vnet,
+        }
+    }
+
     /// Writes everything collected; call without the table lock.
     fn flush(&mut self, shared: &Shared) {
         let items = &self.items[..self.used];
@@ -409,10 +429,21 @@ impl UserspaceTunnel {
     pub fn start(config: TunnelConfig, key: &NodeKey) -> Result<Self, TunnelError> {
         let mut tun_config = tun::Configuration::default();
         tun_config.tun_name(&config.ifname).mtu(config.mtu).up();
+        if config.tun_offload {
+            tun_config.platform_config(|p| {
+                p.vnet_hdr(true);
+            });
+        }
         let tun = tun::create(&tun_config).map_err(|source| TunnelError::Tun {
             ifname: config.ifname.clone(),
             source,
         })?;
+        if config.tun_offload
+            && let Err(e) = set_tun_offload(&tun)
+        {
+            // Still framed with virtio headers, just without TSO: correct, only slower.
+            tracing::info!(interface = %config.ifname, error = %e, "tun offloads unavailable");
+        }
         let socket_err = |source| TunnelError::Socket {
             addr: config.listen,
             source,
@@ -432,6 +463,7 @@ impl UserspaceTunnel {
             tun,
             stop: AtomicBool::new(false),
             gso: AtomicBool::new(config.udp_offload),
+            vnet: config.tun_offload,
         });
         let mut tunnel = Self {
             shared,
@@ -468,7 +500,7 @@ impl UserspaceTunnel {
     /// Adds a peer. Errors if the name or key is known or its allowed IPs overlap another peer's.
     /// To change a peer's endpoint or allowed IPs, remove it and add it again.
     pub fn add_peer(&self, peer: PeerConfig) -> Result<(), TunnelError> {
-        let mut outbox = Outbox::default();
+        let mut outbox = Outbox::new(&self.shared);
         let result = self.shared.table().add_peer(peer, &mut outbox);
         outbox.flush(&self.shared);
         result
@@ -482,7 +514,7 @@ impl UserspaceTunnel {
     /// Adds another key of a peer (after the peer rotated); outbound traffic moves to it once a
     /// handshake with it completes, and the older keys keep working until removed.
     pub fn add_peer_key(&self, name: &str, key: PublicKey, epoch: u64) -> Result<(), TunnelError> {
-        let mut outbox = Outbox::default();
+        let mut outbox = Outbox::new(&self.shared);
         let result = self
             .shared
             .table()
@@ -499,7 +531,7 @@ impl UserspaceTunnel {
     /// Adds a local key (after [`KeyStore::rotate`](crate::KeyStore::rotate)); each peer gets a
     /// handshake with it, which completes once the peer knows the new public key.
     pub fn add_local_key(&self, key: &NodeKey) -> Result<(), TunnelError> {
-        let mut outbox = Outbox::default();
+        let mut outbox = Outbox::new(&self.shared);
         let result =
             self.shared
                 .table()
@@ -560,7 +592,8 @@ const BATCH: usize = 32;
 fn tx_loop(shared: &Shared) {
     let mut packets = vec![[0u8; PACKET_BUF]; BATCH];
     let mut lens = [0usize; BATCH];
-    let mut outbox = Outbox::default();
+    let mut scratch = Vec::with_capacity(PACKET_BUF);
+    let mut outbox = Outbox::new(shared);
     while !shared.stop.load(Ordering::Relaxed) {
         match wait_readable(borrow_tun_fd(&shared.tun), POLL_INTERVAL) {
             Ok(true) => {}
@@ -593,8 +626,18 @@ fn tx_loop(shared: &Shared) {
         }
         {
             let mut table = shared.table();
-            for (packet, len) in packets.iter().zip(&lens).take(n) {
-                table.outbound(&packet[..*len], &mut outbox);
+            for (packet, len) in packets.iter_mut().zip(&lens).take(n) {
+                let read = &mut packet[..*len];
+                if shared.vnet {
+                    let split = offload::split(read, &mut scratch, |segment| {
+                        table.outbound(segment, &mut outbox)
+                    });
+                    if let Err(e) = split {
+                        tracing::debug!(error = ?e, "dropped a tun read that cannot be split");
+                    }
+                } else {
+                    table.outbound(read, &mut outbox);
+                }
             }
         }
         outbox.flush(shared);
@@ -606,7 +649,7 @@ fn tx_loop(shared: &Shared) {
 fn rx_loop(shared: &Shared) {
     let mut datagrams = vec![[0u8; PACKET_BUF]; BATCH];
     let mut meta = [(0usize, 0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox::new(shared);
     let mut last_tick = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut n = 0;
@@ -689,6 +732,30 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool>
     let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let ready = poll(&mut fds, PollTimeout::from(millis))?;
     Ok(ready > 0)
+}
+
+/// Asks the kernel for checksum offload and TSO on the TUN device, so it hands over TCP
+/// super-packets instead of MTU-sized ones (the tunnel splits them, see `offload.rs`).
+#[allow(unsafe_code)]
+fn set_tun_offload(tun: &tun::Device) -> std::io::Result<()> {
+    // From <linux/if_tun.h>: TUNSETOFFLOAD = _IOW('T', 208, unsigned int).
+    const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+    const TUN_F_CSUM: libc::c_uint = 0x01;
+    const TUN_F_TSO4: libc::c_uint = 0x02;
+    const TUN_F_TSO6: libc::c_uint = 0x04;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int of flags); the
+    // descriptor is the TUN device's and stays open for the duration of the call.
+    let rc = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            TUNSETOFFLOAD,
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The tun crate exposes only `AsRawFd`, and nix's `poll` wants a `BorrowedFd`.

@@ -48,6 +48,9 @@ enum Cmd {
         /// Send and receive one datagram per syscall (no UDP GSO/GRO), for comparison.
         #[arg(long)]
         no_udp_offload: bool,
+        /// Read one MTU-sized packet per TUN read (no TSO/checksum offload), for comparison.
+        #[arg(long)]
+        no_tun_offload: bool,
         /// Seconds between status lines on stderr (0: none).
         #[arg(long, default_value_t = 0)]
         status_every: u64,
@@ -84,11 +87,13 @@ fn main() -> Result<()> {
             listen,
             peer,
             no_udp_offload,
+            no_tun_offload,
             status_every,
         } => {
             let store = KeyStore::open(&key_dir)?;
             let mut config = TunnelConfig::new(ifname, listen);
             config.udp_offload = !no_udp_offload;
+            config.tun_offload = !no_tun_offload;
             let tunnel = UserspaceTunnel::start(config, store.current())?;
             for p in &peer {
                 tunnel.add_peer(parse_peer(p)?)?;
