@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Node-to-node throughput and latency between two network namespaces joined by a veth, in one
 # run: plain routing over the veth, Palisade's userspace tunnel (release `palisade-wg`, boringtun's
-# noise::Tunn over TUN; with and without TUN TSO and UDP GSO/GRO), and Debian's
+# noise::Tunn over TUN; with and without TUN TSO/GRO and UDP GSO/GRO), and Debian's
 # wireguard-go set up the same way (MTU 1420, pod range routed into the interface).
 # iperf3 TCP from pod A to pod B; ping for the round trip.
 # Usage (root): bench/wireguard.sh [SECONDS]     Figures go to stdout.
@@ -103,8 +103,8 @@ palisade() { # palisade LABEL [EXTRA FLAGS]
   done
 }
 palisade "palisade userspace"
-palisade "palisade, no TUN TSO" --no-tun-offload
-palisade "palisade, no TSO nor UDP GSO" --no-tun-offload --no-udp-offload
+palisade "palisade, no TUN TSO/GRO" --no-tun-offload
+palisade "palisade, no offloads" --no-tun-offload --no-udp-offload
 
 # 3. Debian's wireguard-go with the same addressing; keys made here (x25519 in a few lines of
 # Python, so no `wg` tool is needed) and handed over its UAPI socket.

@@ -158,8 +158,9 @@ pub struct TunnelConfig {
     /// (one syscall and one stack traversal per batch instead of per packet). On by default;
     /// sends fall back by themselves where the kernel refuses.
     pub udp_offload: bool,
-    /// Let the kernel hand over TCP super-packets (TSO) with partial checksums through the TUN
-    /// device (`IFF_VNET_HDR`, `TUNSETOFFLOAD`); the tunnel segments them itself. On by default.
+    /// TUN offloads (`IFF_VNET_HDR`, `TUNSETOFFLOAD`): the kernel hands over TCP super-packets
+    /// (TSO) with partial checksums, which the tunnel segments itself, and the tunnel merges
+    /// received bursts of one TCP flow into one write (GRO). On by default.
     pub tun_offload: bool,
 }
 
@@ -286,6 +287,8 @@ struct Outbox {
     used: usize,
     /// Prefix packets for the TUN device with a `virtio_net_hdr`.
     vnet: bool,
+    /// Where bursts of one TCP flow are merged into one TUN write.
+    merged: Vec<u8>,
 }
 
 impl table::Sink for Outbox {
@@ -315,6 +318,7 @@ impl Outbox {
             items: Vec::new(),
             used: 0,
             vnet: shared.vnet,
+            merged: Vec::new(),
         }
     }
 
@@ -325,8 +329,18 @@ impl Outbox {
         while i < items.len() {
             match items[i].0 {
                 None => {
-                    shared.emit(Out::Tunnel(&items[i].1));
-                    i += 1;
+                    let run = if self.vnet {
+                        merge_tcp(&items[i..], &mut self.merged)
+                    } else {
+                        0
+                    };
+                    if run > 1 {
+                        shared.emit(Out::Tunnel(&self.merged));
+                        i += run;
+                    } else {
+                        shared.emit(Out::Tunnel(&items[i].1));
+                        i += 1;
+                    }
                 }
                 Some(addr) => {
                     let run = gso_run(&items[i..], addr);
@@ -342,6 +356,25 @@ impl Outbox {
             }
         }
         self.used = 0;
+    }
+}
+
+/// GRO for the TUN write: merges the burst of one TCP flow at the head of `items` (packets for
+/// the TUN device, each behind a `virtio_net_hdr`) into `out`, so the kernel's stack sees one
+/// packet instead of dozens. Returns how many were merged (0 or 1: nothing was).
+fn merge_tcp(items: &[(Option<SocketAddr>, Vec<u8>)], out: &mut Vec<u8>) -> usize {
+    let packets = items
+        .iter()
+        .take_while(|(dst, b)| dst.is_none() && b.len() > VNET_HDR_LEN)
+        .map(|(_, b)| &b[VNET_HDR_LEN..]);
+    let run = offload::tcp_run(packets.clone());
+    if run < 2 {
+        return run;
+    }
+    let burst: Vec<&[u8]> = packets.take(run).collect();
+    match offload::coalesce(&burst, out) {
+        Some(()) => run,
+        None => 0,
     }
 }
 

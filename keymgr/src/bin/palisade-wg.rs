@@ -48,7 +48,7 @@ enum Cmd {
         /// Send and receive one datagram per syscall (no UDP GSO/GRO), for comparison.
         #[arg(long)]
         no_udp_offload: bool,
-        /// Read one MTU-sized packet per TUN read (no TSO/checksum offload), for comparison.
+        /// One MTU-sized packet per TUN read and write (no TSO, no GRO), for comparison.
         #[arg(long)]
         no_tun_offload: bool,
         /// Seconds between status lines on stderr (0: none).

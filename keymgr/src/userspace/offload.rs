@@ -178,6 +178,153 @@ fn fold(mut sum: u32) -> u16 {
     u16::try_from(sum).unwrap_or(u16::MAX)
 }
 
+/// Where the fields of a TCP segment are, once checked to be plain (IPv4 without options or
+/// IPv6 without extension headers).
+struct TcpSegment {
+    ip_len: usize,
+    header_len: usize,
+    seq: u32,
+    flags: u8,
+    payload_len: usize,
+}
+
+fn parse_tcp(p: &[u8]) -> Option<TcpSegment> {
+    let ip_len = match p.first()? >> 4 {
+        4 if p[0] & 0x0f == 5 && p.get(9) == Some(&6) => {
+            // Fragments never coalesce.
+            let frag = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]);
+            if frag & 0x3fff != 0 {
+                return None;
+            }
+            20
+        }
+        6 if p.get(6) == Some(&6) => 40,
+        _ => return None,
+    };
+    let tcp_len = usize::from(*p.get(ip_len + 12)? >> 4) * 4;
+    let header_len = ip_len + tcp_len;
+    if tcp_len < 20 || p.len() < header_len {
+        return None;
+    }
+    let seq = u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]]);
+    Some(TcpSegment {
+        ip_len,
+        header_len,
+        seq,
+        flags: p[ip_len + 13],
+        payload_len: p.len() - header_len,
+    })
+}
+
+/// Whether two headers of the same length are equal outside the fields that differ between
+/// segments of one burst (lengths, IPv4 id and checksum, TCP sequence, flags and checksum).
+fn same_flow(a: &[u8], b: &[u8], ip_len: usize, header_len: usize) -> bool {
+    let tcp = ip_len;
+    (0..header_len).all(|i| {
+        let varies = if ip_len == 20 {
+            matches!(i, 2..=5 | 10 | 11)
+        } else {
+            matches!(i, 4 | 5)
+        } || (tcp + 4..tcp + 8).contains(&i)
+            || i == tcp + 13
+            || i == tcp + 16
+            || i == tcp + 17;
+        varies || a[i] == b[i]
+    })
+}
+
+/// TCP flags a segment may carry and still be merged with the next one: ACK alone.
+const TCP_ACK: u8 = 0x10;
+
+/// How many of the packets at the head of `packets` one super-packet can carry (GRO for the TUN
+/// write): one TCP flow, contiguous sequence numbers, all full-size but the last, plain ACKs but
+/// the last (which may add PSH), under 64 KiB in all. 1 when nothing merges.
+pub(crate) fn tcp_run<'a>(mut packets: impl Iterator<Item = &'a [u8]>) -> usize {
+    let Some(first) = packets.next() else {
+        return 0;
+    };
+    let Some(head) = parse_tcp(first) else {
+        return 1;
+    };
+    if head.flags != TCP_ACK || head.payload_len == 0 {
+        return 1;
+    }
+    let mut run = 1;
+    let mut total = first.len();
+    let mut next_seq = head
+        .seq
+        .wrapping_add(u32::try_from(head.payload_len).unwrap_or(0));
+    for p in packets {
+        let Some(seg) = parse_tcp(p) else { break };
+        let fits = seg.ip_len == head.ip_len
+            && seg.header_len == head.header_len
+            && seg.seq == next_seq
+            && seg.payload_len > 0
+            && seg.payload_len <= head.payload_len
+            && (seg.flags == TCP_ACK || seg.flags == TCP_ACK | TCP_PSH)
+            && total + seg.payload_len <= 65_535
+            && same_flow(first, p, head.ip_len, head.header_len);
+        if !fits {
+            break;
+        }
+        run += 1;
+        total += seg.payload_len;
+        next_seq = next_seq.wrapping_add(u32::try_from(seg.payload_len).unwrap_or(0));
+        // A short segment or a push ends the burst.
+        if seg.payload_len < head.payload_len || seg.flags != TCP_ACK {
+            break;
+        }
+    }
+    run
+}
+
+/// Builds, into `out`, one TUN write (virtio header included) carrying `packets`, a run that
+/// [`tcp_run`] accepted: the first headers with the total length, the last segment's flags, and
+/// a partial checksum the kernel completes per segment when it splits the packet again.
+pub(crate) fn coalesce(packets: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
+    let first = *packets.first()?;
+    let head = parse_tcp(first)?;
+    let last = parse_tcp(packets.last()?)?;
+    out.clear();
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    hdr[0] = F_NEEDS_CSUM;
+    hdr[1] = if head.ip_len == 20 {
+        GSO_TCPV4
+    } else {
+        GSO_TCPV6
+    };
+    hdr[2..4].copy_from_slice(&u16::try_from(head.header_len).ok()?.to_ne_bytes());
+    hdr[4..6].copy_from_slice(&u16::try_from(head.payload_len).ok()?.to_ne_bytes());
+    hdr[6..8].copy_from_slice(&u16::try_from(head.ip_len).ok()?.to_ne_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&first[..head.header_len]);
+    for p in packets {
+        out.extend_from_slice(&p[head.header_len..]);
+    }
+    let packet = &mut out[VNET_HDR_LEN..];
+    let total = packet.len();
+    let tcp = head.ip_len;
+    packet[tcp + 13] = last.flags;
+    if head.ip_len == 20 {
+        packet[2..4].copy_from_slice(&u16::try_from(total).ok()?.to_be_bytes());
+        packet[10..12].copy_from_slice(&[0, 0]);
+        let sum = !fold(sum16(&packet[..20], 0));
+        packet[10..12].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        packet[4..6].copy_from_slice(&u16::try_from(total - 40).ok()?.to_be_bytes());
+    }
+    // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
+    let tcp_total = u32::try_from(total - tcp).ok()?;
+    let pseudo = if head.ip_len == 20 {
+        sum16(&packet[12..20], 6 + tcp_total)
+    } else {
+        sum16(&packet[8..40], 6 + tcp_total)
+    };
+    packet[tcp + 16..tcp + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +432,59 @@ mod tests {
             split(&mut read, &mut Vec::new(), |_| {}),
             Err(SplitError::Unsupported(3))
         );
+    }
+
+    #[test]
+    fn coalesced_burst_splits_back_into_the_same_segments() {
+        let big = tcp4(4000, 0x10);
+        let mut read = hdr(F_NEEDS_CSUM, GSO_TCPV4, 1380, 20, 16).to_vec();
+        read.extend_from_slice(&big);
+        let mut segs = Vec::new();
+        split(&mut read, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+        // The last segment of a burst may carry PSH.
+        let last = segs.len() - 1;
+        segs[last][33] |= TCP_PSH;
+        let refs: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
+        assert_eq!(tcp_run(refs.iter().copied()), 3);
+        let mut merged = Vec::new();
+        coalesce(&refs, &mut merged).unwrap();
+        assert_eq!(merged.len(), VNET_HDR_LEN + 40 + 4000);
+        assert_eq!(merged[1], GSO_TCPV4);
+        assert_eq!(u16::from_ne_bytes([merged[4], merged[5]]), 1380);
+        assert_eq!(merged[VNET_HDR_LEN + 33], 0x10 | TCP_PSH);
+        // Splitting it the way the kernel would gives the segments back, checksums valid.
+        let mut again = Vec::new();
+        split(&mut merged, &mut Vec::new(), |s| again.push(s.to_vec())).unwrap();
+        assert_eq!(again.len(), 3);
+        for (a, b) in again.iter().zip(&segs) {
+            assert!(tcp4_ok(a) && ipv4_ok(a));
+            assert_eq!(a[40..], b[40..]);
+            assert_eq!(a[24..28], b[24..28]);
+        }
+    }
+
+    #[test]
+    fn runs_stop_at_gaps_other_flows_and_non_tcp() {
+        let a = tcp4(100, 0x10);
+        let mut b = tcp4(100, 0x10);
+        b[24..28].copy_from_slice(&1100u32.to_be_bytes());
+        let mut gap = b.clone();
+        gap[24..28].copy_from_slice(&9999u32.to_be_bytes());
+        let mut other_port = b.clone();
+        other_port[22..24].copy_from_slice(&81u16.to_be_bytes());
+        let udp = {
+            let mut u = a.clone();
+            u[9] = 17;
+            u
+        };
+        let syn = tcp4(0, 0x02);
+        assert_eq!(tcp_run([a.as_slice(), b.as_slice()].into_iter()), 2);
+        assert_eq!(tcp_run([a.as_slice(), gap.as_slice()].into_iter()), 1);
+        assert_eq!(
+            tcp_run([a.as_slice(), other_port.as_slice()].into_iter()),
+            1
+        );
+        assert_eq!(tcp_run([udp.as_slice(), a.as_slice()].into_iter()), 1);
+        assert_eq!(tcp_run([syn.as_slice(), a.as_slice()].into_iter()), 1);
     }
 }

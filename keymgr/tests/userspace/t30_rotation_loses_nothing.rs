@@ -229,6 +229,7 @@ fn ten_rotations_during_tcp_transfer_reset_nothing() -> Result<()> {
         "TcpRetransSegs",
         "TcpExtTCPLossProbes",
         "TcpExtTCPTimeouts",
+        "TcpExtTCPLossProbeRecovery",
     ])?;
     let counters: Vec<String> = counters
         .lines()
