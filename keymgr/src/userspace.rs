@@ -482,8 +482,9 @@ impl UserspaceTunnel {
             source,
         };
         let udp = UdpSocket::bind(config.listen).map_err(socket_err)?;
-        // Both descriptors are non-blocking: the loops wait in `poll` and then drain a batch.
-        udp.set_nonblocking(true).map_err(socket_err)?;
+        // The loops wait in `poll`, then drain a batch: the TUN descriptor is non-blocking, the
+        // socket is read with MSG_DONTWAIT but stays blocking for sends, so a full send buffer
+        // slows the sender down instead of dropping datagrams.
         tun.set_nonblock().map_err(|e| TunnelError::Tun {
             ifname: config.ifname.clone(),
             source: e.into(),
