@@ -134,7 +134,8 @@ impl MapSync {
                     .pod_ip
                     .get(&ep.endpoint_id)
                     .is_some_and(|m| !m.is_empty());
-            if !changed.contains(&ep.name()) && !(ips_changed && has_ip_rules) {
+            let due = changed.contains(&ep.name()) || (ips_changed && has_ip_rules);
+            if !due {
                 continue;
             }
             stats.endpoints += 1;
