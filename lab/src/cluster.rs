@@ -19,10 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::exec::{run_output, spawn_in_netns};
-use crate::procs::{is_alive, spawn_detached, start_time};
+use crate::procs::is_alive;
 use crate::state::{
-    ClusterState, LabState, PodState, ProcessRecord, ProcessRole, agent_dir, agent_socket, log_dir,
-    pin_root,
+    ClusterState, LabState, PodState, ProcessRole, agent_dir, agent_socket, log_dir, pin_root,
 };
 use crate::{LabError, spec};
 
@@ -50,37 +49,53 @@ pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
 /// Waits until the control plane knows every node and every pod: `up` returns a cluster whose
 /// state a user can read back at once (`node list`, `identity list`).
 fn wait_published(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
-    let cfg = operator_client_config(state, c)?;
     let want = (state.nodes.len(), state.pods.len());
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let cfg = cfg.clone();
-        let seen = spawn_in_netns(&c.cp_netns, move || {
-            let client = palisade_cp_client::Client::new(cfg).ok()?;
-            Some((
-                client.list_nodes().ok()?.len(),
-                client.list_endpoints().ok()?.len(),
+    until_control_plane(state, c, "agent-n1", move |client| {
+        let seen = (
+            client.list_nodes().map_err(|e| e.to_string())?.len(),
+            client.list_endpoints().map_err(|e| e.to_string())?.len(),
+        );
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {} nodes and {} endpoints registered, saw {} and {}",
+                want.0, want.1, seen.0, seen.1
             ))
-        })
-        .join()
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-        if seen == Some(want) {
-            return Ok(());
         }
-        if Instant::now() >= deadline {
-            return Err(LabError::NotReady {
-                pod: "control plane".to_string(),
-                reason: format!(
-                    "expected {} nodes and {} endpoints registered, saw {seen:?}",
-                    want.0, want.1
-                ),
-                log: log_dir(&state.name).join("agent-n1.log"),
-            });
+    })
+}
+
+/// Asks the control plane, as the operator and from inside its host namespace (one thread, one
+/// client), until `ready` answers `Ok`, for at most [`START_TIMEOUT`]; the error carries the last
+/// answer and points at the log of process `log_of`.
+fn until_control_plane(
+    state: &LabState,
+    c: &ClusterState,
+    log_of: &str,
+    ready: impl Fn(&palisade_cp_client::Client) -> Result<(), String> + Send + 'static,
+) -> Result<(), LabError> {
+    let cfg = operator_client_config(state, c)?;
+    let outcome = spawn_in_netns(&c.cp_netns, move || {
+        let client = palisade_cp_client::Client::new(cfg).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match ready(&client) {
+                Ok(()) => return Ok(()),
+                Err(last) if Instant::now() >= deadline => return Err(last),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .join()
+    .map_err(|_| "the polling thread panicked".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    .and_then(|r| r);
+    outcome.map_err(|reason| LabError::NotReady {
+        pod: "control plane".to_string(),
+        reason,
+        log: log_dir(&state.name).join(format!("{log_of}.log")),
+    })
 }
 
 /// Runs `palisade controlplane certs ARGS`.
@@ -157,17 +172,6 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
     Ok(())
 }
 
-fn record(state: &mut LabState, role: ProcessRole, name: &str, netns: Option<&str>, pid: u32) {
-    state.processes.push(ProcessRecord {
-        role,
-        name: name.to_string(),
-        netns: netns.map(str::to_string),
-        pid,
-        start_time: start_time(pid),
-        log: log_dir(&state.name).join(format!("{name}.log")),
-    });
-}
-
 fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), LabError> {
     let peers: Vec<String> = (1..=c.voters)
         .flat_map(|k| {
@@ -200,46 +204,24 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
             "--init".to_string(),
         ];
         args.extend(peers.iter().cloned());
-        let name = format!("cp{k}");
-        let log = log_dir(&state.name).join(format!("{name}.log"));
-        let pid = spawn_detached(Some(&c.cp_netns), &state.palisade_bin, &args, &log)?;
-        record(
-            state,
+        let bin = state.palisade_bin.clone();
+        state.spawn_process(
             ProcessRole::ControlPlane,
-            &name,
-            Some(&c.cp_netns.clone()),
-            pid,
-        );
-        state.save()?;
+            &format!("cp{k}"),
+            Some(&c.cp_netns),
+            &bin,
+            &args,
+        )?;
     }
-    // A leader is elected when a member's status names one (asked as the operator would).
-    let cfg = operator_client_config(state, c)?;
-    let ns = c.cp_netns.clone();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let cfg = cfg.clone();
-        let leader = spawn_in_netns(&ns, move || {
-            palisade_cp_client::Client::new(cfg)
-                .ok()
-                .and_then(|client| client.cluster_status().ok())
-                .is_some_and(|s| s["leader"].as_u64().is_some())
-        })
-        .join()
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(false);
-        if leader {
-            return Ok(());
+    // A leader is elected when a member's status names one.
+    until_control_plane(state, c, "cp1", |client| {
+        let status = client.cluster_status().map_err(|e| e.to_string())?;
+        if status["leader"].as_u64().is_some() {
+            Ok(())
+        } else {
+            Err(format!("no leader elected within {START_TIMEOUT:?}"))
         }
-        if Instant::now() >= deadline {
-            return Err(LabError::NotReady {
-                pod: "control plane".to_string(),
-                reason: format!("no leader elected within {START_TIMEOUT:?}"),
-                log: log_dir(&state.name).join("cp1.log"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 /// How the operator (the CLI's `--lab`, and the lab itself) reaches the control plane: the
@@ -305,18 +287,21 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
             .display()
             .to_string(),
     ]);
-    let name = format!("agent-{}", node.name);
-    let log = log_dir(&state.name).join(format!("{name}.log"));
-    let pid = spawn_detached(None, &state.palisade_bin, &args, &log)?;
-    record(state, ProcessRole::NodeAgent, &name, None, pid);
-    state.save()?;
+    let bin = state.palisade_bin.clone();
+    let agent = state.spawn_process(
+        ProcessRole::NodeAgent,
+        &format!("agent-{}", node.name),
+        None,
+        &bin,
+        &args,
+    )?;
     let deadline = Instant::now() + START_TIMEOUT;
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if !is_alive(pid, start_time(pid)) || Instant::now() >= deadline {
+        if !is_alive(agent.pid, agent.start_time) || Instant::now() >= deadline {
             return Err(LabError::NotReady {
                 pod: format!("agent of {}", node.name),
                 reason: "its socket did not open".to_string(),
-                log,
+                log: agent.log,
             });
         }
         std::thread::sleep(Duration::from_millis(100));

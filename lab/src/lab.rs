@@ -12,8 +12,8 @@ use crate::exec::run_output;
 use crate::exec::{exec_in, ip, ip_batch};
 use crate::matrix::{Matrix, PairResult};
 use crate::parallel::parallel_map;
-use crate::procs::{is_alive, spawn_detached, start_time};
-use crate::state::{LabState, NodeState, PodState, ProcessRecord, ProcessRole, log_dir};
+use crate::procs::is_alive;
+use crate::state::{LabState, NodeState, PodState, ProcessRecord, ProcessRole};
 use crate::{LabError, LabSpec, spec, up};
 
 /// Probes run at once by [`Lab::matrix`].
@@ -86,19 +86,7 @@ impl Lab {
         args: &[String],
     ) -> Result<ProcessRecord, LabError> {
         self.reload()?;
-        let log = log_dir(&self.state.name).join(format!("{name}.log"));
-        let pid = spawn_detached(netns, program, args, &log)?;
-        let record = ProcessRecord {
-            role,
-            name: name.to_string(),
-            netns: netns.map(str::to_string),
-            pid,
-            start_time: start_time(pid),
-            log,
-        };
-        self.state.processes.push(record.clone());
-        self.state.save()?;
-        Ok(record)
+        self.state.spawn_process(role, name, netns, program, args)
     }
 
     /// Whether a recorded process is still running (same pid and start time).

@@ -248,6 +248,32 @@ pub struct ProcessRecord {
 // === impl LabState ===
 
 impl LabState {
+    /// Starts a long-running process detached inside `netns` (the root namespace when `None`),
+    /// logging to `logs/<name>.log`, records it and saves the state before returning, so `down`
+    /// kills it even if the caller crashes next.
+    pub fn spawn_process(
+        &mut self,
+        role: ProcessRole,
+        name: &str,
+        netns: Option<&str>,
+        program: &Path,
+        args: &[String],
+    ) -> Result<ProcessRecord, LabError> {
+        let log = log_dir(&self.name).join(format!("{}.log", name.replace('/', "_")));
+        let pid = crate::procs::spawn_detached(netns, program, args, &log)?;
+        let record = ProcessRecord {
+            role,
+            name: name.to_string(),
+            netns: netns.map(str::to_string),
+            pid,
+            start_time: crate::procs::start_time(pid),
+            log,
+        };
+        self.processes.push(record.clone());
+        self.save()?;
+        Ok(record)
+    }
+
     /// The pod with this name.
     pub fn pod(&self, name: &str) -> Option<&PodState> {
         self.pods.iter().find(|p| p.name == name)

@@ -7,7 +7,7 @@
 //! changes, and an update with one the engine cannot read is not applied at all (the previous
 //! state stays in force and the error is reported), so a bad object never opens traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -140,7 +140,7 @@ impl ClusterView {
         let identities = std::mem::take(&mut self.identities);
         let remote = std::mem::take(&mut self.remote);
         let policies = std::mem::take(&mut self.policies);
-        let ops = parse_all(policies.into_values().map(Some).collect())?;
+        let ops = self.policy_ops(policies.into_iter().map(|(k, r)| (k, Some(r))).collect())?;
         for (id, labels) in identities {
             self.bind(engine, id, labels);
         }
@@ -159,20 +159,13 @@ impl ClusterView {
         engine: &mut Engine,
         dp: &mut Datapath,
     ) -> Result<Applied, ViewError> {
-        let present: BTreeSet<String> = snap.policies.iter().map(|p| p.key.storage_key()).collect();
-        let mut objects: Vec<Option<PolicyRecord>> =
-            snap.policies.iter().cloned().map(Some).collect();
-        let gone: Vec<String> = self
-            .policies
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        let ops = {
-            let mut ops = parse_all(std::mem::take(&mut objects))?;
-            ops.extend(gone.into_iter().map(PolicyOp::Delete));
-            ops
-        };
+        // Every stored object absent from the snapshot is deleted; present ones are (re)applied.
+        let mut updates: BTreeMap<String, Option<PolicyRecord>> =
+            self.policies.keys().map(|k| (k.clone(), None)).collect();
+        for p in &snap.policies {
+            updates.insert(p.key.storage_key(), Some(p.clone()));
+        }
+        let ops = self.policy_ops(updates)?;
         let mut applied = Applied::default();
         // Identities: unbind the released ones first (their labels may come back under a new id).
         let want: BTreeMap<u32, &Vec<String>> =
@@ -227,43 +220,40 @@ impl ClusterView {
         engine: &mut Engine,
         dp: &mut Datapath,
     ) -> Result<Applied, ViewError> {
-        // Parse every policy object first: all or nothing.
-        let mut latest: BTreeMap<&str, (Option<PolicyRecord>, u64)> = BTreeMap::new();
+        // Parse every policy object first: all or nothing. Each object's last change wins.
+        let mut updates: BTreeMap<String, Option<PolicyRecord>> = BTreeMap::new();
+        let mut committed_at: BTreeMap<&str, u64> = BTreeMap::new();
         for c in changes.iter().filter(|c| c.kind == "policy") {
             let rec = match &c.value {
-                Some(v) => Some(serde_json::from_value::<PolicyRecord>(v.clone()).map_err(
-                    |e| ViewError::Policy {
-                        key: c.key.clone(),
-                        reason: format!("not a policy record: {e}"),
-                    },
-                )?),
+                Some(v) => Some(PolicyRecord::deserialize(v).map_err(|e| ViewError::Policy {
+                    key: c.key.clone(),
+                    reason: format!("not a policy record: {e}"),
+                })?),
                 None => None,
             };
-            latest.insert(c.key.as_str(), (rec, c.at_ms));
+            updates.insert(c.key.clone(), rec);
+            committed_at.insert(c.key.as_str(), c.at_ms);
         }
+        let ops = self.policy_ops(updates)?;
         let mut applied = Applied::default();
-        let mut objects = Vec::new();
-        let mut deletes = Vec::new();
-        for (key, (rec, at)) in latest {
-            applied.policy_changed_at_ms.push(at);
-            match rec {
-                Some(r) => objects.push(Some(r)),
-                None => deletes.push(key.to_owned()),
-            }
+        // Only what this update changes counts as propagated (a replayed change was enforced
+        // when it first came).
+        for op in &ops {
+            let key = match op {
+                PolicyOp::Apply(rec, _) => rec.key.storage_key(),
+                PolicyOp::Delete(key) => key.clone(),
+            };
+            applied
+                .policy_changed_at_ms
+                .extend(committed_at.get(key.as_str()).copied());
         }
-        let mut ops = parse_all(objects)?;
-        ops.extend(deletes.into_iter().map(PolicyOp::Delete));
         for c in changes {
             match c.kind.as_str() {
                 "identity" => {
                     let Ok(id) = c.key.parse::<u32>() else {
                         continue;
                     };
-                    match c
-                        .value
-                        .as_ref()
-                        .and_then(|v| serde_json::from_value::<Identity>(v.clone()).ok())
-                    {
+                    match c.value.as_ref().and_then(|v| Identity::deserialize(v).ok()) {
                         Some(i) => {
                             applied.identities += usize::from(self.bind(engine, i.id, i.labels))
                         }
@@ -274,10 +264,7 @@ impl ClusterView {
                     let Ok(ip) = c.key.parse::<IpAddr>() else {
                         continue;
                     };
-                    let ep = c
-                        .value
-                        .as_ref()
-                        .and_then(|v| serde_json::from_value::<Endpoint>(v.clone()).ok());
+                    let ep = c.value.as_ref().and_then(|v| Endpoint::deserialize(v).ok());
                     match ep {
                         Some(e) if e.node != node => {
                             applied.ipcache += self.set_remote(dp, ip, Some(e.identity))?
@@ -289,7 +276,7 @@ impl ClusterView {
                 "node" => match c
                     .value
                     .as_ref()
-                    .and_then(|v| serde_json::from_value::<NodeRecord>(v.clone()).ok())
+                    .and_then(|v| NodeRecord::deserialize(v).ok())
                 {
                     Some(n) => {
                         self.nodes.insert(n.name.clone(), n);
@@ -310,6 +297,40 @@ impl ClusterView {
     /// caller) so the saved view has it before the feed echoes it.
     pub fn note_identity(&mut self, id: u32, labels: Vec<String>) {
         self.identities.insert(id, labels);
+    }
+
+    /// What to do for each `kind/namespace/name` (`None`: deleted): objects equal to the applied
+    /// ones and deletions of absent ones are skipped (a reconnect's snapshot or a replayed change
+    /// recompiles nothing); the others are parsed with the engine's loader, the first unreadable
+    /// one failing the whole update.
+    fn policy_ops(
+        &self,
+        updates: BTreeMap<String, Option<PolicyRecord>>,
+    ) -> Result<Vec<PolicyOp>, ViewError> {
+        let mut ops = Vec::new();
+        for (key, rec) in updates {
+            let Some(rec) = rec else {
+                if self.policies.contains_key(&key) {
+                    ops.push(PolicyOp::Delete(key));
+                }
+                continue;
+            };
+            if self.policies.get(&key) == Some(&rec) && self.engine_keys.contains_key(&key) {
+                continue;
+            }
+            let text = serde_json::to_string(&rec.object).map_err(|e| ViewError::Policy {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            // JSON is YAML: the same loader as `palisade policy test` and the policy directory.
+            let parsed =
+                palisade_policy::load::load_file(&key, &text).map_err(|e| ViewError::Policy {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            ops.push(PolicyOp::Apply(rec, parsed));
+        }
+        Ok(ops)
     }
 
     fn bind(&mut self, engine: &mut Engine, id: u32, labels: Vec<String>) -> bool {
@@ -407,24 +428,4 @@ impl ClusterView {
             }
         }
     }
-}
-
-/// Parses policy records into engine policies; the first unreadable one fails the whole update.
-fn parse_all(records: Vec<Option<PolicyRecord>>) -> Result<Vec<PolicyOp>, ViewError> {
-    let mut ops = Vec::new();
-    for rec in records.into_iter().flatten() {
-        let key = rec.key.storage_key();
-        let text = serde_json::to_string(&rec.object).map_err(|e| ViewError::Policy {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
-        // JSON is YAML: the same loader as `palisade policy test` and the policy directory.
-        let parsed =
-            palisade_policy::load::load_file(&key, &text).map_err(|e| ViewError::Policy {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-        ops.push(PolicyOp::Apply(rec, parsed));
-    }
-    Ok(ops)
 }

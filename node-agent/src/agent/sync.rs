@@ -128,13 +128,14 @@ impl MapSync {
         let mut registered = BTreeSet::new();
         for ep in registry.iter() {
             registered.insert(ep.endpoint_id);
-            let ms = engine.map_state(&ep.name());
-            let has_ip_rules = ms.is_some_and(|m| !m.ip_rules.is_empty())
-                || self
-                    .pod_ip
-                    .get(&ep.endpoint_id)
-                    .is_some_and(|m| !m.is_empty());
-            let due = changed.contains(&ep.name()) || (ips_changed && has_ip_rules);
+            let name = ep.name();
+            let ms = engine.map_state(&name);
+            // Pod-address entries depend on every pod's address: recompute them for endpoints
+            // with `ipBlock` rules (or entries written from them) when the addresses changed.
+            let due = changed.contains(&name)
+                || (ips_changed
+                    && (ms.is_some_and(|m| !m.ip_rules.is_empty())
+                        || self.pod_ip.contains_key(&ep.endpoint_id)));
             if !due {
                 continue;
             }
