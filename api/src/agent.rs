@@ -68,6 +68,12 @@ pub enum AgentRequest {
     },
     /// The agent's state: node, pod CIDR, endpoints, policy revision.
     Status {},
+    /// Node-to-node encryption: backend, interface, key fingerprint and epoch, peers
+    /// (`palisade encrypt status`); answered with `Status`.
+    EncryptStatus {},
+    /// Rotate this node's WireGuard key now, make-before-break (`palisade encrypt rotate`);
+    /// answered with `Status` holding the encryption status after the rotation.
+    EncryptRotate {},
 }
 
 /// Everything the agent needs to enforce policy for a new endpoint.

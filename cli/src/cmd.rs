@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod connect;
+pub mod encrypt;
 pub mod identity;
 pub mod lab;
 pub mod lab_test;

@@ -39,6 +39,8 @@ enum Command {
     Identity(cmd::identity::Args),
     /// Nodes registered in the control plane.
     Node(cmd::node::Args),
+    /// Node-to-node WireGuard encryption: status per node, and key rotation on demand.
+    Encrypt(cmd::encrypt::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Encrypt(args) => cmd::encrypt::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

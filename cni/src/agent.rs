@@ -85,6 +85,8 @@ pub fn op_name(req: &AgentRequest) -> &'static str {
         AgentRequest::EndpointDel { .. } => "endpointDel",
         AgentRequest::EndpointGet { .. } => "endpointGet",
         AgentRequest::Status {} => "status",
+        AgentRequest::EncryptStatus {} => "encryptStatus",
+        AgentRequest::EncryptRotate {} => "encryptRotate",
     }
 }
 

@@ -27,6 +27,8 @@ use crate::{LabError, spec};
 
 /// How long the control plane may take to elect a leader, and an agent to open its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pods' MTU when the nodes encrypt: the WireGuard interface's (keymgr's default).
+const TUNNEL_MTU: u32 = 1420;
 
 /// Starts the control plane and the agents, then creates every pod through the CNI plugin.
 pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
@@ -277,6 +279,15 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
         "--metrics-listen".to_string(),
         format!("{}:9962", node.underlay_ip),
     ];
+    if c.encryption {
+        args.extend([
+            "--encryption".to_string(),
+            "wireguard".to_string(),
+            // Seconds, not minutes: labs and tests rotate many times in a row.
+            "--wireguard-key-grace".to_string(),
+            "20s".to_string(),
+        ]);
+    }
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);
     }
@@ -328,13 +339,18 @@ fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String,
         .iter()
         .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
         .collect();
-    let conf = serde_json::json!({
+    let mut conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "palisade",
         "type": "palisade-cni",
         "agentSocket": agent_socket(&state.name, &node.name),
         "args": {"cni": {"labels": labels}},
     });
+    if state.cluster.as_ref().is_some_and(|c| c.encryption) {
+        // The tunnel's MTU (1420), as Cilium lowers pod MTUs when WireGuard is on: a full-size
+        // pod packet would not fit the tunnel.
+        conf["mtu"] = serde_json::json!(TUNNEL_MTU);
+    }
     let IpAddr::V4(ip) = pod.ip else {
         return Err(LabError::InvalidSpec {
             name: state.name.clone(),

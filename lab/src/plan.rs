@@ -167,6 +167,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         ClusterState {
             voters: c.voters,
             cni_bin: c.cni_bin.clone(),
+            encryption: c.encryption,
             cp_netns: format!("{}cp", netns_prefix(&s.name)),
             api_urls: (1..=c.voters)
                 .map(|k| format!("https://{}", ClusterState::voter_addrs(k).1))

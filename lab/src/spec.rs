@@ -69,6 +69,9 @@ pub struct ClusterPlan {
     pub voters: usize,
     /// The `palisade-cni` plugin.
     pub cni_bin: PathBuf,
+    /// WireGuard between the nodes (agents run with `--encryption wireguard`; pod traffic
+    /// between nodes is routed only through the tunnel, and pods get the tunnel's MTU).
+    pub encryption: bool,
 }
 
 /// Address of the control plane's host (outside the underlay and the pod CIDR).

@@ -105,6 +105,9 @@ pub struct ClusterState {
     pub cni_bin: PathBuf,
     /// The control plane's host namespace.
     pub cp_netns: String,
+    /// WireGuard between the nodes.
+    #[serde(default)]
+    pub encryption: bool,
     /// Each voter's client API URL.
     pub api_urls: Vec<String>,
 }

@@ -225,7 +225,14 @@ fn build_node(c: Cmds<'_>, state: &LabState, i: usize) -> Result<(), LabError> {
         len = n.underlay_prefix,
         dev = n.underlay_iface
     );
-    for other in state.nodes.iter().filter(|o| o.name != n.name) {
+    // With encryption the agents route other nodes' pods through the tunnel once it is peered;
+    // until then there is no route at all, so nothing crosses the underlay in clear text.
+    let encrypted = state.cluster.as_ref().is_some_and(|c| c.encryption);
+    for other in state
+        .nodes
+        .iter()
+        .filter(|o| o.name != n.name && !encrypted)
+    {
         script.push_str(&format!(
             "route add {} via {} dev {}\n",
             other.pod_cidr, other.underlay_ip, n.underlay_iface

@@ -16,10 +16,15 @@
 //! endpoints into the ipcache and applies the policy objects; the agent publishes its endpoints
 //! and acknowledges the policy revision it enforces. Without one, identities are allocated by
 //! the agent's own engine and policy comes from the policy directory alone.
+//!
+//! With encryption (`encryption` in the config), `encryption::Encryption` holds the node's
+//! WireGuard keys and tunnel: its public key is what the node registers, the other nodes'
+//! records become its peers, and their pod CIDRs are routed through it.
 
 mod cluster_view;
 mod config;
 mod control_plane;
+mod encryption;
 mod ipam;
 mod metrics;
 mod registry;
@@ -28,6 +33,15 @@ mod sync;
 
 pub use cluster_view::ClusterView;
 pub use config::{AgentConfig, ControlPlaneConfig};
+pub use encryption::{BackendChoice, EncryptionConfig, EncryptionError};
+
+/// Defaults of the encryption settings, for flags.
+pub mod encryption_defaults {
+    /// WireGuard UDP port.
+    pub const PORT: u16 = super::encryption::DEFAULT_PORT;
+    /// Interface name.
+    pub const INTERFACE: &str = super::encryption::DEFAULT_INTERFACE;
+}
 pub use ipam::{Ipam, IpamError};
 pub use registry::{RegisteredEndpoint, Registry};
 pub use server::{AgentError, request, run};

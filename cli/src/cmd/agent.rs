@@ -8,7 +8,9 @@ use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
 use palisade_cp_client::{ClientConfig, TlsConfig};
-use palisade_node_agent::agent::{self, AgentConfig, ControlPlaneConfig};
+use palisade_node_agent::agent::{
+    self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig,
+};
 use palisade_node_agent::datapath::DatapathConfig;
 
 use super::Output;
@@ -17,7 +19,7 @@ use super::Output;
 const PLACEHOLDER_WIREGUARD_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 /// Default socket of the agent.
-const DEFAULT_SOCKET: &str = "/run/palisade/agent.sock";
+pub const DEFAULT_SOCKET: &str = "/run/palisade/agent.sock";
 
 /// Arguments of `palisade agent`.
 #[derive(Debug, clap::Args)]
@@ -102,10 +104,53 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Encrypt pod traffic to other nodes with WireGuard (needs --control-plane: the node's
+    /// public key is published there and the other nodes' records become the peers). The
+    /// private key is generated here, stored under --state-dir/wireguard (0600) and never sent.
+    #[arg(long, value_enum, default_value_t = EncryptionMode::Disabled, requires = "control_plane")]
+    encryption: EncryptionMode,
+    /// WireGuard implementation: `auto` takes the kernel's where its module is loaded, else
+    /// the userspace one inside the agent; `palisade encrypt status` shows which and why.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    wireguard_backend: Backend,
+    /// WireGuard UDP port on the underlay (every node uses the same).
+    #[arg(long, default_value_t = agent::encryption_defaults::PORT)]
+    wireguard_port: u16,
+    /// WireGuard interface name.
+    #[arg(long, default_value = agent::encryption_defaults::INTERFACE)]
+    wireguard_interface: String,
+    /// Rotate the node's key this often (make-before-break; `palisade encrypt rotate` rotates
+    /// on demand).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    wireguard_rotation_interval: std::time::Duration,
+    /// Keep a superseded key (ours, or a peer's) working this long after a rotation; then it
+    /// is wiped.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    wireguard_key_grace: std::time::Duration,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+}
+
+/// `--encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EncryptionMode {
+    /// No encryption: pod traffic to other nodes is routed in clear on the underlay.
+    Disabled,
+    /// WireGuard between nodes.
+    Wireguard,
+}
+
+/// `--wireguard-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// Kernel where the module is loaded, else userspace.
+    Auto,
+    /// The kernel module.
+    Kernel,
+    /// Userspace WireGuard inside the agent.
+    Userspace,
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,7 +227,21 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
             wireguard_epoch: 0,
         })
     };
+    let encryption = (a.encryption == EncryptionMode::Wireguard).then(|| {
+        let mut e = EncryptionConfig::new(&a.state_dir);
+        e.backend = match a.wireguard_backend {
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Kernel => BackendChoice::Kernel,
+            Backend::Userspace => BackendChoice::Userspace,
+        };
+        e.port = a.wireguard_port;
+        e.interface = a.wireguard_interface.clone();
+        e.rotation_interval = a.wireguard_rotation_interval;
+        e.grace = a.wireguard_key_grace;
+        e
+    });
     let config = AgentConfig {
+        encryption,
         node: a.node,
         pod_cidr: a.pod_cidr,
         node_ips: a.node_ips,

@@ -142,6 +142,19 @@ struct UpArgs {
     /// The CNI plugin the lab's runtime calls [default: palisade-cni next to this binary].
     #[arg(long, value_name = "PATH")]
     cni_bin: Option<std::path::PathBuf>,
+    /// Node-to-node encryption of pod traffic (with a control plane): `wireguard` runs every
+    /// agent with `--encryption wireguard` (see `palisade encrypt status --lab NAME`).
+    #[arg(long, value_enum, default_value_t = LabEncryption::Wireguard)]
+    encryption: LabEncryption,
+}
+
+/// `lab up --encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LabEncryption {
+    /// Pod traffic between nodes is routed in clear on the underlay.
+    Disabled,
+    /// WireGuard between the nodes.
+    Wireguard,
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,6 +249,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     if a.control_plane_voters > 0 {
         spec.cluster = Some(palisade_lab::ClusterPlan {
             voters: a.control_plane_voters,
+            encryption: a.encryption == LabEncryption::Wireguard,
             cni_bin: a
                 .cni_bin
                 .clone()

@@ -123,6 +123,11 @@ fn answer(state: &mut State, pool: [u8; 3], req: AgentRequest) -> AgentResponse 
         AgentRequest::Status {} => AgentResponse::Status {
             status: serde_json::json!({"fake": true}),
         },
+        // The CNI plugin never sends these; answering keeps the stand-in total.
+        AgentRequest::EncryptStatus {} | AgentRequest::EncryptRotate {} => AgentResponse::Error {
+            code: 4,
+            message: "the fake agent has no encryption".into(),
+        },
     }
 }
 

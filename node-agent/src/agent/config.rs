@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
+use super::encryption::EncryptionConfig;
 use crate::datapath::DatapathConfig;
 
 /// Everything the agent needs to start.
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     pub control_plane: Option<ControlPlaneConfig>,
     /// Where to serve Prometheus `/metrics` (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// WireGuard between nodes; `None`: pod traffic to other nodes leaves unencrypted.
+    pub encryption: Option<EncryptionConfig>,
 }
 
 /// How the agent reaches the control plane and presents its node.
@@ -40,7 +43,8 @@ pub struct ControlPlaneConfig {
     pub client: ClientConfig,
     /// This node's underlay address, as registered (other nodes route its pods through it).
     pub node_address: IpAddr,
-    /// This node's WireGuard public key (base64) and its epoch, as registered.
+    /// The WireGuard public key (base64) and epoch registered when the agent runs without
+    /// encryption (with it, the key store's current key is registered instead).
     pub wireguard_public_key: String,
     /// Epoch of that key.
     pub wireguard_epoch: u64,

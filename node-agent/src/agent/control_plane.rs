@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,11 +73,15 @@ pub enum Publish {
     EndpointGone(IpAddr),
     /// This node enforces that policy revision.
     Ack(u64),
+    /// The node's registration changed (a rotated WireGuard key): register it again.
+    Register,
 }
 
 /// The run loop's handle on the two threads.
 pub struct Link {
     client: Arc<Client>,
+    /// What the node registers as; shared with both threads so a new key is what they send.
+    registration: Arc<Mutex<NodeRegistration>>,
     updates: Receiver<Update>,
     wake: UnixStream,
     publish: Sender<Publish>,
@@ -93,6 +97,8 @@ impl Link {
             .map_err(|e| format!("wake pipe: {e}"))?;
         let (tx, updates) = mpsc::channel();
         let (publish, rx) = mpsc::channel();
+        let node = registration.name.clone();
+        let registration = Arc::new(Mutex::new(registration));
         let follower = Follower {
             client: client.clone(),
             registration: registration.clone(),
@@ -105,7 +111,8 @@ impl Link {
             .map_err(|e| format!("starting the follower thread: {e}"))?;
         let publisher = Publisher {
             client: client.clone(),
-            node: registration.name,
+            node,
+            registration: registration.clone(),
             rx,
         };
         thread::Builder::new()
@@ -114,6 +121,7 @@ impl Link {
             .map_err(|e| format!("starting the publisher thread: {e}"))?;
         Ok(Link {
             client,
+            registration,
             updates,
             wake,
             publish,
@@ -137,6 +145,17 @@ impl Link {
         let _ = self.publish.send(p);
     }
 
+    /// Publishes a new WireGuard key (after a rotation): every later registration carries it,
+    /// and the publisher registers the node again now (retried until it lands).
+    pub fn set_wireguard_key(&self, public_key: String, epoch: u64) {
+        {
+            let mut reg = lock(&self.registration);
+            reg.wireguard_public_key = public_key;
+            reg.wireguard_epoch = epoch;
+        }
+        let _ = self.publish.send(Publish::Register);
+    }
+
     /// The identity of a label set, allocated by the control plane (idempotent: the same labels
     /// always get the same id). The one round trip a pod start can wait on.
     pub fn allocate(&self, labels: &[String]) -> Result<Identity, ClientError> {
@@ -146,7 +165,7 @@ impl Link {
 
 struct Follower {
     client: Arc<Client>,
-    registration: NodeRegistration,
+    registration: Arc<Mutex<NodeRegistration>>,
     tx: Sender<Update>,
     wake: UnixStream,
 }
@@ -161,9 +180,11 @@ impl Follower {
     fn run(self) {
         let mut backoff = Backoff::default();
         let mut registered = false;
+        let node = lock(&self.registration).name.clone();
         loop {
             if !registered {
-                match self.client.register_node(&self.registration) {
+                let registration = lock(&self.registration).clone();
+                match self.client.register_node(&registration) {
                     Ok(rec) => {
                         registered = true;
                         if !self.send(Update::Registered(rec)) {
@@ -202,11 +223,11 @@ impl Follower {
                             from = last.revision;
                             // A node record of ours that vanished means we were removed: register
                             // again before anything else is published.
-                            if batch.changes.iter().any(|c| {
-                                c.kind == "node"
-                                    && c.key == self.registration.name
-                                    && c.value.is_none()
-                            }) {
+                            if batch
+                                .changes
+                                .iter()
+                                .any(|c| c.kind == "node" && c.key == node && c.value.is_none())
+                            {
                                 registered = false;
                             }
                             if !self.send(Update::Changes(batch)) {
@@ -259,13 +280,13 @@ impl Follower {
 struct Publisher {
     client: Arc<Client>,
     node: String,
+    registration: Arc<Mutex<NodeRegistration>>,
     rx: Receiver<Publish>,
 }
 
 impl Publisher {
     fn run(self) {
-        let mut endpoints: BTreeMap<IpAddr, Option<Endpoint>> = BTreeMap::new();
-        let mut ack: Option<u64> = None;
+        let mut pending = Pending::default();
         let mut next_heartbeat = Instant::now() + HEARTBEAT;
         let mut backoff = Backoff::default();
         let mut failing = false;
@@ -276,12 +297,12 @@ impl Publisher {
                 next_heartbeat.saturating_duration_since(Instant::now())
             };
             match self.rx.recv_timeout(wait) {
-                Ok(p) => merge(&mut endpoints, &mut ack, p),
+                Ok(p) => pending.merge(p),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             for p in self.rx.try_iter() {
-                merge(&mut endpoints, &mut ack, p);
+                pending.merge(p);
             }
             failing = false;
             if Instant::now() >= next_heartbeat {
@@ -291,9 +312,24 @@ impl Publisher {
                 }
                 next_heartbeat = Instant::now() + HEARTBEAT;
             }
-            let pending: Vec<(IpAddr, Option<Endpoint>)> =
+            if pending.register {
+                // A key the peers must learn before the old one expires: first in line.
+                let registration = lock(&self.registration).clone();
+                match self.client.register_node(&registration) {
+                    Ok(_) => pending.register = false,
+                    Err(e) => {
+                        eprintln!(
+                            "palisade agent: publishing WireGuard key epoch {}: {e} (retrying)",
+                            registration.wireguard_epoch
+                        );
+                        failing = true;
+                    }
+                }
+            }
+            let endpoints = &mut pending.endpoints;
+            let queued: Vec<(IpAddr, Option<Endpoint>)> =
                 endpoints.iter().map(|(k, v)| (*k, v.clone())).collect();
-            for (ip, desired) in pending {
+            for (ip, desired) in queued {
                 let r = match &desired {
                     Some(ep) => self.client.put_endpoint(ep).map(|_| ()),
                     None => self.client.delete_endpoint(ip).map(|_| ()),
@@ -315,9 +351,9 @@ impl Publisher {
                     }
                 }
             }
-            if let (Some(rev), false) = (ack, failing) {
+            if let (Some(rev), false) = (pending.ack, failing) {
                 match self.client.ack(&self.node, rev) {
-                    Ok(_) => ack = None,
+                    Ok(_) => pending.ack = None,
                     Err(e) if is_retryable(&e) => failing = true,
                     Err(e) => {
                         eprintln!("palisade agent: acknowledging revision {rev}: {e}");
@@ -332,16 +368,35 @@ impl Publisher {
     }
 }
 
-fn merge(endpoints: &mut BTreeMap<IpAddr, Option<Endpoint>>, ack: &mut Option<u64>, p: Publish) {
-    match p {
-        Publish::Endpoint(ep) => {
-            endpoints.insert(ep.ip, Some(ep));
+/// Writes not yet accepted by the control plane, merged so only the latest state is sent.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Per address: the endpoint to put, or `None` to delete it.
+    endpoints: BTreeMap<IpAddr, Option<Endpoint>>,
+    /// The highest policy revision to acknowledge.
+    ack: Option<u64>,
+    /// The node must be registered again (its key changed).
+    register: bool,
+}
+
+impl Pending {
+    fn merge(&mut self, p: Publish) {
+        match p {
+            Publish::Endpoint(ep) => {
+                self.endpoints.insert(ep.ip, Some(ep));
+            }
+            Publish::EndpointGone(ip) => {
+                self.endpoints.insert(ip, None);
+            }
+            Publish::Ack(rev) => self.ack = Some(self.ack.map_or(rev, |a| a.max(rev))),
+            Publish::Register => self.register = true,
         }
-        Publish::EndpointGone(ip) => {
-            endpoints.insert(ip, None);
-        }
-        Publish::Ack(rev) => *ack = Some(ack.map_or(rev, |a| a.max(rev))),
     }
+}
+
+/// Locks the shared registration; a panicked holder left a plain record, still usable.
+fn lock(m: &Mutex<NodeRegistration>) -> std::sync::MutexGuard<'_, NodeRegistration> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether a failed write may succeed later as it is: unreachable, no leader, timeouts, and a
@@ -377,20 +432,26 @@ mod tests {
 
     #[test]
     fn the_latest_desired_state_per_address_and_the_highest_ack_win() {
-        let mut eps = BTreeMap::new();
-        let mut ack = None;
+        let mut p = Pending::default();
         let ip: IpAddr = "10.200.1.10".parse().expect("ip");
         let ep = Endpoint {
             ip,
             identity: 300,
             node: "n1".into(),
         };
-        merge(&mut eps, &mut ack, Publish::Endpoint(ep));
-        merge(&mut eps, &mut ack, Publish::EndpointGone(ip));
-        merge(&mut eps, &mut ack, Publish::Ack(7));
-        merge(&mut eps, &mut ack, Publish::Ack(5));
-        assert_eq!(eps.get(&ip), Some(&None), "the delete replaces the put");
-        assert_eq!(ack, Some(7), "acks only move forward");
+        p.merge(Publish::Endpoint(ep));
+        p.merge(Publish::EndpointGone(ip));
+        p.merge(Publish::Ack(7));
+        p.merge(Publish::Ack(5));
+        assert_eq!(
+            p.endpoints.get(&ip),
+            Some(&None),
+            "the delete replaces the put"
+        );
+        assert_eq!(p.ack, Some(7), "acks only move forward");
+        assert!(!p.register);
+        p.merge(Publish::Register);
+        assert!(p.register, "a new key is registered again");
     }
 
     #[test]

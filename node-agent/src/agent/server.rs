@@ -22,6 +22,7 @@ use palisade_api::controlplane::{Endpoint as CpEndpoint, NodeRecord, NodeRegistr
 use super::cluster_view::{Applied, ClusterView};
 use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
+use super::encryption::{Encryption, EncryptionError};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
 use super::registry::{RegisteredEndpoint, Registry};
@@ -65,6 +66,9 @@ pub enum AgentError {
     /// The control plane link or the saved view of it could not be set up.
     #[error("control plane: {0}")]
     ControlPlane(String),
+    /// Node-to-node encryption could not start.
+    #[error("encryption")]
+    Encryption(#[from] EncryptionError),
     /// The agent's answer was not a response.
     #[error("agent at `{socket}` answered something that is not a response: {detail}")]
     BadResponse {
@@ -160,6 +164,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
                 }
             }
         }
+        agent.tick_encryption();
         if Instant::now() >= next_poll {
             agent.poll_policies();
             next_poll = Instant::now() + POLICY_POLL;
@@ -195,6 +200,8 @@ struct Agent {
     view: ClusterView,
     /// How the link is doing, for status.
     cp: CpState,
+    /// WireGuard to the other nodes (`None`: not configured).
+    encryption: Option<Encryption>,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -214,6 +221,24 @@ struct CpState {
 
 impl Agent {
     fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        // The tunnel first: its key is what the node registers, and a node that cannot encrypt
+        // must not start sending its pods' traffic in the clear.
+        let encryption = match &config.encryption {
+            None => None,
+            Some(ec) => {
+                let underlay = config
+                    .control_plane
+                    .as_ref()
+                    .map(|c| c.node_address)
+                    .ok_or_else(|| {
+                        AgentError::ControlPlane(
+                            "encryption needs a control plane (peers are the other nodes it lists)"
+                                .into(),
+                        )
+                    })?;
+                Some(Encryption::start(ec.clone(), underlay)?)
+            }
+        };
         let dp = Datapath::load_with(&config.datapath)?;
         let ipam = Ipam::open(config.pod_cidr, &config.state_dir)?;
         let registry = Registry::open(&config.state_dir)
@@ -236,6 +261,7 @@ impl Agent {
             link: None,
             view: ClusterView::default(),
             cp: CpState::default(),
+            encryption,
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -251,6 +277,9 @@ impl Agent {
             view.restore(&mut agent.engine, &mut agent.dp)
                 .map_err(|e| AgentError::ControlPlane(chain(&e)))?;
             agent.view = view;
+            // Peers from the last-known-good view too: other nodes stay reachable while the
+            // control plane is not.
+            agent.refresh_peers();
         }
         // Restart order: every known endpoint and every policy into the engine first, then one
         // sync, then the programs: the maps go from the old state to the new in one diff, with
@@ -285,11 +314,15 @@ impl Agent {
             );
         }
         if let Some(cp) = agent.config.control_plane.clone() {
+            let (wireguard_public_key, wireguard_epoch) = match &agent.encryption {
+                Some(enc) => enc.published_key(),
+                None => (cp.wireguard_public_key.clone(), cp.wireguard_epoch),
+            };
             let registration = NodeRegistration {
                 name: agent.config.node.clone(),
                 address: cp.node_address,
-                wireguard_public_key: cp.wireguard_public_key.clone(),
-                wireguard_epoch: cp.wireguard_epoch,
+                wireguard_public_key,
+                wireguard_epoch,
                 pod_cidr: Some(agent.config.pod_cidr),
             };
             agent.link =
@@ -390,6 +423,15 @@ impl Agent {
             },
             AgentRequest::Status {} => AgentResponse::Status {
                 status: self.status(),
+            },
+            AgentRequest::EncryptStatus {} => AgentResponse::Status {
+                status: self.encryption_status(),
+            },
+            AgentRequest::EncryptRotate {} => match self.rotate_key() {
+                Ok(()) => AgentResponse::Status {
+                    status: self.encryption_status(),
+                },
+                Err(e) => fail(e),
             },
         }
     }
@@ -598,6 +640,7 @@ impl Agent {
             return;
         }
         self.cp.update_error = None;
+        self.refresh_peers();
         if let Err(e) = self.view.save(&self.config.state_dir) {
             eprintln!("palisade agent: saving the control-plane view: {e}");
         }
@@ -616,6 +659,55 @@ impl Agent {
         if let Some(link) = &self.link {
             link.publish(Publish::Ack(self.view.policy_revision));
         }
+    }
+
+    /// Tunnel peers and routes follow the node records in the view.
+    fn refresh_peers(&mut self) {
+        if let Some(enc) = &mut self.encryption
+            && let Err(e) = enc.set_nodes(self.view.nodes(), &self.config.node)
+        {
+            eprintln!("palisade agent: wireguard peers: {}", chain(&e));
+        }
+    }
+
+    /// Scheduled rotation and grace-period expiry; a new key is published at once.
+    fn tick_encryption(&mut self) {
+        let Some(enc) = &mut self.encryption else {
+            return;
+        };
+        match enc.tick() {
+            Ok(Some((key, epoch))) => {
+                if let Some(link) = &self.link {
+                    link.set_wireguard_key(key, epoch);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("palisade agent: wireguard: {}", chain(&e)),
+        }
+    }
+
+    /// `palisade encrypt rotate`: a new key now, published at once.
+    fn rotate_key(&mut self) -> Result<(), (u32, String)> {
+        let Some(enc) = &mut self.encryption else {
+            return Err((
+                CODE_INVALID,
+                "encryption is not enabled on this node (agent started without --encryption wireguard)".into(),
+            ));
+        };
+        let (key, epoch) = enc.rotate().map_err(|e| (CODE_DATAPATH, chain(&e)))?;
+        if let Some(link) = &self.link {
+            link.set_wireguard_key(key, epoch);
+        }
+        Ok(())
+    }
+
+    fn encryption_status(&self) -> serde_json::Value {
+        let mut s = match &self.encryption {
+            Some(enc) => enc.status(),
+            None => serde_json::json!({"enabled": false, "type": "disabled"}),
+        };
+        s["node"] = serde_json::Value::String(self.config.node.clone());
+        s
     }
 
     fn update_gauges(&self) {
@@ -834,6 +926,7 @@ impl Agent {
                 .map(|(id, (identity, pod_ip))| (id.to_string(), serde_json::json!({"identity": identity, "podAddress": pod_ip})))
                 .collect::<serde_json::Map<_, _>>(),
             "verdicts": verdicts,
+            "encryption": self.encryption_status(),
             "controlPlane": self.config.control_plane.as_ref().map(|_| {
                 let (identities, remote, policies) = self.view.counts();
                 serde_json::json!({
