@@ -287,6 +287,12 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
             "--wireguard-key-grace".to_string(),
             "20s".to_string(),
         ]);
+        if let Some(secs) = c.wireguard_rotation_secs {
+            args.extend([
+                "--wireguard-rotation-interval".to_string(),
+                format!("{secs}s"),
+            ]);
+        }
     }
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);

@@ -72,6 +72,8 @@ pub struct ClusterPlan {
     /// WireGuard between the nodes (agents run with `--encryption wireguard`; pod traffic
     /// between nodes is routed only through the tunnel, and pods get the tunnel's MTU).
     pub encryption: bool,
+    /// The agents' scheduled key rotation (`None`: the agent's default, 24 h).
+    pub wireguard_rotation: Option<std::time::Duration>,
 }
 
 /// Address of the control plane's host (outside the underlay and the pod CIDR).

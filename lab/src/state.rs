@@ -108,6 +108,9 @@ pub struct ClusterState {
     /// WireGuard between the nodes.
     #[serde(default)]
     pub encryption: bool,
+    /// The agents' scheduled key rotation in seconds (`None`: the agent's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_rotation_secs: Option<u64>,
     /// Each voter's client API URL.
     pub api_urls: Vec<String>,
 }

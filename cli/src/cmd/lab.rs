@@ -146,6 +146,9 @@ struct UpArgs {
     /// agent with `--encryption wireguard` (see `palisade encrypt status --lab NAME`).
     #[arg(long, value_enum, default_value_t = LabEncryption::Wireguard)]
     encryption: LabEncryption,
+    /// Every agent rotates its WireGuard key this often [default: the agent's, 24h].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    wireguard_rotation_interval: Option<std::time::Duration>,
 }
 
 /// `lab up --encryption`.
@@ -250,6 +253,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         spec.cluster = Some(palisade_lab::ClusterPlan {
             voters: a.control_plane_voters,
             encryption: a.encryption == LabEncryption::Wireguard,
+            wireguard_rotation: a.wireguard_rotation_interval,
             cni_bin: a
                 .cni_bin
                 .clone()

@@ -308,3 +308,172 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
         "{text}"
     );
 }
+
+/// A UDP stream at 1,000 packets/s from `from` to `to` until `stop`; returns (sent, lost).
+fn udp_stream(
+    from: String,
+    to: String,
+    dst: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> impl FnOnce() -> (u64, Vec<u64>) {
+    let receiver = in_netns(&to, move || {
+        let s = UdpSocket::bind(dst).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.recv(&mut buf) {
+            if n == 8 {
+                seen.push(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+            }
+        }
+        seen
+    });
+    thread::sleep(Duration::from_millis(200));
+    let sender = in_netns(&from, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let start = Instant::now();
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            s.send_to(&seq.to_be_bytes(), dst).unwrap();
+            seq += 1;
+            let due = start + Duration::from_millis(seq);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(d);
+            }
+        }
+        seq
+    });
+    move || {
+        let sent = sender.join().unwrap();
+        let mut seen = receiver.join().unwrap();
+        seen.sort_unstable();
+        seen.dedup();
+        let lost = (0..sent)
+            .filter(|s| seen.binary_search(s).is_err())
+            .collect();
+        (sent, lost)
+    }
+}
+
+#[test]
+fn keys_rotate_on_schedule_without_loss_and_a_restarted_agent_rotates_cleanly() {
+    let name = lab_name("wgs");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    ok(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--wireguard-rotation-interval",
+        "4s",
+    ]);
+    let st = Lab::load(&name).expect("state").state().clone();
+    let (p1, p2) = (st.pods[0].clone(), st.pods[1].clone());
+
+    // Both nodes rotate on their own schedule (at nearly the same moments) under a stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let finish = udp_stream(
+        p1.netns.clone(),
+        p2.netns.clone(),
+        SocketAddr::new(p2.ip, UDP_PORT),
+        stop.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&name);
+        if s.iter().all(|n| n["epoch"].as_u64() >= Some(4)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scheduled rotations: {s:?}");
+        thread::sleep(Duration::from_millis(250));
+    }
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, lost) = finish();
+    println!(
+        "scheduled rotations (3+ per node): {sent} datagrams, {} lost",
+        lost.len()
+    );
+    assert_eq!(
+        lost,
+        Vec::<u64>::new(),
+        "datagrams lost during scheduled rotations"
+    );
+
+    // SIGKILL n1's agent and start it again with the same arguments, as a supervisor would.
+    let before = status(&name)[0].clone();
+    let agent = st
+        .processes
+        .iter()
+        .find(|p| p.name == "agent-n1")
+        .expect("agent-n1")
+        .clone();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid)).expect("cmdline");
+    let mut argv: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let program = std::path::PathBuf::from(argv.remove(0));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    thread::sleep(Duration::from_millis(300));
+    let mut lab = Lab::load(&name).expect("state").state().clone();
+    lab.spawn_process(agent.role, "agent-n1", None, &program, &argv)
+        .expect("restart the agent");
+    lab.save().expect("save");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let out = palisade(&[
+            "encrypt", "status", "--lab", &name, "--node", "n1", "-o", "json",
+        ]);
+        if out.status.success() {
+            let s: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+            if s[0]["peers"][0]["sending"].is_object() {
+                break s[0].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted agent never peered: {out:?}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    // The key store survived: the same key, or (its age being past the 4 s schedule) its
+    // successor — never a reset to epoch 1.
+    let (e0, e1) = (
+        before["epoch"].as_u64().unwrap(),
+        after["epoch"].as_u64().unwrap(),
+    );
+    assert!(
+        e1 == e0 && after["publicKey"] == before["publicKey"] || e1 > e0,
+        "before {before}\nafter {after}"
+    );
+    // Traffic flows both ways through the restarted node's tunnel.
+    for (a, b) in [(&p1, &p2), (&p2, &p1)] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = palisade(&[
+                "lab", "probe", "--name", &name, &a.name, &b.name, "--port", "80",
+            ]);
+            if out.status.code() == Some(0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} -> {} after restart: {out:?}",
+                a.name,
+                b.name
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
