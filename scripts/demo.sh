@@ -57,6 +57,9 @@ cat "$policy"
 step "After: only n2-p1 reaches n1-p2, and n2-p3 reaches nobody"
 "$bin" lab matrix --name "$lab" --port 80 --protocol tcp || true
 
+step "Pod traffic between nodes is encrypted: WireGuard between the agents (cilium encrypt status)"
+"$bin" encrypt status --lab "$lab"
+
 step "What node n1's agent enforces"
 "$bin" agent status --socket "/run/palisade/labs/$lab/agents/n1/agent.sock"
 
@@ -67,6 +70,7 @@ The lab is still running. Try:
   $bin policy delete --lab $lab ciliumnetworkpolicy/default/db-from-api && $bin policy wait --lab $lab
   $bin lab probe --name $lab n1-p1 n1-p2 --port 80
   $bin identity list --lab $lab
+  $bin encrypt rotate --lab $lab --node n1 && $bin encrypt status --lab $lab
 Tear it down with:
   make demo-down        (or: $bin lab down --name $lab)
 TXT
