@@ -24,6 +24,18 @@ enum Command {
     List(ReadArgs),
     /// Show one node (exit 2 when it is not registered).
     Get(GetArgs),
+    /// Remove a node from the cluster: its record, pod CIDR lease and endpoints go;
+    /// other nodes drop it as a WireGuard peer and stop routing its pods. A node whose agent is
+    /// still running registers itself again. Succeeds when the node is already gone.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    /// Node name.
+    name: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +70,17 @@ pub fn run(args: Args) -> ExitCode {
             .and_then(|c| Ok(c.get_node(&a.name)?))
             .and_then(|n| n.ok_or_else(|| anyhow!("node `{}` not found", a.name)))
             .and_then(|n| print(a.read.output, std::slice::from_ref(&n), false)),
+        Command::Delete(a) => a
+            .connect
+            .client()
+            .and_then(|c| Ok(c.delete_node(&a.name)?))
+            .map(|existed| {
+                if existed {
+                    println!("node `{}` deleted", a.name);
+                } else {
+                    println!("node `{}` was not registered", a.name);
+                }
+            }),
     };
     r.map_or_else(|e| super::fail(&e), |()| ExitCode::SUCCESS)
 }

@@ -476,4 +476,38 @@ fn keys_rotate_on_schedule_without_loss_and_a_restarted_agent_rotates_cleanly() 
             thread::sleep(Duration::from_millis(250));
         }
     }
+
+    // A node that leaves the cluster stops being a peer, and its pods' route goes with it.
+    let agent2 = st
+        .processes
+        .iter()
+        .find(|p| p.name == "agent-n2")
+        .expect("agent-n2");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent2.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    ok(&["node", "delete", "n2", "--lab", &name]);
+    let n2_cidr = st.nodes[1].pod_cidr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = ok(&[
+            "encrypt", "status", "--lab", &name, "--node", "n1", "-o", "json",
+        ]);
+        let s = &serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0];
+        let routes = Command::new("ip")
+            .args(["-n", &st.nodes[0].netns, "route", "show", &n2_cidr])
+            .output()
+            .expect("ip route");
+        if s["peers"].as_array().is_some_and(Vec::is_empty) && routes.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 is still n1's peer or routed: {s}\n{}",
+            String::from_utf8_lossy(&routes.stdout)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
 }
