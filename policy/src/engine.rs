@@ -386,6 +386,14 @@ impl Engine {
         Ok(true)
     }
 
+    /// Makes a bound identity the one its label set resolves to (the control plane's canonical
+    /// id after two nodes bound the same new set); endpoints added later get it, existing ones
+    /// keep theirs until re-added. Other ids of the set stay bound as aliases, matched by the
+    /// same selectors. Returns whether anything changed.
+    pub fn set_canonical_identity(&mut self, id: Identity) -> bool {
+        self.identities.make_primary(id)
+    }
+
     /// Forgets an identity bound with [`Engine::bind_identity`] once the control plane released
     /// it. Refused (false) while a local endpoint uses it.
     pub fn unbind_identity(&mut self, id: Identity) -> bool {

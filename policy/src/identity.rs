@@ -178,29 +178,38 @@ impl IdentityAllocator {
         Ok((id, true))
     }
 
-    /// Binds an identity allocated elsewhere (the control plane) to its label set. Returns
-    /// whether the binding is new; binding the same pair again changes nothing. The label set
-    /// already bound to another id, or the id to other labels, is a [`IdentityError::Conflict`]
-    /// (the caller unbinds the stale side first).
+    /// Binds an identity allocated elsewhere (the control plane, or this node's leased id
+    /// block) to its label set. Returns whether the binding is new; binding the same pair again
+    /// changes nothing. The id bound to other labels is a [`IdentityError::Conflict`].
+    ///
+    /// A label set may have several ids while the cluster converges (two nodes took ids from
+    /// their blocks for the same new set): the first bound is its *primary* id — what endpoints
+    /// with those labels get — and later ones are aliases that selectors match all the same, so
+    /// policy has no gap while endpoints move to the canonical id
+    /// ([`IdentityAllocator::make_primary`]).
     pub fn bind(&mut self, id: Identity, labels: LabelSet) -> Result<bool, IdentityError> {
-        match (self.by_labels.get(&labels), self.by_id.get(&id)) {
-            (Some(bound), _) if *bound == id => Ok(false),
-            (Some(bound), _) => Err(IdentityError::Conflict {
-                id: id.0,
-                labels: labels.to_string(),
-                existing: format!("identity {}", bound.0),
-            }),
-            (None, Some(other)) => Err(IdentityError::Conflict {
+        match self.by_id.get(&id) {
+            Some(bound) if *bound == labels => Ok(false),
+            Some(other) => Err(IdentityError::Conflict {
                 id: id.0,
                 labels: labels.to_string(),
                 existing: format!("its binding to `{other}`"),
             }),
-            (None, None) => {
-                self.by_labels.insert(labels.clone(), id);
+            None => {
+                self.by_labels.entry(labels.clone()).or_insert(id);
                 self.by_id.insert(id, labels);
                 Ok(true)
             }
         }
+    }
+
+    /// Makes a bound id the one its label set resolves to (the control plane's canonical id);
+    /// other ids of the set stay bound as aliases. Returns whether the primary changed.
+    pub fn make_primary(&mut self, id: Identity) -> bool {
+        let Some(labels) = self.by_id.get(&id) else {
+            return false;
+        };
+        self.by_labels.insert(labels.clone(), id) != Some(id)
     }
 
     /// Labels of an identity.
@@ -216,7 +225,13 @@ impl IdentityAllocator {
     /// Releases an identity (its labels may be allocated again later, under a new id).
     pub fn release(&mut self, id: Identity) -> Option<LabelSet> {
         let labels = self.by_id.remove(&id)?;
-        self.by_labels.remove(&labels);
+        if self.by_labels.get(&labels) == Some(&id) {
+            // An alias of the same set, if any, takes over (lowest id: deterministic).
+            match self.by_id.iter().find(|(_, l)| **l == labels).map(|(i, _)| *i) {
+                Some(alias) => self.by_labels.insert(labels.clone(), alias),
+                None => self.by_labels.remove(&labels),
+            };
+        }
         Some(labels)
     }
 
@@ -229,6 +244,28 @@ impl IdentityAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_set_may_have_aliases_while_the_cluster_converges() {
+        let mut a = IdentityAllocator::new(0);
+        let labels = LabelSet::from_strings(&["k8s:app=web"]).expect("labels");
+        let (block, canonical) = (Identity::new(0, 0xFF_FF00), Identity::new(0, 300));
+        assert_eq!(a.bind(block, labels.clone()), Ok(true));
+        assert_eq!(a.bind(block, labels.clone()), Ok(false));
+        assert_eq!(a.bind(canonical, labels.clone()), Ok(true), "an alias");
+        assert_eq!(a.lookup(&labels), Some(block), "the first bound stays primary");
+        assert!(a.make_primary(canonical));
+        assert!(!a.make_primary(canonical));
+        assert_eq!(a.lookup(&labels), Some(canonical));
+        assert_eq!(a.labels(block), Some(&labels), "the alias still resolves");
+        let other = LabelSet::from_strings(&["k8s:app=db"]).expect("labels");
+        assert!(a.bind(block, other).is_err(), "an id has one label set");
+        // Releasing the primary promotes the remaining alias.
+        assert_eq!(a.release(canonical), Some(labels.clone()));
+        assert_eq!(a.lookup(&labels), Some(block));
+        assert_eq!(a.release(block), Some(labels.clone()));
+        assert_eq!(a.lookup(&labels), None);
+    }
 
     #[test]
     fn layout_and_reserved_ids() {

@@ -69,18 +69,27 @@ fn a_bound_remote_identity_is_allowed_by_label_and_unbinding_removes_it() {
         "web → db allowed: {allowed:?}"
     );
     assert_eq!(verdict(&engine, "prod/db", other), None, "cache is not web");
-    // Binding the same pair again is a no-op; the same labels under another id conflict.
+    // Binding the same pair again is a no-op.
     assert!(
         !engine
             .bind_identity(web, web_labels.clone())
             .expect("rebind")
     );
+    // The same labels under a second id (two nodes bound a new set from their id blocks): an
+    // alias, allowed by the same rules while the cluster converges on one of them.
+    let alias = Identity(70_002);
+    assert!(engine.bind_identity(alias, web_labels.clone()).expect("alias"));
+    assert!(verdict(&engine, "prod/db", alias).is_some_and(|v| v != 0));
+    assert!(engine.set_canonical_identity(alias));
+    assert!(engine.unbind_identity(alias));
+    assert_eq!(verdict(&engine, "prod/db", alias), None);
+    // An id already bound to other labels conflicts.
     let err = engine
-        .bind_identity(Identity(70_002), web_labels)
-        .expect_err("labels already bound");
+        .bind_identity(other, web_labels)
+        .expect_err("id already bound");
     let cause = std::error::Error::source(&err).map(ToString::to_string);
     assert!(
-        cause.as_deref().is_some_and(|c| c.contains("70000")),
+        cause.as_deref().is_some_and(|c| c.contains("cache")),
         "{err}: {cause:?}"
     );
     assert!(engine.unbind_identity(web));
