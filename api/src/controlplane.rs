@@ -38,6 +38,28 @@ pub struct Identity {
     /// Replicated-clock time since when no endpoint references it (`None` while referenced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreferenced_since_ms: Option<u64>,
+    /// Set when a node bound this id from its leased block for a label set that already had an
+    /// id: the canonical id, which the label set resolves to and endpoints move to. Both stay
+    /// valid (selectors match labels) until this alias is unreferenced and collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_of: Option<u32>,
+}
+
+/// A block of identities leased to a node: it binds new label sets from it without a round trip
+/// and commits each binding afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdBlock {
+    /// First id of the block (cluster bits included).
+    pub first: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+impl IdBlock {
+    /// Whether `id` is inside the block.
+    pub fn contains(&self, id: u32) -> bool {
+        id >= self.first && id - self.first < self.count
+    }
 }
 
 /// What a node sends to register.

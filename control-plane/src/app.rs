@@ -56,6 +56,27 @@ pub enum Request {
         /// Normalized (sorted, deduplicated) labels; see [`normalize_labels`].
         labels: Vec<String>,
     },
+    /// Returns the node's leased id block, carving one (or, with `replace`, a new one) from the
+    /// top of the identity space.
+    LeaseIdBlock {
+        /// Node name (registered).
+        node: String,
+        /// Ids in a new block (1 to [`MAX_BLOCK`]).
+        count: u32,
+        /// Replace the node's block (it used it up) instead of returning it.
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Commits a binding a node made from its block: the id becomes the label set's identity,
+    /// or, when the set already has one, an alias of it. Answers with the canonical identity.
+    BindIdentity {
+        /// Node name.
+        node: String,
+        /// The id the node bound (inside its block).
+        id: u32,
+        /// Normalized labels.
+        labels: Vec<String>,
+    },
     /// Releases an identity.
     ReleaseIdentity {
         /// The full identity (cluster bits included).
@@ -168,6 +189,8 @@ pub enum Response {
         /// Identities still eligible (over `max`).
         remaining: u32,
     },
+    /// A node's leased id block.
+    IdBlock(IdBlock),
     /// One response per request of a [`Request::Batch`], in order.
     Batch {
         /// The responses.
@@ -183,9 +206,12 @@ pub enum Response {
 // === Records ===
 // The record types are shared with clients (the CLI, the agents): they live in `palisade-api`.
 pub use palisade_api::controlplane::{
-    Change, ClusterConfig, Endpoint, Identity, NodeRecord, NodeRegistration, PolicyKey,
+    Change, ClusterConfig, Endpoint, IdBlock, Identity, NodeRecord, NodeRegistration, PolicyKey,
     PolicyRecord,
 };
+
+/// The largest id block a node may lease.
+pub const MAX_BLOCK: u32 = 65_536;
 
 /// Scalars of the state machine, stored in one row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +223,10 @@ pub struct Counters {
     /// The replicated clock: the largest proposer timestamp applied (ms since the epoch).
     #[serde(default)]
     pub clock_ms: u64,
+    /// Cluster-local ids at and above this are leased in blocks (carved downwards from the top
+    /// of the space, while [`Request::AllocateIdentity`] counts upwards); 0 means none yet.
+    #[serde(default)]
+    pub block_floor: u32,
     /// Change revision: numbers every change of an identity, node, endpoint or policy.
     #[serde(default)]
     pub change_revision: u64,
@@ -263,6 +293,7 @@ impl Table {
 
 const META_CLUSTER: &str = "cluster";
 const META_COUNTERS: &str = "counters";
+const META_LEASES: &str = "id_leases";
 
 /// A row touched by `apply`, to be persisted from the state.
 pub type RowKey = (Table, String);
@@ -300,6 +331,9 @@ pub struct State {
     pub policies: BTreeMap<String, PolicyRecord>,
     /// node → acknowledged revision.
     pub acks: BTreeMap<String, u64>,
+    /// node → its leased id block.
+    #[serde(default)]
+    pub leases: BTreeMap<String, IdBlock>,
     /// Derived index: label-set key → id. Rebuilt on load, not stored.
     #[serde(skip)]
     by_labels: BTreeMap<String, u32>,
@@ -352,6 +386,7 @@ impl State {
                 next_local_id: FIRST_LOCAL_ID,
                 clock_ms: 0,
                 change_revision: 0,
+                block_floor: 0,
             },
             ..State::default()
         }
@@ -359,9 +394,11 @@ impl State {
 
     /// Rebuilds derived indexes after loading or deserializing.
     pub fn reindex(&mut self) {
+        // Aliases never shadow the canonical id of their label set.
         self.by_labels = self
             .identities
             .values()
+            .filter(|i| i.alias_of.is_none())
             .map(|i| (label_key(&i.labels), i.id))
             .collect();
         self.refs.clear();
@@ -472,13 +509,15 @@ impl State {
                 }
             }
             Request::ReleaseIdentity { id } => {
-                let existed = self.identities.remove(id).is_some_and(|i| {
-                    self.by_labels.remove(&label_key(&i.labels));
-                    true
-                });
-                touched.push((Table::Identities, id.to_string()));
+                let existed = self.forget_identity(*id, touched);
                 Response::Removed { existed }
             }
+            Request::LeaseIdBlock {
+                node,
+                count,
+                replace,
+            } => self.lease_block(node, *count, *replace, touched),
+            Request::BindIdentity { node, id, labels } => self.bind(node, *id, labels, touched),
             Request::RegisterNode(reg) => self.register_node(reg, touched),
             Request::RemoveNode { name } => {
                 let existed = self.nodes.remove(name).is_some();
@@ -497,6 +536,10 @@ impl State {
                 }
                 if self.acks.remove(name).is_some() {
                     touched.push((Table::Acks, name.clone()));
+                }
+                // Its block's unbound ids are simply never used (16M ids; blocks are small).
+                if self.leases.remove(name).is_some() {
+                    touched.push((Table::Meta, META_LEASES.to_owned()));
                 }
                 Response::Removed { existed }
             }
@@ -638,21 +681,24 @@ impl State {
                 id: *id,
                 labels,
                 unreferenced_since_ms: None,
+                alias_of: None,
             });
             return Response::Identity {
                 identity,
                 created: false,
             };
         }
-        let span = MAX_LOCAL_ID - FIRST_LOCAL_ID + 1;
-        let mut local = self
-            .counters
-            .next_local_id
-            .clamp(FIRST_LOCAL_ID, MAX_LOCAL_ID);
+        // Ids from the lowest leased block up belong to nodes' blocks.
+        let max = match self.counters.block_floor {
+            0 => MAX_LOCAL_ID,
+            f => f - 1,
+        };
+        let span = max.saturating_sub(FIRST_LOCAL_ID) + 1;
+        let mut local = self.counters.next_local_id.clamp(FIRST_LOCAL_ID, max);
         let cluster_id = self.cluster.cluster_id;
         for _ in 0..span {
             let id = identity_of(cluster_id, local);
-            let next = if local == MAX_LOCAL_ID {
+            let next = if local == max {
                 FIRST_LOCAL_ID
             } else {
                 local + 1
@@ -662,6 +708,7 @@ impl State {
                     id,
                     labels,
                     unreferenced_since_ms: Some(self.counters.clock_ms),
+                    alias_of: None,
                 };
                 slot.insert(identity.clone());
                 self.by_labels.insert(key, id);
@@ -688,6 +735,138 @@ impl State {
         {
             i.unreferenced_since_ms = None;
             touched.push((Table::Identities, id.to_string()));
+        }
+    }
+
+    /// Removes an identity. A canonical id with aliases hands its label set to the lowest alias,
+    /// which stops being one. Returns whether it existed.
+    fn forget_identity(&mut self, id: u32, touched: &mut Vec<RowKey>) -> bool {
+        let Some(gone) = self.identities.remove(&id) else {
+            return false;
+        };
+        touched.push((Table::Identities, id.to_string()));
+        let key = label_key(&gone.labels);
+        if self.by_labels.get(&key) == Some(&id) {
+            self.by_labels.remove(&key);
+            let heir = self
+                .identities
+                .values()
+                .find(|i| i.alias_of == Some(id))
+                .map(|i| i.id);
+            if let Some(heir) = heir {
+                self.by_labels.insert(key, heir);
+                for i in self.identities.values_mut() {
+                    if i.alias_of == Some(id) {
+                        i.alias_of = (i.id != heir).then_some(heir);
+                        touched.push((Table::Identities, i.id.to_string()));
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn lease_block(
+        &mut self,
+        node: &str,
+        count: u32,
+        replace: bool,
+        touched: &mut Vec<RowKey>,
+    ) -> Response {
+        if !self.nodes.contains_key(node) {
+            return Response::Rejected {
+                reason: format!("`node`: node `{node}` is not registered"),
+            };
+        }
+        if let (Some(b), false) = (self.leases.get(node), replace) {
+            return Response::IdBlock(*b);
+        }
+        if count == 0 || count > MAX_BLOCK {
+            return Response::Rejected {
+                reason: format!("`count`: must be 1 to {MAX_BLOCK}"),
+            };
+        }
+        let top = match self.counters.block_floor {
+            0 => MAX_LOCAL_ID + 1,
+            f => f,
+        };
+        // Blocks grow down from the top, allocation up from the bottom; they must not meet.
+        let Some(first) = top
+            .checked_sub(count)
+            .filter(|f| *f > self.counters.next_local_id.max(FIRST_LOCAL_ID))
+        else {
+            return Response::Rejected {
+                reason: "`count`: the cluster's identity space has no room for another block"
+                    .to_owned(),
+            };
+        };
+        let block = IdBlock {
+            first: identity_of(self.cluster.cluster_id, first),
+            count,
+        };
+        self.counters.block_floor = first;
+        self.leases.insert(node.to_owned(), block);
+        touched.push((Table::Meta, META_COUNTERS.to_owned()));
+        touched.push((Table::Meta, META_LEASES.to_owned()));
+        Response::IdBlock(block)
+    }
+
+    fn bind(
+        &mut self,
+        node: &str,
+        id: u32,
+        labels: &[String],
+        touched: &mut Vec<RowKey>,
+    ) -> Response {
+        let labels = match normalize_labels(labels) {
+            Ok(l) => l,
+            Err(reason) => return Response::Rejected { reason },
+        };
+        if let Some(existing) = self.identities.get(&id) {
+            if existing.labels != labels {
+                return Response::Rejected {
+                    reason: format!("`id`: identity {id} is bound to other labels"),
+                };
+            }
+            // A retry: answer with the canonical identity of the set.
+            let canonical = existing.alias_of.unwrap_or(id);
+            let identity = self
+                .identities
+                .get(&canonical)
+                .cloned()
+                .unwrap_or_else(|| existing.clone());
+            return Response::Identity {
+                identity,
+                created: false,
+            };
+        }
+        if !self.leases.get(node).is_some_and(|b| b.contains(id)) {
+            return Response::Rejected {
+                reason: format!("`id`: {id} is not inside node `{node}`'s leased id block"),
+            };
+        }
+        let key = label_key(&labels);
+        let canonical = self.by_labels.get(&key).copied();
+        let record = Identity {
+            id,
+            labels,
+            unreferenced_since_ms: Some(self.counters.clock_ms),
+            alias_of: canonical,
+        };
+        self.identities.insert(id, record.clone());
+        touched.push((Table::Identities, id.to_string()));
+        match canonical {
+            Some(c) => Response::Identity {
+                identity: self.identities.get(&c).cloned().unwrap_or(record),
+                created: false,
+            },
+            None => {
+                self.by_labels.insert(key, id);
+                Response::Identity {
+                    identity: record,
+                    created: true,
+                }
+            }
         }
     }
 
@@ -719,10 +898,7 @@ impl State {
             .collect();
         let take = eligible.len().min(max as usize);
         for id in &eligible[..take] {
-            if let Some(i) = self.identities.remove(id) {
-                self.by_labels.remove(&label_key(&i.labels));
-            }
-            touched.push((Table::Identities, id.to_string()));
+            self.forget_identity(*id, touched);
         }
         Response::Collected {
             collected: u32::try_from(take).unwrap_or(u32::MAX),
@@ -818,6 +994,7 @@ impl State {
             Table::Meta => match key {
                 META_CLUSTER => Some(enc(&self.cluster)),
                 META_COUNTERS => Some(enc(&self.counters)),
+                META_LEASES => Some(enc(&self.leases)),
                 _ => None,
             },
             Table::Identities => key
@@ -841,6 +1018,7 @@ impl State {
         let mut keys: Vec<RowKey> = vec![
             (Table::Meta, META_CLUSTER.to_owned()),
             (Table::Meta, META_COUNTERS.to_owned()),
+            (Table::Meta, META_LEASES.to_owned()),
         ];
         keys.extend(
             self.identities
@@ -871,6 +1049,7 @@ impl State {
             Table::Meta => match key {
                 META_CLUSTER => self.cluster = serde_json::from_slice(value).map_err(err)?,
                 META_COUNTERS => self.counters = serde_json::from_slice(value).map_err(err)?,
+                META_LEASES => self.leases = serde_json::from_slice(value).map_err(err)?,
                 _ => {}
             },
             Table::Identities => {
@@ -1213,6 +1392,121 @@ mod tests {
             }
         );
         assert!(s.identities.is_empty());
+    }
+
+    fn register(s: &mut State, name: &str) {
+        let r = s
+            .apply(&Request::RegisterNode(NodeRegistration {
+                name: name.into(),
+                address: IpAddr::from([192, 0, 2, 1]),
+                wireguard_public_key: "k".into(),
+                wireguard_epoch: 1,
+                pod_cidr: None,
+            }))
+            .0;
+        assert!(matches!(r, Response::Node(_)), "{r:?}");
+    }
+
+    fn lease(s: &mut State, node: &str, count: u32, replace: bool) -> Response {
+        s.apply(&Request::LeaseIdBlock {
+            node: node.into(),
+            count,
+            replace,
+        })
+        .0
+    }
+
+    fn bind(s: &mut State, node: &str, id: u32, labels: &[&str]) -> Response {
+        s.apply(&Request::BindIdentity {
+            node: node.into(),
+            id,
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        })
+        .0
+    }
+
+    #[test]
+    fn id_blocks_are_leased_from_the_top_and_bindings_commit_or_alias() {
+        let mut s = State::new();
+        assert!(
+            matches!(lease(&mut s, "a", 16, false), Response::Rejected { reason } if reason.contains("not registered"))
+        );
+        register(&mut s, "a");
+        register(&mut s, "b");
+        let Response::IdBlock(a) = lease(&mut s, "a", 16, false) else {
+            panic!("lease a")
+        };
+        assert_eq!((a.first, a.count), (MAX_LOCAL_ID + 1 - 16, 16));
+        assert_eq!(
+            lease(&mut s, "a", 99, false),
+            Response::IdBlock(a),
+            "idempotent"
+        );
+        let Response::IdBlock(b) = lease(&mut s, "b", 16, false) else {
+            panic!("lease b")
+        };
+        assert_eq!(b.first + b.count, a.first, "blocks do not overlap");
+        assert!(
+            matches!(lease(&mut s, "b", 0, true), Response::Rejected { reason } if reason.contains("`count`"))
+        );
+
+        // a binds a new label set from its block: it becomes the canonical identity.
+        let Response::Identity {
+            identity,
+            created: true,
+        } = bind(&mut s, "a", a.first, &["app=web"])
+        else {
+            panic!("bind")
+        };
+        assert_eq!((identity.id, identity.alias_of), (a.first, None));
+        // A retry is idempotent; another node's id is refused; an id bound to other labels too.
+        assert!(matches!(
+            bind(&mut s, "a", a.first, &["app=web"]),
+            Response::Identity { created: false, .. }
+        ));
+        assert!(
+            matches!(bind(&mut s, "a", b.first, &["app=x"]), Response::Rejected { reason } if reason.contains("leased id block"))
+        );
+        assert!(
+            matches!(bind(&mut s, "a", a.first, &["app=x"]), Response::Rejected { reason } if reason.contains("other labels"))
+        );
+        // b bound the same set meanwhile (a partition): its id becomes an alias of a's.
+        let Response::Identity {
+            identity: canonical,
+            created: false,
+        } = bind(&mut s, "b", b.first, &["app=web"])
+        else {
+            panic!("alias")
+        };
+        assert_eq!(canonical.id, a.first);
+        assert_eq!(s.identities[&b.first].alias_of, Some(a.first));
+        assert_eq!(s.identity_by_labels(&["app=web".to_owned()]), Some(a.first));
+        // The global allocator never hands out leased ids, and a reload keeps the canonical one.
+        let Response::Identity { identity: g, .. } = alloc(&mut s, &["app=db"]) else {
+            panic!("alloc")
+        };
+        assert!(g.id < b.first);
+        let mut t = State::new();
+        for (table, key, value) in s.all_rows() {
+            t.load_row(table, &key, &value).expect("row");
+        }
+        t.reindex();
+        assert_eq!(t.identity_by_labels(&["app=web".to_owned()]), Some(a.first));
+        assert_eq!(t.leases, s.leases);
+        // Releasing the canonical id hands the set to its alias.
+        assert_eq!(
+            s.apply(&Request::ReleaseIdentity { id: a.first }).0,
+            Response::Removed { existed: true }
+        );
+        assert_eq!(s.identity_by_labels(&["app=web".to_owned()]), Some(b.first));
+        assert_eq!(s.identities[&b.first].alias_of, None);
+        // A node that leaves gives its block up; a replacement block is a fresh one.
+        let Response::IdBlock(b2) = lease(&mut s, "b", 8, true) else {
+            panic!("replace")
+        };
+        assert_eq!(b2.first + 8, b.first);
+        s.apply(&Request::RemoveNode { name: "b".into() });
+        assert!(!s.leases.contains_key("b"));
     }
 
     #[test]

@@ -233,7 +233,7 @@ pub enum AgentCheck {
 }
 
 /// The calls an agent needs, for its own node `node` only: register itself
-/// (`POST /v1/nodes` with `name` = `node`), `POST /v1/nodes/{node}/heartbeat|ack`,
+/// (`POST /v1/nodes` with `name` = `node`), `POST /v1/nodes/{node}/heartbeat|ack|id-block|bindings`,
 /// `POST /v1/identities`, `PUT`/`DELETE /v1/endpoints/{ip}` of its own endpoints (`node` =
 /// `node`), and every `GET` under `/v1/` (the watch included). Everything else is refused.
 pub fn agent_check(node: &str, method: &str, path: &str) -> AgentCheck {
@@ -241,7 +241,8 @@ pub fn agent_check(node: &str, method: &str, path: &str) -> AgentCheck {
     let deny = || {
         AgentCheck::Deny(format!(
             "the node certificate of `{node}` may not call `{method} {path}`: agents may only \
-             register, heartbeat and ack as their own node, allocate identities, put and delete \
+             register, heartbeat, ack, lease id blocks and bind identities as their own node, \
+             allocate identities, put and delete \
              their own endpoints, and read `/v1/*`"
         ))
     };
@@ -252,8 +253,24 @@ pub fn agent_check(node: &str, method: &str, path: &str) -> AgentCheck {
             field: Some("name"),
             endpoint: None,
         },
-        ("POST", ["v1", "nodes", name, "heartbeat" | "ack"]) if *name == node => AgentCheck::Allow,
-        ("POST", ["v1", "nodes", name, "heartbeat" | "ack"]) => AgentCheck::Deny(format!(
+        (
+            "POST",
+            [
+                "v1",
+                "nodes",
+                name,
+                "heartbeat" | "ack" | "id-block" | "bindings",
+            ],
+        ) if *name == node => AgentCheck::Allow,
+        (
+            "POST",
+            [
+                "v1",
+                "nodes",
+                name,
+                "heartbeat" | "ack" | "id-block" | "bindings",
+            ],
+        ) => AgentCheck::Deny(format!(
             "the node certificate of `{node}` may not act for node `{name}` (`{method} {path}`)"
         )),
         ("PUT", ["v1", "endpoints", ip]) => AgentCheck::Owned {
@@ -324,6 +341,18 @@ mod tests {
             AgentCheck::Allow
         );
         assert_eq!(check("POST", "/v1/nodes/node-a/ack"), AgentCheck::Allow);
+        assert_eq!(
+            check("POST", "/v1/nodes/node-a/id-block"),
+            AgentCheck::Allow
+        );
+        assert_eq!(
+            check("POST", "/v1/nodes/node-a/bindings"),
+            AgentCheck::Allow
+        );
+        assert!(matches!(
+            check("POST", "/v1/nodes/node-b/bindings"),
+            AgentCheck::Deny(_)
+        ));
         assert!(
             matches!(check("POST", "/v1/nodes/node-b/heartbeat"), AgentCheck::Deny(m) if m.contains("`node-b`"))
         );

@@ -215,6 +215,8 @@ pub fn router(ops: Ops, prometheus: Option<PrometheusHandle>, tokens: Arc<Tokens
         .route("/v1/nodes/{name}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{name}/ack", post(ack_revision))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/id-block", post(lease_id_block))
+        .route("/v1/nodes/{name}/bindings", post(bind_identity))
         .route("/v1/endpoints", get(list_endpoints))
         .route("/v1/watch", get(watch))
         .route("/v1/watch/revision", get(watch_revision))
@@ -649,6 +651,69 @@ async fn heartbeat(State(api): State<Api>, Path(name): Path<String>) -> ApiResul
             "lease_ms": u64::try_from(api.ops.node_lease().as_millis()).unwrap_or(u64::MAX),
         }))
         .into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    count: u32,
+    #[serde(default)]
+    replace: bool,
+}
+
+/// `POST /v1/nodes/{name}/id-block`: the node's leased id block (a new one with `replace`).
+async fn lease_id_block(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    check_node_name("name", &name)?;
+    let b: LeaseBody = parse(&body)?;
+    match api
+        .cluster
+        .write(Request::LeaseIdBlock {
+            node: name,
+            count: b.count,
+            replace: b.replace,
+        })
+        .await?
+    {
+        Response::IdBlock(block) => Ok(Json(block).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindBody {
+    id: u32,
+    labels: Vec<String>,
+}
+
+/// `POST /v1/nodes/{name}/bindings`: commits a binding the node made from its block; answers
+/// with the label set's canonical identity (another id when the set already had one).
+async fn bind_identity(State(api): State<Api>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    check_node_name("name", &name)?;
+    let b: BindBody = parse(&body)?;
+    match api
+        .cluster
+        .write(Request::BindIdentity {
+            node: name,
+            id: b.id,
+            labels: b.labels,
+        })
+        .await?
+    {
+        Response::Identity { identity, created } => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(identity)).into_response())
+        }
         other => Err(unexpected(&other)),
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use palisade_api::controlplane::{
-    Endpoint, Identity, NodeRecord, NodeRegistration, PolicyKey, PolicyRecord,
+    Endpoint, IdBlock, Identity, NodeRecord, NodeRegistration, PolicyKey, PolicyRecord,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -173,6 +173,25 @@ impl Client {
     pub fn allocate_identity(&self, labels: &[String]) -> Result<Identity> {
         let body = json!({ "labels": labels });
         let mut call = Call::new(Method::Post, &["v1", "identities"]);
+        call.body = Some(&body);
+        self.expect(&call)
+    }
+
+    /// The node's leased id block (a fresh one with `replace`, when it used the old one up).
+    pub fn lease_id_block(&self, node: &str, count: u32, replace: bool) -> Result<IdBlock> {
+        let body = json!({ "count": count, "replace": replace });
+        let path = ["v1", "nodes", node, "id-block"];
+        let mut call = Call::new(Method::Post, &path);
+        call.body = Some(&body);
+        self.expect(&call)
+    }
+
+    /// Commits a binding the node made from its block; returns the label set's canonical
+    /// identity (another id than `id` when the set already had one: `id` is then its alias).
+    pub fn bind_identity(&self, node: &str, id: u32, labels: &[String]) -> Result<Identity> {
+        let body = json!({ "id": id, "labels": labels });
+        let path = ["v1", "nodes", node, "bindings"];
+        let mut call = Call::new(Method::Post, &path);
         call.body = Some(&body);
         self.expect(&call)
     }

@@ -227,7 +227,12 @@ impl IdentityAllocator {
         let labels = self.by_id.remove(&id)?;
         if self.by_labels.get(&labels) == Some(&id) {
             // An alias of the same set, if any, takes over (lowest id: deterministic).
-            match self.by_id.iter().find(|(_, l)| **l == labels).map(|(i, _)| *i) {
+            match self
+                .by_id
+                .iter()
+                .find(|(_, l)| **l == labels)
+                .map(|(i, _)| *i)
+            {
                 Some(alias) => self.by_labels.insert(labels.clone(), alias),
                 None => self.by_labels.remove(&labels),
             };
@@ -253,7 +258,11 @@ mod tests {
         assert_eq!(a.bind(block, labels.clone()), Ok(true));
         assert_eq!(a.bind(block, labels.clone()), Ok(false));
         assert_eq!(a.bind(canonical, labels.clone()), Ok(true), "an alias");
-        assert_eq!(a.lookup(&labels), Some(block), "the first bound stays primary");
+        assert_eq!(
+            a.lookup(&labels),
+            Some(block),
+            "the first bound stays primary"
+        );
         assert!(a.make_primary(canonical));
         assert!(!a.make_primary(canonical));
         assert_eq!(a.lookup(&labels), Some(canonical));

@@ -78,7 +78,11 @@ fn a_bound_remote_identity_is_allowed_by_label_and_unbinding_removes_it() {
     // The same labels under a second id (two nodes bound a new set from their id blocks): an
     // alias, allowed by the same rules while the cluster converges on one of them.
     let alias = Identity(70_002);
-    assert!(engine.bind_identity(alias, web_labels.clone()).expect("alias"));
+    assert!(
+        engine
+            .bind_identity(alias, web_labels.clone())
+            .expect("alias")
+    );
     assert!(verdict(&engine, "prod/db", alias).is_some_and(|v| v != 0));
     assert!(engine.set_canonical_identity(alias));
     assert!(engine.unbind_identity(alias));
