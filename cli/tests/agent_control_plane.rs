@@ -302,7 +302,7 @@ fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
         dir: dir.clone(),
         pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
     };
-    let mut spec = LabSpec::new(&name, 2, 2, BIN);
+    let mut spec = LabSpec::new(&name, 2, 3, BIN);
     spec.externals.push(ExternalPlan {
         name: "cp".into(),
         ip: CP_IP,
@@ -417,6 +417,20 @@ fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
         "a restarted agent enforces the saved policy without the control plane"
     );
 
+    // New label sets while the control plane is gone: pods start with ids from their node's
+    // leased block (not refused with "try again"); the same new set on both nodes gets two ids.
+    let block = |i: usize| {
+        let b = c.status(i)["controlPlane"]["idBlock"].clone();
+        let first = b["first"].as_u64().expect("a leased block") as u32;
+        first..first + b["count"].as_u64().expect("count") as u32
+    };
+    let (block1, block2) = (block(0), block(1));
+    let cache1 = c.add_pod("n1-p3", "cache");
+    let cache2 = c.add_pod("n2-p3", "cache");
+    assert!(block1.contains(&cache1), "{cache1} from {block1:?}");
+    assert!(block2.contains(&cache2), "{cache2} from {block2:?}");
+    assert_ne!(cache1, cache2);
+
     // Back again: a change made now reaches both nodes.
     c.start_control_plane();
     let rev2 = c.cp(|c| {
@@ -437,6 +451,65 @@ fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
         open.contains(&"n1-p1→n2-p2".to_string()) && open.contains(&"n2-p1→n2-p2".to_string()),
         "other is open again: {open:?}"
     );
+    // The bindings are committed and converge: one canonical id for `cache`, the other an
+    // alias; the node holding the alias moves its pod to the canonical id.
+    let ip3 = |pod: &str| c.lab.state().pod(pod).expect("pod").ip;
+    let (ip1, ip2) = (ip3("n1-p3"), ip3("n2-p3"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let canonical = loop {
+        let (ids, eps) = c.cp(|c| {
+            (
+                c.list_identities().expect("identities"),
+                c.list_endpoints().expect("endpoints"),
+            )
+        });
+        let of = |ip| eps.iter().find(|e| e.ip == ip).map(|e| e.identity);
+        let canonical = ids
+            .iter()
+            .find(|i| i.alias_of.is_none() && i.labels.iter().any(|l| l.ends_with("app=cache")))
+            .map(|i| i.id);
+        if let (Some(k), Some(a), Some(b)) = (canonical, of(ip1), of(ip2))
+            && a == k
+            && b == k
+        {
+            let alias = [cache1, cache2]
+                .into_iter()
+                .find(|i| *i != k)
+                .expect("alias");
+            assert!(
+                ids.iter().any(|i| i.id == alias && i.alias_of == Some(k)),
+                "the other binding is recorded as an alias of {k}: {ids:?}"
+            );
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache did not converge: {ids:?} {eps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!([cache1, cache2].contains(&canonical));
+    for i in 0..2 {
+        let st = c.status(i);
+        let pod = if i == 0 {
+            "default/n1-p3"
+        } else {
+            "default/n2-p3"
+        };
+        let ep = st["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == pod)
+            .expect("endpoint")
+            .clone();
+        assert_eq!(ep["identity"], serde_json::json!(canonical), "{pod}: {ep}");
+        assert_eq!(
+            st["controlPlane"]["pendingBindings"],
+            serde_json::json!([]),
+            "node {i}"
+        );
+    }
     assert!(
         !open.contains(&"n2-p2→n1-p2".to_string()),
         "db still only from web"

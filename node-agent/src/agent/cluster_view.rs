@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use palisade_api::controlplane::{Change, Endpoint, Identity, NodeRecord, PolicyRecord};
+use palisade_api::controlplane::{Change, Endpoint, IdBlock, Identity, NodeRecord, PolicyRecord};
 use palisade_policy::engine::Engine;
 use palisade_policy::identity::Identity as PolicyIdentity;
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
@@ -39,6 +39,13 @@ pub struct ClusterView {
     policies: BTreeMap<String, PolicyRecord>,
     /// Nodes by name.
     nodes: BTreeMap<String, NodeRecord>,
+    /// The id block this node leased: new label sets take ids from it without a round trip.
+    #[serde(default)]
+    id_block: Option<IdBlock>,
+    /// Bindings made from the block that the control plane has not confirmed yet: kept through
+    /// snapshots (which cannot list them yet) and restarts.
+    #[serde(default)]
+    pending: BTreeMap<u32, Vec<String>>,
     /// The engine's keys of each applied policy object (derived, not saved).
     #[serde(skip)]
     engine_keys: BTreeMap<String, Vec<ResourceKey>>,
@@ -173,14 +180,19 @@ impl ClusterView {
         let stale: Vec<u32> = self
             .identities
             .keys()
-            .filter(|id| !want.contains_key(id))
+            .filter(|id| !want.contains_key(id) && !self.pending.contains_key(id))
             .copied()
             .collect();
         for id in stale {
             applied.identities += usize::from(self.unbind(engine, id));
         }
-        for (id, labels) in want {
-            applied.identities += usize::from(self.bind(engine, id, labels.clone()));
+        for i in &snap.identities {
+            applied.identities += usize::from(self.bind_identity(
+                engine,
+                i.id,
+                i.labels.clone(),
+                i.alias_of.is_none(),
+            ));
         }
         applied.policies += self.apply_policies(engine, ops);
         let remote: BTreeMap<IpAddr, u32> = snap
@@ -255,7 +267,9 @@ impl ClusterView {
                     };
                     match c.value.as_ref().and_then(|v| Identity::deserialize(v).ok()) {
                         Some(i) => {
-                            applied.identities += usize::from(self.bind(engine, i.id, i.labels))
+                            let canonical = i.alias_of.is_none();
+                            applied.identities +=
+                                usize::from(self.bind_identity(engine, i.id, i.labels, canonical))
                         }
                         None => applied.identities += usize::from(self.unbind(engine, id)),
                     }
@@ -299,6 +313,56 @@ impl ClusterView {
         self.identities.insert(id, labels);
     }
 
+    /// The leased id block, if any.
+    pub fn id_block(&self) -> Option<IdBlock> {
+        self.id_block
+    }
+
+    /// Takes a newly leased block.
+    pub fn set_id_block(&mut self, block: IdBlock) {
+        self.id_block = Some(block);
+    }
+
+    /// Binds `labels` to the next free id of the block, in the engine and here, as pending until
+    /// the control plane confirms it. Returns the id and how many ids the block has left, or
+    /// `None` when there is no block or it is used up.
+    pub fn bind_from_block(&mut self, engine: &mut Engine, labels: LabelSet) -> Option<(u32, u32)> {
+        let block = self.id_block?;
+        let free = (block.first..block.first.saturating_add(block.count)).filter(|id| {
+            !self.identities.contains_key(id)
+                && !self.pending.contains_key(id)
+                && engine.labels(PolicyIdentity(*id)).is_none()
+        });
+        let mut free = free.collect::<Vec<_>>().into_iter();
+        let id = free.next()?;
+        let strings = labels.to_strings();
+        engine.bind_identity(PolicyIdentity(id), labels).ok()?;
+        self.identities.insert(id, strings.clone());
+        self.pending.insert(id, strings);
+        Some((id, u32::try_from(free.len()).unwrap_or(u32::MAX)))
+    }
+
+    /// Bindings made from the block still waiting for the control plane (sent again after a
+    /// restart).
+    pub fn pending_bindings(&self) -> impl Iterator<Item = (u32, &Vec<String>)> {
+        self.pending.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The control plane committed a binding from the block: `canonical` is the label set's
+    /// identity, bound here as canonical (endpoints with these labels get it from now on).
+    /// Returns whether the local id is an alias the caller must move its endpoints off.
+    pub fn confirm(&mut self, engine: &mut Engine, id: u32, canonical: &Identity) -> bool {
+        self.pending.remove(&id);
+        self.bind_identity(engine, canonical.id, canonical.labels.clone(), true);
+        canonical.id != id
+    }
+
+    /// The control plane refused a binding from the block: forget it as pending (the caller
+    /// allocates the labels another way and moves the endpoints).
+    pub fn refuse(&mut self, id: u32) {
+        self.pending.remove(&id);
+    }
+
     /// What to do for each `kind/namespace/name` (`None`: deleted): objects equal to the applied
     /// ones and deletions of absent ones are skipped (a reconnect's snapshot or a replayed change
     /// recompiles nothing); the others are parsed with the engine's loader, the first unreadable
@@ -333,6 +397,19 @@ impl ClusterView {
         Ok(ops)
     }
 
+    /// Binds an identity; a canonical one becomes what its label set resolves to, an alias
+    /// (`canonical` false) is matched by the same selectors while the cluster converges.
+    fn bind_identity(
+        &mut self,
+        engine: &mut Engine,
+        id: u32,
+        labels: Vec<String>,
+        canonical: bool,
+    ) -> bool {
+        let changed = self.bind(engine, id, labels);
+        canonical && engine.set_canonical_identity(PolicyIdentity(id)) || changed
+    }
+
     fn bind(&mut self, engine: &mut Engine, id: u32, labels: Vec<String>) -> bool {
         if self.identities.get(&id) == Some(&labels) && engine.labels(PolicyIdentity(id)).is_some()
         {
@@ -345,10 +422,12 @@ impl ClusterView {
                 return false;
             }
         };
-        // The control plane maps each label set to one id; a local binding of the same labels
-        // to another id is stale (released and re-allocated): drop it if nothing local uses it.
+        // A local binding of the same labels to another id is either stale (released and
+        // re-allocated) or one side of a convergence (an alias): drop it only when it is neither
+        // the control plane's nor pending confirmation, and nothing local uses it.
         if let Some(old) = engine.identities().lookup(&set)
             && old.0 != id
+            && !self.pending.contains_key(&old.0)
         {
             self.unbind(engine, old.0);
         }

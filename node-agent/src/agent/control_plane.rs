@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_api::controlplane::{Endpoint, Identity, NodeRecord, NodeRegistration, PolicyRecord};
+use palisade_api::controlplane::{
+    Endpoint, IdBlock, Identity, NodeRecord, NodeRegistration, PolicyRecord,
+};
 use palisade_cp_client::{Client, ClientConfig, ClientError, WatchBatch};
 
 /// How long one watch long-poll waits for a change.
@@ -45,6 +47,25 @@ pub enum Update {
     Changes(WatchBatch),
     /// The control plane could not be reached or refused; the loop keeps what it has.
     Unreachable(String),
+    /// The node's leased id block.
+    IdBlock(IdBlock),
+    /// A binding made from the block was committed; `canonical` is the label set's identity
+    /// (another id when the set already had one: the local id is then an alias to move off).
+    Bound {
+        /// The id bound locally.
+        id: u32,
+        /// The canonical identity.
+        canonical: Identity,
+    },
+    /// A binding made from the block was refused (e.g. the block is no longer the node's).
+    BindRefused {
+        /// The id bound locally.
+        id: u32,
+        /// Its labels.
+        labels: Vec<String>,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Everything an agent follows, read after the change revision it resumes from.
@@ -75,11 +96,32 @@ pub enum Publish {
     Ack(u64),
     /// The node's registration changed (a rotated WireGuard key): register it again.
     Register,
+    /// Lease an id block (a fresh one with `replace`, the current one being nearly used up).
+    Lease {
+        /// Replace the node's block.
+        replace: bool,
+    },
+    /// Commit a binding made from the block (sent before any endpoint that uses it).
+    Bind {
+        /// The id.
+        id: u32,
+        /// Its labels.
+        labels: Vec<String>,
+    },
 }
+
+/// Ids per leased block: enough for a node's new label sets between two round trips.
+pub const ID_BLOCK: u32 = 256;
+/// How long a pod start waits for the control plane to allocate a new label set's identity
+/// before taking one from the node's block instead (per member tried; connection refusals
+/// fail at once).
+pub const ALLOCATE_BUDGET: Duration = Duration::from_millis(300);
 
 /// The run loop's handle on the two threads.
 pub struct Link {
     client: Arc<Client>,
+    /// The same members with [`ALLOCATE_BUDGET`] as timeout, for allocations a pod waits on.
+    quick: Client,
     /// What the node registers as; shared with both threads so a new key is what they send.
     registration: Arc<Mutex<NodeRegistration>>,
     updates: Receiver<Update>,
@@ -90,6 +132,8 @@ pub struct Link {
 impl Link {
     /// Starts the follower and the publisher for `registration`'s node.
     pub fn start(config: ClientConfig, registration: NodeRegistration) -> Result<Link, String> {
+        let quick = Client::new(config.clone().with_timeout(ALLOCATE_BUDGET))
+            .map_err(|e| format!("control-plane client: {e}"))?;
         let client =
             Arc::new(Client::new(config).map_err(|e| format!("control-plane client: {e}"))?);
         let (wake, wake_tx) = UnixStream::pair().map_err(|e| format!("wake pipe: {e}"))?;
@@ -99,6 +143,8 @@ impl Link {
         let (publish, rx) = mpsc::channel();
         let node = registration.name.clone();
         let registration = Arc::new(Mutex::new(registration));
+        let answers = tx.clone();
+        let answers_wake = wake_tx.try_clone().map_err(|e| format!("wake pipe: {e}"))?;
         let follower = Follower {
             client: client.clone(),
             registration: registration.clone(),
@@ -114,6 +160,8 @@ impl Link {
             node,
             registration: registration.clone(),
             rx,
+            tx: answers,
+            wake: answers_wake,
         };
         thread::Builder::new()
             .name("cp-publisher".into())
@@ -121,6 +169,7 @@ impl Link {
             .map_err(|e| format!("starting the publisher thread: {e}"))?;
         Ok(Link {
             client,
+            quick,
             registration,
             updates,
             wake,
@@ -154,6 +203,11 @@ impl Link {
             reg.wireguard_epoch = epoch;
         }
         let _ = self.publish.send(Publish::Register);
+    }
+
+    /// Like [`Link::allocate`], within [`ALLOCATE_BUDGET`] per member.
+    pub fn allocate_quickly(&self, labels: &[String]) -> Result<Identity, ClientError> {
+        self.quick.allocate_identity(labels)
     }
 
     /// The identity of a label set, allocated by the control plane (idempotent: the same labels
@@ -282,9 +336,17 @@ struct Publisher {
     node: String,
     registration: Arc<Mutex<NodeRegistration>>,
     rx: Receiver<Publish>,
+    /// Answers the run loop needs (blocks, committed bindings) go back with the updates.
+    tx: Sender<Update>,
+    wake: UnixStream,
 }
 
 impl Publisher {
+    fn answer(&self, u: Update) {
+        let _ = self.tx.send(u);
+        let _ = (&self.wake).write(&[1]);
+    }
+
     fn run(self) {
         let mut pending = Pending::default();
         let mut next_heartbeat = Instant::now() + HEARTBEAT;
@@ -325,6 +387,48 @@ impl Publisher {
                         failing = true;
                     }
                 }
+            }
+            if let (Some(replace), false) = (pending.lease, failing) {
+                match self.client.lease_id_block(&self.node, ID_BLOCK, replace) {
+                    Ok(block) => {
+                        pending.lease = None;
+                        self.answer(Update::IdBlock(block));
+                    }
+                    Err(e) if is_retryable(&e) => failing = true,
+                    Err(e) => {
+                        eprintln!("palisade agent: leasing an id block: {e}");
+                        pending.lease = None;
+                    }
+                }
+            }
+            // Bindings before endpoints: an endpoint may only name a committed identity.
+            let binds: Vec<(u32, Vec<String>)> = if failing {
+                Vec::new()
+            } else {
+                pending.binds.iter().map(|(k, v)| (*k, v.clone())).collect()
+            };
+            for (id, labels) in binds {
+                match self.client.bind_identity(&self.node, id, &labels) {
+                    Ok(canonical) => {
+                        pending.binds.remove(&id);
+                        self.answer(Update::Bound { id, canonical });
+                    }
+                    Err(e) if is_retryable(&e) => {
+                        failing = true;
+                        break;
+                    }
+                    Err(e) => {
+                        pending.binds.remove(&id);
+                        self.answer(Update::BindRefused {
+                            id,
+                            labels,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            if failing {
+                continue;
             }
             let endpoints = &mut pending.endpoints;
             let queued: Vec<(IpAddr, Option<Endpoint>)> =
@@ -377,6 +481,10 @@ struct Pending {
     ack: Option<u64>,
     /// The node must be registered again (its key changed).
     register: bool,
+    /// An id block to lease (`Some(replace)`).
+    lease: Option<bool>,
+    /// Bindings to commit, by id.
+    binds: BTreeMap<u32, Vec<String>>,
 }
 
 impl Pending {
@@ -390,6 +498,12 @@ impl Pending {
             }
             Publish::Ack(rev) => self.ack = Some(self.ack.map_or(rev, |a| a.max(rev))),
             Publish::Register => self.register = true,
+            Publish::Lease { replace } => {
+                self.lease = Some(self.lease.unwrap_or(false) || replace);
+            }
+            Publish::Bind { id, labels } => {
+                self.binds.insert(id, labels);
+            }
         }
     }
 }

@@ -325,8 +325,15 @@ impl Agent {
                 wireguard_epoch,
                 pod_cidr: Some(agent.config.pod_cidr),
             };
-            agent.link =
-                Some(Link::start(cp.client, registration).map_err(AgentError::ControlPlane)?);
+            let link = Link::start(cp.client, registration).map_err(AgentError::ControlPlane)?;
+            // Bindings from the block not confirmed before the restart: commit them now.
+            for (id, labels) in agent.view.pending_bindings() {
+                link.publish(Publish::Bind {
+                    id,
+                    labels: labels.clone(),
+                });
+            }
+            agent.link = Some(link);
         }
         agent.update_gauges();
         Ok(agent)
@@ -505,8 +512,12 @@ impl Agent {
     }
 
     /// With a control plane, makes sure the endpoint's label set is bound to its cluster
-    /// identity before the engine sees the endpoint: known label sets resolve locally (also
-    /// while the control plane is unreachable); a new one costs one round trip.
+    /// identity before the engine sees the endpoint. Known label sets resolve locally (also
+    /// while the control plane is unreachable). A new one is asked of the control plane within a
+    /// short budget (`ALLOCATE_BUDGET`), so the same labels keep one id cluster-wide in the common
+    /// case; when the control plane does not answer in time, the next id of the node's leased
+    /// block is bound at once and committed by the publisher afterwards (the pod starts; if the
+    /// set got another id elsewhere meanwhile, the endpoints move to it when the commit answers).
     fn cluster_identity(&mut self, spec: &EngineEndpoint) -> Result<(), (u32, String)> {
         let Some(link) = &self.link else {
             return Ok(());
@@ -516,24 +527,41 @@ impl Agent {
             return Ok(());
         }
         let strings = labels.to_strings();
-        let id = link.allocate(&strings).map_err(|e| {
-            (
+        let asked = match link.allocate_quickly(&strings) {
+            Ok(id) => {
+                self.engine
+                    .bind_identity(palisade_policy::identity::Identity(id.id), labels)
+                    .map_err(|e| {
+                        (
+                            CODE_TRY_AGAIN,
+                            format!("endpoint `{}`: {}", spec.name, chain(&e)),
+                        )
+                    })?;
+                self.view.note_identity(id.id, strings);
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let Some((id, left)) = self.view.bind_from_block(&mut self.engine, labels) else {
+            return Err((
                 CODE_TRY_AGAIN,
                 format!(
-                    "endpoint `{}`: its labels are new and the control plane could not allocate their identity: {e}",
+                    "endpoint `{}`: its labels are new, the control plane could not allocate their identity ({asked}) and this node holds no free id of a leased block",
                     spec.name
                 ),
-            )
-        })?;
-        self.engine
-            .bind_identity(palisade_policy::identity::Identity(id.id), labels)
-            .map_err(|e| {
-                (
-                    CODE_TRY_AGAIN,
-                    format!("endpoint `{}`: {}", spec.name, chain(&e)),
-                )
-            })?;
-        self.view.note_identity(id.id, strings);
+            ));
+        };
+        eprintln!(
+            "palisade agent: endpoint `{}`: identity {id} from this node's block ({asked}); committing it when the control plane answers",
+            spec.name
+        );
+        link.publish(Publish::Bind {
+            id,
+            labels: strings,
+        });
+        if left < super::control_plane::ID_BLOCK / 4 {
+            link.publish(Publish::Lease { replace: true });
+        }
         Ok(())
     }
 
@@ -552,7 +580,53 @@ impl Agent {
                 metrics::gauge("palisade_agent_control_plane_connected", 0.0);
                 return;
             }
+            Update::IdBlock(block) => {
+                if self.view.id_block() != Some(block) {
+                    eprintln!(
+                        "palisade agent: leased identities {}..{} for new label sets",
+                        block.first,
+                        block.first.saturating_add(block.count)
+                    );
+                    self.view.set_id_block(block);
+                    self.save_view();
+                }
+                return;
+            }
+            Update::Bound { id, canonical } => {
+                if self.view.confirm(&mut self.engine, id, &canonical) {
+                    eprintln!(
+                        "palisade agent: identity {id} is an alias of {} (the label set got that id elsewhere first); moving endpoints",
+                        canonical.id
+                    );
+                    self.converge(id);
+                }
+                self.save_view();
+                return;
+            }
+            Update::BindRefused { id, labels, reason } => {
+                eprintln!(
+                    "palisade agent: the control plane refused identity {id} from this node's block: {reason}; allocating the labels instead"
+                );
+                self.view.refuse(id);
+                match self.link.as_ref().map(|l| l.allocate(&labels)) {
+                    Some(Ok(canonical)) => {
+                        self.view.confirm(&mut self.engine, id, &canonical);
+                        self.converge(id);
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("palisade agent: allocating identity for {labels:?}: {e}")
+                    }
+                    None => {}
+                }
+                self.save_view();
+                return;
+            }
             Update::Registered(rec) => {
+                if self.view.id_block().is_none()
+                    && let Some(link) = &self.link
+                {
+                    link.publish(Publish::Lease { replace: false });
+                }
                 if rec.pod_cidr != self.config.pod_cidr {
                     eprintln!(
                         "palisade agent: the control plane keeps pod CIDR {} for node `{node}`, this agent runs with {}: pods here will not be routed",
@@ -658,6 +732,52 @@ impl Agent {
         self.update_gauges();
         if let Some(link) = &self.link {
             link.publish(Publish::Ack(self.view.policy_revision));
+        }
+    }
+
+    /// Moves the local endpoints of identity `from` (an alias, or a binding the control plane
+    /// refused) to what their label set resolves to now, the canonical id: re-added to the
+    /// engine, maps and ipcache rewritten, the new identity published. Both ids match the same
+    /// selectors, so policy has no gap while this happens.
+    fn converge(&mut self, from: u32) {
+        let moving: Vec<RegisteredEndpoint> = self
+            .registry
+            .iter()
+            .filter(|e| e.identity == from)
+            .cloned()
+            .collect();
+        for e in moving {
+            let name = e.name();
+            self.engine.remove_endpoint(&name);
+            let r = match self.register(e.spec.clone()) {
+                Ok(r) => r,
+                Err((_, msg)) => {
+                    eprintln!(
+                        "palisade agent: moving endpoint `{name}` off identity {from}: {msg}"
+                    );
+                    continue;
+                }
+            };
+            if let Err(err) = self.resync() {
+                eprintln!("palisade agent: moving endpoint `{name}`: {}", chain(&err));
+            }
+            if let Err((_, msg)) = self.enforce(&r) {
+                eprintln!("palisade agent: moving endpoint `{name}`: {msg}");
+            }
+            if let Some(link) = &self.link {
+                link.publish(Publish::Endpoint(CpEndpoint {
+                    ip: r.ip,
+                    identity: r.endpoint.identity,
+                    node: self.config.node.clone(),
+                }));
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn save_view(&self) {
+        if let Err(e) = self.view.save(&self.config.state_dir) {
+            eprintln!("palisade agent: saving the control-plane view: {e}");
         }
     }
 
@@ -941,6 +1061,8 @@ impl Agent {
                     "objects": policies,
                     "nodes": self.view.nodes().map(|n| n.name.clone()).collect::<Vec<_>>(),
                     "lastPropagationMs": self.cp.last_propagation_ms,
+                    "idBlock": self.view.id_block(),
+                    "pendingBindings": self.view.pending_bindings().map(|(id, _)| id).collect::<Vec<_>>(),
                 })
             }),
         })
