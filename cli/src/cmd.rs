@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cluster;
 pub mod connect;
 pub mod identity;
+pub mod kubeconfig;
 pub mod lab;
 pub mod lab_test;
 pub mod node;

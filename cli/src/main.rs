@@ -39,6 +39,10 @@ enum Command {
     Identity(cmd::identity::Args),
     /// Nodes registered in the control plane.
     Node(cmd::node::Args),
+    /// Write a kubeconfig for the control plane's Kubernetes-compatible policy API (kubectl
+    /// apply/get/diff/edit/delete/watch of CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+    /// NetworkPolicy).
+    Kubeconfig(cmd::kubeconfig::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }
