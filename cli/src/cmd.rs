@@ -7,6 +7,7 @@ pub mod identity;
 pub mod kubeconfig;
 pub mod lab;
 pub mod lab_test;
+pub mod mirror;
 pub mod node;
 pub mod policy;
 pub mod workload;

@@ -13,3 +13,4 @@ mod t50_environment;
 mod t60_auth;
 mod t70_client;
 mod t80_kubectl;
+mod t90_mirror;
