@@ -184,9 +184,14 @@ impl Target {
     ) -> KubeResult<Self> {
         let res = Resource::find(group, version, plural)
             .ok_or_else(|| KubeError::no_such_path(&format!("/apis/{group}/{version}/{plural}")))?;
-        if namespace.is_some() && !res.namespaced {
+        if namespace.is_some() != res.namespaced {
+            let scope = if res.namespaced {
+                "namespaced: use /apis/GROUP/VERSION/namespaces/NAMESPACE/PLURAL"
+            } else {
+                "cluster-scoped: use /apis/GROUP/VERSION/PLURAL"
+            };
             return Err(KubeError::no_such_path(&format!(
-                "{} is cluster-scoped: /apis/{group}/{version}/{plural}",
+                "/apis/{group}/{version}/{plural}: {} is {scope}",
                 res.plural
             )));
         }

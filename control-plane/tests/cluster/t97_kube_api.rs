@@ -76,6 +76,18 @@ async fn every_member_serves_the_same_objects_and_keeps_preconditions() -> anyho
         );
     }
 
+    // A namespaced object has no cluster-scoped path.
+    let (code, s) = send(
+        &c,
+        reqwest::Method::GET,
+        leader,
+        "/apis/cilium.io/v2/ciliumnetworkpolicies/web",
+        json_ct,
+        None,
+    )
+    .await?;
+    assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")), "{s}");
+
     // Create again: AlreadyExists.
     let (code, s) = send(
         &c,
