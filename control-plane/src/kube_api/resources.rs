@@ -250,6 +250,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stored_objects_load_with_the_engine_as_agents_load_them() {
+        // What a server-side apply stores: agents parse it with the engine's loader.
+        let object = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "default", "uid": new_uid(),
+                "creationTimestamp": now_rfc3339(), "generation": 2,
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "p"}}}});
+        let r = PolicyRecord {
+            key: RESOURCES[0].key(Some("default"), "p"),
+            object,
+            revision: 4,
+            created_revision: 1,
+        };
+        let text = RESOURCES[0].render(&r).to_string();
+        let loaded = palisade_policy::load::load_file("p", &text);
+        assert_eq!(loaded.map(|p| p.len()).map_err(|e| e.to_string()), Ok(1));
+    }
+
+    #[test]
     fn uids_are_uuid_shaped_and_timestamps_rfc3339() {
         let u = new_uid();
         assert_eq!(u.len(), 36, "{u}");
