@@ -42,6 +42,16 @@ done
 pkill -x redis-server 2>/dev/null || true
 pkill -x dnsmasq 2>/dev/null || true
 
+# --- kubectl ---------------------------------------------------------------------------------
+# The Kubernetes-compatible policy API's tests drive the real kubectl. Any kubectl already on
+# PATH is kept (the tests were written against v1.32); otherwise Debian's `kubernetes-client`.
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing kubectl (Debian package kubernetes-client)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+
 # --- Rust toolchains -------------------------------------------------------------------------
 if ! rustup toolchain list | grep -q "^${NIGHTLY}"; then
   log "installing the ${NIGHTLY} toolchain"

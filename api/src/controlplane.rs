@@ -136,6 +136,9 @@ pub struct PolicyRecord {
     pub object: serde_json::Value,
     /// The policy revision this object was last written at.
     pub revision: u64,
+    /// The policy revision it was created at (0 in records written before it was kept).
+    #[serde(default)]
+    pub created_revision: u64,
 }
 
 /// One change of an object, as served to watchers.

@@ -41,6 +41,13 @@ enum Command {
     Node(cmd::node::Args),
     /// Node-to-node WireGuard encryption: status per node, and key rotation on demand.
     Encrypt(cmd::encrypt::Args),
+    /// Write a kubeconfig for the control plane's Kubernetes-compatible policy API (kubectl
+    /// apply/get/diff/edit/delete/watch of CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+    /// NetworkPolicy).
+    Kubeconfig(cmd::kubeconfig::Args),
+    /// Mirror the policy objects of a Kubernetes cluster (CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy) into the control plane, in the foreground.
+    Mirror(cmd::mirror::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -61,6 +68,8 @@ fn main() -> ExitCode {
         Command::Identity(args) => cmd::identity::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Encrypt(args) => cmd::encrypt::run(args),
+        Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
+        Command::Mirror(args) => cmd::mirror::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -102,6 +102,11 @@ pub enum Request {
         key: PolicyKey,
         /// The raw object, as the client sent it.
         object: serde_json::Value,
+        /// What must hold of the stored object for the write to happen (the Kubernetes API's
+        /// create and optimistic-concurrency update); checked here, at apply time, so two
+        /// racing writers cannot both pass it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        precondition: Option<PolicyPrecondition>,
     },
     /// Deletes a policy object.
     DeletePolicy {
@@ -196,11 +201,48 @@ pub enum Response {
         /// The responses.
         responses: Vec<Response>,
     },
+    /// A policy write whose [`PolicyPrecondition`] did not hold; nothing changed.
+    PolicyPreconditionFailed {
+        /// The stored object's revision (`None`: there is none).
+        current: Option<u64>,
+    },
     /// The request was committed but rejected by the state machine; nothing changed.
     Rejected {
         /// Why, naming the offending field.
         reason: String,
     },
+}
+
+/// A policy object's latest change (see [`State::policy_changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// The policy revision of the change: the record's revision, or the one its deletion was
+    /// recorded at.
+    pub revision: u64,
+    /// Its storage key.
+    pub key: String,
+    /// The record now; `None` when deleted.
+    pub record: Option<PolicyRecord>,
+}
+
+/// A condition on the stored policy object that a [`Request::ApplyPolicy`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyPrecondition {
+    /// No object is stored under the key (a create).
+    Absent,
+    /// The stored object was last written at this revision (an update of what the writer read).
+    Revision(u64),
+}
+
+impl PolicyPrecondition {
+    /// Whether it holds of `current`, the stored object's revision.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            PolicyPrecondition::Absent => current.is_none(),
+            PolicyPrecondition::Revision(r) => current == Some(r),
+        }
+    }
 }
 
 // === Records ===
@@ -241,6 +283,9 @@ struct FeedEntry {
     revision: u64,
     /// The policy revision once this change was applied.
     policy_revision: u64,
+    /// The policy revision before the request that made this change: every policy change after
+    /// it is in the feed while this entry is.
+    policy_revision_before: u64,
     /// The replicated clock when it was applied (ms since the epoch).
     at_ms: u64,
     table: Table,
@@ -419,16 +464,17 @@ impl State {
     /// result everywhere. Returns the response and the rows it touched.
     pub fn apply(&mut self, req: &Request) -> (Response, Vec<RowKey>) {
         let mut touched = Vec::new();
+        let before = self.counters.revision;
         let resp = self.apply_into(req, &mut touched);
         touched.sort();
         touched.dedup();
-        self.record_changes(&touched);
+        self.record_changes(&touched, before);
         (resp, touched)
     }
 
     /// Numbers every changed object row with the next change revision and keeps it in the
     /// in-memory change feed (bounded to [`CHANGE_FEED_LEN`]).
-    fn record_changes(&mut self, touched: &[RowKey]) {
+    fn record_changes(&mut self, touched: &[RowKey], policy_revision_before: u64) {
         for (table, key) in touched {
             let kind = match table {
                 Table::Identities => "identity",
@@ -441,6 +487,7 @@ impl State {
             self.feed.push_back(FeedEntry {
                 revision: self.counters.change_revision,
                 policy_revision: self.counters.revision,
+                policy_revision_before,
                 at_ms: self.counters.clock_ms,
                 table: *table,
                 kind,
@@ -481,6 +528,40 @@ impl State {
                 })
                 .collect(),
         )
+    }
+
+    /// The policy objects changed after policy revision `revision`, for the Kubernetes API's
+    /// watch (whose resource versions are policy revisions): each changed key once, oldest change
+    /// first, with its stored record (`None` once deleted) and the policy revision of its last
+    /// change. `None` when the feed no longer holds every policy change after `revision`.
+    pub fn policy_changes_since(&self, revision: u64) -> Option<Vec<PolicyChange>> {
+        if revision >= self.counters.revision {
+            return Some(Vec::new());
+        }
+        match self.feed.front() {
+            Some(front) if revision >= front.policy_revision_before => {}
+            _ => return None,
+        }
+        let mut last: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+        for (i, c) in self.feed.iter().enumerate() {
+            if c.table == Table::Policies && c.policy_revision > revision {
+                last.insert(c.key.as_str(), (i, c.policy_revision));
+            }
+        }
+        let mut out: Vec<(usize, PolicyChange)> = last
+            .into_iter()
+            .map(|(key, (i, policy_revision))| {
+                let record = self.policies.get(key).cloned();
+                let change = PolicyChange {
+                    revision: record.as_ref().map_or(policy_revision, |r| r.revision),
+                    key: key.to_owned(),
+                    record,
+                };
+                (i, change)
+            })
+            .collect();
+        out.sort_by_key(|(i, _)| *i);
+        Some(out.into_iter().map(|(_, c)| c).collect())
     }
 
     fn apply_into(&mut self, req: &Request, touched: &mut Vec<RowKey>) -> Response {
@@ -570,9 +651,22 @@ impl State {
                 touched.push((Table::Endpoints, ip.to_string()));
                 Response::Removed { existed }
             }
-            Request::ApplyPolicy { key, object } => {
+            Request::ApplyPolicy {
+                key,
+                object,
+                precondition,
+            } => {
                 let skey = key.storage_key();
-                match self.policies.get(&skey) {
+                let stored = self.policies.get(&skey);
+                let current = stored.map(|p| p.revision);
+                if let Some(pre) = precondition
+                    && !pre.holds(current)
+                {
+                    return Response::PolicyPreconditionFailed { current };
+                }
+                // Kept across updates: the Kubernetes API tells created from modified by it.
+                let created_revision = stored.map(|p| p.created_revision);
+                match stored {
                     Some(p) if &p.object == object => Response::Policy {
                         revision: self.counters.revision,
                         changed: false,
@@ -586,6 +680,7 @@ impl State {
                                 key: key.clone(),
                                 object: object.clone(),
                                 revision,
+                                created_revision: created_revision.unwrap_or(revision),
                             },
                         );
                         touched.push((Table::Policies, skey));
@@ -1153,6 +1248,73 @@ mod tests {
     }
 
     #[test]
+    fn policy_preconditions_and_the_policy_feed() {
+        let mut s = State::new();
+        let key = |name: &str| PolicyKey {
+            kind: "CiliumNetworkPolicy".into(),
+            namespace: "default".into(),
+            name: name.into(),
+        };
+        let apply = |name: &str, v: u64, pre: Option<PolicyPrecondition>| Request::ApplyPolicy {
+            key: key(name),
+            object: serde_json::json!({"v": v}),
+            precondition: pre,
+        };
+        let created = Response::Policy {
+            revision: 1,
+            changed: true,
+        };
+        assert_eq!(
+            s.apply(&apply("a", 1, Some(PolicyPrecondition::Absent))).0,
+            created
+        );
+        assert_eq!(
+            s.apply(&apply("a", 2, Some(PolicyPrecondition::Absent))).0,
+            Response::PolicyPreconditionFailed { current: Some(1) }
+        );
+        assert_eq!(
+            s.apply(&apply("a", 2, Some(PolicyPrecondition::Revision(7))))
+                .0,
+            Response::PolicyPreconditionFailed { current: Some(1) }
+        );
+        assert_eq!(
+            s.apply(&apply("a", 2, Some(PolicyPrecondition::Revision(1))))
+                .0,
+            Response::Policy {
+                revision: 2,
+                changed: true
+            }
+        );
+        s.apply(&apply("b", 1, None));
+        s.apply(&Request::DeletePolicy { key: key("b") });
+        let rec = s.policies.get("CiliumNetworkPolicy/default/a").cloned();
+        assert_eq!(
+            rec.as_ref().map(|r| (r.created_revision, r.revision)),
+            Some((1, 2))
+        );
+        // Every key once, at its last change: `a` modified at 2, `b` deleted at 4.
+        let feed = s.policy_changes_since(0).unwrap_or_default();
+        let seen: Vec<(String, u64, bool)> = feed
+            .iter()
+            .map(|c| (c.key.clone(), c.revision, c.record.is_some()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("CiliumNetworkPolicy/default/a".to_owned(), 2, true),
+                ("CiliumNetworkPolicy/default/b".to_owned(), 4, false)
+            ]
+        );
+        assert_eq!(s.policy_changes_since(2).map(|c| c.len()), Some(1));
+        assert_eq!(s.policy_changes_since(4).map(|c| c.len()), Some(0));
+        // A state without the feed (as after a restart) cannot serve an old revision.
+        let mut t = State::new();
+        t.counters.revision = 4;
+        assert_eq!(t.policy_changes_since(1), None);
+        assert_eq!(t.policy_changes_since(4), Some(Vec::new()));
+    }
+
+    #[test]
     fn policy_revision_bumps_only_on_change() {
         let mut s = State::new();
         let key = PolicyKey {
@@ -1164,6 +1326,7 @@ mod tests {
         let apply = Request::ApplyPolicy {
             key: key.clone(),
             object: obj,
+            precondition: None,
         };
         assert_eq!(
             s.apply(&apply).0,

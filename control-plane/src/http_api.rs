@@ -88,22 +88,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The HTTP status of a cluster error (shared with the Kubernetes-compatible API).
+pub fn cluster_status_code(e: &ClusterError) -> u16 {
+    cluster_error_status(e).as_u16()
+}
+
+fn cluster_error_status(e: &ClusterError) -> StatusCode {
+    match e {
+        ClusterError::NoLeader | ClusterError::MembershipBusy { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ClusterError::Forward { .. } => StatusCode::BAD_GATEWAY,
+        ClusterError::Leader { status, .. } => {
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+        ClusterError::Rejected { .. } | ClusterError::Membership { .. } => StatusCode::CONFLICT,
+        ClusterError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ClusterError::Fatal { .. } | ClusterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
-        let status = match &e {
-            ClusterError::NoLeader | ClusterError::MembershipBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ClusterError::Forward { .. } => StatusCode::BAD_GATEWAY,
-            ClusterError::Leader { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
-            }
-            ClusterError::Rejected { .. } | ClusterError::Membership { .. } => StatusCode::CONFLICT,
-            ClusterError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ClusterError::Fatal { .. } | ClusterError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
+        let status = cluster_error_status(&e);
         // Rejections name their field as "`field`: reason"; surface it.
         let error = e.to_string();
         let field = match &e {
@@ -131,6 +138,11 @@ impl From<OpError> for ApiError {
                 field: Some(e.field),
             },
             OpError::NotFound { what } => ApiError::not_found(what),
+            e @ OpError::PreconditionFailed { .. } => ApiError {
+                status: StatusCode::CONFLICT,
+                error: e.to_string(),
+                field: None,
+            },
             e @ OpError::Gone { .. } => ApiError {
                 status: StatusCode::GONE,
                 error: e.to_string(),
@@ -226,6 +238,7 @@ pub fn router(ops: Ops, prometheus: Option<PrometheusHandle>, tokens: Arc<Tokens
                 .get(get_endpoint)
                 .delete(remove_endpoint),
         )
+        .merge(crate::kube_api::router(api.ops.clone()))
         .route("/internal/v1/propose", post(internal_propose))
         .route("/internal/v1/read-index", get(internal_read_index))
         .route("/internal/v1/members", post(internal_members))

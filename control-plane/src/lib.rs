@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod errors;
 pub mod grpc;
 pub mod http_api;
+pub mod kube_api;
 pub mod metrics;
 pub mod network;
 pub mod node;

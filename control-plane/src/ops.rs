@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::{
-    Change, Endpoint, Identity, NodeRecord, PolicyKey, PolicyRecord, Request, Response,
+    Change, Endpoint, Identity, NodeRecord, PolicyChange, PolicyKey, PolicyPrecondition,
+    PolicyRecord, Request, Response,
 };
 use crate::cluster::Cluster;
 use crate::errors::ClusterError;
@@ -57,6 +58,14 @@ pub enum OpError {
     Gone {
         /// The revision asked for.
         from: u64,
+    },
+    /// A policy write's precondition did not hold; nothing changed.
+    #[error("policy `{key}` changed: its revision is {}", current.map_or("none (absent)".to_owned(), |r| r.to_string()))]
+    PreconditionFailed {
+        /// The storage key.
+        key: String,
+        /// The stored object's revision (`None`: there is none).
+        current: Option<u64>,
     },
     /// The cluster operation failed (see [`ClusterError`]).
     #[error(transparent)]
@@ -265,9 +274,46 @@ impl Ops {
         self.validator.validate(&key, &object)?;
         policy_written(
             self.cluster
-                .write(Request::ApplyPolicy { key, object })
+                .write(Request::ApplyPolicy {
+                    key,
+                    object,
+                    precondition: None,
+                })
                 .await?,
         )
+    }
+
+    /// The policy validator writes go through.
+    pub fn validator(&self) -> &dyn PolicyValidator {
+        self.validator.as_ref()
+    }
+
+    /// Validates `checked` (the object as the engine sees it), then stores `object` under `key`
+    /// if `precondition` holds of the stored object when the write is applied (the Kubernetes
+    /// API's create and update; its objects carry metadata the engine does not read).
+    pub async fn apply_policy_if(
+        &self,
+        key: PolicyKey,
+        object: Value,
+        checked: &Value,
+        precondition: Option<PolicyPrecondition>,
+    ) -> Result<PolicyWritten, OpError> {
+        self.validator.validate(&key, checked)?;
+        let skey = key.storage_key();
+        match self
+            .cluster
+            .write(Request::ApplyPolicy {
+                key,
+                object,
+                precondition,
+            })
+            .await?
+        {
+            Response::PolicyPreconditionFailed { current } => {
+                Err(OpError::PreconditionFailed { key: skey, current })
+            }
+            other => policy_written(other),
+        }
     }
 
     /// Deletes the policy under `key`.
@@ -440,6 +486,32 @@ impl Ops {
                     policy_revision,
                     changes,
                 });
+            }
+            next_apply(&mut applied, seen, deadline).await;
+        }
+    }
+}
+
+impl Ops {
+    /// Long poll of the policy changes after policy revision `from` (the Kubernetes API's
+    /// watch): this member's current policy revision and each changed object once, as soon as
+    /// there is one, or none once `timeout` passed. [`OpError::Gone`] when this member's feed no
+    /// longer reaches back to `from`.
+    pub async fn next_policy_changes(
+        &self,
+        from: u64,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<PolicyChange>), OpError> {
+        let deadline = Instant::now() + timeout;
+        let mut applied = self.cluster.raft().metrics();
+        loop {
+            let seen = applied.borrow_and_update().last_applied;
+            let (revision, changes) = self
+                .cluster
+                .read(|s| (s.counters.revision, s.policy_changes_since(from)))?;
+            let changes = changes.ok_or(OpError::Gone { from })?;
+            if !changes.is_empty() || Instant::now() >= deadline {
+                return Ok((revision.max(from), changes));
             }
             next_apply(&mut applied, seen, deadline).await;
         }

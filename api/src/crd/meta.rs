@@ -33,6 +33,10 @@ pub struct ObjectMeta {
     /// Server-populated, ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// Server-populated (server-side apply's field ownership), ignored. The control plane's
+    /// Kubernetes-compatible API stores it with the object, and agents load stored objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_fields: Option<serde_json::Value>,
 }
 
 /// A Kubernetes label selector. An empty selector selects everything in its scope.

@@ -75,6 +75,8 @@ pub struct ControlPlane {
     pub url: String,
     /// The admin token file, when the daemon requires tokens.
     pub token_file: Option<PathBuf>,
+    /// The operator's TLS directory (the cluster CA only), when the API is HTTPS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -88,7 +90,17 @@ impl ControlPlane {
         Self::spawn(tag, true)
     }
 
+    /// The same over HTTPS (`--tls-dir`, certificates made with the real `certs` commands for
+    /// `127.0.0.1`), with [`ADMIN_TOKEN`]: what kubectl needs (it sends tokens over TLS only).
+    pub fn start_tls(tag: &str) -> ControlPlane {
+        Self::spawn_with(tag, true, true)
+    }
+
     fn spawn(tag: &str, token: bool) -> ControlPlane {
+        Self::spawn_with(tag, token, false)
+    }
+
+    fn spawn_with(tag: &str, token: bool, tls: bool) -> ControlPlane {
         let daemon = Path::new(BIN).with_file_name("palisade-controlplane");
         assert!(
             daemon.exists(),
@@ -123,13 +135,44 @@ impl ControlPlane {
             ]);
             f
         });
+        let tls_dir = tls.then(|| {
+            let certs = |a: &[&Path]| {
+                let out = Command::new(&daemon)
+                    .arg("certs")
+                    .args(a)
+                    .output()
+                    .expect("run certs");
+                assert!(out.status.success(), "certs {a:?}: {out:?}");
+            };
+            let (ca, member, operator) = (dir.join("ca"), dir.join("tls"), dir.join("operator"));
+            certs(&[Path::new("init-ca"), Path::new("--dir"), &ca]);
+            certs(&[
+                Path::new("issue"),
+                Path::new("--ca-dir"),
+                &ca,
+                Path::new("--name"),
+                Path::new("cp-1"),
+                Path::new("--role"),
+                Path::new("member"),
+                Path::new("--out"),
+                &member,
+                Path::new("--san"),
+                Path::new("127.0.0.1"),
+            ]);
+            std::fs::create_dir_all(&operator).expect("operator dir");
+            std::fs::copy(ca.join("ca.pem"), operator.join("ca.pem")).expect("copy ca");
+            args.extend(["--tls-dir".into(), member.into()]);
+            operator
+        });
+        let scheme = if tls { "https" } else { "http" };
         let mut cp = ControlPlane {
             child: None,
             daemon,
             args,
             dir,
-            url: format!("http://{api}"),
+            url: format!("{scheme}://{api}"),
             token_file,
+            tls_dir,
         };
         cp.launch();
         cp
@@ -169,6 +212,9 @@ impl ControlPlane {
         if self.token_file.is_some() {
             cfg = cfg.with_token(ADMIN_TOKEN);
         }
+        if let Some(dir) = &self.tls_dir {
+            cfg = cfg.with_tls(palisade_cp_client::TlsConfig::from_dir(dir).expect("tls dir"));
+        }
         Client::new(cfg).expect("client")
     }
 
@@ -199,7 +245,15 @@ impl ControlPlane {
 
     /// The same, with `stdin` as standard input.
     pub fn palisade_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
-        run(args, &[("PALISADE_SERVER", self.url.as_str())], stdin)
+        let tls = self
+            .tls_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned());
+        let mut env = vec![("PALISADE_SERVER", self.url.as_str())];
+        if let Some(dir) = &tls {
+            env.push(("PALISADE_TLS_DIR", dir.as_str()));
+        }
+        run(args, &env, stdin)
     }
 
     fn log_tail(&self) -> String {
@@ -228,6 +282,7 @@ pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
     cmd.args(args)
         .env_remove("PALISADE_SERVER")
         .env_remove("PALISADE_TOKEN_FILE")
+        .env_remove("PALISADE_TLS_DIR")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

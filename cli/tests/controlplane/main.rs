@@ -12,3 +12,5 @@ mod t20_nodes_identities;
 mod t50_environment;
 mod t60_auth;
 mod t70_client;
+mod t80_kubectl;
+mod t90_mirror;

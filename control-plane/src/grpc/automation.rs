@@ -129,6 +129,7 @@ impl From<OpError> for Status {
             )),
             OpError::NotFound { .. } => Status::not_found(msg),
             OpError::Gone { .. } => Status::out_of_range(msg),
+            OpError::PreconditionFailed { .. } => Status::failed_precondition(msg),
             OpError::Cluster(e) => cluster_status(&e, msg),
             OpError::Unexpected(_) => Status::internal(msg),
         }

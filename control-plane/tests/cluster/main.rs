@@ -13,3 +13,4 @@ mod t70_watch;
 mod t80_tls;
 mod t90_grpc;
 mod t95_identity_gc;
+mod t97_kube_api;

@@ -1,0 +1,489 @@
+//! The real `kubectl` against the control plane's Kubernetes-compatible policy API (HTTPS, an
+//! admin token, a kubeconfig written by `palisade kubeconfig`): apply (create, then a changed
+//! re-apply), get -o yaml, diff, edit, get -w, create of an existing object, server-side apply,
+//! an invalid object refused with the engine's field error, delete; every step checked against
+//! `palisade policy list/get` (the REST view of the same Raft state). Needs `kubectl` on PATH
+//! (`scripts/bootstrap.sh` installs it); the test fails, it does not skip, without it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fixture::{ControlPlane, Run, scratch};
+
+/// Seed-style objects: one of each served kind.
+const POLICIES: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web
+  labels: {team: shop}
+spec:
+  endpointSelector:
+    matchLabels: {app: web}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {app: client}
+      toPorts:
+        - ports:
+            - {port: "80", protocol: TCP}
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: dns
+spec:
+  endpointSelector:
+    matchLabels: {k8s-app: kube-dns, io.kubernetes.pod.namespace: kube-system}
+  ingress:
+    - fromEndpoints:
+        - {}
+      toPorts:
+        - ports:
+            - {port: "53", protocol: UDP}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels: {app: db}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels: {app: api}
+      ports:
+        - {protocol: TCP, port: 5432}
+"#;
+
+struct Kube {
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+}
+
+impl Kube {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            // kubectl diff writes its temporary files here.
+            .env("TMPDIR", &self.dir);
+        c
+    }
+
+    fn run_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd(args);
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap_or_else(|e| {
+            panic!("cannot run kubectl ({e}): install it with scripts/bootstrap.sh")
+        });
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).expect("kubectl stdin");
+        }
+        let out = child.wait_with_output().expect("kubectl output");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        self.run_env(args, stdin, &[])
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(self.run(&a, None).ok()).expect("kubectl json")
+    }
+}
+
+/// `palisade policy get KIND NS NAME -o json`, the stored object (REST API).
+fn stored(cp: &ControlPlane, token: &str, kind: &str, ns: &str, name: &str) -> Value {
+    let key = format!("{kind}/{ns}/{name}");
+    let out = cp.palisade(&["policy", "get", &key, "-o", "json", "--token-file", token]);
+    serde_json::from_str(out.ok()).expect("policy get json")
+}
+
+/// The `kind/namespace/name` keys `palisade policy list` shows.
+fn listed(cp: &ControlPlane, token: &str) -> Vec<String> {
+    let out = cp.palisade(&["policy", "list", "-o", "json", "--token-file", token]);
+    let v: Value = serde_json::from_str(out.ok()).expect("policy list json");
+    let mut keys: Vec<String> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let k = &p["key"];
+            format!(
+                "{}/{}/{}",
+                k["kind"].as_str().unwrap_or_default(),
+                k["namespace"].as_str().unwrap_or_default(),
+                k["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn kubectl_drives_the_policy_objects() {
+    let cp = ControlPlane::start_tls("kubectl");
+    let token = cp
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token file");
+    let dir = scratch("kubectl");
+    let kubeconfig = dir.join("kubeconfig");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    cp.palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    assert!(text.contains("certificate-authority-data"), "{text}");
+    assert!(text.contains(&cp.url), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kubeconfig).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600));
+    let k = Kube {
+        kubeconfig,
+        dir: dir.clone(),
+    };
+
+    // Create all three kinds.
+    let file = write(&dir, "policies.yaml", POLICIES);
+    let out = k.run(&["apply", "-f", &file], None);
+    let created = out.ok();
+    for what in [
+        "ciliumnetworkpolicy.cilium.io/web created",
+        "ciliumclusterwidenetworkpolicy.cilium.io/dns created",
+        "networkpolicy.networking.k8s.io/db created",
+    ] {
+        assert!(created.contains(what), "{out:#?}");
+    }
+    assert_eq!(
+        listed(&cp, &token),
+        [
+            "CiliumClusterwideNetworkPolicy/-/dns",
+            "CiliumNetworkPolicy/default/web",
+            "NetworkPolicy/prod/db"
+        ]
+    );
+    let web = k.json(&["get", "cnp", "web"]);
+    assert_eq!(web["metadata"]["generation"], 1);
+    assert_eq!(web["metadata"]["labels"]["team"], "shop");
+    let uid = web["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(uid.len(), 36, "{web}");
+    let rest = stored(&cp, &token, "CiliumNetworkPolicy", "default", "web");
+    assert_eq!(rest["object"]["metadata"]["uid"], uid.as_str(), "{rest}");
+    assert_eq!(
+        web["metadata"]["resourceVersion"],
+        rest["revision"].to_string().as_str()
+    );
+    let yaml = k.run(&["get", "ccnp", "dns", "-o", "yaml"], None);
+    assert!(yaml.ok().contains("k8s-app: kube-dns"), "{yaml:#?}");
+
+    // A changed re-apply: diff shows it, apply configures only what changed.
+    let changed = POLICIES
+        .replace(
+            "{port: \"80\", protocol: TCP}",
+            "{port: \"8080\", protocol: TCP}",
+        )
+        .replace("port: 5432", "port: 5433");
+    let changed_file = write(&dir, "changed.yaml", &changed);
+    let diff = k.run(&["diff", "-f", &changed_file], None);
+    assert_eq!(diff.code, Some(1), "{diff:#?}");
+    assert!(
+        diff.stdout.contains("-      - port: \"80\"")
+            && diff.stdout.contains("+      - port: \"8080\""),
+        "{diff:#?}"
+    );
+    let out = k.run(&["apply", "-f", &changed_file], None);
+    let applied = out.ok();
+    assert!(
+        applied.contains("ciliumnetworkpolicy.cilium.io/web configured"),
+        "{out:#?}"
+    );
+    assert!(
+        applied.contains("ciliumclusterwidenetworkpolicy.cilium.io/dns unchanged"),
+        "{out:#?}"
+    );
+    assert!(
+        applied.contains("networkpolicy.networking.k8s.io/db configured"),
+        "{out:#?}"
+    );
+    let rest = stored(&cp, &token, "CiliumNetworkPolicy", "default", "web");
+    assert_eq!(
+        rest["object"]["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"],
+        "8080"
+    );
+    assert_eq!(rest["object"]["metadata"]["generation"], 2);
+    assert_eq!(rest["object"]["metadata"]["uid"], uid.as_str());
+    let db = stored(&cp, &token, "NetworkPolicy", "prod", "db");
+    assert_eq!(db["object"]["spec"]["ingress"][0]["ports"][0]["port"], 5433);
+    let diff = k.run(&["diff", "-f", &changed_file], None);
+    assert_eq!(diff.code, Some(0), "no difference left: {diff:#?}");
+
+    // edit (a merge patch for the CRD, a strategic merge patch for NetworkPolicy).
+    let editor = write(
+        &dir,
+        "editor.sh",
+        "#!/bin/sh\nsed -i -e 's/app: client/app: edited/' -e 's/app: api/app: edited/' \"$1\"\n",
+    );
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (what, args) in [
+        (
+            "ciliumnetworkpolicy.cilium.io/web edited",
+            ["edit", "cnp", "web", "-n", "default"],
+        ),
+        (
+            "networkpolicy.networking.k8s.io/db edited",
+            ["edit", "netpol", "db", "-n", "prod"],
+        ),
+    ] {
+        let out = k.run_env(&args, None, &[("KUBE_EDITOR", editor.as_str())]);
+        assert!(out.ok().contains(what), "{out:#?}");
+    }
+    let rest = stored(&cp, &token, "CiliumNetworkPolicy", "default", "web");
+    assert_eq!(
+        rest["object"]["spec"]["ingress"][0]["fromEndpoints"][0]["matchLabels"]["app"],
+        "edited"
+    );
+    let db = stored(&cp, &token, "NetworkPolicy", "prod", "db");
+    assert_eq!(
+        db["object"]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"],
+        "edited"
+    );
+    assert_eq!(db["object"]["spec"]["ingress"][0]["ports"][0]["port"], 5433);
+
+    // get -w sees a policy written through the REST API.
+    let mut watcher = k
+        .cmd(&["get", "cnp", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watcher.stdout.take().expect("watch stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The header and the initial `web`, before anything changes.
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("web")) {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("initial list"),
+        );
+    }
+    let late = POLICIES
+        .split("---")
+        .next()
+        .unwrap_or_default()
+        .replace("name: web", "name: late");
+    cp.palisade_stdin(
+        &["policy", "apply", "-f", "-", "--token-file", &token],
+        Some(&late),
+    )
+    .ok();
+    let seen = loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.contains("late") => break Some(l),
+            Ok(l) => lines.push(l),
+            Err(_) => break None,
+        }
+    };
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let seen = seen.unwrap_or_else(|| panic!("the watch saw no event for `late`: {lines:?}"));
+    assert!(seen.starts_with("ADDED"), "{seen}");
+
+    // create of an existing object: 409 AlreadyExists.
+    let out = k.run(&["create", "-f", &file], None);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("AlreadyExists") && out.stderr.contains("\"web\" already exists"),
+        "{out:#?}"
+    );
+
+    // An invalid object: refused with the engine's field error, nothing written.
+    let before = listed(&cp, &token);
+    let bad = POLICIES
+        .split("---")
+        .next()
+        .unwrap_or_default()
+        .replace("name: web", "name: bad")
+        .replace("\"80\"", "\"70000\"");
+    let out = k.run(&["apply", "-f", "-"], Some(&bad));
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("spec.ingress[0].toPorts[0].ports[0].port")
+            && out.stderr.contains("70000")
+            && out.stderr.contains("is invalid"),
+        "{out:#?}"
+    );
+    assert_eq!(listed(&cp, &token), before);
+
+    // Server-side apply: create, then a re-apply that drops a label removes it.
+    let ssa = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: ssa\n  labels: {a: \"1\", b: \"2\"}\nspec:\n  endpointSelector: {matchLabels: {app: ssa}}\n  ingress: [{fromEndpoints: [{}]}]\n";
+    let out = k.run(&["apply", "--server-side", "-f", "-"], Some(ssa));
+    assert!(
+        out.ok()
+            .contains("ciliumclusterwidenetworkpolicy.cilium.io/ssa serverside-applied"),
+        "{out:#?}"
+    );
+    let out = k.run(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&ssa.replace(", b: \"2\"", "")),
+    );
+    assert!(out.ok().contains("serverside-applied"), "{out:#?}");
+    let o = k.json(&["get", "ccnp", "ssa", "--show-managed-fields"]);
+    assert_eq!(
+        o["metadata"]["labels"],
+        serde_json::json!({"a": "1"}),
+        "{o}"
+    );
+    assert_eq!(
+        o["metadata"]["managedFields"][0]["manager"], "kubectl",
+        "{o}"
+    );
+    assert_eq!(
+        o["metadata"]["managedFields"][0]["operation"], "Apply",
+        "{o}"
+    );
+
+    // delete: gone from both views.
+    let out = k.run(&["delete", "-f", &file], None);
+    let deleted = out.ok();
+    for what in [
+        "ciliumnetworkpolicy.cilium.io \"web\" deleted",
+        "ciliumclusterwidenetworkpolicy.cilium.io \"dns\" deleted",
+        "networkpolicy.networking.k8s.io \"db\" deleted",
+    ] {
+        assert!(deleted.contains(what), "{out:#?}");
+    }
+    assert_eq!(
+        listed(&cp, &token),
+        [
+            "CiliumClusterwideNetworkPolicy/-/ssa",
+            "CiliumNetworkPolicy/default/late"
+        ]
+    );
+    let names: Vec<String> = k.json(&["get", "cnp,ccnp,netpol", "-A"])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["late", "ssa"]);
+    let out = k.run(&["get", "cnp", "web"], None);
+    assert!(
+        out.stderr.contains("NotFound") || out.stderr.contains("not found"),
+        "{out:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn watch_bookmarks_and_expired_resource_versions() {
+    let mut cp = ControlPlane::start_tls("kubectl-watch");
+    let token = cp
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token file");
+    let dir = scratch("kubectl-watch");
+    let kubeconfig = dir.join("kubeconfig");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    cp.palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    let k = Kube {
+        kubeconfig,
+        dir: dir.clone(),
+    };
+    let one = POLICIES.split("---").next().unwrap_or_default();
+    k.run(&["apply", "-f", "-"], Some(one)).ok();
+    k.run(
+        &["apply", "-f", "-"],
+        Some(&one.replace("name: web", "name: web2")),
+    )
+    .ok();
+    let list = k.run(
+        &[
+            "get",
+            "--raw",
+            "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies",
+        ],
+        None,
+    );
+    let list: Value = serde_json::from_str(list.ok()).expect("list json");
+    assert_eq!(list["kind"], "CiliumNetworkPolicyList");
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(rv, "2");
+    // From revision 1: the second object, then a bookmark at the current revision while idle.
+    let path = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies?watch=1&resourceVersion=1&allowWatchBookmarks=true&timeoutSeconds=7";
+    let out = k.run(&["get", "--raw", path], None);
+    let events: Vec<Value> = out
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    assert_eq!(events[0]["type"], "ADDED", "{events:?}");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "web2");
+    assert!(
+        events[1..]
+            .iter()
+            .any(|e| e["type"] == "BOOKMARK" && e["object"]["metadata"]["resourceVersion"] == "2"),
+        "{events:?}"
+    );
+    // After a restart this member's change feed starts afresh: revision 1 is too old.
+    cp.restart();
+    let out = k.run(&["get", "--raw", path], None);
+    let last: Value =
+        serde_json::from_str(out.ok().lines().last().unwrap_or_default()).expect("an ERROR event");
+    assert_eq!(last["type"], "ERROR", "{last}");
+    assert_eq!(last["object"]["code"], 410, "{last}");
+    assert_eq!(last["object"]["reason"], "Expired", "{last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,108 @@
+//! Discovery documents (the legacy, unaggregated form: kubectl falls back to it when the server
+//! answers `application/json`): `/api` (`APIVersions`), `/api/v1` (an empty `APIResourceList`:
+//! no core resources are served, but kubectl asks), `/apis` (`APIGroupList`), `/apis/<group>`
+//! (`APIGroup`) and `/apis/<group>/<version>` (`APIResourceList`), and `/version`.
+
+use serde_json::{Value, json};
+
+use super::resources::{RESOURCES, group_versions};
+
+/// The verbs every served resource supports.
+const VERBS: [&str; 7] = [
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+/// `/api`.
+pub fn core_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"],
+           "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+}
+
+/// `/api/v1`: namespaces only (read-only: the namespaces policies live in), so that kubectl's
+/// discovery of the core group is not empty.
+pub fn core_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+        {"name": "namespaces", "singularName": "namespace", "namespaced": false,
+         "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}]})
+}
+
+/// A `Namespace` object as the read-only core API shows it.
+pub fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+           "status": {"phase": "Active"}})
+}
+
+fn group(name: &str) -> Option<Value> {
+    let versions: Vec<Value> = group_versions()
+        .into_iter()
+        .filter(|(g, _)| *g == name)
+        .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first()?.clone();
+    Some(json!({"name": name, "versions": versions, "preferredVersion": preferred}))
+}
+
+/// `/apis`.
+pub fn groups() -> Value {
+    let mut names: Vec<&str> = group_versions().into_iter().map(|(g, _)| g).collect();
+    names.dedup();
+    let groups: Vec<Value> = names.into_iter().filter_map(group).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`.
+pub fn api_group(name: &str) -> Option<Value> {
+    let mut g = group(name)?;
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    Some(g)
+}
+
+/// `/apis/<group>/<version>`.
+pub fn resources(group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| {
+            let mut categories = vec!["all"];
+            if r.group == "cilium.io" {
+                categories = vec!["cilium", "ciliumpolicy"];
+            }
+            json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+                   "kind": r.kind, "verbs": VERBS, "shortNames": r.short_names,
+                   "categories": categories})
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": format!("{group}/{version}"), "resources": resources}))
+}
+
+/// `/version`: the Kubernetes version this API imitates, and Palisade's.
+pub fn version() -> Value {
+    json!({"major": "1", "minor": "32", "gitVersion": format!("v1.32.0-palisade.{}", env!("CARGO_PKG_VERSION")),
+           "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_lists_both_groups_and_their_resources() {
+        let g = groups();
+        let names: Vec<&str> = g["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
+        assert_eq!(names, ["cilium.io", "networking.k8s.io"]);
+        let r = resources("cilium.io", "v2").expect("cilium.io/v2");
+        assert_eq!(r["resources"].as_array().map(Vec::len), Some(2));
+        assert_eq!(r["resources"][1]["namespaced"], false);
+        assert!(resources("cilium.io", "v1").is_none());
+    }
+}
