@@ -20,14 +20,16 @@
 mod cluster_view;
 mod config;
 mod control_plane;
+pub mod flows;
 mod ipam;
 mod metrics;
+pub mod observer;
 mod registry;
 mod server;
 mod sync;
 
 pub use cluster_view::ClusterView;
-pub use config::{AgentConfig, ControlPlaneConfig};
+pub use config::{AgentConfig, ControlPlaneConfig, DEFAULT_FLOW_RING_SIZE};
 pub use ipam::{Ipam, IpamError};
 pub use registry::{RegisteredEndpoint, Registry};
 pub use server::{AgentError, request, run};

@@ -102,6 +102,15 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the flow observer (Hubble's `observer.Observer` gRPC, plus grpc.health.v1) on ADDR,
+    /// e.g. `10.0.0.1:4244` (Hubble's port). Off by default. Plaintext, read-only: bind it to an
+    /// address only trusted clients reach (`palisade observe --server ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    hubble_listen: Option<std::net::SocketAddr>,
+    /// How many flows the agent keeps in memory (older ones are overwritten and counted lost).
+    #[arg(long, value_name = "N", default_value_t = palisade_node_agent::agent::DEFAULT_FLOW_RING_SIZE,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    flow_ring_size: usize,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -192,6 +201,8 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         datapath,
         control_plane,
         metrics_listen: a.metrics_listen,
+        hubble_listen: a.hubble_listen,
+        flow_ring_size: a.flow_ring_size,
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)

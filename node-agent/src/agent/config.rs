@@ -31,7 +31,15 @@ pub struct AgentConfig {
     pub control_plane: Option<ControlPlaneConfig>,
     /// Where to serve Prometheus `/metrics` (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the flow observer (`observer.Observer` gRPC, plaintext); `None`: flows
+    /// are still read and counted, but not served.
+    pub hubble_listen: Option<SocketAddr>,
+    /// How many flows the agent keeps (the newest; older ones are overwritten and counted lost).
+    pub flow_ring_size: usize,
 }
+
+/// Default of `flow_ring_size` (Hubble's default ring holds 4095).
+pub const DEFAULT_FLOW_RING_SIZE: usize = 4096;
 
 /// How the agent reaches the control plane and presents its node.
 #[derive(Debug, Clone)]

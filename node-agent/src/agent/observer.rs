@@ -1,0 +1,284 @@
+//! The agent's Hubble-compatible `observer.Observer` gRPC service (plus `grpc.health.v1`),
+//! served on `--hubble-listen` from a thread of its own running a tokio runtime: the agent's
+//! run loop stays synchronous and never waits on a client.
+//!
+//! Who may call: whoever reaches the listen address. The service only reads the flow ring; it
+//! changes nothing. Bind it to an address only trusted clients reach (the node's own address
+//! inside the lab, or loopback).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use palisade_api::flow::{Flow, LostEvent, LostEventSource};
+use palisade_api::observer::observer_server::{Observer, ObserverServer};
+use palisade_api::observer::{
+    GetFlowsRequest, GetFlowsResponse, GetNodesRequest, GetNodesResponse, Node,
+    ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,
+};
+use palisade_api::relay::NodeState;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::flows::{FlowFilters, FlowRing};
+
+/// The version string reported in `ServerStatus` and `GetNodes`.
+pub const VERSION: &str = concat!("palisade-", env!("CARGO_PKG_VERSION"));
+
+/// How many responses a stream buffers before the sender waits for the client.
+const STREAM_BUFFER: usize = 256;
+
+/// The service over one agent's flow ring.
+#[derive(Clone)]
+pub struct AgentObserver {
+    ring: Arc<FlowRing>,
+    node: String,
+    address: String,
+}
+
+impl AgentObserver {
+    /// The service for `node`, whose observer listens on `address`.
+    pub fn new(ring: Arc<FlowRing>, node: String, address: String) -> Self {
+        Self {
+            ring,
+            node,
+            address,
+        }
+    }
+}
+
+/// Starts the observer thread, bound to `addr` before this returns (so a bad address fails the
+/// agent's start with the flag's name).
+pub fn serve(addr: SocketAddr, service: AgentObserver) -> Result<(), String> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("--hubble-listen {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("--hubble-listen {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("observer".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("palisade agent: observer runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("palisade agent: observer listener: {e}");
+                        return;
+                    }
+                };
+                let (reporter, health) = tonic_health::server::health_reporter();
+                reporter
+                    .set_serving::<ObserverServer<AgentObserver>>()
+                    .await;
+                let r = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(ObserverServer::new(service))
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                    .await;
+                if let Err(e) = r {
+                    eprintln!("palisade agent: observer: {e}");
+                }
+            });
+        })
+        .map_err(|e| format!("observer thread: {e}"))?;
+    Ok(())
+}
+
+fn ns_of(t: &prost_types::Timestamp) -> i128 {
+    t.seconds as i128 * 1_000_000_000 + t.nanos as i128
+}
+
+fn flow_ns(f: &Flow) -> i128 {
+    f.time.as_ref().map_or(0, ns_of)
+}
+
+/// The request's time window and history selection, checked.
+struct Window {
+    since: Option<i128>,
+    until: Option<i128>,
+    number: u64,
+    first: bool,
+    follow: bool,
+}
+
+impl Window {
+    fn new(r: &GetFlowsRequest) -> Result<Self, Status> {
+        let since = r.since.as_ref().map(ns_of);
+        let until = r.until.as_ref().map(ns_of);
+        if let (Some(s), Some(u)) = (since, until)
+            && s > u
+        {
+            return Err(Status::invalid_argument("`since` is after `until`"));
+        }
+        if r.first && r.follow {
+            return Err(Status::invalid_argument(
+                "`first` and `follow` cannot be combined",
+            ));
+        }
+        Ok(Self {
+            since,
+            until,
+            number: r.number,
+            first: r.first,
+            follow: r.follow,
+        })
+    }
+
+    fn in_time(&self, f: &Flow) -> bool {
+        let t = flow_ns(f);
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+    }
+
+    /// Following with neither a number nor `since` streams new flows only (as Hubble does).
+    fn wants_history(&self) -> bool {
+        !(self.follow && self.number == 0 && self.since.is_none())
+    }
+}
+
+fn flow_response(f: Flow) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: f.node_name.clone(),
+        time: f.time,
+        response_types: Some(ResponseTypes::Flow(f)),
+    }
+}
+
+fn lost_response(node: &str, n: u64) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: node.to_string(),
+        time: None,
+        response_types: Some(ResponseTypes::LostEvents(LostEvent {
+            source: LostEventSource::HubbleRingBuffer as i32,
+            num_events_lost: n,
+            cpu: None,
+        })),
+    }
+}
+
+type FlowStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Observer for AgentObserver {
+    type GetFlowsStream = FlowStream;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let r = request.into_inner();
+        let filters = FlowFilters::new(&r.whitelist, &r.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let window = Window::new(&r)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let ring = Arc::clone(&self.ring);
+        let node = self.node.clone();
+        // Subscribe before reading the history: nothing stored in between is missed.
+        let mut wake = ring.subscribe();
+        let batch = ring.read_from(0);
+        let mut cursor = batch.next;
+        let history: Vec<Flow> = if window.wants_history() {
+            let selected = batch
+                .flows
+                .iter()
+                .filter(|(_, f)| window.in_time(f) && filters.matches(f));
+            let selected: Vec<&Arc<Flow>> = selected.map(|(_, f)| f).collect();
+            let n = if window.number == 0 {
+                selected.len()
+            } else {
+                (window.number as usize).min(selected.len())
+            };
+            let chosen = if window.first {
+                &selected[..n]
+            } else {
+                &selected[selected.len() - n..]
+            };
+            chosen.iter().map(|f| Flow::clone(f)).collect()
+        } else {
+            Vec::new()
+        };
+        tokio::spawn(async move {
+            for f in history {
+                if tx.send(Ok(flow_response(f))).await.is_err() {
+                    return;
+                }
+            }
+            if !window.follow {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = wake.changed() => if changed.is_err() { return },
+                    // The client went away: stop following.
+                    _ = tx.closed() => return,
+                }
+                let b = ring.read_from(cursor);
+                cursor = b.next;
+                if b.missed > 0 && tx.send(Ok(lost_response(&node, b.missed))).await.is_err() {
+                    return;
+                }
+                for (_, f) in b.flows {
+                    if window.until.is_some_and(|u| flow_ns(&f) > u) {
+                        return;
+                    }
+                    if window.in_time(&f)
+                        && filters.matches(&f)
+                        && tx.send(Ok(flow_response(Flow::clone(&f)))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_nodes(
+        &self,
+        _request: Request<GetNodesRequest>,
+    ) -> Result<Response<GetNodesResponse>, Status> {
+        let s = self.ring.stats();
+        Ok(Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: self.node.clone(),
+                version: VERSION.into(),
+                address: self.address.clone(),
+                state: NodeState::NodeConnected as i32,
+                tls: None,
+                uptime_ns: s.uptime_ns,
+                num_flows: s.num_flows,
+                max_flows: s.max_flows,
+                seen_flows: s.seen_flows,
+            }],
+        }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let s = self.ring.stats();
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: s.num_flows,
+            max_flows: s.max_flows,
+            seen_flows: s.seen_flows,
+            uptime_ns: s.uptime_ns,
+            num_connected_nodes: Some(1),
+            num_unavailable_nodes: Some(0),
+            unavailable_nodes: Vec::new(),
+            version: VERSION.into(),
+            lost_events: s.lost(),
+        }))
+    }
+}
