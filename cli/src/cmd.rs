@@ -7,6 +7,7 @@ pub mod identity;
 pub mod lab;
 pub mod lab_test;
 pub mod node;
+pub mod observe;
 pub mod policy;
 pub mod workload;
 

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 /// Palisade: a zero-trust network fabric (identity-based policy enforced by eBPF).
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +39,8 @@ enum Command {
     Identity(cmd::identity::Args),
     /// Nodes registered in the control plane.
     Node(cmd::node::Args),
+    /// Flows seen by agents (or the control plane's relay), filtered as `hubble observe` does.
+    Observe(Box<cmd::observe::Args>),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Identity(args) => cmd::identity::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Observe(args) => cmd::observe::run(*args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -276,6 +276,8 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
         pin_root(&state.name).join(&node.name).display().to_string(),
         "--metrics-listen".to_string(),
         format!("{}:9962", node.underlay_ip),
+        "--hubble-listen".to_string(),
+        format!("{}:4244", node.underlay_ip),
     ];
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);

@@ -109,7 +109,7 @@ struct RunArgs {
     hubble_listen: Option<std::net::SocketAddr>,
     /// How many flows the agent keeps in memory (older ones are overwritten and counted lost).
     #[arg(long, value_name = "N", default_value_t = palisade_node_agent::agent::DEFAULT_FLOW_RING_SIZE,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     flow_ring_size: usize,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
