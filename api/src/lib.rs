@@ -27,6 +27,9 @@ pub mod flow {
     tonic::include_proto!("flow");
 }
 
+#[cfg(feature = "grpc")]
+pub mod flow_merge;
+
 /// Hubble-compatible relay node states (`relay` package, feature `grpc`).
 #[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -192,6 +192,9 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
             raft,
             "--api-listen".to_string(),
             api,
+            // The automation API and the flow relay (to the agents' observers on :4244).
+            "--grpc-listen".to_string(),
+            ClusterState::voter_grpc_addr(k),
             "--cluster-cidr".to_string(),
             state.pod_cidr.to_string(),
             "--tls-dir".to_string(),

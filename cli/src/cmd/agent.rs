@@ -103,8 +103,10 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Serve the flow observer (Hubble's `observer.Observer` gRPC, plus grpc.health.v1) on ADDR,
-    /// e.g. `10.0.0.1:4244` (Hubble's port). Off by default. Plaintext, read-only: bind it to an
-    /// address only trusted clients reach (`palisade observe --server ADDR`).
+    /// e.g. `10.0.0.1:4244` (Hubble's port). Off by default. With --control-plane-tls-dir it
+    /// serves mutual TLS with the node's certificate (clients need a certificate of the cluster
+    /// CA, as the control plane's relay has); otherwise plaintext: bind it to an address only
+    /// trusted clients reach. Read-only (`palisade observe --server ADDR`).
     #[arg(long, value_name = "ADDR")]
     hubble_listen: Option<std::net::SocketAddr>,
     /// How many flows the agent keeps in memory (older ones are overwritten and counted lost).
@@ -202,6 +204,7 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         control_plane,
         metrics_listen: a.metrics_listen,
         hubble_listen: a.hubble_listen,
+        hubble_tls_dir: a.control_plane_tls_dir.clone(),
         flow_ring_size: a.flow_ring_size,
     };
     agent::run(config)?;

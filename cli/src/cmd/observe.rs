@@ -39,7 +39,26 @@ pub struct Args {
         help_heading = "Connection"
     )]
     servers: Vec<String>,
-    /// Ask every node agent of this local lab (`palisade lab up`), from inside the lab.
+    /// TLS directory for `https://` servers: `ca.pem` (the cluster CA, the only root trusted)
+    /// and optionally `cert.pem` + `key.pem` (a client certificate; agents serving TLS require
+    /// one of the cluster CA).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PALISADE_TLS_DIR",
+        help_heading = "Connection"
+    )]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Bearer token file for the control plane's relay (its first line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PALISADE_TOKEN_FILE",
+        help_heading = "Connection"
+    )]
+    token_file: Option<std::path::PathBuf>,
+    /// Observe a local lab (`palisade lab up`) from inside it: through its control plane's relay
+    /// (every node) when it runs one, otherwise every node agent directly.
     #[arg(long, value_name = "NAME", help_heading = "Connection")]
     lab: Option<String>,
     /// Flows in these namespaces (either side).
@@ -274,21 +293,84 @@ fn endpoint_url(server: &str) -> String {
     }
 }
 
+/// How to reach the servers.
+#[derive(Clone, Default)]
+struct Connection {
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    token: Option<String>,
+}
+
+impl Connection {
+    fn from_flags(
+        tls_dir: Option<&std::path::Path>,
+        token_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let tls = match tls_dir {
+            None => None,
+            Some(dir) => {
+                let read = |name: &str| {
+                    let p = dir.join(name);
+                    std::fs::read(&p)
+                        .with_context(|| format!("--tls-dir: reading `{}`", p.display()))
+                };
+                let mut tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")?));
+                if dir.join("cert.pem").exists() {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(
+                        read("cert.pem")?,
+                        read("key.pem")?,
+                    ));
+                }
+                Some(tls)
+            }
+        };
+        let token = match token_file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("--token-file: reading `{}`", f.display()))?;
+                let line = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .ok_or_else(|| anyhow!("--token-file `{}`: no token in it", f.display()))?;
+                Some(line.to_string())
+            }
+        };
+        Ok(Self { tls, token })
+    }
+}
+
 /// Streams one server's responses into `tx`; errors name the server.
 async fn stream_from(
     server: String,
+    conn: Connection,
     req: GetFlowsRequest,
     tx: mpsc::Sender<Result<GetFlowsResponse>>,
 ) {
     let result = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(endpoint_url(&server))
+        let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint_url(&server))
             .map_err(|e| anyhow!("--server `{server}`: {e}"))?
             .connect_timeout(Duration::from_secs(5));
-        let mut client = ObserverClient::connect(endpoint)
+        if let Some(tls) = conn.tls.clone() {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow!("--tls-dir: {e}"))?;
+        }
+        let channel = endpoint
+            .connect()
             .await
             .with_context(|| format!("connecting to the observer at `{server}`"))?;
+        let mut client = ObserverClient::new(channel);
+        let mut request = tonic::Request::new(req);
+        if let Some(token) = &conn.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow!("--token-file: the token is not a valid header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut stream = client
-            .get_flows(req)
+            .get_flows(request)
             .await
             .map_err(|s| anyhow!("observer at `{server}`: {}", s.message()))?
             .into_inner();
@@ -309,14 +391,6 @@ async fn stream_from(
     }
 }
 
-fn time_ns(r: &GetFlowsResponse) -> i128 {
-    let t = match &r.response_types {
-        Some(ResponseTypes::Flow(f)) => f.time.as_ref(),
-        _ => r.time.as_ref(),
-    };
-    t.map_or(0, |t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128)
-}
-
 struct Printer {
     format: Format,
     header_done: bool,
@@ -326,9 +400,10 @@ impl Printer {
     fn print(&mut self, r: &GetFlowsResponse) {
         match self.format {
             Format::Jsonpb => println!("{}", print::response_json(r)),
+            // Flows only on stdout (one object each); the rest is news for people, on stderr.
             Format::Json => match &r.response_types {
                 Some(ResponseTypes::Flow(f)) => println!("{}", print::flow_json(f)),
-                _ => println!("{}", print::response_json(r)),
+                _ => eprintln!("{}", print::response_json(r)),
             },
             Format::Compact | Format::Table => match &r.response_types {
                 Some(ResponseTypes::Flow(f)) => {
@@ -347,7 +422,7 @@ impl Printer {
                     l.num_events_lost, r.node_name
                 ),
                 Some(ResponseTypes::NodeStatus(n)) => eprintln!(
-                    "NODE STATUS: {:?} {}: {}",
+                    "NODE STATUS: {} {}: {}",
                     palisade_api::relay::NodeState::try_from(n.state_change)
                         .map(|s| s.as_str_name())
                         .unwrap_or("UNKNOWN"),
@@ -364,8 +439,11 @@ fn observe(args: Args) -> Result<()> {
     let matches = observe_matches()?;
     let flags = ordered_flags(&matches);
     let req = request(&args, &flags)?;
-    let servers = match &args.lab {
-        None => args.servers.clone(),
+    let (servers, conn) = match &args.lab {
+        None => (
+            args.servers.clone(),
+            Connection::from_flags(args.tls_dir.as_deref(), args.token_file.as_deref())?,
+        ),
         Some(name) => lab_servers(name)?,
     };
     if servers.is_empty() {
@@ -382,7 +460,12 @@ fn observe(args: Args) -> Result<()> {
     rt.block_on(async {
         let (tx, mut rx) = mpsc::channel(1024);
         for s in &servers {
-            tokio::spawn(stream_from(s.clone(), req.clone(), tx.clone()));
+            tokio::spawn(stream_from(
+                s.clone(),
+                conn.clone(),
+                req.clone(),
+                tx.clone(),
+            ));
         }
         drop(tx);
         if req.follow {
@@ -396,34 +479,8 @@ fn observe(args: Args) -> Result<()> {
         while let Some(r) = rx.recv().await {
             all.push(r?);
         }
-        all.sort_by_key(time_ns);
-        if req.number > 0 && servers.len() > 1 {
-            let flows = all
-                .iter()
-                .filter(|r| matches!(r.response_types, Some(ResponseTypes::Flow(_))))
-                .count();
-            let excess = flows.saturating_sub(req.number as usize);
-            let mut dropped = 0;
-            all.retain(|r| {
-                let is_flow = matches!(r.response_types, Some(ResponseTypes::Flow(_)));
-                // --first keeps the earliest: drop from the end instead.
-                let keep = !is_flow || dropped >= excess || req.first;
-                if is_flow && !keep {
-                    dropped += 1;
-                }
-                keep
-            });
-            if req.first {
-                let mut seen = 0;
-                all.retain(|r| {
-                    let is_flow = matches!(r.response_types, Some(ResponseTypes::Flow(_)));
-                    if is_flow {
-                        seen += 1;
-                    }
-                    !is_flow || seen <= req.number as usize
-                });
-            }
-        }
+        // One list in time order; --last/--first apply to the merged list.
+        let all = palisade_api::flow_merge::by_time(all, req.number, req.first);
         for r in &all {
             printer.print(r);
         }
@@ -431,25 +488,41 @@ fn observe(args: Args) -> Result<()> {
     })
 }
 
-/// Every node agent's observer in a lab, entering the lab so its addresses are reachable.
-fn lab_servers(name: &str) -> Result<Vec<String>> {
+/// A lab's observers, entering the lab so its addresses are reachable: its control plane's
+/// relay (with the lab's operator CA and admin token) when it runs one, otherwise every node
+/// agent (plaintext, from the first node's namespace).
+fn lab_servers(name: &str) -> Result<(Vec<String>, Connection)> {
     let lab = palisade_lab::Lab::load(name)?;
     let state = lab.state();
-    // Node addresses live on the lab's underlay: reachable from its first node's namespace.
-    let netns = match &state.cluster {
-        Some(c) => c.cp_netns.clone(),
-        None => state
-            .nodes
-            .first()
-            .map(|n| n.netns.clone())
-            .ok_or_else(|| anyhow!("--lab {name}: the lab has no nodes"))?,
-    };
-    palisade_lab::exec::enter_netns(&netns).map_err(|e| anyhow!("--lab {name}: {e}"))?;
-    Ok(state
-        .nodes
-        .iter()
-        .map(|n| format!("{}:{AGENT_PORT}", n.underlay_ip))
-        .collect())
+    match &state.cluster {
+        Some(c) => {
+            palisade_lab::exec::enter_netns(&c.cp_netns)
+                .map_err(|e| anyhow!("--lab {name}: {e}"))?;
+            let conn = Connection::from_flags(
+                Some(&c.operator_tls_dir(name)),
+                Some(&c.admin_token_file(name)),
+            )?;
+            let relay = format!(
+                "https://{}",
+                palisade_lab::state::ClusterState::voter_grpc_addr(1)
+            );
+            Ok((vec![relay], conn))
+        }
+        None => {
+            let netns = state
+                .nodes
+                .first()
+                .map(|n| n.netns.clone())
+                .ok_or_else(|| anyhow!("--lab {name}: the lab has no nodes"))?;
+            palisade_lab::exec::enter_netns(&netns).map_err(|e| anyhow!("--lab {name}: {e}"))?;
+            let servers = state
+                .nodes
+                .iter()
+                .map(|n| format!("{}:{AGENT_PORT}", n.underlay_ip))
+                .collect();
+            Ok((servers, Connection::default()))
+        }
+    }
 }
 
 #[cfg(test)]

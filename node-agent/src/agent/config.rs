@@ -34,6 +34,10 @@ pub struct AgentConfig {
     /// Where to serve the flow observer (`observer.Observer` gRPC, plaintext); `None`: flows
     /// are still read and counted, but not served.
     pub hubble_listen: Option<SocketAddr>,
+    /// With a TLS directory (`ca.pem`, `cert.pem`, `key.pem`: the node's control-plane
+    /// credentials), the observer serves mutual TLS: clients need a certificate of the cluster
+    /// CA. `None`: plaintext.
+    pub hubble_tls_dir: Option<PathBuf>,
     /// How many flows the agent keeps (the newest; older ones are overwritten and counted lost).
     pub flow_ring_size: usize,
 }

@@ -2,11 +2,13 @@
 //! served on `--hubble-listen` from a thread of its own running a tokio runtime: the agent's
 //! run loop stays synchronous and never waits on a client.
 //!
-//! Who may call: whoever reaches the listen address. The service only reads the flow ring; it
-//! changes nothing. Bind it to an address only trusted clients reach (the node's own address
-//! inside the lab, or loopback).
+//! Who may call: with a TLS directory (the agent's control-plane credentials), any client with
+//! a certificate of the cluster CA (the control plane's relay presents its member certificate);
+//! without one, whoever reaches the listen address, so bind it to an address only trusted
+//! clients reach. The service only reads the flow ring; it changes nothing.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -48,9 +50,27 @@ impl AgentObserver {
     }
 }
 
-/// Starts the observer thread, bound to `addr` before this returns (so a bad address fails the
-/// agent's start with the flag's name).
-pub fn serve(addr: SocketAddr, service: AgentObserver) -> Result<(), String> {
+/// The server TLS of a TLS directory: its certificate, client certificates required and
+/// chained to its CA. Errors name the file.
+pub fn server_tls(dir: &Path) -> Result<tonic::transport::ServerTlsConfig, String> {
+    let read = |name: &str| {
+        let path: PathBuf = dir.join(name);
+        std::fs::read(&path).map_err(|e| format!("observer TLS: `{}`: {e}", path.display()))
+    };
+    let (ca, cert, key) = (read("ca.pem")?, read("cert.pem")?, read("key.pem")?);
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca)))
+}
+
+/// Starts the observer thread, bound to `addr` before this returns (so a bad address or TLS
+/// directory fails the agent's start with its name).
+pub fn serve(
+    addr: SocketAddr,
+    tls_dir: Option<&Path>,
+    service: AgentObserver,
+) -> Result<(), String> {
+    let tls = tls_dir.map(server_tls).transpose()?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("--hubble-listen {addr}: {e}"))?;
     listener
@@ -81,7 +101,17 @@ pub fn serve(addr: SocketAddr, service: AgentObserver) -> Result<(), String> {
                 reporter
                     .set_serving::<ObserverServer<AgentObserver>>()
                     .await;
-                let r = tonic::transport::Server::builder()
+                let mut server = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    server = match server.tls_config(tls) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("palisade agent: observer TLS: {e}");
+                            return;
+                        }
+                    };
+                }
+                let r = server
                     .add_service(health)
                     .add_service(ObserverServer::new(service))
                     .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))

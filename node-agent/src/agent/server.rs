@@ -641,7 +641,8 @@ impl Agent {
         .map_err(io("start the flow reader for", &self.config.state_dir))?;
         if let Some(addr) = self.config.hubble_listen {
             let service = AgentObserver::new(ring, self.config.node.clone(), addr.to_string());
-            observer::serve(addr, service).map_err(AgentError::ControlPlane)?;
+            observer::serve(addr, self.config.hubble_tls_dir.as_deref(), service)
+                .map_err(AgentError::ControlPlane)?;
         }
         Ok(())
     }
