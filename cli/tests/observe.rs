@@ -403,6 +403,37 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     let out = env.observe(&["-o", "table", "--last", "1"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("TIMESTAMP\tNODE\tSOURCE"));
 
+    // grpc.health.v1 reports the observer service SERVING.
+    let addr = format!("http://{}", env.server);
+    let health = spawn_in_netns(&env.netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+            c.check(tonic_health::pb::HealthCheckRequest {
+                service: "observer.Observer".into(),
+            })
+            .await
+            .expect("check")
+            .into_inner()
+            .status
+        })
+    })
+    .join()
+    .expect("thread")
+    .expect("netns");
+    assert_eq!(
+        health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
     // Bad filter values: exit 2, the message names the flag.
     for (args, flag) in [
         (&["--from-ip", "10.0.0.300"][..], "--from-ip"),
@@ -495,7 +526,8 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "palisade_agent_flows_lost_total"),
+        metric(&m, "palisade_agent_flows_lost_total{source=\"ring\"}")
+            + metric(&m, "palisade_agent_flows_lost_total{source=\"kernel\"}"),
         0.0,
         "nothing lost yet: {m}"
     );
@@ -508,7 +540,12 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     let held = env.flows(&["--last", "1000"]);
     assert_eq!(held.len(), RING, "the ring holds its size");
     let m = env.metrics();
-    let lost = metric(&m, "palisade_agent_flows_lost_total");
+    let lost = metric(&m, "palisade_agent_flows_lost_total{source=\"ring\"}");
+    assert_eq!(
+        metric(&m, "palisade_agent_flows_lost_total{source=\"kernel\"}"),
+        0.0,
+        "the reader kept up: {m}"
+    );
     let seen = metric(
         &m,
         "hubble_flows_processed_total{type=\"PolicyVerdict\",subtype=\"\",verdict=\"FORWARDED\"}",

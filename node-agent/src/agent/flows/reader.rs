@@ -59,15 +59,25 @@ pub fn spawn(
                     break;
                 }
                 ring.push_batch(batch.drain(..));
-                metrics::counter!("palisade_agent_flows_lost_total").absolute(ring.stats().lost());
+                export_lost(&ring);
             }
             if Instant::now() >= next_loss_poll {
                 ring.set_kernel_lost(kernel_lost(&verdicts).saturating_sub(baseline));
-                metrics::counter!("palisade_agent_flows_lost_total").absolute(ring.stats().lost());
+                export_lost(&ring);
                 next_loss_poll = Instant::now() + LOSS_POLL;
             }
         }
     })
+}
+
+/// `palisade_agent_flows_lost_total` by where the flows were lost: `kernel` (the datapath's ring
+/// buffer was full: the reader fell behind) or `ring` (overwritten in the agent's flow ring).
+fn export_lost(ring: &FlowRing) {
+    let s = ring.stats();
+    metrics::counter!("palisade_agent_flows_lost_total", "source" => "kernel")
+        .absolute(s.kernel_lost);
+    metrics::counter!("palisade_agent_flows_lost_total", "source" => "ring")
+        .absolute(s.overwritten);
 }
 
 fn kernel_lost(verdicts: &PerCpuArray<MapData, u64>) -> u64 {
