@@ -312,3 +312,174 @@ impl Observer for AgentObserver {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_api::flow::{FlowFilter, Verdict};
+    use tokio_stream::StreamExt;
+
+    fn flow(secs: i64, verdict: Verdict) -> Flow {
+        Flow {
+            time: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            verdict: verdict as i32,
+            node_name: "n1".into(),
+            ..Flow::default()
+        }
+    }
+
+    fn service(
+        capacity: usize,
+        secs: impl IntoIterator<Item = i64>,
+    ) -> (AgentObserver, Arc<FlowRing>) {
+        let ring = FlowRing::new(capacity);
+        ring.push_batch(secs.into_iter().map(|s| {
+            flow(
+                s,
+                if s % 2 == 0 {
+                    Verdict::Dropped
+                } else {
+                    Verdict::Forwarded
+                },
+            )
+        }));
+        (
+            AgentObserver::new(Arc::clone(&ring), "n1".into(), "127.0.0.1:4244".into()),
+            ring,
+        )
+    }
+
+    fn at(secs: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        })
+    }
+
+    async fn times(svc: &AgentObserver, req: GetFlowsRequest) -> Vec<i64> {
+        let mut s = svc
+            .get_flows(Request::new(req))
+            .await
+            .expect("ok")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = s.next().await {
+            if let Some(ResponseTypes::Flow(f)) = r.expect("item").response_types {
+                out.push(f.time.map_or(0, |t| t.seconds));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn history_selection_number_first_since_until_and_filters() {
+        let (svc, _) = service(100, 1..=10);
+        let req = |number, first| GetFlowsRequest {
+            number,
+            first,
+            ..GetFlowsRequest::default()
+        };
+        assert_eq!(times(&svc, req(3, false)).await, vec![8, 9, 10]);
+        assert_eq!(times(&svc, req(3, true)).await, vec![1, 2, 3]);
+        assert_eq!(times(&svc, req(0, false)).await.len(), 10);
+        let window = GetFlowsRequest {
+            since: at(4),
+            until: at(6),
+            ..GetFlowsRequest::default()
+        };
+        assert_eq!(times(&svc, window).await, vec![4, 5, 6]);
+        let dropped = GetFlowsRequest {
+            number: 2,
+            whitelist: vec![FlowFilter {
+                verdict: vec![Verdict::Dropped as i32],
+                ..FlowFilter::default()
+            }],
+            ..GetFlowsRequest::default()
+        };
+        assert_eq!(times(&svc, dropped).await, vec![8, 10]);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_invalid_arguments_naming_the_field() {
+        let (svc, _) = service(10, 1..=2);
+        let bad = |req| async {
+            match svc.get_flows(Request::new(req)).await {
+                Ok(_) => panic!("accepted"),
+                Err(s) => (s.code(), s.message().to_string()),
+            }
+        };
+        let (code, msg) = bad(GetFlowsRequest {
+            blacklist: vec![FlowFilter {
+                destination_port: vec!["http".into()],
+                ..FlowFilter::default()
+            }],
+            ..GetFlowsRequest::default()
+        })
+        .await;
+        assert_eq!(code, tonic::Code::InvalidArgument);
+        assert!(msg.contains("blacklist[0].destination_port"), "{msg}");
+        let (code, _) = bad(GetFlowsRequest {
+            first: true,
+            follow: true,
+            ..GetFlowsRequest::default()
+        })
+        .await;
+        assert_eq!(code, tonic::Code::InvalidArgument);
+        let (_, msg) = bad(GetFlowsRequest {
+            since: at(5),
+            until: at(1),
+            ..GetFlowsRequest::default()
+        })
+        .await;
+        assert!(msg.contains("since"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn follow_streams_new_flows_and_reports_what_it_missed() {
+        let (svc, ring) = service(4, 1..=2);
+        let req = GetFlowsRequest {
+            follow: true,
+            ..GetFlowsRequest::default()
+        };
+        let mut s = svc
+            .get_flows(Request::new(req))
+            .await
+            .expect("ok")
+            .into_inner();
+        // Following without a number streams new flows only.
+        ring.push_batch([flow(3, Verdict::Forwarded)]);
+        let first = s.next().await.expect("item").expect("ok");
+        assert!(matches!(first.response_types, Some(ResponseTypes::Flow(f)) if f.time == at(3)));
+        // Six flows into a ring of four before the stream reads again: two are gone.
+        ring.push_batch((4..=9).map(|t| flow(t, Verdict::Forwarded)));
+        let next = s.next().await.expect("item").expect("ok");
+        match next.response_types {
+            Some(ResponseTypes::LostEvents(l)) => {
+                assert_eq!(l.num_events_lost, 2);
+                assert_eq!(l.source, LostEventSource::HubbleRingBuffer as i32);
+            }
+            other => panic!("expected lost events, got {other:?}"),
+        }
+        let mut rest = Vec::new();
+        for _ in 0..4 {
+            if let Some(ResponseTypes::Flow(f)) =
+                s.next().await.expect("item").expect("ok").response_types
+            {
+                rest.push(f.time.map_or(0, |t| t.seconds));
+            }
+        }
+        assert_eq!(rest, vec![6, 7, 8, 9]);
+        let st = svc
+            .server_status(Request::new(ServerStatusRequest {}))
+            .await
+            .expect("ok")
+            .into_inner();
+        assert_eq!(
+            (st.num_flows, st.max_flows, st.seen_flows, st.lost_events),
+            (4, 4, 9, 5)
+        );
+    }
+}
