@@ -100,4 +100,68 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
             .all(|l| serde_json::from_str::<Value>(l).expect("json")["node_name"] == "n2"),
         "{only_n2}"
     );
+
+    // GetNodes and ServerStatus through the relay: both agents connected, over TLS, with flows.
+    let cluster = lab.state().cluster.clone().expect("cluster");
+    let ca = std::fs::read(cluster.operator_tls_dir(&name).join("ca.pem")).expect("ca");
+    let token = std::fs::read_to_string(cluster.admin_token_file(&name)).expect("token");
+    let url = format!(
+        "https://{}",
+        palisade_lab::state::ClusterState::voter_grpc_addr(1)
+    );
+    let (nodes, status) = palisade_lab::exec::spawn_in_netns(&cluster.cp_netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use palisade_api::observer::observer_client::ObserverClient;
+            use palisade_api::observer::{GetNodesRequest, ServerStatusRequest};
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("connect to the relay");
+            let auth: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {}", token.trim()).parse().expect("header");
+            let mut c =
+                ObserverClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                    r.metadata_mut().insert("authorization", auth.clone());
+                    Ok(r)
+                });
+            let nodes = c
+                .get_nodes(GetNodesRequest {})
+                .await
+                .expect("GetNodes")
+                .into_inner()
+                .nodes;
+            let status = c
+                .server_status(ServerStatusRequest {})
+                .await
+                .expect("ServerStatus")
+                .into_inner();
+            (nodes, status)
+        })
+    })
+    .join()
+    .expect("thread")
+    .expect("netns");
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["n1", "n2"], "{nodes:?}");
+    for n in &nodes {
+        assert_eq!(
+            n.state,
+            palisade_api::relay::NodeState::NodeConnected as i32,
+            "{n:?}"
+        );
+        assert!(n.tls.as_ref().is_some_and(|t| t.enabled), "{n:?}");
+        assert!(n.seen_flows > 0 && n.max_flows == 4096, "{n:?}");
+    }
+    assert_eq!(status.num_connected_nodes, Some(2), "{status:?}");
+    assert_eq!(status.max_flows, 2 * 4096, "{status:?}");
 }
