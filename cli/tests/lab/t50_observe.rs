@@ -109,47 +109,60 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
         "https://{}",
         palisade_lab::state::ClusterState::voter_grpc_addr(1)
     );
-    let (nodes, status) = palisade_lab::exec::spawn_in_netns(&cluster.cp_netns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            use palisade_api::observer::observer_client::ObserverClient;
-            use palisade_api::observer::{GetNodesRequest, ServerStatusRequest};
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .expect("uri")
-                .tls_config(tls)
-                .expect("tls")
-                .connect()
-                .await
-                .expect("connect to the relay");
-            let auth: tonic::metadata::MetadataValue<_> =
-                format!("Bearer {}", token.trim()).parse().expect("header");
-            let mut c =
-                ObserverClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-                    r.metadata_mut().insert("authorization", auth.clone());
-                    Ok(r)
-                });
-            let nodes = c
-                .get_nodes(GetNodesRequest {})
-                .await
-                .expect("GetNodes")
-                .into_inner()
-                .nodes;
-            let status = c
-                .server_status(ServerStatusRequest {})
-                .await
-                .expect("ServerStatus")
-                .into_inner();
-            (nodes, status)
+    let (nodes, status, refused) =
+        palisade_lab::exec::spawn_in_netns(&cluster.cp_netns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                use palisade_api::observer::observer_client::ObserverClient;
+                use palisade_api::observer::{GetNodesRequest, ServerStatusRequest};
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                let channel = tonic::transport::Endpoint::from_shared(url)
+                    .expect("uri")
+                    .tls_config(tls)
+                    .expect("tls")
+                    .connect()
+                    .await
+                    .expect("connect to the relay");
+                let auth: tonic::metadata::MetadataValue<_> =
+                    format!("Bearer {}", token.trim()).parse().expect("header");
+                let mut c =
+                    ObserverClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                        r.metadata_mut().insert("authorization", auth.clone());
+                        Ok(r)
+                    });
+                let nodes = c
+                    .get_nodes(GetNodesRequest {})
+                    .await
+                    .expect("GetNodes")
+                    .into_inner()
+                    .nodes;
+                let status = c
+                    .server_status(ServerStatusRequest {})
+                    .await
+                    .expect("ServerStatus")
+                    .into_inner();
+                // A filter the agents refuse is the caller's error, naming the field.
+                let bad = palisade_api::observer::GetFlowsRequest {
+                    whitelist: vec![palisade_api::flow::FlowFilter {
+                        destination_port: vec!["http".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let refused = match c.get_flows(bad).await {
+                    Ok(_) => None,
+                    Err(s) => Some((s.code(), s.message().to_string())),
+                };
+                (nodes, status, refused)
+            })
         })
-    })
-    .join()
-    .expect("thread")
-    .expect("netns");
+        .join()
+        .expect("thread")
+        .expect("netns");
     let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     names.sort();
     assert_eq!(names, vec!["n1", "n2"], "{nodes:?}");
@@ -164,4 +177,7 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
     }
     assert_eq!(status.num_connected_nodes, Some(2), "{status:?}");
     assert_eq!(status.max_flows, 2 * 4096, "{status:?}");
+    let (code, msg) = refused.expect("a bad filter is refused");
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("whitelist[0].destination_port"), "{msg}");
 }

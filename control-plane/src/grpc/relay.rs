@@ -138,27 +138,35 @@ fn node_status(state: NodeState, nodes: Vec<String>, message: String) -> GetFlow
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
 
-/// One agent's GetFlows answer into `tx`: its flows, then a node status when it failed.
-async fn forward(
-    relay: Relay,
-    t: Target,
-    req: GetFlowsRequest,
-    tx: mpsc::Sender<GetFlowsResponse>,
-) {
+/// One agent's opened GetFlows stream, or why it could not be opened.
+type Opened = Result<tonic::Streaming<GetFlowsResponse>, (Status, String)>;
+
+/// Opens one agent's GetFlows stream; the error keeps the agent's status (a request the agents
+/// refuse is the caller's error, not the node's) and a message naming the agent.
+async fn open(relay: &Relay, t: &Target, req: GetFlowsRequest) -> Opened {
+    let mut client = relay.connect(t).await.map_err(|e| {
+        (
+            Status::unavailable(e.clone()),
+            format!("{}: {e}", t.address),
+        )
+    })?;
+    client
+        .get_flows(req)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| {
+            let msg = format!("{}: {}", t.address, s.message());
+            (s, msg)
+        })
+}
+
+/// One agent's answer into `tx`: its flows, then a node status when it failed.
+async fn forward(t: Target, opened: Opened, tx: mpsc::Sender<GetFlowsResponse>) {
     let failed = |msg: String| node_status(NodeState::NodeUnavailable, vec![t.node.clone()], msg);
-    let mut client = match relay.connect(&t).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tx.send(failed(format!("{}: {e}", t.address))).await;
-            return;
-        }
-    };
-    let mut stream = match client.get_flows(req).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => {
-            let _ = tx
-                .send(failed(format!("{}: {}", t.address, s.message())))
-                .await;
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err((_, msg)) => {
+            let _ = tx.send(failed(msg)).await;
             return;
         }
     };
@@ -192,9 +200,20 @@ impl Observer for Relay {
             .authorize(&request, Role::Read, "observer.Observer/GetFlows")?;
         let req = request.into_inner();
         let targets = self.targets().await?;
+        // Open every agent's stream first: a request the agents refuse as invalid (a bad filter)
+        // is answered with their INVALID_ARGUMENT, naming the field, not as node failures.
+        let opened =
+            futures::future::join_all(targets.iter().map(|t| open(self, t, req.clone()))).await;
+        if let Some((status, _)) = opened.iter().find_map(|o| {
+            o.as_ref()
+                .err()
+                .filter(|(s, _)| s.code() == tonic::Code::InvalidArgument)
+        }) {
+            return Err(Status::invalid_argument(status.message().to_string()));
+        }
         let (tx, mut rx) = mpsc::channel::<GetFlowsResponse>(1024);
-        for t in &targets {
-            tokio::spawn(forward(self.clone(), t.clone(), req.clone(), tx.clone()));
+        for (t, o) in targets.iter().zip(opened) {
+            tokio::spawn(forward(t.clone(), o, tx.clone()));
         }
         drop(tx);
         let (out_tx, out_rx) = mpsc::channel(1024);
