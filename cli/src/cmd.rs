@@ -10,6 +10,7 @@ pub mod lab;
 pub mod lab_test;
 pub mod mirror;
 pub mod node;
+pub mod observe;
 pub mod policy;
 pub mod workload;
 

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 /// Palisade: a zero-trust network fabric (identity-based policy enforced by eBPF).
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +48,8 @@ enum Command {
     /// Mirror the policy objects of a Kubernetes cluster (CiliumNetworkPolicy,
     /// CiliumClusterwideNetworkPolicy, NetworkPolicy) into the control plane, in the foreground.
     Mirror(cmd::mirror::Args),
+    /// Flows seen by agents (or the control plane's relay), filtered as `hubble observe` does.
+    Observe(Box<cmd::observe::Args>),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Encrypt(args) => cmd::encrypt::run(args),
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Mirror(args) => cmd::mirror::run(args),
+        Command::Observe(args) => cmd::observe::run(*args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

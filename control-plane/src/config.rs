@@ -26,6 +26,10 @@ pub struct Config {
     /// Listen address of the automation gRPC API; not served when unset.
     #[serde(default)]
     pub grpc_listen: Option<SocketAddr>,
+    /// Port of the agents' flow observers (`--hubble-listen`), which the flow relay served on
+    /// `grpc_listen` asks at each registered node's address.
+    #[serde(default = "default_hubble_port")]
+    pub hubble_port: u16,
     /// The initial members, this one included, used by `init` (empty: a single-member cluster).
     #[serde(default)]
     pub peers: BTreeMap<NodeId, Member>,
@@ -68,6 +72,10 @@ pub struct Config {
     /// Cluster settings applied once at `init`.
     #[serde(default)]
     pub cluster: ClusterConfig,
+}
+
+fn default_hubble_port() -> u16 {
+    crate::grpc::relay::DEFAULT_HUBBLE_PORT
 }
 
 fn default_snapshot_logs() -> u64 {

@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// identities, nodes, endpoints, cluster status, the change stream). Not served without it.
     #[arg(long)]
     pub grpc_listen: Option<SocketAddr>,
+    /// Port of the agents' flow observers (`palisade agent run --hubble-listen`): the flow
+    /// relay (`observer.Observer`, served on --grpc-listen) asks each registered node's address
+    /// on it, presenting this member's certificate when --tls-dir is given.
+    #[arg(long, value_name = "PORT", default_value_t = crate::grpc::relay::DEFAULT_HUBBLE_PORT)]
+    pub hubble_port: u16,
     /// A member as ID=RAFT_ADDR=API_ADDR; repeat for each (this one included).
     #[arg(long, value_name = "ID=RAFT_ADDR=API_ADDR")]
     pub peer: Vec<String>,
@@ -267,6 +272,7 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
         raft_listen: args.raft_listen.ok_or_else(|| missing("--raft-listen"))?,
         api_listen: args.api_listen.ok_or_else(|| missing("--api-listen"))?,
         grpc_listen: args.grpc_listen,
+        hubble_port: args.hubble_port,
         peers,
         init: args.init,
         snapshot_logs: args.snapshot_logs,

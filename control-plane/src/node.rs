@@ -20,12 +20,14 @@ use crate::config::{Config, ConfigError};
 use crate::grpc::automation::Automation;
 use crate::grpc::pb::raft_service_server::RaftServiceServer;
 use crate::grpc::raft_service::{RaftPeerService, require_member};
+use crate::grpc::relay::Relay;
 use crate::network::Network;
 use crate::ops::Ops;
 use crate::store::{self, StoreError};
 use crate::tls::{CertRole, ClientCert, TlsError, TlsListener, TlsMaterial};
 use crate::validate::PolicyValidator;
 use crate::{Raft, http_api};
+use palisade_api::observer::observer_server::ObserverServer;
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +237,14 @@ pub async fn start(
                     .tls_config(m.grpc_api_server())
                     .map_err(StartError::GrpcTls)?;
             }
-            let routes = Automation::new(ops, tokens, shutdown_rx.clone()).routes();
+            let automation = Automation::new(ops.clone(), tokens, shutdown_rx.clone());
+            let relay = Relay::new(
+                ops,
+                automation.clone(),
+                config.hubble_port,
+                tls.as_ref().map(TlsMaterial::agent_client),
+            );
+            let routes = automation.routes().add_service(ObserverServer::new(relay));
             let mut rx = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let res = server

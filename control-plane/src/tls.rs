@@ -17,6 +17,7 @@
 //! for that node only, see [`crate::auth::agent_check`]). The subject carries the same as
 //! CN = NAME and OU = role, for people reading it; only the URI is authoritative.
 
+pub mod agent_client;
 pub mod certs;
 pub mod listener;
 
@@ -281,6 +282,11 @@ impl TlsMaterial {
             key,
             identity,
         })
+    }
+
+    /// This member's credentials for the flow relay's calls to agents.
+    pub fn agent_client(&self) -> agent_client::AgentClientTls {
+        agent_client::AgentClientTls::new(self.roots.clone(), self.chain.clone(), &self.key)
     }
 
     /// The tls dir this was loaded from.

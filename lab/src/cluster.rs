@@ -194,6 +194,9 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
             raft,
             "--api-listen".to_string(),
             api,
+            // The automation API and the flow relay (to the agents' observers on :4244).
+            "--grpc-listen".to_string(),
+            ClusterState::voter_grpc_addr(k),
             "--cluster-cidr".to_string(),
             state.pod_cidr.to_string(),
             "--tls-dir".to_string(),
@@ -278,6 +281,8 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
         pin_root(&state.name).join(&node.name).display().to_string(),
         "--metrics-listen".to_string(),
         format!("{}:9962", node.underlay_ip),
+        "--hubble-listen".to_string(),
+        format!("{}:4244", node.underlay_ip),
     ];
     if c.encryption {
         args.extend([

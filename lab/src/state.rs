@@ -137,6 +137,11 @@ impl ClusterState {
         let ip = crate::spec::CP_HOST_IP;
         (format!("{ip}:{}", 7000 + k), format!("{ip}:{}", 8000 + k))
     }
+
+    /// Voter `k`'s gRPC listen address (automation API and the flow relay).
+    pub fn voter_grpc_addr(k: usize) -> String {
+        format!("{}:{}", crate::spec::CP_HOST_IP, 9000 + k)
+    }
 }
 
 /// The directory of node `node`'s agent (socket, state) in lab `lab`.

@@ -25,14 +25,16 @@ mod cluster_view;
 mod config;
 mod control_plane;
 mod encryption;
+pub mod flows;
 mod ipam;
 mod metrics;
+pub mod observer;
 mod registry;
 mod server;
 mod sync;
 
 pub use cluster_view::ClusterView;
-pub use config::{AgentConfig, ControlPlaneConfig};
+pub use config::{AgentConfig, ControlPlaneConfig, DEFAULT_FLOW_RING_SIZE};
 pub use encryption::{BackendChoice, EncryptionConfig, EncryptionError};
 
 /// Defaults of the encryption settings, for flags.

@@ -6,11 +6,13 @@
 
 mod policy_map;
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         links::{FdLink, PinnedLink},
@@ -471,6 +473,39 @@ impl Datapath {
         let (key, _) = ipcache_key(addr, prefix);
         let mut map: LpmTrie<_, IpcacheKey, IpcacheValue> = self.map_mut(ipcache::MAP_NAME)?;
         ignore_missing(map.remove(&key)).map_err(|source| map_err(ipcache::MAP_NAME, source))
+    }
+
+    /// The flow-event ring buffer and a second handle on the verdict counters (for the kernel's
+    /// count of events the ring had no room for), for the flow reader thread. The ring can be
+    /// taken once: a second call answers `MissingMap`.
+    pub fn take_flow_maps(
+        &mut self,
+    ) -> Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>), DatapathError> {
+        let verdicts = self
+            .ebpf
+            .map(verdict::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(verdict::MAP_NAME))?;
+        let fd = match verdicts {
+            aya::maps::Map::PerCpuArray(data) => {
+                data.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| DatapathError::Pin {
+                        path: PathBuf::from(verdict::MAP_NAME),
+                        source,
+                    })?
+            }
+            _ => return Err(DatapathError::MissingMap(verdict::MAP_NAME)),
+        };
+        let verdicts = MapData::from_fd(fd).map_err(|source| map_err(verdict::MAP_NAME, source))?;
+        let verdicts = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(verdicts))
+            .map_err(|source| map_err(verdict::MAP_NAME, source))?;
+        let ring = self
+            .ebpf
+            .take_map(events::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(events::MAP_NAME))?;
+        let ring = RingBuf::try_from(ring).map_err(|source| map_err(events::MAP_NAME, source))?;
+        Ok((ring, verdicts))
     }
 
     /// Packets counted per (reason, direction), summed over CPUs; zero slots are left out.

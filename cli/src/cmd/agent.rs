@@ -127,6 +127,17 @@ struct RunArgs {
     /// is wiped.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     wireguard_key_grace: std::time::Duration,
+    /// Serve the flow observer (Hubble's `observer.Observer` gRPC, plus grpc.health.v1) on ADDR,
+    /// e.g. `10.0.0.1:4244` (Hubble's port). Off by default. With --control-plane-tls-dir it
+    /// serves mutual TLS with the node's certificate (clients need a certificate of the cluster
+    /// CA, as the control plane's relay has); otherwise plaintext: bind it to an address only
+    /// trusted clients reach. Read-only (`palisade observe --server ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    hubble_listen: Option<std::net::SocketAddr>,
+    /// How many flows the agent keeps in memory (older ones are overwritten and counted lost).
+    #[arg(long, value_name = "N", default_value_t = palisade_node_agent::agent::DEFAULT_FLOW_RING_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    flow_ring_size: usize,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -251,6 +262,9 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         datapath,
         control_plane,
         metrics_listen: a.metrics_listen,
+        hubble_listen: a.hubble_listen,
+        hubble_tls_dir: a.control_plane_tls_dir.clone(),
+        flow_ring_size: a.flow_ring_size,
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)

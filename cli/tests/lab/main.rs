@@ -6,4 +6,5 @@ mod t10_matrix;
 mod t30_crash;
 mod t40_cluster;
 mod t50_encryption;
+mod t50_observe;
 mod util;

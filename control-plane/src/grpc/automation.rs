@@ -87,7 +87,12 @@ impl Automation {
 
     /// Refuses a call of `method` that needs `need` without the credentials for it: a node
     /// certificate may read (and watch) only; otherwise the bearer token decides.
-    fn authorize<T>(&self, req: &Request<T>, need: Role, method: &str) -> Result<(), Status> {
+    pub(crate) fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        need: Role,
+        method: &str,
+    ) -> Result<(), Status> {
         let node = req
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|c| tls::identity_of(c).ok()))

@@ -22,6 +22,10 @@ pub const DROP_SPOOFED_SOURCE: u32 = 10;
 /// Dropped: the packet's headers could not be parsed.
 pub const DROP_MALFORMED: u32 = 11;
 
+/// Not a packet verdict: a flow event the ring buffer had no room for (the agent's reader fell
+/// behind). Counted so the agent can report kernel-side event losses.
+pub const EVENTS_LOST: u32 = 15;
+
 /// Index of a reason/direction pair in the array.
 pub const fn slot(reason: u32, direction: u8) -> u32 {
     reason * 2 + direction as u32
@@ -38,6 +42,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         DROP_POLICY_DEFAULT => "policy_default_deny",
         DROP_SPOOFED_SOURCE => "spoofed_source",
         DROP_MALFORMED => "malformed",
+        EVENTS_LOST => "events_lost",
         _ => "unknown",
     }
 }

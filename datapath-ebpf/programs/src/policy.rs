@@ -614,5 +614,8 @@ fn emit(
             _pad: 0,
         });
         entry.submit(0);
+    } else {
+        // The reader fell behind: the agent reports these as lost events.
+        count(verdict::EVENTS_LOST, direction);
     }
 }

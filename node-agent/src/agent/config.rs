@@ -34,7 +34,19 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// WireGuard between nodes; `None`: pod traffic to other nodes leaves unencrypted.
     pub encryption: Option<EncryptionConfig>,
+    /// Where to serve the flow observer (`observer.Observer` gRPC, plaintext); `None`: flows
+    /// are still read and counted, but not served.
+    pub hubble_listen: Option<SocketAddr>,
+    /// With a TLS directory (`ca.pem`, `cert.pem`, `key.pem`: the node's control-plane
+    /// credentials), the observer serves mutual TLS: clients need a certificate of the cluster
+    /// CA. `None`: plaintext.
+    pub hubble_tls_dir: Option<PathBuf>,
+    /// How many flows the agent keeps (the newest; older ones are overwritten and counted lost).
+    pub flow_ring_size: usize,
 }
+
+/// Default of `flow_ring_size` (Hubble's default ring holds 4095).
+pub const DEFAULT_FLOW_RING_SIZE: usize = 4096;
 
 /// How the agent reaches the control plane and presents its node.
 #[derive(Debug, Clone)]

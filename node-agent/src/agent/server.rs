@@ -9,6 +9,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -23,8 +24,10 @@ use super::cluster_view::{Applied, ClusterView};
 use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
 use super::encryption::{Encryption, EncryptionError};
+use super::flows::{self, EndpointMeta, Enrichment, FlowRing, SharedEnrichment};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
+use super::observer::{self, AgentObserver};
 use super::registry::{RegisteredEndpoint, Registry};
 use super::sync::{MapSync, SyncStats};
 use crate::datapath::{Datapath, DatapathError, endpoint_info};
@@ -130,6 +133,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         metrics::serve(addr).map_err(AgentError::ControlPlane)?;
     }
     let mut agent = Agent::start(config)?;
+    agent.start_flows()?;
     eprintln!(
         "palisade agent: node `{}`, pod CIDR {}, {} endpoint(s) restored, listening on {}",
         agent.config.node,
@@ -202,6 +206,8 @@ struct Agent {
     cp: CpState,
     /// WireGuard to the other nodes (`None`: not configured).
     encryption: Option<Encryption>,
+    /// What the flow reader names addresses and identities with (rebuilt on every change).
+    enrichment: SharedEnrichment,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -262,6 +268,7 @@ impl Agent {
             view: ClusterView::default(),
             cp: CpState::default(),
             encryption,
+            enrichment: Arc::new(RwLock::new(Arc::new(Enrichment::default()))),
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -411,7 +418,10 @@ impl Agent {
                 container_id,
                 ifname,
             } => match self.del_endpoint(&container_id, &ifname) {
-                Ok(()) => AgentResponse::Done,
+                Ok(()) => {
+                    self.publish_enrichment();
+                    AgentResponse::Done
+                }
                 Err(e) => fail(e),
             },
             AgentRequest::EndpointGet {
@@ -821,6 +831,25 @@ impl Agent {
         Ok(())
     }
 
+    /// Starts the flow reader and, with `hubble_listen`, the observer.
+    fn start_flows(&mut self) -> Result<(), AgentError> {
+        let (events, verdicts) = self.dp.take_flow_maps()?;
+        let ring = FlowRing::new(self.config.flow_ring_size);
+        flows::spawn_reader(
+            events,
+            verdicts,
+            Arc::clone(&ring),
+            Arc::clone(&self.enrichment),
+        )
+        .map_err(io("start the flow reader for", &self.config.state_dir))?;
+        if let Some(addr) = self.config.hubble_listen {
+            let service = AgentObserver::new(ring, self.config.node.clone(), addr.to_string());
+            observer::serve(addr, self.config.hubble_tls_dir.as_deref(), service)
+                .map_err(AgentError::ControlPlane)?;
+        }
+        Ok(())
+    }
+
     fn encryption_status(&self) -> serde_json::Value {
         let mut s = match &self.encryption {
             Some(enc) => enc.status(),
@@ -830,7 +859,43 @@ impl Agent {
         s
     }
 
+    /// Rebuilds the flow reader's snapshot of endpoints and identities.
+    fn publish_enrichment(&self) {
+        let mut e = Enrichment {
+            node: self.config.node.clone(),
+            ..Enrichment::default()
+        };
+        let ids = self.engine.identities();
+        for (id, labels) in ids.iter() {
+            e.identities.insert(id.0, labels.to_strings());
+        }
+        for r in self.registry.iter() {
+            let Some(ip) = r.spec.ips.first() else {
+                continue;
+            };
+            let ifindex = nix::net::if_::if_nametoindex(r.spec.host_iface.as_str()).unwrap_or(0);
+            let labels = ids
+                .labels(palisade_policy::identity::Identity(r.identity))
+                .map(|l| l.to_strings())
+                .unwrap_or_default();
+            e.add_local(
+                ifindex,
+                &r.spec.host_iface,
+                *ip,
+                EndpointMeta {
+                    endpoint_id: r.endpoint_id,
+                    identity: r.identity,
+                    namespace: r.spec.pod_namespace.clone(),
+                    pod: r.spec.pod_name.clone(),
+                    labels,
+                },
+            );
+        }
+        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(e);
+    }
+
     fn update_gauges(&self) {
+        self.publish_enrichment();
         let (identities, remote, _) = self.view.counts();
         metrics::gauge(
             "palisade_agent_policy_revision",

@@ -1,0 +1,407 @@
+//! Flow events as the eBPF program writes them, decoded and turned into Hubble `flow.Flow`
+//! records. Pure: no syscalls, so every mapping is unit tested.
+
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use palisade_api::flow::{
+    self, CiliumEventType, DropReason, Flow, FlowType, IpVersion, Layer4, NetworkInterface,
+    TrafficDirection, Verdict, layer4::Protocol as L4,
+};
+use palisade_datapath_common::{events, events::FlowEvent, family, policy, proto, verdict};
+
+use super::enrich::Enrichment;
+
+/// Hubble's monitor message types (`CiliumEventType.type`), as `--type` names them.
+pub mod event_type {
+    /// A drop notification.
+    pub const DROP: i32 = 1;
+    /// A trace notification (packet seen at an observation point).
+    pub const TRACE: i32 = 4;
+    /// A policy verdict notification (a new connection's policy decision).
+    pub const POLICY_VERDICT: i32 = 9;
+    /// An L7 access log record.
+    pub const L7: i32 = 129;
+}
+
+/// A ring-buffer record that is not a flow event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record's length is not `size_of::<FlowEvent>()`.
+    #[error("flow event of {got} bytes, expected {expected}")]
+    Length {
+        /// Bytes received.
+        got: usize,
+        /// Bytes a `FlowEvent` has.
+        expected: usize,
+    },
+    /// An event kind this agent does not know (an eBPF object newer than the agent).
+    #[error("flow event of unknown kind {0}")]
+    Kind(u8),
+}
+
+fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+/// Decodes one ring-buffer record (native byte order, the layout of `#[repr(C)] FlowEvent`).
+pub fn decode_event(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
+    if bytes.len() != size_of::<FlowEvent>() {
+        return Err(DecodeError::Length {
+            got: bytes.len(),
+            expected: size_of::<FlowEvent>(),
+        });
+    }
+    let u32_at = |at| u32::from_ne_bytes(field(bytes, at));
+    let ev = FlowEvent {
+        ts_ns: u64::from_ne_bytes(field(bytes, offset_of!(FlowEvent, ts_ns))),
+        kind: bytes[offset_of!(FlowEvent, kind)],
+        direction: bytes[offset_of!(FlowEvent, direction)],
+        protocol: bytes[offset_of!(FlowEvent, protocol)],
+        family: bytes[offset_of!(FlowEvent, family)],
+        reason: u32_at(offset_of!(FlowEvent, reason)),
+        ifindex: u32_at(offset_of!(FlowEvent, ifindex)),
+        src_identity: u32_at(offset_of!(FlowEvent, src_identity)),
+        dst_identity: u32_at(offset_of!(FlowEvent, dst_identity)),
+        rule_id: u32_at(offset_of!(FlowEvent, rule_id)),
+        saddr: field(bytes, offset_of!(FlowEvent, saddr)),
+        daddr: field(bytes, offset_of!(FlowEvent, daddr)),
+        sport: field(bytes, offset_of!(FlowEvent, sport)),
+        dport: field(bytes, offset_of!(FlowEvent, dport)),
+        len: u32_at(offset_of!(FlowEvent, len)),
+        _pad: 0,
+    };
+    match ev.kind {
+        events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT => Ok(ev),
+        k => Err(DecodeError::Kind(k)),
+    }
+}
+
+/// The Hubble drop reason for one of our verdict reasons, and the text Hubble prints for it.
+pub fn drop_reason(reason: u32) -> (DropReason, &'static str) {
+    match reason {
+        // No entry allowed the flow: Hubble's "Policy denied" (default deny).
+        verdict::DROP_POLICY_DEFAULT => (DropReason::PolicyDenied, "Policy denied"),
+        // An explicit deny entry: Hubble's "Policy denied by denylist".
+        verdict::DROP_POLICY_DENY => (DropReason::PolicyDeny, "Policy denied by denylist"),
+        verdict::DROP_SPOOFED_SOURCE => (DropReason::InvalidSourceIp, "Invalid source ip"),
+        verdict::DROP_MALFORMED => (DropReason::InvalidPacketDropped, "Invalid packet"),
+        _ => (DropReason::Unknown, "Unknown reason"),
+    }
+}
+
+/// The text for a Hubble drop reason value (for flows decoded from the wire).
+pub fn drop_reason_text(reason: i32) -> &'static str {
+    match DropReason::try_from(reason) {
+        Ok(DropReason::PolicyDenied) => "Policy denied",
+        Ok(DropReason::PolicyDeny) => "Policy denied by denylist",
+        Ok(DropReason::InvalidSourceIp) => "Invalid source ip",
+        Ok(DropReason::InvalidPacketDropped) => "Invalid packet",
+        _ => "Unknown reason",
+    }
+}
+
+fn addr(family_: u8, raw: &[u8; 16]) -> IpAddr {
+    if family_ == family::IPV6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// Builds the flow record for one event observed at `time_ns` (Unix nanoseconds), naming its
+/// endpoints from `ctx`.
+pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
+    let src = addr(ev.family, &ev.saddr);
+    let dst = addr(ev.family, &ev.daddr);
+    let sport = u16::from_be_bytes(ev.sport) as u32;
+    let dport = u16::from_be_bytes(ev.dport) as u32;
+    let l4 = match ev.protocol {
+        proto::TCP => Some(L4::Tcp(flow::Tcp {
+            source_port: sport,
+            destination_port: dport,
+            // The datapath does not record TCP flags (yet): left unset rather than guessed.
+            flags: None,
+        })),
+        proto::UDP => Some(L4::Udp(flow::Udp {
+            source_port: sport,
+            destination_port: dport,
+        })),
+        proto::SCTP => Some(L4::Sctp(flow::Sctp {
+            source_port: sport,
+            destination_port: dport,
+        })),
+        // For ICMP the datapath's policy port is the message type (in its low byte).
+        proto::ICMP => Some(L4::IcmPv4(flow::IcmPv4 {
+            r#type: dport & 0xff,
+            code: 0,
+        })),
+        proto::ICMPV6 => Some(L4::IcmPv6(flow::IcmPv6 {
+            r#type: dport & 0xff,
+            code: 0,
+        })),
+        _ => None,
+    };
+    let (verdict_, event) = match ev.kind {
+        events::KIND_DROP => (Verdict::Dropped, event_type::DROP),
+        events::KIND_AUDIT => (Verdict::Audit, event_type::POLICY_VERDICT),
+        _ => (Verdict::Forwarded, event_type::POLICY_VERDICT),
+    };
+    let (reason, sub_type) = if ev.kind == events::KIND_DROP {
+        let (r, _) = drop_reason(ev.reason);
+        (r, r as i32)
+    } else {
+        (DropReason::Unknown, 0)
+    };
+    let direction = if ev.direction == policy::DIRECTION_EGRESS {
+        TrafficDirection::Egress
+    } else {
+        TrafficDirection::Ingress
+    };
+    Flow {
+        time: Some(prost_types::Timestamp {
+            seconds: (time_ns / 1_000_000_000) as i64,
+            nanos: (time_ns % 1_000_000_000) as i32,
+        }),
+        verdict: verdict_ as i32,
+        drop_reason: sub_type as u32,
+        drop_reason_desc: reason as i32,
+        ip: Some(flow::Ip {
+            source: src.to_string(),
+            destination: dst.to_string(),
+            ip_version: if src.is_ipv6() {
+                IpVersion::IPv6
+            } else {
+                IpVersion::IPv4
+            } as i32,
+            encrypted: false,
+        }),
+        l4: l4.map(|p| Layer4 { protocol: Some(p) }),
+        source: Some(ctx.endpoint(src, ev.src_identity)),
+        destination: Some(ctx.endpoint(dst, ev.dst_identity)),
+        r#type: FlowType::L3L4 as i32,
+        node_name: ctx.node.clone(),
+        event_type: Some(CiliumEventType {
+            r#type: event,
+            sub_type,
+        }),
+        traffic_direction: direction as i32,
+        // The datapath reports the deciding rule, not how specific its match was.
+        policy_match_type: 0,
+        // The first packet of a new connection is never a reply; a drop may be either.
+        is_reply: (ev.kind != events::KIND_DROP).then_some(false),
+        interface: Some(NetworkInterface {
+            index: ev.ifindex,
+            name: ctx.iface_name(ev.ifindex),
+        }),
+        ..Flow::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::flows::enrich::EndpointMeta;
+
+    fn encode(ev: &FlowEvent) -> Vec<u8> {
+        let mut b = vec![0u8; size_of::<FlowEvent>()];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(offset_of!(FlowEvent, ts_ns), &ev.ts_ns.to_ne_bytes());
+        put(offset_of!(FlowEvent, kind), &[ev.kind]);
+        put(offset_of!(FlowEvent, direction), &[ev.direction]);
+        put(offset_of!(FlowEvent, protocol), &[ev.protocol]);
+        put(offset_of!(FlowEvent, family), &[ev.family]);
+        put(offset_of!(FlowEvent, reason), &ev.reason.to_ne_bytes());
+        put(offset_of!(FlowEvent, ifindex), &ev.ifindex.to_ne_bytes());
+        put(
+            offset_of!(FlowEvent, src_identity),
+            &ev.src_identity.to_ne_bytes(),
+        );
+        put(
+            offset_of!(FlowEvent, dst_identity),
+            &ev.dst_identity.to_ne_bytes(),
+        );
+        put(offset_of!(FlowEvent, rule_id), &ev.rule_id.to_ne_bytes());
+        put(offset_of!(FlowEvent, saddr), &ev.saddr);
+        put(offset_of!(FlowEvent, daddr), &ev.daddr);
+        put(offset_of!(FlowEvent, sport), &ev.sport);
+        put(offset_of!(FlowEvent, dport), &ev.dport);
+        put(offset_of!(FlowEvent, len), &ev.len.to_ne_bytes());
+        b
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..4].copy_from_slice(&a);
+        out
+    }
+
+    fn tcp_drop() -> FlowEvent {
+        FlowEvent {
+            ts_ns: 123_456_789,
+            kind: events::KIND_DROP,
+            direction: policy::DIRECTION_INGRESS,
+            protocol: proto::TCP,
+            family: family::IPV4,
+            reason: verdict::DROP_POLICY_DEFAULT,
+            ifindex: 7,
+            src_identity: 1234,
+            dst_identity: 5678,
+            rule_id: 0,
+            saddr: v4([10, 0, 1, 2]),
+            daddr: v4([10, 0, 1, 3]),
+            sport: 41234u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+            len: 60,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field_and_the_exact_length() {
+        let ev = tcp_drop();
+        let bytes = encode(&ev);
+        assert_eq!(bytes.len(), 80);
+        assert_eq!(decode_event(&bytes), Ok(ev));
+    }
+
+    #[test]
+    fn wrong_length_and_unknown_kind_are_errors() {
+        let bytes = encode(&tcp_drop());
+        assert_eq!(
+            decode_event(&bytes[..79]),
+            Err(DecodeError::Length {
+                got: 79,
+                expected: 80
+            })
+        );
+        let mut ev = tcp_drop();
+        ev.kind = 9;
+        assert_eq!(decode_event(&encode(&ev)), Err(DecodeError::Kind(9)));
+    }
+
+    fn ctx() -> Enrichment {
+        let mut e = Enrichment {
+            node: "n1".into(),
+            ..Enrichment::default()
+        };
+        e.add_local(
+            7,
+            "veth7",
+            "10.0.1.3".parse().expect("ip"),
+            EndpointMeta {
+                endpoint_id: 3,
+                identity: 5678,
+                namespace: "demo".into(),
+                pod: "api-1".into(),
+                labels: vec!["k8s:app=api".into()],
+            },
+        );
+        e.identities.insert(
+            1234,
+            vec![
+                "k8s:app=frontend".into(),
+                "k8s:io.kubernetes.pod.namespace=demo".into(),
+            ],
+        );
+        e
+    }
+
+    #[test]
+    fn a_policy_drop_becomes_a_hubble_drop_with_named_endpoints() {
+        let f = to_flow(&tcp_drop(), &ctx(), 1_700_000_000_123_000_000);
+        assert_eq!(f.verdict, Verdict::Dropped as i32);
+        assert_eq!(f.drop_reason_desc, DropReason::PolicyDenied as i32);
+        assert_eq!(f.drop_reason, 133);
+        assert_eq!(f.event_type.map(|e| (e.r#type, e.sub_type)), Some((1, 133)));
+        assert_eq!(f.traffic_direction, TrafficDirection::Ingress as i32);
+        let t = f.time.expect("time");
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+        let ip = f.ip.expect("ip");
+        assert_eq!(
+            (ip.source.as_str(), ip.destination.as_str()),
+            ("10.0.1.2", "10.0.1.3")
+        );
+        let Some(Layer4 {
+            protocol: Some(L4::Tcp(tcp)),
+        }) = f.l4
+        else {
+            panic!("not TCP: {:?}", f.l4)
+        };
+        assert_eq!((tcp.source_port, tcp.destination_port), (41234, 80));
+        let dst = f.destination.expect("destination");
+        assert_eq!(
+            (dst.namespace.as_str(), dst.pod_name.as_str()),
+            ("demo", "api-1")
+        );
+        assert_eq!((dst.id, dst.identity), (3, 5678));
+        // A peer known only by identity: labels and namespace from the identity, no pod name.
+        let src = f.source.expect("source");
+        assert_eq!(src.namespace, "demo");
+        assert_eq!(src.identity, 1234);
+        assert!(src.pod_name.is_empty());
+        assert!(src.labels.contains(&"k8s:app=frontend".to_string()));
+        assert_eq!(f.node_name, "n1");
+        assert_eq!(f.interface.map(|i| i.name), Some("veth7".into()));
+        assert_eq!(f.is_reply, None);
+    }
+
+    #[test]
+    fn new_and_audit_events_are_policy_verdicts() {
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_NEW;
+        ev.reason = verdict::FORWARDED_NEW;
+        ev.direction = policy::DIRECTION_EGRESS;
+        let f = to_flow(&ev, &ctx(), 0);
+        assert_eq!(f.verdict, Verdict::Forwarded as i32);
+        assert_eq!(f.drop_reason_desc, 0);
+        assert_eq!(
+            f.event_type.map(|e| e.r#type),
+            Some(event_type::POLICY_VERDICT)
+        );
+        assert_eq!(f.traffic_direction, TrafficDirection::Egress as i32);
+        assert_eq!(f.is_reply, Some(false));
+        ev.kind = events::KIND_AUDIT;
+        ev.reason = verdict::DROP_POLICY_DENY;
+        assert_eq!(to_flow(&ev, &ctx(), 0).verdict, Verdict::Audit as i32);
+    }
+
+    #[test]
+    fn icmp_and_ipv6_and_reserved_identities() {
+        let mut ev = tcp_drop();
+        ev.protocol = proto::ICMPV6;
+        ev.family = family::IPV6;
+        ev.saddr = "fd00::1".parse::<Ipv6Addr>().expect("v6").octets();
+        ev.daddr = "fd00::2".parse::<Ipv6Addr>().expect("v6").octets();
+        ev.dport = [0, 128];
+        ev.src_identity = 2;
+        let f = to_flow(&ev, &ctx(), 0);
+        let ip = f.ip.expect("ip");
+        assert_eq!(ip.ip_version, IpVersion::IPv6 as i32);
+        assert_eq!(ip.source, "fd00::1");
+        assert!(matches!(
+            f.l4.and_then(|l| l.protocol),
+            Some(L4::IcmPv6(flow::IcmPv6 { r#type: 128, .. }))
+        ));
+        assert_eq!(
+            f.source.expect("src").labels,
+            vec!["reserved:world".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_drop_reason_has_a_hubble_value() {
+        for r in [
+            verdict::DROP_POLICY_DENY,
+            verdict::DROP_POLICY_DEFAULT,
+            verdict::DROP_SPOOFED_SOURCE,
+            verdict::DROP_MALFORMED,
+        ] {
+            let (d, text) = drop_reason(r);
+            assert_ne!(d, DropReason::Unknown, "reason {r}");
+            assert_eq!(drop_reason_text(d as i32), text);
+        }
+    }
+}
