@@ -10,11 +10,14 @@
 //!        ◀──────── "palisade-workload <name> udp <port>" ──── send_to
 //! ```
 //!
+//! `serve --http` adds a small HTTP/1.1 server (see [`http`]) for L7 policy tests.
+//!
 //! A probe only counts as reachable when the server's reply came back, so both the forward and
 //! the return path are proven. Pure input parsing lives in [`ports`] and [`protocol`]; all socket
 //! work is in [`serve`] and [`probe`].
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod ports;
 pub mod probe;
 pub mod protocol;

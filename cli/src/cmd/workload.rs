@@ -50,6 +50,10 @@ struct ServeArgs {
     /// UDP ports to serve, comma-separated (e.g. `80,81`).
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     udp: Option<PortList>,
+    /// HTTP/1.1 ports to serve, comma-separated: every request gets `200` with the body
+    /// `palisade-workload <name> http <METHOD> <target>` (keep-alive; malformed input gets 400).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    http: Option<PortList>,
     /// Name put in every reply (the lab passes the pod name).
     #[arg(long, default_value = "workload")]
     name: String,
@@ -84,6 +88,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         name: a.name,
         tcp: a.tcp.map(|p| p.0).unwrap_or_default(),
         udp: a.udp.map(|p| p.0).unwrap_or_default(),
+        http: a.http.map(|p| p.0).unwrap_or_default(),
     };
     match Server::bind(&cfg).context("workload serve") {
         Ok(server) => {

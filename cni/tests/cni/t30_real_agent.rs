@@ -63,6 +63,7 @@ fn pods_added_through_cni_are_enforced_by_the_real_agent() {
         control_plane: None,
         metrics_listen: None,
         encryption: None,
+        l7_proxy: None,
     };
     // The agent runs for the rest of the test process, on a thread inside the node namespace.
     let _agent = spawn_in(&node.path(), move || {

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
 use super::encryption::EncryptionConfig;
+use super::proxy::ProxyConfig;
 use crate::datapath::DatapathConfig;
 
 /// Everything the agent needs to start.
@@ -34,6 +35,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// WireGuard between nodes; `None`: pod traffic to other nodes leaves unencrypted.
     pub encryption: Option<EncryptionConfig>,
+    /// The L7 proxy enforcing HTTP rules; `None`: HTTP rules are enforced at L4 only (a
+    /// redirect passes as an allow).
+    pub l7_proxy: Option<ProxyConfig>,
 }
 
 /// How the agent reaches the control plane and presents its node.

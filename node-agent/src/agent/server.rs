@@ -25,6 +25,7 @@ use super::control_plane::{Link, Publish, Update};
 use super::encryption::{Encryption, EncryptionError};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
+use super::proxy::{L7Proxy, Local, PeerInfo, ProxyError, ProxyView};
 use super::registry::{RegisteredEndpoint, Registry};
 use super::sync::{MapSync, SyncStats};
 use crate::datapath::{Datapath, DatapathError, endpoint_info};
@@ -69,6 +70,9 @@ pub enum AgentError {
     /// Node-to-node encryption could not start.
     #[error("encryption")]
     Encryption(#[from] EncryptionError),
+    /// The L7 proxy could not start.
+    #[error("l7 proxy")]
+    Proxy(#[from] ProxyError),
     /// The agent's answer was not a response.
     #[error("agent at `{socket}` answered something that is not a response: {detail}")]
     BadResponse {
@@ -202,6 +206,8 @@ struct Agent {
     cp: CpState,
     /// WireGuard to the other nodes (`None`: not configured).
     encryption: Option<Encryption>,
+    /// The L7 proxy (`None`: not configured).
+    proxy: Option<L7Proxy>,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -240,6 +246,11 @@ impl Agent {
             }
         };
         let dp = Datapath::load_with(&config.datapath)?;
+        let proxy = config.l7_proxy.clone().map(L7Proxy::start).transpose()?;
+        let mut proxy_ports = EngineConfig::default().proxy_ports;
+        if let Some(p) = &config.l7_proxy {
+            proxy_ports.http = p.port;
+        }
         let ipam = Ipam::open(config.pod_cidr, &config.state_dir)?;
         let registry = Registry::open(&config.state_dir)
             .map_err(io("open the endpoint registry in", &config.state_dir))?;
@@ -248,6 +259,7 @@ impl Agent {
             // A pod re-created with the same labels keeps its identity (no policy churn).
             engine: Engine::new(EngineConfig {
                 retain_unreferenced_identities: true,
+                proxy_ports,
                 ..EngineConfig::default()
             }),
             ipam,
@@ -262,6 +274,7 @@ impl Agent {
             view: ClusterView::default(),
             cp: CpState::default(),
             encryption,
+            proxy,
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -641,6 +654,9 @@ impl Agent {
         }
         self.cp.update_error = None;
         self.refresh_peers();
+        // Remote endpoints can change without the engine changing: the proxy's peers (and the
+        // redirect sets built from them) follow every update.
+        self.refresh_proxy();
         if let Err(e) = self.view.save(&self.config.state_dir) {
             eprintln!("palisade agent: saving the control-plane view: {e}");
         }
@@ -789,6 +805,7 @@ impl Agent {
             Ok(stats) => {
                 self.last_sync = stats;
                 self.sync_all = false;
+                self.refresh_proxy();
                 Ok(())
             }
             Err(e) => {
@@ -799,6 +816,64 @@ impl Agent {
                 self.sync_all = true;
                 Err(e)
             }
+        }
+    }
+
+    /// Publishes the node's endpoints, addresses and compiled policy to the L7 proxy, which
+    /// brings its redirects in line. Runs after every sync (the maps and the proxy agree).
+    fn refresh_proxy(&mut self) {
+        let Some(proxy) = &mut self.proxy else {
+            return;
+        };
+        let mut v = ProxyView::default();
+        for (ip, id) in self.view.remote_endpoints() {
+            v.peers.insert(
+                ip,
+                PeerInfo {
+                    identity: id,
+                    name: None,
+                },
+            );
+        }
+        for ip in &self.config.node_ips {
+            v.peers.insert(
+                IpAddr::V4(*ip),
+                PeerInfo {
+                    identity: IDENTITY_HOST,
+                    name: None,
+                },
+            );
+        }
+        for e in self.registry.iter() {
+            let name = e.name();
+            // Only endpoints with L7 rules: the others' traffic never reaches the proxy.
+            let policy = self
+                .engine
+                .map_state(&name)
+                .filter(|m| !m.l7.is_empty())
+                .map(|m| std::sync::Arc::new(m.clone()));
+            for ip in &e.spec.ips {
+                v.peers.insert(
+                    *ip,
+                    PeerInfo {
+                        identity: e.identity,
+                        name: Some(name.clone()),
+                    },
+                );
+                if let Some(p) = &policy {
+                    v.locals.insert(
+                        *ip,
+                        Local {
+                            name: name.clone(),
+                            identity: e.identity,
+                            policy: p.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Err(e) = proxy.update(v) {
+            eprintln!("palisade agent: l7 proxy redirects: {}", chain(&e));
         }
     }
 
@@ -927,6 +1002,7 @@ impl Agent {
                 .collect::<serde_json::Map<_, _>>(),
             "verdicts": verdicts,
             "encryption": self.encryption_status(),
+            "l7Proxy": self.proxy.as_ref().map(L7Proxy::status),
             "controlPlane": self.config.control_plane.as_ref().map(|_| {
                 let (identities, remote, policies) = self.view.counts();
                 serde_json::json!({
