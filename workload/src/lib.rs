@@ -10,7 +10,8 @@
 //!        ◀──────── "palisade-workload <name> udp <port>" ──── send_to
 //! ```
 //!
-//! `serve --http` adds a small HTTP/1.1 server (see [`http`]) for L7 policy tests.
+//! `serve --http` adds a small HTTP/1.1 server (see [`http`]) for L7 policy tests, and [`load`]
+//! an HTTP load generator for benchmarks.
 //!
 //! A probe only counts as reachable when the server's reply came back, so both the forward and
 //! the return path are proven. Pure input parsing lives in [`ports`] and [`protocol`]; all socket
@@ -18,11 +19,13 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod load;
 pub mod ports;
 pub mod probe;
 pub mod protocol;
 pub mod serve;
 
+pub use load::{LoadReport, LoadSpec, load};
 pub use ports::{PortError, parse_port, parse_port_list};
 pub use probe::{Outcome, ProbeResult, ProbeSpec, probe};
 pub use protocol::{Protocol, ProtocolError};
