@@ -1,5 +1,6 @@
 //! A tiny HTTP/1.1 server for L7 policy tests: every well-formed request gets `200 OK` with the
-//! body `palisade-workload <name> http <METHOD> <target>\n`; connections are kept alive (unless
+//! body `palisade-workload <name> http <METHOD> <target> from <client address>\n` (so tests see
+//! who connected: a transparent proxy keeps the client's address); connections are kept alive (unless
 //! the client says `Connection: close` or speaks HTTP/1.0); request bodies with a
 //! `Content-Length` are read and counted (the reply adds ` body=<n>`). Anything malformed gets
 //! `400` and the connection is closed. Standard library only: one thread per connection.
@@ -36,6 +37,7 @@ pub fn http_loop(name: &str, listener: &TcpListener) {
 fn connection(name: &str, stream: TcpStream) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr()?.ip();
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -88,6 +90,7 @@ fn connection(name: &str, stream: TcpStream) -> io::Result<()> {
         if length > 0 {
             body.push_str(&format!(" body={length}"));
         }
+        body.push_str(&format!(" from {peer}"));
         body.push('\n');
         let conn = if keep_alive { "keep-alive" } else { "close" };
         write!(
@@ -147,14 +150,17 @@ mod tests {
         );
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
         assert!(
-            out.contains("palisade-workload srv http GET /get\n"),
+            out.contains("palisade-workload srv http GET /get from 127.0.0.1\n"),
             "{out}"
         );
         assert!(
-            out.contains("palisade-workload srv http POST /post body=3\n"),
+            out.contains("palisade-workload srv http POST /post body=3 from 127.0.0.1\n"),
             "{out}"
         );
-        assert!(out.contains("palisade-workload srv http GET /x\n"), "{out}");
+        assert!(
+            out.contains("palisade-workload srv http GET /x from 127.0.0.1\n"),
+            "{out}"
+        );
         let bad = exchange(port, "NONSENSE\r\n\r\n");
         assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     }

@@ -77,7 +77,8 @@ struct ServeArgs {
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     udp: Option<PortList>,
     /// HTTP/1.1 ports to serve, comma-separated: every request gets `200` with the body
-    /// `palisade-workload <name> http <METHOD> <target>` (keep-alive; malformed input gets 400).
+    /// `palisade-workload <name> http <METHOD> <target> from <client IP>` (keep-alive; malformed
+    /// input gets 400).
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     http: Option<PortList>,
     /// Name put in every reply (the lab passes the pod name).

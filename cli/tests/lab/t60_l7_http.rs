@@ -95,13 +95,23 @@ fn curl(lab: &str, pod: &str, extra: &[&str], path: &str) -> Answer {
     }
 }
 
-fn assert_served(a: &Answer, line: &str) {
+/// Served by the real server, which saw `client`'s own address (the proxy is transparent).
+fn assert_served(a: &Answer, line: &str, client: &str) {
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(
         a.body.trim_end(),
-        format!("palisade-workload n2-p1 http {line}"),
+        format!("palisade-workload n2-p1 http {line} from {}", ip_of(client)),
         "{a:?}"
     );
+}
+
+/// The address of a lab pod (`n<i>-p<j>` is `10.200.i.(10+j)`).
+fn ip_of(pod: &str) -> String {
+    let (n, p) = pod
+        .trim_start_matches('n')
+        .split_once("-p")
+        .expect("pod name");
+    format!("10.200.{n}.{}", 10 + p.parse::<u32>().expect("pod index"))
 }
 
 fn assert_denied(a: &Answer) {
@@ -189,7 +199,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     loop {
         let a = curl(&lab, "n1-p1", &[], "/anything");
         if a.status == 200 {
-            assert_served(&a, "GET /anything");
+            assert_served(&a, "GET /anything", "n1-p1");
             break;
         }
         assert!(Instant::now() < deadline, "server never answered: {a:?}");
@@ -217,10 +227,11 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
 
     for pod in ["n1-p1", "n2-p2"] {
         // Method and path, anchored: `/get` is not `/get/` or `/`.
-        assert_served(&curl(&lab, pod, &[], "/get"), "GET /get");
+        assert_served(&curl(&lab, pod, &[], "/get"), "GET /get", pod);
         assert_served(
             &curl(&lab, pod, &["-X", "POST", "-d", "abc"], "/post"),
             "POST /post body=3",
+            pod,
         );
         assert_denied(&curl(&lab, pod, &[], "/"));
         assert_denied(&curl(&lab, pod, &[], "/get/"));
@@ -264,6 +275,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     assert_served(
         &curl(&lab, "n1-p1", &["-H", "X-Token: letmein"], "/secret"),
         "GET /secret",
+        "n1-p1",
     );
     // Host rule (a regex on the whole Host value) and a path regex.
     let host = |h: &str| format!("Host: {h}");
@@ -271,6 +283,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     assert_served(
         &curl(&lab, "n1-p1", &["-H", &h_ok], "/v2/items"),
         "GET /v2/items",
+        "n1-p1",
     );
     assert_denied(&curl(&lab, "n1-p1", &["-H", &h_ok], "/vx/items"));
     for bad in [
@@ -319,7 +332,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
 
     // HTTP/2 with prior knowledge (h2c) gets the same rules.
     let a = curl(&lab, "n1-p1", &["--http2-prior-knowledge"], "/get");
-    assert_served(&a, "GET /get");
+    assert_served(&a, "GET /get", "n1-p1");
     assert_eq!(a.version, "2", "{a:?}");
     assert_denied(&curl(&lab, "n1-p1", &["--http2-prior-knowledge"], "/"));
 
@@ -342,7 +355,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
                 || answer.starts_with("HTTP/1.1 505"),
             "{junk}: {answer}"
         );
-        assert_served(&curl(&lab, "n1-p1", &[], "/get"), "GET /get");
+        assert_served(&curl(&lab, "n1-p1", &[], "/get"), "GET /get", "n1-p1");
     }
     // A client that sends half a request and stalls does not hold others up.
     let staller = Command::new("ip")
@@ -354,7 +367,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         .expect("staller");
     let mut staller = Server(staller);
     std::thread::sleep(Duration::from_millis(300));
-    assert_served(&curl(&lab, "n2-p2", &[], "/get"), "GET /get");
+    assert_served(&curl(&lab, "n2-p2", &[], "/get"), "GET /get", "n2-p2");
     let _ = staller.0.kill();
 
     // Every good request after the junk was recorded (4, plus the staller's neighbour).
@@ -364,7 +377,11 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     // A plain L4 rule for n1-p2 on the same port: its traffic bypasses the L7 rules; n1-p1's
     // does not.
     let l4_file = apply(&lab, "l4", L4_POLICY);
-    assert_served(&curl(&lab, "n1-p2", &[], "/anything"), "GET /anything");
+    assert_served(
+        &curl(&lab, "n1-p2", &[], "/anything"),
+        "GET /anything",
+        "n1-p2",
+    );
     assert_denied(&curl(&lab, "n1-p1", &[], "/anything"));
     assert!(
         !nft_table(&lab).contains("10.200.1.12"),
@@ -386,7 +403,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         nft_table(&lab)
     );
     assert_eq!(curl(&lab, "n1-p1", &[], "/anything").exit, Some(28));
-    assert_served(&curl(&lab, "n1-p2", &[], "/nope"), "GET /nope");
+    assert_served(&curl(&lab, "n1-p2", &[], "/nope"), "GET /nope", "n1-p2");
 
     let _ = std::fs::remove_file(l7_file);
     let _ = std::fs::remove_file(l4_file);
@@ -407,4 +424,142 @@ fn l7_flows_matching(
         .filter(|f| f["method"] == method && f["status"] == code)
         .cloned()
         .collect()
+}
+
+/// n1-p1 (across nodes) and n2-p2 (same node) may send only GET /get and GET /both to n2-p1:8080.
+const EGRESS_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7-egress}
+spec:
+  endpointSelector: {matchExpressions: [{key: app, operator: In, values: [n1-p1, n2-p2]}]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: n2-p1}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /get}
+        - {method: GET, path: /both}
+";
+
+/// n2-p1 accepts only GET /get and GET /ingress-only from them.
+const INGRESS_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: n2-p1}}
+  ingress:
+  - fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [n1-p1, n2-p2]}]}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /get}
+        - {method: GET, path: /ingress-only}
+";
+
+#[test]
+fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules() {
+    let lab = lab_name("l7egress");
+    let _ = Lab::down(&lab);
+    let _cleanup = Cleanup(lab.clone());
+    ok(&[
+        "lab",
+        "up",
+        "--name",
+        &lab,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+    ]);
+    let _server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &format!("pal-{lab}-n2-p1")])
+            .arg(bin())
+            .args(["workload", "serve", "--http", "8080", "--name", "n2-p1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&lab, "n1-p1", &[], "/x").status != 200 {
+        assert!(Instant::now() < deadline, "server never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let egress_file = apply(&lab, "egress", EGRESS_POLICY);
+    let n1 = in_netns(&format!("pal-{lab}-n1"), "nft", &["list", "ruleset"]);
+    let n1 = String::from_utf8_lossy(&n1.stdout);
+    assert!(
+        n1.contains(&format!(
+            "ip saddr 10.200.1.11 tcp dport 8080 ip daddr {SERVER}"
+        )),
+        "{n1}"
+    );
+    for pod in ["n1-p1", "n2-p2"] {
+        assert_served(&curl(&lab, pod, &[], "/get"), "GET /get", pod);
+        assert_served(&curl(&lab, pod, &[], "/both"), "GET /both", pod);
+        assert_denied(&curl(&lab, pod, &[], "/ingress-only"));
+        assert_denied(&curl(&lab, pod, &["-X", "POST"], "/get"));
+        // Port 80 of the same pod is not allowed by the egress policy: dropped.
+        let out = in_netns(
+            &format!("pal-{lab}-{pod}"),
+            "curl",
+            &["-s", "-m", "2", &format!("http://{SERVER}:80/")],
+        );
+        assert_eq!(out.status.code(), Some(28), "{out:?}");
+    }
+    // The egress verdicts are the client node's: n1's proxy recorded n1-p1's requests.
+    let socket = agent_socket(&lab, "n1");
+    let status = ok(&[
+        "agent",
+        "status",
+        "--socket",
+        socket.to_str().expect("utf8"),
+        "-o",
+        "json",
+    ]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let denied = l7_flows_matching(&status["l7Proxy"], "GET", 403);
+    assert!(
+        denied.iter().any(|f| f["direction"] == "egress"
+            && f["url"] == format!("http://{SERVER}:8080/ingress-only")
+            && f["source"]["ip"] == "10.200.1.11"),
+        "{status}"
+    );
+
+    // Both sides have rules: a request must satisfy both (across nodes: two proxies in a row;
+    // on one node: one proxy checking both).
+    let ingress_file = apply(&lab, "ingress", INGRESS_POLICY);
+    for pod in ["n1-p1", "n2-p2"] {
+        assert_served(&curl(&lab, pod, &[], "/get"), "GET /get", pod);
+        assert_denied(&curl(&lab, pod, &[], "/both"));
+        assert_denied(&curl(&lab, pod, &[], "/ingress-only"));
+    }
+
+    ok(&[
+        "policy",
+        "delete",
+        "--lab",
+        &lab,
+        "ciliumnetworkpolicy/default/l7-egress",
+    ]);
+    ok(&[
+        "policy",
+        "delete",
+        "--lab",
+        &lab,
+        "ciliumnetworkpolicy/default/l7-ingress",
+    ]);
+    ok(&["policy", "wait", "--lab", &lab, "--timeout", "20s"]);
+    assert_served(&curl(&lab, "n1-p1", &[], "/both"), "GET /both", "n1-p1");
+    let n1 = in_netns(&format!("pal-{lab}-n1"), "nft", &["list", "ruleset"]);
+    assert!(!String::from_utf8_lossy(&n1.stdout).contains("palisade_proxy"));
+    let _ = std::fs::remove_file(egress_file);
+    let _ = std::fs::remove_file(ingress_file);
+    drop(_server);
+    let processes = Lab::load(&lab).expect("state").state().processes.clone();
+    down_and_assert_gone(&lab, &processes);
 }

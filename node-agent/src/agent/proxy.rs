@@ -1,4 +1,5 @@
-//! The agent's L7 (HTTP) proxy: enforces `rules.http` of local endpoints' ingress policy.
+//! The agent's L7 (HTTP) proxy: enforces `rules.http` of local endpoints' ingress and egress
+//! policy.
 //!
 //! ```text
 //!  run loop ──after every sync──▶ L7Proxy::update(ProxyView)
@@ -7,9 +8,10 @@
 //!
 //!  client ─SYN─▶ node prerouting: tproxy (peers whose lookup is the redirect) ─▶ proxy socket
 //!                 proxy thread (tokio): hyper server per connection
-//!                   per request: view.ingress(dst, client) + L7 rules
-//!                     allowed ─▶ pooled hyper client ─▶ original destination (from the host:
-//!                                the endpoint's allow-localhost lets it in)
+//!                   per request: view.ingress(dst, client), view.egress(client, dst),
+//!                                the L7 rules of each side that has them
+//!                     allowed ─▶ hyper client, one connection per client connection, bound
+//!                                to the client's address (IP_TRANSPARENT) ─▶ original destination
 //!                     denied  ─▶ 403 "Access denied"
 //!                   L7Flow ─▶ FlowLog (bounded) + palisade_agent_http_requests_total
 //! ```
@@ -97,7 +99,10 @@ impl L7Proxy {
         redirect::install_route()?;
         let view = Arc::new(RwLock::new(ProxyView::default()));
         let flows = Arc::new(FlowLog::new(config.flow_capacity));
-        let shared = Arc::new(http::Shared::new(view.clone(), flows.clone()));
+        let shared = Arc::new(http::Shared {
+            view: view.clone(),
+            flows: flows.clone(),
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("l7-proxy")
@@ -152,7 +157,13 @@ impl L7Proxy {
             .applied
             .iter()
             .flatten()
-            .map(|r| format!("{}:{}-{}", r.endpoint, r.ports.0, r.ports.1))
+            .map(|r| {
+                let d = match r.direction {
+                    view::RedirectDirection::Ingress => "ingress",
+                    view::RedirectDirection::Egress => "egress",
+                };
+                format!("{d} {}:{}-{}", r.endpoint, r.ports.0, r.ports.1)
+            })
             .collect();
         serde_json::json!({
             "port": self.config.port,

@@ -864,8 +864,7 @@ impl Agent {
                     v.locals.insert(
                         *ip,
                         Local {
-                            name: name.clone(),
-                            identity: e.identity,
+                            iface: e.spec.host_iface.clone(),
                             policy: p.clone(),
                         },
                     );

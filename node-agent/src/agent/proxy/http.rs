@@ -1,8 +1,13 @@
 //! The HTTP side of the proxy: one hyper server connection per redirected TCP connection
 //! (HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge, detected from the first bytes),
-//! each request checked against the destination endpoint's L7 rules, then forwarded to the
-//! original destination over a pooled HTTP/1.1 client, or answered `403 Access denied`.
-//! Bodies stream both ways; nothing is buffered whole.
+//! each request checked against the L7 rules of the endpoints involved (the destination's
+//! ingress, the client's egress, both when both are local with rules), then forwarded to the
+//! original destination or answered `403 Access denied`. Bodies stream both ways.
+//!
+//! Upstream, each client connection gets its own HTTP/1.1 connection, opened *from the client's
+//! address* (IP_TRANSPARENT): the destination's datapath sees the real peer identity (its L4
+//! policy still applies) and the server sees the real client; the replies come back to the
+//! proxy through the `socket transparent` rule of the packet filter.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -14,14 +19,14 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use palisade_policy::ir::HttpRequest;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Mutex;
 
 use super::flow::{FlowLog, FlowPeer, L7Flow, L7Verdict};
 use super::view::{L4Verdict, ProxyView, RequestVerdict, http_verdict};
@@ -34,8 +39,8 @@ pub const ACCESS_DENIED: &str = "Access denied\r\n";
 
 /// A client that sends no complete request header within this time is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle upstream connections are closed after this.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+/// Connecting upstream gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every connection task shares.
 pub struct Shared {
@@ -43,27 +48,6 @@ pub struct Shared {
     pub view: Arc<RwLock<ProxyView>>,
     /// Flow records.
     pub flows: Arc<FlowLog>,
-    client: Client<HttpConnector, Incoming>,
-}
-
-// === impl Shared ===
-
-impl Shared {
-    /// Shares the view and flow log with a new upstream client pool.
-    pub fn new(view: Arc<RwLock<ProxyView>>, flows: Arc<FlowLog>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(UPSTREAM_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Shared {
-            view,
-            flows,
-            client,
-        }
-    }
 }
 
 /// Accepts redirected connections forever. The accepted socket's local address is the
@@ -86,15 +70,64 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(stream: TcpStream, client: SocketAddr, dst: SocketAddr, shared: Arc<Shared>) {
-    let l4_ok = {
-        let v = shared.view.read().unwrap_or_else(|p| p.into_inner());
-        matches!(
-            v.ingress(dst, client.ip()),
-            Some((_, L4Verdict::Allow | L4Verdict::Redirect(_)))
-        )
+/// The verdict of one request over both sides, and what the flow record says of them.
+struct Decision {
+    verdict: RequestVerdict,
+    /// `ingress` when the destination's rules applied, else `egress`.
+    direction: &'static str,
+    source: FlowPeer,
+    destination: FlowPeer,
+}
+
+/// Decides on `req` (`None`: the connection-level L4 check, every side must let it in).
+fn decide(
+    v: &ProxyView,
+    client: SocketAddr,
+    dst: SocketAddr,
+    req: Option<&HttpRequest>,
+) -> Decision {
+    let ingress = v.ingress(dst, client.ip());
+    let egress = v.egress(client.ip(), dst);
+    let side = |l4: &L4Verdict| match (l4, req) {
+        (L4Verdict::Deny, _) => RequestVerdict::Deny,
+        (L4Verdict::Allow, _) | (L4Verdict::Redirect(_), None) => RequestVerdict::Forward,
+        (L4Verdict::Redirect(sets), Some(r)) => http_verdict(sets, r),
     };
-    if !l4_ok {
+    let sides: Vec<RequestVerdict> = [&ingress, &egress]
+        .iter()
+        .filter_map(|s| s.as_ref().map(|(_, l4)| side(l4)))
+        .collect();
+    // Nobody's rules cover the connection (policy changed under it): fail closed.
+    let verdict = if !sides.is_empty() && sides.iter().all(|s| *s == RequestVerdict::Forward) {
+        RequestVerdict::Forward
+    } else {
+        RequestVerdict::Deny
+    };
+    let peer = |ip: std::net::IpAddr, port: u16| FlowPeer {
+        ip,
+        port,
+        identity: v.identity_of(ip),
+        pod: v.peers.get(&ip).and_then(|p| p.name.clone()),
+    };
+    let direction = match &ingress {
+        Some((_, L4Verdict::Redirect(_))) => "ingress",
+        _ if egress.is_some() => "egress",
+        _ => "ingress",
+    };
+    Decision {
+        verdict,
+        direction,
+        source: peer(client.ip(), client.port()),
+        destination: peer(dst.ip(), dst.port()),
+    }
+}
+
+async fn connection(stream: TcpStream, client: SocketAddr, dst: SocketAddr, shared: Arc<Shared>) {
+    let l4 = {
+        let v = shared.view.read().unwrap_or_else(|p| p.into_inner());
+        decide(&v, client, dst, None).verdict
+    };
+    if l4 != RequestVerdict::Forward {
         // The packet filter only steers peers the policy redirects; this is a race with a
         // policy change. Closing is what a drop would have become.
         eprintln!(
@@ -103,9 +136,11 @@ async fn connection(stream: TcpStream, client: SocketAddr, dst: SocketAddr, shar
         return;
     }
     let _ = stream.set_nodelay(true);
+    let upstream = Arc::new(Mutex::new(None::<SendRequest<Incoming>>));
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, client, dst, req).await) }
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &upstream, client, dst, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -119,9 +154,65 @@ async fn connection(stream: TcpStream, client: SocketAddr, dst: SocketAddr, shar
     }
 }
 
+/// Opens the upstream connection from the client's address.
+async fn connect_upstream(
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if dst.is_ipv4() {
+        s.set_ip_transparent_v4(true)?;
+    } else {
+        s.set_ip_transparent_v6(true)?;
+    }
+    s.bind(&SocketAddr::new(client.ip(), 0).into())?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst)).await??;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("palisade agent: l7 proxy: upstream {client} -> {dst}: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` on the connection's upstream, (re)connecting when there is none or it closed.
+async fn forward(
+    upstream: &Mutex<Option<SendRequest<Incoming>>>,
+    client: SocketAddr,
+    dst: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let fut = {
+        let mut slot = upstream.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(s) => s.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *slot = Some(connect_upstream(client, dst).await?);
+        }
+        let sender = slot.as_mut().ok_or("no upstream connection")?;
+        // Held only until the request is handed over: a second stream (HTTP/2) waits in
+        // `ready` for this response's body, not for this lock.
+        sender.send_request(req)
+    };
+    Ok(fut.await?)
+}
+
 /// One request: verdict, then forward or deny, then the flow record.
 async fn handle(
     shared: &Shared,
+    upstream: &Mutex<Option<SendRequest<Incoming>>>,
     client: SocketAddr,
     dst: SocketAddr,
     mut req: Request<Incoming>,
@@ -146,43 +237,12 @@ async fn handle(
         host: host.clone(),
         headers: header_map(req.headers()),
     };
-    let (verdict, source, destination) = {
+    let d = {
         let v = shared.view.read().unwrap_or_else(|p| p.into_inner());
-        let source = FlowPeer {
-            ip: client.ip(),
-            port: client.port(),
-            identity: v.identity_of(client.ip()),
-            pod: v.peers.get(&client.ip()).and_then(|p| p.name.clone()),
-        };
-        let (verdict, destination) = match v.ingress(dst, client.ip()) {
-            Some((local, l4)) => {
-                let verdict = match l4 {
-                    L4Verdict::Redirect(sets) => http_verdict(&sets, &hreq),
-                    L4Verdict::Allow => RequestVerdict::Forward,
-                    L4Verdict::Deny => RequestVerdict::Deny,
-                };
-                let d = FlowPeer {
-                    ip: dst.ip(),
-                    port: dst.port(),
-                    identity: local.identity,
-                    pod: Some(local.name.clone()),
-                };
-                (verdict, d)
-            }
-            None => (
-                RequestVerdict::Deny,
-                FlowPeer {
-                    ip: dst.ip(),
-                    port: dst.port(),
-                    identity: v.identity_of(dst.ip()),
-                    pod: None,
-                },
-            ),
-        };
-        (verdict, source, destination)
+        decide(&v, client, dst, Some(&hreq))
     };
 
-    let (response, l7_verdict) = match verdict {
+    let (response, l7_verdict) = match d.verdict {
         RequestVerdict::Deny => (denied(), L7Verdict::Denied),
         RequestVerdict::Forward => {
             strip_hop_by_hop(req.headers_mut());
@@ -191,16 +251,12 @@ async fn handle(
             {
                 req.headers_mut().insert(header::HOST, h);
             }
-            match Uri::builder()
-                .scheme("http")
-                .authority(dst.to_string())
-                .path_and_query(path.as_str())
-                .build()
-            {
+            // Origin form upstream (HTTP/1.1 to the server itself).
+            match Uri::builder().path_and_query(path.as_str()).build() {
                 Ok(uri) => {
                     *req.uri_mut() = uri;
                     *req.version_mut() = Version::HTTP_11;
-                    match shared.client.request(req).await {
+                    match forward(upstream, client, dst, req).await {
                         Ok(resp) => {
                             let (mut parts, body) = resp.into_parts();
                             strip_hop_by_hop(&mut parts.headers);
@@ -240,9 +296,9 @@ async fn handle(
     .increment(1);
     shared.flows.push(L7Flow {
         time_ms,
-        direction: "ingress",
-        source,
-        destination,
+        direction: d.direction,
+        source: d.source,
+        destination: d.destination,
         protocol,
         url: format!("http://{}{}", host.as_deref().unwrap_or(""), path),
         method,

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use super::ProxyError;
-use super::view::{PeerSet, Redirect};
+use super::view::{PeerSet, Redirect, RedirectDirection};
 
 /// The nftables table the agent owns.
 pub const TABLE: &str = "palisade_proxy";
@@ -62,15 +62,21 @@ pub fn ruleset(redirects: &[Redirect], proxy_port: u16) -> String {
         } else {
             format!("{}-{}", r.ports.0, r.ports.1)
         };
+        let (ours, theirs) = match r.direction {
+            RedirectDirection::Ingress => (format!("{fam} daddr {}", r.endpoint), "saddr"),
+            RedirectDirection::Egress => (
+                format!("iifname \"{}\" {fam} saddr {}", r.iface, r.endpoint),
+                "daddr",
+            ),
+        };
         let peers = match &r.peers {
-            PeerSet::Only(s) => format!("{fam} saddr {} ", set(s)),
+            PeerSet::Only(s) => format!("{fam} {theirs} {} ", set(s)),
             PeerSet::AllBut(s) if s.is_empty() => String::new(),
-            PeerSet::AllBut(s) => format!("{fam} saddr != {} ", set(s)),
+            PeerSet::AllBut(s) => format!("{fam} {theirs} != {} ", set(s)),
         };
         let _ = writeln!(
             s,
-            "    {fam} daddr {} tcp dport {ports} {peers}meta mark set {MARK:#x} tproxy {to} accept",
-            r.endpoint
+            "    {ours} tcp dport {ports} {peers}meta mark set {MARK:#x} tproxy {to} accept"
         );
     }
     let _ = writeln!(s, "  }}\n}}");
@@ -169,12 +175,16 @@ mod tests {
     fn ruleset_replaces_the_table_in_one_transaction() {
         let r = vec![
             Redirect {
+                direction: RedirectDirection::Ingress,
                 endpoint: "10.200.2.11".parse().unwrap(),
+                iface: "lxc1".into(),
                 ports: (8080, 8080),
                 peers: PeerSet::Only(ips(&["10.200.1.11", "10.200.2.12"])),
             },
             Redirect {
+                direction: RedirectDirection::Egress,
                 endpoint: "10.200.2.12".parse().unwrap(),
+                iface: "lxc2".into(),
                 ports: (8080, 8083),
                 peers: PeerSet::AllBut(ips(&["10.200.1.12"])),
             },
@@ -188,7 +198,7 @@ mod tests {
         ), "{s}");
         assert!(
             s.contains(
-                "ip daddr 10.200.2.12 tcp dport 8080-8083 ip saddr != { 10.200.1.12 } meta mark"
+                "iifname \"lxc2\" ip saddr 10.200.2.12 tcp dport 8080-8083 ip daddr != { 10.200.1.12 } meta mark"
             ),
             "{s}"
         );

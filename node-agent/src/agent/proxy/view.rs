@@ -23,10 +23,8 @@ const PROTO_TCP: u8 = 6;
 /// A local endpoint.
 #[derive(Debug, Clone)]
 pub struct Local {
-    /// Engine name of the endpoint (`namespace/pod` style).
-    pub name: String,
-    /// Its identity.
-    pub identity: u32,
+    /// Host-side interface of its veth (egress redirects match it).
+    pub iface: String,
     /// Its compiled policy.
     pub policy: Arc<MapState>,
 }
@@ -69,16 +67,30 @@ pub enum RequestVerdict {
     Deny,
 }
 
-/// One redirect the node's packet filter must perform: TCP connections from `peers` to
-/// `endpoint` on `ports` go to the proxy.
+/// One redirect the node's packet filter must perform. Ingress: TCP connections from `peers`
+/// to `endpoint` on `ports`. Egress: TCP connections from `endpoint` (entering from its veth
+/// `iface`) to `peers` on `ports`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Redirect {
+    /// Whose policy: the local endpoint's ingress or egress.
+    pub direction: RedirectDirection,
     /// The local endpoint's address.
     pub endpoint: IpAddr,
+    /// Its host-side veth.
+    pub iface: String,
     /// Inclusive destination port range.
     pub ports: (u16, u16),
-    /// Which sources.
+    /// The peers: sources (ingress) or destinations (egress).
     pub peers: PeerSet,
+}
+
+/// Direction of a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RedirectDirection {
+    /// The endpoint's ingress policy.
+    Ingress,
+    /// The endpoint's egress policy.
+    Egress,
 }
 
 /// Sources of a redirect.
@@ -107,16 +119,32 @@ impl ProxyView {
     }
 
     /// The L4 verdict of a TCP connection from `peer` to the local endpoint at `dst`, by its
-    /// ingress policy; `None` when `dst` is no local endpoint.
+    /// ingress policy; `None` when `dst` is no local endpoint with L7 rules.
     pub fn ingress(&self, dst: SocketAddr, peer: IpAddr) -> Option<(&Local, L4Verdict)> {
-        let local = self.locals.get(&dst.ip())?;
+        self.side(Direction::Ingress, dst.ip(), peer, dst.port())
+    }
+
+    /// The L4 verdict of a TCP connection from the local endpoint at `src` to `dst`, by its
+    /// egress policy; `None` when `src` is no local endpoint with L7 rules.
+    pub fn egress(&self, src: IpAddr, dst: SocketAddr) -> Option<(&Local, L4Verdict)> {
+        self.side(Direction::Egress, src, dst.ip(), dst.port())
+    }
+
+    fn side(
+        &self,
+        direction: Direction,
+        local_ip: IpAddr,
+        peer: IpAddr,
+        port: u16,
+    ) -> Option<(&Local, L4Verdict)> {
+        let local = self.locals.get(&local_ip)?;
         let m = &local.policy;
         let l = m.lookup(
-            Direction::Ingress,
+            direction,
             Identity(self.identity_of(peer)),
             self.pod_ip(peer),
             PROTO_TCP,
-            dst.port(),
+            port,
         );
         let verdict = match l.value {
             None => L4Verdict::Deny,
@@ -134,8 +162,8 @@ impl ProxyView {
         Some((local, verdict))
     }
 
-    /// The redirects the packet filter must hold: for every ingress redirect entry with HTTP
-    /// rules of a local endpoint, the known addresses whose lookup lands on that very entry.
+    /// The redirects the packet filter must hold: for every redirect entry with HTTP rules of a
+    /// local endpoint, the known addresses whose lookup lands on that very entry.
     /// When `world` lands on it too, the rule covers every address except the known ones that
     /// do not, so the packet filter and the datapath's lookup agree on every source.
     pub fn redirects(&self) -> Vec<Redirect> {
@@ -143,8 +171,12 @@ impl ProxyView {
         for (ep_ip, local) in &self.locals {
             let m = &local.policy;
             for (k, v) in &m.entries {
+                let (direction, rdir) = if k.direction == dir_byte(Direction::Ingress) {
+                    (Direction::Ingress, RedirectDirection::Ingress)
+                } else {
+                    (Direction::Egress, RedirectDirection::Egress)
+                };
                 if v.verdict != VERDICT_REDIRECT
-                    || k.direction != dir_byte(Direction::Ingress)
                     || k.protocol != PROTO_TCP
                     || !m
                         .l7
@@ -154,7 +186,7 @@ impl ProxyView {
                     continue;
                 }
                 let lands = |id: u32, ip: Option<IpAddr>| {
-                    m.lookup(Direction::Ingress, Identity(id), ip, PROTO_TCP, k.dport)
+                    m.lookup(direction, Identity(id), ip, PROTO_TCP, k.dport)
                         .key
                         == Some(*k)
                 };
@@ -178,7 +210,9 @@ impl ProxyView {
                     PeerSet::Only(yes)
                 };
                 out.push(Redirect {
+                    direction: rdir,
                     endpoint: *ep_ip,
+                    iface: local.iface.clone(),
                     ports: port_range(k),
                     peers,
                 });
@@ -263,8 +297,7 @@ mod tests {
         v.locals.insert(
             ep,
             Local {
-                name: "default/server".into(),
-                identity: 400,
+                iface: "lxcserver".into(),
                 policy: Arc::new(m),
             },
         );
