@@ -93,11 +93,13 @@ fn connection(name: &str, stream: TcpStream) -> io::Result<()> {
         body.push_str(&format!(" from {peer}"));
         body.push('\n');
         let conn = if keep_alive { "keep-alive" } else { "close" };
-        write!(
-            out,
+        // One write per response: `write!` on the socket would send each piece as its own
+        // segment (nodelay), which costs more than the request on a tunnel.
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}",
             body.len()
-        )?;
+        );
+        out.write_all(response.as_bytes())?;
         out.flush()?;
         if !keep_alive {
             return Ok(());

@@ -11,6 +11,7 @@
 //! | `palisade_agent_remote_endpoints` | gauge | endpoints of other nodes in the ipcache |
 //! | `palisade_agent_policy_entries` | gauge | policy map entries written |
 //! | `palisade_agent_updates_total` | counter | control-plane updates applied, by `result` (`applied`, `rejected`) |
+//! | `palisade_agent_http_requests_total` | counter | HTTP requests through the L7 proxy, by `method`, `status` and `verdict` (`forwarded`, `denied`, `error`) |
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
