@@ -388,6 +388,39 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         "n1-p2 goes direct"
     );
 
+    // A peer the packet filter does not steer (its rule removed by hand here; in life, a race
+    // with a new address) is dropped by the datapath, not let past the L7 rules.
+    let del = in_netns(
+        &format!("pal-{lab}-n2"),
+        "nft",
+        &["delete", "table", "inet", "palisade_proxy"],
+    );
+    assert!(del.status.success(), "{del:?}");
+    assert_eq!(curl(&lab, "n1-p1", &[], "/get").exit, Some(28));
+    let socket = agent_socket(&lab, "n2");
+    let status = ok(&[
+        "agent",
+        "status",
+        "--socket",
+        socket.to_str().expect("utf8"),
+        "-o",
+        "json",
+    ]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert!(
+        status["verdicts"]["proxy_bypass/ingress"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{}",
+        status["verdicts"]
+    );
+    // n1-p2's plain L4 rule is no redirect: it still goes direct.
+    assert_served(
+        &curl(&lab, "n1-p2", &[], "/anything"),
+        "GET /anything",
+        "n1-p2",
+    );
+
     // Without the L7 policy the redirect goes; n1-p1 is then denied at L4 (only n1-p2 allowed).
     ok(&[
         "policy",

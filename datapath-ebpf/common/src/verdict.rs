@@ -21,6 +21,9 @@ pub const DROP_POLICY_DEFAULT: u32 = 9;
 pub const DROP_SPOOFED_SOURCE: u32 = 10;
 /// Dropped: the packet's headers could not be parsed.
 pub const DROP_MALFORMED: u32 = 11;
+/// Dropped: the verdict is a redirect to the node's L7 proxy, but the packet did not come from
+/// the proxy (a peer the proxy's packet filter did not steer yet): L7 rules are never bypassed.
+pub const DROP_PROXY_BYPASS: u32 = 12;
 
 /// Index of a reason/direction pair in the array.
 pub const fn slot(reason: u32, direction: u8) -> u32 {
@@ -38,6 +41,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         DROP_POLICY_DEFAULT => "policy_default_deny",
         DROP_SPOOFED_SOURCE => "spoofed_source",
         DROP_MALFORMED => "malformed",
+        DROP_PROXY_BYPASS => "proxy_bypass",
         _ => "unknown",
     }
 }

@@ -15,9 +15,10 @@
 //!                     denied  ─▶ 403 "Access denied"
 //!                   L7Flow ─▶ FlowLog (bounded) + palisade_agent_http_requests_total
 //! ```
-//! The eBPF programs keep treating a redirect verdict as an allow: the L4 part of the decision
-//! is theirs (packets the filter does not steer reach the veth and are judged there); the L7
-//! part is the proxy's.
+//! The L4 part of the decision stays the eBPF programs' (packets the filter does not steer reach
+//! the veth and are judged there); the L7 part is the proxy's. On ingress the programs drop a
+//! redirect-verdict packet that does not carry the proxy's mark (`FLAG_L7_PROXY`), so a peer the
+//! filter missed is dropped rather than let past the L7 rules.
 
 mod flow;
 mod http;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
-use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, IDENTITY_HOST};
+use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, FLAG_L7_PROXY, IDENTITY_HOST};
 use palisade_policy::engine::{EndpointSpec as EngineEndpoint, Engine, EngineConfig};
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 
@@ -744,7 +744,14 @@ impl Agent {
     /// Writes a registered endpoint's ipcache and endpoint entries and attaches its programs.
     fn enforce(&mut self, r: &Registered) -> Result<(), (u32, String)> {
         let e = &r.endpoint;
-        let info = endpoint_info(e.endpoint_id, e.identity, r.ip, FLAG_ALLOW_LOCALHOST);
+        // With a proxy, redirected traffic must come from it (see FLAG_L7_PROXY).
+        let flags = FLAG_ALLOW_LOCALHOST
+            | if self.proxy.is_some() {
+                FLAG_L7_PROXY
+            } else {
+                0
+            };
+        let info = endpoint_info(e.endpoint_id, e.identity, r.ip, flags);
         let dp_err = |err: DatapathError| {
             (
                 CODE_DATAPATH,

@@ -171,6 +171,8 @@ async fn connect_upstream(
     } else {
         s.set_ip_transparent_v6(true)?;
     }
+    // The mark tells the destination's datapath this connection went through the proxy.
+    s.set_mark(palisade_datapath_common::endpoint::PROXY_MARK)?;
     s.bind(&SocketAddr::new(client.ip(), 0).into())?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
