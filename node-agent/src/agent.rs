@@ -20,6 +20,10 @@
 //! With encryption (`encryption` in the config), `encryption::Encryption` holds the node's
 //! WireGuard keys and tunnel: its public key is what the node registers, the other nodes'
 //! records become its peers, and their pod CIDRs are routed through it.
+//!
+//! With the L7 proxy (`l7_proxy` in the config), `proxy::L7Proxy` enforces the HTTP rules of
+//! local endpoints' ingress policy: after every sync the run loop publishes a `ProxyView`, the
+//! proxy steers redirected peers to itself with TPROXY rules and judges each request.
 
 mod cluster_view;
 mod config;
@@ -29,6 +33,7 @@ pub mod flows;
 mod ipam;
 mod metrics;
 pub mod observer;
+mod proxy;
 mod registry;
 mod server;
 mod sync;
@@ -44,6 +49,12 @@ pub mod encryption_defaults {
     /// Interface name.
     pub const INTERFACE: &str = super::encryption::DEFAULT_INTERFACE;
 }
+/// Defaults of the L7 proxy settings, for flags.
+pub mod proxy_defaults {
+    /// Proxy port.
+    pub const PORT: u16 = super::proxy::DEFAULT_PORT;
+}
 pub use ipam::{Ipam, IpamError};
+pub use proxy::{FlowLog, FlowPeer, L7Flow, L7Verdict, ProxyConfig, ProxyError};
 pub use registry::{RegisteredEndpoint, Registry};
 pub use server::{AgentError, request, run};

@@ -10,16 +10,22 @@
 //!        ◀──────── "palisade-workload <name> udp <port>" ──── send_to
 //! ```
 //!
+//! `serve --http` adds a small HTTP/1.1 server (see [`http`]) for L7 policy tests, and [`load`]
+//! an HTTP load generator for benchmarks.
+//!
 //! A probe only counts as reachable when the server's reply came back, so both the forward and
 //! the return path are proven. Pure input parsing lives in [`ports`] and [`protocol`]; all socket
 //! work is in [`serve`] and [`probe`].
 #![forbid(unsafe_code)]
 
+pub mod http;
+pub mod load;
 pub mod ports;
 pub mod probe;
 pub mod protocol;
 pub mod serve;
 
+pub use load::{LoadReport, LoadSpec, load};
 pub use ports::{PortError, parse_port, parse_port_list};
 pub use probe::{Outcome, ProbeResult, ProbeSpec, probe};
 pub use protocol::{Protocol, ProtocolError};

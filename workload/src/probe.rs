@@ -268,6 +268,7 @@ mod tests {
             name: "t".into(),
             tcp: vec![0],
             udp: vec![0],
+            http: vec![],
         };
         let server = Server::bind_on(Ipv4Addr::LOCALHOST.into(), &cfg, false).unwrap();
         let addrs = server.local_addrs();

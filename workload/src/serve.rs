@@ -20,13 +20,15 @@ pub struct ServeConfig {
     pub tcp: Vec<u16>,
     /// UDP ports; 0 asks the kernel for a free port (tests).
     pub udp: Vec<u16>,
+    /// HTTP/1.1 ports (see [`crate::http`]).
+    pub http: Vec<u16>,
 }
 
 /// A server that could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Nothing to serve.
-    #[error("nothing to serve: give at least one --tcp or --udp port")]
+    #[error("nothing to serve: give at least one --tcp, --udp or --http port")]
     NothingToServe,
     /// A listening socket could not be bound.
     #[error("cannot bind {protocol} `{addr}`")]
@@ -44,6 +46,7 @@ pub enum ServeError {
 enum Socket {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    Http(TcpListener),
 }
 
 /// Bound sockets, ready to [`Server::run`] or [`Server::spawn`].
@@ -63,7 +66,7 @@ impl Server {
 
     /// Binds every port on `ip` only (tests use 127.0.0.1 and port 0).
     pub fn bind_on(ip: IpAddr, cfg: &ServeConfig, try_ipv6: bool) -> Result<Server, ServeError> {
-        if cfg.tcp.is_empty() && cfg.udp.is_empty() {
+        if cfg.tcp.is_empty() && cfg.udp.is_empty() && cfg.http.is_empty() {
             return Err(ServeError::NothingToServe);
         }
         let mut sockets = Vec::new();
@@ -87,6 +90,17 @@ impl Server {
                 }
             }
         }
+        // HTTP on the family asked for only: the L7 tests are IPv4.
+        for &port in &cfg.http {
+            let addr = SocketAddr::new(ip, port);
+            let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+                protocol: Protocol::Tcp,
+                addr,
+                source,
+            })?;
+            let actual = l.local_addr().map_or(port, |a| a.port());
+            sockets.push((actual, Socket::Http(l)));
+        }
         let ipv6_note = (!v6_errors.is_empty()).then(|| {
             format!(
                 "[::] not bound ({}); IPv4 only",
@@ -105,7 +119,7 @@ impl Server {
         self.sockets
             .iter()
             .filter_map(|(_, s)| match s {
-                Socket::Tcp(l) => l.local_addr().ok().map(|a| (Protocol::Tcp, a)),
+                Socket::Tcp(l) | Socket::Http(l) => l.local_addr().ok().map(|a| (Protocol::Tcp, a)),
                 Socket::Udp(u) => u.local_addr().ok().map(|a| (Protocol::Udp, a)),
             })
             .collect()
@@ -136,6 +150,7 @@ impl Server {
                 thread::spawn(move || match socket {
                     Socket::Tcp(l) => tcp_loop(&name, port, &l),
                     Socket::Udp(u) => udp_loop(&name, port, &u),
+                    Socket::Http(l) => crate::http::http_loop(&name, &l),
                 })
             })
             .collect()
@@ -159,7 +174,7 @@ fn bind_one(protocol: Protocol, addr: SocketAddr) -> io::Result<Socket> {
 
 fn local_port(s: &Socket) -> Option<u16> {
     match s {
-        Socket::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+        Socket::Tcp(l) | Socket::Http(l) => l.local_addr().ok().map(|a| a.port()),
         Socket::Udp(u) => u.local_addr().ok().map(|a| a.port()),
     }
 }

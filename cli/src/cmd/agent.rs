@@ -9,7 +9,7 @@ use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
 use palisade_cp_client::{ClientConfig, TlsConfig};
 use palisade_node_agent::agent::{
-    self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig,
+    self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, ProxyConfig,
 };
 use palisade_node_agent::datapath::DatapathConfig;
 
@@ -138,6 +138,13 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = palisade_node_agent::agent::DEFAULT_FLOW_RING_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     flow_ring_size: usize,
+    /// Port of the L7 proxy that enforces HTTP rules (connections are steered to it with
+    /// TPROXY rules in the agent's network namespace).
+    #[arg(long, default_value_t = agent::proxy_defaults::PORT)]
+    l7_proxy_port: u16,
+    /// Run no L7 proxy: HTTP rules then pass at L4 only (redirects act as allows).
+    #[arg(long)]
+    no_l7_proxy: bool,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -265,6 +272,10 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         hubble_listen: a.hubble_listen,
         hubble_tls_dir: a.control_plane_tls_dir.clone(),
         flow_ring_size: a.flow_ring_size,
+        l7_proxy: (!a.no_l7_proxy).then(|| ProxyConfig {
+            port: a.l7_proxy_port,
+            ..ProxyConfig::default()
+        }),
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)

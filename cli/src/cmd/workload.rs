@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use palisade_workload::{ProbeSpec, Protocol, ServeConfig, Server};
+use palisade_workload::{LoadSpec, ProbeSpec, Protocol, ServeConfig, Server};
 
 /// `println!` that ignores a closed stdout (`palisade ... | head` must not panic).
 macro_rules! outln {
@@ -40,6 +40,32 @@ enum Cmd {
     /// {"to","port","protocol","reachable","result":"ok|timeout|refused|unreachable|error",
     /// "detail","rtt_us"}.
     Probe(ProbeArgs),
+    /// HTTP/1.1 load: GET PATH over kept-alive connections at a fixed total rate (latency from
+    /// each request's scheduled time) or, with `--rate 0`, as fast as answers come; prints one
+    /// JSON object {requests, errors, statuses, seconds, rps, p50_us, p90_us, p99_us, max_us}.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    to: IpAddr,
+    /// Server port.
+    #[arg(long, value_parser = parse_port)]
+    port: u16,
+    /// Request target.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Total requests per second; 0 = saturation.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How long, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    duration: Duration,
+    /// Parallel kept-alive connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +76,11 @@ struct ServeArgs {
     /// UDP ports to serve, comma-separated (e.g. `80,81`).
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     udp: Option<PortList>,
+    /// HTTP/1.1 ports to serve, comma-separated: every request gets `200` with the body
+    /// `palisade-workload <name> http <METHOD> <target> from <client IP>` (keep-alive; malformed
+    /// input gets 400).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    http: Option<PortList>,
     /// Name put in every reply (the lab passes the pod name).
     #[arg(long, default_value = "workload")]
     name: String,
@@ -76,6 +107,7 @@ pub fn run(args: Args) -> ExitCode {
     match args.command {
         Cmd::Serve(a) => serve(a),
         Cmd::Probe(a) => probe(a),
+        Cmd::Load(a) => load(a),
     }
 }
 
@@ -84,6 +116,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         name: a.name,
         tcp: a.tcp.map(|p| p.0).unwrap_or_default(),
         udp: a.udp.map(|p| p.0).unwrap_or_default(),
+        http: a.http.map(|p| p.0).unwrap_or_default(),
     };
     match Server::bind(&cfg).context("workload serve") {
         Ok(server) => {
@@ -92,6 +125,21 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
         Err(e) => super::fail(&e),
     }
+}
+
+fn load(a: LoadArgs) -> ExitCode {
+    let report = palisade_workload::load(&LoadSpec {
+        to: std::net::SocketAddr::new(a.to, a.port),
+        path: a.path,
+        rate: a.rate,
+        duration: a.duration,
+        connections: a.connections,
+    });
+    match serde_json::to_string(&report) {
+        Ok(json) => outln!("{json}"),
+        Err(e) => return super::fail(&anyhow::Error::new(e).context("encoding the report")),
+    }
+    ExitCode::SUCCESS
 }
 
 fn probe(a: ProbeArgs) -> ExitCode {

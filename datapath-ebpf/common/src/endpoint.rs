@@ -34,6 +34,14 @@ pub const FLAG_HAS_IPV6: u32 = 1 << 1;
 /// the policy says: Kubernetes' rule and Cilium's default (`--allow-localhost=always`).
 pub const FLAG_ALLOW_LOCALHOST: u32 = 1 << 2;
 
+/// The node runs an L7 proxy: a packet entering the endpoint with a redirect verdict must carry
+/// [`PROXY_MARK`] (it comes from the proxy), otherwise it is dropped. Without the flag a redirect
+/// passes as an allow (no proxy to enforce the L7 rules).
+pub const FLAG_L7_PROXY: u32 = 1 << 3;
+
+/// Socket mark of the L7 proxy's upstream connections (a bit no routing rule uses).
+pub const PROXY_MARK: u32 = 0x0400_0000;
+
 /// Reserved identity of the local node.
 pub const IDENTITY_HOST: u32 = 1;
 

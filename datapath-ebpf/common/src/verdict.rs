@@ -21,6 +21,9 @@ pub const DROP_POLICY_DEFAULT: u32 = 9;
 pub const DROP_SPOOFED_SOURCE: u32 = 10;
 /// Dropped: the packet's headers could not be parsed.
 pub const DROP_MALFORMED: u32 = 11;
+/// Dropped: the verdict is a redirect to the node's L7 proxy, but the packet did not come from
+/// the proxy (a peer the proxy's packet filter did not steer yet): L7 rules are never bypassed.
+pub const DROP_PROXY_BYPASS: u32 = 12;
 
 /// Not a packet verdict: a flow event the ring buffer had no room for (the agent's reader fell
 /// behind). Counted so the agent can report kernel-side event losses.
@@ -43,6 +46,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         DROP_SPOOFED_SOURCE => "spoofed_source",
         DROP_MALFORMED => "malformed",
         EVENTS_LOST => "events_lost",
+        DROP_PROXY_BYPASS => "proxy_bypass",
         _ => "unknown",
     }
 }

@@ -19,7 +19,10 @@
 //! ```
 //!
 //! Events are emitted for new flows and drops only; established packets cost one hash lookup.
-//! Redirects to the L7 proxy are treated as allow until the proxy exists (issue 8).
+//! Redirects to the L7 proxy: egress, and ingress on nodes without a proxy, pass as an allow
+//! (the node's packet filter steers redirected peers to the proxy before they get here); on
+//! ingress to an endpoint of a node with a proxy (`FLAG_L7_PROXY`) only packets carrying the
+//! proxy's mark pass, so a peer the filter missed is dropped rather than let past the L7 rules.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
@@ -235,6 +238,26 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 events::KIND_DROP,
                 direction,
                 verdict::DROP_POLICY_DENY,
+                ifindex,
+                src_id,
+                dst_id,
+                v.rule_id,
+            );
+            TC_ACT_SHOT
+        }
+        policy::VERDICT_REDIRECT
+            if direction == policy::DIRECTION_INGRESS
+                && ep.flags & endpoint::FLAG_L7_PROXY != 0
+                // SAFETY: reading a field of the context's `__sk_buff`, always valid in tc.
+                && unsafe { (*ctx.skb.skb).mark } & endpoint::PROXY_MARK == 0 =>
+        {
+            count(verdict::DROP_PROXY_BYPASS, direction);
+            emit(
+                ctx,
+                &flow,
+                events::KIND_DROP,
+                direction,
+                verdict::DROP_PROXY_BYPASS,
                 ifindex,
                 src_id,
                 dst_id,

@@ -122,6 +122,11 @@ impl ClusterView {
         fs::rename(&tmp, &path)
     }
 
+    /// Endpoints on other nodes: address and identity.
+    pub fn remote_endpoints(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
+        self.remote.iter().map(|(ip, id)| (*ip, *id))
+    }
+
     /// Number of identities, remote endpoints and policy objects held.
     pub fn counts(&self) -> (usize, usize, usize) {
         (

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
 use super::encryption::EncryptionConfig;
+use super::proxy::ProxyConfig;
 use crate::datapath::DatapathConfig;
 
 /// Everything the agent needs to start.
@@ -43,6 +44,9 @@ pub struct AgentConfig {
     pub hubble_tls_dir: Option<PathBuf>,
     /// How many flows the agent keeps (the newest; older ones are overwritten and counted lost).
     pub flow_ring_size: usize,
+    /// The L7 proxy enforcing HTTP rules; `None`: HTTP rules are enforced at L4 only (a
+    /// redirect passes as an allow).
+    pub l7_proxy: Option<ProxyConfig>,
 }
 
 /// Default of `flow_ring_size` (Hubble's default ring holds 4095).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
-use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, IDENTITY_HOST};
+use palisade_datapath_common::endpoint::{FLAG_ALLOW_LOCALHOST, FLAG_L7_PROXY, IDENTITY_HOST};
 use palisade_policy::engine::{EndpointSpec as EngineEndpoint, Engine, EngineConfig};
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 
@@ -28,6 +28,7 @@ use super::flows::{self, EndpointMeta, Enrichment, FlowRing, SharedEnrichment};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
 use super::observer::{self, AgentObserver};
+use super::proxy::{L7Proxy, Local, PeerInfo, ProxyError, ProxyView};
 use super::registry::{RegisteredEndpoint, Registry};
 use super::sync::{MapSync, SyncStats};
 use crate::datapath::{Datapath, DatapathError, endpoint_info};
@@ -72,6 +73,9 @@ pub enum AgentError {
     /// Node-to-node encryption could not start.
     #[error("encryption")]
     Encryption(#[from] EncryptionError),
+    /// The L7 proxy could not start.
+    #[error("l7 proxy")]
+    Proxy(#[from] ProxyError),
     /// The agent's answer was not a response.
     #[error("agent at `{socket}` answered something that is not a response: {detail}")]
     BadResponse {
@@ -208,6 +212,8 @@ struct Agent {
     encryption: Option<Encryption>,
     /// What the flow reader names addresses and identities with (rebuilt on every change).
     enrichment: SharedEnrichment,
+    /// The L7 proxy (`None`: not configured).
+    proxy: Option<L7Proxy>,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -246,6 +252,11 @@ impl Agent {
             }
         };
         let dp = Datapath::load_with(&config.datapath)?;
+        let proxy = config.l7_proxy.clone().map(L7Proxy::start).transpose()?;
+        let mut proxy_ports = EngineConfig::default().proxy_ports;
+        if let Some(p) = &config.l7_proxy {
+            proxy_ports.http = p.port;
+        }
         let ipam = Ipam::open(config.pod_cidr, &config.state_dir)?;
         let registry = Registry::open(&config.state_dir)
             .map_err(io("open the endpoint registry in", &config.state_dir))?;
@@ -254,6 +265,7 @@ impl Agent {
             // A pod re-created with the same labels keeps its identity (no policy churn).
             engine: Engine::new(EngineConfig {
                 retain_unreferenced_identities: true,
+                proxy_ports,
                 ..EngineConfig::default()
             }),
             ipam,
@@ -269,6 +281,7 @@ impl Agent {
             cp: CpState::default(),
             encryption,
             enrichment: Arc::new(RwLock::new(Arc::new(Enrichment::default()))),
+            proxy,
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -725,6 +738,9 @@ impl Agent {
         }
         self.cp.update_error = None;
         self.refresh_peers();
+        // Remote endpoints can change without the engine changing: the proxy's peers (and the
+        // redirect sets built from them) follow every update.
+        self.refresh_proxy();
         if let Err(e) = self.view.save(&self.config.state_dir) {
             eprintln!("palisade agent: saving the control-plane view: {e}");
         }
@@ -913,7 +929,14 @@ impl Agent {
     /// Writes a registered endpoint's ipcache and endpoint entries and attaches its programs.
     fn enforce(&mut self, r: &Registered) -> Result<(), (u32, String)> {
         let e = &r.endpoint;
-        let info = endpoint_info(e.endpoint_id, e.identity, r.ip, FLAG_ALLOW_LOCALHOST);
+        // With a proxy, redirected traffic must come from it (see FLAG_L7_PROXY).
+        let flags = FLAG_ALLOW_LOCALHOST
+            | if self.proxy.is_some() {
+                FLAG_L7_PROXY
+            } else {
+                0
+            };
+        let info = endpoint_info(e.endpoint_id, e.identity, r.ip, flags);
         let dp_err = |err: DatapathError| {
             (
                 CODE_DATAPATH,
@@ -974,6 +997,7 @@ impl Agent {
             Ok(stats) => {
                 self.last_sync = stats;
                 self.sync_all = false;
+                self.refresh_proxy();
                 Ok(())
             }
             Err(e) => {
@@ -984,6 +1008,63 @@ impl Agent {
                 self.sync_all = true;
                 Err(e)
             }
+        }
+    }
+
+    /// Publishes the node's endpoints, addresses and compiled policy to the L7 proxy, which
+    /// brings its redirects in line. Runs after every sync (the maps and the proxy agree).
+    fn refresh_proxy(&mut self) {
+        let Some(proxy) = &mut self.proxy else {
+            return;
+        };
+        let mut v = ProxyView::default();
+        for (ip, id) in self.view.remote_endpoints() {
+            v.peers.insert(
+                ip,
+                PeerInfo {
+                    identity: id,
+                    name: None,
+                },
+            );
+        }
+        for ip in &self.config.node_ips {
+            v.peers.insert(
+                IpAddr::V4(*ip),
+                PeerInfo {
+                    identity: IDENTITY_HOST,
+                    name: None,
+                },
+            );
+        }
+        for e in self.registry.iter() {
+            let name = e.name();
+            // Only endpoints with L7 rules: the others' traffic never reaches the proxy.
+            let policy = self
+                .engine
+                .map_state(&name)
+                .filter(|m| !m.l7.is_empty())
+                .map(|m| std::sync::Arc::new(m.clone()));
+            for ip in &e.spec.ips {
+                v.peers.insert(
+                    *ip,
+                    PeerInfo {
+                        identity: e.identity,
+                        name: Some(name.clone()),
+                    },
+                );
+                if let Some(p) = &policy {
+                    v.locals.insert(
+                        *ip,
+                        Local {
+                            iface: e.spec.host_iface.clone(),
+                            policy: p.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Err(e) = proxy.update(v) {
+            eprintln!("palisade agent: l7 proxy redirects: {}", chain(&e));
         }
     }
 
@@ -1112,6 +1193,7 @@ impl Agent {
                 .collect::<serde_json::Map<_, _>>(),
             "verdicts": verdicts,
             "encryption": self.encryption_status(),
+            "l7Proxy": self.proxy.as_ref().map(L7Proxy::status),
             "controlPlane": self.config.control_plane.as_ref().map(|_| {
                 let (identities, remote, policies) = self.view.counts();
                 serde_json::json!({

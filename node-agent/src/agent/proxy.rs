@@ -1,0 +1,189 @@
+//! The agent's L7 (HTTP) proxy: enforces `rules.http` of local endpoints' ingress and egress
+//! policy.
+//!
+//! ```text
+//!  run loop ──after every sync──▶ L7Proxy::update(ProxyView)
+//!                                   │ swap the shared view (Arc<RwLock>)
+//!                                   └ redirects() changed? ──▶ nft -f (table inet palisade_proxy)
+//!
+//!  client ─SYN─▶ node prerouting: tproxy (peers whose lookup is the redirect) ─▶ proxy socket
+//!                 proxy thread (tokio): hyper server per connection
+//!                   per request: view.ingress(dst, client), view.egress(client, dst),
+//!                                the L7 rules of each side that has them
+//!                     allowed ─▶ hyper client, one connection per client connection, bound
+//!                                to the client's address (IP_TRANSPARENT) ─▶ original destination
+//!                     denied  ─▶ 403 "Access denied"
+//!                   L7Flow ─▶ FlowLog (bounded) + palisade_agent_http_requests_total
+//! ```
+//! The L4 part of the decision stays the eBPF programs' (packets the filter does not steer reach
+//! the veth and are judged there); the L7 part is the proxy's. On ingress the programs drop a
+//! redirect-verdict packet that does not carry the proxy's mark (`FLAG_L7_PROXY`), so a peer the
+//! filter missed is dropped rather than let past the L7 rules.
+
+mod flow;
+mod http;
+mod redirect;
+mod view;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+pub use flow::{FlowLog, FlowPeer, L7Flow, L7Verdict};
+pub use view::{Local, PeerInfo, ProxyView};
+
+use view::Redirect;
+
+/// Default port of the proxy (also the engine's HTTP proxy port).
+pub const DEFAULT_PORT: u16 = 15001;
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The port the proxy listens on (TPROXY target).
+    pub port: u16,
+    /// Flow records kept in memory.
+    pub flow_capacity: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            port: DEFAULT_PORT,
+            flow_capacity: flow::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// Why the proxy could not start or steer traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listening socket.
+    #[error("cannot listen on `{addr}`")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command (`nft`, `ip`) failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command.
+        command: String,
+        /// Its error output.
+        detail: String,
+    },
+    /// The proxy's thread or runtime.
+    #[error("cannot start the proxy runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The running proxy, as the run loop holds it.
+pub struct L7Proxy {
+    config: ProxyConfig,
+    view: Arc<RwLock<ProxyView>>,
+    flows: Arc<FlowLog>,
+    /// Redirects the packet filter holds (`None`: unknown, apply on the next update).
+    applied: Option<Vec<Redirect>>,
+    last_error: Option<String>,
+}
+
+// === impl L7Proxy ===
+
+impl L7Proxy {
+    /// Binds the transparent listener, installs the local-delivery route and starts the proxy
+    /// thread. Must run in the node's network namespace (the thread inherits it).
+    pub fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+        let listener = listen(addr).map_err(|source| ProxyError::Listen { addr, source })?;
+        redirect::install_route()?;
+        let view = Arc::new(RwLock::new(ProxyView::default()));
+        let flows = Arc::new(FlowLog::new(config.flow_capacity));
+        let shared = Arc::new(http::Shared {
+            view: view.clone(),
+            flows: flows.clone(),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("l7-proxy")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        std::thread::Builder::new()
+            .name("l7-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => http::serve(l, shared).await,
+                        Err(e) => eprintln!("palisade agent: l7 proxy: listener: {e}"),
+                    }
+                });
+            })
+            .map_err(ProxyError::Runtime)?;
+        Ok(L7Proxy {
+            config,
+            view,
+            flows,
+            applied: None,
+            last_error: None,
+        })
+    }
+
+    /// Publishes a new view and brings the packet filter in line with it. The view goes first:
+    /// a connection steered by a new rule finds its endpoint.
+    pub fn update(&mut self, view: ProxyView) -> Result<(), ProxyError> {
+        let redirects = view.redirects();
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        if self.applied.as_ref() == Some(&redirects) {
+            return Ok(());
+        }
+        match redirect::apply(&redirect::ruleset(&redirects, self.config.port)) {
+            Ok(()) => {
+                self.applied = Some(redirects);
+                self.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.applied = None;
+                self.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// For `palisade agent status`: port, redirects, request total, the newest flows.
+    pub fn status(&self) -> serde_json::Value {
+        let redirects: Vec<String> = self
+            .applied
+            .iter()
+            .flatten()
+            .map(|r| {
+                let d = match r.direction {
+                    view::RedirectDirection::Ingress => "ingress",
+                    view::RedirectDirection::Egress => "egress",
+                };
+                format!("{d} {}:{}-{}", r.endpoint, r.ports.0, r.ports.1)
+            })
+            .collect();
+        serde_json::json!({
+            "port": self.config.port,
+            "redirects": redirects,
+            "requestsTotal": self.flows.total(),
+            "recentFlows": self.flows.recent(32),
+            "lastError": self.last_error,
+        })
+    }
+}
+
+/// A listening socket that accepts connections for any destination (IP_TRANSPARENT).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent_v4(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
