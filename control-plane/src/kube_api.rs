@@ -67,7 +67,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
         .route("/apis", get(|| async { json_ok(&discovery::groups()) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(api_resources))
-        .route("/openapi/v2", get(|| async { json_ok(&openapi::v2()) }))
+        .route("/openapi/v2", get(openapi_v2))
         .route(
             "/openapi/v3",
             get(|| async { json_ok(&openapi::v3_index()) }),
@@ -122,6 +122,25 @@ async fn api_resources(Path((group, version)): Path<(String, String)>) -> KubeRe
     discovery::resources(&group, &version)
         .map(|v| json_ok(&v))
         .ok_or_else(|| KubeError::no_such_path(&format!("/apis/{group}/{version}")))
+}
+
+/// JSON, or the protobuf form for clients that ask for it (older kubectl).
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains(openapi::V2_PROTOBUF) {
+        return (
+            StatusCode::OK,
+            // What the API server answers too: Go's MIME parser refuses the `@` of the
+            // requested type.
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            openapi::v2_protobuf(),
+        )
+            .into_response();
+    }
+    json_ok(&openapi::v2())
 }
 
 async fn openapi_v3(Path((group, version)): Path<(String, String)>) -> KubeResult {

@@ -370,7 +370,18 @@ fn kubectl_drives_the_policy_objects() {
         Some(&ssa.replace(", b: \"2\"", "")),
     );
     assert!(out.ok().contains("serverside-applied"), "{out:#?}");
-    let o = k.json(&["get", "ccnp", "ssa", "--show-managed-fields"]);
+    let o = serde_json::from_str::<Value>(
+        k.run(
+            &[
+                "get",
+                "--raw",
+                "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies/ssa",
+            ],
+            None,
+        )
+        .ok(),
+    )
+    .expect("ssa json");
     assert_eq!(
         o["metadata"]["labels"],
         serde_json::json!({"a": "1"}),
