@@ -98,6 +98,29 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
         .with_state(ops)
 }
 
+/// Whether `path` belongs to this API (the REST API's authentication answers its refusals as
+/// `Status` objects, see [`deny`]).
+pub fn serves(path: &str) -> bool {
+    ["/api", "/apis", "/openapi", "/version"].iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// A 401 (with `WWW-Authenticate: Bearer`) or 403 as a `Status` object.
+pub fn deny(status: StatusCode, message: String) -> Response {
+    let mut r = KubeError::denied(status.as_u16(), message).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
 /// A JSON answer with `status`.
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     (
@@ -775,4 +798,32 @@ async fn delete(ops: Ops, t: Target, name: String, q: HashMap<String, String>) -
         }
     }
     Ok(json_ok(&t.res.render(&existing)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves;
+
+    #[test]
+    fn serves_only_the_kubernetes_paths() {
+        for p in [
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/cilium.io/v2",
+            "/openapi/v2",
+            "/version",
+        ] {
+            assert!(serves(p), "{p}");
+        }
+        for p in [
+            "/apiserver",
+            "/openapi.json",
+            "/v1/policies",
+            "/healthz",
+            "/versions",
+        ] {
+            assert!(!serves(p), "{p}");
+        }
+    }
 }
