@@ -45,7 +45,8 @@ pkill -x dnsmasq 2>/dev/null || true
 
 # --- kubectl ---------------------------------------------------------------------------------
 # The Kubernetes-compatible policy API's tests drive the real kubectl. Any kubectl already on
-# PATH is kept (the tests were written against v1.32); otherwise Debian's `kubernetes-client`.
+# PATH is kept; otherwise Debian's `kubernetes-client` (v1.20 on bookworm: the tests pass with it
+# and with v1.32).
 if ! command -v kubectl >/dev/null 2>&1; then
   log "installing kubectl (Debian package kubernetes-client)"
   export DEBIAN_FRONTEND=noninteractive

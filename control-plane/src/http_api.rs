@@ -279,6 +279,12 @@ async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    // kubectl and client-go read refusals of the Kubernetes-compatible API as `Status` objects.
+    let deny = if crate::kube_api::serves(req.uri().path()) {
+        crate::kube_api::deny
+    } else {
+        deny
+    };
     match auth::check_bearer(&api.tokens, authorization, need) {
         Ok(()) => next.run(req).await,
         Err(Denial::Unauthenticated(why)) => deny(StatusCode::UNAUTHORIZED, why.to_owned()),

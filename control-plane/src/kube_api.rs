@@ -67,7 +67,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
         .route("/apis", get(|| async { json_ok(&discovery::groups()) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(api_resources))
-        .route("/openapi/v2", get(|| async { json_ok(&openapi::v2()) }))
+        .route("/openapi/v2", get(openapi_v2))
         .route(
             "/openapi/v3",
             get(|| async { json_ok(&openapi::v3_index()) }),
@@ -98,6 +98,29 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
         .with_state(ops)
 }
 
+/// Whether `path` belongs to this API (the REST API's authentication answers its refusals as
+/// `Status` objects, see [`deny`]).
+pub fn serves(path: &str) -> bool {
+    ["/api", "/apis", "/openapi", "/version"].iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// A 401 (with `WWW-Authenticate: Bearer`) or 403 as a `Status` object.
+pub fn deny(status: StatusCode, message: String) -> Response {
+    let mut r = KubeError::denied(status.as_u16(), message).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
 /// A JSON answer with `status`.
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     (
@@ -122,6 +145,25 @@ async fn api_resources(Path((group, version)): Path<(String, String)>) -> KubeRe
     discovery::resources(&group, &version)
         .map(|v| json_ok(&v))
         .ok_or_else(|| KubeError::no_such_path(&format!("/apis/{group}/{version}")))
+}
+
+/// JSON, or the protobuf form for clients that ask for it (older kubectl).
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains(openapi::V2_PROTOBUF) {
+        return (
+            StatusCode::OK,
+            // What the API server answers too: Go's MIME parser refuses the `@` of the
+            // requested type.
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            openapi::v2_protobuf(),
+        )
+            .into_response();
+    }
+    json_ok(&openapi::v2())
 }
 
 async fn openapi_v3(Path((group, version)): Path<(String, String)>) -> KubeResult {
@@ -756,4 +798,32 @@ async fn delete(ops: Ops, t: Target, name: String, q: HashMap<String, String>) -
         }
     }
     Ok(json_ok(&t.res.render(&existing)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves;
+
+    #[test]
+    fn serves_only_the_kubernetes_paths() {
+        for p in [
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/cilium.io/v2",
+            "/openapi/v2",
+            "/version",
+        ] {
+            assert!(serves(p), "{p}");
+        }
+        for p in [
+            "/apiserver",
+            "/openapi.json",
+            "/v1/policies",
+            "/healthz",
+            "/versions",
+        ] {
+            assert!(!serves(p), "{p}");
+        }
+    }
 }

@@ -170,6 +170,15 @@ fn kubectl_drives_the_policy_objects() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&kubeconfig).map(|m| m.permissions().mode() & 0o777);
     assert_eq!(mode.ok(), Some(0o600));
+    // kubectl would drop the token over plain HTTP and get 401s: refused up front.
+    let plain = cp.palisade(&[
+        "kubeconfig",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token-file",
+        &token,
+    ]);
+    assert!(plain.error_line(2).contains("https://"), "{plain:#?}");
     let k = Kube {
         kubeconfig,
         dir: dir.clone(),
@@ -370,7 +379,18 @@ fn kubectl_drives_the_policy_objects() {
         Some(&ssa.replace(", b: \"2\"", "")),
     );
     assert!(out.ok().contains("serverside-applied"), "{out:#?}");
-    let o = k.json(&["get", "ccnp", "ssa", "--show-managed-fields"]);
+    let o = serde_json::from_str::<Value>(
+        k.run(
+            &[
+                "get",
+                "--raw",
+                "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies/ssa",
+            ],
+            None,
+        )
+        .ok(),
+    )
+    .expect("ssa json");
     assert_eq!(
         o["metadata"]["labels"],
         serde_json::json!({"a": "1"}),

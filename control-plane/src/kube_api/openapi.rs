@@ -142,6 +142,86 @@ pub fn v2() -> Value {
            "paths": all_paths, "definitions": definitions})
 }
 
+/// The media type of the protobuf form of the Swagger 2.0 document.
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// `/openapi/v2` in protobuf (gnostic's `openapi.v2.Document`), which kubectl releases before
+/// OpenAPI v3 ask for (they cannot read JSON there). It carries `swagger`, `info` and, per
+/// resource, the item path's `patch` operation with its group-version-kind and its query
+/// parameters (how such a kubectl learns that `dryRun` — `kubectl diff` — is supported); no
+/// definitions: it then finds no schema for the served kinds and skips its client-side
+/// validation, and the server validates with the policy engine, as for every client. Encoded by
+/// hand: a handful of fields do not justify generated code.
+pub fn v2_protobuf() -> Vec<u8> {
+    let mut info = Vec::new();
+    pb_field(&mut info, 1, b"Palisade");
+    pb_field(&mut info, 2, env!("CARGO_PKG_VERSION").as_bytes());
+    let mut paths = Vec::new();
+    for r in &RESOURCES {
+        let base = if r.namespaced {
+            format!(
+                "/apis/{}/{}/namespaces/{{namespace}}/{}/{{name}}",
+                r.group, r.version, r.plural
+            )
+        } else {
+            format!("/apis/{}/{}/{}/{{name}}", r.group, r.version, r.plural)
+        };
+        let mut op = Vec::new();
+        for name in ["dryRun", "fieldManager", "fieldValidation"] {
+            // QueryParameterSubSchema{in, name, type} in NonBodyParameter in Parameter in
+            // ParametersItem.
+            let mut query = Vec::new();
+            pb_field(&mut query, 2, b"query");
+            pb_field(&mut query, 4, name.as_bytes());
+            pb_field(&mut query, 6, b"string");
+            let non_body = pb_message(3, &query);
+            let parameter = pb_message(2, &non_body);
+            let item = pb_message(1, &parameter);
+            pb_field(&mut op, 8, &item);
+        }
+        // NamedAny{name, Any{yaml}}: the group-version-kind extension.
+        let gvk = format!(
+            "group: {}\nkind: {}\nversion: {}\n",
+            r.group, r.kind, r.version
+        );
+        let mut any = Vec::new();
+        pb_field(&mut any, 2, gvk.as_bytes());
+        let mut ext = Vec::new();
+        pb_field(&mut ext, 1, b"x-kubernetes-group-version-kind");
+        pb_field(&mut ext, 2, &any);
+        pb_field(&mut op, 13, &ext);
+        let path_item = pb_message(8, &op);
+        let mut named = Vec::new();
+        pb_field(&mut named, 1, base.as_bytes());
+        pb_field(&mut named, 2, &path_item);
+        pb_field(&mut paths, 2, &named);
+    }
+    let mut doc = Vec::new();
+    pb_field(&mut doc, 1, b"2.0");
+    pb_field(&mut doc, 2, &info);
+    pb_field(&mut doc, 8, &paths);
+    doc
+}
+
+/// Appends field `number` with wire type 2 (length-delimited) holding `bytes`.
+fn pb_field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+    out.push((number << 3) | 2);
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push(u8::try_from(len & 0x7f).unwrap_or(0) | 0x80);
+        len >>= 7;
+    }
+    out.push(u8::try_from(len).unwrap_or(0));
+    out.extend_from_slice(bytes);
+}
+
+/// A message holding only field `number` = `bytes`.
+fn pb_message(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    pb_field(&mut out, number, bytes);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +239,24 @@ mod tests {
         assert!(v2()["definitions"]["io.k8s.networking.v1.NetworkPolicy"].is_object());
         assert!(v3_group_version("x", "v1").is_none());
         assert_eq!(v3_index()["paths"].as_object().map(Map::len), Some(2));
+    }
+
+    #[test]
+    fn protobuf_fields_and_lengths() {
+        let mut out = Vec::new();
+        pb_field(&mut out, 1, b"2.0");
+        assert_eq!(out, [0x0a, 3, b'2', b'.', b'0']);
+        // A 300-byte field: the length is a two-byte varint (0xac 0x02).
+        let long = vec![0u8; 300];
+        let m = pb_message(8, &long);
+        assert_eq!(&m[..3], &[0x42, 0xac, 0x02]);
+        assert_eq!(m.len(), 303);
+        let doc = v2_protobuf();
+        assert_eq!(&doc[..5], &[0x0a, 3, b'2', b'.', b'0']);
+        let text = String::from_utf8_lossy(&doc);
+        for r in &RESOURCES {
+            assert!(text.contains(&format!("kind: {}\n", r.kind)), "{}", r.kind);
+        }
+        assert_eq!(text.matches("dryRun").count(), RESOURCES.len());
     }
 }

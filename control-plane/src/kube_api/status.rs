@@ -144,6 +144,16 @@ impl KubeError {
         Self::new(415, "UnsupportedMediaType", message)
     }
 
+    /// 401 `Unauthorized` or 403 `Forbidden` (the authentication's refusal).
+    pub fn denied(code: u16, message: impl Into<String>) -> Self {
+        let reason = if code == 401 {
+            "Unauthorized"
+        } else {
+            "Forbidden"
+        };
+        Self::new(code, reason, message)
+    }
+
     /// 405 `MethodNotAllowed`.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)

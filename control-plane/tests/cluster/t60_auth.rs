@@ -51,6 +51,25 @@ async fn unauthenticated_and_wrong_role_requests_are_refused() -> anyhow::Result
         .await?;
     assert_eq!(r.status().as_u16(), 401);
 
+    // The Kubernetes-compatible API refuses the same way, with `Status` objects.
+    let cnps = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies";
+    let r = c.http.get(c.url(follower, cnps)).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let s: serde_json::Value = r.json().await?;
+    assert_eq!(
+        (&s["kind"], &s["reason"]),
+        (&json!("Status"), &json!("Unauthorized")),
+        "{s}"
+    );
+    let (code, s) = c.post(follower, cnps, &json!({})).await?;
+    assert_eq!((code, &s["reason"]), (403, &json!("Forbidden")), "{s}");
+    let (code, s) = c.get(follower, cnps).await?;
+    assert_eq!(
+        (code, &s["kind"]),
+        (200, &json!("CiliumNetworkPolicyList")),
+        "{s}"
+    );
+
     // A read token reads but cannot write; nothing is committed.
     let (code, e) = c.post(follower, "/v1/identities", &body).await?;
     assert_eq!(code, 403, "{e}");
