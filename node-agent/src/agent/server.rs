@@ -551,28 +551,26 @@ impl Agent {
         }
         let strings = labels.to_strings();
         let asked = match link.allocate_quickly(&strings) {
-            Ok(id) => {
-                self.engine
-                    .bind_identity(palisade_policy::identity::Identity(id.id), labels)
-                    .map_err(|e| {
-                        (
-                            CODE_TRY_AGAIN,
-                            format!("endpoint `{}`: {}", spec.name, chain(&e)),
-                        )
-                    })?;
-                self.view.note_identity(id.id, strings);
-                return Ok(());
-            }
+            Ok(id) => return self.bind_allocated(&spec.name, id.id, labels, strings),
             Err(e) => e,
         };
-        let Some((id, left)) = self.view.bind_from_block(&mut self.engine, labels) else {
-            return Err((
-                CODE_TRY_AGAIN,
-                format!(
-                    "endpoint `{}`: its labels are new, the control plane could not allocate their identity ({asked}) and this node holds no free id of a leased block",
-                    spec.name
-                ),
-            ));
+        let Some((id, left)) = self.view.bind_from_block(&mut self.engine, labels.clone()) else {
+            // No block yet (the lease follows registration) or it is used up: wait for the
+            // control plane with the ordinary timeout, as before blocks existed.
+            let id = link.allocate(&strings).map_err(|e| {
+                (
+                    CODE_TRY_AGAIN,
+                    format!(
+                        "endpoint `{}`: its labels are new, the control plane could not allocate their identity ({e}; within {} ms: {asked}) and this node holds no free id of a leased block",
+                        spec.name,
+                        super::control_plane::ALLOCATE_BUDGET.as_millis()
+                    ),
+                )
+            })?;
+            return self.bind_allocated(&spec.name, id.id, labels, strings);
+        };
+        let Some(link) = &self.link else {
+            return Ok(());
         };
         eprintln!(
             "palisade agent: endpoint `{}`: identity {id} from this node's block ({asked}); committing it when the control plane answers",
@@ -585,6 +583,26 @@ impl Agent {
         if left < super::control_plane::ID_BLOCK / 4 {
             link.publish(Publish::Lease { replace: true });
         }
+        Ok(())
+    }
+
+    /// Binds an identity the control plane allocated for a local endpoint's label set.
+    fn bind_allocated(
+        &mut self,
+        endpoint: &str,
+        id: u32,
+        labels: palisade_policy::labels::LabelSet,
+        strings: Vec<String>,
+    ) -> Result<(), (u32, String)> {
+        self.engine
+            .bind_identity(palisade_policy::identity::Identity(id), labels)
+            .map_err(|e| {
+                (
+                    CODE_TRY_AGAIN,
+                    format!("endpoint `{endpoint}`: {}", chain(&e)),
+                )
+            })?;
+        self.view.note_identity(id, strings);
         Ok(())
     }
 
