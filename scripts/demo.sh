@@ -57,6 +57,9 @@ cat "$policy"
 step "After: only n2-p1 reaches n1-p2, and n2-p3 reaches nobody"
 "$bin" lab matrix --name "$lab" --port 80 --protocol tcp || true
 
+step "The denied connections, as flows (hubble observe --verdict DROPPED)"
+"$bin" observe --lab "$lab" --verdict DROPPED --last 8 || true
+
 step "Pod traffic between nodes is encrypted: WireGuard between the agents (cilium encrypt status)"
 "$bin" encrypt status --lab "$lab"
 
@@ -71,6 +74,8 @@ The lab is still running. Try:
   $bin lab probe --name $lab n1-p1 n1-p2 --port 80
   $bin identity list --lab $lab
   $bin encrypt rotate --lab $lab --node n1 && $bin encrypt status --lab $lab
+  $bin observe --lab $lab --verdict DROPPED --follow        (Ctrl-C to stop)
+  $bin observe --lab $lab --from-pod default/n2-p1 -o json
 Tear it down with:
   make demo-down        (or: $bin lab down --name $lab)
 TXT
