@@ -45,7 +45,63 @@ pub(crate) fn start(state: &mut LabState) -> Result<(), LabError> {
         state.pods[i].host_iface = host_iface;
         state.save()?;
     }
-    wait_published(state, &cluster)
+    wait_published(state, &cluster)?;
+    wait_peered(state, &cluster)
+}
+
+/// With encryption, waits until every agent has every other node as its WireGuard peer (and so
+/// a route to its pods): until then pods on different nodes cannot reach each other, by design.
+fn wait_peered(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
+    if !c.encryption {
+        return Ok(());
+    }
+    let others = state.nodes.len().saturating_sub(1);
+    for node in &state.nodes {
+        let socket = agent_socket(&state.name, &node.name);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let peers = encrypt_status(&socket).map(|s| s["peers"].as_array().map_or(0, Vec::len));
+            match peers {
+                Ok(n) if n == others => break,
+                last if Instant::now() >= deadline => {
+                    return Err(LabError::NotReady {
+                        pod: format!("node {}", node.name),
+                        reason: match last {
+                            Ok(n) => format!("{n} WireGuard peer(s), expected {others}"),
+                            Err(e) => e,
+                        },
+                        log: log_dir(&state.name).join(format!("agent-{}.log", node.name)),
+                    });
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `EncryptStatus` asked of an agent over its socket (one JSON line each way).
+fn encrypt_status(socket: &Path) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(&palisade_api::agent::AgentRequest::EncryptStatus {})
+        .map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    match serde_json::from_str(&answer).map_err(|e| e.to_string())? {
+        palisade_api::agent::AgentResponse::Status { status } => Ok(status),
+        other => Err(format!("agent answered {other:?}")),
+    }
 }
 
 /// Waits until the control plane knows every node and every pod: `up` returns a cluster whose

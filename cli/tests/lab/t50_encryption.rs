@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -177,18 +177,7 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
     let stop = Arc::new(AtomicBool::new(false));
     let udp_dst = SocketAddr::new(p2.ip, UDP_PORT);
     let tcp_dst = SocketAddr::new(p2.ip, TCP_PORT);
-    let receiver = in_netns(&p2.netns, move || {
-        let s = UdpSocket::bind(udp_dst).expect("bind");
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = s.recv(&mut buf) {
-            if n == 8 {
-                seen.push(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-            }
-        }
-        seen
-    });
+    let finish_udp = udp_stream(p1.netns.clone(), p2.netns.clone(), udp_dst, stop.clone());
     let tcp_server = in_netns(&p2.netns, move || {
         let l = TcpListener::bind(tcp_dst).expect("bind");
         let (mut c, _) = l.accept().expect("accept");
@@ -208,25 +197,6 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
                 Err(e) => return Err(e.to_string()),
             }
         }
-    });
-    thread::sleep(Duration::from_millis(300));
-    let sent = Arc::new(AtomicU64::new(0));
-    let (st2, sent2) = (stop.clone(), sent.clone());
-    let sender = in_netns(&p1.netns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let start = Instant::now();
-        let mut seq = 0u64;
-        while !st2.load(Ordering::Relaxed) {
-            s.send_to(&seq.to_be_bytes(), udp_dst).unwrap();
-            seq += 1;
-            sent2.store(seq, Ordering::Relaxed);
-            // 1,000 packets/s, paced against the clock.
-            let due = start + Duration::from_millis(seq);
-            if let Some(d) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(d);
-            }
-        }
-        seq
     });
     let st3 = stop.clone();
     let tcp_client = in_netns(&p1.netns, move || -> Result<u64, String> {
@@ -272,7 +242,7 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
     }
     thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let sent = sender.join().unwrap();
+    let (sent, lost) = finish_udp();
     let sent_bytes = tcp_client
         .join()
         .unwrap()
@@ -281,12 +251,6 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
         .join()
         .unwrap()
         .expect("the TCP receiver saw no error");
-    let mut seen = receiver.join().unwrap();
-    seen.sort_unstable();
-    seen.dedup();
-    let lost: Vec<u64> = (0..sent)
-        .filter(|s| seen.binary_search(s).is_err())
-        .collect();
     println!(
         "10 rotations: {sent} UDP datagrams sent, {} lost; TCP {sent_bytes} bytes sent, {received} received",
         lost.len()
