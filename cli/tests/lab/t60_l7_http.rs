@@ -269,6 +269,54 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         "{metrics}"
     );
 
+    // The same requests as Hubble L7 flows, through the control plane's relay.
+    let out = ok(&[
+        "observe",
+        "--lab",
+        &lab,
+        "--protocol",
+        "http",
+        "--http-method",
+        "DELETE",
+        "--last",
+        "100",
+        "-o",
+        "json",
+    ]);
+    let l7: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(l7.len(), 2, "{out}");
+    for f in &l7 {
+        assert_eq!(f["verdict"], "DROPPED", "{f}");
+        assert_eq!(f["Type"], "L7", "{f}");
+        assert_eq!(f["l7"]["http"]["code"], 403, "{f}");
+        assert_eq!(
+            f["l7"]["http"]["url"],
+            format!("http://{SERVER}:8080/get"),
+            "{f}"
+        );
+        assert_eq!(f["traffic_direction"], "INGRESS", "{f}");
+    }
+    let compact = ok(&[
+        "observe",
+        "--lab",
+        &lab,
+        "-t",
+        "l7",
+        "--http-status",
+        "200",
+        "--last",
+        "100",
+    ]);
+    assert!(
+        compact
+            .lines()
+            .any(|l| l.contains("FORWARDED") && l.contains("POST")),
+        "{compact}"
+    );
+
     // Header rule: present with the exact value.
     assert_denied(&curl(&lab, "n1-p1", &[], "/secret"));
     assert_denied(&curl(&lab, "n1-p1", &["-H", "X-Token: nope"], "/secret"));

@@ -92,6 +92,11 @@ pub struct L7Proxy {
 // === impl L7Proxy ===
 
 impl L7Proxy {
+    /// The request records (the agent connects them to its flow ring).
+    pub fn flows(&self) -> &Arc<FlowLog> {
+        &self.flows
+    }
+
     /// Binds the transparent listener, installs the local-delivery route and starts the proxy
     /// thread. Must run in the node's network namespace (the thread inherits it).
     pub fn start(config: ProxyConfig) -> Result<Self, ProxyError> {

@@ -876,6 +876,14 @@ impl Agent {
             Arc::clone(&self.enrichment),
         )
         .map_err(io("start the flow reader for", &self.config.state_dir))?;
+        if let Some(proxy) = &self.proxy {
+            // The proxy's HTTP records join the datapath's flows (Hubble's L7 flows).
+            let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
+            proxy.flows().set_sink(Box::new(move |f| {
+                let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
+                ring.push_batch([flows::l7_flow(f, &ctx)]);
+            }));
+        }
         if let Some(addr) = self.config.hubble_listen {
             let service = AgentObserver::new(ring, self.config.node.clone(), addr.to_string());
             observer::serve(addr, self.config.hubble_tls_dir.as_deref(), service)

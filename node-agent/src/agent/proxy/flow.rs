@@ -74,10 +74,22 @@ pub struct L7Flow {
     pub latency_us: u64,
 }
 
+/// Where each record goes besides the buffer (the agent's Hubble flow ring).
+pub type FlowSink = Box<dyn Fn(&L7Flow) + Send + Sync>;
+
 /// The bounded buffer.
-#[derive(Debug)]
 pub struct FlowLog {
     inner: Mutex<Inner>,
+    sink: std::sync::OnceLock<FlowSink>,
+}
+
+impl std::fmt::Debug for FlowLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowLog")
+            .field("total", &self.total())
+            .field("sink", &self.sink.get().is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -98,11 +110,20 @@ impl FlowLog {
                 capacity: capacity.max(1),
                 total: 0,
             }),
+            sink: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every later record to `sink` too (set once; the flow pipeline's ring).
+    pub fn set_sink(&self, sink: FlowSink) {
+        let _ = self.sink.set(sink);
     }
 
     /// Appends a record, dropping the oldest when full.
     pub fn push(&self, flow: L7Flow) {
+        if let Some(sink) = self.sink.get() {
+            sink(&flow);
+        }
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.flows.len() == g.capacity {
             g.flows.pop_front();
