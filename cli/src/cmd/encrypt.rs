@@ -197,7 +197,9 @@ fn render(s: &Value) -> String {
             p["endpoint"].as_str().unwrap_or("?"),
             list(&p["allowedIps"]),
             keys.join(", "),
-            p["lastHandshakeMs"].as_u64().map_or("never".to_string(), ago),
+            p["lastHandshakeMs"]
+                .as_u64()
+                .map_or("never".to_string(), super::node::age),
             p["rxBytes"],
             p["txBytes"],
             p["rxSpoofed"],
@@ -238,14 +240,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn ago(ms: u64) -> String {
-    let secs = now_ms().saturating_sub(ms) / 1000;
-    format!(
-        "{} ago",
-        humantime::format_duration(Duration::from_secs(secs))
-    )
 }
 
 fn until(ms: u64) -> String {

@@ -338,13 +338,14 @@ impl ClusterView {
                 && !self.pending.contains_key(id)
                 && engine.labels(PolicyIdentity(*id)).is_none()
         });
-        let mut free = free.collect::<Vec<_>>().into_iter();
+        let mut free = free;
         let id = free.next()?;
+        let left = u32::try_from(free.count()).unwrap_or(u32::MAX);
         let strings = labels.to_strings();
         engine.bind_identity(PolicyIdentity(id), labels).ok()?;
         self.identities.insert(id, strings.clone());
         self.pending.insert(id, strings);
-        Some((id, u32::try_from(free.len()).unwrap_or(u32::MAX)))
+        Some((id, left))
     }
 
     /// Bindings made from the block still waiting for the control plane (sent again after a

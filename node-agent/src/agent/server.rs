@@ -790,21 +790,27 @@ impl Agent {
             .filter(|e| e.identity == from)
             .cloned()
             .collect();
+        let mut moved = Vec::new();
         for e in moving {
             let name = e.name();
             self.engine.remove_endpoint(&name);
-            let r = match self.register(e.spec.clone()) {
-                Ok(r) => r,
+            match self.register(e.spec.clone()) {
+                Ok(r) => moved.push(r),
                 Err((_, msg)) => {
-                    eprintln!(
-                        "palisade agent: moving endpoint `{name}` off identity {from}: {msg}"
-                    );
-                    continue;
+                    eprintln!("palisade agent: moving endpoint `{name}` off identity {from}: {msg}")
                 }
-            };
-            if let Err(err) = self.resync() {
-                eprintln!("palisade agent: moving endpoint `{name}`: {}", chain(&err));
             }
+        }
+        // One map sync for all of them; then, as for a new endpoint, policy is in place before
+        // the endpoint entries name the new identity.
+        if let Err(err) = self.resync() {
+            eprintln!(
+                "palisade agent: moving endpoints off identity {from}: {}",
+                chain(&err)
+            );
+        }
+        for r in moved {
+            let name = r.endpoint.name();
             if let Err((_, msg)) = self.enforce(&r) {
                 eprintln!("palisade agent: moving endpoint `{name}`: {msg}");
             }
