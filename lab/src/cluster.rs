@@ -215,6 +215,24 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
         .and_then(|mut f| f.read_exact(&mut secret))
         .map_err(io("read", Path::new("/dev/urandom")))?;
     let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    // The cluster gossip key every agent seals its gossip with (0600, like every secret here).
+    let mut gossip = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut gossip))
+        .map_err(io("read", Path::new("/dev/urandom")))?;
+    let gossip_file = ClusterState::gossip_key_file(&state.name);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&gossip_file)
+            .map_err(io("create", &gossip_file))?;
+        let hex: String = gossip.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(f, "{hex}").map_err(io("write", &gossip_file))?;
+    }
     let file = c.admin_token_file(&state.name);
     {
         use std::io::Write;
@@ -357,6 +375,23 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
     }
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);
+    }
+    // Gossip between the agents on the underlay, every other node as a seed.
+    args.extend([
+        "--gossip".to_string(),
+        "enabled".to_string(),
+        "--gossip-key-file".to_string(),
+        ClusterState::gossip_key_file(&state.name)
+            .display()
+            .to_string(),
+        "--gossip-listen".to_string(),
+        format!("{}:{}", node.underlay_ip, ClusterState::GOSSIP_PORT),
+    ]);
+    for other in state.nodes.iter().filter(|o| o.name != node.name) {
+        args.extend([
+            "--gossip-peers".to_string(),
+            format!("{}:{}", other.underlay_ip, ClusterState::GOSSIP_PORT),
+        ]);
     }
     args.extend([
         "--control-plane-tls-dir".to_string(),

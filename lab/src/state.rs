@@ -132,6 +132,14 @@ impl ClusterState {
         state_dir(lab).join("admin.token")
     }
 
+    /// The agents' gossip port.
+    pub const GOSSIP_PORT: u16 = 7946;
+
+    /// The cluster gossip key every agent gets (64 hex digits, mode 0600).
+    pub fn gossip_key_file(lab: &str) -> PathBuf {
+        Self::pki_dir(lab).join("gossip.key")
+    }
+
     /// Voter `k`'s (1-based) Raft and API listen addresses on the control plane's host.
     pub fn voter_addrs(k: usize) -> (String, String) {
         let ip = crate::spec::CP_HOST_IP;

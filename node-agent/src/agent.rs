@@ -21,6 +21,11 @@
 //! WireGuard keys and tunnel: its public key is what the node registers, the other nodes'
 //! records become its peers, and their pod CIDRs are routed through it.
 //!
+//! With gossip (`gossip` in the config), `gossip::Gossip` exchanges with the other agents, over
+//! the underlay and sealed with the cluster gossip key, each node's endpoints, the identities
+//! they use (block-made ones included), its liveness and WireGuard key epoch; the run loop merges
+//! what peers say into the view, under the control plane's data (`ClusterView::merge_gossip`).
+//!
 //! With the L7 proxy (`l7_proxy` in the config), `proxy::L7Proxy` enforces the HTTP rules of
 //! local endpoints' ingress policy: after every sync the run loop publishes a `ProxyView`, the
 //! proxy steers redirected peers to itself with TPROXY rules and judges each request.
@@ -30,6 +35,7 @@ mod config;
 mod control_plane;
 mod encryption;
 pub mod flows;
+mod gossip;
 mod ipam;
 mod metrics;
 pub mod observer;
@@ -41,6 +47,15 @@ mod sync;
 pub use cluster_view::ClusterView;
 pub use config::{AgentConfig, ControlPlaneConfig, DEFAULT_FLOW_RING_SIZE};
 pub use encryption::{BackendChoice, EncryptionConfig, EncryptionError};
+pub use gossip::{GossipConfig, GossipKey, KeyError as GossipKeyError, Sealer as GossipSealer};
+
+/// Defaults of the gossip settings, for flags.
+pub mod gossip_defaults {
+    /// Gossip UDP port.
+    pub const PORT: u16 = super::gossip::DEFAULT_PORT;
+    /// Round interval.
+    pub const INTERVAL: std::time::Duration = super::gossip::DEFAULT_INTERVAL;
+}
 
 /// Defaults of the encryption settings, for flags.
 pub mod encryption_defaults {

@@ -9,7 +9,8 @@ use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
 use palisade_cp_client::{ClientConfig, TlsConfig};
 use palisade_node_agent::agent::{
-    self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, ProxyConfig,
+    self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, GossipConfig,
+    GossipKey, ProxyConfig,
 };
 use palisade_node_agent::datapath::DatapathConfig;
 
@@ -149,6 +150,37 @@ struct RunArgs {
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// Gossip with the other agents over the underlay (chitchat scuttlebutt, UDP): liveness,
+    /// this node's endpoints and the identities they use (block-made ones included), its
+    /// WireGuard key epoch. While the control plane is unreachable peers keep learning new pods
+    /// through it; the control plane's data always wins. `enabled` needs --control-plane and
+    /// --gossip-key-file.
+    #[arg(long, value_enum, default_value_t = GossipMode::Disabled)]
+    gossip: GossipMode,
+    /// The cluster gossip key: 64 hex digits (32 bytes) on the first line, mode 0600. Every
+    /// datagram is sealed with it (ChaCha20-Poly1305); datagrams that do not open are dropped
+    /// and counted. Every node of the cluster has the same key (the lab writes one).
+    #[arg(long, value_name = "FILE")]
+    gossip_key_file: Option<PathBuf>,
+    /// Gossip UDP address [default: the node address, port 7946].
+    #[arg(long, value_name = "ADDR")]
+    gossip_listen: Option<std::net::SocketAddr>,
+    /// Peers to contact first, `IP` or `IP:PORT` (repeatable or comma-separated); the nodes the
+    /// control plane lists are contacted too, so none are needed once it has been reached.
+    #[arg(long = "gossip-peers", value_name = "ADDR", value_delimiter = ',')]
+    gossip_peers: Vec<String>,
+    /// Gossip round interval.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    gossip_interval: std::time::Duration,
+}
+
+/// `--gossip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GossipMode {
+    /// No gossip: peers learn this node's changes through the control plane only.
+    Disabled,
+    /// Gossip with the other agents.
+    Enabled,
 }
 
 /// `--encryption`.
@@ -258,7 +290,9 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         e.grace = a.wireguard_key_grace;
         e
     });
+    let gossip = gossip_config(&a, control_plane.as_ref().map(|c| c.node_address))?;
     let config = AgentConfig {
+        gossip,
         encryption,
         node: a.node,
         pod_cidr: a.pod_cidr,
@@ -279,6 +313,55 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
     };
     agent::run(config)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gossip settings from the flags; every error names its flag.
+fn gossip_config(
+    a: &RunArgs,
+    node_address: Option<std::net::IpAddr>,
+) -> Result<Option<GossipConfig>> {
+    if a.gossip == GossipMode::Disabled {
+        if a.gossip_key_file.is_some() || !a.gossip_peers.is_empty() || a.gossip_listen.is_some() {
+            return Err(anyhow!(
+                "--gossip-key-file, --gossip-peers and --gossip-listen need --gossip enabled"
+            ));
+        }
+        return Ok(None);
+    }
+    let node_address = node_address
+        .ok_or_else(|| anyhow!("--gossip enabled needs --control-plane (and a node address)"))?;
+    let file = a
+        .gossip_key_file
+        .as_ref()
+        .ok_or_else(|| anyhow!("--gossip enabled needs --gossip-key-file"))?;
+    let key = GossipKey::from_file(file).map_err(|e| anyhow!("--gossip-key-file: {e}"))?;
+    let port = agent::gossip_defaults::PORT;
+    let listen = a
+        .gossip_listen
+        .unwrap_or_else(|| std::net::SocketAddr::new(node_address, port));
+    let seeds = a
+        .gossip_peers
+        .iter()
+        .map(|p| {
+            p.parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    p.parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, listen.port()))
+                })
+                .map_err(|_| anyhow!("--gossip-peers `{p}`: expected IP or IP:PORT"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if a.gossip_interval < std::time::Duration::from_millis(10)
+        || a.gossip_interval > std::time::Duration::from_secs(60)
+    {
+        return Err(anyhow!("--gossip-interval: must be between 10ms and 60s"));
+    }
+    Ok(Some(GossipConfig {
+        listen,
+        seeds,
+        key,
+        interval: a.gossip_interval,
+    }))
 }
 
 fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
@@ -335,6 +418,47 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
             if let Some(e) = cp["updateError"].as_str() {
                 println!("  update not applied: {e} (previous state stays in force)");
             }
+        }
+        let g = &status["gossip"];
+        if g["enabled"].as_bool() == Some(true) {
+            println!(
+                "Gossip:          on {}, {} live member(s); {} endpoint(s) and {} identit(ies) known only through gossip",
+                g["listen"].as_str().unwrap_or("?"),
+                g["liveMembers"],
+                g["gossipOnlyEndpoints"],
+                g["gossipOnlyIdentities"]
+            );
+            for m in g["members"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<12} {:<22} {:<5} {} endpoint(s), {} identit(ies), WireGuard epoch {}{}",
+                    m["node"].as_str().unwrap_or("?"),
+                    m["address"].as_str().unwrap_or("?"),
+                    if m["live"].as_bool() == Some(true) {
+                        "live"
+                    } else {
+                        "DOWN"
+                    },
+                    m["endpoints"],
+                    m["identities"],
+                    m["wireguardEpoch"],
+                    if m["wireguardEpochAhead"].as_bool() == Some(true) {
+                        " (ahead of the control plane's record; not applied)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let dropped: Vec<String> = g["dropped"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!(
+                "  datagrams accepted {}, dropped: {}",
+                g["accepted"],
+                dropped.join(", ")
+            );
         }
         println!("Verdicts:");
         for (k, v) in status["verdicts"].as_object().into_iter().flatten() {

@@ -1,6 +1,7 @@
 //! End-to-end lab tests with the real `palisade` binary (root, real namespaces and sockets):
 //! full reachability matrices, a negative control that makes the matrix fail on purpose, and a
-//! `lab up` killed with SIGKILL mid-way; HTTP rules enforced by the agents' L7 proxy.
+//! `lab up` killed with SIGKILL mid-way; HTTP rules enforced by the agents' L7 proxy; agents cut
+//! off from the control plane learning new pods through gossip.
 
 mod t10_matrix;
 mod t30_crash;
@@ -8,4 +9,5 @@ mod t40_cluster;
 mod t50_encryption;
 mod t50_observe;
 mod t60_l7_http;
+mod t70_gossip;
 mod util;

@@ -49,6 +49,29 @@ pub struct ClusterView {
     /// The engine's keys of each applied policy object (derived, not saved).
     #[serde(skip)]
     engine_keys: BTreeMap<String, Vec<ResourceKey>>,
+    /// Identities bound only because a peer gossiped them (the control plane has not listed
+    /// them yet): bound as aliases, never canonical, dropped when gossip stops naming them.
+    #[serde(skip)]
+    gossip_ids: BTreeMap<u32, Vec<String>>,
+    /// Ipcache entries written from gossip (addresses the control plane does not list). Saved,
+    /// so a restarted agent knows which entries are gossip's to withdraw.
+    #[serde(default)]
+    gossip_remote: BTreeMap<IpAddr, u32>,
+}
+
+/// What merging gossip changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GossipApplied {
+    /// Identities bound or unbound.
+    pub identities: usize,
+    /// Ipcache entries written or removed.
+    pub ipcache: usize,
+    /// Endpoints refused: the address is not in the pod CIDR the control plane gave that node
+    /// (or the node is unknown to it), or the identity is unknown.
+    pub refused_endpoints: usize,
+    /// Identities refused: the id is the control plane's with other labels, another peer
+    /// claimed it first, or the labels do not parse.
+    pub refused_identities: usize,
 }
 
 /// What applying an update changed, for logs, status and metrics.
@@ -122,9 +145,148 @@ impl ClusterView {
         fs::rename(&tmp, &path)
     }
 
-    /// Endpoints on other nodes: address and identity.
+    /// Endpoints on other nodes: address and identity (the control plane's, then gossip's).
     pub fn remote_endpoints(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
-        self.remote.iter().map(|(ip, id)| (*ip, *id))
+        self.remote
+            .iter()
+            .chain(self.gossip_remote.iter())
+            .map(|(ip, id)| (*ip, *id))
+    }
+
+    /// Ipcache entries and identities known only through gossip (0 and 0 once the control
+    /// plane has caught up).
+    pub fn gossip_only(&self) -> (usize, usize) {
+        (self.gossip_remote.len(), self.gossip_ids.len())
+    }
+
+    /// Whether an identity is bound only because a peer gossiped it.
+    pub fn is_gossip_only(&self, id: u32) -> bool {
+        self.gossip_ids.contains_key(&id)
+    }
+
+    /// Merges what peers gossip, under the control plane's authority:
+    ///
+    /// - an identity is bound (as an alias: never what a label set resolves to) only when the
+    ///   control plane does not list that id; the control plane's binding replaces it;
+    /// - an endpoint is written to the ipcache only when the control plane does not list the
+    ///   address, and only for an address inside the pod CIDR the control plane registered for
+    ///   the node that gossips it (a member cannot claim another node's pods; the same rule as
+    ///   WireGuard's allowed IPs), naming an identity known here;
+    /// - what gossip no longer says is withdrawn (identities still used by a local endpoint
+    ///   stay, the engine refuses to unbind them).
+    ///
+    /// `peers` is every other node's gossiped state by node name; `node` is this node.
+    pub fn merge_gossip<'a>(
+        &mut self,
+        peers: impl IntoIterator<Item = (&'a str, &'a super::gossip::NodeGossip)> + Clone,
+        node: &str,
+        engine: &mut Engine,
+        dp: &mut Datapath,
+    ) -> Result<GossipApplied, ViewError> {
+        let mut applied = GossipApplied::default();
+        // Identities first: endpoints may name them.
+        let mut wanted: BTreeMap<u32, &Vec<String>> = BTreeMap::new();
+        for (name, g) in peers.clone() {
+            if name == node {
+                continue;
+            }
+            for (id, labels) in &g.identities {
+                if self.identities.contains_key(id) && self.identities.get(id) == Some(labels) {
+                    continue;
+                }
+                if self.identities.contains_key(id) || self.pending.contains_key(id) {
+                    applied.refused_identities += 1;
+                    continue;
+                }
+                match wanted.get(id) {
+                    Some(l) if *l != labels => applied.refused_identities += 1,
+                    _ => {
+                        wanted.insert(*id, labels);
+                    }
+                }
+            }
+        }
+        let gone: Vec<u32> = self
+            .gossip_ids
+            .iter()
+            .filter(|(id, l)| wanted.get(*id) != Some(l))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.gossip_ids.remove(&id);
+            if !self.identities.contains_key(&id) {
+                applied.identities += usize::from(engine.unbind_identity(PolicyIdentity(id)));
+            }
+        }
+        for (id, labels) in wanted {
+            if self.gossip_ids.contains_key(&id) {
+                continue;
+            }
+            let Ok(set) = LabelSet::from_strings(labels) else {
+                applied.refused_identities += 1;
+                continue;
+            };
+            // Bound, but the set keeps resolving to the id it had (if any): a gossiped id is
+            // matched by the same selectors without taking over local allocations.
+            match engine.bind_identity(PolicyIdentity(id), set) {
+                Ok(changed) => {
+                    applied.identities += usize::from(changed);
+                    self.gossip_ids.insert(id, labels.clone());
+                }
+                Err(_) => applied.refused_identities += 1,
+            }
+        }
+        // Endpoints.
+        let mut want_ep: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        for (name, g) in peers {
+            if name == node {
+                continue;
+            }
+            let cidr = self.nodes.get(name).map(|n| n.pod_cidr);
+            for (ip, id) in &g.endpoints {
+                let inside = match (cidr, ip) {
+                    (Some(c), IpAddr::V4(v4)) => c.contains(v4),
+                    _ => false,
+                };
+                if !inside || engine.labels(PolicyIdentity(*id)).is_none() {
+                    applied.refused_endpoints += 1;
+                    continue;
+                }
+                want_ep.insert(*ip, *id);
+            }
+        }
+        let written: Vec<(IpAddr, u32)> =
+            self.gossip_remote.iter().map(|(k, v)| (*k, *v)).collect();
+        for (ip, id) in written {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            if self.remote.contains_key(&ip) {
+                // The control plane's entry replaced it.
+                self.gossip_remote.remove(&ip);
+                continue;
+            }
+            match want_ep.get(&ip) {
+                Some(w) if *w == id => {}
+                Some(w) => {
+                    dp.upsert_ipcache(ip, prefix, *w)?;
+                    self.gossip_remote.insert(ip, *w);
+                    applied.ipcache += 1;
+                }
+                None => {
+                    dp.remove_ipcache(ip, prefix)?;
+                    self.gossip_remote.remove(&ip);
+                    applied.ipcache += 1;
+                }
+            }
+        }
+        for (ip, id) in want_ep {
+            if self.remote.contains_key(&ip) || self.gossip_remote.contains_key(&ip) {
+                continue;
+            }
+            dp.upsert_ipcache(ip, if ip.is_ipv4() { 32 } else { 128 }, id)?;
+            self.gossip_remote.insert(ip, id);
+            applied.ipcache += 1;
+        }
+        Ok(applied)
     }
 
     /// Number of identities, remote endpoints and policy objects held.
@@ -159,6 +321,11 @@ impl ClusterView {
         self.apply_policies(engine, ops);
         for (ip, id) in remote {
             self.set_remote(dp, ip, Some(id))?;
+        }
+        // Entries learned through gossip before the restart stay in force until gossip (or
+        // the control plane) says otherwise: the next merge withdraws what is no longer said.
+        for (ip, id) in self.gossip_remote.clone() {
+            dp.upsert_ipcache(ip, if ip.is_ipv4() { 32 } else { 128 }, id)?;
         }
         Ok(())
     }
@@ -343,6 +510,9 @@ impl ClusterView {
         let left = u32::try_from(free.count()).unwrap_or(u32::MAX);
         let strings = labels.to_strings();
         engine.bind_identity(PolicyIdentity(id), labels).ok()?;
+        // A peer's gossiped id for the same set may be bound already: local endpoints take this
+        // node's own binding (the one it commits), the other stays an alias.
+        engine.set_canonical_identity(PolicyIdentity(id));
         self.identities.insert(id, strings.clone());
         self.pending.insert(id, strings);
         Some((id, left))
@@ -434,8 +604,16 @@ impl ClusterView {
         if let Some(old) = engine.identities().lookup(&set)
             && old.0 != id
             && !self.pending.contains_key(&old.0)
+            && !self.gossip_ids.contains_key(&old.0)
         {
             self.unbind(engine, old.0);
+        }
+        // The control plane now lists an id gossip had bound: it is the control plane's from
+        // here on (with its labels, should they differ).
+        if let Some(g) = self.gossip_ids.remove(&id)
+            && g != labels
+        {
+            engine.unbind_identity(PolicyIdentity(id));
         }
         match engine.bind_identity(PolicyIdentity(id), set) {
             Ok(changed) => {
@@ -500,6 +678,7 @@ impl ClusterView {
             Some(id) if self.remote.get(&ip) != Some(&id) => {
                 dp.upsert_ipcache(ip, prefix, id)?;
                 self.remote.insert(ip, id);
+                self.gossip_remote.remove(&ip);
                 Ok(1)
             }
             Some(_) => Ok(0),

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
 use super::encryption::EncryptionConfig;
+use super::gossip::GossipConfig;
 use super::proxy::ProxyConfig;
 use crate::datapath::DatapathConfig;
 
@@ -47,6 +48,9 @@ pub struct AgentConfig {
     /// The L7 proxy enforcing HTTP rules; `None`: HTTP rules are enforced at L4 only (a
     /// redirect passes as an allow).
     pub l7_proxy: Option<ProxyConfig>,
+    /// Gossip with the other agents (needs a control plane: it is the authority gossip fills
+    /// in for); `None`: peers learn this node's changes only through the control plane.
+    pub gossip: Option<GossipConfig>,
 }
 
 /// Default of `flow_ring_size` (Hubble's default ring holds 4095).

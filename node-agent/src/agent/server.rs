@@ -25,6 +25,7 @@ use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
 use super::encryption::{Encryption, EncryptionError};
 use super::flows::{self, EndpointMeta, Enrichment, FlowRing, SharedEnrichment};
+use super::gossip::{Gossip, NodeGossip, NodeInfo};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
 use super::observer::{self, AgentObserver};
@@ -155,6 +156,9 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             if let Some(link) = &agent.link {
                 fds.push(PollFd::new(link.wake_fd(), PollFlags::POLLIN));
             }
+            if let Some(g) = &agent.gossip {
+                fds.push(PollFd::new(g.wake_fd(), PollFlags::POLLIN));
+            }
             let _ = poll(&mut fds, timeout);
         }
         // Control-plane updates first: a CNI request served next sees the newest identities.
@@ -162,6 +166,8 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         for u in updates {
             agent.on_update(u);
         }
+        // Then what peers gossip, under what the control plane just said.
+        agent.merge_gossip();
         loop {
             match listener.accept() {
                 Ok((stream, _)) => agent.serve(stream),
@@ -214,6 +220,10 @@ struct Agent {
     enrichment: SharedEnrichment,
     /// The L7 proxy (`None`: not configured).
     proxy: Option<L7Proxy>,
+    /// Gossip with the other agents (`None`: not configured).
+    gossip: Option<Gossip>,
+    /// What the last gossip merge refused, for status.
+    gossip_refused: (usize, usize),
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -282,6 +292,8 @@ impl Agent {
             encryption,
             enrichment: Arc::new(RwLock::new(Arc::new(Enrichment::default()))),
             proxy,
+            gossip: None,
+            gossip_refused: (0, 0),
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -354,6 +366,16 @@ impl Agent {
                 });
             }
             agent.link = Some(link);
+        }
+        if let Some(gc) = agent.config.gossip.clone() {
+            if agent.config.control_plane.is_none() {
+                return Err(AgentError::ControlPlane(
+                    "gossip needs a control plane (it fills in for it, and the node records it lists decide which pod addresses a peer may claim)".into(),
+                ));
+            }
+            let g = Gossip::start(&agent.config.node, gc).map_err(AgentError::ControlPlane)?;
+            agent.gossip = Some(g);
+            agent.seed_gossip();
         }
         agent.update_gauges();
         Ok(agent)
@@ -831,8 +853,9 @@ impl Agent {
         }
     }
 
-    /// Tunnel peers and routes follow the node records in the view.
+    /// Tunnel peers and routes follow the node records in the view (so do gossip's seeds).
     fn refresh_peers(&mut self) {
+        self.seed_gossip();
         if let Some(enc) = &mut self.encryption
             && let Err(e) = enc.set_nodes(self.view.nodes(), &self.config.node)
         {
@@ -850,6 +873,7 @@ impl Agent {
                 if let Some(link) = &self.link {
                     link.set_wireguard_key(key, epoch);
                 }
+                self.publish_gossip();
             }
             Ok(None) => {}
             Err(e) => eprintln!("palisade agent: wireguard: {}", chain(&e)),
@@ -868,6 +892,7 @@ impl Agent {
         if let Some(link) = &self.link {
             link.set_wireguard_key(key, epoch);
         }
+        self.publish_gossip();
         Ok(())
     }
 
@@ -942,7 +967,91 @@ impl Agent {
         *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(e);
     }
 
+    /// What this node gossips: its record, its endpoints, the identities they use and the
+    /// bindings from its block not yet committed.
+    fn publish_gossip(&self) {
+        let (Some(g), Some(cp)) = (&self.gossip, &self.config.control_plane) else {
+            return;
+        };
+        let (wireguard_key, wireguard_epoch) = match &self.encryption {
+            Some(enc) => enc.published_key(),
+            None => (cp.wireguard_public_key.clone(), cp.wireguard_epoch),
+        };
+        let mut own = NodeGossip {
+            node: Some(NodeInfo {
+                address: cp.node_address,
+                pod_cidr: self.config.pod_cidr,
+                wireguard_key,
+                wireguard_epoch,
+            }),
+            ..NodeGossip::default()
+        };
+        for e in self.registry.iter() {
+            for ip in &e.spec.ips {
+                own.endpoints.insert(*ip, e.identity);
+            }
+            if let Some(l) = self
+                .engine
+                .labels(palisade_policy::identity::Identity(e.identity))
+            {
+                own.identities.insert(e.identity, l.to_strings());
+            }
+        }
+        for (id, labels) in self.view.pending_bindings() {
+            own.identities.insert(id, labels.clone());
+        }
+        g.publish(&own);
+    }
+
+    /// Nodes the control plane lists are contacted by gossip until met (seeds beyond the
+    /// configured ones).
+    fn seed_gossip(&self) {
+        if let Some(g) = &self.gossip {
+            let me = &self.config.node;
+            g.add_seeds(
+                self.view
+                    .nodes()
+                    .filter(|n| &n.name != me)
+                    .map(|n| std::net::SocketAddr::new(n.address, g.port())),
+            );
+        }
+    }
+
+    /// Merges the peers' gossip into the view and programs what changed.
+    fn merge_gossip(&mut self) {
+        let Some(g) = &self.gossip else {
+            return;
+        };
+        let gv = g.view();
+        let node = self.config.node.clone();
+        let peers = gv.peers.iter().map(|(n, p)| (n.as_str(), &p.state));
+        match self
+            .view
+            .merge_gossip(peers, &node, &mut self.engine, &mut self.dp)
+        {
+            Ok(a) => {
+                self.gossip_refused = (a.refused_endpoints, a.refused_identities);
+                if a.identities == 0 && a.ipcache == 0 {
+                    return;
+                }
+                if a.identities > 0
+                    && let Err(e) = self.resync()
+                {
+                    eprintln!(
+                        "palisade agent: programming gossiped identities: {}",
+                        chain(&e)
+                    );
+                }
+                self.refresh_proxy();
+                self.save_view();
+                self.update_gauges();
+            }
+            Err(e) => eprintln!("palisade agent: merging gossip: {}", chain(&e)),
+        }
+    }
+
     fn update_gauges(&self) {
+        self.publish_gossip();
         self.publish_enrichment();
         let (identities, remote, _) = self.view.counts();
         metrics::gauge(
@@ -1226,6 +1335,7 @@ impl Agent {
             "verdicts": verdicts,
             "encryption": self.encryption_status(),
             "l7Proxy": self.proxy.as_ref().map(L7Proxy::status),
+            "gossip": self.gossip_status(),
             "controlPlane": self.config.control_plane.as_ref().map(|_| {
                 let (identities, remote, policies) = self.view.counts();
                 serde_json::json!({
@@ -1245,6 +1355,39 @@ impl Agent {
                 })
             }),
         })
+    }
+}
+
+impl Agent {
+    /// Gossip's part of status: members and liveness, drops by reason, what is known only
+    /// through gossip, and peers whose gossiped WireGuard epoch is ahead of the control plane's
+    /// record (shown, never applied: see `docs/ARCHITECTURE.md`, gossip).
+    fn gossip_status(&self) -> serde_json::Value {
+        let Some(g) = &self.gossip else {
+            return serde_json::json!({"enabled": false});
+        };
+        let mut s = g.status();
+        let (ipcache, identities) = self.view.gossip_only();
+        s["gossipOnlyEndpoints"] = ipcache.into();
+        s["gossipOnlyIdentities"] = identities.into();
+        s["refusedEndpoints"] = self.gossip_refused.0.into();
+        s["refusedIdentities"] = self.gossip_refused.1.into();
+        let records: BTreeMap<&str, u64> = self
+            .view
+            .nodes()
+            .map(|n| (n.name.as_str(), n.wireguard_epoch))
+            .collect();
+        if let Some(members) = s["members"].as_array_mut() {
+            for m in members {
+                let cp = m["node"].as_str().and_then(|n| records.get(n)).copied();
+                m["controlPlaneWireguardEpoch"] = cp.into();
+                m["wireguardEpochAhead"] = match (m["wireguardEpoch"].as_u64(), cp) {
+                    (Some(g), Some(c)) => (g > c).into(),
+                    _ => false.into(),
+                };
+            }
+        }
+        s
     }
 }
 

@@ -1,0 +1,442 @@
+//! Partition tolerance through gossip, on real packets: the agents of a 2-node lab are cut off
+//! from the control plane (every voter SIGSTOPped); node 2 then starts a pod of a label set the
+//! cluster knows and one of a label set nobody has seen (an id from node 2's leased block).
+//! Node 1 enforces an egress policy towards them, which needs their addresses and identities
+//! in its ipcache: only gossip can bring them while the control plane is stopped. n1-p1
+//! reaches both on port 80, n1-p2 is refused by their ingress policy, and n1-p1 still cannot
+//! reach anything else. A malformed and an unauthenticated datagram sent to node 2's gossip
+//! port are dropped and counted (status and metrics). Then the voters continue and everything
+//! converges with no manual step: the block id committed as canonical, the endpoints in the
+//! control plane, nothing left known only through gossip. The time that takes is printed.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use palisade_lab::Lab;
+use palisade_lab::cluster::container_id;
+use palisade_lab::state::{ClusterState, ProcessRole, agent_socket, netns_prefix};
+
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
+
+/// n1-p1 may talk to the database pods on port 80, and to nothing else.
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p1}}
+  egress:
+  - toEndpoints: [{matchLabels: {role: db}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db-ingress}
+spec:
+  endpointSelector: {matchLabels: {role: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: n1-p1}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+
+fn ok(args: &[&str]) -> String {
+    let out = palisade(args);
+    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn reachable(lab: &str, from: &str, to: IpAddr) -> bool {
+    let to = to.to_string();
+    let out = palisade(&[
+        "lab",
+        "probe",
+        "--name",
+        lab,
+        from,
+        &to,
+        "--port",
+        "80",
+        "--timeout",
+        "1s",
+    ]);
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("probe {from} {to}: {out:?}"),
+    }
+}
+
+fn agent_status(lab: &str, node: &str) -> serde_json::Value {
+    let socket = agent_socket(lab, node);
+    let out = ok(&[
+        "agent",
+        "status",
+        "--socket",
+        socket.to_str().expect("utf8"),
+        "-o",
+        "json",
+    ]);
+    serde_json::from_str(&out).expect("json")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+/// Starts a pod on `node` as a container runtime does (namespace, `palisade-cni ADD` in the
+/// node with these labels, a TCP 80 server inside), recorded so `lab down` removes it all.
+/// Returns its address.
+fn add_pod(lab: &mut Lab, node: &str, pod: &str, labels: &[(&str, &str)]) -> IpAddr {
+    let st = lab.state().clone();
+    let cluster = st.cluster.clone().expect("cluster");
+    let node_ns = st.node(node).expect("node").netns.clone();
+    // The lab's prefix: `down` sweeps every namespace named so.
+    let netns = format!("{}{node}-{pod}", netns_prefix(&st.name));
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["netns", "add", &netns]);
+    ip(&[
+        "netns",
+        "exec",
+        &netns,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+    ]);
+    let labels: Vec<serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+        .collect();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "palisade",
+        "type": "palisade-cni",
+        "agentSocket": agent_socket(&st.name, node),
+        "args": {"cni": {"labels": labels}},
+        "mtu": 1420,
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node_ns])
+        .arg(&cluster.cni_bin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", container_id(&st.name, pod))
+        .env("CNI_NETNS", Path::new("/run/netns").join(&netns))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_PATH",
+            cluster.cni_bin.parent().expect("dir").as_os_str(),
+        )
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("palisade-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("conf");
+    let out = child.wait_with_output().expect("cni");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(out.status.success(), "CNI ADD {pod}: {result} {out:?}");
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .unwrap_or_else(|| panic!("CNI result without an address: {result}"));
+    lab.spawn(
+        ProcessRole::WorkloadServer,
+        pod,
+        Some(&netns),
+        &st.palisade_bin,
+        &[
+            "workload".into(),
+            "serve".into(),
+            "--name".into(),
+            pod.into(),
+            "--tcp".into(),
+            "80".into(),
+        ],
+    )
+    .expect("server");
+    wait_for(
+        &format!("{pod}'s server to listen"),
+        Duration::from_secs(10),
+        || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &netns, "ss", "-Htln", "sport", "= :80"])
+                .output()
+                .expect("ss");
+            !out.stdout.is_empty()
+        },
+    );
+    addr
+}
+
+/// The agent's metrics page, fetched from inside the node.
+fn metrics(netns: &str, addr: SocketAddr) -> String {
+    in_netns(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    })
+}
+
+fn voters(lab: &Lab, signal: Signal) {
+    for p in lab
+        .state()
+        .processes
+        .iter()
+        .filter(|p| p.role == ProcessRole::ControlPlane)
+    {
+        kill(Pid::from_raw(p.pid as i32), signal).expect("signal a voter");
+    }
+}
+
+#[test]
+fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_converge_after() {
+    let name = lab_name("gsp");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    ok(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+    ]);
+    let mut lab = Lab::load(&name).expect("state");
+    let st = lab.state().clone();
+    let cluster = st.cluster.clone().expect("cluster");
+    let (n1, n2) = (st.nodes[0].clone(), st.nodes[1].clone());
+    let cp = palisade_cp_client::Client::new(
+        palisade_lab::cluster::operator_client_config(&st, &cluster).expect("client config"),
+    )
+    .expect("client");
+
+    // The agents gossip with each other from the start.
+    wait_for(
+        "both agents to see each other live",
+        Duration::from_secs(20),
+        || {
+            [("n1", "n2"), ("n2", "n1")].iter().all(|(me, peer)| {
+                let g = agent_status(&name, me)["gossip"].clone();
+                g["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["node"] == *peer && m["live"] == true))
+            })
+        },
+    );
+
+    // A database pod of a label set the control plane knows, and the policy.
+    let db_a = add_pod(&mut lab, "n2", "db-a", &[("role", "db")]);
+    let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
+    std::fs::write(&file, POLICY).expect("policy file");
+    ok(&[
+        "policy",
+        "apply",
+        "--lab",
+        &name,
+        "-f",
+        file.to_str().expect("utf8"),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    ok(&["policy", "wait", "--lab", &name, "--timeout", "30s"]);
+    let n2_p1 = st.pod("n2-p1").expect("pod").ip;
+    wait_for(
+        "db-a to be reachable from n1-p1",
+        Duration::from_secs(20),
+        || reachable(&name, "n1-p1", db_a),
+    );
+    assert!(!reachable(&name, "n1-p2", db_a), "db-a admits n1-p1 only");
+    assert!(
+        !reachable(&name, "n1-p1", n2_p1),
+        "n1-p1 egresses to role=db only"
+    );
+
+    // 1. The partition: every voter stopped. Node 1 cannot learn anything from them.
+    voters(&lab, Signal::SIGSTOP);
+    let cut = Instant::now();
+    // 2. On node 2: a pod of the known set, and one of a new set (an id from node 2's block).
+    let db_b = add_pod(&mut lab, "n2", "db-b", &[("role", "db")]);
+    let db_c = add_pod(&mut lab, "n2", "db-c", &[("role", "db"), ("tier", "new")]);
+    let n2_status = agent_status(&name, "n2");
+    let pending = n2_status["controlPlane"]["pendingBindings"].clone();
+    let id_of = |s: &serde_json::Value, pod: &str| {
+        s["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == format!("default/{pod}")))
+            .and_then(|e| e["identity"].as_u64())
+            .unwrap_or_else(|| panic!("{pod} not in {s}"))
+    };
+    let (id_a, id_b, id_c) = (
+        id_of(&n2_status, "db-a"),
+        id_of(&n2_status, "db-b"),
+        id_of(&n2_status, "db-c"),
+    );
+    assert_eq!(
+        id_a, id_b,
+        "a known label set resolves locally to its identity"
+    );
+    assert_ne!(id_c, id_a);
+    assert_eq!(
+        pending,
+        serde_json::json!([id_c]),
+        "the new set's id comes from node 2's block, not yet committed: {n2_status}"
+    );
+    assert!(
+        cp.list_endpoints().is_err(),
+        "the control plane must be unreachable during the partition"
+    );
+    // Node 1 learns both through gossip only.
+    wait_for(
+        "node 1 to learn db-b and db-c through gossip",
+        Duration::from_secs(15),
+        || {
+            let g = agent_status(&name, "n1")["gossip"].clone();
+            g["gossipOnlyEndpoints"].as_u64() >= Some(2)
+                && g["gossipOnlyIdentities"].as_u64() >= Some(1)
+        },
+    );
+    println!(
+        "gossip: node 1 learned the new pods {:.2?} after the voters stopped",
+        cut.elapsed()
+    );
+    // 3. Real packets, exactly as policy allows.
+    assert!(
+        reachable(&name, "n1-p1", db_b),
+        "known set, learned by gossip"
+    );
+    assert!(
+        reachable(&name, "n1-p1", db_c),
+        "new set, block id learned by gossip"
+    );
+    assert!(!reachable(&name, "n1-p2", db_b), "db-b admits n1-p1 only");
+    assert!(!reachable(&name, "n1-p2", db_c), "db-c admits n1-p1 only");
+    assert!(
+        !reachable(&name, "n1-p1", n2_p1),
+        "still no egress elsewhere"
+    );
+    let status_n1 = agent_status(&name, "n1");
+    assert_eq!(
+        status_n1["controlPlane"]["connected"], false,
+        "node 1 noticed the partition: {status_n1}"
+    );
+
+    // 4. Junk and a datagram sealed with another key, to node 2's gossip port.
+    let gossip_addr = SocketAddr::new(n2.underlay_ip.into(), ClusterState::GOSSIP_PORT);
+    let wrong = palisade_node_agent::agent::GossipSealer::new(
+        &palisade_node_agent::agent::GossipKey::from_bytes([0x5a; 32]),
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let forged = wrong.seal(b"\x00forged syn", now_ms).expect("fits");
+    in_netns(&n1.netns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.send_to(b"not gossip at all", gossip_addr)
+            .expect("send junk");
+        s.send_to(&forged, gossip_addr).expect("send forged");
+    });
+    wait_for(
+        "node 2 to count both drops",
+        Duration::from_secs(10),
+        || {
+            let d = agent_status(&name, "n2")["gossip"]["dropped"].clone();
+            d["malformed"].as_u64() >= Some(1) && d["unauthenticated"].as_u64() >= Some(1)
+        },
+    );
+    let page = metrics(&n1.netns, SocketAddr::new(n2.underlay_ip.into(), 9962));
+    for reason in ["malformed", "unauthenticated"] {
+        assert!(
+            page.lines().any(
+                |l| l.starts_with("palisade_agent_gossip_dropped_total{reason=\"")
+                    && l.contains(&format!("\"{reason}\""))
+                    && !l.ends_with(" 0")
+            ),
+            "no {reason} drop in node 2's metrics:\n{page}"
+        );
+    }
+    let members = agent_status(&name, "n2")["gossip"]["members"].clone();
+    assert_eq!(
+        members.as_array().map(Vec::len),
+        Some(1),
+        "nobody joined with a forged datagram: {members}"
+    );
+
+    // 5. Heal: the voters continue. No manual step from here.
+    voters(&lab, Signal::SIGCONT);
+    let healed = Instant::now();
+    wait_for("the cluster to converge", Duration::from_secs(40), || {
+        let (Ok(ids), Ok(eps)) = (cp.list_identities(), cp.list_endpoints()) else {
+            return false;
+        };
+        let s1 = agent_status(&name, "n1");
+        let s2 = agent_status(&name, "n2");
+        let canonical = ids
+            .iter()
+            .any(|i| u64::from(i.id) == id_c && i.alias_of.is_none());
+        let published = [(db_b, id_b), (db_c, id_c)].iter().all(|(ip, id)| {
+            eps.iter()
+                .any(|e| e.ip == *ip && u64::from(e.identity) == *id && e.node == "n2")
+        });
+        canonical
+            && published
+            && s2["controlPlane"]["pendingBindings"] == serde_json::json!([])
+            && s1["controlPlane"]["connected"] == true
+            && s1["gossip"]["gossipOnlyEndpoints"] == 0
+            && s1["gossip"]["gossipOnlyIdentities"] == 0
+    });
+    let converged = healed.elapsed();
+    println!(
+        "gossip: converged {:.0} ms after the voters continued (block id {id_c} canonical, db-b and db-c in the control plane, nothing known only through gossip)",
+        converged.as_secs_f64() * 1000.0
+    );
+    // Policy held all along and still holds with the control plane's data.
+    assert!(reachable(&name, "n1-p1", db_b));
+    assert!(reachable(&name, "n1-p1", db_c));
+    assert!(!reachable(&name, "n1-p2", db_c));
+
+    let processes = Lab::load(&name).expect("state").state().processes.clone();
+    down_and_assert_gone(&name, &processes);
+}
