@@ -14,6 +14,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -316,7 +318,10 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
 
     // 1. The partition: every voter stopped. Node 1 cannot learn anything from them.
     voters(&lab, Signal::SIGSTOP);
-    assert!(!cp_answers(), "the control plane must not answer during the partition");
+    assert!(
+        !cp_answers(),
+        "the control plane must not answer during the partition"
+    );
     // 2. On node 2: a pod of the known set, and one of a new set (an id from node 2's block).
     let t = Instant::now();
     let db_b = add_pod(&mut lab, "n2", "db-b", &[("role", "db")]);
@@ -366,7 +371,10 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
         "gossip: node 1 learned both new pods {:.0} ms after the second one started",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    assert!(!cp_answers(), "still partitioned: what node 1 knows came through gossip");
+    assert!(
+        !cp_answers(),
+        "still partitioned: what node 1 knows came through gossip"
+    );
     // 3. Real packets, exactly as policy allows.
     assert!(
         reachable(&name, "n1-p1", db_b),
@@ -382,6 +390,26 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
         !reachable(&name, "n1-p1", n2_p1),
         "still no egress elsewhere"
     );
+    // The same new set on node 1 too, now that node 1 knows it through gossip: a set known
+    // only that way is not node 1's to publish, so it takes an id from its own block. Two ids
+    // for one set, both matched by the same selectors, until the control plane picks one.
+    let db_d = add_pod(&mut lab, "n1", "db-d", &[("role", "db"), ("tier", "new")]);
+    let s1 = agent_status(&name, "n1");
+    let id_d = id_of(&s1, "db-d");
+    assert_ne!(
+        id_d, id_c,
+        "two ids for one label set while partitioned: {s1}"
+    );
+    assert_eq!(
+        s1["controlPlane"]["pendingBindings"],
+        serde_json::json!([id_d]),
+        "{s1}"
+    );
+    assert!(
+        reachable(&name, "n1-p1", db_d),
+        "node 1's own id for the set"
+    );
+    assert!(!reachable(&name, "n1-p2", db_d), "db-d admits n1-p1 only");
 
     // 4. Junk and a datagram sealed with another key, to node 2's gossip port.
     let gossip_addr = SocketAddr::new(n2.underlay_ip.into(), ClusterState::GOSSIP_PORT);
@@ -426,12 +454,33 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
     );
 
     // 5. Heal: the voters continue. No manual step from here.
+    // No policy gap while converging: n1-p1 keeps probing both pods of the new set until the
+    // cluster has converged; every probe must get through.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, name) = (stop.clone(), name.clone());
+        thread::spawn(move || {
+            let (mut probes, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for (pod, ip) in [("db-c", db_c), ("db-d", db_d)] {
+                    probes += 1;
+                    if !reachable(&name, "n1-p1", ip) {
+                        failed.push(pod);
+                    }
+                }
+            }
+            (probes, failed)
+        })
+    };
     voters(&lab, Signal::SIGCONT);
     let healed = Instant::now();
     let mut last = String::new();
     let deadline = healed + Duration::from_secs(40);
     loop {
-        assert!(Instant::now() < deadline, "no convergence within 40 s: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "no convergence within 40 s: {last}"
+        );
         let (ids, eps) = match cp_lists() {
             (Ok(i), Ok(e)) => (i, e),
             (Err(e), _) | (_, Err(e)) => {
@@ -442,22 +491,43 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
         };
         let s1 = agent_status(&name, "n1");
         let s2 = agent_status(&name, "n2");
-        let canonical = ids
+        // One canonical id for the new set (one of the two block ids), the other its alias.
+        let set_ids: Vec<(u32, Option<u32>)> = ids
             .iter()
-            .any(|i| u64::from(i.id) == id_c && i.alias_of.is_none());
-        let published = [(db_b, id_b), (db_c, id_c)].iter().all(|(ip, id)| {
-            eps.iter()
-                .any(|e| e.ip == *ip && u64::from(e.identity) == *id && e.node == "n2")
+            .filter(|i| u64::from(i.id) == id_c || u64::from(i.id) == id_d)
+            .map(|i| (i.id, i.alias_of))
+            .collect();
+        let canonical: Vec<u64> = set_ids
+            .iter()
+            .filter(|(_, alias_of)| alias_of.is_none())
+            .map(|(id, _)| u64::from(*id))
+            .collect();
+        let one_canonical = set_ids.len() == 2 && canonical.len() == 1;
+        let on_canonical = canonical.first().is_some_and(|cid| {
+            [
+                (db_b, id_b, "n2", &s2, "db-b"),
+                (db_c, *cid, "n2", &s2, "db-c"),
+                (db_d, *cid, "n1", &s1, "db-d"),
+            ]
+            .iter()
+            .all(|(ip, id, node, s, pod)| {
+                id_of(s, pod) == *id
+                    && eps
+                        .iter()
+                        .any(|e| e.ip == *ip && u64::from(e.identity) == *id && e.node == *node)
+            })
         });
         last = format!(
-            "canonical {canonical}, published {published}, n2 pending {}, n1 connected {}, n1 gossip-only {} endpoint(s) {} identit(ies)",
+            "ids {set_ids:?}, one canonical {one_canonical}, endpoints on it {on_canonical}, pending n1 {} n2 {}, n1 connected {}, n1 gossip-only {} endpoint(s) {} identit(ies)",
+            s1["controlPlane"]["pendingBindings"],
             s2["controlPlane"]["pendingBindings"],
             s1["controlPlane"]["connected"],
             s1["gossip"]["gossipOnlyEndpoints"],
             s1["gossip"]["gossipOnlyIdentities"]
         );
-        if canonical
-            && published
+        if one_canonical
+            && on_canonical
+            && s1["controlPlane"]["pendingBindings"] == serde_json::json!([])
             && s2["controlPlane"]["pendingBindings"] == serde_json::json!([])
             && s1["controlPlane"]["connected"] == true
             && s1["gossip"]["gossipOnlyEndpoints"] == 0
@@ -468,14 +538,22 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
         thread::sleep(Duration::from_millis(100));
     }
     let converged = healed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (probes, failed) = prober.join().expect("prober");
+    assert!(
+        failed.is_empty(),
+        "policy gap while converging: probes to {failed:?} failed ({probes} probes)"
+    );
     println!(
-        "gossip: converged {:.0} ms after the voters continued (block id {id_c} canonical, db-b and db-c in the control plane, nothing known only through gossip)",
+        "gossip: converged {:.0} ms after the voters continued ({last}; n1-p1 reached db-c and db-d in all {probes} probes meanwhile)",
         converged.as_secs_f64() * 1000.0
     );
-    // Policy held all along and still holds with the control plane's data.
+    // Policy holds with the control plane's data.
     assert!(reachable(&name, "n1-p1", db_b));
     assert!(reachable(&name, "n1-p1", db_c));
+    assert!(reachable(&name, "n1-p1", db_d));
     assert!(!reachable(&name, "n1-p2", db_c));
+    assert!(!reachable(&name, "n1-p2", db_d));
 
     let processes = Lab::load(&name).expect("state").state().processes.clone();
     down_and_assert_gone(&name, &processes);

@@ -600,9 +600,11 @@ impl ClusterView {
         };
         // A local binding of the same labels to another id is either stale (released and
         // re-allocated) or one side of a convergence (an alias): drop it only when it is neither
-        // the control plane's nor pending confirmation, and nothing local uses it.
+        // the control plane's (a canonical id stays when its alias is bound) nor pending
+        // confirmation nor a peer's gossiped one, and nothing local uses it.
         if let Some(old) = engine.identities().lookup(&set)
             && old.0 != id
+            && !self.identities.contains_key(&old.0)
             && !self.pending.contains_key(&old.0)
             && !self.gossip_ids.contains_key(&old.0)
         {
@@ -630,9 +632,14 @@ impl ClusterView {
         }
     }
 
+    /// Forgets an identity; one a local endpoint still uses stays bound, and so stays known
+    /// here (the view and the engine never disagree on it).
     fn unbind(&mut self, engine: &mut Engine, id: u32) -> bool {
-        self.identities.remove(&id);
-        engine.unbind_identity(PolicyIdentity(id))
+        let unbound = engine.unbind_identity(PolicyIdentity(id));
+        if unbound || engine.labels(PolicyIdentity(id)).is_none() {
+            self.identities.remove(&id);
+        }
+        unbound
     }
 
     fn apply_policies(&mut self, engine: &mut Engine, ops: Vec<PolicyOp>) -> usize {

@@ -568,7 +568,12 @@ impl Agent {
             return Ok(());
         };
         let labels = self.engine.endpoint_labels(spec);
-        if self.engine.identities().lookup(&labels).is_some() {
+        // A set known only through a peer's gossip is not this node's to publish (the control
+        // plane has not committed that id): allocate or take from the block as for a new set;
+        // if both commit, the control plane picks the canonical id and the nodes converge.
+        if let Some(id) = self.engine.identities().lookup(&labels)
+            && !self.view.is_gossip_only(id.0)
+        {
             return Ok(());
         }
         let strings = labels.to_strings();
@@ -624,6 +629,10 @@ impl Agent {
                     format!("endpoint `{endpoint}`: {}", chain(&e)),
                 )
             })?;
+        // The control plane's answer is the set's identity here too (a gossiped id of the same
+        // set stays bound as an alias).
+        self.engine
+            .set_canonical_identity(palisade_policy::identity::Identity(id));
         self.view.note_identity(id, strings);
         Ok(())
     }
