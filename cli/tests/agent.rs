@@ -450,3 +450,125 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
     );
     assert!(!probe("n1-p3"), "p3 still denied at the new address");
 }
+
+/// `agent run`'s gossip flags: every mistake is refused before anything starts, with an error
+/// naming the flag (and never echoing the key).
+#[test]
+fn gossip_flags_are_validated_with_errors_naming_the_flag() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("pal-gossip-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("gossip.key");
+    let secret = "0123456789abcdef".repeat(4);
+    std::fs::write(&key, format!("{secret}\n")).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let bad = dir.join("bad.key");
+    std::fs::write(&bad, "not a key\n").expect("bad key");
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let open = dir.join("open.key");
+    std::fs::write(&open, format!("{secret}\n")).expect("open key");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let state = dir.join("state");
+    let base = [
+        "agent",
+        "run",
+        "--node",
+        "n1",
+        "--pod-cidr",
+        "10.200.1.0/24",
+        "--node-ip",
+        "10.98.0.11",
+        "--socket",
+        "/nonexistent/agent.sock",
+        "--state-dir",
+        state.to_str().expect("utf8"),
+    ];
+    let cp = ["--control-plane", "https://127.0.0.1:1"];
+    let (k, b, o) = (
+        key.to_str().expect("utf8"),
+        bad.to_str().expect("utf8"),
+        open.to_str().expect("utf8"),
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--gossip-key-file", k], "need --gossip enabled"),
+        (
+            vec!["--gossip", "enabled", "--gossip-key-file", k],
+            "needs --control-plane",
+        ),
+        (
+            [&cp[..], &["--gossip", "enabled"]].concat(),
+            "needs --gossip-key-file",
+        ),
+        (
+            [&cp[..], &["--gossip", "enabled", "--gossip-key-file", o]].concat(),
+            "mode 644",
+        ),
+        (
+            [&cp[..], &["--gossip", "enabled", "--gossip-key-file", b]].concat(),
+            "64 hex digits",
+        ),
+        (
+            [
+                &cp[..],
+                &[
+                    "--gossip",
+                    "enabled",
+                    "--gossip-key-file",
+                    k,
+                    "--gossip-peers",
+                    "10.98.0.12,nonsense",
+                ],
+            ]
+            .concat(),
+            "--gossip-peers `nonsense`",
+        ),
+        (
+            [
+                &cp[..],
+                &[
+                    "--gossip",
+                    "enabled",
+                    "--gossip-key-file",
+                    k,
+                    "--gossip-interval",
+                    "5ms",
+                ],
+            ]
+            .concat(),
+            "--gossip-interval",
+        ),
+    ];
+    for (extra, want) in cases {
+        let out = Command::new(BIN)
+            .args(base)
+            .args(&extra)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(
+            stderr.contains(want),
+            "{extra:?}: expected `{want}` in: {stderr}"
+        );
+        assert!(!stderr.contains(&secret), "the key leaked: {stderr}");
+        assert!(
+            !state.exists(),
+            "{extra:?}: the agent started before refusing"
+        );
+    }
+    let help = Command::new(BIN)
+        .args(["agent", "run", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--gossip <GOSSIP>",
+        "--gossip-key-file",
+        "--gossip-listen",
+        "--gossip-peers",
+        "--gossip-interval",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
