@@ -224,6 +224,8 @@ struct Agent {
     gossip: Option<Gossip>,
     /// What the last gossip merge refused, for status.
     gossip_refused: (usize, usize),
+    /// Members not merged: unknown to the control plane, or not at the address it registered.
+    gossip_impostors: usize,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -294,6 +296,7 @@ impl Agent {
             proxy,
             gossip: None,
             gossip_refused: (0, 0),
+            gossip_impostors: 0,
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
@@ -1033,7 +1036,24 @@ impl Agent {
         };
         let gv = g.view();
         let node = self.config.node.clone();
-        let peers = gv.peers.iter().map(|(n, p)| (n.as_str(), &p.state));
+        // A member is taken as node N only from the underlay address the control plane
+        // registered for N (a key holder elsewhere cannot stand in for N); the others' state is
+        // not merged, and counted.
+        let registered: BTreeMap<&str, IpAddr> = self
+            .view
+            .nodes()
+            .map(|n| (n.name.as_str(), n.address))
+            .collect();
+        let (trusted, impostors): (Vec<_>, Vec<_>) = gv
+            .peers
+            .iter()
+            .partition(|(n, p)| registered.get(n.as_str()) == Some(&p.address.ip()));
+        self.gossip_impostors = impostors.len();
+        let trusted: Vec<(&str, &super::gossip::NodeGossip)> = trusted
+            .iter()
+            .map(|(n, p)| (n.as_str(), &p.state))
+            .collect();
+        let peers = trusted.iter().copied();
         match self
             .view
             .merge_gossip(peers, &node, &mut self.engine, &mut self.dp)
@@ -1381,6 +1401,7 @@ impl Agent {
         s["gossipOnlyIdentities"] = identities.into();
         s["refusedEndpoints"] = self.gossip_refused.0.into();
         s["refusedIdentities"] = self.gossip_refused.1.into();
+        s["unmergedMembers"] = self.gossip_impostors.into();
         let records: BTreeMap<&str, u64> = self
             .view
             .nodes()
