@@ -1,6 +1,6 @@
 //! `palisade lab up` encrypts pod traffic between nodes (WireGuard between the agents, keys born
 //! on each node, peers from the control plane): a capture on the underlay between two nodes
-//! holds only WireGuard UDP and never the payload pods exchange; ten on-demand rotations
+//! holds only WireGuard UDP (and the agents' sealed gossip) and never the payload pods exchange; ten on-demand rotations
 //! (`palisade encrypt rotate`, alternating nodes) during a 1,000 packets/s UDP stream and a TCP
 //! transfer lose no packet and reset no connection; `palisade encrypt status` reports it all.
 
@@ -19,6 +19,7 @@ use palisade_lab::Lab;
 use crate::util::{Cleanup, lab_name, palisade};
 
 const WG_PORT: u16 = 51820;
+const GOSSIP_PORT: u16 = palisade_lab::state::ClusterState::GOSSIP_PORT;
 const UDP_PORT: u16 = 9301;
 const TCP_PORT: u16 = 9302;
 
@@ -43,8 +44,9 @@ fn status(lab: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).expect("json")
 }
 
-/// Every packet of a pcap file (Ethernet): ARP, or IPv4 UDP from and to the WireGuard port.
-/// Returns the number of WireGuard datagrams; panics on anything else.
+/// Every packet of a pcap file (Ethernet): ARP, IPv4 UDP from and to the WireGuard port, or the
+/// agents' gossip (UDP from and to its port, every datagram sealed: it starts with the seal's
+/// magic). Returns the number of WireGuard datagrams; panics on anything else.
 fn only_wireguard(pcap: &[u8]) -> usize {
     assert!(pcap.len() >= 24, "pcap too short: {} bytes", pcap.len());
     let mut at = 24;
@@ -65,6 +67,14 @@ fn only_wireguard(pcap: &[u8]) -> usize {
                 );
                 let sport = u16::from_be_bytes([ip[ihl], ip[ihl + 1]]);
                 let dport = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
+                if sport == GOSSIP_PORT && dport == GOSSIP_PORT {
+                    assert_eq!(
+                        ip.get(ihl + 8..ihl + 12),
+                        Some(&b"PLG\x01"[..]),
+                        "a gossip datagram that is not sealed"
+                    );
+                    continue;
+                }
                 assert!(
                     sport == WG_PORT && dport == WG_PORT,
                     "UDP {sport} -> {dport} on the underlay is not WireGuard"
@@ -171,7 +181,9 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
         datagrams >= 5,
         "only {datagrams} WireGuard datagrams captured"
     );
-    println!("underlay capture: {datagrams} WireGuard datagrams, no marker, nothing else");
+    println!(
+        "underlay capture: {datagrams} WireGuard datagrams, sealed gossip, no marker, nothing else"
+    );
 
     // 2. Ten rotations during a 1,000 packets/s UDP stream and a TCP transfer.
     let stop = Arc::new(AtomicBool::new(false));
