@@ -1,7 +1,8 @@
 //! `palisade lab up` encrypts pod traffic between nodes (WireGuard between the agents, keys born
 //! on each node, peers from the control plane): a capture on the underlay between two nodes
-//! holds only WireGuard UDP (and the agents' sealed gossip) and never the payload pods exchange; ten on-demand rotations
-//! (`palisade encrypt rotate`, alternating nodes) during a 1,000 packets/s UDP stream and a TCP
+//! holds only WireGuard UDP (and the agents' sealed gossip) and never the payload pods
+//! exchange; ten on-demand rotations (`palisade encrypt rotate`, alternating nodes) during a
+//! 1,000 packets/s UDP stream and a TCP
 //! transfer lose no packet and reset no connection; `palisade encrypt status` reports it all.
 
 use std::fs::File;
