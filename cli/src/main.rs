@@ -50,6 +50,9 @@ enum Command {
     Mirror(cmd::mirror::Args),
     /// Flows seen by agents (or the control plane's relay), filtered as `hubble observe` does.
     Observe(Box<cmd::observe::Args>),
+    /// The zero-trust tutorial end to end: a lab, a three-tier app, nine policies applied one at
+    /// a time, real traffic checked against expectations after each (what `make demo` runs).
+    Tutorial(cmd::tutorial::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Mirror(args) => cmd::mirror::run(args),
         Command::Observe(args) => cmd::observe::run(*args),
+        Command::Tutorial(args) => cmd::tutorial::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

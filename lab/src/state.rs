@@ -18,6 +18,10 @@ pub const STATE_ROOT: &str = "/run/palisade/labs";
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
 
+/// Where `ip netns exec` looks for per-namespace files (`<ns>/resolv.conf` replaces the
+/// namespace's /etc/resolv.conf for the command it runs).
+pub const NETNS_ETC: &str = "/etc/netns";
+
 /// The state directory of a lab.
 pub fn state_dir(lab: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(lab)
@@ -222,6 +226,9 @@ pub struct PodState {
     pub host_iface: String,
     /// `10.200.i.(10+j)`, a /32 on `eth0`.
     pub ip: IpAddr,
+    /// Kubernetes service account (explicitly placed pods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// What a recorded process is for.

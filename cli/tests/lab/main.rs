@@ -8,4 +8,5 @@ mod t40_cluster;
 mod t50_encryption;
 mod t50_observe;
 mod t60_l7_http;
+mod t70_tutorial;
 mod util;
