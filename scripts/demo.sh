@@ -17,9 +17,8 @@ if [ "$rc" -ge 2 ]; then
   exit "$rc"
 fi
 
-step "The control plane (cilium status)"
-"$bin" cluster status --lab "$lab"
-"$bin" node list --lab "$lab"
+step "The fabric at a glance (cilium status)"
+"$bin" status --lab "$lab" || true
 
 step "The denied flows of namespace demo (hubble observe -n demo --verdict DROPPED)"
 "$bin" observe --lab "$lab" -n demo --verdict DROPPED --last 10 || true

@@ -22,6 +22,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The fabric at a glance (like `cilium status`): control plane, nodes, policy revision,
+    /// identities, and every reachable agent's connection, endpoints and encryption.
+    Status(cmd::status::Args),
     /// Build, inspect, probe and tear down a local multi-node lab made of network namespaces.
     Lab(cmd::lab::Args),
     /// Serve or probe TCP/UDP ports from inside a pod (in the spirit of Kubernetes' agnhost).
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Err(e) => return cmd::clap_error(e),
     };
     match cli.command {
+        Command::Status(args) => cmd::status::run(args),
         Command::Lab(args) => cmd::lab::run(args),
         Command::Workload(args) => cmd::workload::run(args),
         Command::Policy(args) => cmd::policy::run(args),
