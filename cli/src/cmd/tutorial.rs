@@ -13,7 +13,7 @@ mod probe;
 mod steps;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,7 +38,7 @@ encryption, only expected flows. The lab keeps running unless --down is given; t
 `palisade lab down --name LAB` (or `make demo-down`).")]
 pub struct Args {
     /// Lab to build (an existing lab of that name is replaced).
-    #[arg(long, env = "PALISADE_LAB", default_value = palisade_lab::DEFAULT_LAB, value_parser = parse_lab_name)]
+    #[arg(long, env = "PALISADE_LAB", default_value = palisade_lab::DEFAULT_LAB, value_parser = super::lab::parse_lab_name)]
     lab: String,
     /// Tear the lab down at the end (by default it keeps running, for exploring).
     #[arg(long)]
@@ -46,12 +46,6 @@ pub struct Args {
     /// Do not print each policy's YAML before applying it.
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_lab_name(s: &str) -> Result<String, String> {
-    palisade_lab::validate_name(s)
-        .map(|()| s.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// Runs `palisade tutorial`.
@@ -190,7 +184,7 @@ fn path(p: &Path) -> String {
 }
 
 /// Runs this binary with `args`, failing with its output when it fails.
-fn palisade(bin: &PathBuf, args: &[&str]) -> Result<String> {
+fn palisade(bin: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(bin)
         .args(args)
         .output()
@@ -314,7 +308,7 @@ fn restart_keeps_policy(lab: &mut Lab) -> Result<(bool, String)> {
 }
 
 /// The flows through the control plane's relay, as `palisade observe -o json` prints them.
-fn flows(bin: &PathBuf, lab: &str, extra: &[&str]) -> Result<Vec<Value>> {
+fn flows(bin: &Path, lab: &str, extra: &[&str]) -> Result<Vec<Value>> {
     let mut args = vec!["observe", "--lab", lab, "-o", "json"];
     args.extend_from_slice(extra);
     let out = palisade(bin, &args)?;
@@ -324,7 +318,7 @@ fn flows(bin: &PathBuf, lab: &str, extra: &[&str]) -> Result<Vec<Value>> {
 }
 
 /// The L7 denials of the tutorial (GET /headers answered 403) are in the flows.
-fn l7_denials_in_flows(bin: &PathBuf, lab: &str) -> Result<(bool, String)> {
+fn l7_denials_in_flows(bin: &Path, lab: &str) -> Result<(bool, String)> {
     let denied = flows(
         bin,
         lab,
@@ -359,7 +353,7 @@ fn l7_denials_in_flows(bin: &PathBuf, lab: &str) -> Result<(bool, String)> {
 }
 
 /// Every node has every other node as a WireGuard peer, with a handshake.
-fn encryption_enabled(bin: &PathBuf, lab: &Lab) -> Result<(bool, String)> {
+fn encryption_enabled(bin: &Path, lab: &Lab) -> Result<(bool, String)> {
     let out = palisade(
         bin,
         &["encrypt", "status", "--lab", lab.name(), "-o", "json"],
@@ -388,7 +382,7 @@ fn encryption_enabled(bin: &PathBuf, lab: &Lab) -> Result<(bool, String)> {
 /// The flows of the final round of probes: every one is a pair some probe makes, every pair the
 /// tutorial allows is forwarded (no drop), and every pair it denies shows a drop.
 fn only_expected_flows(
-    bin: &PathBuf,
+    bin: &Path,
     lab: &Lab,
     since: SystemTime,
     results: &[Observed],
