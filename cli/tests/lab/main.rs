@@ -8,4 +8,5 @@ mod t40_cluster;
 mod t50_encryption;
 mod t50_observe;
 mod t60_l7_http;
+mod t61_dns_fqdn;
 mod util;
