@@ -302,6 +302,13 @@ impl Agent {
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
+        // Addresses a previous run learned from DNS carry node-local identities that this run's
+        // engine will hand out again for other label sets: they go, and pods resolve again.
+        for (ip, prefix, id) in agent.dp.ipcache_entries()? {
+            if palisade_policy::identity::Identity(id).is_local_scope() {
+                agent.dp.remove_ipcache(ip, prefix)?;
+            }
+        }
         for ip in agent.config.node_ips.clone() {
             agent.dp.upsert_ipcache(IpAddr::V4(ip), 32, IDENTITY_HOST)?;
         }
