@@ -14,7 +14,7 @@ APT_PACKAGES=(
   librocksdb-dev libclang-dev                                                   # rocksdb crate
   protobuf-compiler                                                             # prost / tonic
   iproute2 iputils-ping nftables iptables iperf3 tcpdump ethtool               # lab + benches
-  redis-server dnsmasq wireguard-go                                             # demo workloads / bench baseline
+  redis-server dnsmasq wireguard-go                                             # demo workloads, DNS lab test (t61) / bench baseline
   curl                                                                          # L7 lab tests (HTTP/1.1 and h2c client)
   bind9-dnsutils                                                                # dig: the tutorial's DNS probes
 )

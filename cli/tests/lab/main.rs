@@ -8,5 +8,6 @@ mod t40_cluster;
 mod t50_encryption;
 mod t50_observe;
 mod t60_l7_http;
+mod t61_dns_fqdn;
 mod t70_tutorial;
 mod util;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
+use super::dns::DnsConfig;
 use super::encryption::EncryptionConfig;
 use super::proxy::ProxyConfig;
 use crate::datapath::DatapathConfig;
@@ -47,6 +48,9 @@ pub struct AgentConfig {
     /// The L7 proxy enforcing HTTP rules; `None`: HTTP rules are enforced at L4 only (a
     /// redirect passes as an allow).
     pub l7_proxy: Option<ProxyConfig>,
+    /// The DNS proxy enforcing DNS rules and learning `toFQDNs` addresses; `None`: DNS rules
+    /// pass at L4 only and `toFQDNs` rules allow nothing.
+    pub dns_proxy: Option<DnsConfig>,
 }
 
 /// Default of `flow_ring_size` (Hubble's default ring holds 4095).
