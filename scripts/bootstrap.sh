@@ -16,6 +16,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping nftables iptables iperf3 tcpdump ethtool               # lab + benches
   redis-server dnsmasq wireguard-go                                             # demo workloads / bench baseline
   curl                                                                          # L7 lab tests (HTTP/1.1 and h2c client)
+  chromium                                                                      # web UI test (headless) and its screenshot
 )
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
