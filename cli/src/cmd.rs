@@ -12,6 +12,7 @@ pub mod mirror;
 pub mod node;
 pub mod observe;
 pub mod policy;
+pub mod ui;
 pub mod workload;
 
 use std::process::ExitCode;

@@ -50,6 +50,9 @@ enum Command {
     Mirror(cmd::mirror::Args),
     /// Flows seen by agents (or the control plane's relay), filtered as `hubble observe` does.
     Observe(Box<cmd::observe::Args>),
+    /// Open a lab's web UI (service map, flow table) from this host: forwards a local port to
+    /// the lab's control plane and prints the URL.
+    Ui(cmd::ui::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Mirror(args) => cmd::mirror::run(args),
         Command::Observe(args) => cmd::observe::run(*args),
+        Command::Ui(args) => cmd::ui::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -467,6 +467,29 @@ mod tests {
         assert_eq!(c.grpc_listen, "127.0.0.1:9001".parse().ok());
         assert_eq!(c.tls_dir, Some(PathBuf::from("/tmp/tls")));
         assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.ui_listen, None, "the web UI is opt-in");
+        // A bare --ui-listen is Hubble UI's port on loopback; an address is taken as given.
+        let base = [
+            "palisade-controlplane",
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--raft-listen",
+            "127.0.0.1:7001",
+            "--api-listen",
+            "127.0.0.1:8001",
+        ];
+        let ui = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Args::try_parse_from(argv).map(|a| a.run.ui_listen)
+        };
+        assert_eq!(ui(&["--ui-listen"])?, "127.0.0.1:12000".parse().ok());
+        assert_eq!(
+            ui(&["--ui-listen", "10.97.0.1:12001"])?,
+            "10.97.0.1:12001".parse().ok()
+        );
+        assert!(ui(&["--ui-listen", "nowhere"]).is_err());
         let a = Args::try_parse_from([
             "palisade-controlplane",
             "certs",

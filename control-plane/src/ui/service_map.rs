@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Forwarded and dropped traffic between the same two workloads are two edges, so a denied
-//! port never hides behind an allowed one.
+//! port never hides behind an allowed one. A connection is observed on both nodes (leaving the
+//! source, arriving at the destination): when either observation dropped it, the whole
+//! connection (its 5-tuple) counts as dropped, so a packet forwarded by the source's node and
+//! denied at the destination draws one red edge, not a red and a green one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,6 +83,19 @@ pub struct ServiceMap {
     pub edges: Vec<MapEdge>,
 }
 
+/// A connection: protocol, source address and port, destination address and port.
+type Tuple<'a> = (&'a str, &'a str, u32, &'a str, u32);
+
+fn tuple(f: &FlowView) -> Tuple<'_> {
+    (
+        &f.protocol,
+        &f.source.ip,
+        f.source.port,
+        &f.destination.ip,
+        f.destination.port,
+    )
+}
+
 /// Folds `flows` into the map of `namespace` (every namespace when `None`): flows with either
 /// side in it, replies skipped (a reply is the same conversation seen backwards).
 pub fn build<'a>(
@@ -89,10 +105,16 @@ pub fn build<'a>(
     let mut nodes: BTreeMap<String, MapNode> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String, bool), MapEdge> = BTreeMap::new();
     let in_ns = |ns: &str| namespace.is_none_or(|want| want == ns);
+    let flows: Vec<&FlowView> = flows
+        .into_iter()
+        .filter(|f| !f.is_reply && (in_ns(&f.source.namespace) || in_ns(&f.destination.namespace)))
+        .collect();
+    let dropped_connections: BTreeSet<Tuple> = flows
+        .iter()
+        .filter(|f| f.verdict == "DROPPED")
+        .map(|f| tuple(f))
+        .collect();
     for f in flows {
-        if f.is_reply || !(in_ns(&f.source.namespace) || in_ns(&f.destination.namespace)) {
-            continue;
-        }
         for s in [&f.source, &f.destination] {
             let node = nodes.entry(s.workload.clone()).or_insert_with(|| MapNode {
                 id: s.workload.clone(),
@@ -104,7 +126,7 @@ pub fn build<'a>(
                 node.pods.insert(s.pod.clone());
             }
         }
-        let dropped = f.verdict == "DROPPED";
+        let dropped = f.verdict == "DROPPED" || dropped_connections.contains(&tuple(f));
         let key = (
             f.source.workload.clone(),
             f.destination.workload.clone(),
@@ -189,6 +211,8 @@ mod tests {
             tcp_flow(web, api, flow::Verdict::Forwarded, 80),
             tcp_flow(web2, api, flow::Verdict::Forwarded, 80),
             tcp_flow(intruder, api, flow::Verdict::Dropped, 80),
+            // The same connection as the source's node saw it: forwarded there.
+            tcp_flow(intruder, api, flow::Verdict::Forwarded, 80),
             l7,
             reply,
             tcp_flow(other, other, flow::Verdict::Forwarded, 53),
@@ -216,7 +240,7 @@ mod tests {
         assert_eq!(
             edges,
             [
-                ("default/intruder", "default/api", "dropped", 1),
+                ("default/intruder", "default/api", "dropped", 2),
                 ("default/web", "default/api", "forwarded", 2),
                 ("default/web", "default/api", "dropped", 1),
             ]

@@ -265,6 +265,17 @@ impl FlowView {
 pub(crate) mod tests {
     use super::*;
 
+    /// A distinct address per (namespace, pod, labels).
+    fn fake_ip((ns, pod, labels): (&str, &str, &[&str])) -> String {
+        let sum: u32 = ns
+            .bytes()
+            .chain(pod.bytes())
+            .chain(labels.concat().bytes())
+            .map(u32::from)
+            .sum();
+        format!("10.{}.{}.{}", sum >> 16, (sum >> 8) & 0xff, sum & 0xff)
+    }
+
     /// A TCP flow between two endpoints, for this module's and the map's tests.
     pub(crate) fn tcp_flow(
         src: (&str, &str, &[&str]),
@@ -292,8 +303,8 @@ pub(crate) mod tests {
                 0
             },
             ip: Some(flow::Ip {
-                source: "10.200.1.11".to_string(),
-                destination: "10.200.2.11".to_string(),
+                source: fake_ip(src),
+                destination: fake_ip(dst),
                 ..Default::default()
             }),
             l4: Some(flow::Layer4 {
@@ -365,7 +376,11 @@ pub(crate) mod tests {
         assert_eq!(v.time, "2026-11-26T17:01:02.000000005Z");
         let json = serde_json::to_value(&v).expect("json");
         assert!(json.get("http").is_none(), "{json}");
-        assert_eq!(json["destination"]["ip"], "10.200.2.11");
+        assert_eq!(json["destination"]["ip"], v.destination.ip.as_str());
+        assert_eq!(
+            json["time_ns"], "1795712462000000005",
+            "a string: JS numbers are f64"
+        );
     }
 
     #[test]

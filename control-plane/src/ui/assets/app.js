@@ -113,12 +113,12 @@ function layout(nodes, edges) {
     columns.get(r).push(n);
   }
   const pos = new Map();
-  const W = 190, H = 54, COL = 330, ROW = 100;
+  const W = 190, H = 54, COL = 360, ROW = 100, TOP = 90;
   for (const [r, col] of columns) {
-    col.forEach((n, i) => pos.set(n.id, { x: 30 + r * COL, y: 30 + i * ROW, w: W, h: H }));
+    col.forEach((n, i) => pos.set(n.id, { x: 30 + r * COL, y: TOP + i * ROW, w: W, h: H, rank: r }));
   }
   const width = 60 + (Math.max(0, ...columns.keys()) + 1) * COL;
-  const height = 60 + Math.max(1, ...[...columns.values()].map((c) => c.length)) * ROW;
+  const height = TOP + 30 + Math.max(1, ...[...columns.values()].map((c) => c.length)) * ROW;
   return { pos, width, height };
 }
 
@@ -158,6 +158,8 @@ function renderMap(map) {
   }
   const edgeLayer = el("g", { class: "edges" }, svg);
   const nodeLayer = el("g", { class: "nodes" }, svg);
+  // Labels last, so no workload box hides them.
+  const labelLayer = el("g", { class: "edge-labels" }, svg);
   for (const e of map.edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
     let d, lx, ly;
@@ -171,7 +173,10 @@ function renderMap(map) {
       const x2 = forward ? b.x : b.x + b.w / 2, y2 = forward ? b.y + b.h / 2 : b.y;
       // Forwarded and dropped edges of one pair bend to opposite sides.
       const both = pairs.get(e.source + "\u0000" + e.destination) > 1;
-      const bend = both ? (e.verdict === "dropped" ? 38 : -38) : (forward ? 0 : 60);
+      let bend = both ? (e.verdict === "dropped" ? 38 : -38) : (forward ? 0 : 60);
+      // An edge that skips columns arcs over the workloads between its ends.
+      const span = b.rank - a.rank;
+      if (forward && span > 1) bend -= 70 * (span - 1);
       const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
       const len = Math.hypot(x2 - x1, y2 - y1) || 1;
       const cx = mx - ((y2 - y1) / len) * bend, cy = my + ((x2 - x1) / len) * bend;
@@ -196,7 +201,10 @@ function renderMap(map) {
     title.textContent = `${e.source} → ${e.destination}: ${e.verdict}, ${e.flows} flows`;
     path.addEventListener("click", () => showEdge(e, path));
     const lines = edgeLines(e).slice(0, 4);
-    const label = el("text", { x: lx, y: ly - 4 * (lines.length - 1), class: "edge-label " + e.verdict }, g);
+    const label = el("text", {
+      x: lx, y: ly - 4 * (lines.length - 1), class: "edge-label " + e.verdict,
+      "data-from": e.source, "data-to": e.destination,
+    }, labelLayer);
     lines.forEach((l, i) => {
       const t = el("tspan", { x: lx, dy: i === 0 ? "0" : "1.2em" }, label);
       t.textContent = l;
