@@ -1,9 +1,11 @@
 //! The web UI (issue 7): the lab's control plane serves it (`--ui-listen`), `palisade ui --lab`
 //! forwards it to the host, and headless Chromium (Debian's `chromium`, from the bootstrap)
-//! loads it while the lab carries real traffic: an allowed connection (n1-p1 → n2-p1:80) and one
-//! the policy denies (n1-p2 → n2-p1:80). The rendered DOM must show the workloads on the service
-//! map, the denied connection as a red (`dropped`) edge and only that, and the denied flow in
-//! the flow table, which the verdict filter narrows to drops. The JSON API behind the page
+//! loads it while the lab carries real traffic: an allowed connection (n1-p1 → n2-p1:80), one
+//! the policy denies (n1-p2 → n2-p1:80), and HTTP requests through the agent's L7 proxy
+//! (n1-p1 → n2-p1:8080, `GET /get` allowed, `GET /admin` denied with a 403). The rendered DOM
+//! must show the workloads on the service map, the denied connection as a red (`dropped`) edge
+//! and only that, the HTTP method, path and status on the green and red L7 edges, and the denied
+//! flow in the flow table, which the verdict filter narrows to drops. The JSON API behind the page
 //! refuses callers without the lab's read token and names the field of a bad filter.
 //!
 //! `PALISADE_UI_SCREENSHOT=docs/ui-service-map.png` also saves a screenshot of the page.
@@ -26,7 +28,15 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: n1-p1}}]
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+  - fromEndpoints: [{matchLabels: {app: n1-p1}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /get}]
 ";
+
+/// n2-p1's address (`n<i>-p<j>` is `10.200.i.(10+j)`).
+const SERVER: &str = "10.200.2.11";
 
 /// Kills `palisade ui` when dropped.
 struct Helper(Child);
@@ -169,6 +179,35 @@ fn the_web_ui_maps_workloads_and_shows_the_denied_flow_as_a_red_edge() {
     );
     let denied = probe("n1-p2");
     assert_eq!(denied.status.code(), Some(1), "n1-p2 -> n2-p1: {denied:?}");
+    // HTTP through the L7 proxy: a real server in n2-p1, curl in n1-p1.
+    let _server = Helper(
+        Command::new("ip")
+            .args(["netns", "exec", &format!("pal-{name}-n2-p1")])
+            .arg(bin())
+            .args(["workload", "serve", "--http", "8080", "--name", "n2-p1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http server"),
+    );
+    let http = |path: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("pal-{name}-n1-p1"), "curl"])
+            .args(["-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}"])
+            .arg(format!("http://{SERVER}:8080{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http("/get") != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTP server in n2-p1 never answered GET /get"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http("/admin"), "403", "the L7 rules deny GET /admin");
     std::thread::sleep(Duration::from_millis(500));
 
     // `palisade ui` prints the URL first, then forwards until killed.
@@ -230,26 +269,29 @@ fn the_web_ui_maps_workloads_and_shows_the_denied_flow_as_a_red_edge() {
     }
     // The edges: the allowed pair green, the denied pair red and only red (n1 forwarded the
     // packet, n2 dropped it: one connection, dropped).
-    let edges: Vec<(String, String, String)> = tags(&dom, "path")
+    let edges: Vec<BTreeMap<String, String>> = tags(&dom, "path")
         .into_iter()
         .filter(|p| p.get("class").is_some_and(|c| c.starts_with("edge ")))
-        .map(|p| {
-            (
-                p["data-from"].clone(),
-                p["data-to"].clone(),
-                p["data-verdict"].clone(),
-            )
-        })
         .collect();
     let edge = |from: &str, verdict: &str| {
-        edges
-            .iter()
-            .any(|(f, t, v)| f == from && t == "default/n2-p1" && v == verdict)
+        edges.iter().find(|e| {
+            e["data-from"] == from
+                && e["data-to"] == "default/n2-p1"
+                && e["data-verdict"] == verdict
+        })
     };
-    assert!(edge("default/n1-p1", "forwarded"), "{edges:?}");
-    assert!(edge("default/n1-p2", "dropped"), "{edges:?}");
-    assert!(!edge("default/n1-p2", "forwarded"), "{edges:?}");
-    assert!(!edge("default/n1-p1", "dropped"), "{edges:?}");
+    let allowed = edge("default/n1-p1", "forwarded").unwrap_or_else(|| panic!("{edges:?}"));
+    assert!(edge("default/n1-p2", "dropped").is_some(), "{edges:?}");
+    assert!(edge("default/n1-p2", "forwarded").is_none(), "{edges:?}");
+    // L7 on the edges: the allowed request on the green edge, the denied one (and only that)
+    // on a red one, which carries no L4 drop on port 80.
+    assert!(
+        allowed["data-http"].contains("GET /get → 200") && allowed["data-ports"].contains("TCP/80"),
+        "{allowed:?}"
+    );
+    let l7_denied = edge("default/n1-p1", "dropped").unwrap_or_else(|| panic!("{edges:?}"));
+    assert_eq!(l7_denied["data-http"], "GET /admin → 403", "{l7_denied:?}");
+    assert_eq!(l7_denied["data-ports"], "TCP/8080", "{l7_denied:?}");
     assert!(
         dom.contains("class=\"edge dropped\""),
         "the dropped edge is drawn with the red class: {dom}"

@@ -232,7 +232,8 @@ impl FlowView {
         let verdict = flow::Verdict::try_from(f.verdict)
             .map(|v| v.as_str_name())
             .unwrap_or("VERDICT_UNKNOWN");
-        let drop_reason = if f.verdict == flow::Verdict::Dropped as i32 {
+        // Unknown (0) says nothing: an L7 denial carries its status (403) instead.
+        let drop_reason = if f.verdict == flow::Verdict::Dropped as i32 && f.drop_reason_desc != 0 {
             flow::DropReason::try_from(f.drop_reason_desc)
                 .map(|r| r.as_str_name().to_string())
                 .unwrap_or_else(|_| f.drop_reason_desc.to_string())

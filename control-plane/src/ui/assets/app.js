@@ -113,7 +113,7 @@ function layout(nodes, edges) {
     columns.get(r).push(n);
   }
   const pos = new Map();
-  const W = 190, H = 54, COL = 360, ROW = 100, TOP = 90;
+  const W = 190, H = 54, COL = 420, ROW = 100, TOP = 90;
   for (const [r, col] of columns) {
     col.forEach((n, i) => pos.set(n.id, { x: 30 + r * COL, y: TOP + i * ROW, w: W, h: H, rank: r }));
   }
@@ -162,7 +162,7 @@ function renderMap(map) {
   const labelLayer = el("g", { class: "edge-labels" }, svg);
   for (const e of map.edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
-    let d, lx, ly;
+    let d, lx, ly, above = true;
     if (e.source === e.destination) {
       const x = a.x + a.w * 0.7, y = a.y;
       d = `M${x},${y} C${x + 40},${y - 60} ${x + 90},${y + 10} ${a.x + a.w},${a.y + a.h / 2}`;
@@ -173,7 +173,7 @@ function renderMap(map) {
       const x2 = forward ? b.x : b.x + b.w / 2, y2 = forward ? b.y + b.h / 2 : b.y;
       // Forwarded and dropped edges of one pair bend to opposite sides.
       const both = pairs.get(e.source + "\u0000" + e.destination) > 1;
-      let bend = both ? (e.verdict === "dropped" ? 38 : -38) : (forward ? 0 : 60);
+      let bend = both ? (e.verdict === "dropped" ? 50 : -50) : (forward ? 0 : 60);
       // An edge that skips columns arcs over the workloads between its ends.
       const span = b.rank - a.rank;
       if (forward && span > 1) bend -= 70 * (span - 1);
@@ -182,6 +182,7 @@ function renderMap(map) {
       const cx = mx - ((y2 - y1) / len) * bend, cy = my + ((x2 - x1) / len) * bend;
       d = `M${x1},${y1} Q${cx},${cy} ${x2},${y2}`;
       lx = (x1 + 2 * cx + x2) / 4; ly = (y1 + 2 * cy + y2) / 4;
+      above = cy <= (y1 + y2) / 2;
     }
     const g = el("g", { class: "map-edge" }, edgeLayer);
     const path = el("path", {
@@ -201,8 +202,10 @@ function renderMap(map) {
     title.textContent = `${e.source} → ${e.destination}: ${e.verdict}, ${e.flows} flows`;
     path.addEventListener("click", () => showEdge(e, path));
     const lines = edgeLines(e).slice(0, 4);
+    // Above an edge that bends up, below one that bends down: a pair's labels stay apart.
+    const LINE = 13;
     const label = el("text", {
-      x: lx, y: ly - 4 * (lines.length - 1), class: "edge-label " + e.verdict,
+      x: lx, y: above ? ly - 5 - LINE * (lines.length - 1) : ly + LINE, class: "edge-label " + e.verdict,
       "data-from": e.source, "data-to": e.destination,
     }, labelLayer);
     lines.forEach((l, i) => {
