@@ -141,6 +141,13 @@ fn the_web_ui_maps_workloads_and_shows_the_denied_flow_as_a_red_edge() {
     let name = lab_name("ui");
     let _ = Lab::down(&name);
     let _cleanup = Cleanup(name.clone());
+    // No such lab (yet): a clear error, no listener.
+    let missing = palisade(&["ui", "--lab", &name, "--listen", "127.0.0.1:0"]);
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains(&format!("lab `{name}` does not exist")),
+        "{missing:?}"
+    );
     ok(&[
         "lab",
         "up",
