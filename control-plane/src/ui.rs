@@ -219,7 +219,10 @@ async fn authorize(
     match auth::check_bearer(&ui.tokens, authorization, Role::Read) {
         Ok(()) => next.run(req).await,
         Err(Denial::Unauthenticated(why)) => {
-            UiError::status(StatusCode::UNAUTHORIZED, why).into_response()
+            let mut res = UiError::status(StatusCode::UNAUTHORIZED, why).into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
         }
         Err(Denial::WrongRole(have)) => UiError::status(
             StatusCode::FORBIDDEN,
