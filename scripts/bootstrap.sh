@@ -17,6 +17,7 @@ APT_PACKAGES=(
   redis-server dnsmasq wireguard-go                                             # demo workloads, DNS lab test (t61) / bench baseline
   curl                                                                          # L7 lab tests (HTTP/1.1 and h2c client)
   bind9-dnsutils                                                                # dig: the tutorial's DNS probes
+  chromium                                                                      # web UI test (headless) and its screenshot
 )
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }

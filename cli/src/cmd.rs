@@ -14,6 +14,7 @@ pub mod observe;
 pub mod policy;
 pub mod status;
 pub mod tutorial;
+pub mod ui;
 pub mod workload;
 
 use std::process::ExitCode;

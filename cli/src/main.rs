@@ -56,6 +56,9 @@ enum Command {
     /// The zero-trust tutorial end to end: a lab, a three-tier app, nine policies applied one at
     /// a time, real traffic checked against expectations after each (what `make demo` runs).
     Tutorial(cmd::tutorial::Args),
+    /// Open a lab's web UI (service map, flow table) from this host: forwards a local port to
+    /// the lab's control plane and prints the URL.
+    Ui(cmd::ui::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Mirror(args) => cmd::mirror::run(args),
         Command::Observe(args) => cmd::observe::run(*args),
         Command::Tutorial(args) => cmd::tutorial::run(args),
+        Command::Ui(args) => cmd::ui::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -164,8 +164,9 @@ fn certs(state: &LabState, args: &[&str]) -> Result<(), LabError> {
 }
 
 /// The lab's cluster CA, a certificate per member (IP SAN of the control plane's host) and per
-/// node (role node, so an agent can act for its own node only), the CLI's trust directory, and an
-/// admin token. All under the lab's state directory, removed by `down`.
+/// node (role node, so an agent can act for its own node only), the CLI's trust directory, an
+/// admin token and a read token (the web UI's). All under the lab's state directory, removed by
+/// `down`.
 fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     let pki = ClusterState::pki_dir(&state.name);
     let ca = pki.join("ca");
@@ -210,13 +211,15 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
     let operator = c.operator_tls_dir(&state.name);
     fs::create_dir_all(&operator).map_err(io("create", &operator))?;
     fs::copy(ca.join("ca.pem"), operator.join("ca.pem")).map_err(io("write", &operator))?;
-    let mut secret = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut secret))
-        .map_err(io("read", Path::new("/dev/urandom")))?;
-    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let file = c.admin_token_file(&state.name);
-    {
+    for file in [
+        c.admin_token_file(&state.name),
+        ClusterState::read_token_file(&state.name),
+    ] {
+        let mut secret = [0u8; 24];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .map_err(io("read", Path::new("/dev/urandom")))?;
+        let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = fs::OpenOptions::new()
@@ -262,6 +265,13 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
                 .to_string(),
             "--admin-token-file".to_string(),
             c.admin_token_file(&state.name).display().to_string(),
+            "--read-token-file".to_string(),
+            ClusterState::read_token_file(&state.name)
+                .display()
+                .to_string(),
+            // The web UI, reached from the host through `palisade ui --lab`.
+            "--ui-listen".to_string(),
+            ClusterState::voter_ui_addr(k),
             "--init".to_string(),
         ];
         args.extend(peers.iter().cloned());

@@ -146,6 +146,17 @@ impl ClusterState {
     pub fn voter_grpc_addr(k: usize) -> String {
         format!("{}:{}", crate::spec::CP_HOST_IP, 9000 + k)
     }
+
+    /// Voter `k`'s web UI address: Hubble UI's port 12000 for the first voter, 12001 for the
+    /// second, ...
+    pub fn voter_ui_addr(k: usize) -> String {
+        format!("{}:{}", crate::spec::CP_HOST_IP, 11_999 + k)
+    }
+
+    /// The lab's read-only bearer token (mode 0600): what the web UI's link carries.
+    pub fn read_token_file(lab: &str) -> PathBuf {
+        state_dir(lab).join("read.token")
+    }
 }
 
 /// The directory of node `node`'s agent (socket, state) in lab `lab`.
