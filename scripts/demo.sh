@@ -28,6 +28,8 @@ step "Pod traffic between nodes is encrypted (cilium encrypt status)"
 
 step "The lab is still running"
 cat <<TXT
+  $bin ui --lab $lab              the web UI (service map, live flows): open the URL it prints
+                                  (http://127.0.0.1:12000/#token=...), namespace demo; Ctrl-C to stop
   $bin observe --lab $lab -n demo --verdict DROPPED --follow     (Ctrl-C to stop)
   $bin observe --lab $lab -n demo --protocol http
   $bin policy list --lab $lab

@@ -163,6 +163,8 @@ fn tutorial(args: &Args) -> Result<bool> {
     println!(
         "\
 Explore the running cluster:
+  palisade ui --lab {lab_name}                                         the web UI: service map and flows (prints the URL
+                                                                       to open, http://127.0.0.1:12000/#token=…)
   palisade observe --lab {lab_name} -n demo --verdict DROPPED          the denied flows (hubble observe)
   palisade observe --lab {lab_name} -n demo --protocol http -o json    the L7 requests
   palisade encrypt status --lab {lab_name}                             (cilium encrypt status)
