@@ -56,6 +56,8 @@ const DEFAULT_FLOW_LIMIT: u64 = 500;
 const DEFAULT_MAP_LIMIT: u64 = 2_000;
 /// The most flows one answer carries.
 const MAX_LIMIT: u64 = 20_000;
+/// With a pod filter, this many times `limit` flows are asked for (the pod is matched here).
+const POD_OVERFETCH: u64 = 4;
 /// How long one answer may wait for the agents behind the relay.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The label carrying a pod's namespace in identities.
@@ -347,20 +349,16 @@ impl FlowQuery {
     }
 
     /// The relay request: the last `limit` flows (since `since`) where either side is in the
-    /// namespace (and pod), with the verdict and protocol.
+    /// namespace, with the verdict and protocol. The pod is matched here ([`Self::keeps`]), not
+    /// by the agents: an agent knows only its own pods' names, so a flow it saw from a pod of
+    /// another node would never match a pod selector there; over-fetch for it.
     fn request(&self, default_limit: u64) -> GetFlowsRequest {
         let base = FlowFilter {
             verdict: self.verdict.map(|v| v as i32).into_iter().collect(),
             protocol: self.protocol.clone().into_iter().collect(),
             ..FlowFilter::default()
         };
-        let pod_sel = match (&self.namespace, &self.pod) {
-            (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
-            (Some(ns), None) => Some(format!("{ns}/")),
-            (None, Some(pod)) => Some(pod.clone()),
-            (None, None) => None,
-        };
-        let whitelist = match pod_sel {
+        let whitelist = match self.namespace.as_ref().map(|ns| format!("{ns}/")) {
             // Either side: two filters, OR-ed by the whitelist.
             Some(sel) => vec![
                 FlowFilter {
@@ -375,8 +373,13 @@ impl FlowQuery {
             None if base == FlowFilter::default() => Vec::new(),
             None => vec![base],
         };
+        let limit = self.limit.unwrap_or(default_limit);
         GetFlowsRequest {
-            number: self.limit.unwrap_or(default_limit),
+            number: if self.pod.is_some() {
+                (limit * POD_OVERFETCH).min(MAX_LIMIT)
+            } else {
+                limit
+            },
             first: false,
             follow: false,
             blacklist: Vec::new(),
@@ -384,6 +387,30 @@ impl FlowQuery {
             since: self.since,
             until: None,
         }
+    }
+
+    /// Whether `f` passes the pod filter: either side (in the namespace, when one is given)
+    /// whose pod name or workload name starts with it.
+    fn keeps(&self, f: &view::FlowView) -> bool {
+        let Some(pod) = &self.pod else {
+            return true;
+        };
+        [&f.source, &f.destination].into_iter().any(|s| {
+            let name = s
+                .workload
+                .rsplit_once('/')
+                .map_or(s.workload.as_str(), |(_, n)| n);
+            self.namespace.as_ref().is_none_or(|ns| *ns == s.namespace)
+                && (s.pod.starts_with(pod.as_str()) || name.starts_with(pod.as_str()))
+        })
+    }
+
+    /// The flows (oldest first) that pass [`Self::keeps`], the last `limit` of them.
+    fn select(&self, mut flows: Vec<view::FlowView>, default_limit: u64) -> Vec<view::FlowView> {
+        flows.retain(|f| self.keeps(f));
+        let limit = usize::try_from(self.limit.unwrap_or(default_limit)).unwrap_or(usize::MAX);
+        let skip = flows.len().saturating_sub(limit);
+        flows.split_off(skip)
     }
 }
 
@@ -479,14 +506,15 @@ async fn namespaces(State(ui): State<Ui>) -> Result<Json<serde_json::Value>, UiE
 }
 
 /// `GET /api/v1/flows?namespace&pod&verdict&protocol&since&limit`: the last flows matching,
-/// oldest first, and the `cursor` to poll from.
+/// oldest first, and the `cursor` to poll from. `pod` matches a pod or workload name prefix on
+/// either side.
 async fn flows(
     State(ui): State<Ui>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<serde_json::Value>, UiError> {
     let q = FlowQuery::parse(&pairs)?;
-    let c = ui.collect(q.request(DEFAULT_FLOW_LIMIT)).await?;
-    // Nothing new: poll again from the same point.
+    let mut c = ui.collect(q.request(DEFAULT_FLOW_LIMIT)).await?;
+    // The newest flow the agents returned, kept or not (nothing new: the same point again).
     let cursor = c
         .flows
         .iter()
@@ -498,6 +526,7 @@ async fn flows(
                 .map(|s| (i128::from(s.seconds) * 1_000_000_000 + i128::from(s.nanos)).to_string())
         })
         .unwrap_or_else(now_ns);
+    c.flows = q.select(c.flows, DEFAULT_FLOW_LIMIT);
     Ok(Json(json!({
         "flows": c.flows,
         "cursor": cursor,
@@ -513,7 +542,8 @@ async fn map(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<serde_json::Value>, UiError> {
     let q = FlowQuery::parse(&pairs)?;
-    let c = ui.collect(q.request(DEFAULT_MAP_LIMIT)).await?;
+    let mut c = ui.collect(q.request(DEFAULT_MAP_LIMIT)).await?;
+    c.flows = q.select(c.flows, DEFAULT_MAP_LIMIT);
     let map = service_map::build(&c.flows, q.namespace.as_deref());
     Ok(Json(json!({
         "namespace": q.namespace,
@@ -546,7 +576,8 @@ mod tests {
         ]))
         .expect("valid");
         let r = q.request(DEFAULT_FLOW_LIMIT);
-        assert_eq!(r.number, 50);
+        // The pod is matched by the UI, so more flows are asked for.
+        assert_eq!(r.number, 50 * POD_OVERFETCH);
         assert_eq!(
             r.since,
             Some(prost_types::Timestamp {
@@ -555,8 +586,8 @@ mod tests {
             })
         );
         assert_eq!(r.whitelist.len(), 2);
-        assert_eq!(r.whitelist[0].source_pod, ["demo/web"]);
-        assert_eq!(r.whitelist[1].destination_pod, ["demo/web"]);
+        assert_eq!(r.whitelist[0].source_pod, ["demo/"]);
+        assert_eq!(r.whitelist[1].destination_pod, ["demo/"]);
         for f in &r.whitelist {
             assert_eq!(f.verdict, [flow::Verdict::Dropped as i32]);
             assert_eq!(f.protocol, ["tcp"]);
@@ -570,6 +601,54 @@ mod tests {
         assert_eq!(q.request(1).whitelist[0].source_pod, ["demo/"]);
         let q = FlowQuery::parse(&pairs(&[("since", "2026-11-26T17:01:02Z")])).expect("rfc3339");
         assert_eq!(q.since.map(|s| s.seconds), Some(1_795_712_462));
+    }
+
+    #[test]
+    fn the_pod_filter_matches_pod_or_workload_names_on_either_side() {
+        use palisade_api::flow::Verdict;
+
+        use crate::ui::view::tests::tcp_flow;
+        let q = FlowQuery::parse(&pairs(&[
+            ("namespace", "demo"),
+            ("pod", "web"),
+            ("limit", "1"),
+        ]))
+        .expect("valid");
+        // Seen on the server's node: the client has no pod name there, only its app label.
+        let remote_client = view::FlowView::of(&tcp_flow(
+            ("demo", "", &["k8s:app=web"]),
+            ("demo", "api-1", &["k8s:app=api"]),
+            Verdict::Forwarded,
+            80,
+        ));
+        let local_client = view::FlowView::of(&tcp_flow(
+            ("demo", "web-7f9c", &["k8s:app=frontend"]),
+            ("demo", "", &["k8s:app=api"]),
+            Verdict::Forwarded,
+            80,
+        ));
+        let other_ns = view::FlowView::of(&tcp_flow(
+            ("prod", "web-1", &["k8s:app=web"]),
+            ("demo", "api-1", &["k8s:app=api"]),
+            Verdict::Dropped,
+            80,
+        ));
+        let unrelated = view::FlowView::of(&tcp_flow(
+            ("demo", "db-0", &["k8s:app=db"]),
+            ("demo", "api-1", &["k8s:app=api"]),
+            Verdict::Forwarded,
+            5432,
+        ));
+        assert!(q.keeps(&remote_client));
+        assert!(q.keeps(&local_client));
+        assert!(!q.keeps(&other_ns));
+        assert!(!q.keeps(&unrelated));
+        // The last `limit` of those kept.
+        let kept = q.select(
+            vec![remote_client.clone(), unrelated, local_client.clone()],
+            DEFAULT_FLOW_LIMIT,
+        );
+        assert_eq!(kept, vec![local_client]);
     }
 
     #[test]

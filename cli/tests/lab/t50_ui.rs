@@ -331,6 +331,23 @@ fn the_web_ui_maps_workloads_and_shows_the_denied_flow_as_a_red_edge() {
         .collect();
     assert!(!verdicts.is_empty(), "no rows: {dom}");
     assert!(verdicts.iter().all(|v| *v == "DROPPED"), "{verdicts:?}");
+    // Pod and protocol filters: n1-p1's HTTP requests only.
+    let dom = chromium(
+        &profile.0,
+        &format!("{base}/#namespace=default&pod=n1-p1&protocol=http&{fragment}"),
+        None,
+    );
+    let rows: Vec<BTreeMap<String, String>> = tags(&dom, "tr")
+        .into_iter()
+        .filter(|r| r.contains_key("data-uuid"))
+        .collect();
+    assert!(rows.len() >= 2, "GET /get and GET /admin: {dom}");
+    assert!(
+        rows.iter().all(|r| r["data-protocol"] == "HTTP"
+            && r["data-from"] == "default/n1-p1"
+            && r["data-to"] == "default/n2-p1"),
+        "{rows:?}"
+    );
 
     if let Ok(path) = std::env::var("PALISADE_UI_SCREENSHOT") {
         chromium(

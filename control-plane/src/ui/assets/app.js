@@ -181,7 +181,11 @@ function renderMap(map) {
       const len = Math.hypot(x2 - x1, y2 - y1) || 1;
       const cx = mx - ((y2 - y1) / len) * bend, cy = my + ((x2 - x1) / len) * bend;
       d = `M${x1},${y1} Q${cx},${cy} ${x2},${y2}`;
-      lx = (x1 + 2 * cx + x2) / 4; ly = (y1 + 2 * cy + y2) / 4;
+      // On the curve: its middle for a bent pair, nearer the source for a lone edge, so
+      // labels of edges converging on one workload do not pile up at its door.
+      const t = both ? 0.5 : 0.35;
+      lx = (1 - t) * (1 - t) * x1 + 2 * t * (1 - t) * cx + t * t * x2;
+      ly = (1 - t) * (1 - t) * y1 + 2 * t * (1 - t) * cy + t * t * y2;
       above = cy <= (y1 + y2) / 2;
     }
     const g = el("g", { class: "map-edge" }, edgeLayer);
