@@ -261,7 +261,7 @@ struct MatrixArgs {
     output: Output,
 }
 
-fn parse_lab_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_lab_name(s: &str) -> Result<String, String> {
     palisade_lab::validate_name(s)
         .map(|()| s.to_string())
         .map_err(|e| e.to_string())

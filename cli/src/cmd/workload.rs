@@ -110,6 +110,11 @@ struct ServeArgs {
     /// input gets 400).
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     http: Option<PortList>,
+    /// HTTP/1.1 ports serving a small httpbin-like REST API: `GET /get`, `POST /post`,
+    /// `GET /headers`, `GET /ip` answer 200 with JSON; a known path with the wrong method 405,
+    /// anything else 404 (the tutorial's `api` tier).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    api: Option<PortList>,
     /// Name put in every reply (the lab passes the pod name).
     #[arg(long, default_value = "workload")]
     name: String,
@@ -147,6 +152,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         tcp: a.tcp.map(|p| p.0).unwrap_or_default(),
         udp: a.udp.map(|p| p.0).unwrap_or_default(),
         http: a.http.map(|p| p.0).unwrap_or_default(),
+        api: a.api.map(|p| p.0).unwrap_or_default(),
     };
     match Server::bind(&cfg).context("workload serve") {
         Ok(server) => {
