@@ -1,5 +1,6 @@
-//! DNS and `toFQDNs`: a real DNS server (dnsmasq) in pod n1-p2 serves a test zone, real servers
-//! (lab externals) sit behind its names, and n1-p1's egress policy allows DNS to n1-p2 with
+//! DNS and `toFQDNs`: a real DNS server (dnsmasq) in pod n2-p1 (another node, across the
+//! WireGuard tunnel, as kube-dns usually is) serves a test zone, real servers (lab externals)
+//! sit behind its names, and n1-p1's egress policy allows DNS to n2-p1 with
 //! `rules.dns` and TCP 80 only to `toFQDNs` names. The agent's DNS proxy intercepts n1-p1's
 //! queries (UDP and TCP; the pod changes nothing): names no DNS rule allows are REFUSED, the
 //! addresses of allowed answers are programmed before the answer is released so the first
@@ -18,8 +19,8 @@ use palisade_lab::state::{agent_socket, state_dir};
 
 use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
 
-/// The DNS server pod's address (n1-p2).
-const DNS: &str = "10.200.1.12";
+/// The DNS server pod's address (n2-p1).
+const DNS: &str = "10.200.2.11";
 /// TTL dnsmasq answers with (s); the agent's default grace period is 5 s.
 const TTL: u32 = 2;
 
@@ -29,7 +30,7 @@ metadata: {name: fqdn-egress}
 spec:
   endpointSelector: {matchLabels: {app: n1-p1}}
   egress:
-  - toEndpoints: [{matchLabels: {app: n1-p2}}]
+  - toEndpoints: [{matchLabels: {app: n2-p1}}]
     toPorts:
     - ports: [{port: '53', protocol: UDP}, {port: '53', protocol: TCP}]
       rules:
@@ -132,7 +133,7 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
         "--name",
         &lab,
         "--nodes",
-        "1",
+        "2",
         "--pods-per-node",
         "2",
         "--control-plane-voters",
@@ -149,7 +150,7 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
     }
     ok(&args);
     let dnsmasq = Dnsmasq::start(
-        &format!("pal-{lab}-n1-p2"),
+        &format!("pal-{lab}-n2-p1"),
         &state_dir(&lab).join("dns"),
         &records("10.96.0.11"),
         TTL,

@@ -26,6 +26,7 @@ mod decide;
 mod flow;
 mod server;
 
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -96,6 +97,11 @@ pub struct LearnRequest {
     pub done: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The (name, address) pairs the datapath holds, with when each leaves: an answer whose pairs
+/// are all there, well before leaving, is released without waiting for the run loop (the new
+/// TTL is recorded asynchronously; the address is already allowed).
+pub type Programmed = Arc<RwLock<HashMap<(String, IpAddr), Instant>>>;
+
 /// The proxy's side of the channel to the run loop.
 #[derive(Debug, Clone)]
 pub struct Learner {
@@ -126,6 +132,8 @@ pub struct DnsProxy {
     wake: UnixStream,
     /// Learned addresses (owned by the run loop).
     cache: FqdnCache,
+    /// What the datapath holds, as the query tasks see it.
+    programmed: Programmed,
     applied: Option<Vec<Redirect>>,
     last_error: Option<String>,
 }
@@ -147,7 +155,9 @@ impl DnsProxy {
         let (tx, requests) = mpsc::channel();
         let view = Arc::new(RwLock::new(ProxyView::default()));
         let flows = Arc::new(FlowLog::new(config.flow_capacity));
+        let programmed: Programmed = Arc::default();
         let shared = Arc::new(server::Shared {
+            programmed: programmed.clone(),
             view: view.clone(),
             flows: flows.clone(),
             learner: Learner {
@@ -184,6 +194,7 @@ impl DnsProxy {
             .map_err(ProxyError::Runtime)?;
         Ok(DnsProxy {
             cache: FqdnCache::new(config.limits),
+            programmed,
             config,
             view,
             flows,
@@ -221,6 +232,18 @@ impl DnsProxy {
     /// The learned addresses.
     pub fn cache(&self) -> &FqdnCache {
         &self.cache
+    }
+
+    /// Publishes which learned pairs the datapath holds (`held`: whether an address is
+    /// programmed with that name, or is a pod's or the node's and needs nothing).
+    pub fn publish_programmed(&self, held: impl Fn(&str, IpAddr) -> bool) {
+        let snapshot: HashMap<(String, IpAddr), Instant> = self
+            .cache
+            .deadlines()
+            .filter(|(n, ip, _)| held(n, *ip))
+            .map(|(n, ip, t)| ((n.to_string(), ip), t))
+            .collect();
+        *self.programmed.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
     }
 
     /// Forgets addresses past TTL and grace; whether any went.

@@ -1207,19 +1207,24 @@ impl Agent {
                 Err(e) => eprintln!("palisade agent: dns: identity for {ip}: {e}"),
             }
         }
-        if gone.is_empty() && write.is_empty() {
-            return;
-        }
-        if let Err(e) = self.resync() {
-            eprintln!("palisade agent: dns: policy sync: {e}");
-        }
-        for (ip, names, id) in write {
-            match self.dp.upsert_ipcache(ip, host_prefix(ip), id) {
-                Ok(()) => {
-                    self.fqdn_programmed.insert(ip, (names, id));
-                }
-                Err(e) => eprintln!("palisade agent: dns: ipcache {ip}: {e}"),
+        if !gone.is_empty() || !write.is_empty() {
+            if let Err(e) = self.resync() {
+                eprintln!("palisade agent: dns: policy sync: {e}");
             }
+            for (ip, names, id) in write {
+                match self.dp.upsert_ipcache(ip, host_prefix(ip), id) {
+                    Ok(()) => {
+                        self.fqdn_programmed.insert(ip, (names, id));
+                    }
+                    Err(e) => eprintln!("palisade agent: dns: ipcache {ip}: {e}"),
+                }
+            }
+        }
+        if let Some(dns) = &self.dns {
+            let programmed = &self.fqdn_programmed;
+            dns.publish_programmed(|name, ip| {
+                known.contains(&ip) || programmed.get(&ip).is_some_and(|(n, _)| n.contains(name))
+            });
         }
     }
 

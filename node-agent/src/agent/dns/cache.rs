@@ -89,6 +89,14 @@ impl FqdnCache {
             .map(|t| *t + self.limits.grace)
     }
 
+    /// Every (name, address) pair with the moment it leaves (expiry plus grace).
+    pub fn deadlines(&self) -> impl Iterator<Item = (&str, IpAddr, Instant)> + '_ {
+        self.names.iter().flat_map(move |(n, ips)| {
+            ips.iter()
+                .map(move |(ip, t)| (n.as_str(), *ip, *t + self.limits.grace))
+        })
+    }
+
     /// Every address still allowed, with the names that resolved to it.
     pub fn by_ip(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
         let mut out: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 use super::decide::{QueryVerdict, name_verdict};
 use super::flow::{DnsFlow, DnsVerdict, FlowLog};
-use super::{Learned, Learner};
+use super::{Learned, Learner, Programmed};
 use crate::agent::proxy::view::{L4Verdict, PROTO_TCP, PROTO_UDP};
 use crate::agent::proxy::{FlowPeer, ProxyView};
 
@@ -37,6 +37,9 @@ use crate::agent::proxy::{FlowPeer, ProxyView};
 const TCP_IDLE: Duration = Duration::from_secs(30);
 /// Longest the answer waits for the run loop to program its addresses.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// An answer whose addresses are all programmed for at least this long more is released at
+/// once (the run loop records the new TTL within a pass, ≤ 1 s).
+const FAST_PATH_MARGIN: Duration = Duration::from_secs(3);
 
 /// What every query task shares.
 pub struct Shared {
@@ -46,6 +49,8 @@ pub struct Shared {
     pub flows: Arc<FlowLog<DnsFlow>>,
     /// Where learned addresses go.
     pub learner: Learner,
+    /// What the datapath already holds.
+    pub programmed: Programmed,
     /// How long the upstream has to answer.
     pub upstream_timeout: Duration,
 }
@@ -396,7 +401,21 @@ async fn handle(
         min_ttl = min_ttl.min(r.ttl);
     }
     flow.ttl = if flow.ips.is_empty() { 0 } else { min_ttl };
-    if !learned.is_empty() {
+    let held = {
+        let p = shared.programmed.read().unwrap_or_else(|p| p.into_inner());
+        let soon = Instant::now() + FAST_PATH_MARGIN;
+        learned
+            .iter()
+            .all(|l| p.get(&(l.name.clone(), l.ip)).is_some_and(|t| *t > soon))
+    };
+    if held {
+        // Already allowed, and for a while yet: only the TTL is news, recorded in the
+        // background.
+        let learner = shared.learner.clone();
+        tokio::spawn(async move {
+            let _ = learner.learn(learned).await;
+        });
+    } else if !learned.is_empty() {
         // The answer waits until the datapath allows its addresses: the pod's first
         // connection must not race the policy.
         match tokio::time::timeout(PROGRAM_TIMEOUT, shared.learner.learn(learned)).await {

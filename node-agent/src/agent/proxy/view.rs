@@ -212,7 +212,10 @@ impl ProxyView {
                     L7Kind::Http => !l.http.is_empty(),
                     L7Kind::Dns => l.http.is_empty() && !l.dns.is_empty(),
                 };
+                // The DNS proxy answers a pod's own queries: egress only (the policy engine
+                // refuses DNS rules on ingress, as Cilium does).
                 if v.verdict != VERDICT_REDIRECT
+                    || (kind == L7Kind::Dns && direction == Direction::Ingress)
                     || !m.l7.get(k).is_some_and(|s| s.iter().any(|l| has_rules(l)))
                 {
                     continue;
@@ -433,6 +436,48 @@ mod tests {
             v.ingress("10.0.0.9:80".parse().unwrap(), "10.0.0.6".parse().unwrap())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn dns_redirects_are_egress_udp_and_tcp_and_leave_http_alone() {
+        let mut v = view();
+        let local = v.locals.values_mut().next().unwrap();
+        let mut m = (*local.policy).clone();
+        let dns = Arc::new(L7 {
+            http: vec![],
+            dns: vec![palisade_policy::selector::FqdnMatch::Pattern("*".into())],
+        });
+        // Egress to identity 301 on port 53, UDP and TCP (what `protocol: ANY` compiles to).
+        for protocol in [PROTO_UDP, PROTO_TCP] {
+            let k = PolicyKey {
+                direction: palisade_policy::mapstate::DIR_EGRESS,
+                protocol,
+                ..key(301, 53)
+            };
+            m.entries.insert(k, value(VERDICT_REDIRECT));
+            m.l7.insert(k, vec![dns.clone()]);
+        }
+        local.policy = Arc::new(m);
+        let d = v.redirects_of(L7Kind::Dns);
+        let got: Vec<(u8, RedirectDirection, (u16, u16))> = d
+            .iter()
+            .map(|r| (r.protocol, r.direction, r.ports))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (PROTO_TCP, RedirectDirection::Egress, (53, 53)),
+                (PROTO_UDP, RedirectDirection::Egress, (53, 53)),
+            ]
+        );
+        let only_301: BTreeSet<IpAddr> = ["10.0.0.7".parse().unwrap()].into();
+        assert!(
+            d.iter().all(|r| r.peers == PeerSet::Only(only_301.clone())),
+            "{d:?}"
+        );
+        // The HTTP proxy's redirects are unchanged by the DNS entry.
+        assert_eq!(v.redirects().len(), 1);
+        assert!(v.redirects().iter().all(|r| r.protocol == PROTO_TCP));
     }
 
     #[test]
