@@ -32,7 +32,7 @@ lint: bootstrap ## rustfmt and clippy, warnings are errors.
 bench: bootstrap ## Run the benchmarks and print their figures (see docs/BENCHMARKS.md).
 	@bash bench/run.sh
 
-demo: bootstrap ## A 3-voter control plane, 2 nodes x 3 pods via CNI, a policy enforced before/after.
+demo: bootstrap ## The zero-trust tutorial: 3 voters, 2 nodes with WireGuard, a 3-tier app, 9 policies, real traffic.
 	@bash scripts/require-root.sh
 	$(CARGO) build --release -p palisade-cli -p palisade-cni
 	@bash scripts/demo.sh "$(PALISADE_RELEASE)" "$(DEMO_LAB)"

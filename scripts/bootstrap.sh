@@ -14,8 +14,10 @@ APT_PACKAGES=(
   librocksdb-dev libclang-dev                                                   # rocksdb crate
   protobuf-compiler                                                             # prost / tonic
   iproute2 iputils-ping nftables iptables iperf3 tcpdump ethtool               # lab + benches
-  redis-server dnsmasq wireguard-go                                             # demo workloads / bench baseline
+  redis-server dnsmasq wireguard-go                                             # demo workloads, DNS lab test (t61) / bench baseline
   curl                                                                          # L7 lab tests (HTTP/1.1 and h2c client)
+  bind9-dnsutils                                                                # dig: the tutorial's DNS probes
+  chromium                                                                      # web UI test (headless) and its screenshot
 )
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -40,8 +42,13 @@ fi
 for svc in redis-server dnsmasq; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
 done
-pkill -x redis-server 2>/dev/null || true
-pkill -x dnsmasq 2>/dev/null || true
+# Only the system daemons (their init scripts' pid files, their command lines): a lab's own
+# redis-server and dnsmasq (the tutorial's db and kube-dns pods) keep running through a bootstrap.
+for svc in redis-server dnsmasq; do
+  if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+done
+pkill -f '^/usr/bin/redis-server 127\.0\.0\.1:6379' 2>/dev/null || true
+pkill -f -- '-x /run/dnsmasq/dnsmasq\.pid' 2>/dev/null || true
 
 # --- kubectl ---------------------------------------------------------------------------------
 # The Kubernetes-compatible policy API's tests drive the real kubectl. Any kubectl already on

@@ -12,6 +12,9 @@ pub mod mirror;
 pub mod node;
 pub mod observe;
 pub mod policy;
+pub mod status;
+pub mod tutorial;
+pub mod ui;
 pub mod workload;
 
 use std::process::ExitCode;

@@ -22,6 +22,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The fabric at a glance (like `cilium status`): control plane, nodes, policy revision,
+    /// identities, and every reachable agent's connection, endpoints and encryption.
+    Status(cmd::status::Args),
     /// Build, inspect, probe and tear down a local multi-node lab made of network namespaces.
     Lab(cmd::lab::Args),
     /// Serve or probe TCP/UDP ports from inside a pod (in the spirit of Kubernetes' agnhost).
@@ -50,6 +53,12 @@ enum Command {
     Mirror(cmd::mirror::Args),
     /// Flows seen by agents (or the control plane's relay), filtered as `hubble observe` does.
     Observe(Box<cmd::observe::Args>),
+    /// The zero-trust tutorial end to end: a lab, a three-tier app, nine policies applied one at
+    /// a time, real traffic checked against expectations after each (what `make demo` runs).
+    Tutorial(cmd::tutorial::Args),
+    /// Open a lab's web UI (service map, flow table) from this host: forwards a local port to
+    /// the lab's control plane and prints the URL.
+    Ui(cmd::ui::Args),
     /// Run a control-plane member (Raft voter or learner serving the API), or manage the
     /// cluster CA and certificates (`palisade controlplane certs ...`).
     Controlplane(Box<palisade_control_plane::daemon::Args>),
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         Err(e) => return cmd::clap_error(e),
     };
     match cli.command {
+        Command::Status(args) => cmd::status::run(args),
         Command::Lab(args) => cmd::lab::run(args),
         Command::Workload(args) => cmd::workload::run(args),
         Command::Policy(args) => cmd::policy::run(args),
@@ -73,6 +83,8 @@ fn main() -> ExitCode {
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Mirror(args) => cmd::mirror::run(args),
         Command::Observe(args) => cmd::observe::run(*args),
+        Command::Tutorial(args) => cmd::tutorial::run(args),
+        Command::Ui(args) => cmd::ui::run(args),
         Command::Controlplane(args) => palisade_control_plane::daemon::main_with(*args),
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     /// `grpc_listen` asks at each registered node's address.
     #[serde(default = "default_hubble_port")]
     pub hubble_port: u16,
+    /// Listen address of the web UI (plain HTTP; see [`crate::ui`] for who may reach it); not
+    /// served when unset. The daemon's bare `--ui-listen` means [`crate::ui::DEFAULT_UI_LISTEN`].
+    #[serde(default)]
+    pub ui_listen: Option<SocketAddr>,
     /// The initial members, this one included, used by `init` (empty: a single-member cluster).
     #[serde(default)]
     pub peers: BTreeMap<NodeId, Member>,

@@ -93,7 +93,7 @@ pub enum CertsCommand {
 pub struct RunArgs {
     /// Read the whole configuration from this JSON file (the fields of `Config`) instead of
     /// the flags below.
-    #[arg(long, conflicts_with_all = ["id", "data_dir", "raft_listen", "api_listen", "grpc_listen", "peer", "init", "tls_dir"])]
+    #[arg(long, conflicts_with_all = ["id", "data_dir", "raft_listen", "api_listen", "grpc_listen", "ui_listen", "peer", "init", "tls_dir"])]
     pub config: Option<PathBuf>,
     /// Raft id of this member (≥ 1).
     #[arg(long)]
@@ -111,6 +111,12 @@ pub struct RunArgs {
     /// identities, nodes, endpoints, cluster status, the change stream). Not served without it.
     #[arg(long)]
     pub grpc_listen: Option<SocketAddr>,
+    /// Serve the web UI (service map and flow table from the flow relay) on this address; a
+    /// bare `--ui-listen` means 127.0.0.1:12000 (Hubble UI's port, loopback only). Plain HTTP:
+    /// keep it on loopback and reach it through a tunnel (`palisade ui --lab` for a lab); with
+    /// token files its data needs a read token. Not served without the flag.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::ui::DEFAULT_UI_LISTEN)]
+    pub ui_listen: Option<SocketAddr>,
     /// Port of the agents' flow observers (`palisade agent run --hubble-listen`): the flow
     /// relay (`observer.Observer`, served on --grpc-listen) asks each registered node's address
     /// on it, presenting this member's certificate when --tls-dir is given.
@@ -273,6 +279,7 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
         api_listen: args.api_listen.ok_or_else(|| missing("--api-listen"))?,
         grpc_listen: args.grpc_listen,
         hubble_port: args.hubble_port,
+        ui_listen: args.ui_listen,
         peers,
         init: args.init,
         snapshot_logs: args.snapshot_logs,
@@ -460,6 +467,29 @@ mod tests {
         assert_eq!(c.grpc_listen, "127.0.0.1:9001".parse().ok());
         assert_eq!(c.tls_dir, Some(PathBuf::from("/tmp/tls")));
         assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.ui_listen, None, "the web UI is opt-in");
+        // A bare --ui-listen is Hubble UI's port on loopback; an address is taken as given.
+        let base = [
+            "palisade-controlplane",
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--raft-listen",
+            "127.0.0.1:7001",
+            "--api-listen",
+            "127.0.0.1:8001",
+        ];
+        let ui = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Args::try_parse_from(argv).map(|a| a.run.ui_listen)
+        };
+        assert_eq!(ui(&["--ui-listen"])?, "127.0.0.1:12000".parse().ok());
+        assert_eq!(
+            ui(&["--ui-listen", "10.97.0.1:12001"])?,
+            "10.97.0.1:12001".parse().ok()
+        );
+        assert!(ui(&["--ui-listen", "nowhere"]).is_err());
         let a = Args::try_parse_from([
             "palisade-controlplane",
             "certs",

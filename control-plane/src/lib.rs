@@ -17,7 +17,8 @@
 //! and the applied state in RocksDB; `network` and `grpc::raft_service` carry Raft between
 //! members; `http_api` (REST) and `grpc::automation` (gRPC) are the client APIs, both calling
 //! `ops`; `node` wires them into one running member; `tls` holds the cluster CA, the
-//! certificates and the rustls configs of the ports; `daemon` is the daemon's command line (the
+//! certificates and the rustls configs of the ports; `ui` serves the web UI (service map, flow
+//! table) from the flow relay; `daemon` is the daemon's command line (the
 //! binary and the `palisade` CLI both run it).
 #![forbid(unsafe_code)]
 
@@ -38,6 +39,7 @@ pub mod ops;
 pub mod proposer;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod validate;
 
 use std::fmt;

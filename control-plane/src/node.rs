@@ -1,5 +1,6 @@
 //! Wiring of one control-plane member: store, Raft, the peer service, the client APIs (REST and,
-//! with `grpc_listen`, the automation gRPC API) and the metrics task, with a handle to shut them
+//! with `grpc_listen`, the automation gRPC API and the flow relay), the web UI (with
+//! `ui_listen`) and the metrics task, with a handle to shut them
 //! down.
 
 use std::net::SocketAddr;
@@ -89,6 +90,8 @@ pub struct ControlPlane {
     pub api_addr: SocketAddr,
     /// Bound address of the automation gRPC API, when served.
     pub grpc_addr: Option<SocketAddr>,
+    /// Bound address of the web UI, when served.
+    pub ui_addr: Option<SocketAddr>,
     raft: Raft,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -226,6 +229,44 @@ pub async fn start(
         }),
     });
 
+    // The flow relay answers both the gRPC observer and the web UI.
+    let automation = Automation::new(ops.clone(), tokens.clone(), shutdown_rx.clone());
+    let relay = Relay::new(
+        ops.clone(),
+        automation.clone(),
+        config.hubble_port,
+        tls.as_ref().map(TlsMaterial::agent_client),
+    );
+
+    // Web UI (optional, plain HTTP; see crate::ui for who may reach it).
+    let ui_addr = match config.ui_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local_addr(&listener, addr)?;
+            if !bound.ip().is_loopback() && !tokens.enabled() {
+                tracing::warn!(%bound, "the web UI shows every flow to whoever reaches this non-loopback address (no token files)");
+            }
+            let app = crate::ui::router(crate::ui::Ui::new(
+                relay.clone(),
+                ops.clone(),
+                tokens.clone(),
+            ));
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "web ui stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+
     // Automation gRPC API (optional).
     let grpc_addr = match config.grpc_listen {
         Some(addr) => {
@@ -237,13 +278,6 @@ pub async fn start(
                     .tls_config(m.grpc_api_server())
                     .map_err(StartError::GrpcTls)?;
             }
-            let automation = Automation::new(ops.clone(), tokens, shutdown_rx.clone());
-            let relay = Relay::new(
-                ops,
-                automation.clone(),
-                config.hubble_port,
-                tls.as_ref().map(TlsMaterial::agent_client),
-            );
             let routes = automation.routes().add_service(ObserverServer::new(relay));
             let mut rx = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -300,12 +334,13 @@ pub async fn start(
         }
     }
 
-    tracing::info!(id = config.id, %raft_addr, %api_addr, grpc_addr = ?grpc_addr, "control-plane member started");
+    tracing::info!(id = config.id, %raft_addr, %api_addr, grpc_addr = ?grpc_addr, ui_addr = ?ui_addr, "control-plane member started");
     Ok(ControlPlane {
         cluster,
         raft_addr,
         api_addr,
         grpc_addr,
+        ui_addr,
         raft,
         shutdown,
         tasks,

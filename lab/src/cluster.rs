@@ -164,8 +164,9 @@ fn certs(state: &LabState, args: &[&str]) -> Result<(), LabError> {
 }
 
 /// The lab's cluster CA, a certificate per member (IP SAN of the control plane's host) and per
-/// node (role node, so an agent can act for its own node only), the CLI's trust directory, and an
-/// admin token. All under the lab's state directory, removed by `down`.
+/// node (role node, so an agent can act for its own node only), the CLI's trust directory, an
+/// admin token and a read token (the web UI's). All under the lab's state directory, removed by
+/// `down`.
 fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     let pki = ClusterState::pki_dir(&state.name);
     let ca = pki.join("ca");
@@ -210,11 +211,6 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
     let operator = c.operator_tls_dir(&state.name);
     fs::create_dir_all(&operator).map_err(io("create", &operator))?;
     fs::copy(ca.join("ca.pem"), operator.join("ca.pem")).map_err(io("write", &operator))?;
-    let mut secret = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut secret))
-        .map_err(io("read", Path::new("/dev/urandom")))?;
-    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     // The cluster gossip key every agent seals its gossip with (0600, like every secret here).
     let mut gossip = [0u8; 32];
     fs::File::open("/dev/urandom")
@@ -233,8 +229,15 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
         let hex: String = gossip.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(f, "{hex}").map_err(io("write", &gossip_file))?;
     }
-    let file = c.admin_token_file(&state.name);
-    {
+    for file in [
+        c.admin_token_file(&state.name),
+        ClusterState::read_token_file(&state.name),
+    ] {
+        let mut secret = [0u8; 24];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .map_err(io("read", Path::new("/dev/urandom")))?;
+        let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = fs::OpenOptions::new()
@@ -280,6 +283,13 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
                 .to_string(),
             "--admin-token-file".to_string(),
             c.admin_token_file(&state.name).display().to_string(),
+            "--read-token-file".to_string(),
+            ClusterState::read_token_file(&state.name)
+                .display()
+                .to_string(),
+            // The web UI, reached from the host through `palisade ui --lab`.
+            "--ui-listen".to_string(),
+            ClusterState::voter_ui_addr(k),
             "--init".to_string(),
         ];
         args.extend(peers.iter().cloned());
@@ -448,6 +458,9 @@ fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String,
         "agentSocket": agent_socket(&state.name, &node.name),
         "args": {"cni": {"labels": labels}},
     });
+    if let Some(sa) = &pod.service_account {
+        conf["args"]["cni"]["serviceAccount"] = serde_json::json!(sa);
+    }
     if state.cluster.as_ref().is_some_and(|c| c.encryption) {
         // The tunnel's MTU (1420), as Cilium lowers pod MTUs when WireGuard is on: a full-size
         // pod packet would not fit the tunnel.
@@ -508,6 +521,121 @@ fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String,
             status: "no host interface in the result".to_string(),
             stderr: stdout.into_owned(),
         })
+}
+
+/// Restarts a pod the way a runtime replaces a dead sandbox: every process inside it is killed,
+/// `palisade-cni DEL` releases it, its namespace is deleted, and a fresh namespace gets the node's
+/// next free address through `palisade-cni ADD` (never the old one, so the restart is visible as
+/// a new IP, as in Kubernetes). Returns the new address; the pod's processes are the caller's to
+/// start again.
+pub(crate) fn restart_pod(state: &mut LabState, name: &str) -> Result<IpAddr, LabError> {
+    let Some(cluster) = state.cluster.clone() else {
+        return Err(LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{name}`: restarting a pod needs a lab with a cluster"),
+        });
+    };
+    let Some(index) = state.pods.iter().position(|p| p.name == name) else {
+        return Err(LabError::UnknownPod {
+            lab: state.name.clone(),
+            pod: name.to_string(),
+            known: state.pod_names(),
+        });
+    };
+    let pod = state.pods[index].clone();
+    let node = state
+        .node(&pod.node)
+        .cloned()
+        .ok_or_else(|| LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{name}` names unknown node `{}`", pod.node),
+        })?;
+    // Processes keep a namespace alive: kill them first, and forget their records.
+    let pids: Vec<u32> = crate::procs::pids_in_netns(std::slice::from_ref(&pod.netns))
+        .into_values()
+        .flatten()
+        .collect();
+    pids.iter().for_each(|p| crate::procs::kill_now(*p));
+    crate::procs::wait_gone(&pids, Duration::from_secs(5));
+    state
+        .processes
+        .retain(|r| r.netns.as_deref() != Some(pod.netns.as_str()));
+    cni_del(state, &cluster, &pod, &node.netns)?;
+    crate::exec::ip(&["netns", "del", &pod.netns])?;
+    let taken: Vec<IpAddr> = state.pods.iter().map(|p| p.ip).collect();
+    let new_ip = (1..=spec::MAX_PODS_PER_NODE)
+        .filter_map(|k| crate::plan::pod_ip(node.pod_cidr, k))
+        .map(IpAddr::V4)
+        .find(|ip| !taken.contains(ip))
+        .ok_or_else(|| LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{name}`: node `{}` has no free address", node.name),
+        })?;
+    state.pods[index].ip = new_ip;
+    state.save()?;
+    let host_iface = add_pod(state, &cluster, &state.pods[index])?;
+    state.pods[index].host_iface = host_iface;
+    state.save()?;
+    // Hosts outside the cluster route each pod by /32 via its node (see `up`): move the route.
+    for x in &state.externals {
+        let _ = crate::exec::ip(&["-n", &x.netns, "route", "del", &format!("{}/32", pod.ip)]);
+        crate::exec::ip(&[
+            "-n",
+            &x.netns,
+            "route",
+            "replace",
+            &format!("{new_ip}/32"),
+            "via",
+            &node.underlay_ip.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    Ok(new_ip)
+}
+
+/// `palisade-cni DEL` for a pod, inside its node, as a runtime calls it when a sandbox goes.
+fn cni_del(
+    state: &LabState,
+    c: &ClusterState,
+    pod: &PodState,
+    node_netns: &str,
+) -> Result<(), LabError> {
+    let node_name = &pod.node;
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "palisade",
+        "type": "palisade-cni",
+        "agentSocket": agent_socket(&state.name, node_name),
+    });
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node_netns])
+        .arg(&c.cni_bin)
+        .env("CNI_COMMAND", "DEL")
+        .env("CNI_CONTAINERID", container_id(&state.name, &pod.name))
+        .env("CNI_NETNS", Path::new("/run/netns").join(&pod.netns))
+        .env("CNI_IFNAME", &pod.iface)
+        .env(
+            "CNI_PATH",
+            c.cni_bin.parent().unwrap_or(Path::new("/")).as_os_str(),
+        )
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace,
+                pod.name.replace('/', "-")
+            ),
+        );
+    let out = run_output(&mut cmd, Some(&conf.to_string()))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: format!("palisade-cni DEL for pod `{}`", pod.name),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The container id the lab's runtime role uses for a pod (CNI ids are `[A-Za-z0-9_.-]`).

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -120,6 +121,11 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
         }
     }
 
+    // Per-namespace resolver files (`ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf)
+    // written by `Lab::set_pod_resolver`.
+    for ns in &targets {
+        let _ = fs::remove_dir_all(Path::new(crate::state::NETNS_ETC).join(ns));
+    }
     // Agents' pinned maps outlive them by design; the lab's go with the lab.
     let _ = fs::remove_dir_all(crate::state::pin_root(name));
     let dir = state_dir(name);

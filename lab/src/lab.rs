@@ -204,6 +204,31 @@ impl Lab {
         exec_in(&self.node_state(node)?.netns, program, args)
     }
 
+    /// Gives a pod its resolver configuration, as the kubelet writes a pod's `/etc/resolv.conf`:
+    /// every command run in the pod with `ip netns exec` (probes, `curl`, `dig`) reads it. `down`
+    /// removes it with the namespace.
+    pub fn set_pod_resolver(&self, pod: &str, resolv_conf: &str) -> Result<(), LabError> {
+        let dir = Path::new(crate::state::NETNS_ETC).join(&self.pod_state(pod)?.netns);
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LabError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let file = dir.join("resolv.conf");
+        std::fs::write(&file, resolv_conf).map_err(io("write", &file))
+    }
+
+    /// Restarts a pod with a new address (processes killed, CNI DEL, new namespace, CNI ADD) and
+    /// returns the address; see [`crate::cluster`]. Only for labs that run a cluster.
+    pub fn restart_pod(&mut self, pod: &str) -> Result<IpAddr, LabError> {
+        self.reload()?;
+        crate::cluster::restart_pod(&mut self.state, pod)
+    }
+
     /// Fault injection: takes a node's underlay link (`eth0`) down or back up. While it is down
     /// the node is cut off from every other node; pods on the same node still reach each other.
     pub fn set_underlay(&self, node: &str, up: bool) -> Result<(), LabError> {

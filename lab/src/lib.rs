@@ -40,6 +40,7 @@
 
 mod cidr;
 pub mod cluster;
+pub mod dns;
 pub mod down;
 mod error;
 pub mod exec;

@@ -103,6 +103,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
                 host_iface: host_iface(j),
                 ip: pod_ip(pod_cidr, j)?.into(),
                 name,
+                service_account: None,
             });
         }
         nodes.push(NodeState {
@@ -144,6 +145,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             iface: ETH0.to_string(),
             host_iface: host_iface(j),
             ip: ip.into(),
+            service_account: p.service_account.clone(),
         });
     }
     let mut externals: Vec<ExternalState> = s

@@ -94,6 +94,9 @@ pub struct PodPlan {
     pub node: usize,
     /// Address; the next free one of the node's pod CIDR when `None`.
     pub ip: Option<Ipv4Addr>,
+    /// Kubernetes service account, handed to the CNI plugin as `args.cni.serviceAccount` (the
+    /// agent turns it into the `io.cilium.k8s.policy.serviceaccount` label, as Cilium does).
+    pub service_account: Option<String>,
 }
 
 /// A host outside the cluster.

@@ -18,6 +18,10 @@ pub const STATE_ROOT: &str = "/run/palisade/labs";
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
 
+/// Where `ip netns exec` looks for per-namespace files (`<ns>/resolv.conf` replaces the
+/// namespace's /etc/resolv.conf for the command it runs).
+pub const NETNS_ETC: &str = "/etc/netns";
+
 /// The state directory of a lab.
 pub fn state_dir(lab: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(lab)
@@ -150,6 +154,17 @@ impl ClusterState {
     pub fn voter_grpc_addr(k: usize) -> String {
         format!("{}:{}", crate::spec::CP_HOST_IP, 9000 + k)
     }
+
+    /// Voter `k`'s web UI address: Hubble UI's port 12000 for the first voter, 12001 for the
+    /// second, ...
+    pub fn voter_ui_addr(k: usize) -> String {
+        format!("{}:{}", crate::spec::CP_HOST_IP, 11_999 + k)
+    }
+
+    /// The lab's read-only bearer token (mode 0600): what the web UI's link carries.
+    pub fn read_token_file(lab: &str) -> PathBuf {
+        state_dir(lab).join("read.token")
+    }
 }
 
 /// The directory of node `node`'s agent (socket, state) in lab `lab`.
@@ -230,6 +245,9 @@ pub struct PodState {
     pub host_iface: String,
     /// `10.200.i.(10+j)`, a /32 on `eth0`.
     pub ip: IpAddr,
+    /// Kubernetes service account (explicitly placed pods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// What a recorded process is for.

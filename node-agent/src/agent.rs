@@ -29,10 +29,15 @@
 //! With the L7 proxy (`l7_proxy` in the config), `proxy::L7Proxy` enforces the HTTP rules of
 //! local endpoints' ingress policy: after every sync the run loop publishes a `ProxyView`, the
 //! proxy steers redirected peers to itself with TPROXY rules and judges each request.
+//!
+//! With the DNS proxy (`dns_proxy`), `dns::DnsProxy` enforces `rules.dns` of egress policy the
+//! same way and hands the addresses in the answers it allows back to the run loop, which gives
+//! them `toFQDNs` identities in the engine, maps and ipcache before the answer is released.
 
 mod cluster_view;
 mod config;
 mod control_plane;
+pub mod dns;
 mod encryption;
 pub mod flows;
 mod gossip;
@@ -63,6 +68,11 @@ pub mod encryption_defaults {
     pub const PORT: u16 = super::encryption::DEFAULT_PORT;
     /// Interface name.
     pub const INTERFACE: &str = super::encryption::DEFAULT_INTERFACE;
+}
+/// Defaults of the DNS proxy settings, for flags.
+pub mod dns_defaults {
+    /// Proxy port.
+    pub const PORT: u16 = super::dns::DEFAULT_PORT;
 }
 /// Defaults of the L7 proxy settings, for flags.
 pub mod proxy_defaults {

@@ -375,6 +375,29 @@ impl Datapath {
             .map_err(|source| map_err(endpoint::MAP_NAME, source))
     }
 
+    /// Every ipcache entry currently in the kernel, as (address, prefix length, identity).
+    pub fn ipcache_entries(&self) -> Result<Vec<(IpAddr, u8, u32)>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(ipcache::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(ipcache::MAP_NAME))?;
+        let map: LpmTrie<_, IpcacheKey, IpcacheValue> =
+            LpmTrie::try_from(map).map_err(|source| map_err(ipcache::MAP_NAME, source))?;
+        let mut out = Vec::new();
+        for r in map.iter() {
+            let (k, v) = r.map_err(|source| map_err(ipcache::MAP_NAME, source))?;
+            let d = k.data();
+            let prefix = k.prefix_len().saturating_sub(ipcache::KEY_FIXED_BITS) as u8;
+            let addr = if d.family == family::IPV4 {
+                IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]])
+            } else {
+                IpAddr::from(d.addr)
+            };
+            out.push((addr, prefix, v.identity));
+        }
+        Ok(out)
+    }
+
     /// Maps every address in `addr/prefix` to `identity` (longest prefix wins).
     pub fn upsert_ipcache(
         &mut self,

@@ -150,6 +150,9 @@ pub struct Engine {
     endpoints: BTreeMap<String, Endpoint>,
     by_identity: BTreeMap<Identity, BTreeSet<String>>,
     externals: BTreeMap<String, External>,
+    /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
+    /// current names give them.
+    fqdn_ips: BTreeMap<IpAddr, Identity>,
     policies: BTreeMap<ResourceKey, StoredPolicy>,
     rule_loc: BTreeMap<u32, (ResourceKey, usize)>,
     default_loc: BTreeMap<u32, (ResourceKey, usize)>,
@@ -182,6 +185,7 @@ impl Engine {
             endpoints: BTreeMap::new(),
             by_identity: BTreeMap::new(),
             externals: BTreeMap::new(),
+            fqdn_ips: BTreeMap::new(),
             policies: BTreeMap::new(),
             rule_loc: BTreeMap::new(),
             default_loc: BTreeMap::new(),
@@ -415,6 +419,7 @@ impl Engine {
             .filter(|id| {
                 !self.by_identity.contains_key(id)
                     && !self.externals.values().any(|x| x.identity == *id)
+                    && !self.fqdn_ips.values().any(|x| x == id)
             })
             .collect();
         for id in &unused {
@@ -504,6 +509,51 @@ impl Engine {
         );
         self.apply_peer_gain(id, &gained, None);
         Ok(id)
+    }
+
+    /// Gives an address learned from DNS answers the identity of its names: labels
+    /// `cidr:<ip>/32` and `fqdn:<name>` for each name, so `toFQDNs` selectors (and `toCIDR`)
+    /// match it and every endpoint whose policy names them is recompiled. An empty set forgets
+    /// the address. The identity the address had before is released when nothing else uses it.
+    /// Returns the address's identity now.
+    pub fn set_fqdn_names(
+        &mut self,
+        ip: IpAddr,
+        names: &BTreeSet<String>,
+    ) -> Result<Option<Identity>, EngineError> {
+        let old = self.fqdn_ips.get(&ip).copied();
+        let new = if names.is_empty() {
+            self.fqdn_ips.remove(&ip);
+            None
+        } else {
+            let mut labels = LabelSet::new();
+            labels.insert(Source::Cidr, ipnet::IpNet::from(ip).to_string(), "");
+            for n in names {
+                labels.insert(
+                    Source::Fqdn,
+                    n.trim_end_matches('.').to_ascii_lowercase(),
+                    "",
+                );
+            }
+            let (id, gained) = self.new_identity(&format!("fqdn {ip}"), labels)?;
+            self.fqdn_ips.insert(ip, id);
+            self.apply_peer_gain(id, &gained, None);
+            Some(id)
+        };
+        if let Some(o) = old
+            && Some(o) != new
+            && !self.by_identity.contains_key(&o)
+            && !self.externals.values().any(|x| x.identity == o)
+            && !self.fqdn_ips.values().any(|x| *x == o)
+        {
+            self.release_identity(o);
+        }
+        Ok(new)
+    }
+
+    /// The addresses learned from DNS answers and their identities.
+    pub fn fqdn_ips(&self) -> &BTreeMap<IpAddr, Identity> {
+        &self.fqdn_ips
     }
 
     // === policies ===

@@ -623,10 +623,26 @@ fn l7_rules(rules: &L7Rules, path: &str) -> R<Arc<L7>> {
     Ok(Arc::new(l7))
 }
 
-fn cilium_ports(to_ports: &[PortRule], path: &str, deny: bool, out: &mut Vec<PortMatch>) -> R<()> {
+fn cilium_ports(
+    to_ports: &[PortRule],
+    path: &str,
+    deny: bool,
+    direction: Direction,
+    out: &mut Vec<PortMatch>,
+) -> R<()> {
     for (i, pr) in to_ports.iter().enumerate() {
         let p = format!("{path}.toPorts[{i}]");
         let l7 = match &pr.rules {
+            // The DNS proxy sees a pod's own queries: Cilium refuses DNS rules on ingress.
+            Some(r)
+                if direction == Direction::Ingress
+                    && r.dns.as_ref().is_some_and(|d| !d.is_empty()) =>
+            {
+                return err(
+                    format!("{p}.rules.dns"),
+                    "DNS rules are only allowed in egress rules",
+                );
+            }
             Some(_) if deny => {
                 return err(
                     format!("{p}.rules"),
@@ -846,7 +862,7 @@ fn cilium_rule(
     let has_ports = nonempty(parts.to_ports).is_some();
     let has_icmps = nonempty(parts.icmps).is_some();
     if let Some(tp) = nonempty(parts.to_ports) {
-        cilium_ports(tp, path, deny, &mut l4)?;
+        cilium_ports(tp, path, deny, direction, &mut l4)?;
     }
     if let Some(ic) = nonempty(parts.icmps) {
         cilium_icmps(ic, path, &mut l4)?;

@@ -208,7 +208,7 @@ mod tests {
     fn fixed_rate_and_saturation_against_the_http_server() {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let to = l.local_addr().unwrap();
-        thread::spawn(move || crate::http::http_loop("srv", &l));
+        thread::spawn(move || crate::http::http_loop("srv", &l, crate::http::Style::Echo));
         let mut spec = LoadSpec {
             to,
             path: "/get".into(),

@@ -269,6 +269,7 @@ mod tests {
             tcp: vec![0],
             udp: vec![0],
             http: vec![],
+            api: vec![],
         };
         let server = Server::bind_on(Ipv4Addr::LOCALHOST.into(), &cfg, false).unwrap();
         let addrs = server.local_addrs();

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::http::Style;
 use crate::{Protocol, REPLY_PREFIX};
 
 /// How long a TCP server waits for the client's line before replying anyway.
@@ -22,13 +23,15 @@ pub struct ServeConfig {
     pub udp: Vec<u16>,
     /// HTTP/1.1 ports (see [`crate::http`]).
     pub http: Vec<u16>,
+    /// HTTP/1.1 ports serving the small httpbin-like REST API (see [`crate::http::Style::Api`]).
+    pub api: Vec<u16>,
 }
 
 /// A server that could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Nothing to serve.
-    #[error("nothing to serve: give at least one --tcp, --udp or --http port")]
+    #[error("nothing to serve: give at least one --tcp, --udp, --http or --api port")]
     NothingToServe,
     /// A listening socket could not be bound.
     #[error("cannot bind {protocol} `{addr}`")]
@@ -46,7 +49,7 @@ pub enum ServeError {
 enum Socket {
     Tcp(TcpListener),
     Udp(UdpSocket),
-    Http(TcpListener),
+    Http(TcpListener, Style),
 }
 
 /// Bound sockets, ready to [`Server::run`] or [`Server::spawn`].
@@ -66,7 +69,7 @@ impl Server {
 
     /// Binds every port on `ip` only (tests use 127.0.0.1 and port 0).
     pub fn bind_on(ip: IpAddr, cfg: &ServeConfig, try_ipv6: bool) -> Result<Server, ServeError> {
-        if cfg.tcp.is_empty() && cfg.udp.is_empty() && cfg.http.is_empty() {
+        if cfg.tcp.is_empty() && cfg.udp.is_empty() && cfg.http.is_empty() && cfg.api.is_empty() {
             return Err(ServeError::NothingToServe);
         }
         let mut sockets = Vec::new();
@@ -91,7 +94,12 @@ impl Server {
             }
         }
         // HTTP on the family asked for only: the L7 tests are IPv4.
-        for &port in &cfg.http {
+        let styles = cfg
+            .http
+            .iter()
+            .map(|p| (*p, Style::Echo))
+            .chain(cfg.api.iter().map(|p| (*p, Style::Api)));
+        for (port, style) in styles {
             let addr = SocketAddr::new(ip, port);
             let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
                 protocol: Protocol::Tcp,
@@ -99,7 +107,7 @@ impl Server {
                 source,
             })?;
             let actual = l.local_addr().map_or(port, |a| a.port());
-            sockets.push((actual, Socket::Http(l)));
+            sockets.push((actual, Socket::Http(l, style)));
         }
         let ipv6_note = (!v6_errors.is_empty()).then(|| {
             format!(
@@ -119,7 +127,9 @@ impl Server {
         self.sockets
             .iter()
             .filter_map(|(_, s)| match s {
-                Socket::Tcp(l) | Socket::Http(l) => l.local_addr().ok().map(|a| (Protocol::Tcp, a)),
+                Socket::Tcp(l) | Socket::Http(l, _) => {
+                    l.local_addr().ok().map(|a| (Protocol::Tcp, a))
+                }
                 Socket::Udp(u) => u.local_addr().ok().map(|a| (Protocol::Udp, a)),
             })
             .collect()
@@ -150,7 +160,7 @@ impl Server {
                 thread::spawn(move || match socket {
                     Socket::Tcp(l) => tcp_loop(&name, port, &l),
                     Socket::Udp(u) => udp_loop(&name, port, &u),
-                    Socket::Http(l) => crate::http::http_loop(&name, &l),
+                    Socket::Http(l, style) => crate::http::http_loop(&name, &l, style),
                 })
             })
             .collect()
@@ -174,7 +184,7 @@ fn bind_one(protocol: Protocol, addr: SocketAddr) -> io::Result<Socket> {
 
 fn local_port(s: &Socket) -> Option<u16> {
     match s {
-        Socket::Tcp(l) | Socket::Http(l) => l.local_addr().ok().map(|a| a.port()),
+        Socket::Tcp(l) | Socket::Http(l, _) => l.local_addr().ok().map(|a| a.port()),
         Socket::Udp(u) => u.local_addr().ok().map(|a| a.port()),
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use palisade_api::agent::{AgentRequest, AgentResponse};
 use palisade_cp_client::{ClientConfig, TlsConfig};
+use palisade_node_agent::agent::dns::{CacheLimits, DnsConfig};
 use palisade_node_agent::agent::{
     self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, GossipConfig,
     GossipKey, ProxyConfig,
@@ -146,6 +147,32 @@ struct RunArgs {
     /// Run no L7 proxy: HTTP rules then pass at L4 only (redirects act as allows).
     #[arg(long)]
     no_l7_proxy: bool,
+    /// Port of the DNS proxy (UDP and TCP) that enforces `rules.dns` of egress policy and
+    /// learns the addresses `toFQDNs` rules allow (queries are steered to it with TPROXY
+    /// rules in the agent's network namespace).
+    #[arg(long, default_value_t = agent::dns_defaults::PORT)]
+    dns_proxy_port: u16,
+    /// Run no DNS proxy: DNS rules then pass at L4 only and `toFQDNs` rules allow nothing.
+    #[arg(long)]
+    no_dns_proxy: bool,
+    /// Shortest TTL honoured for addresses learned from DNS answers (shorter TTLs are raised
+    /// to it), e.g. `1s`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    dns_min_ttl: std::time::Duration,
+    /// Longest TTL honoured for learned addresses (longer TTLs are cut to it).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    dns_max_ttl: std::time::Duration,
+    /// How long a learned address stays allowed after its TTL ran out (connections opened
+    /// just before expiry), then its ipcache entry and identity are removed.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    dns_grace: std::time::Duration,
+    /// Addresses kept per name (the ones expiring soonest go first).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    dns_max_ips_per_name: usize,
+    /// How long the DNS server asked has to answer a forwarded query (then SERVFAIL).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    dns_upstream_timeout: std::time::Duration,
     /// Enter this named network namespace (/run/netns/NAME) before starting, staying in the host's
     /// mount namespace so bpffs pins are shared (`ip netns exec` would hide /sys/fs/bpf).
     #[arg(long, value_name = "NAME")]
@@ -231,6 +258,19 @@ pub fn run_endpoint(args: EndpointArgs) -> ExitCode {
 }
 
 fn run_agent(a: RunArgs) -> Result<ExitCode> {
+    if a.dns_min_ttl > a.dns_max_ttl {
+        return Err(anyhow!(
+            "--dns-min-ttl ({}) is longer than --dns-max-ttl ({})",
+            humantime::format_duration(a.dns_min_ttl),
+            humantime::format_duration(a.dns_max_ttl)
+        ));
+    }
+    if !a.no_dns_proxy && !a.no_l7_proxy && a.dns_proxy_port == a.l7_proxy_port {
+        return Err(anyhow!(
+            "--dns-proxy-port {} is also the --l7-proxy-port",
+            a.dns_proxy_port
+        ));
+    }
     if let Some(ns) = &a.netns {
         let path = format!("/run/netns/{ns}");
         let file = std::fs::File::open(&path)
@@ -306,6 +346,17 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         hubble_listen: a.hubble_listen,
         hubble_tls_dir: a.control_plane_tls_dir.clone(),
         flow_ring_size: a.flow_ring_size,
+        dns_proxy: (!a.no_dns_proxy).then(|| DnsConfig {
+            port: a.dns_proxy_port,
+            upstream_timeout: a.dns_upstream_timeout,
+            limits: CacheLimits {
+                min_ttl: a.dns_min_ttl,
+                max_ttl: a.dns_max_ttl,
+                grace: a.dns_grace,
+                max_ips_per_name: a.dns_max_ips_per_name,
+            },
+            ..DnsConfig::default()
+        }),
         l7_proxy: (!a.no_l7_proxy).then(|| ProxyConfig {
             port: a.l7_proxy_port,
             ..ProxyConfig::default()

@@ -107,6 +107,30 @@ enum Cmd {
     /// back) per case; exit 0 when every probed case's kernel verdict equals both, 1 when any
     /// differs, 2 on invalid input. HTTP, SCTP and non-echo ICMP cases are listed as not probed.
     Test(super::lab_test::TestArgs),
+    /// Run a real DNS server (Debian's dnsmasq) in a pod or external host of a lab, serving a
+    /// test zone, in the foreground until interrupted.
+    ///
+    /// The zone is the `--record NAME=IP` entries (A/AAAA), answered with `--ttl`; other names
+    /// get REFUSED from dnsmasq itself (it has no upstream). Files and log live in
+    /// /run/palisade/labs/<lab>/dns/<host>/. Pods reach it on UDP and TCP port 53 of the
+    /// host's address, e.g. `palisade lab dns --host n1-p2 --record api.example.test=10.96.0.11`
+    /// and, in a pod, `palisade workload resolve api.example.test --server 10.200.1.12`.
+    Dns(DnsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DnsArgs {
+    #[command(flatten)]
+    lab: LabName,
+    /// The pod (e.g. `n1-p2`) or external host (`--external` name) that runs the server.
+    #[arg(long)]
+    host: String,
+    /// A record of the zone, `NAME=IP` (repeatable).
+    #[arg(long = "record", value_name = "NAME=IP", required = true, value_parser = palisade_lab::dns::parse_record)]
+    records: Vec<palisade_lab::dns::DnsRecord>,
+    /// TTL of the answers, in seconds.
+    #[arg(long, default_value_t = 30)]
+    ttl: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +173,28 @@ struct UpArgs {
     /// Every agent rotates its WireGuard key this often [default: the agent's, 24h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     wireguard_rotation_interval: Option<std::time::Duration>,
+    /// A host outside the cluster, `NAME=IPv4` (repeatable): namespace pal-L-x<k> on the
+    /// fabric bridge at that address (outside the underlay, the pod CIDR and 10.97.0.1),
+    /// serving the lab's ports like a pod; pods see it as `world` (or as what `toCIDR` /
+    /// `toFQDNs` rules make of it).
+    #[arg(long = "external", value_name = "NAME=IP", value_parser = parse_external)]
+    externals: Vec<palisade_lab::ExternalPlan>,
+}
+
+fn parse_external(s: &str) -> Result<palisade_lab::ExternalPlan, String> {
+    let (name, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=IPv4"))?;
+    let ip = ip
+        .parse()
+        .map_err(|_| format!("`{s}`: `{ip}` is not an IPv4 address"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}`: the name is empty"));
+    }
+    Ok(palisade_lab::ExternalPlan {
+        name: name.to_string(),
+        ip,
+    })
 }
 
 /// `lab up --encryption`.
@@ -215,7 +261,7 @@ struct MatrixArgs {
     output: Output,
 }
 
-fn parse_lab_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_lab_name(s: &str) -> Result<String, String> {
     palisade_lab::validate_name(s)
         .map(|()| s.to_string())
         .map_err(|e| e.to_string())
@@ -234,6 +280,7 @@ pub fn run(args: Args) -> ExitCode {
         Cmd::Probe(a) => probe(a),
         Cmd::Matrix(a) => matrix(a),
         Cmd::Test(a) => super::lab_test::run(a),
+        Cmd::Dns(a) => dns(a),
     };
     result.unwrap_or_else(|e| super::fail(&e))
 }
@@ -249,6 +296,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     spec.serve_tcp = a.serve_tcp.0;
     spec.serve_udp = a.serve_udp.0;
     spec.underlay_cidr = a.underlay_cidr;
+    spec.externals = a.externals;
     if a.control_plane_voters > 0 {
         spec.cluster = Some(palisade_lab::ClusterPlan {
             voters: a.control_plane_voters,
@@ -539,4 +587,53 @@ fn parse_voters(s: &str) -> Result<usize, String> {
             "`{s}`: a control plane has 1, 3 or 5 voters (0: none)"
         )),
     }
+}
+
+/// `palisade lab dns`: dnsmasq in a lab host until SIGINT/SIGTERM.
+fn dns(a: DnsArgs) -> anyhow::Result<ExitCode> {
+    let lab = Lab::load(&a.lab.name)?;
+    let st = lab.state();
+    let (netns, ip) = if let Some(p) = st.pods.iter().find(|p| p.name == a.host) {
+        (p.netns.clone(), p.ip.to_string())
+    } else if let Some(x) = st.externals.iter().find(|x| x.name == a.host) {
+        (x.netns.clone(), x.ip.to_string())
+    } else {
+        return Err(anyhow!(
+            "--host `{}`: lab `{}` has no such pod or external host",
+            a.host,
+            st.name
+        ));
+    };
+    let dir = palisade_lab::state::state_dir(&st.name)
+        .join("dns")
+        .join(&a.host);
+    // Interrupted: return normally so the server is dropped (killed) and nothing is left.
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc_channel(tx)?;
+    let server = palisade_lab::dns::Dnsmasq::start(&netns, &dir, &a.records, a.ttl)?;
+    outln!(
+        "dnsmasq (pid {}) serves {} record(s) with TTL {}s on {ip}:53 (udp, tcp) in `{}`; log {}",
+        server.pid(),
+        a.records.len(),
+        a.ttl,
+        a.host,
+        dir.join("dnsmasq.log").display()
+    );
+    let _ = rx.recv();
+    drop(server);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends on `tx` at SIGINT or SIGTERM (a thread waiting on the signals, which are blocked).
+fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT/SIGTERM")?;
+    std::thread::spawn(move || {
+        let _ = set.wait();
+        let _ = tx.send(());
+    });
+    Ok(())
 }

@@ -280,6 +280,7 @@ fn lab_spec(
             labels: ep.spec.labels.clone(),
             node: e.node.as_deref().map_or(i % nodes + 1, |n| node_index[n]),
             ip: Some(ip),
+            service_account: Some(ep.spec.service_account.clone()),
         });
     }
     for x in engine.externals().values() {

@@ -44,6 +44,35 @@ enum Cmd {
     /// each request's scheduled time) or, with `--rate 0`, as fast as answers come; prints one
     /// JSON object {requests, errors, statuses, seconds, rps, p50_us, p90_us, p99_us, max_us}.
     Load(LoadArgs),
+    /// Ask a DNS server for a name's A (or AAAA) records over UDP (or TCP) and print one JSON
+    /// object {name, rcode, ips, ttl, detail, p50_us, p99_us}; exit 0 when an answer came
+    /// (whatever its rcode), 1 when none did. `--count N` repeats the query and reports the
+    /// latency percentiles.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ResolveArgs {
+    /// The name to look up.
+    name: String,
+    /// DNS server address.
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    server: IpAddr,
+    /// DNS server port.
+    #[arg(long, default_value = "53", value_parser = parse_port)]
+    port: u16,
+    /// Ask for AAAA records instead of A.
+    #[arg(long)]
+    aaaa: bool,
+    /// Over TCP instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// How long to wait for an answer, e.g. `3s`.
+    #[arg(long, default_value = "3s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Queries to send one after the other.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +110,11 @@ struct ServeArgs {
     /// input gets 400).
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     http: Option<PortList>,
+    /// HTTP/1.1 ports serving a small httpbin-like REST API: `GET /get`, `POST /post`,
+    /// `GET /headers`, `GET /ip` answer 200 with JSON; a known path with the wrong method 405,
+    /// anything else 404 (the tutorial's `api` tier).
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    api: Option<PortList>,
     /// Name put in every reply (the lab passes the pod name).
     #[arg(long, default_value = "workload")]
     name: String,
@@ -108,6 +142,7 @@ pub fn run(args: Args) -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Probe(a) => probe(a),
         Cmd::Load(a) => load(a),
+        Cmd::Resolve(a) => resolve(a),
     }
 }
 
@@ -117,6 +152,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         tcp: a.tcp.map(|p| p.0).unwrap_or_default(),
         udp: a.udp.map(|p| p.0).unwrap_or_default(),
         http: a.http.map(|p| p.0).unwrap_or_default(),
+        api: a.api.map(|p| p.0).unwrap_or_default(),
     };
     match Server::bind(&cfg).context("workload serve") {
         Ok(server) => {
@@ -140,6 +176,26 @@ fn load(a: LoadArgs) -> ExitCode {
         Err(e) => return super::fail(&anyhow::Error::new(e).context("encoding the report")),
     }
     ExitCode::SUCCESS
+}
+
+fn resolve(a: ResolveArgs) -> ExitCode {
+    let report = palisade_workload::resolve(&palisade_workload::ResolveSpec {
+        server: std::net::SocketAddr::new(a.server, a.port),
+        name: a.name,
+        aaaa: a.aaaa,
+        tcp: a.tcp,
+        timeout: a.timeout,
+        count: a.count,
+    });
+    match serde_json::to_string(&report) {
+        Ok(json) => outln!("{json}"),
+        Err(e) => return super::fail(&anyhow::Error::new(e).context("encoding the answer")),
+    }
+    if report.rcode == "TIMEOUT" || report.rcode == "ERROR" {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn probe(a: ProbeArgs) -> ExitCode {

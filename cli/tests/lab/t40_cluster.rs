@@ -98,6 +98,21 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
         "egress of n1-p2 is open"
     );
 
+    // `palisade status` (cilium status): every agent connected and enforcing the revision.
+    let st = ok(&["status", "--lab", &name, "-o", "json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).expect("json");
+    assert_eq!(st["policy"]["objects"], 1, "{st}");
+    assert_eq!(st["problems"].as_array().map(Vec::len), Some(0), "{st}");
+    let agents = st["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 2, "{st}");
+    for a in agents {
+        assert_eq!(a["controlPlane"]["connected"], true, "{a}");
+        assert_eq!(
+            a["controlPlane"]["policyRevision"], st["policy"]["revision"],
+            "{a}"
+        );
+    }
+
     ok(&[
         "policy",
         "delete",
@@ -108,6 +123,21 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
     ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
     assert!(reachable(&name, "n2-p2", "n1-p2"), "open again");
     let _ = std::fs::remove_file(&file);
+
+    // An agent gone: status says which, and exits 1.
+    let agent = lab
+        .state()
+        .processes
+        .iter()
+        .find(|p| p.role == palisade_lab::state::ProcessRole::NodeAgent && p.name.contains("n2"))
+        .expect("n2's agent")
+        .clone();
+    palisade_lab::procs::kill_now(agent.pid);
+    palisade_lab::procs::wait_gone(&[agent.pid], std::time::Duration::from_secs(5));
+    let degraded = palisade(&["status", "--lab", &name]);
+    let text = String::from_utf8_lossy(&degraded.stdout);
+    assert_eq!(degraded.status.code(), Some(1), "{text}");
+    assert!(text.contains("agent n2: "), "{text}");
 
     let processes = lab.state().processes.clone();
     down_and_assert_gone(&name, &processes);

@@ -112,6 +112,61 @@ impl Relay {
             .map(ObserverClient::new)
             .map_err(|e| format!("{e}: {}", source_chain(&e)))
     }
+
+    /// The merged flows of every registered node's agent for `req`, as GetFlows answers them
+    /// (a node status first, then flows; a node that fails adds a node status naming it).
+    /// Does not authorize: the gRPC method and the web UI ([`crate::ui`]) check their callers.
+    pub async fn flows(&self, req: GetFlowsRequest) -> Result<FlowStream, Status> {
+        let targets = self.targets().await?;
+        // Open every agent's stream first: a request the agents refuse as invalid (a bad filter)
+        // is answered with their INVALID_ARGUMENT, naming the field, not as node failures.
+        let opened =
+            futures::future::join_all(targets.iter().map(|t| open(self, t, req.clone()))).await;
+        if let Some((status, _)) = opened.iter().find_map(|o| {
+            o.as_ref()
+                .err()
+                .filter(|(s, _)| s.code() == tonic::Code::InvalidArgument)
+        }) {
+            return Err(Status::invalid_argument(status.message().to_string()));
+        }
+        let (tx, mut rx) = mpsc::channel::<GetFlowsResponse>(1024);
+        for (t, o) in targets.iter().zip(opened) {
+            tokio::spawn(forward(t.clone(), o, tx.clone()));
+        }
+        drop(tx);
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        let names: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+        tokio::spawn(async move {
+            let _ = out_tx
+                .send(Ok(node_status(
+                    NodeState::NodeConnected,
+                    names,
+                    String::new(),
+                )))
+                .await;
+            if req.follow {
+                // Each agent's stream is in time order; across agents, as they arrive.
+                while let Some(r) = rx.recv().await {
+                    if out_tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            let mut all = Vec::new();
+            while let Some(r) = rx.recv().await {
+                all.push(r);
+            }
+            for r in flow_merge::by_time(all, req.number, req.first) {
+                if out_tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            out_rx,
+        )))
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -136,7 +191,8 @@ fn node_status(state: NodeState, nodes: Vec<String>, message: String) -> GetFlow
     }
 }
 
-type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+/// A stream of GetFlows answers.
+pub type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
 
 /// One agent's opened GetFlows stream, or why it could not be opened.
 type Opened = Result<tonic::Streaming<GetFlowsResponse>, (Status, String)>;
@@ -198,56 +254,7 @@ impl Observer for Relay {
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         self.auth
             .authorize(&request, Role::Read, "observer.Observer/GetFlows")?;
-        let req = request.into_inner();
-        let targets = self.targets().await?;
-        // Open every agent's stream first: a request the agents refuse as invalid (a bad filter)
-        // is answered with their INVALID_ARGUMENT, naming the field, not as node failures.
-        let opened =
-            futures::future::join_all(targets.iter().map(|t| open(self, t, req.clone()))).await;
-        if let Some((status, _)) = opened.iter().find_map(|o| {
-            o.as_ref()
-                .err()
-                .filter(|(s, _)| s.code() == tonic::Code::InvalidArgument)
-        }) {
-            return Err(Status::invalid_argument(status.message().to_string()));
-        }
-        let (tx, mut rx) = mpsc::channel::<GetFlowsResponse>(1024);
-        for (t, o) in targets.iter().zip(opened) {
-            tokio::spawn(forward(t.clone(), o, tx.clone()));
-        }
-        drop(tx);
-        let (out_tx, out_rx) = mpsc::channel(1024);
-        let names: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
-        tokio::spawn(async move {
-            let _ = out_tx
-                .send(Ok(node_status(
-                    NodeState::NodeConnected,
-                    names,
-                    String::new(),
-                )))
-                .await;
-            if req.follow {
-                // Each agent's stream is in time order; across agents, as they arrive.
-                while let Some(r) = rx.recv().await {
-                    if out_tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-                return;
-            }
-            let mut all = Vec::new();
-            while let Some(r) = rx.recv().await {
-                all.push(r);
-            }
-            for r in flow_merge::by_time(all, req.number, req.first) {
-                if out_tx.send(Ok(r)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
-        )))
+        Ok(Response::new(self.flows(request.into_inner()).await?))
     }
 
     async fn get_nodes(

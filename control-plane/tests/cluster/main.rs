@@ -12,5 +12,6 @@ mod t60_auth;
 mod t70_watch;
 mod t80_tls;
 mod t90_grpc;
+mod t92_ui;
 mod t95_identity_gc;
 mod t97_kube_api;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use palisade_cp_client::ClientConfig;
 
+use super::dns::DnsConfig;
 use super::encryption::EncryptionConfig;
 use super::gossip::GossipConfig;
 use super::proxy::ProxyConfig;
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     /// Gossip with the other agents (needs a control plane: it is the authority gossip fills
     /// in for); `None`: peers learn this node's changes only through the control plane.
     pub gossip: Option<GossipConfig>,
+    /// The DNS proxy enforcing DNS rules and learning `toFQDNs` addresses; `None`: DNS rules
+    /// pass at L4 only and `toFQDNs` rules allow nothing.
+    pub dns_proxy: Option<DnsConfig>,
 }
 
 /// Default of `flow_ring_size` (Hubble's default ring holds 4095).

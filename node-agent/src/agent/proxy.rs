@@ -22,8 +22,8 @@
 
 mod flow;
 mod http;
-mod redirect;
-mod view;
+pub(crate) mod redirect;
+pub(crate) mod view;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};

@@ -23,6 +23,7 @@ use palisade_api::controlplane::{Endpoint as CpEndpoint, NodeRecord, NodeRegistr
 use super::cluster_view::{Applied, ClusterView};
 use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
+use super::dns::DnsProxy;
 use super::encryption::{Encryption, EncryptionError};
 use super::flows::{self, EndpointMeta, Enrichment, FlowRing, SharedEnrichment};
 use super::gossip::{Gossip, NodeGossip, NodeInfo};
@@ -159,8 +160,13 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             if let Some(g) = &agent.gossip {
                 fds.push(PollFd::new(g.wake_fd(), PollFlags::POLLIN));
             }
+            if let Some(dns) = &agent.dns {
+                fds.push(PollFd::new(dns.wake_fd(), PollFlags::POLLIN));
+            }
             let _ = poll(&mut fds, timeout);
         }
+        // Answers waiting on the DNS proxy first: a pod is blocked until they are programmed.
+        agent.tick_dns();
         // Control-plane updates first: a CNI request served next sees the newest identities.
         let updates = agent.link.as_ref().map(Link::drain).unwrap_or_default();
         for u in updates {
@@ -226,6 +232,11 @@ struct Agent {
     gossip_refused: (usize, usize),
     /// Members not merged: unknown to the control plane, or not at the address it registered.
     gossip_impostors: usize,
+    /// The DNS proxy (`None`: not configured).
+    dns: Option<DnsProxy>,
+    /// Addresses learned by the DNS proxy as programmed: names per address (the engine holds
+    /// their identities, the ipcache maps them).
+    fqdn_programmed: BTreeMap<IpAddr, (BTreeSet<String>, u32)>,
 }
 
 /// The control plane link's health, as `palisade agent status` shows it.
@@ -265,9 +276,13 @@ impl Agent {
         };
         let dp = Datapath::load_with(&config.datapath)?;
         let proxy = config.l7_proxy.clone().map(L7Proxy::start).transpose()?;
+        let dns = config.dns_proxy.clone().map(DnsProxy::start).transpose()?;
         let mut proxy_ports = EngineConfig::default().proxy_ports;
         if let Some(p) = &config.l7_proxy {
             proxy_ports.http = p.port;
+        }
+        if let Some(d) = &config.dns_proxy {
+            proxy_ports.dns = d.port;
         }
         let ipam = Ipam::open(config.pod_cidr, &config.state_dir)?;
         let registry = Registry::open(&config.state_dir)
@@ -297,9 +312,18 @@ impl Agent {
             gossip: None,
             gossip_refused: (0, 0),
             gossip_impostors: 0,
+            dns,
+            fqdn_programmed: BTreeMap::new(),
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
+        // Addresses a previous run learned from DNS carry node-local identities that this run's
+        // engine will hand out again for other label sets: they go, and pods resolve again.
+        for (ip, prefix, id) in agent.dp.ipcache_entries()? {
+            if palisade_policy::identity::Identity(id).is_local_scope() {
+                agent.dp.remove_ipcache(ip, prefix)?;
+            }
+        }
         for ip in agent.config.node_ips.clone() {
             agent.dp.upsert_ipcache(IpAddr::V4(ip), 32, IDENTITY_HOST)?;
         }
@@ -927,6 +951,14 @@ impl Agent {
                 ring.push_batch([flows::l7_flow(f, &ctx)]);
             }));
         }
+        if let Some(dns) = &self.dns {
+            // So do the DNS proxy's queries (Hubble's `l7.dns` flows).
+            let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
+            dns.flows().set_sink(Box::new(move |f| {
+                let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
+                ring.push_batch([flows::dns_flow(f, &ctx)]);
+            }));
+        }
         if let Some(addr) = self.config.hubble_listen {
             let service = AgentObserver::new(ring, self.config.node.clone(), addr.to_string());
             observer::serve(addr, self.config.hubble_tls_dir.as_deref(), service)
@@ -1184,9 +1216,24 @@ impl Agent {
     /// Publishes the node's endpoints, addresses and compiled policy to the L7 proxy, which
     /// brings its redirects in line. Runs after every sync (the maps and the proxy agree).
     fn refresh_proxy(&mut self) {
-        let Some(proxy) = &mut self.proxy else {
+        if self.proxy.is_none() && self.dns.is_none() {
             return;
-        };
+        }
+        let v = self.proxy_view();
+        if let Some(dns) = &mut self.dns
+            && let Err(e) = dns.update(v.clone())
+        {
+            eprintln!("palisade agent: dns proxy redirects: {}", chain(&e));
+        }
+        if let Some(proxy) = &mut self.proxy
+            && let Err(e) = proxy.update(v)
+        {
+            eprintln!("palisade agent: l7 proxy redirects: {}", chain(&e));
+        }
+    }
+
+    /// The node's endpoints with L7 rules, and every address the agent knows, for the proxies.
+    fn proxy_view(&self) -> ProxyView {
         let mut v = ProxyView::default();
         for (ip, id) in self.view.remote_endpoints() {
             v.peers.insert(
@@ -1233,8 +1280,89 @@ impl Agent {
                 }
             }
         }
-        if let Err(e) = proxy.update(v) {
-            eprintln!("palisade agent: l7 proxy redirects: {}", chain(&e));
+        v
+    }
+
+    /// Records the answers the DNS proxy is waiting on, forgets expired addresses, programs
+    /// the difference (engine, policy maps, ipcache) and only then lets the answers go.
+    fn tick_dns(&mut self) {
+        let Some(dns) = &mut self.dns else {
+            return;
+        };
+        let now = Instant::now();
+        let done = dns.take_requests(now);
+        let expired = dns.expire(now);
+        if !done.is_empty() || expired {
+            self.program_fqdn();
+        }
+        for d in done {
+            let _ = d.send(());
+        }
+    }
+
+    /// Brings identities, policy entries and ipcache entries of learned addresses in line with
+    /// the DNS proxy's cache. Order: policy entries for an address's new identity are written
+    /// before its ipcache entry points at it; a departing address leaves the ipcache first.
+    /// Addresses of pods and of this node keep their own identities (never relabelled by DNS).
+    fn program_fqdn(&mut self) {
+        let Some(dns) = &self.dns else {
+            return;
+        };
+        let mut known: BTreeSet<IpAddr> = self.view.remote_endpoints().map(|(ip, _)| ip).collect();
+        known.extend(
+            self.registry
+                .iter()
+                .flat_map(|e| e.spec.ips.iter().copied()),
+        );
+        known.extend(self.config.node_ips.iter().map(|ip| IpAddr::V4(*ip)));
+        let mut want = dns.cache().by_ip();
+        want.retain(|ip, _| !known.contains(ip));
+        let gone: Vec<IpAddr> = self
+            .fqdn_programmed
+            .keys()
+            .filter(|ip| !want.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in &gone {
+            if let Err(e) = self.dp.remove_ipcache(*ip, host_prefix(*ip)) {
+                eprintln!("palisade agent: dns: removing {ip} from the ipcache: {e}");
+            }
+            let _ = self.engine.set_fqdn_names(*ip, &BTreeSet::new());
+            self.fqdn_programmed.remove(ip);
+        }
+        let mut write = Vec::new();
+        for (ip, names) in want {
+            if self
+                .fqdn_programmed
+                .get(&ip)
+                .is_some_and(|(n, _)| *n == names)
+            {
+                continue;
+            }
+            match self.engine.set_fqdn_names(ip, &names) {
+                Ok(Some(id)) => write.push((ip, names, id.0)),
+                Ok(None) => {}
+                Err(e) => eprintln!("palisade agent: dns: identity for {ip}: {e}"),
+            }
+        }
+        if !gone.is_empty() || !write.is_empty() {
+            if let Err(e) = self.resync() {
+                eprintln!("palisade agent: dns: policy sync: {e}");
+            }
+            for (ip, names, id) in write {
+                match self.dp.upsert_ipcache(ip, host_prefix(ip), id) {
+                    Ok(()) => {
+                        self.fqdn_programmed.insert(ip, (names, id));
+                    }
+                    Err(e) => eprintln!("palisade agent: dns: ipcache {ip}: {e}"),
+                }
+            }
+        }
+        if let Some(dns) = &self.dns {
+            let programmed = &self.fqdn_programmed;
+            dns.publish_programmed(|name, ip| {
+                known.contains(&ip) || programmed.get(&ip).is_some_and(|(n, _)| n.contains(name))
+            });
         }
     }
 
@@ -1365,6 +1493,7 @@ impl Agent {
             "encryption": self.encryption_status(),
             "l7Proxy": self.proxy.as_ref().map(L7Proxy::status),
             "gossip": self.gossip_status(),
+            "dnsProxy": self.dns.as_ref().map(|d| d.status(Instant::now())),
             "controlPlane": self.config.control_plane.as_ref().map(|_| {
                 let (identities, remote, policies) = self.view.counts();
                 serde_json::json!({
@@ -1437,6 +1566,11 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// An error and its causes on one line.
+/// The host prefix length of an address (/32 or /128).
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

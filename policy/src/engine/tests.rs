@@ -129,3 +129,62 @@ fn without_retention_the_identity_goes_with_its_last_endpoint() {
     assert!(e.remove_endpoint("x/b"));
     assert!(e.identities().labels(b).is_none());
 }
+
+const FQDN_EGRESS: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toFQDNs: [{matchName: api.example.test}, {matchPattern: '*.b.example.test'}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+
+fn egress_entry(e: &Engine, id: Identity, port: u16) -> bool {
+    e.map_state("x/a")
+        .expect("compiled")
+        .entries
+        .keys()
+        .any(|k| {
+            k.identity == id.0 && k.direction == crate::mapstate::DIR_EGRESS && k.dport == port
+        })
+}
+
+#[test]
+fn addresses_learned_from_dns_get_identities_that_fqdn_selectors_match() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.add_endpoint(ep("x/a", "a", "10.0.0.1")).expect("a");
+    let p = load_file("p.yaml", FQDN_EGRESS).expect("valid").remove(0);
+    e.replace_policy(&p.key.clone(), Some(p));
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let names = |ns: &[&str]| ns.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let api = e
+        .set_fqdn_names(ip, &names(&["API.example.test."]))
+        .expect("set")
+        .expect("identity");
+    assert!(
+        egress_entry(&e, api, 80),
+        "matchName allows the learned address"
+    );
+    // Another name for the same address: a new label set, the old identity goes.
+    let both = e
+        .set_fqdn_names(ip, &names(&["api.example.test", "x.b.example.test"]))
+        .expect("set")
+        .expect("identity");
+    assert_ne!(api, both);
+    assert!(e.labels(api).is_none(), "released");
+    assert!(egress_entry(&e, both, 80));
+    assert!(!egress_entry(&e, api, 80));
+    // A name no selector matches: an identity, but no entry.
+    let other_ip: IpAddr = "192.0.2.11".parse().unwrap();
+    let deep = e
+        .set_fqdn_names(other_ip, &names(&["a.x.b.example.test"]))
+        .expect("set")
+        .expect("identity");
+    assert!(!egress_entry(&e, deep, 80), "`*` matches exactly one label");
+    // Forgetting the address removes its entries and its identity.
+    assert_eq!(e.set_fqdn_names(ip, &BTreeSet::new()).expect("unset"), None);
+    assert!(!egress_entry(&e, both, 80));
+    assert!(e.labels(both).is_none());
+    assert_eq!(e.fqdn_ips().len(), 1);
+}

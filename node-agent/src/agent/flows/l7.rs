@@ -9,7 +9,79 @@ use palisade_api::flow::{
 
 use super::decode::event_type;
 use super::enrich::Enrichment;
+use crate::agent::dns::{DnsFlow, DnsVerdict};
 use crate::agent::proxy::{L7Flow, L7Verdict};
+
+fn timestamp(time_ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(time_ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((time_ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// One query the DNS proxy handled as a Hubble flow (`Type` L7, event type 129, `l7.dns` with
+/// query, addresses, TTL, CNAMEs, rcode and types). A query the rules refused is `DROPPED`, as
+/// Hubble reports DNS policy denials; one the server could not answer is `ERROR`.
+pub fn dns_flow(f: &DnsFlow, ctx: &Enrichment) -> Flow {
+    let verdict = match f.verdict {
+        DnsVerdict::Forwarded => Verdict::Forwarded,
+        DnsVerdict::Refused => Verdict::Dropped,
+        DnsVerdict::Malformed | DnsVerdict::Error => Verdict::Error,
+    };
+    let ports = (u32::from(f.source.port), u32::from(f.destination.port));
+    let l4 = if f.transport == "tcp" {
+        L4::Tcp(flow::Tcp {
+            source_port: ports.0,
+            destination_port: ports.1,
+            flags: None,
+        })
+    } else {
+        L4::Udp(flow::Udp {
+            source_port: ports.0,
+            destination_port: ports.1,
+        })
+    };
+    Flow {
+        time: Some(timestamp(f.time_ms)),
+        verdict: verdict as i32,
+        ip: Some(flow::Ip {
+            source: f.source.ip.to_string(),
+            destination: f.destination.ip.to_string(),
+            ip_version: if f.source.ip.is_ipv6() {
+                IpVersion::IPv6
+            } else {
+                IpVersion::IPv4
+            } as i32,
+            encrypted: false,
+        }),
+        l4: Some(Layer4 { protocol: Some(l4) }),
+        source: Some(ctx.endpoint(f.source.ip, f.source.identity)),
+        destination: Some(ctx.endpoint(f.destination.ip, f.destination.identity)),
+        r#type: FlowType::L7 as i32,
+        node_name: ctx.node.clone(),
+        l7: Some(Layer7 {
+            r#type: L7FlowType::Response as i32,
+            latency_ns: f.latency_us.saturating_mul(1000),
+            record: Some(Record::Dns(flow::Dns {
+                query: f.query.clone(),
+                ips: f.ips.iter().map(ToString::to_string).collect(),
+                ttl: f.ttl,
+                cnames: f.cnames.clone(),
+                observation_source: "proxy".into(),
+                rcode: u32::from(f.rcode),
+                qtypes: f.qtypes.clone(),
+                rrtypes: Vec::new(),
+            })),
+        }),
+        event_type: Some(CiliumEventType {
+            r#type: event_type::L7,
+            sub_type: 0,
+        }),
+        traffic_direction: TrafficDirection::Egress as i32,
+        is_reply: Some(false),
+        ..Flow::default()
+    }
+}
 
 /// One proxied HTTP request as a Hubble flow. A request the L7 rules denied (answered 403) is
 /// `DROPPED`, as Hubble reports L7 policy denials; one the destination could not serve is
@@ -76,6 +148,45 @@ pub fn l7_flow(f: &L7Flow, ctx: &Enrichment) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_query_is_a_dropped_l7_dns_flow() {
+        let peer = |ip: &str, port, identity| FlowPeer {
+            ip: ip.parse().unwrap(),
+            port,
+            identity,
+            pod: None,
+        };
+        let f = DnsFlow {
+            time_ms: 1_700_000_000_500,
+            source: peer("10.200.1.11", 40000, 300),
+            destination: peer("10.200.1.12", 53, 301),
+            transport: "udp",
+            query: "other.test.".into(),
+            qtypes: vec!["A".into()],
+            rcode: 5,
+            ips: vec![],
+            ttl: 0,
+            cnames: vec![],
+            verdict: DnsVerdict::Refused,
+            latency_us: 40,
+        };
+        let flow = dns_flow(&f, &Enrichment::default());
+        assert_eq!(flow.verdict, Verdict::Dropped as i32);
+        assert_eq!(flow.traffic_direction, TrafficDirection::Egress as i32);
+        assert!(matches!(
+            flow.l4.and_then(|l| l.protocol),
+            Some(L4::Udp(flow::Udp {
+                destination_port: 53,
+                ..
+            }))
+        ));
+        let Some(Record::Dns(d)) = flow.l7.and_then(|l| l.record) else {
+            panic!("dns record")
+        };
+        assert_eq!((d.query.as_str(), d.rcode), ("other.test.", 5));
+        assert_eq!(d.qtypes, vec!["A".to_string()]);
+    }
     use crate::agent::proxy::FlowPeer;
 
     #[test]

@@ -75,15 +75,15 @@ pub struct L7Flow {
 }
 
 /// Where each record goes besides the buffer (the agent's Hubble flow ring).
-pub type FlowSink = Box<dyn Fn(&L7Flow) + Send + Sync>;
+pub type FlowSink<T = L7Flow> = Box<dyn Fn(&T) + Send + Sync>;
 
-/// The bounded buffer.
-pub struct FlowLog {
-    inner: Mutex<Inner>,
-    sink: std::sync::OnceLock<FlowSink>,
+/// The bounded buffer (of HTTP records by default; the DNS proxy keeps its own of DNS records).
+pub struct FlowLog<T = L7Flow> {
+    inner: Mutex<Inner<T>>,
+    sink: std::sync::OnceLock<FlowSink<T>>,
 }
 
-impl std::fmt::Debug for FlowLog {
+impl<T: Clone> std::fmt::Debug for FlowLog<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowLog")
             .field("total", &self.total())
@@ -93,15 +93,15 @@ impl std::fmt::Debug for FlowLog {
 }
 
 #[derive(Debug)]
-struct Inner {
-    flows: VecDeque<L7Flow>,
+struct Inner<T> {
+    flows: VecDeque<T>,
     capacity: usize,
     total: u64,
 }
 
 // === impl FlowLog ===
 
-impl FlowLog {
+impl<T: Clone> FlowLog<T> {
     /// A buffer holding at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
         FlowLog {
@@ -115,12 +115,12 @@ impl FlowLog {
     }
 
     /// Hands every later record to `sink` too (set once; the flow pipeline's ring).
-    pub fn set_sink(&self, sink: FlowSink) {
+    pub fn set_sink(&self, sink: FlowSink<T>) {
         let _ = self.sink.set(sink);
     }
 
     /// Appends a record, dropping the oldest when full.
-    pub fn push(&self, flow: L7Flow) {
+    pub fn push(&self, flow: T) {
         if let Some(sink) = self.sink.get() {
             sink(&flow);
         }
@@ -138,7 +138,7 @@ impl FlowLog {
     }
 
     /// The newest `n` records, oldest first.
-    pub fn recent(&self, n: usize) -> Vec<L7Flow> {
+    pub fn recent(&self, n: usize) -> Vec<T> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let skip = g.flows.len().saturating_sub(n);
         g.flows.iter().skip(skip).cloned().collect()
@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_buffer_is_bounded_and_counts_everything() {
-        let log = FlowLog::new(3);
+        let log: FlowLog = FlowLog::new(3);
         for s in 0..5 {
             log.push(flow(200 + s));
         }

@@ -36,11 +36,23 @@ const RULE_PREF: u32 = 90;
 /// The whole table for these redirects, as one `nft -f` transaction: the old table goes and the
 /// new one comes in at once (no moment without rules). No redirects: the table is removed.
 pub fn ruleset(redirects: &[Redirect], proxy_port: u16) -> String {
-    let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+    ruleset_for(TABLE, redirects, proxy_port, "tcp")
+}
+
+/// The table `table` for these redirects; packets of `transparent` protocols (`tcp`, or a set
+/// such as `{ tcp, udp }`) belonging to the proxy's own transparent sockets (its upstream
+/// connections) are delivered locally.
+pub fn ruleset_for(
+    table: &str,
+    redirects: &[Redirect],
+    proxy_port: u16,
+    transparent: &str,
+) -> String {
+    let mut s = format!("table inet {table}\ndelete table inet {table}\n");
     if redirects.is_empty() {
         return s;
     }
-    let _ = writeln!(s, "table inet {TABLE} {{");
+    let _ = writeln!(s, "table inet {table} {{");
     let _ = writeln!(s, "  chain prerouting {{");
     let _ = writeln!(
         s,
@@ -48,7 +60,7 @@ pub fn ruleset(redirects: &[Redirect], proxy_port: u16) -> String {
     );
     let _ = writeln!(
         s,
-        "    meta l4proto tcp socket transparent 1 meta mark set {MARK:#x} accept"
+        "    meta l4proto {transparent} socket transparent 1 meta mark set {MARK:#x} accept"
     );
     for r in redirects {
         let fam = if r.endpoint.is_ipv4() { "ip" } else { "ip6" };
@@ -74,9 +86,14 @@ pub fn ruleset(redirects: &[Redirect], proxy_port: u16) -> String {
             PeerSet::AllBut(s) if s.is_empty() => String::new(),
             PeerSet::AllBut(s) => format!("{fam} {theirs} != {} ", set(s)),
         };
+        let proto = if r.protocol == super::view::PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
         let _ = writeln!(
             s,
-            "    {ours} tcp dport {ports} {peers}meta mark set {MARK:#x} tproxy {to} accept"
+            "    {ours} {proto} dport {ports} {peers}meta mark set {MARK:#x} tproxy {to} accept"
         );
     }
     let _ = writeln!(s, "  }}\n}}");
@@ -175,6 +192,7 @@ mod tests {
     fn ruleset_replaces_the_table_in_one_transaction() {
         let r = vec![
             Redirect {
+                protocol: 6,
                 direction: RedirectDirection::Ingress,
                 endpoint: "10.200.2.11".parse().unwrap(),
                 iface: "lxc1".into(),
@@ -182,6 +200,7 @@ mod tests {
                 peers: PeerSet::Only(ips(&["10.200.1.11", "10.200.2.12"])),
             },
             Redirect {
+                protocol: 6,
                 direction: RedirectDirection::Egress,
                 endpoint: "10.200.2.12".parse().unwrap(),
                 iface: "lxc2".into(),

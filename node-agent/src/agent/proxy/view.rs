@@ -18,7 +18,18 @@ use palisade_policy::mapstate::{
 pub const IDENTITY_WORLD: u32 = 2;
 
 /// TCP.
-const PROTO_TCP: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Which proxy a redirect entry belongs to (the kind of its L7 rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L7Kind {
+    /// `rules.http`: the HTTP proxy (TCP).
+    Http,
+    /// `rules.dns`: the DNS proxy (UDP and TCP).
+    Dns,
+}
 
 /// A local endpoint.
 #[derive(Debug, Clone)]
@@ -67,11 +78,13 @@ pub enum RequestVerdict {
     Deny,
 }
 
-/// One redirect the node's packet filter must perform. Ingress: TCP connections from `peers`
-/// to `endpoint` on `ports`. Egress: TCP connections from `endpoint` (entering from its veth
+/// One redirect the node's packet filter must perform. Ingress: connections from `peers`
+/// to `endpoint` on `ports`. Egress: connections from `endpoint` (entering from its veth
 /// `iface`) to `peers` on `ports`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Redirect {
+    /// Transport protocol ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub protocol: u8,
     /// Whose policy: the local endpoint's ingress or egress.
     pub direction: RedirectDirection,
     /// The local endpoint's address.
@@ -121,13 +134,25 @@ impl ProxyView {
     /// The L4 verdict of a TCP connection from `peer` to the local endpoint at `dst`, by its
     /// ingress policy; `None` when `dst` is no local endpoint with L7 rules.
     pub fn ingress(&self, dst: SocketAddr, peer: IpAddr) -> Option<(&Local, L4Verdict)> {
-        self.side(Direction::Ingress, dst.ip(), peer, dst.port())
+        self.side(Direction::Ingress, dst.ip(), peer, PROTO_TCP, dst.port())
     }
 
     /// The L4 verdict of a TCP connection from the local endpoint at `src` to `dst`, by its
     /// egress policy; `None` when `src` is no local endpoint with L7 rules.
     pub fn egress(&self, src: IpAddr, dst: SocketAddr) -> Option<(&Local, L4Verdict)> {
-        self.side(Direction::Egress, src, dst.ip(), dst.port())
+        self.side(Direction::Egress, src, dst.ip(), PROTO_TCP, dst.port())
+    }
+
+    /// The L4 verdict of traffic of `protocol` from the local endpoint at `src` to `dst`, by its
+    /// egress policy (the DNS proxy: UDP or TCP); `None` when `src` is no local endpoint with
+    /// L7 rules.
+    pub fn egress_proto(
+        &self,
+        src: IpAddr,
+        dst: SocketAddr,
+        protocol: u8,
+    ) -> Option<(&Local, L4Verdict)> {
+        self.side(Direction::Egress, src, dst.ip(), protocol, dst.port())
     }
 
     fn side(
@@ -135,6 +160,7 @@ impl ProxyView {
         direction: Direction,
         local_ip: IpAddr,
         peer: IpAddr,
+        protocol: u8,
         port: u16,
     ) -> Option<(&Local, L4Verdict)> {
         let local = self.locals.get(&local_ip)?;
@@ -143,7 +169,7 @@ impl ProxyView {
             direction,
             Identity(self.identity_of(peer)),
             self.pod_ip(peer),
-            PROTO_TCP,
+            protocol,
             port,
         );
         let verdict = match l.value {
@@ -167,6 +193,12 @@ impl ProxyView {
     /// When `world` lands on it too, the rule covers every address except the known ones that
     /// do not, so the packet filter and the datapath's lookup agree on every source.
     pub fn redirects(&self) -> Vec<Redirect> {
+        self.redirects_of(L7Kind::Http)
+    }
+
+    /// The redirects of one proxy: HTTP rules on TCP; DNS rules on UDP and TCP (a key for any
+    /// protocol yields both).
+    pub fn redirects_of(&self, kind: L7Kind) -> Vec<Redirect> {
         let mut out = Vec::new();
         for (ep_ip, local) in &self.locals {
             let m = &local.policy;
@@ -176,46 +208,57 @@ impl ProxyView {
                 } else {
                     (Direction::Egress, RedirectDirection::Egress)
                 };
+                let has_rules = |l: &L7| match kind {
+                    L7Kind::Http => !l.http.is_empty(),
+                    L7Kind::Dns => l.http.is_empty() && !l.dns.is_empty(),
+                };
+                // The DNS proxy answers a pod's own queries: egress only (the policy engine
+                // refuses DNS rules on ingress, as Cilium does).
                 if v.verdict != VERDICT_REDIRECT
-                    || k.protocol != PROTO_TCP
-                    || !m
-                        .l7
-                        .get(k)
-                        .is_some_and(|s| s.iter().any(|l| !l.http.is_empty()))
+                    || (kind == L7Kind::Dns && direction == Direction::Ingress)
+                    || !m.l7.get(k).is_some_and(|s| s.iter().any(|l| has_rules(l)))
                 {
                     continue;
                 }
-                let lands = |id: u32, ip: Option<IpAddr>| {
-                    m.lookup(direction, Identity(id), ip, PROTO_TCP, k.dport)
-                        .key
-                        == Some(*k)
+                let protocols: &[u8] = match (kind, k.protocol) {
+                    (L7Kind::Http, PROTO_TCP) => &[PROTO_TCP],
+                    (L7Kind::Dns, PROTO_TCP) => &[PROTO_TCP],
+                    (L7Kind::Dns, PROTO_UDP) => &[PROTO_UDP],
+                    (L7Kind::Dns, 0) => &[PROTO_UDP, PROTO_TCP],
+                    _ => &[],
                 };
-                let mut yes = BTreeSet::new();
-                let mut no = BTreeSet::new();
-                for (ip, p) in &self.peers {
-                    if ip == ep_ip || ip.is_ipv4() != ep_ip.is_ipv4() {
+                for &protocol in protocols {
+                    let lands = |id: u32, ip: Option<IpAddr>| {
+                        m.lookup(direction, Identity(id), ip, protocol, k.dport).key == Some(*k)
+                    };
+                    let mut yes = BTreeSet::new();
+                    let mut no = BTreeSet::new();
+                    for (ip, p) in &self.peers {
+                        if ip == ep_ip || ip.is_ipv4() != ep_ip.is_ipv4() {
+                            continue;
+                        }
+                        if lands(p.identity, self.pod_ip(*ip)) {
+                            yes.insert(*ip);
+                        } else {
+                            no.insert(*ip);
+                        }
+                    }
+                    let peers = if lands(IDENTITY_WORLD, None) {
+                        PeerSet::AllBut(no)
+                    } else if yes.is_empty() {
                         continue;
-                    }
-                    if lands(p.identity, self.pod_ip(*ip)) {
-                        yes.insert(*ip);
                     } else {
-                        no.insert(*ip);
-                    }
+                        PeerSet::Only(yes)
+                    };
+                    out.push(Redirect {
+                        protocol,
+                        direction: rdir,
+                        endpoint: *ep_ip,
+                        iface: local.iface.clone(),
+                        ports: port_range(k),
+                        peers,
+                    });
                 }
-                let peers = if lands(IDENTITY_WORLD, None) {
-                    PeerSet::AllBut(no)
-                } else if yes.is_empty() {
-                    continue;
-                } else {
-                    PeerSet::Only(yes)
-                };
-                out.push(Redirect {
-                    direction: rdir,
-                    endpoint: *ep_ip,
-                    iface: local.iface.clone(),
-                    ports: port_range(k),
-                    peers,
-                });
             }
         }
         out.sort();
@@ -393,6 +436,48 @@ mod tests {
             v.ingress("10.0.0.9:80".parse().unwrap(), "10.0.0.6".parse().unwrap())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn dns_redirects_are_egress_udp_and_tcp_and_leave_http_alone() {
+        let mut v = view();
+        let local = v.locals.values_mut().next().unwrap();
+        let mut m = (*local.policy).clone();
+        let dns = Arc::new(L7 {
+            http: vec![],
+            dns: vec![palisade_policy::selector::FqdnMatch::Pattern("*".into())],
+        });
+        // Egress to identity 301 on port 53, UDP and TCP (what `protocol: ANY` compiles to).
+        for protocol in [PROTO_UDP, PROTO_TCP] {
+            let k = PolicyKey {
+                direction: palisade_policy::mapstate::DIR_EGRESS,
+                protocol,
+                ..key(301, 53)
+            };
+            m.entries.insert(k, value(VERDICT_REDIRECT));
+            m.l7.insert(k, vec![dns.clone()]);
+        }
+        local.policy = Arc::new(m);
+        let d = v.redirects_of(L7Kind::Dns);
+        let got: Vec<(u8, RedirectDirection, (u16, u16))> = d
+            .iter()
+            .map(|r| (r.protocol, r.direction, r.ports))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (PROTO_TCP, RedirectDirection::Egress, (53, 53)),
+                (PROTO_UDP, RedirectDirection::Egress, (53, 53)),
+            ]
+        );
+        let only_301: BTreeSet<IpAddr> = ["10.0.0.7".parse().unwrap()].into();
+        assert!(
+            d.iter().all(|r| r.peers == PeerSet::Only(only_301.clone())),
+            "{d:?}"
+        );
+        // The HTTP proxy's redirects are unchanged by the DNS entry.
+        assert_eq!(v.redirects().len(), 1);
+        assert!(v.redirects().iter().all(|r| r.protocol == PROTO_TCP));
     }
 
     #[test]

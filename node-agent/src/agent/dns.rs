@@ -1,0 +1,330 @@
+//! The agent's DNS proxy: enforces `toPorts[].rules.dns` of local endpoints' egress policy and
+//! learns, from the answers it releases, the addresses `toFQDNs` rules allow.
+//!
+//! ```text
+//!  run loop ──after every sync──▶ DnsProxy::update(ProxyView)
+//!                                   │ swap the shared view
+//!                                   └ redirects changed? ──▶ nft -f (table inet palisade_dns):
+//!                                       iifname <lxc> ip saddr <pod> udp|tcp dport 53
+//!                                       ip daddr {servers} → tproxy :<dns port>
+//!
+//!  pod ─query─▶ (pod's egress eBPF: redirect = allow) ─▶ node prerouting ─▶ proxy socket
+//!    proxy thread (tokio, server.rs): name allowed? ── no ──▶ REFUSED
+//!                                        │ yes: forwarded to the server the pod asked
+//!                                        ▼
+//!    answer's addresses ──Learner (channel + wake pipe)──▶ run loop: FqdnCache (TTL clamped,
+//!      capped per name) ─▶ Engine::set_fqdn_names (identity cidr:<ip>/32 + fqdn:<name>…,
+//!      toFQDNs selectors match it) ─▶ policy maps synced ─▶ ipcache <ip> → identity ─▶ done
+//!    ◀── only then is the answer released to the pod: its first connection is allowed
+//!  run loop, every pass: addresses past TTL + grace ─▶ ipcache entry and identity removed
+//! ```
+//! Addresses nobody resolved stay `world` in the ipcache, which a `toFQDNs` rule does not
+//! allow: a connection to them is dropped by the datapath.
+
+mod cache;
+mod decide;
+mod flow;
+mod server;
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+pub use cache::{CacheLimits, FqdnCache};
+pub use flow::{DnsFlow, DnsVerdict};
+
+use crate::agent::proxy::redirect;
+use crate::agent::proxy::view::{L7Kind, Redirect};
+use crate::agent::proxy::{FlowLog, ProxyError, ProxyView};
+
+/// Default port of the DNS proxy (also the engine's DNS proxy port).
+pub const DEFAULT_PORT: u16 = 15053;
+/// The nftables table the DNS proxy owns (beside the HTTP proxy's, which it never touches).
+pub const TABLE: &str = "palisade_dns";
+
+/// DNS proxy settings.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The port the proxy listens on, UDP and TCP (TPROXY target).
+    pub port: u16,
+    /// How long the upstream server has to answer (then SERVFAIL).
+    pub upstream_timeout: Duration,
+    /// TTL clamping, grace period and per-name cap of learned addresses.
+    pub limits: CacheLimits,
+    /// Query records kept in memory.
+    pub flow_capacity: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            port: DEFAULT_PORT,
+            upstream_timeout: Duration::from_secs(5),
+            limits: CacheLimits {
+                min_ttl: Duration::from_secs(1),
+                max_ttl: Duration::from_secs(86_400),
+                grace: Duration::from_secs(5),
+                max_ips_per_name: 50,
+            },
+            flow_capacity: 4096,
+        }
+    }
+}
+
+/// One address an answer gave a name, with its TTL (s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    /// Name (lowercase, trailing dot optional).
+    pub name: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// TTL of the record.
+    pub ttl: u32,
+}
+
+/// A batch of learned addresses waiting for the run loop; `done` fires once the datapath
+/// holds them.
+#[derive(Debug)]
+pub struct LearnRequest {
+    /// What the answer gave.
+    pub answers: Vec<Learned>,
+    /// Answered by the run loop after programming.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The (name, address) pairs the datapath holds, with when each leaves: an answer whose pairs
+/// are all there, well before leaving, is released without waiting for the run loop (the new
+/// TTL is recorded asynchronously; the address is already allowed).
+pub type Programmed = Arc<RwLock<HashMap<(String, IpAddr), Instant>>>;
+
+/// The proxy's side of the channel to the run loop.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    tx: mpsc::Sender<LearnRequest>,
+    wake: Arc<UnixStream>,
+}
+
+impl Learner {
+    /// Hands answers to the run loop and waits until it programmed them.
+    pub async fn learn(&self, answers: Vec<Learned>) -> Result<(), String> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(LearnRequest { answers, done })
+            .map_err(|_| "the agent's run loop is gone".to_string())?;
+        // A full pipe already wakes the loop: a failed write loses nothing.
+        let _ = (&*self.wake).write(&[1]);
+        rx.await
+            .map_err(|_| "the agent dropped the request".to_string())
+    }
+}
+
+/// The running DNS proxy, as the run loop holds it.
+pub struct DnsProxy {
+    config: DnsConfig,
+    view: Arc<RwLock<ProxyView>>,
+    flows: Arc<FlowLog<DnsFlow>>,
+    requests: mpsc::Receiver<LearnRequest>,
+    wake: UnixStream,
+    /// Learned addresses (owned by the run loop).
+    cache: FqdnCache,
+    /// What the datapath holds, as the query tasks see it.
+    programmed: Programmed,
+    applied: Option<Vec<Redirect>>,
+    last_error: Option<String>,
+}
+
+// === impl DnsProxy ===
+
+impl DnsProxy {
+    /// Binds the transparent UDP socket and TCP listener, installs the local-delivery route and
+    /// starts the proxy thread. Must run in the node's network namespace.
+    pub fn start(config: DnsConfig) -> Result<Self, ProxyError> {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+        let listen_err = |source| ProxyError::Listen { addr, source };
+        let udp = bind_udp(addr).map_err(listen_err)?;
+        let tcp = bind_tcp(addr).map_err(listen_err)?;
+        redirect::install_route()?;
+        let (wake, wake_tx) = UnixStream::pair().map_err(ProxyError::Runtime)?;
+        wake.set_nonblocking(true).map_err(ProxyError::Runtime)?;
+        wake_tx.set_nonblocking(true).map_err(ProxyError::Runtime)?;
+        let (tx, requests) = mpsc::channel();
+        let view = Arc::new(RwLock::new(ProxyView::default()));
+        let flows = Arc::new(FlowLog::new(config.flow_capacity));
+        let programmed: Programmed = Arc::default();
+        let shared = Arc::new(server::Shared {
+            programmed: programmed.clone(),
+            view: view.clone(),
+            flows: flows.clone(),
+            learner: Learner {
+                tx,
+                wake: Arc::new(wake_tx),
+            },
+            upstream_timeout: config.upstream_timeout,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dns-proxy")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        std::thread::Builder::new()
+            .name("dns-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let udp = tokio::net::UdpSocket::from_std(udp);
+                    let tcp = tokio::net::TcpListener::from_std(tcp);
+                    match (udp, tcp) {
+                        (Ok(u), Ok(t)) => {
+                            tokio::join!(
+                                server::serve_udp(u, shared.clone()),
+                                server::serve_tcp(t, shared)
+                            );
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            eprintln!("palisade agent: dns proxy: sockets: {e}");
+                        }
+                    }
+                });
+            })
+            .map_err(ProxyError::Runtime)?;
+        Ok(DnsProxy {
+            cache: FqdnCache::new(config.limits),
+            programmed,
+            config,
+            view,
+            flows,
+            requests,
+            wake,
+            applied: None,
+            last_error: None,
+        })
+    }
+
+    /// The query records (the agent connects them to its flow ring).
+    pub fn flows(&self) -> &Arc<FlowLog<DnsFlow>> {
+        &self.flows
+    }
+
+    /// Readable when learn requests wait (the run loop polls it).
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// The learn requests waiting, their answers recorded in the cache (with `now`).
+    pub fn take_requests(&mut self, now: Instant) -> Vec<tokio::sync::oneshot::Sender<()>> {
+        let mut buf = [0u8; 256];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        let mut done = Vec::new();
+        while let Ok(r) = self.requests.try_recv() {
+            for a in &r.answers {
+                self.cache.learn(now, &a.name, a.ip, a.ttl);
+            }
+            done.push(r.done);
+        }
+        done
+    }
+
+    /// The learned addresses.
+    pub fn cache(&self) -> &FqdnCache {
+        &self.cache
+    }
+
+    /// Publishes which learned pairs the datapath holds (`held`: whether an address is
+    /// programmed with that name, or is a pod's or the node's and needs nothing).
+    pub fn publish_programmed(&self, held: impl Fn(&str, IpAddr) -> bool) {
+        let snapshot: HashMap<(String, IpAddr), Instant> = self
+            .cache
+            .deadlines()
+            .filter(|(n, ip, _)| held(n, *ip))
+            .map(|(n, ip, t)| ((n.to_string(), ip), t))
+            .collect();
+        *self.programmed.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+
+    /// Forgets addresses past TTL and grace; whether any went.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        if self.cache.next_expiry().is_some_and(|t| t <= now) {
+            self.cache.expire(now)
+        } else {
+            false
+        }
+    }
+
+    /// Publishes a new view and brings the packet filter in line with it (view first: a query
+    /// steered by a new rule finds its endpoint).
+    pub fn update(&mut self, view: ProxyView) -> Result<(), ProxyError> {
+        let redirects = view.redirects_of(L7Kind::Dns);
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        if self.applied.as_ref() == Some(&redirects) {
+            return Ok(());
+        }
+        let rules = redirect::ruleset_for(TABLE, &redirects, self.config.port, "{ tcp, udp }");
+        match redirect::apply(&rules) {
+            Ok(()) => {
+                self.applied = Some(redirects);
+                self.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.applied = None;
+                self.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// For `palisade agent status`: port, redirects, learned names, the newest queries.
+    pub fn status(&self, now: Instant) -> serde_json::Value {
+        let redirects: Vec<String> = self
+            .applied
+            .iter()
+            .flatten()
+            .map(|r| {
+                let p = if r.protocol == crate::agent::proxy::view::PROTO_UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                format!("egress {} {p}:{}-{}", r.endpoint, r.ports.0, r.ports.1)
+            })
+            .collect();
+        serde_json::json!({
+            "port": self.config.port,
+            "redirects": redirects,
+            "queriesTotal": self.flows.total(),
+            "names": self.cache.entries(now),
+            "recentQueries": self.flows.recent(32),
+            "lastError": self.last_error,
+        })
+    }
+}
+
+/// A UDP socket receiving datagrams for any destination, each with its original destination.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent_v4(true)?;
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)
+        .map_err(std::io::Error::from)?;
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A TCP listener accepting connections for any destination.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_ip_transparent_v4(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
