@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use palisade_lab::ProcessRecord;
 use palisade_lab::exec::exec_in;
 use palisade_lab::procs::is_alive;
-use palisade_lab::ProcessRecord;
 
 /// The nftables table the suite adds its drops to (one per namespace; removing it heals).
 pub const NFT_TABLE: &str = "palisade_chaos";
@@ -28,7 +28,9 @@ pub fn netem(netns: &str, iface: &str, delay: Duration, loss_pct: u32) -> anyhow
     exec_in(
         netns,
         "tc",
-        &["qdisc", "replace", "dev", iface, "root", "netem", "delay", &delay, "loss", &loss],
+        &[
+            "qdisc", "replace", "dev", iface, "root", "netem", "delay", &delay, "loss", &loss,
+        ],
     )
     .with_context(|| format!("tc netem on {iface} in {netns}"))?;
     Ok(())

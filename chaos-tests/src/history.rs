@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use palisade_cp_client::ClientError;
+use crate::api::CallError;
 
 use crate::linearizability::{Model, Operation, Verdict, check};
 
@@ -32,14 +32,8 @@ impl<T> Outcome<T> {
 }
 
 /// Whether a failed call certainly had no effect.
-pub fn certainly_without_effect(e: &ClientError) -> bool {
-    match e {
-        // The transport says "cannot connect" only when no connection was made.
-        ClientError::Unreachable { last, .. } => last.contains("cannot connect"),
-        ClientError::Api { status, .. } => (400..500).contains(status),
-        ClientError::Config { .. } => true,
-        ClientError::Compacted { .. } | ClientError::Decode { .. } => false,
-    }
+pub fn certainly_without_effect(e: &CallError) -> bool {
+    matches!(e, CallError::NotSent(_) | CallError::Refused(..))
 }
 
 /// A concurrent history of operations on one object (one [`Model`]).
@@ -82,7 +76,7 @@ impl<M: Model> History<M> {
         client: usize,
         op: M::Op,
         read_only: bool,
-        call: impl FnOnce() -> Result<T, ClientError>,
+        call: impl FnOnce() -> Result<T, CallError>,
         answer: impl FnOnce(&T) -> M::Ret,
     ) -> Outcome<T> {
         let invoked = self.now();
@@ -106,7 +100,9 @@ impl<M: Model> History<M> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Operation<M::Op, M::Ret>>> {
-        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many operations completed, are indeterminate, were refused.
@@ -145,7 +141,13 @@ impl<M: Model> History<M> {
                 longest_prefix,
                 stuck,
             } => {
-                let tail: Vec<usize> = longest_prefix.iter().rev().take(10).rev().copied().collect();
+                let tail: Vec<usize> = longest_prefix
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .rev()
+                    .copied()
+                    .collect();
                 panic!(
                     "{what}: history of {counts:?} is NOT linearizable. Longest legal prefix has {} operations, ending with:\n{}\nnone of these can come next:\n{}",
                     longest_prefix.len(),

@@ -3,8 +3,12 @@
 //! tests in `tests/chaos/` use to inject real faults (links down, netem, nftables drops, SIGKILL,
 //! SIGSTOP) into labs of real processes. See README.md and docs/RELIABILITY.md.
 
+pub mod agents;
+pub mod api;
 pub mod faults;
 pub mod history;
 pub mod linearizability;
 pub mod models;
+pub mod storm;
+pub mod tcp;
 pub mod voters;

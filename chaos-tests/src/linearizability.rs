@@ -182,7 +182,11 @@ fn horizon<O, R>(history: &[Operation<O, R>], applied: &Bits) -> u64 {
 
 /// Every (operation, next state) that may come next: operations not applied yet that were
 /// invoked no later than the horizon, with each state the model allows.
-fn moves<M: Model>(history: &[Operation<M::Op, M::Ret>], applied: &Bits, state: &M) -> Vec<(usize, M)> {
+fn moves<M: Model>(
+    history: &[Operation<M::Op, M::Ret>],
+    applied: &Bits,
+    state: &M,
+) -> Vec<(usize, M)> {
     let horizon = horizon(history, applied);
     let mut out = Vec::new();
     for (i, o) in history.iter().enumerate() {
@@ -243,7 +247,12 @@ mod tests {
 
     #[test]
     fn a_sequential_legal_history_is_linearizable() {
-        let h = vec![w(0, 0, Some(1), 1), r(1, 2, 3, 1), w(0, 4, Some(5), 2), r(1, 6, 7, 2)];
+        let h = vec![
+            w(0, 0, Some(1), 1),
+            r(1, 2, 3, 1),
+            w(0, 4, Some(5), 2),
+            r(1, 6, 7, 2),
+        ];
         assert_eq!(
             check(&Register(0), &h, 1000),
             Verdict::Linearizable {
@@ -271,7 +280,12 @@ mod tests {
     #[test]
     fn overlapping_operations_may_take_effect_in_either_order() {
         // Write 1 overlaps both reads: one read sees 0 (before it), the other 1 (after it).
-        let h = vec![w(0, 0, Some(10), 1), r(1, 1, 3, 1), r(2, 4, 6, 1), r(3, 2, 5, 0)];
+        let h = vec![
+            w(0, 0, Some(10), 1),
+            r(1, 1, 3, 1),
+            r(2, 4, 6, 1),
+            r(3, 2, 5, 0),
+        ];
         // r3 [2,5] saw 0 and r1 [1,3] saw 1: r3 must precede the write, r1 follow it; r3 can
         // still be placed before r1 because they overlap. Linearizable: r3, w, r1, r2.
         assert!(check(&Register(0), &h, 1000).is_linearizable());
@@ -310,7 +324,12 @@ mod tests {
         let mut t = 0;
         for round in 0..60u32 {
             for c in 0..8usize {
-                h.push(w(c, t + c as u64, Some(t + 20 + c as u64), round * 8 + c as u32));
+                h.push(w(
+                    c,
+                    t + c as u64,
+                    Some(t + 20 + c as u64),
+                    round * 8 + c as u32,
+                ));
             }
             t += 40;
             h.push(r(8, t, t + 1, round * 8 + 7));

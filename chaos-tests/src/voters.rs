@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use palisade_cp_client::{Client, ClientConfig};
 use palisade_lab::exec::{enter_netns, ip_batch};
 use palisade_lab::state::state_dir;
 use palisade_lab::{ExternalPlan, Lab, LabSpec, ProcessRecord, ProcessRole};
 
+use crate::api::Api;
 use crate::faults;
 
 /// Raft port of every voter.
@@ -196,7 +196,7 @@ impl VoterLab {
 
     /// Voter `k`'s status, asked from the client host (the calling thread must be there).
     pub fn status(&self, k: usize) -> anyhow::Result<serde_json::Value> {
-        Ok(single_client(&self.api(k), Duration::from_millis(500))?.cluster_status()?)
+        Ok(Api::new(&self.api(k), Duration::from_millis(500))?.status()?)
     }
 
     /// Waits until every voter in `ids` names the same leader, itself in `ids` and saying it
@@ -224,7 +224,11 @@ impl VoterLab {
 
     /// The leader every voter in `ids` names now, if they agree (the calling thread must be on
     /// the client host); `seen` gets what each said.
-    pub fn agreed_leader(&self, ids: &[usize], seen: &mut Vec<Option<u64>>) -> Option<(usize, u64)> {
+    pub fn agreed_leader(
+        &self,
+        ids: &[usize],
+        seen: &mut Vec<Option<u64>>,
+    ) -> Option<(usize, u64)> {
         seen.clear();
         let mut term = 0;
         for &k in ids {
@@ -238,7 +242,9 @@ impl VoterLab {
         }
         match seen.first() {
             Some(Some(l))
-                if seen.iter().all(|x| *x == Some(*l)) && ids.contains(&(*l as usize)) && term > 0 =>
+                if seen.iter().all(|x| *x == Some(*l))
+                    && ids.contains(&(*l as usize))
+                    && term > 0 =>
             {
                 Some((*l as usize, term))
             }
@@ -256,9 +262,4 @@ impl Drop for VoterLab {
         }
         let _ = Lab::down(self.lab.name());
     }
-}
-
-/// A client of the one member at `url` (no failover: the test decides where each call goes).
-pub fn single_client(url: &str, timeout: Duration) -> anyhow::Result<Client> {
-    Ok(Client::new(ClientConfig::new([url]).with_timeout(timeout))?)
 }

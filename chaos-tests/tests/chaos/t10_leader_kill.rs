@@ -1,0 +1,89 @@
+//! The leader SIGKILLed during a write storm (a new leader within 2 s, writes acknowledged again,
+//! the old leader rejoins), then a follower frozen with SIGSTOP: every acknowledged write is
+//! present on every voter afterwards and both histories are linearizable.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use palisade_chaos_tests::faults;
+use palisade_chaos_tests::storm::Storm;
+use palisade_chaos_tests::voters::VoterLab;
+
+use crate::util::{bin, form, full, lab_name, pause, policy_revision, verify};
+
+/// The longest a new leader may take to be agreed on after the old one died.
+const ELECTION_LIMIT: Duration = Duration::from_secs(2);
+
+#[test]
+fn leader_killed_during_a_write_storm() -> anyhow::Result<()> {
+    let (rounds, phase) = if full() {
+        (5, Duration::from_secs(4))
+    } else {
+        (2, Duration::from_millis(1500))
+    };
+    let mut lab = VoterLab::up(&lab_name("chk"), 3, &bin())?;
+    println!(
+        "chaos leader-kill ({} form, lab {}): 3 voters on their own hosts, 4 writers",
+        form(),
+        lab.name()
+    );
+    let rev0 = policy_revision(&lab)?;
+    let storm = Storm::start(&lab.client_netns(), &lab.apis(), 4, Duration::from_secs(2));
+    let mut elections = Vec::new();
+    for round in 1..=rounds {
+        pause(phase);
+        let (leader, term) = lab.wait_leader(&[1, 2, 3], Duration::from_secs(20))?;
+        let acked = storm.acked();
+        lab.kill(leader)?;
+        let killed = Instant::now();
+        let survivors: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
+        let (new, new_term) = lab.wait_leader(&survivors, Duration::from_secs(20))?;
+        let elected = killed.elapsed();
+        let first_ack = storm.wait_ack_after(storm.acked().max(acked), Duration::from_secs(20));
+        println!(
+            "  round {round}: SIGKILL leader {leader} (term {term}) after {acked} acknowledged writes; voters {survivors:?} agreed on leader {new} (term {new_term}) after {elected:?}; next write acknowledged {first_ack:?} later"
+        );
+        assert!(
+            new != leader && new_term > term,
+            "no new leader: {new} term {new_term}"
+        );
+        assert!(
+            first_ack.is_some(),
+            "no write acknowledged within 20 s of the new leader"
+        );
+        elections.push(elected);
+        lab.start(leader, false)?;
+        lab.wait_leader(&[1, 2, 3], Duration::from_secs(30))?;
+    }
+
+    // A follower frozen (SIGSTOP) keeps the majority writing; thawed, it catches up.
+    let (leader, _) = lab.wait_leader(&[1, 2, 3], Duration::from_secs(20))?;
+    let frozen = if leader == 3 { 2 } else { 3 };
+    let before = storm.acked();
+    faults::signal(lab.process(frozen)?, Signal::SIGSTOP)?;
+    pause(phase);
+    let during = storm.acked() - before;
+    faults::signal(lab.process(frozen)?, Signal::SIGCONT)?;
+    println!(
+        "  SIGSTOP follower {frozen} for {phase:?}: {during} writes acknowledged meanwhile; SIGCONT"
+    );
+    assert!(
+        during > 0,
+        "no write acknowledged while one follower was frozen"
+    );
+    pause(phase / 2);
+
+    let rec = storm.stop()?;
+    let (leader, _) = lab.wait_leader(&[1, 2, 3], Duration::from_secs(20))?;
+    verify(&lab, &rec, rev0, leader, &[1, 2, 3])?;
+    let worst = elections.iter().max().copied().unwrap_or_default();
+    println!(
+        "  measured: time to an agreed new leader over {} kill(s): worst {worst:?}, all {elections:?}",
+        elections.len()
+    );
+    assert!(
+        worst < ELECTION_LIMIT,
+        "a new leader took {worst:?} (limit {ELECTION_LIMIT:?})"
+    );
+    Ok(())
+}
