@@ -1,5 +1,6 @@
 //! The faults the suite injects, each a real operation on the system: an interface taken down,
-//! netem loss and delay, nftables drops, and signals to processes.
+//! netem loss and delay (or, on kernels without netem, nftables random loss and a tbf rate
+//! limit), nftables drops, and signals to processes.
 
 use std::time::{Duration, Instant};
 
@@ -21,24 +22,75 @@ pub fn set_link(netns: &str, iface: &str, up: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds netem to `iface` in `netns`: `delay` each way and `loss_pct` % loss.
-pub fn netem(netns: &str, iface: &str, delay: Duration, loss_pct: u32) -> anyhow::Result<()> {
+/// The nftables table of [`degrade`]'s random loss.
+pub const NFT_LOSS_TABLE: &str = "palisade_chaos_loss";
+
+/// How [`degrade`] made the link worse (kernels without `sch_netem` get the fallback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Degraded {
+    /// `tc netem delay D loss L%`.
+    Netem,
+    /// Random loss by nftables (`numgen random mod 100 < L`, both ways) and a `tbf` rate limit
+    /// on the interface (no added delay: this kernel has no netem).
+    LossAndRateLimit,
+}
+
+/// Makes `iface` in `netns` a bad link: `delay` and `loss_pct` % loss with netem; where the
+/// kernel has no netem, `loss_pct` % random loss with nftables and a 4 Mbit/s token bucket.
+pub fn degrade(
+    netns: &str,
+    iface: &str,
+    delay: Duration,
+    loss_pct: u32,
+) -> anyhow::Result<Degraded> {
     let delay = format!("{}ms", delay.as_millis());
     let loss = format!("{loss_pct}%");
-    exec_in(
+    let netem = exec_in(
         netns,
         "tc",
         &[
             "qdisc", "replace", "dev", iface, "root", "netem", "delay", &delay, "loss", &loss,
         ],
+    );
+    match netem {
+        Ok(_) => return Ok(Degraded::Netem),
+        Err(e) if e.to_string().contains("qdisc kind is unknown") => {}
+        Err(e) => return Err(e).with_context(|| format!("tc netem on {iface} in {netns}")),
+    }
+    exec_in(
+        netns,
+        "tc",
+        &[
+            "qdisc", "replace", "dev", iface, "root", "tbf", "rate", "4mbit", "burst", "32kbit",
+            "latency", "200ms",
+        ],
     )
-    .with_context(|| format!("tc netem on {iface} in {netns}"))?;
-    Ok(())
+    .with_context(|| format!("tc tbf on {iface} in {netns}"))?;
+    let script = format!(
+        "table inet {NFT_LOSS_TABLE} {{
+  chain in {{ type filter hook input priority -300; policy accept; iifname {iface} numgen random mod 100 < {loss_pct} counter drop; }}
+  chain out {{ type filter hook output priority -300; policy accept; oifname {iface} numgen random mod 100 < {loss_pct} counter drop; }}
+}}
+"
+    );
+    nft_file(netns, &script).with_context(|| format!("nft random loss in {netns}"))?;
+    Ok(Degraded::LossAndRateLimit)
 }
 
-/// Removes netem from `iface` in `netns` (a missing qdisc is fine).
-pub fn clear_netem(netns: &str, iface: &str) {
+/// Undoes [`degrade`] (whatever is missing is fine).
+pub fn restore(netns: &str, iface: &str) {
     let _ = exec_in(netns, "tc", &["qdisc", "del", "dev", iface, "root"]);
+    let _ = exec_in(netns, "nft", &["delete", "table", "inet", NFT_LOSS_TABLE]);
+}
+
+fn nft_file(netns: &str, script: &str) -> anyhow::Result<()> {
+    let path =
+        std::env::temp_dir().join(format!("palisade-chaos-{netns}-{}.nft", std::process::id()));
+    std::fs::write(&path, script)?;
+    let res = exec_in(netns, "nft", &["-f", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    res?;
+    Ok(())
 }
 
 /// Drops, in `netns`, every IPv4 packet in and out whose peer matches `peer` (an nft expression
@@ -52,17 +104,17 @@ pub fn nft_drop(netns: &str, peer: &str) -> anyhow::Result<()> {
 }}
 "
     );
-    let path = std::env::temp_dir().join(format!("{NFT_TABLE}-{netns}.nft"));
-    std::fs::write(&path, script)?;
-    let res = exec_in(netns, "nft", &["-f", &path.display().to_string()]);
-    let _ = std::fs::remove_file(&path);
-    res.with_context(|| format!("nft drop {peer} in {netns}"))?;
-    Ok(())
+    nft_file(netns, &script).with_context(|| format!("nft drop {peer} in {netns}"))
 }
 
 /// Packets the drop in `netns` discarded so far (in + out).
 pub fn nft_dropped(netns: &str) -> anyhow::Result<u64> {
-    let out = exec_in(netns, "nft", &["list", "table", "inet", NFT_TABLE])?;
+    nft_dropped_in(netns, NFT_TABLE)
+}
+
+/// Packets the counters of the suite's nftables `table` in `netns` counted so far.
+pub fn nft_dropped_in(netns: &str, table: &str) -> anyhow::Result<u64> {
+    let out = exec_in(netns, "nft", &["list", "table", "inet", table])?;
     Ok(out
         .split("packets ")
         .skip(1)
