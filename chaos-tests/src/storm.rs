@@ -117,7 +117,7 @@ fn worker(
         k += 1;
         let api = &clients[target];
         let answered = match k % 6 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let label = if k % 6 == 2 {
                     format!("chaos-shared=s{}", (k / 6 + w) % SHARED_LABEL_SETS)
                 } else {
@@ -142,7 +142,7 @@ fn worker(
             }
             3 | 5 => {
                 let key = format!("chaos-p{}", (k / 6 + w) % POLICY_KEYS);
-                let delete = k % 6 == 5 && (k / 6) % 2 == 0;
+                let delete = k % 6 == 5 && (k / 6).is_multiple_of(2);
                 let out = if delete {
                     rec.policies.record(
                         w,
