@@ -121,6 +121,15 @@ impl<M: Model> History<M> {
         check(init, &self.lock(), budget)
     }
 
+    /// The recorded operations.
+    pub fn operations(&self) -> Vec<Operation<M::Op, M::Ret>>
+    where
+        M::Op: Clone,
+        M::Ret: Clone,
+    {
+        self.lock().clone()
+    }
+
     /// The operations at `indices`, for failure messages.
     pub fn describe(&self, indices: &[usize]) -> String {
         let ops = self.lock();
@@ -134,8 +143,14 @@ impl<M: Model> History<M> {
     /// Asserts the history is linearizable (within `budget`), with a message that shows the
     /// operations that could not be ordered.
     pub fn assert_linearizable(&self, what: &str, init: &M, budget: u64) -> Counts {
+        self.assert_verdict(what, self.check(init, budget))
+    }
+
+    /// Asserts `verdict` (of this history) is [`Verdict::Linearizable`], with the message of
+    /// [`History::assert_linearizable`].
+    pub fn assert_verdict(&self, what: &str, verdict: Verdict) -> Counts {
         let counts = self.counts();
-        match self.check(init, budget) {
+        match verdict {
             Verdict::Linearizable { .. } => counts,
             Verdict::NotLinearizable {
                 longest_prefix,

@@ -33,6 +33,19 @@ pub fn voter_ip(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 97, 1, u8::try_from(k).unwrap_or(99))
 }
 
+/// What [`VoterLab::kill_leader_and_measure`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    /// The new leader.
+    pub new_leader: usize,
+    /// Its term.
+    pub term: u64,
+    /// From the kill until a survivor said it leads.
+    pub elected: Duration,
+    /// From the kill until every survivor named it.
+    pub agreed: Duration,
+}
+
 /// The voters' lab; tears itself down when dropped.
 pub struct VoterLab {
     lab: Lab,
@@ -162,6 +175,68 @@ impl VoterLab {
         faults::sigkill(self.process(k)?)?;
         self.procs[k - 1] = None;
         Ok(())
+    }
+
+    /// SIGKILLs voter `leader` (leading at `term`) and measures, from the moment it is gone,
+    /// when a survivor first says it leads at a higher term (`elected`) and when every survivor
+    /// names that leader (`agreed`). The pollers' clients are built before the kill and ask every
+    /// 10 ms, so the figures are not inflated by the test's own setup.
+    pub fn kill_leader_and_measure(
+        &mut self,
+        leader: usize,
+        term: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Failover> {
+        let survivors: Vec<usize> = (1..=self.voters).filter(|k| *k != leader).collect();
+        let urls: Vec<(usize, String)> = survivors.iter().map(|&k| (k, self.api(k))).collect();
+        let netns = self.client_netns();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let (kill_tx, kill_rx) = std::sync::mpsc::channel::<Instant>();
+        let poller = std::thread::spawn(move || -> anyhow::Result<Failover> {
+            enter_netns(&netns)?;
+            let apis = urls
+                .iter()
+                .map(|(k, u)| Ok((*k, Api::new(u, Duration::from_millis(300))?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let _ = ready_tx.send(());
+            let killed = kill_rx.recv()?;
+            let mut elected: Option<(usize, u64, Duration)> = None;
+            loop {
+                let mut named = Vec::new();
+                for (k, api) in &apis {
+                    let s = api.status().ok();
+                    let t = s.as_ref().and_then(|s| s["term"].as_u64()).unwrap_or(0);
+                    if elected.is_none()
+                        && s.as_ref().is_some_and(|s| s["state"] == "leader")
+                        && t > term
+                    {
+                        elected = Some((*k, t, killed.elapsed()));
+                    }
+                    named.push(s.and_then(|s| s["leader"].as_u64()));
+                }
+                if let Some((new_leader, term, elected)) = elected
+                    && named.iter().all(|l| *l == Some(new_leader as u64))
+                {
+                    return Ok(Failover {
+                        new_leader,
+                        term,
+                        elected,
+                        agreed: killed.elapsed(),
+                    });
+                }
+                anyhow::ensure!(
+                    killed.elapsed() < timeout,
+                    "no new leader agreed within {timeout:?} (elected: {elected:?}, named: {named:?})"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        ready_rx.recv()?;
+        self.kill(leader)?;
+        kill_tx.send(Instant::now())?;
+        poller
+            .join()
+            .map_err(|_| anyhow::anyhow!("failover poller panicked"))?
     }
 
     /// SIGTERMs voter `k` and waits for it to exit.
