@@ -227,6 +227,25 @@ impl AgentLab {
         }
     }
 
+    /// Starts pod `name` labelled `app=<app>` on node `node` (1-based) through the CNI plugin,
+    /// at host 50 of the node's pod CIDR.
+    pub fn start_pod(
+        &mut self,
+        name: &str,
+        node: usize,
+        app: &str,
+    ) -> anyhow::Result<std::net::IpAddr> {
+        let node_name = format!("n{node}");
+        let ip = self
+            .lab
+            .state()
+            .node(&node_name)
+            .and_then(|n| n.pod_cidr.host(50))
+            .with_context(|| format!("no node {node_name}"))?;
+        let labels = [("app".to_string(), app.to_string())].into_iter().collect();
+        Ok(self.lab.start_pod(name, &node_name, labels, ip)?.ip)
+    }
+
     /// A pod's namespace.
     pub fn pod_netns(&self, pod: &str) -> anyhow::Result<String> {
         Ok(self

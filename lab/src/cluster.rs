@@ -407,6 +407,42 @@ pub fn agent_args(state: &LabState, c: &ClusterState, i: usize) -> Vec<String> {
     args
 }
 
+/// Starts one more pod on a running cluster lab, as a runtime would (its namespace, then
+/// `palisade-cni ADD` in its node), and records it in the state (so `down` removes it). Chaos
+/// tests start pods while a node is cut off. Runs no server in it.
+pub fn start_pod(
+    state: &mut LabState,
+    name: &str,
+    node: &str,
+    labels: std::collections::BTreeMap<String, String>,
+    ip: std::net::Ipv4Addr,
+) -> Result<PodState, LabError> {
+    let c = state.cluster.clone().ok_or_else(|| LabError::InvalidSpec {
+        name: state.name.clone(),
+        reason: "the lab runs no cluster".to_string(),
+    })?;
+    if state.pod(name).is_some() {
+        return Err(LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{name}` exists"),
+        });
+    }
+    let mut pod = PodState {
+        name: name.to_string(),
+        namespace: spec::DEFAULT_POD_NAMESPACE.to_string(),
+        labels,
+        node: node.to_string(),
+        netns: format!("{}{}", crate::state::netns_prefix(&state.name), name),
+        iface: "eth0".to_string(),
+        host_iface: String::new(),
+        ip: IpAddr::V4(ip),
+    };
+    pod.host_iface = add_pod(state, &c, &pod)?;
+    state.pods.push(pod.clone());
+    state.save()?;
+    Ok(pod)
+}
+
 /// Creates a pod's namespace and runs `palisade-cni ADD` for it in its node, as a runtime
 /// would; returns the host-side interface the plugin made.
 fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String, LabError> {

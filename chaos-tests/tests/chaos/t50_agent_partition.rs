@@ -1,10 +1,13 @@
-//! A node's agent cut off from the control plane (nftables drops in the node, both ways) while
-//! policies change and identities are allocated elsewhere: it keeps enforcing its last-known-good
-//! policy, the other node enforces the new one, and after the heal the cut-off node converges
-//! with no manual step (the time it takes is measured). No gossip here: this is today's
-//! behaviour, agents learn only from the control plane.
+//! A node's agent cut off from the control plane (nftables drops in the node, both ways) while a
+//! pod starts on another node (through the CNI plugin) and policies change and identities are
+//! allocated elsewhere: it keeps enforcing its last-known-good policy (and so does not let in the
+//! new pod it cannot know of), the other node enforces the new one, and after the heal the cut-off
+//! node converges with no manual step (the time it takes is measured). No gossip here: this is
+//! today's behaviour, agents learn only from the control plane.
 
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use palisade_chaos_tests::agents::{AgentLab, allow_only};
 use palisade_chaos_tests::faults;
@@ -30,7 +33,7 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
     } else {
         Duration::from_secs(3)
     };
-    let lab = AgentLab::up(&lab_name("chn"), 2, 2, &bin())?;
+    let mut lab = AgentLab::up(&lab_name("chn"), 2, 2, &bin())?;
     println!(
         "chaos agent-partition ({} form, lab {}): 2 nodes × 2 pods, 3 voters",
         form(),
@@ -49,13 +52,16 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
     let n1 = lab.node_netns("n1")?;
     faults::nft_drop(&n1, &CP_HOST_IP.to_string())?;
     let cut = Instant::now();
-    // Elsewhere, while n1 is cut off: v2 flips who may reach n1-p1, a policy for n2-p1 appears,
-    // and a new label set gets an identity.
-    let rev2 = lab.apply(
-        &client,
-        "chaos-n1",
-        &allow_only("chaos-n1", "n2-p2", "n1-p1", &[80]),
-    )?;
+    // Elsewhere, while n1 is cut off: a pod of a new label set starts on n2 (CNI ADD through
+    // n2's agent), v2 lets n2-p2 and that pod (instead of n2-p1) reach n1-p1, a policy for n2-p1
+    // appears, and one more label set gets an identity.
+    let new_ip = lab.start_pod("n2-new", 2, "chaos-new")?;
+    let mut v2 = allow_only("chaos-n1", "n2-p2", "n1-p1", &[80]);
+    v2["spec"]["ingress"][0]["fromEndpoints"]
+        .as_array_mut()
+        .context("fromEndpoints")?
+        .push(serde_json::json!({"matchLabels": {"app": "chaos-new"}}));
+    let rev2 = lab.apply(&client, "chaos-n1", &v2)?;
     let rev3 = lab.apply(
         &client,
         "chaos-n2",
@@ -76,8 +82,16 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
         lab.reachable("n1-p2", "n2-p1", 80)?,
         "n2 lets the allowed peer in"
     );
+    let t0 = Instant::now();
+    while !client.list_endpoints()?.iter().any(|e| e.ip == new_ip) {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the pod started on n2 is not registered with the control plane"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     println!(
-        "  n1 cut off from the control plane ({CP_HOST_IP}); revisions {rev2} and {rev3} and identity {} written elsewhere; n2 acknowledged and enforces them",
+        "  n1 cut off from the control plane ({CP_HOST_IP}); pod n2-new ({new_ip}, app=chaos-new) started on n2 and registered; revisions {rev2} and {rev3} and identity {} written; n2 acknowledged and enforces them",
         id.id
     );
 
@@ -92,6 +106,10 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
         assert!(
             !lab.reachable("n2-p2", "n1-p1", 80)?,
             "n1 opened up while cut off"
+        );
+        assert!(
+            !lab.reachable("n2-new", "n1-p1", 80)?,
+            "n1 let in a pod it cannot know of while cut off"
         );
         checks += 1;
         pause(Duration::from_millis(200));
@@ -113,6 +131,8 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
     let enforced = lab.until_reachable("n2-p2", "n1-p1", 80, true, Duration::from_secs(60))?;
     let closed = lab.until_reachable("n2-p1", "n1-p1", 80, false, Duration::from_secs(60))?;
     let to_enforce = healed.elapsed();
+    let new_pod = lab.until_reachable("n2-new", "n1-p1", 80, true, Duration::from_secs(60))?;
+    let to_learn = healed.elapsed();
     while acked(&client, "n1")? < rev3 {
         anyhow::ensure!(
             healed.elapsed() < Duration::from_secs(60),
@@ -122,10 +142,10 @@ fn agent_partitioned_from_the_control_plane_keeps_last_known_good_then_converges
     }
     let to_ack = healed.elapsed();
     println!(
-        "  measured: after the heal n1 enforced the new policy in {to_enforce:?} and acknowledged revision {rev3} in {to_ack:?}"
+        "  measured: after the heal n1 enforced the new policy in {to_enforce:?}, let the new pod in (learned its identity) in {to_learn:?}, acknowledged revision {rev3} in {to_ack:?}"
     );
     assert!(
-        enforced.is_some() && closed.is_some(),
+        enforced.is_some() && closed.is_some() && new_pod.is_some(),
         "n1 did not converge after the heal"
     );
     lab.wait_acked(&client, rev3, Duration::from_secs(30))?;
