@@ -181,7 +181,10 @@ fn horizon<O, R>(history: &[Operation<O, R>], applied: &Bits) -> u64 {
 }
 
 /// Every (operation, next state) that may come next: operations not applied yet that were
-/// invoked no later than the horizon, with each state the model allows.
+/// invoked no later than the horizon, with each state the model allows. Completed operations
+/// come first, earliest answer first, and indeterminate ones last: the search then follows the
+/// answers and inserts an indeterminate operation only where nothing else fits, which keeps the
+/// search of a linearizable history close to linear.
 fn moves<M: Model>(
     history: &[Operation<M::Op, M::Ret>],
     applied: &Bits,
@@ -197,6 +200,7 @@ fn moves<M: Model>(
             out.push((i, next));
         }
     }
+    out.sort_by_key(|(i, _)| history[*i].ret.as_ref().map_or(u64::MAX, |(t, _)| *t));
     out
 }
 

@@ -113,6 +113,7 @@ fn worker(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut k = 0usize;
     let mut target = w % clients.len();
+    let mut avoid_until = vec![Instant::now(); clients.len()];
     while !stop.load(Ordering::Relaxed) {
         k += 1;
         let api = &clients[target];
@@ -182,14 +183,29 @@ fn worker(
                 matches!(out, Outcome::Done(_))
             }
         };
-        // Every call goes to the next member (followers forward writes to the leader); after a
-        // failure, pause a little so a dead member is not hammered.
-        target = (target + 1) % clients.len();
+        // Every call goes to the next member (followers forward writes to the leader). A member
+        // that failed is left alone for a while, as a client with failover would: each call to
+        // a cut-off member costs a timeout and leaves one more indeterminate operation.
         if !answered {
+            avoid_until[target] = Instant::now() + AVOID;
             std::thread::sleep(Duration::from_millis(50));
         }
+        target = next_target(target, &avoid_until);
     }
     Ok(())
+}
+
+/// How long a worker leaves a member alone after a call to it failed.
+const AVOID: Duration = Duration::from_secs(3);
+
+/// The member after `from` not being left alone (the next one if all are).
+fn next_target(from: usize, avoid_until: &[Instant]) -> usize {
+    let n = avoid_until.len();
+    let now = Instant::now();
+    (1..=n)
+        .map(|d| (from + d) % n)
+        .find(|&t| avoid_until[t] <= now)
+        .unwrap_or((from + 1) % n)
 }
 
 /// Reads every shared policy key once more through `api` and records the reads (after the

@@ -167,7 +167,7 @@ pub fn verify(
 }
 
 /// Configurations the checker may explore for a verdict the test asserts.
-const BUDGET: u64 = 20_000_000;
+const BUDGET: u64 = 2_000_000;
 /// Configurations for the strict checks the test only reports.
 const STRICT_BUDGET: u64 = 1_000_000;
 
