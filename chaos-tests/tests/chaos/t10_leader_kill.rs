@@ -9,7 +9,7 @@ use palisade_chaos_tests::faults;
 use palisade_chaos_tests::storm::Storm;
 use palisade_chaos_tests::voters::VoterLab;
 
-use crate::util::{bin, form, full, lab_name, pause, policy_revision, verify};
+use crate::util::{bin, form, full, lab_name, pause, policy_revision, verify, voter_turn};
 
 /// The longest a new leader may take to be agreed on after the old one died.
 const ELECTION_LIMIT: Duration = Duration::from_secs(2);
@@ -21,6 +21,7 @@ fn leader_killed_during_a_write_storm() -> anyhow::Result<()> {
     } else {
         (2, Duration::from_millis(1500))
     };
+    let _turn = voter_turn();
     let mut lab = VoterLab::up(&lab_name("chk"), 3, &bin())?;
     println!(
         "chaos leader-kill ({} form, lab {}): 3 voters on their own hosts, 4 writers",
@@ -58,11 +59,13 @@ fn leader_killed_during_a_write_storm() -> anyhow::Result<()> {
     let frozen = if leader == 3 { 2 } else { 3 };
     let before = storm.acked();
     faults::signal(lab.process(frozen)?, Signal::SIGSTOP)?;
-    pause(phase);
+    // At least 3 s: writers stuck in a 2 s call to the frozen member must come back to count.
+    let frozen_for = phase.max(Duration::from_secs(3));
+    pause(frozen_for);
     let during = storm.acked() - before;
     faults::signal(lab.process(frozen)?, Signal::SIGCONT)?;
     println!(
-        "  SIGSTOP follower {frozen} for {phase:?}: {during} writes acknowledged meanwhile; SIGCONT"
+        "  SIGSTOP follower {frozen} for {frozen_for:?}: {during} writes acknowledged meanwhile; SIGCONT"
     );
     assert!(
         during > 0,

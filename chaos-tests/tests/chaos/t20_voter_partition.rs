@@ -12,7 +12,9 @@ use palisade_chaos_tests::faults;
 use palisade_chaos_tests::storm::Storm;
 use palisade_chaos_tests::voters::VoterLab;
 
-use crate::util::{bin, form, full, lab_name, on_client, pause, policy_revision, verify};
+use crate::util::{
+    bin, form, full, lab_name, on_client, pause, policy_revision, verify, voter_turn,
+};
 
 /// How long voter `k` took to apply everything the leader had committed when the fault healed.
 fn catch_up(lab: &VoterLab, k: usize, leader: usize) -> anyhow::Result<Duration> {
@@ -45,8 +47,10 @@ fn a_minority_of_voters_partitioned_then_healed() -> anyhow::Result<()> {
     let phase = if full() {
         Duration::from_secs(10)
     } else {
-        Duration::from_secs(2)
+        // Long enough that writers stuck in a 2 s call to the cut-off member come back.
+        Duration::from_secs(3)
     };
+    let _turn = voter_turn();
     let lab = VoterLab::up(&lab_name("chp"), 3, &bin())?;
     println!(
         "chaos voter-partition ({} form, lab {}): 3 voters on their own hosts, 4 writers",

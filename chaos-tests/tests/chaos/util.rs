@@ -27,6 +27,17 @@ pub fn bin() -> PathBuf {
     bin
 }
 
+/// Held by each voter test: two storms and two sets of voters at once on two cores would slow
+/// each other's elections, which the leader-kill test times.
+static VOTER_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the voter tests' turn (released when the guard drops).
+pub fn voter_turn() -> std::sync::MutexGuard<'static, ()> {
+    VOTER_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether the long form was asked for (`PALISADE_CHAOS=full`).
 pub fn full() -> bool {
     std::env::var("PALISADE_CHAOS").is_ok_and(|v| v == "full")
