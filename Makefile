@@ -10,7 +10,7 @@ CARGO ?= cargo
 PALISADE_RELEASE := $(CARGO_TARGET_DIR)/release/palisade
 DEMO_LAB ?= palisade
 
-.PHONY: help bootstrap build test lint bench demo demo-down clean-lab
+.PHONY: help bootstrap build test chaos lint bench demo demo-down clean-lab
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,11 @@ build: bootstrap ## Build every host crate (the eBPF programs build as part of n
 test: bootstrap ## Run every test (unit, policy suites, lab, eBPF); needs root.
 	@bash scripts/require-root.sh
 	$(CARGO) test --no-fail-fast
+
+chaos: bootstrap ## The chaos suite's long form: real faults on voters and agents (see chaos-tests/).
+	@bash scripts/require-root.sh
+	$(CARGO) build -p palisade-cli -p palisade-cni
+	PALISADE_CHAOS=full $(CARGO) test -p palisade-chaos-tests -- --nocapture --test-threads 1
 
 lint: bootstrap ## rustfmt and clippy, warnings are errors.
 	$(CARGO) fmt --all -- --check

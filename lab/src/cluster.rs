@@ -252,13 +252,39 @@ fn make_credentials(state: &LabState, c: &ClusterState) -> Result<(), LabError> 
 }
 
 fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), LabError> {
+    for k in 1..=c.voters {
+        let args = voter_args(state, c, k);
+        let bin = state.palisade_bin.clone();
+        state.spawn_process(
+            ProcessRole::ControlPlane,
+            &format!("cp{k}"),
+            Some(&c.cp_netns),
+            &bin,
+            &args,
+        )?;
+    }
+    // A leader is elected when a member's status names one.
+    until_control_plane(state, c, "cp1", |client| {
+        let status = client.cluster_status().map_err(|e| e.to_string())?;
+        if status["leader"].as_u64().is_some() {
+            Ok(())
+        } else {
+            Err(format!("no leader elected within {START_TIMEOUT:?}"))
+        }
+    })
+}
+
+/// The arguments of voter `k` (1-based) of the lab's control plane (`palisade ARGS`, in the
+/// control plane's host); chaos tests restart voters with them. `--init` is a no-op on a
+/// non-empty log, so a restart may pass it again.
+pub fn voter_args(state: &LabState, c: &ClusterState, k: usize) -> Vec<String> {
     let peers: Vec<String> = (1..=c.voters)
         .flat_map(|k| {
             let (raft, api) = ClusterState::voter_addrs(k);
             ["--peer".to_string(), format!("{k}={raft}={api}")]
         })
         .collect();
-    for k in 1..=c.voters {
+    {
         let (raft, api) = ClusterState::voter_addrs(k);
         let data = crate::state::state_dir(&state.name).join(format!("cp{k}"));
         let mut args = vec![
@@ -292,25 +318,9 @@ fn start_control_plane(state: &mut LabState, c: &ClusterState) -> Result<(), Lab
             ClusterState::voter_ui_addr(k),
             "--init".to_string(),
         ];
-        args.extend(peers.iter().cloned());
-        let bin = state.palisade_bin.clone();
-        state.spawn_process(
-            ProcessRole::ControlPlane,
-            &format!("cp{k}"),
-            Some(&c.cp_netns),
-            &bin,
-            &args,
-        )?;
+        args.extend(peers);
+        args
     }
-    // A leader is elected when a member's status names one.
-    until_control_plane(state, c, "cp1", |client| {
-        let status = client.cluster_status().map_err(|e| e.to_string())?;
-        if status["leader"].as_u64().is_some() {
-            Ok(())
-        } else {
-            Err(format!("no leader elected within {START_TIMEOUT:?}"))
-        }
-    })
 }
 
 /// How the operator (the CLI's `--lab`, and the lab itself) reaches the control plane: the
@@ -342,6 +352,35 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
         path: dir.clone(),
         source,
     })?;
+    let socket = agent_socket(&state.name, &node.name);
+    let args = agent_args(state, c, i);
+    let bin = state.palisade_bin.clone();
+    let agent = state.spawn_process(
+        ProcessRole::NodeAgent,
+        &format!("agent-{}", node.name),
+        None,
+        &bin,
+        &args,
+    )?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if !is_alive(agent.pid, agent.start_time) || Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                pod: format!("agent of {}", node.name),
+                reason: "its socket did not open".to_string(),
+                log: agent.log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The arguments of the agent of node `i` (0-based) (`palisade ARGS`, in the root namespace: it
+/// enters the node itself); chaos tests restart agents with them.
+pub fn agent_args(state: &LabState, c: &ClusterState, i: usize) -> Vec<String> {
+    let node = &state.nodes[i];
+    let dir = agent_dir(&state.name, &node.name);
     let socket = agent_socket(&state.name, &node.name);
     let mut args = vec![
         "agent".to_string(),
@@ -410,26 +449,43 @@ fn start_agent(state: &mut LabState, c: &ClusterState, i: usize) -> Result<(), L
             .display()
             .to_string(),
     ]);
-    let bin = state.palisade_bin.clone();
-    let agent = state.spawn_process(
-        ProcessRole::NodeAgent,
-        &format!("agent-{}", node.name),
-        None,
-        &bin,
-        &args,
-    )?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if !is_alive(agent.pid, agent.start_time) || Instant::now() >= deadline {
-            return Err(LabError::NotReady {
-                pod: format!("agent of {}", node.name),
-                reason: "its socket did not open".to_string(),
-                log: agent.log,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    args
+}
+
+/// Starts one more pod on a running cluster lab, as a runtime would (its namespace, then
+/// `palisade-cni ADD` in its node), and records it in the state (so `down` removes it). Chaos
+/// tests start pods while a node is cut off. Runs no server in it.
+pub fn start_pod(
+    state: &mut LabState,
+    name: &str,
+    node: &str,
+    labels: std::collections::BTreeMap<String, String>,
+    ip: std::net::Ipv4Addr,
+) -> Result<PodState, LabError> {
+    let c = state.cluster.clone().ok_or_else(|| LabError::InvalidSpec {
+        name: state.name.clone(),
+        reason: "the lab runs no cluster".to_string(),
+    })?;
+    if state.pod(name).is_some() {
+        return Err(LabError::InvalidSpec {
+            name: state.name.clone(),
+            reason: format!("pod `{name}` exists"),
+        });
     }
-    Ok(())
+    let mut pod = PodState {
+        name: name.to_string(),
+        namespace: spec::DEFAULT_POD_NAMESPACE.to_string(),
+        labels,
+        node: node.to_string(),
+        netns: format!("{}{}", crate::state::netns_prefix(&state.name), name),
+        iface: "eth0".to_string(),
+        host_iface: String::new(),
+        ip: IpAddr::V4(ip),
+    };
+    pod.host_iface = add_pod(state, &c, &pod)?;
+    state.pods.push(pod.clone());
+    state.save()?;
+    Ok(pod)
 }
 
 /// Creates a pod's namespace and runs `palisade-cni ADD` for it in its node, as a runtime

@@ -89,6 +89,19 @@ impl Lab {
         self.state.spawn_process(role, name, netns, program, args)
     }
 
+    /// Starts one more pod `name` with `labels` at `ip` on `node` of a running cluster lab
+    /// through the CNI plugin (see [`crate::cluster::start_pod`]).
+    pub fn start_pod(
+        &mut self,
+        name: &str,
+        node: &str,
+        labels: std::collections::BTreeMap<String, String>,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<PodState, LabError> {
+        self.reload()?;
+        crate::cluster::start_pod(&mut self.state, name, node, labels, ip)
+    }
+
     /// Whether a recorded process is still running (same pid and start time).
     pub fn process_alive(record: &ProcessRecord) -> bool {
         is_alive(record.pid, record.start_time)

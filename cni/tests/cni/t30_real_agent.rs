@@ -67,6 +67,7 @@ fn pods_added_through_cni_are_enforced_by_the_real_agent() {
         hubble_tls_dir: None,
         flow_ring_size: palisade_node_agent::agent::DEFAULT_FLOW_RING_SIZE,
         l7_proxy: None,
+        gossip: None,
         dns_proxy: None,
     };
     // The agent runs for the rest of the test process, on a thread inside the node namespace.
