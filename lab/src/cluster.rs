@@ -481,6 +481,7 @@ pub fn start_pod(
         iface: "eth0".to_string(),
         host_iface: String::new(),
         ip: IpAddr::V4(ip),
+        service_account: None,
     };
     pod.host_iface = add_pod(state, &c, &pod)?;
     state.pods.push(pod.clone());
