@@ -19,32 +19,11 @@ trap '"$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true' EXIT
 # Debian's wireguard-go between the two lab nodes, set up the way the agents set up theirs: one
 # interface per node on UDP 51821, the other node as its peer with that node's pod CIDR as allowed
 # IPs, the pod CIDR routed into it, pod MTU 1420. Keys are made here (x25519 in a few lines of
-# Python, so no `wg` tool is needed) and handed over the UAPI socket.
+# Python, bench/wg_keys.py, so no `wg` tool is needed) and handed over the UAPI socket.
 WGO_PIDS=()
 wireguard_go() {
   local state="/run/palisade/labs/$LAB/state.json"
-  read -r PA PUBA PB PUBB < <(python3 - <<'PY'
-import os
-P = 2**255 - 19
-def x25519_base(k):
-    k = bytearray(k); k[0] &= 248; k[31] &= 127; k[31] |= 64
-    n = int.from_bytes(k, "little"); x1, x2, z2, x3, z3, swap = 9, 1, 0, 9, 1, 0
-    for t in reversed(range(255)):
-        b = (n >> t) & 1; swap ^= b
-        if swap: x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = b
-        A, B = (x2 + z2) % P, (x2 - z2) % P; AA, BB = A * A % P, B * B % P; E = (AA - BB) % P
-        C, D = (x3 + z3) % P, (x3 - z3) % P; DA, CB = D * A % P, C * B % P
-        x3, z3 = (DA + CB) ** 2 % P, x1 * (DA - CB) ** 2 % P
-        x2, z2 = AA * BB % P, E * (AA + 121665 * E) % P
-    if swap: x2, z2 = x3, z3
-    return (x2 * pow(z2, P - 2, P) % P).to_bytes(32, "little")
-out = []
-for _ in range(2):
-    k = os.urandom(32); out += [k.hex(), x25519_base(k).hex()]
-print(*out)
-PY
-)
+  read -r PA PUBA PB PUBB < <(python3 bench/wg_keys.py)
   read -r U1 U2 C1 C2 < <(python3 -c '
 import json, sys
 n = json.load(open(sys.argv[1]))["nodes"]
@@ -58,11 +37,7 @@ print(n[0]["underlay_ip"], n[1]["underlay_ip"], n[0]["pod_cidr"], n[1]["pod_cidr
     [ -S /var/run/wireguard/wgo1.sock ] && [ -S /var/run/wireguard/wgo2.sock ] && break
     sleep 0.1
   done
-  uapi() { python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode() + b"\n")
-r = s.recv(4096).decode()
-sys.exit(0 if "errno=0" in r else "uapi: " + r)' "$1" "$2"; }
+  uapi() { python3 bench/wg_uapi.py "$1" "$2"; }
   uapi /var/run/wireguard/wgo1.sock "set=1
 private_key=$PA
 listen_port=51821

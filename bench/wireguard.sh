@@ -108,35 +108,8 @@ palisade "palisade, no offloads" --no-tun-offload --no-udp-offload
 
 # 3. Debian's wireguard-go with the same addressing; keys made here (x25519 in a few lines of
 # Python, so no `wg` tool is needed) and handed over its UAPI socket.
-read -r PA PUBA PB PUBB < <(python3 - <<'EOF'
-import os
-P = 2**255 - 19
-def x25519_base(k):
-    k = bytearray(k); k[0] &= 248; k[31] &= 127; k[31] |= 64
-    n = int.from_bytes(k, "little"); x1, x2, z2, x3, z3, swap = 9, 1, 0, 9, 1, 0
-    for t in reversed(range(255)):
-        b = (n >> t) & 1; swap ^= b
-        if swap: x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = b
-        A, B = (x2 + z2) % P, (x2 - z2) % P; AA, BB = A * A % P, B * B % P; E = (AA - BB) % P
-        C, D = (x3 + z3) % P, (x3 - z3) % P; DA, CB = D * A % P, C * B % P
-        x3, z3 = (DA + CB) ** 2 % P, x1 * (DA - CB) ** 2 % P
-        x2, z2 = AA * BB % P, E * (AA + 121665 * E) % P
-    if swap: x2, z2 = x3, z3
-    return (x2 * pow(z2, P - 2, P) % P).to_bytes(32, "little")
-out = []
-for _ in range(2):
-    k = os.urandom(32); out += [k.hex(), x25519_base(k).hex()]
-print(*out)
-EOF
-)
-uapi() { # uapi SOCKET CONFIG
-  python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode() + b"\n")
-r = s.recv(4096).decode()
-sys.exit(0 if "errno=0" in r else "uapi: " + r)' "$1" "$2"
-}
+read -r PA PUBA PB PUBB < <(python3 bench/wg_keys.py)
+uapi() { python3 bench/wg_uapi.py "$1" "$2"; }
 for side in a b; do
   ns="pwb-$side-$ID"
   ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go "go-$side$ID" >"$DIR/go-$side.log" 2>&1 &
