@@ -98,6 +98,44 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
         "egress of n1-p2 is open"
     );
 
+    // kubectl against the lab's control plane with `palisade kubeconfig --lab` (kubectl runs in
+    // the control plane's host namespace, where the lab's addresses exist).
+    let kubeconfig = std::env::temp_dir().join(format!("{name}-kubeconfig"));
+    ok(&[
+        "kubeconfig",
+        "--lab",
+        &name,
+        "-o",
+        kubeconfig.to_str().expect("utf8"),
+    ]);
+    let got = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cluster.cp_netns,
+            "kubectl",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .args(["get", "cnp", "-A", "-o", "json"])
+        .output()
+        .expect("kubectl");
+    let _ = std::fs::remove_file(&kubeconfig);
+    let list: serde_json::Value = serde_json::from_slice(&got.stdout)
+        .unwrap_or_else(|e| panic!("kubectl get cnp: {e}: {got:?}"));
+    let names: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["namespace"].as_str().unwrap_or(""),
+                i["metadata"]["name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("default", "p2-from-n2-p1")], "{list}");
+
     // `palisade status` (cilium status): every agent connected and enforcing the revision.
     let st = ok(&["status", "--lab", &name, "-o", "json"]);
     let st: serde_json::Value = serde_json::from_str(&st).expect("json");
