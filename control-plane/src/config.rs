@@ -98,7 +98,7 @@ fn default_node_lease_ms() -> u64 {
     20_000
 }
 fn default_heartbeat_ms() -> u64 {
-    100
+    50
 }
 
 /// A configuration that cannot run.
@@ -217,11 +217,11 @@ mod tests {
         assert_eq!(c.me().api_addr, "127.0.0.1:8002");
         assert_eq!(
             (c.snapshot_logs, c.keep_logs, c.heartbeat_ms),
-            (50, 1_000, 100)
+            (50, 1_000, 50)
         );
         assert_eq!(c.cluster, ClusterConfig::default());
         let raft = c.raft_config()?;
-        assert_eq!(raft.election_timeout_min, 300);
+        assert_eq!(raft.election_timeout_min, 150);
         Ok(())
     }
 
