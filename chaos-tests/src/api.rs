@@ -1,5 +1,7 @@
 //! The calls the suite records, made over plain HTTP to one member at a time (no failover, no
-//! retry: the test decides where each call goes, and sees exactly what became of it).
+//! retry: the test decides where each call goes, and sees exactly what became of it). Writes
+//! carry the caller's `Idempotency-Key`, so the storm can retry one elsewhere and have it take
+//! effect once.
 
 use std::time::Duration;
 
@@ -90,11 +92,12 @@ impl Api {
         }
     }
 
-    /// `POST /v1/identities`.
-    pub fn allocate(&self, labels: &[String]) -> Result<Allocated, CallError> {
+    /// `POST /v1/identities` under idempotency key `key`.
+    pub fn allocate(&self, labels: &[String], key: &str) -> Result<Allocated, CallError> {
         let (status, v) = self.send(
             self.http
                 .post(format!("{}/v1/identities", self.base))
+                .header("Idempotency-Key", key)
                 .json(&json!({ "labels": labels })),
         )?;
         let id = v["id"]
@@ -106,21 +109,24 @@ impl Api {
         })
     }
 
-    /// `PUT` policy `name` with value `value`: the revision and whether it changed anything.
-    pub fn apply(&self, name: &str, value: u64) -> Result<(u64, bool), CallError> {
+    /// `PUT` policy `name` with value `value` under idempotency key `key`: the revision and
+    /// whether it changed anything.
+    pub fn apply(&self, name: &str, value: u64, key: &str) -> Result<(u64, bool), CallError> {
         let (_, v) = self.send(
             self.http
                 .put(format!("{}{POLICY_PATH}/{name}", self.base))
+                .header("Idempotency-Key", key)
                 .json(&policy_object(name, value)),
         )?;
         written(&v)
     }
 
-    /// `DELETE` policy `name`.
-    pub fn delete(&self, name: &str) -> Result<(u64, bool), CallError> {
+    /// `DELETE` policy `name` under idempotency key `key`.
+    pub fn delete(&self, name: &str, key: &str) -> Result<(u64, bool), CallError> {
         let (_, v) = self.send(
             self.http
-                .delete(format!("{}{POLICY_PATH}/{name}", self.base)),
+                .delete(format!("{}{POLICY_PATH}/{name}", self.base))
+                .header("Idempotency-Key", key),
         )?;
         written(&v)
     }

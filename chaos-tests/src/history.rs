@@ -140,6 +140,33 @@ impl<M: Model> History<M> {
             .join("\n")
     }
 
+    /// Writes every operation, one per line with its index, to a file in the temp dir, for
+    /// studying a failed check after the lab is gone; the file's path, or why there is none.
+    pub fn dump(&self, what: &str) -> String {
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "palisade-chaos-{name}-{}-{}.txt",
+            std::process::id(),
+            self.now()
+        ));
+        let text: String = self
+            .lock()
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("#{i} {o:?}\n"))
+            .collect();
+        match std::fs::write(&path, text) {
+            Ok(()) => format!("the whole history is in {}", path.display()),
+            Err(e) => format!(
+                "the history could not be written to {}: {e}",
+                path.display()
+            ),
+        }
+    }
+
     /// Asserts the history is linearizable (within `budget`), with a message that shows the
     /// operations that could not be ordered.
     pub fn assert_linearizable(&self, what: &str, init: &M, budget: u64) -> Counts {
@@ -164,14 +191,16 @@ impl<M: Model> History<M> {
                     .copied()
                     .collect();
                 panic!(
-                    "{what}: history of {counts:?} is NOT linearizable. Longest legal prefix has {} operations, ending with:\n{}\nnone of these can come next:\n{}",
+                    "{what}: history of {counts:?} is NOT linearizable. Longest legal prefix has {} operations, ending with:\n{}\nnone of these can come next:\n{}\n{}",
                     longest_prefix.len(),
                     self.describe(&tail),
-                    self.describe(&stuck)
+                    self.describe(&stuck),
+                    self.dump(what)
                 )
             }
             Verdict::Inconclusive { explored } => panic!(
-                "{what}: linearizability check of {counts:?} inconclusive after {explored} configurations"
+                "{what}: linearizability check of {counts:?} inconclusive after {explored} configurations; {}",
+                self.dump(what)
             ),
         }
     }

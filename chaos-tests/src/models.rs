@@ -13,10 +13,10 @@ use crate::linearizability::{Model, Operation, Verdict};
 /// it to an id the history never saw (`None`), settled by the first later answer for that set;
 /// settling checks the id against every other set's.
 ///
-/// `created` is checked only by [`Identities::strict`]: a member that forwards an allocation
-/// retries it on the new leader after a leader change (every operation is idempotent), and the
-/// retry answers "existing" (200) for the set the first attempt created — the suite found this
-/// (docs/RELIABILITY.md), so the default model checks the ids and not the flag.
+/// `created` is checked only by [`Identities::strict`], which the suite asserts. The default
+/// model checks the ids and not the flag: it is for histories of a control plane without
+/// exactly-once writes, where a forwarded allocation retried on a new leader answered "existing"
+/// (200) for the set its first attempt had created (the suite found this; docs/RELIABILITY.md).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Identities {
     ids: BTreeMap<String, Option<u64>>,
@@ -156,10 +156,10 @@ pub fn check_identities(
 /// cluster while it was recorded (the chaos lab has no other writer).
 ///
 /// A write answered "nothing changed" is, by default, also allowed to have taken effect as a
-/// change at an unknown revision: a member that forwards a write retries it on the new leader
-/// after a leader change, and when the first attempt was committed the retry finds the object
-/// already there and answers `changed: false` (the suite found this, docs/RELIABILITY.md).
-/// [`Policies::strict_at`] does not allow it.
+/// change at an unknown revision: without exactly-once writes, a write retried on a new leader
+/// after its first attempt committed found the object already there and answered
+/// `changed: false` (the suite found this, docs/RELIABILITY.md). [`Policies::strict_at`], which
+/// the suite asserts, does not allow it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policies {
     revision: u64,

@@ -1,6 +1,12 @@
 //! A write storm: worker threads on the client host calling the voters in turn — identity
 //! allocations (new label sets and a few shared by every worker) and policy applies, deletes and
 //! reads on a few shared keys — every call recorded for the linearizability checker.
+//!
+//! A write whose outcome is unknown (a timeout, a reset, a 5xx) is retried on the other members
+//! with the same `Idempotency-Key` until one answers, as a client with failover does: the
+//! control plane must make it take effect once and answer as the attempt that did. The history
+//! records one operation from the first attempt to the answer; only a write no retry got an
+//! answer for stays indeterminate.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use palisade_lab::exec::enter_netns;
 
-use crate::api::Api;
+use crate::api::{Api, CallError};
 use crate::history::{History, Outcome};
 use crate::models::{Allocate, Identities, Policies, PolicyOp, PolicyRet};
 
@@ -29,6 +35,8 @@ pub struct Recorded {
     pub acked_ids: Mutex<BTreeMap<String, u64>>,
     /// Acknowledged writes (allocations and policy writes) so far.
     pub acked_writes: AtomicUsize,
+    /// Wall clock at the start (ns), making this storm's idempotency keys its own.
+    storm_id: u128,
 }
 
 /// A running storm.
@@ -49,6 +57,9 @@ impl Storm {
             policies: History::new(start),
             acked_ids: Mutex::new(BTreeMap::new()),
             acked_writes: AtomicUsize::new(0),
+            storm_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..workers)
@@ -98,6 +109,35 @@ impl Storm {
     }
 }
 
+/// How long a worker keeps retrying a write whose outcome is unknown.
+const RETRY_FOR: Duration = Duration::from_secs(8);
+
+/// Runs `call` on member `first`, and while the outcome is unknown on the members after it in
+/// turn (the same call: its idempotency key inside), until one answers or [`RETRY_FOR`] passed.
+/// A first attempt that was never sent or was refused is returned as is (it had no effect);
+/// after that, any failure leaves the outcome unknown.
+fn with_failover<T>(
+    clients: &[Api],
+    first: usize,
+    call: impl Fn(&Api) -> Result<T, CallError>,
+) -> Result<T, CallError> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut target = first;
+    let mut last = match call(&clients[target]) {
+        Err(CallError::Unknown(e)) => e,
+        done => return done,
+    };
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        target = (target + 1) % clients.len();
+        match call(&clients[target]) {
+            Ok(t) => return Ok(t),
+            Err(e) => last = format!("{last}; then {e}"),
+        }
+    }
+    Err(CallError::Unknown(last))
+}
+
 fn worker(
     w: usize,
     netns: &str,
@@ -114,9 +154,12 @@ fn worker(
     let mut k = 0usize;
     let mut target = w % clients.len();
     let mut avoid_until = vec![Instant::now(); clients.len()];
+    // Keys unique to this storm: a worker's k-th write.
+    let run = std::process::id();
     while !stop.load(Ordering::Relaxed) {
         k += 1;
         let api = &clients[target];
+        let ikey = format!("chaos-{run}-{:x}-w{w}-k{k}", rec.storm_id);
         let answered = match k % 6 {
             0..=2 => {
                 let label = if k % 6 == 2 {
@@ -129,7 +172,7 @@ fn worker(
                     w,
                     Allocate(label.clone()),
                     false,
-                    || api.allocate(&labels),
+                    || with_failover(&clients, target, |a| a.allocate(&labels, &ikey)),
                     Clone::clone,
                 );
                 if let Outcome::Done(a) = &out {
@@ -149,7 +192,7 @@ fn worker(
                         w,
                         PolicyOp::Delete { key: key.clone() },
                         false,
-                        || api.delete(&key),
+                        || with_failover(&clients, target, |a| a.delete(&key, &ikey)),
                         |&(revision, changed)| PolicyRet::Written { revision, changed },
                     )
                 } else {
@@ -162,7 +205,7 @@ fn worker(
                             value,
                         },
                         false,
-                        || api.apply(&key, value),
+                        || with_failover(&clients, target, |a| a.apply(&key, value, &ikey)),
                         |&(revision, changed)| PolicyRet::Written { revision, changed },
                     )
                 };

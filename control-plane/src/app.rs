@@ -143,6 +143,36 @@ pub enum Request {
         /// Most identities removed by this request.
         max: u32,
     },
+    /// A client write under the id the member that first received it gave it, so that a retry
+    /// (after a lost answer, a forward that timed out or a leader change) takes effect once: the
+    /// state machine remembers each id's answer ([`State::requests`]) and answers a repeat with
+    /// it instead of applying the write again. Without this, a write whose first attempt
+    /// committed under a deposed leader would be applied twice, possibly after another client's
+    /// write to the same object (v1, v2, v1).
+    Once {
+        /// The request id (1 to [`MAX_REQUEST_ID_LEN`] bytes), unique per client call.
+        id: String,
+        /// The write.
+        request: Box<Request>,
+    },
+}
+
+/// Longest request id [`Request::Once`] accepts.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+/// How long (replicated clock) the answer of a [`Request::Once`] is remembered: far longer than
+/// any member retries a call (its request timeout, 3 s by default).
+pub const REQUEST_RETENTION_MS: u64 = 10 * 60 * 1_000;
+/// Most remembered answers; the oldest go first beyond it (at 5,000 writes/s this still covers
+/// the last 40 s, an order of magnitude above the retry window).
+pub const MAX_REMEMBERED_REQUESTS: usize = 200_000;
+
+/// The answer a [`Request::Once`] got, kept for its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedRequest {
+    /// The replicated clock when it was applied (ms since the epoch).
+    pub at_ms: u64,
+    /// The answer.
+    pub response: Response,
 }
 
 /// The answer of the state machine to one request.
@@ -310,17 +340,20 @@ pub enum Table {
     Policies,
     /// node → acknowledged revision.
     Acks,
+    /// request id → [`RememberedRequest`] (exactly-once writes).
+    Requests,
 }
 
 impl Table {
     /// All tables.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Meta,
         Table::Identities,
         Table::Nodes,
         Table::Endpoints,
         Table::Policies,
         Table::Acks,
+        Table::Requests,
     ];
 
     /// Column family name.
@@ -332,6 +365,7 @@ impl Table {
             Table::Endpoints => "sm_endpoints",
             Table::Policies => "sm_policies",
             Table::Acks => "sm_acks",
+            Table::Requests => "sm_requests",
         }
     }
 }
@@ -379,6 +413,14 @@ pub struct State {
     /// node → its leased id block.
     #[serde(default)]
     pub leases: BTreeMap<String, IdBlock>,
+    /// request id → the answer it got (see [`Request::Once`]); bounded by
+    /// [`REQUEST_RETENTION_MS`] and [`MAX_REMEMBERED_REQUESTS`]. Replicated and in snapshots,
+    /// so a retry reaching a new leader or a restarted member still finds it.
+    #[serde(default)]
+    pub requests: BTreeMap<String, RememberedRequest>,
+    /// Derived index: (applied at, id) of [`State::requests`], oldest first. Rebuilt on load.
+    #[serde(skip)]
+    requests_by_age: std::collections::BTreeSet<(u64, String)>,
     /// Derived index: label-set key → id. Rebuilt on load, not stored.
     #[serde(skip)]
     by_labels: BTreeMap<String, u32>,
@@ -453,6 +495,11 @@ impl State {
         if self.counters.next_local_id < FIRST_LOCAL_ID {
             self.counters.next_local_id = FIRST_LOCAL_ID;
         }
+        self.requests_by_age = self
+            .requests
+            .iter()
+            .map(|(id, r)| (r.at_ms, id.clone()))
+            .collect();
     }
 
     /// Looks up the id of a normalized label set.
@@ -472,6 +519,30 @@ impl State {
         (resp, touched)
     }
 
+    /// Remembers the answer of request `id` and forgets those past their retention (or beyond
+    /// the bound, oldest first). Deterministic: every member holds the same set.
+    fn remember(&mut self, id: &str, resp: &Response, touched: &mut Vec<RowKey>) {
+        let at_ms = self.counters.clock_ms;
+        self.requests.insert(
+            id.to_owned(),
+            RememberedRequest {
+                at_ms,
+                response: resp.clone(),
+            },
+        );
+        self.requests_by_age.insert((at_ms, id.to_owned()));
+        touched.push((Table::Requests, id.to_owned()));
+        while let Some((oldest_at, oldest)) = self.requests_by_age.first().cloned() {
+            let expired = oldest_at.saturating_add(REQUEST_RETENTION_MS) < at_ms;
+            if !expired && self.requests.len() <= MAX_REMEMBERED_REQUESTS {
+                break;
+            }
+            self.requests_by_age.pop_first();
+            self.requests.remove(&oldest);
+            touched.push((Table::Requests, oldest));
+        }
+    }
+
     /// Numbers every changed object row with the next change revision and keeps it in the
     /// in-memory change feed (bounded to [`CHANGE_FEED_LEN`]).
     fn record_changes(&mut self, touched: &[RowKey], policy_revision_before: u64) {
@@ -481,7 +552,7 @@ impl State {
                 Table::Nodes => "node",
                 Table::Endpoints => "endpoint",
                 Table::Policies => "policy",
-                Table::Meta | Table::Acks => continue,
+                Table::Meta | Table::Acks | Table::Requests => continue,
             };
             self.counters.change_revision += 1;
             self.feed.push_back(FeedEntry {
@@ -577,6 +648,19 @@ impl State {
                         .map(|r| self.apply_into(r, touched))
                         .collect(),
                 }
+            }
+            Request::Once { id, request } => {
+                if let Some(first) = self.requests.get(id) {
+                    return first.response.clone();
+                }
+                if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+                    return Response::Rejected {
+                        reason: format!("`id`: a request id is 1 to {MAX_REQUEST_ID_LEN} bytes"),
+                    };
+                }
+                let resp = self.apply_into(request, touched);
+                self.remember(id, &resp, touched);
+                resp
             }
             Request::CollectIdentities { grace_ms, max } => self.collect(*grace_ms, *max, touched),
             Request::SetClusterConfig(cfg) => self.set_cluster(cfg, touched),
@@ -1105,6 +1189,7 @@ impl State {
                 .map(enc),
             Table::Policies => self.policies.get(key).map(enc),
             Table::Acks => self.acks.get(key).map(enc),
+            Table::Requests => self.requests.get(key).map(enc),
         }
     }
 
@@ -1128,6 +1213,7 @@ impl State {
         );
         keys.extend(self.policies.keys().map(|k| (Table::Policies, k.clone())));
         keys.extend(self.acks.keys().map(|k| (Table::Acks, k.clone())));
+        keys.extend(self.requests.keys().map(|k| (Table::Requests, k.clone())));
         keys.into_iter()
             .filter_map(|(t, k)| self.row(t, &k).map(|v| (t, k, v)))
             .collect()
@@ -1166,6 +1252,10 @@ impl State {
             Table::Acks => {
                 let v: u64 = serde_json::from_slice(value).map_err(err)?;
                 self.acks.insert(key.to_owned(), v);
+            }
+            Table::Requests => {
+                let v: RememberedRequest = serde_json::from_slice(value).map_err(err)?;
+                self.requests.insert(key.to_owned(), v);
             }
         }
         Ok(())
@@ -1743,5 +1833,113 @@ mod tests {
         let json = |s: &State| serde_json::to_value(s).unwrap_or_default();
         assert_eq!(json(&s), json(&t));
         assert_eq!(t.identity_by_labels(&["x=2".to_owned()]), Some(257));
+    }
+
+    #[test]
+    fn a_retried_once_request_takes_effect_once_and_gets_the_first_answer() {
+        let mut s = State::new();
+        let key = PolicyKey {
+            kind: "CiliumNetworkPolicy".into(),
+            namespace: "demo".into(),
+            name: "p".into(),
+        };
+        let apply = |v: u64| Request::ApplyPolicy {
+            key: key.clone(),
+            object: serde_json::json!({"v": v}),
+            precondition: None,
+        };
+        let once = |id: &str, req: Request, at_ms| Request::Batch {
+            requests: vec![Request::Once {
+                id: id.into(),
+                request: Box::new(req),
+            }],
+            at_ms,
+        };
+        let first = Response::Batch {
+            responses: vec![Response::Policy {
+                revision: 1,
+                changed: true,
+            }],
+        };
+        let (r, rows) = s.apply(&once("m1-a", apply(1), 1_000));
+        assert_eq!(r, first);
+        assert!(rows.contains(&(Table::Requests, "m1-a".to_owned())));
+        // Another client writes v2; then the first call's retry arrives (v1, v2, v1 must not be
+        // visible): it answers as the first attempt did and changes nothing.
+        s.apply(&apply(2));
+        let (r, rows) = s.apply(&once("m1-a", apply(1), 2_000));
+        assert_eq!(r, first);
+        assert!(rows.iter().all(|(t, _)| *t != Table::Policies), "{rows:?}");
+        assert_eq!(s.policies[&key.storage_key()].object["v"], 2);
+        assert_eq!(s.counters.revision, 2);
+        // The same id inside one batch twice also applies once.
+        let Response::Batch { responses } = s
+            .apply(&Request::Batch {
+                requests: vec![
+                    Request::Once {
+                        id: "m2-b".into(),
+                        request: Box::new(Request::AllocateIdentity {
+                            labels: vec!["app=x".into()],
+                        }),
+                    },
+                    Request::Once {
+                        id: "m2-b".into(),
+                        request: Box::new(Request::AllocateIdentity {
+                            labels: vec!["app=x".into()],
+                        }),
+                    },
+                ],
+                at_ms: 2_000,
+            })
+            .0
+        else {
+            panic!("batch")
+        };
+        assert_eq!(responses[0], responses[1]);
+        assert!(matches!(
+            responses[0],
+            Response::Identity { created: true, .. }
+        ));
+        // A bad id is refused, naming the field, and nothing is applied.
+        let (r, _) = s.apply(&Request::Once {
+            id: String::new(),
+            request: Box::new(apply(3)),
+        });
+        assert!(matches!(r, Response::Rejected { ref reason } if reason.contains("`id`")));
+        assert_eq!(s.counters.revision, 2);
+    }
+
+    #[test]
+    fn remembered_answers_survive_a_reload_and_a_snapshot_then_expire() {
+        let mut s = State::new();
+        let once = |id: &str, labels: &str, at_ms| Request::Batch {
+            requests: vec![Request::Once {
+                id: id.into(),
+                request: Box::new(Request::AllocateIdentity {
+                    labels: vec![labels.into()],
+                }),
+            }],
+            at_ms,
+        };
+        let (first, _) = s.apply(&once("a", "app=a", 1_000));
+        // From stored rows (a restarted member) and from a snapshot (a wiped one).
+        let mut from_rows = State::new();
+        for (table, key, value) in s.all_rows() {
+            from_rows.load_row(table, &key, &value).expect("row");
+        }
+        from_rows.reindex();
+        let mut from_snapshot: State =
+            serde_json::from_slice(&serde_json::to_vec(&s).expect("encode")).expect("decode");
+        from_snapshot.reindex();
+        for t in [&mut from_rows, &mut from_snapshot] {
+            assert_eq!(t.apply(&once("a", "app=a", 2_000)).0, first);
+        }
+        // Past the retention, the next remembered request forgets it (and deletes its row).
+        let later = 1_000 + REQUEST_RETENTION_MS + 1;
+        let (_, rows) = s.apply(&once("b", "app=b", later));
+        assert!(rows.contains(&(Table::Requests, "a".to_owned())));
+        assert!(s.row(Table::Requests, "a").is_none());
+        assert!(s.row(Table::Requests, "b").is_some());
+        assert_eq!(s.requests.len(), 1);
     }
 }

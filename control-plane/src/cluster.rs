@@ -4,15 +4,18 @@
 //! Forwarding, in one hop over the leader's client API:
 //! - a write on a follower is sent as the Raft [`Request`] to the leader's
 //!   `POST /internal/v1/propose`, which proposes it locally and answers the state machine's
-//!   [`Response`]; a leader change during the hop is retried until the request timeout (every
-//!   operation is idempotent, so a retry after a lost answer is safe);
+//!   [`Response`]; a leader change during the hop is retried until the request timeout. The
+//!   member that first receives a write gives it a request id ([`Request::Once`]) kept through
+//!   every forward and retry, so an attempt that committed although its answer was lost (a
+//!   deposed leader, a timed-out hop) is not applied again: the retry gets the first answer;
 //! - a linearizable read on a follower asks the leader for a read index
 //!   (`GET /internal/v1/read-index`, answered after the leader confirmed its leadership with a
 //!   quorum), waits until it has applied that index, then reads its own state (ReadIndex);
 //! - membership changes go to the leader's `POST /internal/v1/members`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,46 @@ use crate::{Member, NodeId, Raft};
 
 /// Header marking a request forwarded by another member, so it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-palisade-forwarded";
+
+/// Header a client sends to make its own retries of a write exactly-once (the name of the IETF
+/// draft and of Stripe's API): the same key on another attempt, at this member or another, gets
+/// the first attempt's answer. Keys are global: a client must choose unique ones.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 100;
+
+/// Checks a client's idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "`Idempotency-Key`: 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        ));
+    }
+    Ok(())
+}
+
+struct ClientKey {
+    key: String,
+    /// Writes made so far by the call: its n-th write takes the id `c-<key>-<n>`.
+    writes: AtomicU32,
+}
+
+tokio::task_local! {
+    static CLIENT_KEY: ClientKey;
+}
+
+/// Serves one client call whose writes take their request ids from the client's idempotency key
+/// (checked with [`check_idempotency_key`]), so the client's retry of the call takes effect once.
+pub async fn with_idempotency_key<F: Future>(key: String, call: F) -> F::Output {
+    let key = ClientKey {
+        key,
+        writes: AtomicU32::new(0),
+    };
+    CLIENT_KEY.scope(key, call).await
+}
 
 /// A membership change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +169,9 @@ struct Inner {
     member_token: Option<String>,
     /// `https` when members talk TLS ([`crate::tls`]), else `http`.
     scheme: &'static str,
+    /// Request ids are `<member>-<boot>-<n>`: unique across members and restarts.
+    boot: u64,
+    next_request: AtomicU64,
 }
 
 /// Client operations on the local member. Cheap to clone.
@@ -171,6 +217,10 @@ impl Cluster {
                 timeout,
                 member_token,
                 scheme,
+                boot: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                next_request: AtomicU64::new(0),
             }),
         })
     }
@@ -196,8 +246,11 @@ impl Cluster {
     }
 
     /// Proposes a write through Raft, forwarding it to the leader when this member is not the
-    /// leader. A [`Response::Rejected`] becomes [`ClusterError::Rejected`].
+    /// leader, retrying across leader changes until the request timeout; the write takes effect
+    /// once however many attempts reach the log (see [`Request::Once`]). A
+    /// [`Response::Rejected`] becomes [`ClusterError::Rejected`].
     pub async fn write(&self, req: Request) -> Result<Response, ClusterError> {
+        let req = self.once(req);
         let deadline = Instant::now() + self.inner.timeout;
         loop {
             let err = match self.write_local(req.clone()).await {
@@ -218,6 +271,30 @@ impl Cluster {
                 return Err(err);
             }
             tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Gives a write its request id — from the client's idempotency key when the call has one,
+    /// else a fresh one — unless it has one or repeating it is harmless and frequent (heartbeats
+    /// and acknowledgements set values; their answers carry the current ones).
+    fn once(&self, req: Request) -> Request {
+        match req {
+            Request::Once { .. } | Request::Heartbeat { .. } | Request::AckRevision { .. } => req,
+            req => {
+                let id = CLIENT_KEY
+                    .try_with(|c| {
+                        let n = c.writes.fetch_add(1, Ordering::Relaxed);
+                        format!("c-{}-{n}", c.key)
+                    })
+                    .unwrap_or_else(|_| {
+                        let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+                        format!("{}-{:x}-{n:x}", self.inner.id, self.inner.boot)
+                    });
+                Request::Once {
+                    id,
+                    request: Box::new(req),
+                }
+            }
         }
     }
 

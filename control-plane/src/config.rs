@@ -98,7 +98,7 @@ fn default_node_lease_ms() -> u64 {
     20_000
 }
 fn default_heartbeat_ms() -> u64 {
-    50
+    100
 }
 
 /// A configuration that cannot run.
@@ -179,8 +179,12 @@ impl Config {
         let cfg = openraft::Config {
             cluster_name: "palisade".to_owned(),
             heartbeat_interval: hb,
-            election_timeout_min: hb * 3,
-            election_timeout_max: hb * 6,
+            // openraft 0.9 lets a follower that knew a leader campaign only after
+            // `election_timeout_max` (the leader lease) plus a random timeout in
+            // [min, max] of silence: 4.5–6 heartbeats here, a new leader in well under 2 s.
+            // The heartbeat itself stays long enough to be the replication RPC's timeout.
+            election_timeout_min: hb + hb.div_ceil(2),
+            election_timeout_max: hb * 3,
             install_snapshot_timeout: 2_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
@@ -217,7 +221,7 @@ mod tests {
         assert_eq!(c.me().api_addr, "127.0.0.1:8002");
         assert_eq!(
             (c.snapshot_logs, c.keep_logs, c.heartbeat_ms),
-            (50, 1_000, 50)
+            (50, 1_000, 100)
         );
         assert_eq!(c.cluster, ClusterConfig::default());
         let raft = c.raft_config()?;

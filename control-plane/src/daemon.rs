@@ -141,10 +141,11 @@ pub struct RunArgs {
     /// Log entries kept behind a snapshot.
     #[arg(long, default_value_t = 1_000)]
     pub keep_logs: u64,
-    /// Raft heartbeat interval in milliseconds. A follower that knew a leader campaigns after
-    /// 6 + 3–6 silent heartbeats (openraft's leader lease plus the election timeout): 450–600 ms
-    /// at the default, which keeps a new leader well inside 2 s on a loaded host.
-    #[arg(long, default_value_t = 50)]
+    /// Raft heartbeat interval in milliseconds; also openraft's timeout for one replication
+    /// RPC, so it must cover sending a batch of entries. A follower that knew a leader
+    /// campaigns after 4.5–6 silent heartbeats (openraft's leader lease of 3 plus an election
+    /// timeout of 1.5–3): 450–600 ms at the default.
+    #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
     /// A node is live while its last heartbeat is at most this old (ms).
     #[arg(long, default_value_t = 20_000)]

@@ -242,8 +242,32 @@ pub fn router(ops: Ops, prometheus: Option<PrometheusHandle>, tokens: Arc<Tokens
         .route("/internal/v1/propose", post(internal_propose))
         .route("/internal/v1/read-index", get(internal_read_index))
         .route("/internal/v1/members", post(internal_members))
+        .layer(middleware::from_fn(idempotency_key))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api)
+}
+
+/// Serves a call carrying an `Idempotency-Key` with its writes' request ids taken from the key
+/// (see [`crate::cluster::with_idempotency_key`]); a malformed key is refused before anything is
+/// done.
+async fn idempotency_key(req: axum::extract::Request, next: middleware::Next) -> HttpResponse {
+    let Some(value) = req.headers().get(crate::cluster::IDEMPOTENCY_KEY_HEADER) else {
+        return next.run(req).await;
+    };
+    let key = value.to_str().unwrap_or_default().to_owned();
+    if let Err(why) = crate::cluster::check_idempotency_key(&key) {
+        return if crate::kube_api::serves(req.uri().path()) {
+            crate::kube_api::deny(StatusCode::BAD_REQUEST, why)
+        } else {
+            ApiError {
+                status: StatusCode::BAD_REQUEST,
+                error: why,
+                field: Some("Idempotency-Key".to_owned()),
+            }
+            .into_response()
+        };
+    }
+    crate::cluster::with_idempotency_key(key, next.run(req)).await
 }
 
 /// Refuses requests without the credentials their method and path need.

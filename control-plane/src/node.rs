@@ -383,12 +383,23 @@ impl ControlPlane {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        // Servers finish the requests in flight, but a long poll (an agent's watch) or an idle
+        // keep-alive connection would hold a graceful shutdown for its whole length: past the
+        // grace, what is left is aborted (clients fail over to another member).
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut aborted = 0;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                aborted += 1;
+            }
         }
-        tracing::info!("control-plane member stopped");
+        tracing::info!(aborted, "control-plane member stopped");
     }
 }
+
+/// How long a stopping member waits for its servers to finish the requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Identities collected per log entry (one proposal stays small; the loop takes the rest).
 const GC_BATCH: u32 = 20_000;

@@ -7,7 +7,7 @@ fn error_responses() -> Value {
     json!({
         "400": {"description": "bad body, query or path; `field` names the offending part", "content": err["content"]},
         "409": {"description": "refused by the state machine; nothing changed", "content": err["content"]},
-        "503": {"description": "no leader known; retry (operations are idempotent)", "content": err["content"]},
+        "503": {"description": "no leader known; retry (with the same Idempotency-Key, a write takes effect once)", "content": err["content"]},
         "504": {"description": "timed out", "content": err["content"]}
     })
 }
@@ -21,6 +21,10 @@ fn op(summary: &str, body: Option<&str>, ok: &str) -> Value {
     if let Some(b) = body {
         o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}}});
     }
+    // Every write: a client's retries with the same key take effect once.
+    o["parameters"] = json!([{"name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "1 to 100 visible ASCII characters, unique per call: a retry of the call with the same key (at any member, within 10 minutes) gets the first attempt's answer and does not apply the write again",
+        "schema": {"type": "string", "maxLength": 100}}]);
     o
 }
 

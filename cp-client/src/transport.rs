@@ -75,6 +75,19 @@ pub(crate) struct Transport {
     preferred: AtomicUsize,
 }
 
+/// A key unique to one call of this process: process id, start time and a counter.
+fn idempotency_key() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("palisade-{:x}-{start:x}-{n:x}", std::process::id())
+}
+
 /// Parses a base URL; `host:port` alone means `http://host:port`.
 fn parse_server(s: &str, tls: bool) -> Result<Url, ClientError> {
     let with_scheme = if s.contains("://") {
@@ -202,7 +215,8 @@ impl Transport {
     pub fn call_member(&self, host_port: &str, call: &Call<'_>) -> Result<Reply, ClientError> {
         let scheme = self.servers.first().map_or("http", Url::scheme);
         let base = parse_server(&format!("{scheme}://{host_port}"), scheme == "https")?;
-        self.send(&base, call)
+        let key = (call.method != Method::Get).then(idempotency_key);
+        self.send(&base, call, key.as_deref())
             .map_err(|last| ClientError::Unreachable {
                 tried: vec![base.as_str().trim_end_matches('/').to_owned()],
                 last,
@@ -226,9 +240,11 @@ impl Transport {
 
     /// Sends `call` to the servers in turn, starting from the preferred one. A transport error
     /// (refused, reset, timed out) or a 503 (no leader known there right now) moves on to the
-    /// next server: every operation of the API is idempotent, so a retry elsewhere is safe even
-    /// if the first attempt took effect. Any other answer is final and returned as is.
+    /// next server. A write carries one `Idempotency-Key` on every attempt, so if an earlier
+    /// attempt took effect the retry gets its answer instead of applying it again. Any other
+    /// answer is final and returned as is.
     pub fn call(&self, call: &Call<'_>) -> Result<Reply, ClientError> {
+        let key = (call.method != Method::Get).then(idempotency_key);
         let n = self.servers.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
         let mut tried = Vec::with_capacity(n);
@@ -238,7 +254,7 @@ impl Transport {
             let i = (start + k) % n;
             let base = &self.servers[i];
             tried.push(base.as_str().trim_end_matches('/').to_owned());
-            match self.send(base, call) {
+            match self.send(base, call, key.as_deref()) {
                 // 503: no leader known there; 502: a follower could not reach the leader. Both
                 // may be fine on another member.
                 Ok(reply) if reply.status == 503 || reply.status == 502 => {
@@ -259,7 +275,7 @@ impl Transport {
         Err(ClientError::Unreachable { tried, last })
     }
 
-    fn send(&self, base: &Url, call: &Call<'_>) -> Result<Reply, String> {
+    fn send(&self, base: &Url, call: &Call<'_>, key: Option<&str>) -> Result<Reply, String> {
         let url = self.url(base, call);
         let mut req = match call.method {
             Method::Get => self.http.get(url),
@@ -274,6 +290,9 @@ impl Transport {
         }
         if let Some(b) = call.body {
             req = req.json(b);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
         }
         let server = base.as_str().trim_end_matches('/');
         let resp = req.send().map_err(|e| failure(server, &e))?;

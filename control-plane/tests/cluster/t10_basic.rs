@@ -194,3 +194,80 @@ async fn three_voters_elect_a_leader_and_followers_forward_writes() -> anyhow::R
     );
     Ok(())
 }
+
+/// A client that retries a write with the same `Idempotency-Key` (on the member it first asked or
+/// another) gets the first attempt's answer, and the write takes effect once — even when another
+/// client wrote the same object in between (no v1, v2, v1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_takes_effect_once() -> anyhow::Result<()> {
+    let c = TestCluster::start(3, &[]).await?;
+    let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let path = "/v1/policies/CiliumNetworkPolicy/default/web";
+    let put_keyed = |id: u64, body: serde_json::Value, key: &'static str| {
+        let req = c
+            .http
+            .put(c.url(id, path))
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let r = req.send().await?;
+            let code = r.status().as_u16();
+            anyhow::Ok((code, r.json::<serde_json::Value>().await?))
+        }
+    };
+
+    let (code, first) = put_keyed(followers[0], policy("web", 80), "retry-1").await?;
+    assert_eq!(
+        (code, first["changed"].as_bool()),
+        (200, Some(true)),
+        "{first}"
+    );
+    let (code, other) = c.put(leader, path, &policy("web", 81)).await?;
+    assert_eq!(
+        (code, other["changed"].as_bool()),
+        (200, Some(true)),
+        "{other}"
+    );
+    // The retry, on another member: the first answer, and the object stays as the other client
+    // left it.
+    let (code, retry) = put_keyed(followers[1], policy("web", 80), "retry-1").await?;
+    assert_eq!((code, &retry), (200, &first));
+    let (_, got) = c.get(followers[1], path).await?;
+    assert_eq!(got["object"], policy("web", 81), "{got}");
+    assert_eq!(got["revision"], other["revision"], "{got}");
+
+    // An identity's `created` answer is the first attempt's on every retry.
+    let labels = json!({"labels": ["k8s:app=once"]});
+    let post_keyed = |id: u64| {
+        let req = c
+            .http
+            .post(c.url(id, "/v1/identities"))
+            .header("Idempotency-Key", "alloc-1")
+            .json(&labels);
+        async move {
+            let r = req.send().await?;
+            let code = r.status().as_u16();
+            anyhow::Ok((code, r.json::<serde_json::Value>().await?))
+        }
+    };
+    let (code, a) = post_keyed(leader).await?;
+    let (code2, b) = post_keyed(followers[0]).await?;
+    assert_eq!((code, code2), (201, 201), "{a} {b}");
+    assert_eq!(a, b);
+
+    // A malformed key is refused, naming the header, and nothing is written.
+    let r = c
+        .http
+        .put(c.url(leader, path))
+        .header("Idempotency-Key", "has space")
+        .json(&policy("web", 99))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let e: serde_json::Value = r.json().await?;
+    assert_eq!(e["field"], "Idempotency-Key", "{e}");
+    let (_, got) = c.get(leader, path).await?;
+    assert_eq!(got["object"], policy("web", 81), "{got}");
+    Ok(())
+}
