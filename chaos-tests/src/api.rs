@@ -47,7 +47,7 @@ pub fn policy_object(name: &str, value: u64) -> Value {
 }
 
 /// The distinguishing integer of a stored policy object.
-fn policy_value(object: &Value) -> Option<u64> {
+pub fn policy_value(object: &Value) -> Option<u64> {
     object["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"]
         .as_str()?
         .parse()

@@ -112,24 +112,31 @@ impl Storm {
 /// How long a worker keeps retrying a write whose outcome is unknown.
 const RETRY_FOR: Duration = Duration::from_secs(8);
 
-/// Runs `call` on member `first`, and while the outcome is unknown on the members after it in
-/// turn (the same call: its idempotency key inside), until one answers or [`RETRY_FOR`] passed.
-/// A first attempt that was never sent or was refused is returned as is (it had no effect);
-/// after that, any failure leaves the outcome unknown.
+/// Runs `call` on member `first`, and while the outcome is unknown on the next members not left
+/// alone (the same call: its idempotency key inside), until one answers or [`RETRY_FOR`] passed.
+/// A member whose attempt failed is left alone for [`AVOID`]. A first attempt that was never sent
+/// or was refused is returned as is (it had no effect); after that, any failure leaves the
+/// outcome unknown.
 fn with_failover<T>(
     clients: &[Api],
     first: usize,
+    avoid_until: &mut [Instant],
     call: impl Fn(&Api) -> Result<T, CallError>,
 ) -> Result<T, CallError> {
     let deadline = Instant::now() + RETRY_FOR;
     let mut target = first;
     let mut last = match call(&clients[target]) {
         Err(CallError::Unknown(e)) => e,
+        Err(e @ CallError::NotSent(_)) => {
+            avoid_until[target] = Instant::now() + AVOID;
+            return Err(e);
+        }
         done => return done,
     };
     while Instant::now() < deadline {
+        avoid_until[target] = Instant::now() + AVOID;
         std::thread::sleep(Duration::from_millis(100));
-        target = (target + 1) % clients.len();
+        target = next_target(target, avoid_until);
         match call(&clients[target]) {
             Ok(t) => return Ok(t),
             Err(e) => last = format!("{last}; then {e}"),
@@ -172,7 +179,11 @@ fn worker(
                     w,
                     Allocate(label.clone()),
                     false,
-                    || with_failover(&clients, target, |a| a.allocate(&labels, &ikey)),
+                    || {
+                        with_failover(&clients, target, &mut avoid_until, |a| {
+                            a.allocate(&labels, &ikey)
+                        })
+                    },
                     Clone::clone,
                 );
                 if let Outcome::Done(a) = &out {
@@ -192,7 +203,11 @@ fn worker(
                         w,
                         PolicyOp::Delete { key: key.clone() },
                         false,
-                        || with_failover(&clients, target, |a| a.delete(&key, &ikey)),
+                        || {
+                            with_failover(&clients, target, &mut avoid_until, |a| {
+                                a.delete(&key, &ikey)
+                            })
+                        },
                         |&(revision, changed)| PolicyRet::Written { revision, changed },
                     )
                 } else {
@@ -205,7 +220,11 @@ fn worker(
                             value,
                         },
                         false,
-                        || with_failover(&clients, target, |a| a.apply(&key, value, &ikey)),
+                        || {
+                            with_failover(&clients, target, &mut avoid_until, |a| {
+                                a.apply(&key, value, &ikey)
+                            })
+                        },
                         |&(revision, changed)| PolicyRet::Written { revision, changed },
                     )
                 };

@@ -1,16 +1,33 @@
 //! Every voter restarted in turn (SIGTERM, start) while pods talk across nodes and an operator
 //! keeps writing: the agents' data plane forwards throughout (no connection error, bytes intact),
-//! writes resume after each restart (the longest outage is measured), and a policy written after
-//! the last restart is acknowledged by every node and enforced.
+//! writes resume after each restart (the longest outage is measured), the operator's writes and
+//! reads — through `palisade-cp-client` over mTLS, with its failover and idempotency keys — form
+//! a linearizable history with exact `changed` flags, and a policy written after the last restart
+//! is acknowledged by every node and enforced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_chaos_tests::agents::{AgentLab, allow_only};
+use palisade_chaos_tests::api::{CallError, policy_value};
+use palisade_chaos_tests::history::History;
+use palisade_chaos_tests::models::{Policies, PolicyOp, PolicyRet};
 use palisade_chaos_tests::tcp::{Stream, retransmits};
+use palisade_cp_client::ClientError;
 
-use crate::util::{bin, form, full, lab_name, pause};
+use crate::util::{BUDGET, bin, form, full, lab_name, pause};
+
+/// What a failed client call means for the history: a 4xx was not applied; anything else
+/// (every member failed or timed out, an unexpected answer) may have been.
+fn call_error(e: ClientError) -> CallError {
+    match e {
+        ClientError::Api {
+            status, message, ..
+        } if (400..500).contains(&status) => CallError::Refused(status, message),
+        e => CallError::Unknown(e.to_string()),
+    }
+}
 
 #[test]
 fn rolling_restart_of_all_voters_under_traffic() -> anyhow::Result<()> {
@@ -28,6 +45,9 @@ fn rolling_restart_of_all_voters_under_traffic() -> anyhow::Result<()> {
         &allow_only("chaos-r", "n2-p1", "n1-p1", &[80, 9100]),
     )?;
     lab.wait_acked(&client, rev, Duration::from_secs(30))?;
+    // From here until the writer stops, it is the only policy writer.
+    let rev0 = rev;
+    let history = Arc::new(History::<Policies>::new(Instant::now()));
 
     let from = lab.pod_netns("n2-p1")?;
     let to = lab.pod_netns("n1-p1")?;
@@ -40,6 +60,7 @@ fn rolling_restart_of_all_voters_under_traffic() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
+        let history = history.clone();
         let client = lab.client()?;
         let key = palisade_api::controlplane::PolicyKey {
             kind: "CiliumNetworkPolicy".into(),
@@ -50,16 +71,53 @@ fn rolling_restart_of_all_voters_under_traffic() -> anyhow::Result<()> {
             let (mut acked, mut failed, mut worst) = (0u64, 0u64, Duration::ZERO);
             let mut last = Instant::now();
             let mut port = 1000u64;
+            let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                k += 1;
+                // Every fourth call reads the object back (a linearizable read).
+                if k.is_multiple_of(4) {
+                    history.record(
+                        0,
+                        PolicyOp::Get {
+                            key: key.name.clone(),
+                        },
+                        true,
+                        || {
+                            let got = client.get_policy(&key).map_err(call_error)?;
+                            got.map(|r| {
+                                policy_value(&r.object)
+                                    .map(|v| (v, r.revision))
+                                    .ok_or_else(|| CallError::Unknown(format!("no value in {r:?}")))
+                            })
+                            .transpose()
+                        },
+                        |r| PolicyRet::Read(*r),
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 port = if port >= 60000 { 1000 } else { port + 1 };
                 let obj = palisade_chaos_tests::api::policy_object("chaos-writes", port);
-                match client.apply_policy(&key, &obj) {
-                    Ok(_) => {
+                let out = history.record(
+                    0,
+                    PolicyOp::Apply {
+                        key: key.name.clone(),
+                        value: port,
+                    },
+                    false,
+                    || client.apply_policy(&key, &obj).map_err(call_error),
+                    |o| PolicyRet::Written {
+                        revision: o.revision,
+                        changed: o.changed,
+                    },
+                );
+                match out.done() {
+                    Some(_) => {
                         acked += 1;
                         worst = worst.max(last.elapsed());
                         last = Instant::now();
                     }
-                    Err(_) => failed += 1,
+                    None => failed += 1,
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -105,6 +163,15 @@ fn rolling_restart_of_all_voters_under_traffic() -> anyhow::Result<()> {
         "the data plane dropped the connection"
     );
     assert!(acked > 10, "writes did not resume: {acked} acknowledged");
+    let counts = history.assert_linearizable(
+        "the operator's policy writes and reads",
+        &Policies::strict_at(rev0),
+        BUDGET,
+    );
+    println!(
+        "  checked: the operator's calls are linearizable with exact `changed` flags — {} completed + {} indeterminate, {} refused or unanswered reads left out",
+        counts.completed, counts.indeterminate, counts.refused
+    );
 
     // After the rolling restart the agents follow the new leader: a change is acked and enforced.
     let rev = lab.apply(

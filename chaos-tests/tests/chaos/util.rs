@@ -162,7 +162,7 @@ pub fn verify(
 }
 
 /// Configurations the checker may explore for a verdict the test asserts.
-const BUDGET: u64 = 2_000_000;
+pub const BUDGET: u64 = 2_000_000;
 
 /// Sleeps `d`.
 pub fn pause(d: Duration) {
