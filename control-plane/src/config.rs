@@ -180,11 +180,13 @@ impl Config {
             cluster_name: "palisade".to_owned(),
             heartbeat_interval: hb,
             // openraft 0.9 lets a follower that knew a leader campaign only after
-            // `election_timeout_max` (the leader lease) plus a random timeout in
-            // [min, max] of silence: 4.5–6 heartbeats here, a new leader in well under 2 s.
-            // The heartbeat itself stays long enough to be the replication RPC's timeout.
-            election_timeout_min: hb + hb.div_ceil(2),
-            election_timeout_max: hb * 3,
+            // `election_timeout_max` (the leader lease) plus a random timeout in [min, max] of
+            // silence: 6–8 heartbeats here, so a new leader comes in about a second, while a
+            // member starved of CPU for half a second (a loaded 2-core host applying a large
+            // entry) does not depose a healthy leader. The heartbeat itself stays long enough
+            // to be the replication RPC's timeout.
+            election_timeout_min: hb * 2,
+            election_timeout_max: hb * 4,
             install_snapshot_timeout: 2_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
@@ -225,7 +227,7 @@ mod tests {
         );
         assert_eq!(c.cluster, ClusterConfig::default());
         let raft = c.raft_config()?;
-        assert_eq!(raft.election_timeout_min, 150);
+        assert_eq!(raft.election_timeout_min, 200);
         Ok(())
     }
 

@@ -143,8 +143,8 @@ pub struct RunArgs {
     pub keep_logs: u64,
     /// Raft heartbeat interval in milliseconds; also openraft's timeout for one replication
     /// RPC, so it must cover sending a batch of entries. A follower that knew a leader
-    /// campaigns after 4.5–6 silent heartbeats (openraft's leader lease of 3 plus an election
-    /// timeout of 1.5–3): 450–600 ms at the default.
+    /// campaigns after 6–8 silent heartbeats (openraft's leader lease of 4 plus an election
+    /// timeout of 2–4): 600–800 ms at the default.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
     /// A node is live while its last heartbeat is at most this old (ms).
