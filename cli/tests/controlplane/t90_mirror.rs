@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fixture::{BIN, ControlPlane, scratch};
+use crate::fixture::{ADMIN_TOKEN, BIN, ControlPlane, scratch};
 
 /// The mirror process, killed on drop.
 struct Mirror(Child);
@@ -227,6 +227,36 @@ fn eventually_cnp(kubeconfig: &str, name: &str, what: &str, ok: impl Fn(&Value) 
 
 const PORT_FIELD: &str = "`spec.ingress[0].toPorts[0].ports[0].port`";
 
+/// `METHOD path` on the cluster's API with curl (kubectl before v1.24, e.g. Debian's v1.20,
+/// has no `--subresource`): the status code and the body.
+fn curl(cluster: &ControlPlane, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let ca = cluster.tls_dir.as_ref().expect("tls").join("ca.pem");
+    let out = Command::new("curl")
+        .args(["-sS", "-X", method, "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            "-H",
+            "Content-Type: application/merge-patch+json",
+            "--data-binary",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}{path}", cluster.url),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): install it with scripts/bootstrap.sh"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n    - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n";
+
 #[test]
 fn the_mirror_writes_status_back() {
     // The stand-in checks the envelope only, as an API server holding the CRDs does: an object
@@ -249,22 +279,36 @@ fn the_mirror_writes_status_back() {
         .replace("\"80\"", "\"70000\"");
     kubectl(&kc, &["apply", "-f", "-"], CNP);
     kubectl(&kc, &["apply", "-f", "-"], &bad);
+    kubectl(&kc, &["apply", "-f", "-"], CCNP);
+    kubectl(&kc, &["apply", "-f", "-"], NETPOL);
 
     // The status subresource changes the status only: the spec in the same patch is ignored,
-    // and the generation stays.
-    kubectl(
-        &kc,
-        &[
-            "patch",
-            "cnp",
-            "web",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status": {"note": "kept"}, "spec": {"endpointSelector": {}}}"#,
-        ],
+    // and the generation stays; a stale resourceVersion is a conflict; NetworkPolicy has none.
+    let web_status = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies/web/status";
+    let stale = cnp(&kc, "web")["metadata"]["resourceVersion"].clone();
+    let (code, out) = curl(
+        &cluster,
+        "PATCH",
+        web_status,
+        r#"{"status": {"note": "kept"}, "spec": {"endpointSelector": {}}}"#,
+    );
+    assert_eq!(code, 200, "{out}");
+    let mut put = out.clone();
+    put["metadata"]["resourceVersion"] = stale;
+    put["status"] = serde_json::json!({"note": "lost"});
+    let (code, out) = curl(&cluster, "PUT", web_status, &put.to_string());
+    assert_eq!(
+        (code, &out["reason"]),
+        (409, &Value::from("Conflict")),
+        "{out}"
+    );
+    let (code, out) = curl(
+        &cluster,
+        "GET",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/db/status",
         "",
     );
+    assert_eq!(code, 404, "{out}");
     let web = cnp(&kc, "web");
     assert_eq!(web["status"]["note"], "kept", "{web:#}");
     assert_eq!(web["spec"]["endpointSelector"]["matchLabels"]["app"], "web");
@@ -274,8 +318,15 @@ fn the_mirror_writes_status_back() {
     let _mirror = start_mirror(&kc, &dest, &log);
     eventually(
         &dest,
-        "the valid object is copied, the invalid one refused",
-        |s| keys(s) == ["CiliumNetworkPolicy/default/web"],
+        "the valid objects are copied, the invalid one refused",
+        |s| {
+            keys(s)
+                == [
+                    "CiliumClusterwideNetworkPolicy/-/dns",
+                    "CiliumNetworkPolicy/default/web",
+                    "NetworkPolicy/prod/db",
+                ]
+        },
     );
     let web = eventually_cnp(&kc, "web", "web is accepted", |o| {
         accepted(o)["status"] == "True"
@@ -307,8 +358,20 @@ fn the_mirror_writes_status_back() {
     );
     assert!(b["status"].get("policyRevision").is_none(), "{b:#}");
 
-    // No write loop: each status write is a watch event the mirror sees, and writes nothing
-    // again for (the cluster's revision stays put).
+    // The cluster-scoped kind gets its status too.
+    let dns = (0..100)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            serde_json::from_str::<Value>(&kubectl(&kc, &["get", "ccnp", "dns", "-o", "json"], ""))
+                .expect("json")
+        })
+        .find(|o| accepted(o)["status"] == "True")
+        .expect("dns is accepted");
+    let rev = revision(&dest, "CiliumClusterwideNetworkPolicy/-/dns").expect("dns's copy");
+    assert_eq!(dns["status"]["policyRevision"], rev, "{dns:#}");
+
+    // No write loop: each status write is a watch event the mirror sees, and it writes nothing
+    // again for it (the cluster's revision stays put).
     let list_revision = || {
         let raw = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies";
         let l: Value =
@@ -318,6 +381,10 @@ fn the_mirror_writes_status_back() {
     let before = list_revision();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(list_revision(), before);
+    // And exactly one status write per object so far (web, bad, dns): the watch event of each
+    // write found its status already current.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.matches("status written").count(), 3, "{text}");
 
     // Fixing the object flips the condition; a spec write through the main resource leaves
     // the status alone (the note stays, the mirror updates its condition).
