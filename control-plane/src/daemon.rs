@@ -22,7 +22,7 @@ use crate::app::ClusterConfig;
 use crate::config::{Config, ConfigError};
 use crate::node::StartError;
 use crate::tls::{self, CertRole, TlsError};
-use crate::validate::EngineValidator;
+use crate::validate::{EngineValidator, PlaceholderShapeValidator, PolicyValidator};
 use crate::{Member, NodeId};
 
 /// One member of the Palisade control plane (Raft over tonic, RocksDB, REST client API), or
@@ -176,6 +176,31 @@ pub struct RunArgs {
     /// Prefix length of each node's pod CIDR. Applied at --init.
     #[arg(long, default_value_t = 24)]
     pub node_prefix_len: u8,
+    /// What a policy write is checked with before it is proposed: `engine` (the policy
+    /// engine) or `envelope` (apiVersion, kind and name only: what a Kubernetes API server
+    /// holding the CRDs checks). `envelope` is only for a control plane standing in for a
+    /// cluster's API server (the mirror's tests): it stores objects the engine refuses, which
+    /// agents cannot load, so never point agents at such a member.
+    #[arg(long, value_enum, default_value_t = PolicyValidation::Engine)]
+    pub policy_validation: PolicyValidation,
+}
+
+/// The `--policy-validation` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyValidation {
+    /// The policy engine ([`EngineValidator`]).
+    Engine,
+    /// The envelope only ([`PlaceholderShapeValidator`]).
+    Envelope,
+}
+
+impl PolicyValidation {
+    fn validator(self) -> Arc<dyn PolicyValidator> {
+        match self {
+            PolicyValidation::Engine => Arc::new(EngineValidator),
+            PolicyValidation::Envelope => Arc::new(PlaceholderShapeValidator),
+        }
+    }
 }
 
 /// Why the daemon stopped with an error.
@@ -412,6 +437,7 @@ fn init_tls_dir(config: &Config, dir: &Path) -> Result<(), DaemonError> {
 }
 
 async fn serve(args: RunArgs) -> Result<(), DaemonError> {
+    let validation = args.policy_validation;
     let config = config_from(args)?;
     config.validate().map_err(DaemonError::Invalid)?;
     if config.init
@@ -420,7 +446,12 @@ async fn serve(args: RunArgs) -> Result<(), DaemonError> {
         init_tls_dir(&config, dir)?;
     }
     let prometheus = crate::metrics::install();
-    let cp = crate::start(Arc::new(config), Arc::new(EngineValidator), prometheus)
+    if validation == PolicyValidation::Envelope {
+        tracing::warn!(
+            "--policy-validation envelope: policies the engine refuses are stored (a stand-in for a Kubernetes API server; agents must not use this member)"
+        );
+    }
+    let cp = crate::start(Arc::new(config), validation.validator(), prometheus)
         .await
         .map_err(DaemonError::Start)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,6 +1,6 @@
 //! A Kubernetes-compatible API for the policy objects, so `kubectl` (and client-go) can drive
 //! the control plane as if it were an API server holding the policy CRDs: discovery, OpenAPI,
-//! and list/watch/get/create/update/patch/delete of `ciliumnetworkpolicies`,
+//! and list/watch/get/create/update/patch/delete (and `status`) of `ciliumnetworkpolicies`,
 //! `ciliumclusterwidenetworkpolicies` (cilium.io/v2) and `networkpolicies`
 //! (networking.k8s.io/v1).
 //!
@@ -12,20 +12,27 @@
 //!  kubectl ──▶ kube_api ──▶ ops (validate with the engine, write through Raft with a
 //!                 │              precondition: create = absent, update = the revision read)
 //!                 └── resources (record ⇄ object), patch (merge / strategic / apply),
-//!                     status (errors as `Status`), discovery, openapi
+//!                     subresource (`…/status`: writes `.status` only), status (errors as
+//!                     `Status`), discovery, openapi
 //! ```
 //!
 //! `metadata.resourceVersion` is the policy revision: a list's is the current policy revision,
 //! an object's the revision it was last written at, and a watch from N streams every policy
 //! change after N (this member's change feed; `410 Expired` once it no longer reaches back).
 //! Every write is validated by the policy engine first; a refused object is a `422 Invalid`
-//! naming the engine's field, and nothing is written.
+//! naming the engine's field, and nothing is written. (A member started with
+//! `--policy-validation envelope`, standing in for a cluster's API server in the mirror's tests,
+//! checks the envelope only, as an API server holding the CRDs would.)
+//!
+//! The CRD kinds serve the `status` subresource (`…/{name}/status`, see [`subresource`]): only
+//! a status write changes `.status`, and it changes nothing else.
 
 mod discovery;
 mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod status;
+mod subresource;
 mod watch;
 
 use std::collections::HashMap;
@@ -94,6 +101,18 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
                 .put(put_namespaced)
                 .patch(patch_namespaced)
                 .delete(delete_namespaced),
+        )
+        .route(
+            "/apis/{group}/{version}/{plural}/{name}/status",
+            get(subresource::get_cluster)
+                .put(subresource::put_cluster)
+                .patch(subresource::patch_cluster),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/status",
+            get(subresource::get_namespaced)
+                .put(subresource::put_namespaced)
+                .patch(subresource::patch_namespaced),
         )
         .with_state(ops)
 }

@@ -8,12 +8,14 @@
 //!   Init / InitApply* / InitDone: apply each object, then delete what this mirror copied
 //!                                  before and the cluster no longer has (a resync)
 //!   Apply(obj) / Delete(obj):      apply / delete the copy
+//!   after each apply (CNP, CCNP):  ──patch_status──▶ API server: `Accepted` condition, unless
+//!                                  the object's status already says so (no write loop)
 //! ```
 //!
 //! Copies carry the annotation [`translate::MIRRORED_FROM`] naming the source, and the mirror
 //! only ever deletes objects carrying its own source name: policies applied to the control plane
-//! directly are left alone. Objects the control plane's policy engine refuses are logged and
-//! skipped (the API server runs no such validation).
+//! directly are left alone. Objects the control plane's policy engine refuses are not copied
+//! (the API server runs no such validation); their status says why, naming the field.
 #![forbid(unsafe_code)]
 
 pub mod runner;

@@ -1,17 +1,17 @@
-//! The watchers and the writes to the control plane (the blocking client runs on tokio's
-//! blocking pool).
+//! The watchers, the writes to the control plane (the blocking client runs on tokio's
+//! blocking pool) and the status written back on each source object.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use palisade_api::controlplane::PolicyKey;
-use palisade_cp_client::Client;
+use palisade_cp_client::{Client, ClientError};
 use serde_json::Value;
 
-use crate::translate::{KINDS, Kind, mirrored_from};
+use crate::translate::{KINDS, Kind, Outcome, mirrored_from, status_patch};
 
 /// Why the mirror stopped.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,10 @@ async fn with_dest<T: Send + 'static>(
     }
 }
 
+/// Copies `o` into the control plane, then records the outcome on `o`'s status (kinds with
+/// the subresource). Returns the copy's key (`None` when `o` cannot be translated).
 async fn apply(
+    kube: &kube::Client,
     dest: &Arc<Client>,
     kind: Kind,
     source: &str,
@@ -90,14 +93,75 @@ async fn apply(
         }
     };
     let k = key.clone();
-    let applied = with_dest(dest, key.storage_key(), move |d| {
-        d.apply_policy(&k, &object)
-    })
-    .await;
-    if applied.is_some() {
-        tracing::info!(key = %key.storage_key(), "mirrored");
+    let outcome = with_dest(dest, key.storage_key(), move |d| store(d, &k, &object)).await;
+    match &outcome {
+        Some(Outcome::Accepted { revision }) => {
+            tracing::info!(key = %key.storage_key(), revision, "mirrored");
+        }
+        Some(Outcome::Rejected { message }) => {
+            tracing::warn!(key = %key.storage_key(), %message, "the control plane refused the copy");
+        }
+        // Unreachable or failing: no status, the next event or resync retries.
+        None => {}
+    }
+    if kind.status
+        && let Some(outcome) = outcome
+    {
+        write_status(kube, kind, o, &v, &outcome).await;
     }
     Some(key)
+}
+
+/// Stores `object` under `key`: the copy's revision, or the engine's refusal. Other errors
+/// (the control plane unreachable, a refused token) are returned: they say nothing about the
+/// object.
+fn store(d: &Client, key: &PolicyKey, object: &Value) -> Result<Outcome, ClientError> {
+    match d.apply_policy(key, object) {
+        Ok(a) if a.changed => Ok(Outcome::Accepted {
+            revision: a.revision,
+        }),
+        // Unchanged: the answer's revision is the current one, not the copy's.
+        Ok(a) => Ok(Outcome::Accepted {
+            revision: d.get_policy(key)?.map_or(a.revision, |r| r.revision),
+        }),
+        Err(ClientError::Api {
+            status: 400 | 422,
+            message,
+            field,
+            ..
+        }) => Ok(Outcome::rejected(field.as_deref(), &message)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Patches the status of the source object `o` (`v` as JSON) with `outcome`, unless it already
+/// records it. A failure is logged: the next event or resync writes it again.
+async fn write_status(
+    kube: &kube::Client,
+    kind: Kind,
+    o: &DynamicObject,
+    v: &Value,
+    outcome: &Outcome,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let Some(patch) = status_patch(v, outcome, &now) else {
+        return;
+    };
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let ar = kind.api_resource();
+    let api: Api<DynamicObject> = match (&o.metadata.namespace, kind.namespaced) {
+        (Some(ns), true) => Api::namespaced_with(kube.clone(), ns, &ar),
+        _ => Api::all_with(kube.clone(), &ar),
+    };
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(kind = kind.kind, %name, "status written"),
+        Err(e) => tracing::warn!(kind = kind.kind, %name, error = %e, "cannot write the status"),
+    }
 }
 
 /// Deletes `key` when the stored object is this mirror's copy.
@@ -118,14 +182,7 @@ async fn delete_copy(dest: &Arc<Client>, key: PolicyKey, source: &str) {
 }
 
 async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind: Kind) {
-    let ar = ApiResource {
-        group: kind.group.to_owned(),
-        version: kind.version.to_owned(),
-        api_version: format!("{}/{}", kind.group, kind.version),
-        kind: kind.kind.to_owned(),
-        plural: kind.plural.to_owned(),
-    };
-    let api: Api<DynamicObject> = Api::all_with(kube, &ar);
+    let api: Api<DynamicObject> = Api::all_with(kube.clone(), &kind.api_resource());
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -134,7 +191,7 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
         match ev {
             Ok(watcher::Event::Init) => listed.clear(),
             Ok(watcher::Event::InitApply(o)) => {
-                if let Some(k) = apply(&dest, kind, &source, &o).await {
+                if let Some(k) = apply(&kube, &dest, kind, &source, &o).await {
                     listed.insert(k.storage_key());
                 }
             }
@@ -151,7 +208,7 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
                 }
             }
             Ok(watcher::Event::Apply(o)) => {
-                apply(&dest, kind, &source, &o).await;
+                apply(&kube, &dest, kind, &source, &o).await;
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
@@ -159,6 +216,19 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
                 delete_copy(&dest, key, &source).await;
             }
             Err(e) => tracing::warn!(kind = kind.kind, error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+impl Kind {
+    /// The kube-rs description of the kind.
+    fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.to_owned(),
+            version: self.version.to_owned(),
+            api_version: format!("{}/{}", self.group, self.version),
+            kind: self.kind.to_owned(),
+            plural: self.plural.to_owned(),
         }
     }
 }

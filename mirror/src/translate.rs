@@ -1,4 +1,5 @@
-//! Pure translation between a Kubernetes object and the control plane's stored policy object.
+//! Pure translation between a Kubernetes object and the control plane's stored policy object,
+//! and from the control plane's answer to the status written back on the Kubernetes object.
 
 use palisade_api::controlplane::PolicyKey;
 use serde_json::{Map, Value, json};
@@ -22,6 +23,9 @@ pub struct Kind {
     pub plural: &'static str,
     /// Namespaced or cluster-scoped.
     pub namespaced: bool,
+    /// Whether the kind has a `status` subresource the mirror writes its outcome to (the
+    /// Cilium CRDs do; NetworkPolicy has had none since Kubernetes 1.28).
+    pub status: bool,
 }
 
 /// The mirrored kinds.
@@ -32,6 +36,7 @@ pub const KINDS: [Kind; 3] = [
         kind: "CiliumNetworkPolicy",
         plural: "ciliumnetworkpolicies",
         namespaced: true,
+        status: true,
     },
     Kind {
         group: "cilium.io",
@@ -39,6 +44,7 @@ pub const KINDS: [Kind; 3] = [
         kind: "CiliumClusterwideNetworkPolicy",
         plural: "ciliumclusterwidenetworkpolicies",
         namespaced: false,
+        status: true,
     },
     Kind {
         group: "networking.k8s.io",
@@ -46,6 +52,7 @@ pub const KINDS: [Kind; 3] = [
         kind: "NetworkPolicy",
         plural: "networkpolicies",
         namespaced: true,
+        status: false,
     },
 ];
 
@@ -110,6 +117,95 @@ pub fn mirrored_from(object: &Value, source: &str) -> bool {
     object["metadata"]["annotations"][MIRRORED_FROM].as_str() == Some(source)
 }
 
+/// The type of the condition the mirror writes on each source object.
+pub const ACCEPTED: &str = "Accepted";
+
+/// What the control plane made of one copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored; `revision` is the policy revision the copy was last written at.
+    Accepted {
+        /// The control plane's revision of the copy.
+        revision: u64,
+    },
+    /// Refused by the control plane's policy engine; `message` names the field.
+    Rejected {
+        /// The engine's error, e.g. ``"`spec.ingress[0]…port`: …"``.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// A refusal with the server's `message`, prefixed by its `field` unless it names it.
+    pub fn rejected(field: Option<&str>, message: &str) -> Self {
+        let message = match field {
+            Some(f) if !f.is_empty() && !message.contains(&format!("`{f}`")) => {
+                format!("`{f}`: {message}")
+            }
+            _ => message.to_owned(),
+        };
+        Outcome::Rejected { message }
+    }
+
+    /// The condition's `status`, `reason` and `message`.
+    fn condition(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Outcome::Accepted { revision } => (
+                "True",
+                "Stored",
+                format!("stored by the Palisade control plane at policy revision {revision}"),
+            ),
+            Outcome::Rejected { message } => (
+                "False",
+                "Invalid",
+                format!("refused by the Palisade policy engine: {message}"),
+            ),
+        }
+    }
+}
+
+/// The JSON merge patch of `.status` that records `outcome` on the source object `o`, or `None`
+/// when `o`'s status already records it — a status write is itself a watch event, and writing
+/// again for it would never end. Other conditions are kept; the `Accepted` condition's
+/// `lastTransitionTime` becomes `now` only when its `status` flips (Kubernetes' convention).
+/// `policyRevision` is the copy's revision while accepted, and absent otherwise.
+pub fn status_patch(o: &Value, outcome: &Outcome, now: &str) -> Option<Value> {
+    let generation = o["metadata"]["generation"].as_i64().unwrap_or(0);
+    let (status, reason, message) = outcome.condition();
+    let conditions: Vec<Value> = o["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let old = conditions.iter().find(|c| c["type"] == ACCEPTED);
+    let revision = match outcome {
+        Outcome::Accepted { revision } => json!(revision),
+        Outcome::Rejected { .. } => Value::Null,
+    };
+    if let Some(c) = old
+        && c["status"] == status
+        && c["reason"] == reason
+        && c["message"] == message.as_str()
+        && c["observedGeneration"].as_i64() == Some(generation)
+        && o["status"].get("policyRevision").unwrap_or(&Value::Null) == &revision
+    {
+        return None;
+    }
+    let since = match old {
+        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+        _ => json!(now),
+    };
+    let mut next: Vec<Value> = conditions
+        .iter()
+        .filter(|c| c["type"] != ACCEPTED)
+        .cloned()
+        .collect();
+    next.push(
+        json!({"type": ACCEPTED, "status": status, "reason": reason, "message": message,
+                     "observedGeneration": generation, "lastTransitionTime": since}),
+    );
+    Some(json!({"status": {"conditions": next, "policyRevision": revision}}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +235,78 @@ mod tests {
         assert!(p["metadata"].get("namespace").is_none());
         let e = KINDS[0].to_policy(&json!({"metadata": {}}), "east");
         assert_eq!(e.map_err(|e| e.field), Err("metadata.name".to_owned()));
+    }
+
+    /// Applies a merge patch of `status` the way the API server does (enough for these tests:
+    /// `status` is replaced key by key, a null removes the key).
+    fn merged(o: &Value, patch: &Value) -> Value {
+        let mut o = o.clone();
+        for (k, v) in patch["status"].as_object().into_iter().flatten() {
+            if v.is_null() {
+                if let Some(s) = o["status"].as_object_mut() {
+                    s.remove(k);
+                }
+            } else {
+                o["status"][k] = v.clone();
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn status_is_written_once_per_outcome_and_flips_with_it() {
+        let o = json!({"metadata": {"name": "p", "generation": 2},
+            "status": {"conditions": [{"type": "Other", "status": "True"}]}});
+        let ok = Outcome::Accepted { revision: 7 };
+        let p = status_patch(&o, &ok, "T1").expect("first write");
+        assert_eq!(
+            p,
+            json!({"status": {"policyRevision": 7, "conditions": [
+                {"type": "Other", "status": "True"},
+                {"type": "Accepted", "status": "True", "reason": "Stored",
+                 "message": "stored by the Palisade control plane at policy revision 7",
+                 "observedGeneration": 2, "lastTransitionTime": "T1"}]}})
+        );
+        // The watch event of that write changes nothing more: no second write.
+        let o = merged(&o, &p);
+        assert_eq!(status_patch(&o, &ok, "T2"), None);
+        // A new revision rewrites the message but keeps the transition time.
+        let p = status_patch(&o, &Outcome::Accepted { revision: 9 }, "T3").expect("revision");
+        assert_eq!(p["status"]["conditions"][1]["lastTransitionTime"], "T1");
+        assert_eq!(p["status"]["policyRevision"], 9);
+        // A refusal flips the condition, names the field and drops the revision.
+        let bad = Outcome::rejected(Some("spec.x"), "must be a port");
+        assert_eq!(
+            bad,
+            Outcome::Rejected {
+                message: "`spec.x`: must be a port".into()
+            }
+        );
+        let p = status_patch(&o, &bad, "T4").expect("rejected");
+        let c = &p["status"]["conditions"][1];
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("False"), &json!("Invalid"))
+        );
+        assert_eq!(
+            c["message"],
+            "refused by the Palisade policy engine: `spec.x`: must be a port"
+        );
+        assert_eq!(c["lastTransitionTime"], "T4");
+        assert_eq!(p["status"]["policyRevision"], Value::Null);
+        let o = merged(&o, &p);
+        assert!(o["status"].get("policyRevision").is_none());
+        assert_eq!(status_patch(&o, &bad, "T5"), None);
+        // A spec change (new generation) is recorded even with the same outcome.
+        let mut o2 = o.clone();
+        o2["metadata"]["generation"] = json!(3);
+        assert!(status_patch(&o2, &bad, "T6").is_some());
+        // A message that already names its field is kept as it is.
+        assert_eq!(
+            Outcome::rejected(Some("spec.x"), "`spec.x`: bad"),
+            Outcome::Rejected {
+                message: "`spec.x`: bad".into()
+            }
+        );
     }
 }

@@ -93,14 +93,19 @@ impl ControlPlane {
     /// The same over HTTPS (`--tls-dir`, certificates made with the real `certs` commands for
     /// `127.0.0.1`), with [`ADMIN_TOKEN`]: what kubectl needs (it sends tokens over TLS only).
     pub fn start_tls(tag: &str) -> ControlPlane {
-        Self::spawn_with(tag, true, true)
+        Self::spawn_with(tag, true, true, &[])
+    }
+
+    /// [`Self::start_tls`] with more daemon flags.
+    pub fn start_tls_with(tag: &str, flags: &[&str]) -> ControlPlane {
+        Self::spawn_with(tag, true, true, flags)
     }
 
     fn spawn(tag: &str, token: bool) -> ControlPlane {
-        Self::spawn_with(tag, token, false)
+        Self::spawn_with(tag, token, false, &[])
     }
 
-    fn spawn_with(tag: &str, token: bool, tls: bool) -> ControlPlane {
+    fn spawn_with(tag: &str, token: bool, tls: bool, flags: &[&str]) -> ControlPlane {
         let daemon = Path::new(BIN).with_file_name("palisade-controlplane");
         assert!(
             daemon.exists(),
@@ -120,6 +125,7 @@ impl ControlPlane {
             api.clone().into(),
             "--init".into(),
         ];
+        args.extend(flags.iter().map(OsString::from));
         let token_file = token.then(|| {
             let f = dir.join("admin.token");
             let mut file = File::create(&f).expect("token file");

@@ -2,14 +2,16 @@
 //! Kubernetes-compatible endpoint, over HTTPS with a token, driven by the real kubectl): objects
 //! applied to the "cluster" appear in the main control plane, changes and deletions follow, a
 //! policy applied to the main control plane directly is left alone, and a mirror started after
-//! a deletion removes the stale copy on its initial resync.
+//! a deletion removes the stale copy on its initial resync. The mirror writes the outcome back on
+//! each Cilium object's status subresource: accepted with the copy's revision, or refused with
+//! the engine's field error, once per change (no write loop).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fixture::{BIN, ControlPlane, scratch};
+use crate::fixture::{ADMIN_TOKEN, BIN, ControlPlane, scratch};
 
 /// The mirror process, killed on drop.
 struct Mirror(Child);
@@ -38,7 +40,7 @@ fn start_mirror(kubeconfig: &str, dest: &ControlPlane, log: &std::path::Path) ->
     )
 }
 
-fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) {
+fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) -> String {
     use std::io::Write;
     let mut c = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -57,6 +59,7 @@ fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) {
     }
     let out = c.wait_with_output().expect("kubectl");
     assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `kind/namespace/name` → the stored object, in the main control plane.
@@ -169,5 +172,248 @@ fn the_mirror_copies_the_clusters_policies() {
     eventually(&dest, "the resync removes the stale copy", |s| {
         keys(s) == ["CiliumNetworkPolicy/default/local"]
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cluster's object `cnp/<name>`, through kubectl.
+fn cnp(kubeconfig: &str, name: &str) -> Value {
+    serde_json::from_str(&kubectl(
+        kubeconfig,
+        &["get", "cnp", name, "-o", "json"],
+        "",
+    ))
+    .expect("json")
+}
+
+/// The `Accepted` condition of `o`.
+fn accepted(o: &Value) -> Value {
+    o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Accepted")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The revision of the main control plane's copy `key` (`kind/namespace/name`).
+fn revision(dest: &ControlPlane, key: &str) -> Option<u64> {
+    let v: Value =
+        serde_json::from_str(dest.palisade(&["policy", "list", "-o", "json"]).ok()).expect("json");
+    v["items"].as_array().into_iter().flatten().find_map(|p| {
+        let k = &p["key"];
+        let k = format!(
+            "{}/{}/{}",
+            k["kind"].as_str()?,
+            k["namespace"].as_str()?,
+            k["name"].as_str()?
+        );
+        (k == key).then(|| p["revision"].as_u64()).flatten()
+    })
+}
+
+/// Waits until `ok` holds of the cluster's `cnp/<name>` (10 s at most).
+fn eventually_cnp(kubeconfig: &str, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = cnp(kubeconfig, name);
+        if ok(&o) {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "{what}: {o:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const PORT_FIELD: &str = "`spec.ingress[0].toPorts[0].ports[0].port`";
+
+/// `METHOD path` on the cluster's API with curl (kubectl before v1.24, e.g. Debian's v1.20,
+/// has no `--subresource`): the status code and the body.
+fn curl(cluster: &ControlPlane, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let ca = cluster.tls_dir.as_ref().expect("tls").join("ca.pem");
+    let out = Command::new("curl")
+        .args(["-sS", "-X", method, "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            "-H",
+            "Content-Type: application/merge-patch+json",
+            "--data-binary",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}{path}", cluster.url),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): install it with scripts/bootstrap.sh"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n    - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n";
+
+#[test]
+fn the_mirror_writes_status_back() {
+    // The stand-in checks the envelope only, as an API server holding the CRDs does: an object
+    // the policy engine refuses gets into the "cluster", and only the main control plane
+    // refuses it.
+    let cluster = ControlPlane::start_tls_with("mstat-src", &["--policy-validation", "envelope"]);
+    let dest = ControlPlane::start("mstat-dst");
+    let dir = scratch("mstat");
+    let kc = dir.join("kubeconfig").to_string_lossy().into_owned();
+    let token = cluster
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token");
+    cluster
+        .palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    let bad = CNP
+        .replace("name: web", "name: bad")
+        .replace("\"80\"", "\"70000\"");
+    kubectl(&kc, &["apply", "-f", "-"], CNP);
+    kubectl(&kc, &["apply", "-f", "-"], &bad);
+    kubectl(&kc, &["apply", "-f", "-"], CCNP);
+    kubectl(&kc, &["apply", "-f", "-"], NETPOL);
+
+    // The status subresource changes the status only: the spec in the same patch is ignored,
+    // and the generation stays; a stale resourceVersion is a conflict; NetworkPolicy has none.
+    let web_status = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies/web/status";
+    let stale = cnp(&kc, "web")["metadata"]["resourceVersion"].clone();
+    let (code, out) = curl(
+        &cluster,
+        "PATCH",
+        web_status,
+        r#"{"status": {"note": "kept"}, "spec": {"endpointSelector": {}}}"#,
+    );
+    assert_eq!(code, 200, "{out}");
+    let mut put = out.clone();
+    put["metadata"]["resourceVersion"] = stale;
+    put["status"] = serde_json::json!({"note": "lost"});
+    let (code, out) = curl(&cluster, "PUT", web_status, &put.to_string());
+    assert_eq!(
+        (code, &out["reason"]),
+        (409, &Value::from("Conflict")),
+        "{out}"
+    );
+    let (code, out) = curl(
+        &cluster,
+        "GET",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/db/status",
+        "",
+    );
+    assert_eq!(code, 404, "{out}");
+    let web = cnp(&kc, "web");
+    assert_eq!(web["status"]["note"], "kept", "{web:#}");
+    assert_eq!(web["spec"]["endpointSelector"]["matchLabels"]["app"], "web");
+    assert_eq!(web["metadata"]["generation"], 1);
+
+    let log = dir.join("mirror.log");
+    let _mirror = start_mirror(&kc, &dest, &log);
+    eventually(
+        &dest,
+        "the valid objects are copied, the invalid one refused",
+        |s| {
+            keys(s)
+                == [
+                    "CiliumClusterwideNetworkPolicy/-/dns",
+                    "CiliumNetworkPolicy/default/web",
+                    "NetworkPolicy/prod/db",
+                ]
+        },
+    );
+    let web = eventually_cnp(&kc, "web", "web is accepted", |o| {
+        accepted(o)["status"] == "True"
+    });
+    let rev = revision(&dest, "CiliumNetworkPolicy/default/web").expect("web's copy");
+    let c = accepted(&web);
+    assert_eq!(web["status"]["policyRevision"], rev, "{web:#}");
+    assert_eq!(c["reason"], "Stored");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("policy revision {rev}")),
+        "{c}"
+    );
+    assert_eq!(c["observedGeneration"], 1);
+    assert_eq!(web["status"]["note"], "kept", "other status fields stay");
+    let b = eventually_cnp(&kc, "bad", "bad is refused", |o| {
+        accepted(o)["status"] == "False"
+    });
+    let c = accepted(&b);
+    assert_eq!(c["reason"], "Invalid");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(PORT_FIELD),
+        "the engine's field error: {c}"
+    );
+    assert!(b["status"].get("policyRevision").is_none(), "{b:#}");
+
+    // The cluster-scoped kind gets its status too.
+    let dns = (0..100)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            serde_json::from_str::<Value>(&kubectl(&kc, &["get", "ccnp", "dns", "-o", "json"], ""))
+                .expect("json")
+        })
+        .find(|o| accepted(o)["status"] == "True")
+        .expect("dns is accepted");
+    let rev = revision(&dest, "CiliumClusterwideNetworkPolicy/-/dns").expect("dns's copy");
+    assert_eq!(dns["status"]["policyRevision"], rev, "{dns:#}");
+
+    // No write loop: each status write is a watch event the mirror sees, and it writes nothing
+    // again for it (the cluster's revision stays put).
+    let list_revision = || {
+        let raw = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies";
+        let l: Value =
+            serde_json::from_str(&kubectl(&kc, &["get", "--raw", raw], "")).expect("json");
+        l["metadata"]["resourceVersion"].clone()
+    };
+    let before = list_revision();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(list_revision(), before);
+    // And exactly one status write per object so far (web, bad, dns): the watch event of each
+    // write found its status already current.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.matches("status written").count(), 3, "{text}");
+
+    // Fixing the object flips the condition; a spec write through the main resource leaves
+    // the status alone (the note stays, the mirror updates its condition).
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        &bad.replace("\"70000\"", "\"443\""),
+    );
+    let b = eventually_cnp(&kc, "bad", "the fixed object is accepted", |o| {
+        accepted(o)["status"] == "True"
+    });
+    let rev = revision(&dest, "CiliumNetworkPolicy/default/bad").expect("bad's copy");
+    assert_eq!(b["status"]["policyRevision"], rev, "{b:#}");
+    assert_eq!(accepted(&b)["observedGeneration"], 2);
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        &CNP.replace("\"80\"", "\"8080\""),
+    );
+    let web = eventually_cnp(&kc, "web", "the new generation is recorded", |o| {
+        accepted(o)["observedGeneration"] == 2
+    });
+    assert_eq!(web["status"]["note"], "kept", "{web:#}");
+    let rev = revision(&dest, "CiliumNetworkPolicy/default/web").expect("web's copy");
+    assert_eq!(web["status"]["policyRevision"], rev, "{web:#}");
+
+    // What a user sees with the real kubectl.
+    let yaml = kubectl(&kc, &["get", "cnp", "-o", "yaml"], "");
+    assert!(yaml.contains("type: Accepted"), "{yaml}");
+    assert!(yaml.contains("policyRevision:"), "{yaml}");
     let _ = std::fs::remove_dir_all(&dir);
 }

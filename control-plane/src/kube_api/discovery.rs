@@ -63,14 +63,21 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| {
+        .flat_map(|r| {
             let mut categories = vec!["all"];
             if r.group == "cilium.io" {
                 categories = vec!["cilium", "ciliumpolicy"];
             }
-            json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            let main = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                    "kind": r.kind, "verbs": VERBS, "shortNames": r.short_names,
-                   "categories": categories})
+                   "categories": categories});
+            // The status subresource, listed as an API server lists a CRD's.
+            let status = r.status.then(|| {
+                json!({"name": format!("{}/status", r.plural), "singularName": "",
+                       "namespaced": r.namespaced, "kind": r.kind,
+                       "verbs": ["get", "patch", "update"]})
+            });
+            std::iter::once(main).chain(status)
         })
         .collect();
     if resources.is_empty() {
@@ -101,8 +108,28 @@ mod tests {
             .collect();
         assert_eq!(names, ["cilium.io", "networking.k8s.io"]);
         let r = resources("cilium.io", "v2").expect("cilium.io/v2");
-        assert_eq!(r["resources"].as_array().map(Vec::len), Some(2));
-        assert_eq!(r["resources"][1]["namespaced"], false);
+        let names: Vec<&str> = r["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ciliumnetworkpolicies",
+                "ciliumnetworkpolicies/status",
+                "ciliumclusterwidenetworkpolicies",
+                "ciliumclusterwidenetworkpolicies/status"
+            ]
+        );
+        assert_eq!(r["resources"][2]["namespaced"], false);
+        assert_eq!(
+            r["resources"][3]["verbs"],
+            json!(["get", "patch", "update"])
+        );
+        let n = resources("networking.k8s.io", "v1").expect("networking.k8s.io/v1");
+        assert_eq!(n["resources"].as_array().map(Vec::len), Some(1));
         assert!(resources("cilium.io", "v1").is_none());
     }
 }

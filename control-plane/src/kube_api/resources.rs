@@ -27,6 +27,9 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     /// Namespaced or cluster-scoped.
     pub namespaced: bool,
+    /// Whether the resource has a `status` subresource (the CRDs in `deploy/crds/` declare
+    /// one; NetworkPolicy has none since Kubernetes 1.28 dropped its alpha status).
+    pub status: bool,
 }
 
 /// Every served resource.
@@ -39,6 +42,7 @@ pub const RESOURCES: [Resource; 3] = [
         singular: "ciliumnetworkpolicy",
         short_names: &["cnp", "ciliumnp"],
         namespaced: true,
+        status: true,
     },
     Resource {
         group: "cilium.io",
@@ -48,6 +52,7 @@ pub const RESOURCES: [Resource; 3] = [
         singular: "ciliumclusterwidenetworkpolicy",
         short_names: &["ccnp"],
         namespaced: false,
+        status: true,
     },
     Resource {
         group: "networking.k8s.io",
@@ -57,6 +62,7 @@ pub const RESOURCES: [Resource; 3] = [
         singular: "networkpolicy",
         short_names: &["netpol"],
         namespaced: true,
+        status: false,
     },
 ];
 
