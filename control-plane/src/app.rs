@@ -160,11 +160,12 @@ pub enum Request {
 /// Longest request id [`Request::Once`] accepts.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// How long (replicated clock) the answer of a [`Request::Once`] is remembered: far longer than
-/// any member retries a call (its request timeout, 3 s by default).
-pub const REQUEST_RETENTION_MS: u64 = 10 * 60 * 1_000;
-/// Most remembered answers; the oldest go first beyond it (at 5,000 writes/s this still covers
-/// the last 40 s, an order of magnitude above the retry window).
-pub const MAX_REMEMBERED_REQUESTS: usize = 200_000;
+/// a member retries a call (its request timeout, 3 s by default) or a client fails over.
+pub const REQUEST_RETENTION_MS: u64 = 2 * 60 * 1_000;
+/// Most remembered answers; the oldest go first beyond it. They are in every snapshot, so the
+/// bound also bounds what they add to one (a few MB): at 5,000 writes/s it still covers the last
+/// 10 s, several times the retry window.
+pub const MAX_REMEMBERED_REQUESTS: usize = 50_000;
 
 /// The answer a [`Request::Once`] got, kept for its retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
