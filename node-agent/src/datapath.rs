@@ -102,6 +102,9 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    /// CLOCK_MONOTONIC (the datapath's clock) could not be read.
+    #[error("reading CLOCK_MONOTONIC")]
+    Clock(#[source] std::io::Error),
 }
 
 /// Map sizes. The defaults are production sizes; [`DatapathConfig::for_test`] keeps tests that
@@ -373,6 +376,60 @@ impl Datapath {
         let mut map: HashMap<_, u32, EndpointInfo> = self.map_mut(endpoint::MAP_NAME)?;
         map.insert(ifindex, info, 0)
             .map_err(|source| map_err(endpoint::MAP_NAME, source))
+    }
+
+    /// Flows an endpoint opened (conntrack entries created on its egress path) whose
+    /// (source, destination) `want` accepts, each with how long ago it last saw a packet. The
+    /// DNS proxy asks this for expired `toFQDNs` addresses: one pass over both conntrack maps.
+    pub fn egress_flows_idle(
+        &self,
+        mut want: impl FnMut(IpAddr, IpAddr) -> bool,
+    ) -> Result<Vec<(IpAddr, IpAddr, std::time::Duration)>, DatapathError> {
+        // `last_seen_ns` is bpf_ktime_get_ns: CLOCK_MONOTONIC.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| std::time::Duration::from(t).as_nanos())
+            .map_err(|e| DatapathError::Clock(e.into()))?;
+        let idle = |seen: u64| {
+            std::time::Duration::from_nanos(
+                u64::try_from(now.saturating_sub(u128::from(seen))).unwrap_or(u64::MAX),
+            )
+        };
+        let mut out = Vec::new();
+        let v4 = self
+            .ebpf
+            .map(conntrack::MAP_NAME_V4)
+            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME_V4))?;
+        let v4: HashMap<_, conntrack::CtKey4, conntrack::CtValue> =
+            HashMap::try_from(v4).map_err(|source| map_err(conntrack::MAP_NAME_V4, source))?;
+        for r in v4.iter() {
+            // An entry evicted between listing and lookup is simply gone: skip it.
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push((s, d, idle(v.last_seen_ns)));
+            }
+        }
+        let v6 = self
+            .ebpf
+            .map(conntrack::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME))?;
+        let v6: HashMap<_, conntrack::CtKey, conntrack::CtValue> =
+            HashMap::try_from(v6).map_err(|source| map_err(conntrack::MAP_NAME, source))?;
+        for r in v6.iter() {
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = if k.family == family::IPV4 {
+                (
+                    IpAddr::from([k.saddr[0], k.saddr[1], k.saddr[2], k.saddr[3]]),
+                    IpAddr::from([k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3]]),
+                )
+            } else {
+                (IpAddr::from(k.saddr), IpAddr::from(k.daddr))
+            };
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push((s, d, idle(v.last_seen_ns)));
+            }
+        }
+        Ok(out)
     }
 
     /// Every ipcache entry currently in the kernel, as (address, prefix length, identity).

@@ -1,5 +1,10 @@
 //! Connection tracking: established flows and their replies pass without a policy lookup.
 //!
+//! Each entry carries when it last saw a packet (refreshed at most once per
+//! [`SEEN_REFRESH_NS`]), so the agent can tell a flow in use from one that went quiet: the DNS
+//! proxy keeps an expired `toFQDNs` address while an endpoint that resolved it still has an
+//! active flow to it.
+//!
 //! Entries are scoped to the endpoint that created them (its ifindex is part of the key), so a
 //! flow between two pods on one node is checked by the source's egress policy and again by the
 //! destination's ingress policy, each with its own entry.
@@ -60,14 +65,20 @@ const _: () = assert!(core::mem::size_of::<CtKey4>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` when the flow was created.
-    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the flow's last packet, in either direction:
+    /// set when the flow is created, refreshed by established packets at most once per
+    /// [`SEEN_REFRESH_NS`] (one store per second per flow, not one per packet).
+    pub last_seen_ns: u64,
     /// Policy rule that admitted the flow.
     pub rule_id: u32,
     /// Bit set of `FLAG_*`.
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// Granularity of [`CtValue::last_seen_ns`]: an established packet rewrites it only when it is
+/// older than this.
+pub const SEEN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Created by the endpoint's egress (outbound) path; otherwise by its ingress path.
 pub const FLAG_EGRESS: u32 = 1 << 0;

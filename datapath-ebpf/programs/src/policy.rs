@@ -268,7 +268,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         policy::VERDICT_ALLOW | policy::VERDICT_REDIRECT => {
             let value = CtValue {
                 // SAFETY: helper without preconditions.
-                created_ns: unsafe { bpf_ktime_get_ns() },
+                last_seen_ns: unsafe { bpf_ktime_get_ns() },
                 rule_id: v.rule_id,
                 flags: if direction == policy::DIRECTION_EGRESS {
                     conntrack::FLAG_EGRESS
@@ -310,10 +310,13 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 }
 
 /// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
-/// a map with a 20-byte key; the IPv6 map's is 44 bytes.)
+/// a map with a 20-byte key; the IPv6 map's is 44 bytes.) A hit refreshes the entry's
+/// `last_seen_ns` when it is older than `SEEN_REFRESH_NS`: the agent reads it to tell flows in
+/// use from quiet ones; the coarse refresh adds a clock read and a load per packet, and a store
+/// into the shared entry at most once a second.
 #[inline(always)]
 fn ct_known(flow: &Flow, ifindex: u32) -> bool {
-    if flow.family == family::IPV4 {
+    let hit = if flow.family == family::IPV4 {
         let fwd = ct_key4(flow, ifindex);
         let rev = CtKey4 {
             saddr: fwd.daddr,
@@ -322,8 +325,7 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        // SAFETY: read-only access to values the kernel keeps alive for this program run.
-        unsafe { PAL_CT4.get(&fwd).is_some() || PAL_CT4.get(&rev).is_some() }
+        PAL_CT4.get_ptr_mut(&fwd).or_else(|| PAL_CT4.get_ptr_mut(&rev))
     } else {
         let fwd = ct_key6(flow, ifindex);
         let rev = CtKey {
@@ -333,9 +335,21 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        // SAFETY: as above.
-        unsafe { PAL_CT.get(&fwd).is_some() || PAL_CT.get(&rev).is_some() }
+        PAL_CT.get_ptr_mut(&fwd).or_else(|| PAL_CT.get_ptr_mut(&rev))
+    };
+    let Some(value) = hit else {
+        return false;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the pointer is the map's value for this key, valid for this program run; a racing
+    // writer on another CPU stores a time just as good (a plain store, no read-modify-write).
+    unsafe {
+        if now.wrapping_sub((*value).last_seen_ns) > conntrack::SEEN_REFRESH_NS {
+            (*value).last_seen_ns = now;
+        }
     }
+    true
 }
 
 #[inline(always)]
