@@ -288,6 +288,60 @@ fn replies_and_established_packets_pass_through_conntrack() {
 }
 
 #[test]
+fn conntrack_entries_carry_their_last_packet_refreshed_by_established_traffic() {
+    let mut dp = datapath();
+    dp.upsert_policy(
+        rule(PEER_B_ID, DIRECTION_EGRESS, proto::TCP, 80, 16),
+        allow(7),
+    )
+    .expect("policy");
+    dp.upsert_policy(
+        rule(PEER_B_ID, DIRECTION_INGRESS, proto::TCP, 5000, 16),
+        allow(8),
+    )
+    .expect("policy");
+    let flows = |dp: &Datapath| dp.egress_flows_idle(|_, _| true).expect("conntrack");
+    // The pod's flow, and one the peer opened to the pod (ingress: not the pod's own).
+    let out = frame_v4(POD, PEER_B, proto::TCP, 40000, 80);
+    assert_eq!(run(&mut dp, Hook::Egress, &out), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40100, 5000)
+        ),
+        TC_ACT_OK
+    );
+    let f = flows(&dp);
+    assert_eq!(f.len(), 1, "only the egress-created flow: {f:?}");
+    assert_eq!((f[0].0, f[0].1), (IpAddr::V4(POD), IpAddr::V4(PEER_B)));
+    assert!(f[0].2 < std::time::Duration::from_millis(500), "{f:?}");
+    // Quiet for 1.5 s: the age grows.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let quiet = flows(&dp)[0].2;
+    assert!(
+        quiet >= std::time::Duration::from_millis(1_500),
+        "{quiet:?}"
+    );
+    // A reply (the reverse key) refreshes it: older than the 1 s granularity.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 80, 40000)
+        ),
+        TC_ACT_OK
+    );
+    let fresh = flows(&dp)[0].2;
+    assert!(fresh < std::time::Duration::from_millis(500), "{fresh:?}");
+    // Within the granularity, a packet leaves it alone (no store per packet).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(run(&mut dp, Hook::Egress, &out), TC_ACT_OK);
+    let same = flows(&dp)[0].2;
+    assert!(same >= std::time::Duration::from_millis(300), "{same:?}");
+}
+
+#[test]
 fn the_more_specific_entry_decides_peer_first_on_a_tie() {
     let mut dp = datapath();
     // L3-only allow for B, L4-only deny of TCP 80 for any peer: the L4 entry is more specific

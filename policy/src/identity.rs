@@ -316,8 +316,8 @@ mod tests {
     #[test]
     fn a_local_id_bound_ahead_is_never_allocated_again() {
         let mut a = IdentityAllocator::new(0);
-        let restored = LabelSet::from_strings(&["cidr:10.96.0.11/32", "fqdn:api.corp.test"])
-            .expect("labels");
+        let restored =
+            LabelSet::from_strings(&["cidr:10.96.0.11/32", "fqdn:api.corp.test"]).expect("labels");
         let id = Identity::new(LOCAL_SCOPE_CLUSTER, 1);
         assert_eq!(a.bind(id, restored.clone()), Ok(true));
         let other = LabelSet::from_strings(&["cidr:10.0.0.0/8"]).expect("labels");

@@ -206,13 +206,8 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
         }
     }
     let dns_dir = state_dir(&lab).join("dns");
-    let dnsmasq = Dnsmasq::start(
-        &format!("pal-{lab}-n2-p1"),
-        &dns_dir,
-        &records(),
-        LONG_TTL,
-    )
-    .expect("dnsmasq");
+    let dnsmasq = Dnsmasq::start(&format!("pal-{lab}-n2-p1"), &dns_dir, &records(), LONG_TTL)
+        .expect("dnsmasq");
     let file = std::env::temp_dir().join(format!("{lab}-fqdn.yaml"));
     std::fs::write(&file, POLICY).expect("policy file");
     ok(&[
@@ -287,15 +282,24 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
         );
     };
     assert!(probes >= 1);
-    assert!(echo(&mut conn, "after the restart"), "established connection");
+    assert!(
+        echo(&mut conn, "after the restart"),
+        "established connection"
+    );
     assert!(reachable(&lab, "10.96.0.12"));
     assert_eq!(
         status["state"]["restored"]["entries"], 1,
         "only web.example.test is restored: {status}"
     );
-    assert_eq!(status["state"]["restored"]["expiredWhileDown"], 1, "{status}");
+    assert_eq!(
+        status["state"]["restored"]["expiredWhileDown"], 1,
+        "{status}"
+    );
     assert!(status["state"]["restoreError"].is_null(), "{status}");
-    assert!(status["names"]["web.example.test"]["10.96.0.12"].is_u64(), "{status}");
+    assert!(
+        status["names"]["web.example.test"]["10.96.0.12"].is_u64(),
+        "{status}"
+    );
     // Expired while the agent was down: not trusted, so not allowed.
     assert!(status["names"].get("api.corp.test").is_none(), "{status}");
     assert!(
@@ -307,13 +311,8 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
 
     // === 2. open connections hold expired addresses ===
     drop(dnsmasq);
-    let dnsmasq = Dnsmasq::start(
-        &format!("pal-{lab}-n2-p1"),
-        &dns_dir,
-        &records(),
-        SHORT_TTL,
-    )
-    .expect("dnsmasq");
+    let dnsmasq = Dnsmasq::start(&format!("pal-{lab}-n2-p1"), &dns_dir, &records(), SHORT_TTL)
+        .expect("dnsmasq");
     let t2 = Instant::now();
     let (rcode, ips) = resolve(&lab, "db.example.test", false);
     assert_eq!(rcode, "NOERROR");
@@ -333,7 +332,10 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
         "held by the open connection {:?} after the answer: {status}",
         t2.elapsed()
     );
-    assert!(held_ips(&status).contains(&"10.96.0.13".to_string()), "{status}");
+    assert!(
+        held_ips(&status).contains(&"10.96.0.13".to_string()),
+        "{status}"
+    );
     assert!(
         reachable(&lab, "10.96.0.13"),
         "held: new connections to it pass too (Cilium's behaviour)"

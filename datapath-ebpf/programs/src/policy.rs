@@ -325,7 +325,9 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        PAL_CT4.get_ptr_mut(&fwd).or_else(|| PAL_CT4.get_ptr_mut(&rev))
+        PAL_CT4
+            .get_ptr_mut(&fwd)
+            .or_else(|| PAL_CT4.get_ptr_mut(&rev))
     } else {
         let fwd = ct_key6(flow, ifindex);
         let rev = CtKey {
@@ -335,7 +337,9 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        PAL_CT.get_ptr_mut(&fwd).or_else(|| PAL_CT.get_ptr_mut(&rev))
+        PAL_CT
+            .get_ptr_mut(&fwd)
+            .or_else(|| PAL_CT.get_ptr_mut(&rev))
     };
     let Some(value) = hit else {
         return false;

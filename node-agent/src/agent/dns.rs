@@ -357,10 +357,18 @@ impl DnsProxy {
             return false;
         }
         let read = !self.config.limits.connection_idle.is_zero();
-        if read && self.flows_read.is_some_and(|t| now < t + Duration::from_secs(1)) {
+        if read
+            && self
+                .flows_read
+                .is_some_and(|t| now < t + Duration::from_secs(1))
+        {
             return false;
         }
-        let due = if read { self.cache.due(now) } else { BTreeMap::new() };
+        let due = if read {
+            self.cache.due(now)
+        } else {
+            BTreeMap::new()
+        };
         let filter = |src: IpAddr, dst: IpAddr| due.get(&dst).is_some_and(|l| l.contains(&src));
         let seen = if read {
             self.flows_read = Some(now);

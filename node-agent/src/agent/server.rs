@@ -1310,6 +1310,11 @@ impl Agent {
             // would not know.
             let programmed = &self.fqdn_programmed;
             dns.save_if_due(now, |ip| programmed.get(&ip).map(|(_, id)| *id));
+            // Every pass: holding starts when a TTL runs out, with nothing else changing.
+            metrics::gauge(
+                "palisade_agent_dns_fqdn_held",
+                dns.cache().held(now).len() as f64,
+            );
         }
         for d in done {
             let _ = d.send(());
@@ -1336,11 +1341,10 @@ impl Agent {
         let mut kept = BTreeMap::new();
         for (ip, (ns, id)) in names {
             let r = match id {
-                Some(id) => self.engine.restore_fqdn_names(
-                    ip,
-                    &ns,
-                    palisade_policy::identity::Identity(id),
-                ),
+                Some(id) => {
+                    self.engine
+                        .restore_fqdn_names(ip, &ns, palisade_policy::identity::Identity(id))
+                }
                 None => self.engine.set_fqdn_names(ip, &ns),
             };
             match r {
@@ -1422,6 +1426,10 @@ impl Agent {
                 }
             }
         }
+        metrics::gauge(
+            "palisade_agent_dns_fqdn_addresses",
+            self.fqdn_programmed.len() as f64,
+        );
         if let Some(dns) = &self.dns {
             let programmed = &self.fqdn_programmed;
             dns.publish_programmed(|name, ip| {

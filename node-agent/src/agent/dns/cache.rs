@@ -69,7 +69,14 @@ impl FqdnCache {
     /// address already known keeps the later of its two expiries. Returns whether the pair or
     /// the learner is new (what must be saved before the answer goes out; a longer TTL alone
     /// may be saved later).
-    pub fn learn(&mut self, now: Instant, name: &str, ip: IpAddr, ttl: u32, client: IpAddr) -> bool {
+    pub fn learn(
+        &mut self,
+        now: Instant,
+        name: &str,
+        ip: IpAddr,
+        ttl: u32,
+        client: IpAddr,
+    ) -> bool {
         let ttl =
             Duration::from_secs(u64::from(ttl)).clamp(self.limits.min_ttl, self.limits.max_ttl);
         self.insert(normalize(name), ip, now + ttl, None, [client].into())
@@ -150,7 +157,9 @@ impl FqdnCache {
         for ips in self.names.values() {
             for (ip, e) in ips {
                 if leaves(&self.limits, e) <= now {
-                    out.entry(*ip).or_default().extend(e.learners.iter().copied());
+                    out.entry(*ip)
+                        .or_default()
+                        .extend(e.learners.iter().copied());
                 }
             }
         }
@@ -219,18 +228,16 @@ impl FqdnCache {
             .collect()
     }
 
-    /// Pairs past their TTL that a flow holds at `now`, with the seconds since that flow's last
-    /// packet, for status.
+    /// Pairs still here at `now` only because a flow held them (past TTL and grace), with the
+    /// seconds since that flow's last packet seen, for status. (The conntrack is read when an
+    /// address is due to leave, so the last packet is as of that reading.)
     pub fn held(&self, now: Instant) -> Vec<(String, IpAddr, u64)> {
         self.iter()
-            .filter(|(_, _, e)| {
-                e.until <= now
-                    && e
-                        .active
-                        .is_some_and(|a| a + self.limits.connection_idle > now)
-            })
+            .filter(|(_, _, e)| e.until + self.limits.grace <= now && leaves(&self.limits, e) > now)
             .map(|(n, ip, e)| {
-                let ago = e.active.map_or(0, |a| now.saturating_duration_since(a).as_secs());
+                let ago = e
+                    .active
+                    .map_or(0, |a| now.saturating_duration_since(a).as_secs());
                 (n.to_string(), ip, ago)
             })
             .collect()
@@ -303,7 +310,9 @@ mod tests {
             t0 + Duration::from_secs(8),
             "api.example.test",
             ip("192.0.2.1"),
-            10, pod());
+            10,
+            pod(),
+        );
         // The later expiry wins: 18 s + 5 s grace.
         assert!(!c.expire(t0 + Duration::from_secs(22)));
         // The name moves to another address: both are allowed until the old one expires.
@@ -311,7 +320,9 @@ mod tests {
             t0 + Duration::from_secs(22),
             "api.example.test",
             ip("192.0.2.9"),
-            10, pod());
+            10,
+            pod(),
+        );
         assert_eq!(c.by_ip().len(), 2);
         assert!(c.expire(t0 + Duration::from_secs(23)));
         let left: Vec<IpAddr> = c.by_ip().into_keys().collect();
@@ -365,16 +376,25 @@ mod tests {
         let other = ip("10.200.1.12");
         assert!(c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, pod()));
         assert!(!c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, pod()));
-        assert!(c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, other), "new learner");
+        assert!(
+            c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, other),
+            "new learner"
+        );
         // TTL 2 s + grace 5 s: due at 7 s, unless a flow holds it.
         let due = c.due(t0 + Duration::from_secs(7));
         assert_eq!(due[&ip("192.0.2.1")], BTreeSet::from([pod(), other]));
         // A pod that never resolved the name holds nothing.
-        assert!(!c.saw_flow(ip("10.200.1.99"), ip("192.0.2.1"), t0 + Duration::from_secs(6)));
+        assert!(!c.saw_flow(
+            ip("10.200.1.99"),
+            ip("192.0.2.1"),
+            t0 + Duration::from_secs(6)
+        ));
         // A learner's flow, last packet at 6 s: held until 6 + 10 (idle) + 5 (grace) = 21 s.
         assert!(c.saw_flow(pod(), ip("192.0.2.1"), t0 + Duration::from_secs(6)));
         assert!(!c.expire(t0 + Duration::from_secs(7)));
         assert!(c.due(t0 + Duration::from_secs(7)).is_empty());
+        // Within TTL and grace nothing is "held"; past them, this one is.
+        assert!(c.held(t0 + Duration::from_secs(6)).is_empty());
         let held = c.held(t0 + Duration::from_secs(8));
         assert_eq!(held, vec![("api.example.test".into(), ip("192.0.2.1"), 2)]);
         assert_eq!(c.next_expiry(), Some(t0 + Duration::from_secs(21)));

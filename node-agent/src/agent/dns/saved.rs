@@ -180,7 +180,10 @@ pub fn decode(
         if e.name.is_empty() || normalize(&e.name) != e.name || e.name.len() > 253 {
             return Err(invalid(
                 field("name"),
-                format!("`{}` is not a lowercase DNS name without the trailing dot", e.name),
+                format!(
+                    "`{}` is not a lowercase DNS name without the trailing dot",
+                    e.name
+                ),
             ));
         }
         if e.learners.is_empty() {
@@ -297,21 +300,11 @@ mod tests {
         c.learn(t0, "api.corp.test", ip("10.96.0.11"), 300, other);
         c.learn(t0, "short.corp.test", ip("10.96.0.12"), 10, pod);
         c.saw_flow(pod, ip("10.96.0.11"), t0);
-        let bytes = encode(
-            &c,
-            |a| (a == ip("10.96.0.11")).then_some(LOCAL),
-            t0,
-            wall,
-        );
+        let bytes = encode(&c, |a| (a == ip("10.96.0.11")).then_some(LOCAL), t0, wall);
         // 20 s later (the agent was down): the 10 s entry is gone, the other has 280 s left.
         let t1 = Instant::now();
-        let r = decode(
-            Path::new("f"),
-            &bytes,
-            t1,
-            wall + Duration::from_secs(20),
-        )
-        .expect("decodes");
+        let r =
+            decode(Path::new("f"), &bytes, t1, wall + Duration::from_secs(20)).expect("decodes");
         assert_eq!(r.expired, 1);
         assert_eq!(r.entries.len(), 1);
         let e = &r.entries[0];
@@ -358,14 +351,9 @@ mod tests {
                 Err(SavedError::Parse { .. })
             ));
         }
-        let err = decode(
-            Path::new("f"),
-            br#"{"version":2,"entries":[]}"#,
-            now,
-            wall,
-        )
-        .expect_err("version")
-        .to_string();
+        let err = decode(Path::new("f"), br#"{"version":2,"entries":[]}"#, now, wall)
+            .expect_err("version")
+            .to_string();
         assert!(err.contains("`version`"), "{err}");
     }
 
@@ -379,7 +367,10 @@ mod tests {
         let mut c = FqdnCache::new(limits());
         c.learn(now, "a.test", ip("10.96.0.1"), 60, ip("10.200.1.11"));
         save(&dir, &encode(&c, |_| None, now, wall)).expect("save");
-        let mode = fs::metadata(dir.join(FILE)).expect("file").permissions().mode();
+        let mode = fs::metadata(dir.join(FILE))
+            .expect("file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.join("fqdn-cache.json.tmp").exists());
         let r = load(&dir, now, wall).expect("loads").expect("some");
