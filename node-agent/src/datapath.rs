@@ -156,6 +156,25 @@ impl DatapathConfig {
     }
 }
 
+/// A flow an endpoint opened, as the conntrack holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtFlow {
+    /// The endpoint's address.
+    pub src: IpAddr,
+    /// The peer's.
+    pub dst: IpAddr,
+    /// Source port (ICMP: echo id), host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Since its last packet (to the datapath's 1 s refresh granularity).
+    pub idle: std::time::Duration,
+    /// TCP: a FIN or RST went by.
+    pub closing: bool,
+}
+
 /// The loaded datapath. Dropping it detaches every program it attached.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -379,21 +398,30 @@ impl Datapath {
     }
 
     /// Flows an endpoint opened (conntrack entries created on its egress path) whose
-    /// (source, destination) `want` accepts, each with how long ago it last saw a packet. The
-    /// DNS proxy asks this for expired `toFQDNs` addresses: one pass over both conntrack maps.
-    pub fn egress_flows_idle(
+    /// (source, destination) `want` accepts, each with how long ago it last saw a packet and
+    /// whether it is closing. The DNS proxy asks this about expired `toFQDNs` addresses: one
+    /// pass over both conntrack maps.
+    pub fn egress_flows(
         &self,
         mut want: impl FnMut(IpAddr, IpAddr) -> bool,
-    ) -> Result<Vec<(IpAddr, IpAddr, std::time::Duration)>, DatapathError> {
+    ) -> Result<Vec<CtFlow>, DatapathError> {
         // `last_seen_ns` is bpf_ktime_get_ns: CLOCK_MONOTONIC.
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| std::time::Duration::from(t).as_nanos())
             .map_err(|e| DatapathError::Clock(e.into()))?;
-        let idle = |seen: u64| {
-            std::time::Duration::from_nanos(
-                u64::try_from(now.saturating_sub(u128::from(seen))).unwrap_or(u64::MAX),
-            )
-        };
+        let flow =
+            |src, dst, sport: [u8; 2], dport: [u8; 2], protocol, v: conntrack::CtValue| CtFlow {
+                src,
+                dst,
+                sport: u16::from_be_bytes(sport),
+                dport: u16::from_be_bytes(dport),
+                protocol,
+                idle: std::time::Duration::from_nanos(
+                    u64::try_from(now.saturating_sub(u128::from(v.last_seen_ns)))
+                        .unwrap_or(u64::MAX),
+                ),
+                closing: v.flags & conntrack::FLAG_CLOSING != 0,
+            };
         let mut out = Vec::new();
         let v4 = self
             .ebpf
@@ -406,7 +434,7 @@ impl Datapath {
             let Ok((k, v)) = r else { continue };
             let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
             if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
-                out.push((s, d, idle(v.last_seen_ns)));
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
             }
         }
         let v6 = self
@@ -426,7 +454,7 @@ impl Datapath {
                 (IpAddr::from(k.saddr), IpAddr::from(k.daddr))
             };
             if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
-                out.push((s, d, idle(v.last_seen_ns)));
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
             }
         }
         Ok(out)

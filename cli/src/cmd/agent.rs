@@ -168,9 +168,10 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     dns_grace: std::time::Duration,
     /// A learned address past its TTL stays allowed while a pod that resolved it has a
-    /// connection to it whose last packet (datapath conntrack) is at most this old; then the
-    /// --dns-grace. `0s`: connections hold nothing (they keep working: established flows pass
-    /// without a policy lookup; only new connections need a fresh answer).
+    /// connection it opened before the TTL ran out still open (no FIN/RST) with a last packet
+    /// (datapath conntrack) at most this old; then the --dns-grace. `0s`: connections hold
+    /// nothing (they keep working: established flows pass without a policy lookup; only new
+    /// connections need a fresh answer).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     dns_connection_idle: std::time::Duration,
     /// Addresses kept per name (the ones expiring soonest go first).

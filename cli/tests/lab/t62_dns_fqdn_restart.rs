@@ -7,10 +7,11 @@
 //!    the whole time (while the agent is down, while it starts, after) with no new query, an
 //!    established TCP connection carries on, and an address whose TTL ran out while the agent
 //!    was down is dropped (the saved state is read back, expired entries are not trusted);
-//! 2. with a 2 s TTL, an address a pod keeps a connection open to stays allowed past TTL and
-//!    grace while the connection carries packets (the datapath's conntrack says so); once it
-//!    goes quiet the address leaves after `--dns-connection-idle` and the grace: a new
-//!    connection is dropped, while the quiet connection itself still works.
+//! 2. with a 2 s TTL, an address to which a pod opened a connection before the TTL ran out
+//!    stays allowed past TTL and grace while that connection carries packets (the datapath's
+//!    conntrack says so); once it goes quiet the address leaves after `--dns-connection-idle`
+//!    and the grace: a new connection is dropped, while the quiet connection itself still
+//!    works.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -1,9 +1,10 @@
 //! Connection tracking: established flows and their replies pass without a policy lookup.
 //!
 //! Each entry carries when it last saw a packet (refreshed at most once per
-//! [`SEEN_REFRESH_NS`]), so the agent can tell a flow in use from one that went quiet: the DNS
+//! [`SEEN_REFRESH_NS`]) and, for TCP, whether the connection is closing ([`FLAG_CLOSING`]), so
+//! the agent can tell an open connection in use from one that went quiet or ended: the DNS
 //! proxy keeps an expired `toFQDNs` address while an endpoint that resolved it still has an
-//! active flow to it.
+//! open connection to it.
 //!
 //! Entries are scoped to the endpoint that created them (its ifindex is part of the key), so a
 //! flow between two pods on one node is checked by the source's egress policy and again by the
@@ -82,5 +83,8 @@ pub const SEEN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Created by the endpoint's egress (outbound) path; otherwise by its ingress path.
 pub const FLAG_EGRESS: u32 = 1 << 0;
+/// TCP: a FIN or RST went by in either direction (a SYN without ACK on the same key clears
+/// it: the 5-tuple was reused). The agent does not count a closing flow as an open connection.
+pub const FLAG_CLOSING: u32 = 1 << 1;
 
 crate::user_pod!(CtKey, CtKey4, CtValue);

@@ -108,6 +108,8 @@ struct Flow {
     policy_port: [u8; 2],
     /// The packet is an ICMP/ICMPv6 message the datapath does not police (neighbour discovery).
     unmanaged: bool,
+    /// TCP flags byte (zero for other protocols, or when the header is cut short).
+    tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -353,8 +355,29 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             (*value).last_seen_ns = now;
         }
     }
+    if flow.protocol == proto::TCP {
+        // SAFETY: as above; the two marks are a handful of stores per connection. A lost race
+        // between CPUs leaves the mark of the later packet, which is the connection's state.
+        unsafe {
+            let flags = (*value).flags;
+            if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                if flags & conntrack::FLAG_CLOSING == 0 {
+                    (*value).flags = flags | conntrack::FLAG_CLOSING;
+                }
+            } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && flags & conntrack::FLAG_CLOSING != 0
+            {
+                (*value).flags = flags & !conntrack::FLAG_CLOSING;
+            }
+        }
+    }
     true
 }
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn ct_insert(flow: &Flow, ifindex: u32, value: &CtValue) {
@@ -532,6 +555,7 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // A non-first fragment has no L4 header: it is policed by protocol only (port 0).
     let fragment_offset = u16::from_be_bytes(frag) & 0x1fff;
@@ -565,6 +589,7 @@ fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // Extension headers are not walked: such packets are policed by their first next-header value.
     parse_l4(ctx, ETH_HLEN + 40, &mut flow, true, true)?;
@@ -592,6 +617,11 @@ fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool
             flow.sport = read_u16(off)?;
             flow.dport = read_u16(off + 2)?;
             flow.policy_port = flow.dport;
+            if flow.protocol == proto::TCP {
+                // Only conntrack's closing mark reads it: a header too short for it is not
+                // malformed for policy (ports are all policy needs).
+                flow.tcp_flags = read_u8(off + 13).unwrap_or(0);
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
             let ty = read_u8(off)?;

@@ -16,9 +16,10 @@
 //!      capped per name) ─▶ Engine::set_fqdn_names (identity cidr:<ip>/32 + fqdn:<name>…,
 //!      toFQDNs selectors match it) ─▶ policy maps synced ─▶ ipcache <ip> → identity ─▶ done
 //!    ◀── only then is the answer released to the pod: its first connection is allowed
-//!  run loop, every pass: addresses due to leave ─▶ conntrack: a flow from an endpoint that
-//!    learned the address saw a packet within --dns-connection-idle? ── yes ─▶ kept
-//!                                 └ no ─▶ after the grace: ipcache entry and identity removed
+//!  run loop, every pass: TTL ran out ─▶ conntrack: open connections from endpoints that
+//!    learned the address = its holders; due to leave (TTL + grace) ─▶ a holder still open
+//!    with a packet within --dns-connection-idle? ── yes ─▶ kept
+//!                                 └ no ─▶ ipcache entry and identity removed
 //!  cache changed ─▶ <state-dir>/fqdn-cache.json (saved.rs), restored by the next agent before
 //!    its first policy sync (new pairs saved before their answer is released)
 //! ```
@@ -47,6 +48,7 @@ pub use flow::{DnsFlow, DnsVerdict};
 use crate::agent::proxy::redirect;
 use crate::agent::proxy::view::{L7Kind, Redirect};
 use crate::agent::proxy::{FlowLog, ProxyError, ProxyView};
+use crate::datapath::CtFlow;
 
 /// Default port of the DNS proxy (also the engine's DNS proxy port).
 pub const DEFAULT_PORT: u16 = 15053;
@@ -342,51 +344,61 @@ impl DnsProxy {
     }
 
     /// Forgets addresses whose time has come; whether any went. Before that, `flows` (the
-    /// datapath's conntrack: egress flows whose (source, destination) the filter accepts, with
-    /// how long since their last packet) is asked which of them an endpoint that learned them
-    /// still uses: those stay. The conntrack is read at most once a second (an address may
-    /// leave up to a second late); when it cannot be read, nothing is held (fail closed).
+    /// datapath's conntrack: connections endpoints opened whose (source, destination) the
+    /// filter accepts) is asked twice about each address: when its TTL runs out, which open
+    /// connections of endpoints that learned it exist (those may hold it, see `cache.rs`), and
+    /// when it is due to leave, whether they are still open and when they last carried a
+    /// packet. The conntrack is read at most once a second (an address may leave up to a
+    /// second late); when it cannot be read, nothing holds (fail closed).
     pub fn expire<E: std::fmt::Display>(
         &mut self,
         now: Instant,
-        flows: impl FnOnce(
-            &dyn Fn(IpAddr, IpAddr) -> bool,
-        ) -> Result<Vec<(IpAddr, IpAddr, Duration)>, E>,
+        flows: impl FnOnce(&dyn Fn(IpAddr, IpAddr) -> bool) -> Result<Vec<CtFlow>, E>,
     ) -> bool {
-        if self.cache.next_expiry().is_none_or(|t| t > now) {
-            return false;
-        }
         let read = !self.config.limits.connection_idle.is_zero();
-        if read
-            && self
-                .flows_read
-                .is_some_and(|t| now < t + Duration::from_secs(1))
-        {
-            return false;
-        }
-        let due = if read {
-            self.cache.due(now)
+        let mut interest = if read {
+            self.cache.lapsed(now)
         } else {
             BTreeMap::new()
         };
-        let filter = |src: IpAddr, dst: IpAddr| due.get(&dst).is_some_and(|l| l.contains(&src));
-        let seen = if read {
+        let due = self.cache.next_expiry().is_some_and(|t| t <= now);
+        if interest.is_empty() && !due {
+            return false;
+        }
+        if read {
+            if self
+                .flows_read
+                .is_some_and(|t| now < t + Duration::from_secs(1))
+            {
+                return false;
+            }
+            for (ip, learners) in self.cache.due(now) {
+                interest.entry(ip).or_default().extend(learners);
+            }
+        }
+        let filter =
+            |src: IpAddr, dst: IpAddr| interest.get(&dst).is_some_and(|l| l.contains(&src));
+        let open: Vec<CtFlow> = if read {
             self.flows_read = Some(now);
-            flows(&filter)
-        } else {
-            Ok(Vec::new())
-        };
-        match seen {
-            Ok(seen) => {
-                for (src, dst, idle) in seen {
-                    if let Some(at) = now.checked_sub(idle) {
-                        self.persist.dirty |= self.cache.saw_flow(src, dst, at);
-                    }
+            match flows(&filter) {
+                Ok(f) => f.into_iter().filter(|f| !f.closing).collect(),
+                Err(e) => {
+                    eprintln!(
+                        "palisade agent: dns: reading the conntrack (expired addresses not held): {e}"
+                    );
+                    Vec::new()
                 }
             }
-            Err(e) => eprintln!(
-                "palisade agent: dns: reading the conntrack (expired addresses not held): {e}"
-            ),
+        } else {
+            Vec::new()
+        };
+        let key = |f: &CtFlow| (f.src, f.sport, f.dst, f.dport, f.protocol);
+        let keys: Vec<_> = open.iter().map(key).collect();
+        self.cache.watch(now, &keys);
+        for f in &open {
+            if let Some(at) = now.checked_sub(f.idle) {
+                self.persist.dirty |= self.cache.saw_flow(key(f), at);
+            }
         }
         let changed = self.cache.expire(now);
         self.persist.dirty |= changed;

@@ -1301,7 +1301,7 @@ impl Agent {
         let now = Instant::now();
         let done = dns.take_requests(now);
         let dp = &self.dp;
-        let expired = dns.expire(now, |want| dp.egress_flows_idle(want));
+        let expired = dns.expire(now, |want| dp.egress_flows(want));
         if !done.is_empty() || expired {
             self.program_fqdn();
         }

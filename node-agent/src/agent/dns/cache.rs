@@ -4,11 +4,14 @@
 //!
 //! - A TTL is clamped into `[min_ttl, max_ttl]` (a zero TTL would otherwise make an answer
 //!   useless before the pod connects; a huge one would keep a stale address forever).
-//! - An address past its TTL stays while an endpoint that learned it has a flow to it that saw
-//!   a packet within `connection_idle` (Cilium keeps such addresses while connections use
-//!   them: connection pools open new connections to addresses they already hold), and then
-//!   `grace` more, for a pod that resolved just before the TTL ran out and is still connecting.
-//!   The run loop reports flows with [`FqdnCache::saw_flow`] from the datapath's conntrack.
+//! - An address past its TTL stays while a connection that an endpoint which learned it opened
+//!   to it *before the TTL ran out* is still open and saw a packet within `connection_idle`
+//!   (Cilium keeps such addresses while connections use them: connection pools open new
+//!   connections to addresses they already hold), and then `grace` more, for a pod that
+//!   resolved just before the TTL ran out and is still connecting. Connections opened later
+//!   hold nothing: a pod retrying an old address cannot keep it allowed by retrying. The run
+//!   loop reads the datapath's conntrack: [`FqdnCache::watch`] when the TTL runs out (which
+//!   connections hold the address), [`FqdnCache::saw_flow`] for their last packets.
 //! - A name keeps at most `max_ips_per_name` addresses; when an answer brings more, the ones
 //!   expiring soonest go first (a name rotating through a large pool cannot grow without bound).
 
@@ -40,7 +43,12 @@ pub struct Entry {
     pub active: Option<Instant>,
     /// The endpoints (their addresses) whose queries' answers gave it.
     pub learners: BTreeSet<IpAddr>,
+    /// The open connections from learners when the TTL ran out (`None`: not looked at yet).
+    pub holders: Option<BTreeSet<FlowKey>>,
 }
+
+/// A connection by its conntrack key: (endpoint address, port, peer address, port, protocol).
+pub type FlowKey = (IpAddr, u16, IpAddr, u16, u8);
 
 /// Learned addresses per name.
 #[derive(Debug, Clone)]
@@ -79,7 +87,16 @@ impl FqdnCache {
     ) -> bool {
         let ttl =
             Duration::from_secs(u64::from(ttl)).clamp(self.limits.min_ttl, self.limits.max_ttl);
-        self.insert(normalize(name), ip, now + ttl, None, [client].into())
+        let name = normalize(name);
+        let new = self.insert(name.clone(), ip, now + ttl, None, [client].into());
+        // A renewed address starts over: who holds it is asked again when this TTL runs out.
+        if let Some(e) = self.names.get_mut(&name).and_then(|ips| ips.get_mut(&ip))
+            && e.until > now
+        {
+            e.holders = None;
+            e.active = None;
+        }
+        new
     }
 
     /// Puts back an entry saved by a previous run (expiries already converted to this run's
@@ -111,6 +128,7 @@ impl FqdnCache {
                 until,
                 active,
                 learners: BTreeSet::new(),
+                holders: None,
             }
         });
         e.until = e.until.max(until);
@@ -134,13 +152,31 @@ impl FqdnCache {
         new
     }
 
-    /// A flow from `client` to `ip` saw a packet at `at`: every name of `ip` that `client`
-    /// learned is held by it. Returns whether anything was extended.
-    pub fn saw_flow(&mut self, client: IpAddr, ip: IpAddr, at: Instant) -> bool {
+    /// Records, for every entry whose TTL has run out at `now` and that was not looked at yet,
+    /// which of `open` (the open connections to the addresses of [`FqdnCache::lapsed`]) are
+    /// its learners': those, and only those, may hold it.
+    pub fn watch(&mut self, now: Instant, open: &[FlowKey]) {
+        for ips in self.names.values_mut() {
+            for (ip, e) in ips.iter_mut() {
+                if e.until <= now && e.holders.is_none() {
+                    let held = open
+                        .iter()
+                        .filter(|k| k.2 == *ip && e.learners.contains(&k.0))
+                        .copied()
+                        .collect();
+                    e.holders = Some(held);
+                }
+            }
+        }
+    }
+
+    /// The open connection `key` saw a packet at `at`: every entry it holds stays until
+    /// `connection_idle` (and the grace) after that. Returns whether anything was extended.
+    pub fn saw_flow(&mut self, key: FlowKey, at: Instant) -> bool {
         let mut changed = false;
         for ips in self.names.values_mut() {
-            if let Some(e) = ips.get_mut(&ip)
-                && e.learners.contains(&client)
+            if let Some(e) = ips.get_mut(&key.2)
+                && e.holders.as_ref().is_some_and(|h| h.contains(&key))
                 && e.active.is_none_or(|a| a < at)
             {
                 e.active = Some(at);
@@ -150,13 +186,24 @@ impl FqdnCache {
         changed
     }
 
-    /// The addresses due to leave at `now` with the endpoints that learned them: the flows to
-    /// look for before [`FqdnCache::expire`] removes them.
+    /// Addresses whose TTL ran out and whose holders were not looked at yet, with their
+    /// learners: the connections to record with [`FqdnCache::watch`].
+    pub fn lapsed(&self, now: Instant) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
+        self.select(|e| e.until <= now && e.holders.is_none())
+    }
+
+    /// The addresses due to leave at `now` with their learners: the connections to look at
+    /// before [`FqdnCache::expire`] removes them.
     pub fn due(&self, now: Instant) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
+        let limits = self.limits;
+        self.select(|e| leaves(&limits, e) <= now)
+    }
+
+    fn select(&self, pick: impl Fn(&Entry) -> bool) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
         let mut out: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
         for ips in self.names.values() {
             for (ip, e) in ips {
-                if leaves(&self.limits, e) <= now {
+                if pick(e) {
                     out.entry(*ip)
                         .or_default()
                         .extend(e.learners.iter().copied());
@@ -370,39 +417,58 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_from_a_learner_holds_an_expired_address_until_it_goes_quiet() {
+    fn a_connection_opened_before_the_ttl_ran_out_holds_the_address_until_it_goes_quiet() {
         let t0 = Instant::now();
         let mut c = FqdnCache::new(limits());
         let other = ip("10.200.1.12");
-        assert!(c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, pod()));
-        assert!(!c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, pod()));
+        let a = ip("192.0.2.1");
+        assert!(c.learn(t0, "api.example.test", a, 2, pod()));
+        assert!(!c.learn(t0, "api.example.test", a, 2, pod()));
+        assert!(c.learn(t0, "api.example.test", a, 2, other), "new learner");
+        assert!(c.lapsed(t0 + Duration::from_secs(1)).is_empty());
+        // The TTL runs out at 2 s: the open connections then are recorded, the learners' only.
+        let lapsed = c.lapsed(t0 + Duration::from_secs(2));
+        assert_eq!(lapsed[&a], BTreeSet::from([pod(), other]));
+        let conn: FlowKey = (pod(), 40000, a, 80, 6);
+        let stranger: FlowKey = (ip("10.200.1.99"), 40001, a, 80, 6);
+        c.watch(t0 + Duration::from_secs(2), &[conn, stranger]);
         assert!(
-            c.learn(t0, "api.example.test", ip("192.0.2.1"), 2, other),
-            "new learner"
+            c.lapsed(t0 + Duration::from_secs(2)).is_empty(),
+            "looked at once"
         );
-        // TTL 2 s + grace 5 s: due at 7 s, unless a flow holds it.
-        let due = c.due(t0 + Duration::from_secs(7));
-        assert_eq!(due[&ip("192.0.2.1")], BTreeSet::from([pod(), other]));
-        // A pod that never resolved the name holds nothing.
-        assert!(!c.saw_flow(
-            ip("10.200.1.99"),
-            ip("192.0.2.1"),
-            t0 + Duration::from_secs(6)
-        ));
-        // A learner's flow, last packet at 6 s: held until 6 + 10 (idle) + 5 (grace) = 21 s.
-        assert!(c.saw_flow(pod(), ip("192.0.2.1"), t0 + Duration::from_secs(6)));
+        // A connection opened later (or a stranger's) holds nothing.
+        let later: FlowKey = (pod(), 40002, a, 80, 6);
+        assert!(!c.saw_flow(later, t0 + Duration::from_secs(6)));
+        assert!(!c.saw_flow(stranger, t0 + Duration::from_secs(6)));
+        // TTL 2 s + grace 5 s: due at 7 s, unless the connection holds it.
+        assert_eq!(c.due(t0 + Duration::from_secs(7))[&a].len(), 2);
+        // Its last packet at 6 s: held until 6 + 10 (idle) + 5 (grace) = 21 s.
+        assert!(c.saw_flow(conn, t0 + Duration::from_secs(6)));
         assert!(!c.expire(t0 + Duration::from_secs(7)));
         assert!(c.due(t0 + Duration::from_secs(7)).is_empty());
         // Within TTL and grace nothing is "held"; past them, this one is.
         assert!(c.held(t0 + Duration::from_secs(6)).is_empty());
         let held = c.held(t0 + Duration::from_secs(8));
-        assert_eq!(held, vec![("api.example.test".into(), ip("192.0.2.1"), 2)]);
+        assert_eq!(held, vec![("api.example.test".into(), a, 2)]);
         assert_eq!(c.next_expiry(), Some(t0 + Duration::from_secs(21)));
         // An older packet never moves it back.
-        assert!(!c.saw_flow(pod(), ip("192.0.2.1"), t0 + Duration::from_secs(3)));
+        assert!(!c.saw_flow(conn, t0 + Duration::from_secs(3)));
         assert!(!c.expire(t0 + Duration::from_millis(20_900)));
         // No packet since: it leaves.
         assert!(c.expire(t0 + Duration::from_secs(21)));
         assert!(c.by_ip().is_empty());
+    }
+
+    #[test]
+    fn a_renewed_address_is_looked_at_again_when_its_new_ttl_runs_out() {
+        let t0 = Instant::now();
+        let mut c = FqdnCache::new(limits());
+        let a = ip("192.0.2.1");
+        c.learn(t0, "api.example.test", a, 2, pod());
+        c.watch(t0 + Duration::from_secs(3), &[]);
+        assert!(c.lapsed(t0 + Duration::from_secs(3)).is_empty());
+        c.learn(t0 + Duration::from_secs(4), "api.example.test", a, 2, pod());
+        assert!(c.lapsed(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(c.lapsed(t0 + Duration::from_secs(6)).len(), 1);
     }
 }

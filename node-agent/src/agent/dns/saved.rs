@@ -299,7 +299,6 @@ mod tests {
         c.learn(t0, "api.corp.test", ip("10.96.0.11"), 300, pod);
         c.learn(t0, "api.corp.test", ip("10.96.0.11"), 300, other);
         c.learn(t0, "short.corp.test", ip("10.96.0.12"), 10, pod);
-        c.saw_flow(pod, ip("10.96.0.11"), t0);
         let bytes = encode(&c, |a| (a == ip("10.96.0.11")).then_some(LOCAL), t0, wall);
         // 20 s later (the agent was down): the 10 s entry is gone, the other has 280 s left.
         let t1 = Instant::now();
