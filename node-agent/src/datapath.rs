@@ -102,8 +102,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    /// CLOCK_MONOTONIC (the datapath's clock) could not be read.
-    #[error("reading CLOCK_MONOTONIC")]
+    /// CLOCK_MONOTONIC_COARSE (the conntrack's clock) could not be read.
+    #[error("reading CLOCK_MONOTONIC_COARSE")]
     Clock(#[source] std::io::Error),
 }
 
@@ -405,8 +405,8 @@ impl Datapath {
         &self,
         mut want: impl FnMut(IpAddr, IpAddr) -> bool,
     ) -> Result<Vec<CtFlow>, DatapathError> {
-        // `last_seen_ns` is bpf_ktime_get_ns: CLOCK_MONOTONIC.
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        // `last_seen_ns` is bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
             .map(|t| std::time::Duration::from(t).as_nanos())
             .map_err(|e| DatapathError::Clock(e.into()))?;
         let flow =

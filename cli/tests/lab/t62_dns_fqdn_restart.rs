@@ -11,7 +11,9 @@
 //!    stays allowed past TTL and grace while that connection carries packets (the datapath's
 //!    conntrack says so); once it goes quiet the address leaves after `--dns-connection-idle`
 //!    and the grace: a new connection is dropped, while the quiet connection itself still
-//!    works.
+//!    works;
+//! 3. a saved state with one wrong field is refused whole (reported in `agent status`, moved
+//!    aside): nothing it names is allowed until the pod resolves again.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -365,6 +367,48 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
         echo(&mut db, "still here"),
         "the open connection itself keeps working"
     );
+
+    // === 3. a corrupt saved state is reported and ignored whole ===
+    let (rcode, _) = resolve(&lab, "web.example.test", false);
+    assert_eq!(rcode, "NOERROR");
+    assert!(reachable(&lab, "10.96.0.12"));
+    kill_agent(&lab);
+    let text = std::fs::read_to_string(&saved).expect("read");
+    assert!(text.contains("web.example.test"), "{text}");
+    // Still JSON, one field wrong: the whole file is refused, not the one entry.
+    std::fs::write(
+        &saved,
+        text.replacen("web.example.test", "WEB.example.test", 1),
+    )
+    .expect("corrupt");
+    start_agent(&lab, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = try_dns_status(&lab) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "agent not back");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = status["state"]["restoreError"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("fqdn-cache.json") && err.contains("name") && err.contains("corrupt"),
+        "{status}"
+    );
+    assert!(status["state"]["restored"].is_null(), "{status}");
+    assert_eq!(status["names"], serde_json::json!({}), "{status}");
+    assert!(
+        saved.with_extension("json.corrupt").exists(),
+        "kept aside for a look"
+    );
+    assert!(
+        !reachable(&lab, "10.96.0.12"),
+        "nothing trusted: fail closed"
+    );
+    // The agent works on: the pod resolves again and is allowed again.
+    let (rcode, _) = resolve(&lab, "web.example.test", false);
+    assert_eq!(rcode, "NOERROR");
+    assert!(reachable(&lab, "10.96.0.12"));
 
     drop(conn);
     drop(db);

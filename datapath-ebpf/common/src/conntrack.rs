@@ -66,7 +66,8 @@ const _: () = assert!(core::mem::size_of::<CtKey4>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the flow's last packet, in either direction:
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the flow's last packet, in either
+    /// direction:
     /// set when the flow is created, refreshed by established packets at most once per
     /// [`SEEN_REFRESH_NS`] (one store per second per flow, not one per packet).
     pub last_seen_ns: u64,

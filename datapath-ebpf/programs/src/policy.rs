@@ -26,7 +26,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -270,7 +270,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         policy::VERDICT_ALLOW | policy::VERDICT_REDIRECT => {
             let value = CtValue {
                 // SAFETY: helper without preconditions.
-                last_seen_ns: unsafe { bpf_ktime_get_ns() },
+                last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
                 rule_id: v.rule_id,
                 flags: if direction == policy::DIRECTION_EGRESS {
                     conntrack::FLAG_EGRESS
@@ -314,8 +314,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 /// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
 /// a map with a 20-byte key; the IPv6 map's is 44 bytes.) A hit refreshes the entry's
 /// `last_seen_ns` when it is older than `SEEN_REFRESH_NS`: the agent reads it to tell flows in
-/// use from quiet ones; the coarse refresh adds a clock read and a load per packet, and a store
-/// into the shared entry at most once a second.
+/// use from quiet ones; the coarse refresh adds a coarse clock read and a load per packet, and a
+/// store into the shared entry at most once a second.
 #[inline(always)]
 fn ct_known(flow: &Flow, ifindex: u32) -> bool {
     let hit = if flow.family == family::IPV4 {
@@ -346,8 +346,10 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
     let Some(value) = hit else {
         return false;
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: helper without preconditions. The coarse clock (one jiffy's resolution, far finer
+    // than the 1 s refresh) reads a cached value: the precise one costs more than the whole
+    // established path did without it.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: the pointer is the map's value for this key, valid for this program run; a racing
     // writer on another CPU stores a time just as good (a plain store, no read-modify-write).
     unsafe {

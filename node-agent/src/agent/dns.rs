@@ -259,7 +259,13 @@ impl DnsProxy {
                 r.entries
             }
             Err(e) => {
-                let msg = crate::agent::server::chain(&e);
+                let mut msg = crate::agent::server::chain(&e);
+                if !matches!(e, saved::SavedError::Read { .. }) {
+                    match saved::quarantine(dir) {
+                        Ok(aside) => msg.push_str(&format!(" (kept as {})", aside.display())),
+                        Err(q) => msg.push_str(&format!(" (could not move it aside: {q})")),
+                    }
+                }
                 eprintln!(
                     "palisade agent: dns: ignoring the saved DNS cache (pods resolve again): {msg}"
                 );

@@ -242,6 +242,15 @@ pub fn load(dir: &Path, now: Instant, wall: SystemTime) -> Result<Option<Restore
     }
 }
 
+/// Moves an unusable saved state aside (`fqdn-cache.json.corrupt`, replacing an older one) so
+/// the next save does not destroy what an operator may want to look at. Returns where it went.
+pub fn quarantine(dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(FILE);
+    let aside = path.with_extension("json.corrupt");
+    fs::rename(&path, &aside)?;
+    Ok(aside)
+}
+
 /// Writes `bytes` as the saved state in `dir`: a temporary file (0600: the names pods resolve
 /// are nobody else's business) renamed over the old one, so a reader sees the old state or the
 /// new, never half of one. No fsync: what this guards against is the agent's own restart, and a
@@ -376,6 +385,9 @@ mod tests {
         assert_eq!(r.entries.len(), 1);
         fs::write(dir.join(FILE), b"{").expect("corrupt");
         assert!(load(&dir, now, wall).is_err());
+        let aside = quarantine(&dir).expect("moved aside");
+        assert_eq!(fs::read(&aside).expect("kept"), b"{");
+        assert_eq!(load(&dir, now, wall).expect("none now"), None);
         let _ = fs::remove_dir_all(&dir);
     }
 }
