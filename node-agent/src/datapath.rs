@@ -102,6 +102,9 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    /// CLOCK_MONOTONIC_COARSE (the conntrack's clock) could not be read.
+    #[error("reading CLOCK_MONOTONIC_COARSE")]
+    Clock(#[source] std::io::Error),
 }
 
 /// Map sizes. The defaults are production sizes; [`DatapathConfig::for_test`] keeps tests that
@@ -151,6 +154,25 @@ impl DatapathConfig {
             pin_dir: None,
         }
     }
+}
+
+/// A flow an endpoint opened, as the conntrack holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtFlow {
+    /// The endpoint's address.
+    pub src: IpAddr,
+    /// The peer's.
+    pub dst: IpAddr,
+    /// Source port (ICMP: echo id), host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Since its last packet (to the datapath's 1 s refresh granularity).
+    pub idle: std::time::Duration,
+    /// TCP: a FIN or RST went by.
+    pub closing: bool,
 }
 
 /// The loaded datapath. Dropping it detaches every program it attached.
@@ -373,6 +395,69 @@ impl Datapath {
         let mut map: HashMap<_, u32, EndpointInfo> = self.map_mut(endpoint::MAP_NAME)?;
         map.insert(ifindex, info, 0)
             .map_err(|source| map_err(endpoint::MAP_NAME, source))
+    }
+
+    /// Flows an endpoint opened (conntrack entries created on its egress path) whose
+    /// (source, destination) `want` accepts, each with how long ago it last saw a packet and
+    /// whether it is closing. The DNS proxy asks this about expired `toFQDNs` addresses: one
+    /// pass over both conntrack maps.
+    pub fn egress_flows(
+        &self,
+        mut want: impl FnMut(IpAddr, IpAddr) -> bool,
+    ) -> Result<Vec<CtFlow>, DatapathError> {
+        // `last_seen_ns` is bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+            .map(|t| std::time::Duration::from(t).as_nanos())
+            .map_err(|e| DatapathError::Clock(e.into()))?;
+        let flow =
+            |src, dst, sport: [u8; 2], dport: [u8; 2], protocol, v: conntrack::CtValue| CtFlow {
+                src,
+                dst,
+                sport: u16::from_be_bytes(sport),
+                dport: u16::from_be_bytes(dport),
+                protocol,
+                idle: std::time::Duration::from_nanos(
+                    u64::try_from(now.saturating_sub(u128::from(v.last_seen_ns)))
+                        .unwrap_or(u64::MAX),
+                ),
+                closing: v.flags & conntrack::FLAG_CLOSING != 0,
+            };
+        let mut out = Vec::new();
+        let v4 = self
+            .ebpf
+            .map(conntrack::MAP_NAME_V4)
+            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME_V4))?;
+        let v4: HashMap<_, conntrack::CtKey4, conntrack::CtValue> =
+            HashMap::try_from(v4).map_err(|source| map_err(conntrack::MAP_NAME_V4, source))?;
+        for r in v4.iter() {
+            // An entry evicted between listing and lookup is simply gone: skip it.
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
+            }
+        }
+        let v6 = self
+            .ebpf
+            .map(conntrack::MAP_NAME)
+            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME))?;
+        let v6: HashMap<_, conntrack::CtKey, conntrack::CtValue> =
+            HashMap::try_from(v6).map_err(|source| map_err(conntrack::MAP_NAME, source))?;
+        for r in v6.iter() {
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = if k.family == family::IPV4 {
+                (
+                    IpAddr::from([k.saddr[0], k.saddr[1], k.saddr[2], k.saddr[3]]),
+                    IpAddr::from([k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3]]),
+                )
+            } else {
+                (IpAddr::from(k.saddr), IpAddr::from(k.daddr))
+            };
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
+            }
+        }
+        Ok(out)
     }
 
     /// Every ipcache entry currently in the kernel, as (address, prefix length, identity).

@@ -288,6 +288,78 @@ fn replies_and_established_packets_pass_through_conntrack() {
 }
 
 #[test]
+fn conntrack_entries_carry_their_last_packet_and_whether_the_connection_is_closing() {
+    use std::time::Duration;
+    let mut dp = datapath();
+    dp.upsert_policy(
+        rule(PEER_B_ID, DIRECTION_EGRESS, proto::TCP, 80, 16),
+        allow(7),
+    )
+    .expect("policy");
+    dp.upsert_policy(
+        rule(PEER_B_ID, DIRECTION_INGRESS, proto::TCP, 5000, 16),
+        allow(8),
+    )
+    .expect("policy");
+    let flows = |dp: &Datapath| dp.egress_flows(|_, _| true).expect("conntrack");
+    // The pod's connection, and one the peer opened to the pod (not the pod's own).
+    let out = frame_v4(POD, PEER_B, proto::TCP, 40000, 80);
+    assert_eq!(run(&mut dp, Hook::Egress, &out), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::Ingress,
+            &frame_v4(PEER_B, POD, proto::TCP, 40100, 5000)
+        ),
+        TC_ACT_OK
+    );
+    let f = flows(&dp);
+    assert_eq!(f.len(), 1, "only the egress-created flow: {f:?}");
+    assert_eq!(
+        (f[0].src, f[0].sport, f[0].dst, f[0].dport, f[0].protocol),
+        (IpAddr::V4(POD), 40000, IpAddr::V4(PEER_B), 80, proto::TCP)
+    );
+    assert!(f[0].idle < Duration::from_millis(500), "{f:?}");
+    assert!(!f[0].closing);
+    // Quiet for 1.5 s: the age grows.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let quiet = flows(&dp)[0].idle;
+    assert!(quiet >= Duration::from_millis(1_500), "{quiet:?}");
+    // A reply (the reverse key) refreshes it: older than the 1 s granularity.
+    let mut reply = frame_v4(PEER_B, POD, proto::TCP, 80, 40000);
+    reply[47] = 0x10; // ACK
+    assert_eq!(run(&mut dp, Hook::Ingress, &reply), TC_ACT_OK);
+    let fresh = flows(&dp)[0].idle;
+    assert!(fresh < Duration::from_millis(500), "{fresh:?}");
+    // Within the granularity, a packet leaves it alone (no store per packet).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ack = out.clone();
+    ack[47] = 0x10;
+    assert_eq!(run(&mut dp, Hook::Egress, &ack), TC_ACT_OK);
+    let same = flows(&dp)[0].idle;
+    assert!(same >= Duration::from_millis(300), "{same:?}");
+    assert!(!flows(&dp)[0].closing, "data is not closing");
+    // The peer's FIN marks it closing (still established: the rest of the close passes).
+    let mut fin = reply.clone();
+    fin[47] = 0x11; // FIN, ACK
+    assert_eq!(run(&mut dp, Hook::Ingress, &fin), TC_ACT_OK);
+    assert!(flows(&dp)[0].closing, "FIN seen");
+    assert_eq!(run(&mut dp, Hook::Egress, &ack), TC_ACT_OK);
+    assert!(
+        flows(&dp)[0].closing,
+        "an ACK after the FIN does not reopen it"
+    );
+    // The same ports reused by a new connection (SYN without ACK): open again.
+    assert_eq!(run(&mut dp, Hook::Egress, &out), TC_ACT_OK);
+    assert!(!flows(&dp)[0].closing, "reused 5-tuple");
+    // RST closes too.
+    let mut rst = ack.clone();
+    rst[47] = 0x04;
+    assert_eq!(run(&mut dp, Hook::Egress, &rst), TC_ACT_OK);
+    assert!(flows(&dp)[0].closing, "RST seen");
+}
+
+#[test]
 fn the_more_specific_entry_decides_peer_first_on_a_tie() {
     let mut dp = datapath();
     // L3-only allow for B, L4-only deny of TCP 80 for any peer: the L4 entry is more specific

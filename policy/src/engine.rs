@@ -133,6 +133,20 @@ pub struct SelectorPolicy {
     pub default_deny: [Vec<u32>; 2],
 }
 
+/// The labels of an address learned from DNS: `cidr:<ip>/32` and `fqdn:<name>` per name.
+fn fqdn_labels(ip: IpAddr, names: &BTreeSet<String>) -> LabelSet {
+    let mut labels = LabelSet::new();
+    labels.insert(Source::Cidr, ipnet::IpNet::from(ip).to_string(), "");
+    for n in names {
+        labels.insert(
+            Source::Fqdn,
+            n.trim_end_matches('.').to_ascii_lowercase(),
+            "",
+        );
+    }
+    labels
+}
+
 fn di(d: Direction) -> usize {
     match d {
         Direction::Ingress => 0,
@@ -526,15 +540,7 @@ impl Engine {
             self.fqdn_ips.remove(&ip);
             None
         } else {
-            let mut labels = LabelSet::new();
-            labels.insert(Source::Cidr, ipnet::IpNet::from(ip).to_string(), "");
-            for n in names {
-                labels.insert(
-                    Source::Fqdn,
-                    n.trim_end_matches('.').to_ascii_lowercase(),
-                    "",
-                );
-            }
+            let labels = fqdn_labels(ip, names);
             let (id, gained) = self.new_identity(&format!("fqdn {ip}"), labels)?;
             self.fqdn_ips.insert(ip, id);
             self.apply_peer_gain(id, &gained, None);
@@ -549,6 +555,36 @@ impl Engine {
             self.release_identity(o);
         }
         Ok(new)
+    }
+
+    /// [`Engine::set_fqdn_names`] for an address a previous run of the agent learned, giving it
+    /// the identity it had then (`id`) when that id is node-local and free and the labels have
+    /// none yet: the ipcache entry and policy entries the datapath kept across the restart stay
+    /// valid, so the address is never unknown in between. Otherwise a fresh id, as for a new
+    /// answer. Call before other node-local identities are allocated (policies' CIDRs).
+    pub fn restore_fqdn_names(
+        &mut self,
+        ip: IpAddr,
+        names: &BTreeSet<String>,
+        id: Identity,
+    ) -> Result<Option<Identity>, EngineError> {
+        let labels = fqdn_labels(ip, names);
+        if !names.is_empty()
+            && id.is_local_scope()
+            && self.identities.labels(id).is_none()
+            && self.identities.lookup(&labels).is_none()
+        {
+            self.identities
+                .bind(id, labels.clone())
+                .map_err(|source| EngineError::Identity {
+                    name: format!("fqdn {ip}"),
+                    source,
+                })?;
+            let deltas = self.cache.update_identities(&[(id, &labels)], &[]);
+            let gained: Vec<SelectorId> = deltas.into_iter().map(|d| d.selector).collect();
+            self.apply_peer_gain(id, &gained, None);
+        }
+        self.set_fqdn_names(ip, names)
     }
 
     /// The addresses learned from DNS answers and their identities.

@@ -157,6 +157,15 @@ impl IdentityAllocator {
         }
         let local = labels.has_source(Source::Cidr) || labels.has_source(Source::Fqdn);
         let id = if local {
+            // Ids bound ahead of allocation (a restarted agent's learned addresses keep theirs)
+            // are skipped, never handed out twice.
+            while self.next_local <= MAX_LOCAL
+                && self
+                    .by_id
+                    .contains_key(&Identity::new(LOCAL_SCOPE_CLUSTER, self.next_local))
+            {
+                self.next_local += 1;
+            }
             if self.next_local > MAX_LOCAL {
                 return Err(IdentityError::Exhausted {
                     cluster: LOCAL_SCOPE_CLUSTER,
@@ -302,5 +311,19 @@ mod tests {
         let mut host = LabelSet::new();
         host.insert(Source::Reserved, "host", "");
         assert_eq!(a.lookup(&host), Some(Identity::HOST));
+    }
+
+    #[test]
+    fn a_local_id_bound_ahead_is_never_allocated_again() {
+        let mut a = IdentityAllocator::new(0);
+        let restored =
+            LabelSet::from_strings(&["cidr:10.96.0.11/32", "fqdn:api.corp.test"]).expect("labels");
+        let id = Identity::new(LOCAL_SCOPE_CLUSTER, 1);
+        assert_eq!(a.bind(id, restored.clone()), Ok(true));
+        let other = LabelSet::from_strings(&["cidr:10.0.0.0/8"]).expect("labels");
+        let (fresh, new) = a.allocate(other).expect("allocates");
+        assert!(new);
+        assert_eq!(fresh, Identity::new(LOCAL_SCOPE_CLUSTER, 2));
+        assert_eq!(a.lookup(&restored), Some(id));
     }
 }

@@ -162,10 +162,18 @@ struct RunArgs {
     /// Longest TTL honoured for learned addresses (longer TTLs are cut to it).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     dns_max_ttl: std::time::Duration,
-    /// How long a learned address stays allowed after its TTL ran out (connections opened
-    /// just before expiry), then its ipcache entry and identity are removed.
+    /// How long a learned address stays allowed after its TTL ran out and no connection holds
+    /// it any more (connections opened just before expiry), then its ipcache entry and
+    /// identity are removed.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     dns_grace: std::time::Duration,
+    /// A learned address past its TTL stays allowed while a pod that resolved it has a
+    /// connection it opened before the TTL ran out still open (no FIN/RST) with a last packet
+    /// (datapath conntrack) at most this old; then the --dns-grace. `0s`: connections hold
+    /// nothing (they keep working: established flows pass without a policy lookup; only new
+    /// connections need a fresh answer).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    dns_connection_idle: std::time::Duration,
     /// Addresses kept per name (the ones expiring soonest go first).
     #[arg(long, value_name = "N", default_value_t = 50,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
@@ -353,6 +361,7 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
                 min_ttl: a.dns_min_ttl,
                 max_ttl: a.dns_max_ttl,
                 grace: a.dns_grace,
+                connection_idle: a.dns_connection_idle,
                 max_ips_per_name: a.dns_max_ips_per_name,
             },
             ..DnsConfig::default()

@@ -12,6 +12,7 @@ mod t50_observe;
 mod t50_ui;
 mod t60_l7_http;
 mod t61_dns_fqdn;
+mod t62_dns_fqdn_restart;
 mod t70_tutorial;
 mod t80_gossip;
 mod util;

@@ -20,7 +20,7 @@ use palisade_lab::state::{agent_socket, state_dir};
 use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
 
 /// The DNS server pod's address (n2-p1).
-const DNS: &str = "10.200.2.11";
+pub(crate) const DNS: &str = "10.200.2.11";
 /// TTL dnsmasq answers with (s); the agent's default grace period is 5 s.
 const TTL: u32 = 2;
 
@@ -42,13 +42,13 @@ spec:
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ";
 
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let out = palisade(args);
     assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn in_pod(lab: &str, pod: &str, args: &[&str]) -> Output {
+pub(crate) fn in_pod(lab: &str, pod: &str, args: &[&str]) -> Output {
     Command::new("ip")
         .args(["netns", "exec", &format!("pal-{lab}-{pod}")])
         .arg(crate::util::bin())
@@ -58,7 +58,7 @@ fn in_pod(lab: &str, pod: &str, args: &[&str]) -> Output {
 }
 
 /// `palisade workload resolve` from n1-p1: (rcode, addresses).
-fn resolve(lab: &str, name: &str, tcp: bool) -> (String, Vec<IpAddr>) {
+pub(crate) fn resolve(lab: &str, name: &str, tcp: bool) -> (String, Vec<IpAddr>) {
     let mut args = vec!["workload", "resolve", name, "--server", DNS];
     if tcp {
         args.push("--tcp");
@@ -76,7 +76,7 @@ fn resolve(lab: &str, name: &str, tcp: bool) -> (String, Vec<IpAddr>) {
 }
 
 /// A TCP probe from n1-p1 to port 80 (the externals' workload servers).
-fn reachable(lab: &str, ip: &str) -> bool {
+pub(crate) fn reachable(lab: &str, ip: &str) -> bool {
     let out = in_pod(
         lab,
         "n1-p1",
@@ -96,7 +96,7 @@ fn reachable(lab: &str, ip: &str) -> bool {
     out.status.code() == Some(0)
 }
 
-fn dns_status(lab: &str) -> serde_json::Value {
+pub(crate) fn dns_status(lab: &str) -> serde_json::Value {
     let socket = agent_socket(lab, "n1");
     let out = ok(&[
         "agent",

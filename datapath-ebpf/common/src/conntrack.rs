@@ -1,5 +1,11 @@
 //! Connection tracking: established flows and their replies pass without a policy lookup.
 //!
+//! Each entry carries when it last saw a packet (refreshed at most once per
+//! [`SEEN_REFRESH_NS`]) and, for TCP, whether the connection is closing ([`FLAG_CLOSING`]), so
+//! the agent can tell an open connection in use from one that went quiet or ended: the DNS
+//! proxy keeps an expired `toFQDNs` address while an endpoint that resolved it still has an
+//! open connection to it.
+//!
 //! Entries are scoped to the endpoint that created them (its ifindex is part of the key), so a
 //! flow between two pods on one node is checked by the source's egress policy and again by the
 //! destination's ingress policy, each with its own entry.
@@ -60,8 +66,11 @@ const _: () = assert!(core::mem::size_of::<CtKey4>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` when the flow was created.
-    pub created_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the flow's last packet, in either
+    /// direction:
+    /// set when the flow is created, refreshed by established packets at most once per
+    /// [`SEEN_REFRESH_NS`] (one store per second per flow, not one per packet).
+    pub last_seen_ns: u64,
     /// Policy rule that admitted the flow.
     pub rule_id: u32,
     /// Bit set of `FLAG_*`.
@@ -69,7 +78,14 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
 
+/// Granularity of [`CtValue::last_seen_ns`]: an established packet rewrites it only when it is
+/// older than this.
+pub const SEEN_REFRESH_NS: u64 = 1_000_000_000;
+
 /// Created by the endpoint's egress (outbound) path; otherwise by its ingress path.
 pub const FLAG_EGRESS: u32 = 1 << 0;
+/// TCP: a FIN or RST went by in either direction (a SYN without ACK on the same key clears
+/// it: the 5-tuple was reused). The agent does not count a closing flow as an open connection.
+pub const FLAG_CLOSING: u32 = 1 << 1;
 
 crate::user_pod!(CtKey, CtKey4, CtValue);

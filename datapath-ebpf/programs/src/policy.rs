@@ -26,7 +26,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -108,6 +108,8 @@ struct Flow {
     policy_port: [u8; 2],
     /// The packet is an ICMP/ICMPv6 message the datapath does not police (neighbour discovery).
     unmanaged: bool,
+    /// TCP flags byte (zero for other protocols, or when the header is cut short).
+    tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -268,7 +270,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         policy::VERDICT_ALLOW | policy::VERDICT_REDIRECT => {
             let value = CtValue {
                 // SAFETY: helper without preconditions.
-                created_ns: unsafe { bpf_ktime_get_ns() },
+                last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
                 rule_id: v.rule_id,
                 flags: if direction == policy::DIRECTION_EGRESS {
                     conntrack::FLAG_EGRESS
@@ -310,10 +312,13 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 }
 
 /// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
-/// a map with a 20-byte key; the IPv6 map's is 44 bytes.)
+/// a map with a 20-byte key; the IPv6 map's is 44 bytes.) A hit refreshes the entry's
+/// `last_seen_ns` when it is older than `SEEN_REFRESH_NS`: the agent reads it to tell flows in
+/// use from quiet ones; the coarse refresh adds a coarse clock read and a load per packet, and a
+/// store into the shared entry at most once a second.
 #[inline(always)]
 fn ct_known(flow: &Flow, ifindex: u32) -> bool {
-    if flow.family == family::IPV4 {
+    let hit = if flow.family == family::IPV4 {
         let fwd = ct_key4(flow, ifindex);
         let rev = CtKey4 {
             saddr: fwd.daddr,
@@ -322,8 +327,9 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        // SAFETY: read-only access to values the kernel keeps alive for this program run.
-        unsafe { PAL_CT4.get(&fwd).is_some() || PAL_CT4.get(&rev).is_some() }
+        PAL_CT4
+            .get_ptr_mut(&fwd)
+            .or_else(|| PAL_CT4.get_ptr_mut(&rev))
     } else {
         let fwd = ct_key6(flow, ifindex);
         let rev = CtKey {
@@ -333,10 +339,47 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        // SAFETY: as above.
-        unsafe { PAL_CT.get(&fwd).is_some() || PAL_CT.get(&rev).is_some() }
+        PAL_CT
+            .get_ptr_mut(&fwd)
+            .or_else(|| PAL_CT.get_ptr_mut(&rev))
+    };
+    let Some(value) = hit else {
+        return false;
+    };
+    // SAFETY: helper without preconditions. The coarse clock (one jiffy's resolution, far finer
+    // than the 1 s refresh) reads a cached value: the precise one costs more than the whole
+    // established path did without it.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: the pointer is the map's value for this key, valid for this program run; a racing
+    // writer on another CPU stores a time just as good (a plain store, no read-modify-write).
+    unsafe {
+        if now.wrapping_sub((*value).last_seen_ns) > conntrack::SEEN_REFRESH_NS {
+            (*value).last_seen_ns = now;
+        }
     }
+    if flow.protocol == proto::TCP {
+        // SAFETY: as above; the two marks are a handful of stores per connection. A lost race
+        // between CPUs leaves the mark of the later packet, which is the connection's state.
+        unsafe {
+            let flags = (*value).flags;
+            if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                if flags & conntrack::FLAG_CLOSING == 0 {
+                    (*value).flags = flags | conntrack::FLAG_CLOSING;
+                }
+            } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && flags & conntrack::FLAG_CLOSING != 0
+            {
+                (*value).flags = flags & !conntrack::FLAG_CLOSING;
+            }
+        }
+    }
+    true
 }
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn ct_insert(flow: &Flow, ifindex: u32, value: &CtValue) {
@@ -514,6 +557,7 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // A non-first fragment has no L4 header: it is policed by protocol only (port 0).
     let fragment_offset = u16::from_be_bytes(frag) & 0x1fff;
@@ -547,6 +591,7 @@ fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // Extension headers are not walked: such packets are policed by their first next-header value.
     parse_l4(ctx, ETH_HLEN + 40, &mut flow, true, true)?;
@@ -574,6 +619,11 @@ fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool
             flow.sport = read_u16(off)?;
             flow.dport = read_u16(off + 2)?;
             flow.policy_port = flow.dport;
+            if flow.protocol == proto::TCP {
+                // Only conntrack's closing mark reads it: a header too short for it is not
+                // malformed for policy (ports are all policy needs).
+                flow.tcp_flags = read_u8(off + 13).unwrap_or(0);
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
             let ty = read_u8(off)?;

@@ -16,7 +16,12 @@
 //!      capped per name) ─▶ Engine::set_fqdn_names (identity cidr:<ip>/32 + fqdn:<name>…,
 //!      toFQDNs selectors match it) ─▶ policy maps synced ─▶ ipcache <ip> → identity ─▶ done
 //!    ◀── only then is the answer released to the pod: its first connection is allowed
-//!  run loop, every pass: addresses past TTL + grace ─▶ ipcache entry and identity removed
+//!  run loop, every pass: TTL ran out ─▶ conntrack: open connections from endpoints that
+//!    learned the address = its holders; due to leave (TTL + grace) ─▶ a holder still open
+//!    with a packet within --dns-connection-idle? ── yes ─▶ kept
+//!                                 └ no ─▶ ipcache entry and identity removed
+//!  cache changed ─▶ <state-dir>/fqdn-cache.json (saved.rs), restored by the next agent before
+//!    its first policy sync (new pairs saved before their answer is released)
 //! ```
 //! Addresses nobody resolved stay `world` in the ipcache, which a `toFQDNs` rule does not
 //! allow: a connection to them is dropped by the datapath.
@@ -24,16 +29,18 @@
 mod cache;
 mod decide;
 mod flow;
+pub mod saved;
 mod server;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use cache::{CacheLimits, FqdnCache};
 pub use flow::{DnsFlow, DnsVerdict};
@@ -41,6 +48,7 @@ pub use flow::{DnsFlow, DnsVerdict};
 use crate::agent::proxy::redirect;
 use crate::agent::proxy::view::{L7Kind, Redirect};
 use crate::agent::proxy::{FlowLog, ProxyError, ProxyView};
+use crate::datapath::CtFlow;
 
 /// Default port of the DNS proxy (also the engine's DNS proxy port).
 pub const DEFAULT_PORT: u16 = 15053;
@@ -69,6 +77,7 @@ impl Default for DnsConfig {
                 min_ttl: Duration::from_secs(1),
                 max_ttl: Duration::from_secs(86_400),
                 grace: Duration::from_secs(5),
+                connection_idle: Duration::from_secs(60),
                 max_ips_per_name: 50,
             },
             flow_capacity: 4096,
@@ -85,6 +94,8 @@ pub struct Learned {
     pub ip: IpAddr,
     /// TTL of the record.
     pub ttl: u32,
+    /// The endpoint that asked.
+    pub client: IpAddr,
 }
 
 /// A batch of learned addresses waiting for the run loop; `done` fires once the datapath
@@ -136,6 +147,25 @@ pub struct DnsProxy {
     programmed: Programmed,
     applied: Option<Vec<Redirect>>,
     last_error: Option<String>,
+    /// The saved state (`saved.rs`).
+    persist: Persist,
+    /// When the conntrack was last read for addresses due to leave.
+    flows_read: Option<Instant>,
+}
+
+/// Saving the cache: new pairs are saved before their answer goes out (a restarted agent must
+/// know every address a pod may be using); longer TTLs alone at most once a second.
+#[derive(Debug, Default)]
+struct Persist {
+    dir: Option<PathBuf>,
+    /// Something not saved yet is new (pair or learner), not just a later expiry.
+    dirty_new: bool,
+    /// Anything not saved yet.
+    dirty: bool,
+    saved_at: Option<Instant>,
+    last_error: Option<String>,
+    /// What the start restored (entries, dropped as expired), or why it restored nothing.
+    restored: Option<Result<(usize, usize), String>>,
 }
 
 // === impl DnsProxy ===
@@ -202,7 +232,79 @@ impl DnsProxy {
             wake,
             applied: None,
             last_error: None,
+            persist: Persist::default(),
+            flows_read: None,
         })
+    }
+
+    /// Restores what a previous run saved in `dir` (entries past their TTL dropped) and saves
+    /// there from now on. A file that cannot be used is reported (log and status) and ignored
+    /// whole: the pods resolve again, as on a cold node. Returns the restored entries, for the
+    /// engine's identities.
+    pub fn restore(&mut self, dir: &Path) -> Vec<saved::RestoredEntry> {
+        self.persist.dir = Some(dir.to_path_buf());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        match saved::load(dir, now, wall) {
+            Ok(None) => Vec::new(),
+            Ok(Some(r)) => {
+                for e in &r.entries {
+                    self.cache
+                        .restore(&e.name, e.ip, e.until, e.active, e.learners.clone());
+                }
+                self.persist.restored = Some(Ok((r.entries.len(), r.expired)));
+                if r.expired > 0 {
+                    // The file still names them: the next save must drop them.
+                    self.persist.dirty = true;
+                }
+                r.entries
+            }
+            Err(e) => {
+                let mut msg = crate::agent::server::chain(&e);
+                if !matches!(e, saved::SavedError::Read { .. }) {
+                    match saved::quarantine(dir) {
+                        Ok(aside) => msg.push_str(&format!(" (kept as {})", aside.display())),
+                        Err(q) => msg.push_str(&format!(" (could not move it aside: {q})")),
+                    }
+                }
+                eprintln!(
+                    "palisade agent: dns: ignoring the saved DNS cache (pods resolve again): {msg}"
+                );
+                self.persist.restored = Some(Err(msg));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Saves the cache when it is due (see [`Persist`]); `identity` gives each address's
+    /// identity in the ipcache.
+    pub fn save_if_due(&mut self, now: Instant, identity: impl Fn(IpAddr) -> Option<u32>) {
+        let p = &mut self.persist;
+        let Some(dir) = &p.dir else {
+            return;
+        };
+        let due = p.dirty_new
+            || (p.dirty && p.saved_at.is_none_or(|t| now >= t + Duration::from_secs(1)));
+        if !due {
+            return;
+        }
+        let bytes = saved::encode(&self.cache, identity, now, SystemTime::now());
+        match saved::save(dir, &bytes) {
+            Ok(()) => {
+                p.dirty = false;
+                p.dirty_new = false;
+                p.saved_at = Some(now);
+                p.last_error = None;
+            }
+            Err(e) => {
+                // Kept dirty: the next pass tries again. The answers still go out: a pod is
+                // not refused its name because the disk is full.
+                let msg = format!("saving {}: {e}", dir.join(saved::FILE).display());
+                if p.last_error.as_deref() != Some(msg.as_str()) {
+                    eprintln!("palisade agent: dns: {msg}");
+                }
+                p.last_error = Some(msg);
+            }
+        }
     }
 
     /// The query records (the agent connects them to its flow ring).
@@ -222,7 +324,8 @@ impl DnsProxy {
         let mut done = Vec::new();
         while let Ok(r) = self.requests.try_recv() {
             for a in &r.answers {
-                self.cache.learn(now, &a.name, a.ip, a.ttl);
+                self.persist.dirty_new |= self.cache.learn(now, &a.name, a.ip, a.ttl, a.client);
+                self.persist.dirty = true;
             }
             done.push(r.done);
         }
@@ -246,13 +349,66 @@ impl DnsProxy {
         *self.programmed.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
     }
 
-    /// Forgets addresses past TTL and grace; whether any went.
-    pub fn expire(&mut self, now: Instant) -> bool {
-        if self.cache.next_expiry().is_some_and(|t| t <= now) {
-            self.cache.expire(now)
+    /// Forgets addresses whose time has come; whether any went. Before that, `flows` (the
+    /// datapath's conntrack: connections endpoints opened whose (source, destination) the
+    /// filter accepts) is asked twice about each address: when its TTL runs out, which open
+    /// connections of endpoints that learned it exist (those may hold it, see `cache.rs`), and
+    /// when it is due to leave, whether they are still open and when they last carried a
+    /// packet. The conntrack is read at most once a second (an address may leave up to a
+    /// second late); when it cannot be read, nothing holds (fail closed).
+    pub fn expire<E: std::fmt::Display>(
+        &mut self,
+        now: Instant,
+        flows: impl FnOnce(&dyn Fn(IpAddr, IpAddr) -> bool) -> Result<Vec<CtFlow>, E>,
+    ) -> bool {
+        let read = !self.config.limits.connection_idle.is_zero();
+        let mut interest = if read {
+            self.cache.lapsed(now)
         } else {
-            false
+            BTreeMap::new()
+        };
+        let due = self.cache.next_expiry().is_some_and(|t| t <= now);
+        if interest.is_empty() && !due {
+            return false;
         }
+        if read {
+            if self
+                .flows_read
+                .is_some_and(|t| now < t + Duration::from_secs(1))
+            {
+                return false;
+            }
+            for (ip, learners) in self.cache.due(now) {
+                interest.entry(ip).or_default().extend(learners);
+            }
+        }
+        let filter =
+            |src: IpAddr, dst: IpAddr| interest.get(&dst).is_some_and(|l| l.contains(&src));
+        let open: Vec<CtFlow> = if read {
+            self.flows_read = Some(now);
+            match flows(&filter) {
+                Ok(f) => f.into_iter().filter(|f| !f.closing).collect(),
+                Err(e) => {
+                    eprintln!(
+                        "palisade agent: dns: reading the conntrack (expired addresses not held): {e}"
+                    );
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let key = |f: &CtFlow| (f.src, f.sport, f.dst, f.dport, f.protocol);
+        let keys: Vec<_> = open.iter().map(key).collect();
+        self.cache.watch(now, &keys);
+        for f in &open {
+            if let Some(at) = now.checked_sub(f.idle) {
+                self.persist.dirty |= self.cache.saw_flow(key(f), at);
+            }
+        }
+        let changed = self.cache.expire(now);
+        self.persist.dirty |= changed;
+        changed
     }
 
     /// Publishes a new view and brings the packet filter in line with it (view first: a query
@@ -293,13 +449,37 @@ impl DnsProxy {
                 format!("egress {} {p}:{}-{}", r.endpoint, r.ports.0, r.ports.1)
             })
             .collect();
+        let held: Vec<serde_json::Value> = self
+            .cache
+            .held(now)
+            .into_iter()
+            .map(|(name, ip, ago)| {
+                serde_json::json!({"name": name, "ip": ip, "lastPacketSecondsAgo": ago})
+            })
+            .collect();
+        let p = &self.persist;
+        let (restored, restore_error) = match &p.restored {
+            None => (None, None),
+            Some(Ok((n, expired))) => (
+                Some(serde_json::json!({"entries": n, "expiredWhileDown": expired})),
+                None,
+            ),
+            Some(Err(e)) => (None, Some(e.clone())),
+        };
         serde_json::json!({
             "port": self.config.port,
             "redirects": redirects,
             "queriesTotal": self.flows.total(),
             "names": self.cache.entries(now),
+            "heldByConnections": held,
             "recentQueries": self.flows.recent(32),
             "lastError": self.last_error,
+            "state": {
+                "file": p.dir.as_ref().map(|d| d.join(saved::FILE)),
+                "restored": restored,
+                "restoreError": restore_error,
+                "saveError": p.last_error,
+            },
         })
     }
 }

@@ -16,6 +16,9 @@
 //! | `hubble_policy_verdicts_total` | counter | policy decisions on new flows, by `direction`, `match`, `action` |
 //! | `palisade_agent_flows_lost_total` | counter | flows lost, by `source`: `kernel` (the datapath's ring buffer was full), `ring` (overwritten in the agent's flow ring) |
 //! | `palisade_agent_gossip_dropped_total` | counter | gossip datagrams dropped, by `reason` (`malformed`, `unauthenticated`, `oversize`, `stale`, `send_oversize`) |
+//! | `palisade_agent_dns_queries_total` | counter | queries through the DNS proxy, by `verdict` (`forwarded`, `refused`, `malformed`, `error`) and `rcode` |
+//! | `palisade_agent_dns_fqdn_addresses` | gauge | addresses learned from DNS answers and programmed in the ipcache |
+//! | `palisade_agent_dns_fqdn_held` | gauge | (name, address) pairs kept past TTL and grace only because an open connection held them |
 //! | `palisade_agent_http_requests_total` | counter | HTTP requests through the L7 proxy, by `method`, `status` and `verdict` (`forwarded`, `denied`, `error`) |
 
 use std::io::{BufRead, BufReader, Write};

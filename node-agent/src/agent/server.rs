@@ -317,10 +317,16 @@ impl Agent {
             config,
         };
         let adopted = agent.sync.adopt(&agent.dp)?;
-        // Addresses a previous run learned from DNS carry node-local identities that this run's
-        // engine will hand out again for other label sets: they go, and pods resolve again.
+        // Addresses a previous run learned from DNS come back with the identities they had
+        // (before any other node-local identity is allocated, so none can take their ids): their
+        // ipcache entries and the policy entries naming them stay as the datapath kept them.
+        let kept = agent.restore_fqdn();
+        // Any other node-local identity in the ipcache is a previous run's that this run's
+        // engine may hand out for other label sets: it goes.
         for (ip, prefix, id) in agent.dp.ipcache_entries()? {
-            if palisade_policy::identity::Identity(id).is_local_scope() {
+            if palisade_policy::identity::Identity(id).is_local_scope()
+                && !(prefix == host_prefix(ip) && kept.get(&ip) == Some(&id))
+            {
                 agent.dp.remove_ipcache(ip, prefix)?;
             }
         }
@@ -356,6 +362,9 @@ impl Agent {
             }
         }
         agent.load_policies();
+        // Restored DNS addresses: the first sync writes their policy entries (the same the
+        // maps already hold when their ids were kept), then their ipcache entries.
+        agent.program_fqdn();
         agent.resync()?;
         for r in restored {
             if let Err(err) = agent.enforce(&r) {
@@ -1291,13 +1300,67 @@ impl Agent {
         };
         let now = Instant::now();
         let done = dns.take_requests(now);
-        let expired = dns.expire(now);
+        let dp = &self.dp;
+        let expired = dns.expire(now, |want| dp.egress_flows(want));
         if !done.is_empty() || expired {
             self.program_fqdn();
+        }
+        if let Some(dns) = &mut self.dns {
+            // Saved before the answers go out: a pod never uses an address a restarted agent
+            // would not know.
+            let programmed = &self.fqdn_programmed;
+            dns.save_if_due(now, |ip| programmed.get(&ip).map(|(_, id)| *id));
+            // Every pass: holding starts when a TTL runs out, with nothing else changing.
+            metrics::gauge(
+                "palisade_agent_dns_fqdn_held",
+                dns.cache().held(now).len() as f64,
+            );
         }
         for d in done {
             let _ = d.send(());
         }
+    }
+
+    /// Puts what the previous run's DNS proxy saved back into the cache and the engine, each
+    /// address with its old identity where it can have it. Returns the addresses whose
+    /// identity was kept (their ipcache entries stay).
+    fn restore_fqdn(&mut self) -> BTreeMap<IpAddr, u32> {
+        let Some(dns) = &mut self.dns else {
+            return BTreeMap::new();
+        };
+        let entries = dns.restore(&self.config.state_dir);
+        if entries.is_empty() {
+            return BTreeMap::new();
+        }
+        let mut names: BTreeMap<IpAddr, (BTreeSet<String>, Option<u32>)> = BTreeMap::new();
+        for e in &entries {
+            let n = names.entry(e.ip).or_default();
+            n.0.insert(e.name.clone());
+            n.1 = n.1.or(e.identity);
+        }
+        let mut kept = BTreeMap::new();
+        for (ip, (ns, id)) in names {
+            let r = match id {
+                Some(id) => {
+                    self.engine
+                        .restore_fqdn_names(ip, &ns, palisade_policy::identity::Identity(id))
+                }
+                None => self.engine.set_fqdn_names(ip, &ns),
+            };
+            match r {
+                Ok(Some(got)) if Some(got.0) == id => {
+                    kept.insert(ip, got.0);
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("palisade agent: dns: restoring {ip}: {e}"),
+            }
+        }
+        eprintln!(
+            "palisade agent: dns: restored {} learned address(es), {} with their identity",
+            entries.len(),
+            kept.len()
+        );
+        kept
     }
 
     /// Brings identities, policy entries and ipcache entries of learned addresses in line with
@@ -1317,14 +1380,19 @@ impl Agent {
         known.extend(self.config.node_ips.iter().map(|ip| IpAddr::V4(*ip)));
         let mut want = dns.cache().by_ip();
         want.retain(|ip, _| !known.contains(ip));
-        let gone: Vec<IpAddr> = self
+        // Restored addresses are in the engine before they are programmed: they go the same
+        // way when unwanted (e.g. the address became a pod's).
+        let gone: BTreeSet<IpAddr> = self
             .fqdn_programmed
             .keys()
+            .chain(self.engine.fqdn_ips().keys())
             .filter(|ip| !want.contains_key(ip))
             .copied()
             .collect();
         for ip in &gone {
-            if let Err(e) = self.dp.remove_ipcache(*ip, host_prefix(*ip)) {
+            if self.fqdn_programmed.contains_key(ip)
+                && let Err(e) = self.dp.remove_ipcache(*ip, host_prefix(*ip))
+            {
                 eprintln!("palisade agent: dns: removing {ip} from the ipcache: {e}");
             }
             let _ = self.engine.set_fqdn_names(*ip, &BTreeSet::new());
@@ -1358,6 +1426,10 @@ impl Agent {
                 }
             }
         }
+        metrics::gauge(
+            "palisade_agent_dns_fqdn_addresses",
+            self.fqdn_programmed.len() as f64,
+        );
         if let Some(dns) = &self.dns {
             let programmed = &self.fqdn_programmed;
             dns.publish_programmed(|name, ip| {

@@ -188,3 +188,47 @@ fn addresses_learned_from_dns_get_identities_that_fqdn_selectors_match() {
     assert!(e.labels(both).is_none());
     assert_eq!(e.fqdn_ips().len(), 1);
 }
+
+#[test]
+fn a_restored_address_keeps_its_identity_and_its_entries_when_the_id_is_free() {
+    use crate::identity::{Identity, LOCAL_SCOPE_CLUSTER};
+    let names = |ns: &[&str]| ns.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let old = Identity::new(LOCAL_SCOPE_CLUSTER, 7);
+    // A restarted agent: the address comes back before the endpoint and the policy.
+    let mut e = Engine::new(EngineConfig::default());
+    let got = e
+        .restore_fqdn_names(ip, &names(&["api.example.test"]), old)
+        .expect("restore")
+        .expect("identity");
+    assert_eq!(got, old, "the id it had");
+    e.add_endpoint(ep("x/a", "a", "10.0.0.1")).expect("a");
+    let p = load_file("p.yaml", FQDN_EGRESS).expect("valid").remove(0);
+    e.replace_policy(&p.key.clone(), Some(p));
+    assert!(egress_entry(&e, old, 80), "toFQDNs selects the restored id");
+    // Another address learned later never gets that id.
+    let other = e
+        .set_fqdn_names("192.0.2.11".parse().unwrap(), &names(&["web.example.test"]))
+        .expect("set")
+        .expect("identity");
+    assert_ne!(other, old);
+    // An id already taken (or not node-local) is not bound: a fresh one instead.
+    let taken = e
+        .restore_fqdn_names(
+            "192.0.2.12".parse().unwrap(),
+            &names(&["db.example.test"]),
+            old,
+        )
+        .expect("restore")
+        .expect("identity");
+    assert!(taken != old && taken.is_local_scope());
+    let cluster = e
+        .restore_fqdn_names(
+            "192.0.2.13".parse().unwrap(),
+            &names(&["x.example.test"]),
+            Identity::new(0, 7_000),
+        )
+        .expect("restore")
+        .expect("identity");
+    assert!(cluster.is_local_scope());
+}

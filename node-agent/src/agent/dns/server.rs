@@ -393,6 +393,7 @@ async fn handle(
                 name: n,
                 ip,
                 ttl: r.ttl,
+                client: client.ip(),
             });
         }
         if !flow.ips.contains(&ip) {
