@@ -261,6 +261,17 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert_eq!(forwarded["source"]["identity"], p1);
     assert_eq!(forwarded["destination"]["identity"], p2);
     assert_eq!(forwarded["l4"]["TCP"]["destination_port"], 80);
+    // The connection's first packet, and the rule that let it in names the peer and a port.
+    assert_eq!(forwarded["l4"]["TCP"]["flags"]["SYN"], true, "{forwarded}");
+    // (JSON leaves out false and zero fields, as protojson does.)
+    assert!(
+        forwarded["l4"]["TCP"]["flags"]["ACK"].is_null(),
+        "{forwarded}"
+    );
+    assert_eq!(
+        forwarded["policy_match_type"], 2,
+        "Hubble's L3_L4: {forwarded}"
+    );
     assert_eq!(forwarded["IP"]["destination"], env.ip("n1-p2").to_string());
     assert_eq!(forwarded["Type"], "L3_L4");
     assert_eq!(forwarded["node_name"], "n1");
@@ -281,6 +292,9 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert_eq!(dropped["drop_reason_desc"], "POLICY_DENIED");
     assert_eq!(dropped["traffic_direction"], "INGRESS");
     assert_eq!(dropped["event_type"]["type"], 1);
+    assert_eq!(dropped["l4"]["TCP"]["flags"]["SYN"], true, "{dropped}");
+    // Default deny: no entry decided.
+    assert!(dropped["policy_match_type"].is_null(), "{dropped}");
 
     // Compact output reads like Hubble's.
     let out = env.observe(&["--verdict", "DROPPED"]);
@@ -292,7 +306,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert!(
         line.contains("obs-demo/n1-p3:")
             && line.contains(&format!("(ID:{p3}) -> obs-demo/n1-p2:80 (ID:{p2})"))
-            && line.ends_with("DROPPED (Policy denied)"),
+            && line.ends_with("DROPPED (Policy denied) (TCP Flags: SYN)"),
         "{line}"
     );
 
@@ -521,7 +535,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert!(
         metric(
             &m,
-            "hubble_policy_verdicts_total{direction=\"ingress\",match=\"none\",action=\"forwarded\"}"
+            "hubble_policy_verdicts_total{direction=\"ingress\",match=\"l3-l4\",action=\"forwarded\"}"
         ) >= 1.0,
         "{m}"
     );

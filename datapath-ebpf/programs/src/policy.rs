@@ -108,6 +108,8 @@ struct Flow {
     policy_port: [u8; 2],
     /// The packet is an ICMP/ICMPv6 message the datapath does not police (neighbour discovery).
     unmanaged: bool,
+    /// TCP flags (`events::TCP_*`); 0 for other protocols or a header cut short.
+    tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -157,6 +159,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             ep.identity,
             0,
             0,
+            events::MATCH_NONE,
         );
         return TC_ACT_SHOT;
     }
@@ -180,16 +183,20 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 
     // A zeroed value (verdict 0) means "no entry" throughout: `Option` payloads left undefined
     // on the `None` path are rejected by the verifier as uninitialised registers.
-    let v = if direction == policy::DIRECTION_INGRESS
+    let (v, match_type) = if direction == policy::DIRECTION_INGRESS
         && peer == endpoint::IDENTITY_HOST
         && ep.flags & endpoint::FLAG_ALLOW_LOCALHOST != 0
     {
-        PolicyValue {
-            verdict: policy::VERDICT_ALLOW,
-            ..PolicyValue::default()
-        }
+        // The host by its identity, any port.
+        (
+            PolicyValue {
+                verdict: policy::VERDICT_ALLOW,
+                ..PolicyValue::default()
+            },
+            events::MATCH_L3_ONLY,
+        )
     } else {
-        let by_identity = lookup_policy(
+        let (by_identity, by_identity_match) = lookup_policy(
             ep.endpoint_id,
             peer,
             direction,
@@ -206,12 +213,12 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 flow.policy_port,
             );
             if by_pod_ip.verdict != NO_ENTRY {
-                by_pod_ip
+                (by_pod_ip, l3_match(&by_pod_ip))
             } else {
-                by_identity
+                (by_identity, by_identity_match)
             }
         } else {
-            by_identity
+            (by_identity, by_identity_match)
         }
     };
     match v.verdict {
@@ -228,6 +235,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                     src_id,
                     dst_id,
                     v.rule_id,
+                    match_type,
                 );
                 return TC_ACT_OK;
             }
@@ -242,6 +250,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
             );
             TC_ACT_SHOT
         }
@@ -262,6 +271,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
             );
             TC_ACT_SHOT
         }
@@ -288,6 +298,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
             );
             TC_ACT_OK
         }
@@ -303,6 +314,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 0,
+                events::MATCH_NONE,
             );
             TC_ACT_SHOT
         }
@@ -375,7 +387,8 @@ fn ct_key6(flow: &Flow, ifindex: u32) -> CtKey {
 }
 
 /// Two LPM lookups (the peer's identity, then any peer); the more specific hit decides, the
-/// peer's own on a tie (see `palisade_datapath_common::policy`).
+/// peer's own on a tie (see `palisade_datapath_common::policy`). Also says how the deciding
+/// entry matched (`events::MATCH_*`, for flow events).
 #[inline(always)]
 fn lookup_policy(
     endpoint_id: u32,
@@ -383,7 +396,7 @@ fn lookup_policy(
     direction: u8,
     protocol: u8,
     port: [u8; 2],
-) -> PolicyValue {
+) -> (PolicyValue, u8) {
     let data = PolicyKey {
         endpoint_id: endpoint_id.to_be_bytes(),
         identity: peer.to_be_bytes(),
@@ -407,9 +420,25 @@ fn lookup_policy(
         .unwrap_or_default();
     if specific.verdict == NO_ENTRY || (any.verdict != NO_ENTRY && any.key_bits > specific.key_bits)
     {
-        any
+        let m = match (any.verdict, any.key_bits) {
+            (NO_ENTRY, _) => events::MATCH_NONE,
+            (_, 0) => events::MATCH_ALL,
+            _ => events::MATCH_L4_ONLY,
+        };
+        (any, m)
     } else {
-        specific
+        (specific, l3_match(&specific))
+    }
+}
+
+/// The match type of an entry for the peer itself (identity or address): L3 only when it
+/// leaves protocol and port open.
+#[inline(always)]
+fn l3_match(v: &PolicyValue) -> u8 {
+    if v.key_bits == 0 {
+        events::MATCH_L3_ONLY
+    } else {
+        events::MATCH_L3_L4
     }
 }
 
@@ -514,6 +543,7 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // A non-first fragment has no L4 header: it is policed by protocol only (port 0).
     let fragment_offset = u16::from_be_bytes(frag) & 0x1fff;
@@ -547,6 +577,7 @@ fn parse_ipv6(ctx: &TcContext) -> Option<Flow> {
         dport: [0; 2],
         policy_port: [0; 2],
         unmanaged: false,
+        tcp_flags: 0,
     };
     // Extension headers are not walked: such packets are policed by their first next-header value.
     parse_l4(ctx, ETH_HLEN + 40, &mut flow, true, true)?;
@@ -574,6 +605,10 @@ fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool
             flow.sport = read_u16(off)?;
             flow.dport = read_u16(off + 2)?;
             flow.policy_port = flow.dport;
+            if flow.protocol == proto::TCP {
+                // Only reported in flow events: a header too short for them is not an error.
+                flow.tcp_flags = read_u8(off + 13).unwrap_or(0);
+            }
         }
         proto::ICMP | proto::ICMPV6 => {
             let ty = read_u8(off)?;
@@ -615,6 +650,7 @@ fn emit(
     src_identity: u32,
     dst_identity: u32,
     rule_id: u32,
+    match_type: u8,
 ) {
     if let Some(mut entry) = PAL_EVENTS.reserve::<FlowEvent>(0) {
         entry.write(FlowEvent {
@@ -634,7 +670,9 @@ fn emit(
             sport: flow.sport,
             dport: flow.policy_port,
             len: ctx.len(),
-            _pad: 0,
+            tcp_flags: flow.tcp_flags,
+            match_type,
+            _pad: [0; 2],
         });
         entry.submit(0);
     } else {

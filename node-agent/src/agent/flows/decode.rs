@@ -71,7 +71,9 @@ pub fn decode_event(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
         sport: field(bytes, offset_of!(FlowEvent, sport)),
         dport: field(bytes, offset_of!(FlowEvent, dport)),
         len: u32_at(offset_of!(FlowEvent, len)),
-        _pad: 0,
+        tcp_flags: bytes[offset_of!(FlowEvent, tcp_flags)],
+        match_type: bytes[offset_of!(FlowEvent, match_type)],
+        _pad: [0; 2],
     };
     match ev.kind {
         events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT => Ok(ev),
@@ -111,6 +113,22 @@ fn addr(family_: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// Hubble's TCP flags from the header's flags byte (`NS` lives in another byte: never set).
+fn tcp_flags(b: u8) -> flow::TcpFlags {
+    let has = |bit: u8| b & bit != 0;
+    flow::TcpFlags {
+        fin: has(events::TCP_FIN),
+        syn: has(events::TCP_SYN),
+        rst: has(events::TCP_RST),
+        psh: has(events::TCP_PSH),
+        ack: has(events::TCP_ACK),
+        urg: has(events::TCP_URG),
+        ece: has(events::TCP_ECE),
+        cwr: has(events::TCP_CWR),
+        ns: false,
+    }
+}
+
 /// Builds the flow record for one event observed at `time_ns` (Unix nanoseconds), naming its
 /// endpoints from `ctx`.
 pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
@@ -122,8 +140,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
         proto::TCP => Some(L4::Tcp(flow::Tcp {
             source_port: sport,
             destination_port: dport,
-            // The datapath does not record TCP flags (yet): left unset rather than guessed.
-            flags: None,
+            flags: Some(tcp_flags(ev.tcp_flags)),
         })),
         proto::UDP => Some(L4::Udp(flow::Udp {
             source_port: sport,
@@ -188,8 +205,9 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
             sub_type,
         }),
         traffic_direction: direction as i32,
-        // The datapath reports the deciding rule, not how specific its match was.
-        policy_match_type: 0,
+        // Hubble's values (`L3_ONLY` 1 … `ALL` 4) are the datapath's `MATCH_*`; 0 when no
+        // entry decided (default deny, spoofing).
+        policy_match_type: u32::from(ev.match_type),
         // The first packet of a new connection is never a reply; a drop may be either.
         is_reply: (ev.kind != events::KIND_DROP).then_some(false),
         interface: Some(NetworkInterface {
@@ -229,6 +247,8 @@ mod tests {
         put(offset_of!(FlowEvent, sport), &ev.sport);
         put(offset_of!(FlowEvent, dport), &ev.dport);
         put(offset_of!(FlowEvent, len), &ev.len.to_ne_bytes());
+        put(offset_of!(FlowEvent, tcp_flags), &[ev.tcp_flags]);
+        put(offset_of!(FlowEvent, match_type), &[ev.match_type]);
         b
     }
 
@@ -255,13 +275,17 @@ mod tests {
             sport: 41234u16.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
             len: 60,
-            _pad: 0,
+            tcp_flags: events::TCP_SYN,
+            match_type: events::MATCH_NONE,
+            _pad: [0; 2],
         }
     }
 
     #[test]
     fn round_trip_keeps_every_field_and_the_exact_length() {
-        let ev = tcp_drop();
+        let mut ev = tcp_drop();
+        ev.tcp_flags = events::TCP_SYN | events::TCP_ECE | events::TCP_CWR;
+        ev.match_type = events::MATCH_L4_ONLY;
         let bytes = encode(&ev);
         assert_eq!(bytes.len(), 80);
         assert_eq!(decode_event(&bytes), Ok(ev));
@@ -389,6 +413,39 @@ mod tests {
             f.source.expect("src").labels,
             vec!["reserved:world".to_string()]
         );
+    }
+
+    #[test]
+    fn tcp_flags_and_the_policy_match_type_reach_the_flow() {
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_NEW;
+        ev.tcp_flags = events::TCP_SYN | events::TCP_ACK;
+        ev.match_type = events::MATCH_L3_L4;
+        let f = to_flow(&ev, &ctx(), 0);
+        assert_eq!(f.policy_match_type, 2, "Hubble's L3_L4");
+        let Some(L4::Tcp(tcp)) = f.l4.and_then(|l| l.protocol) else {
+            panic!("not TCP")
+        };
+        assert_eq!(
+            tcp.flags,
+            Some(flow::TcpFlags {
+                syn: true,
+                ack: true,
+                ..flow::TcpFlags::default()
+            })
+        );
+        // Every bit lands in its own field.
+        let all = tcp_flags(0xff);
+        assert!(
+            all.fin && all.syn && all.rst && all.psh && all.ack && all.urg && all.ece && all.cwr
+        );
+        assert_eq!(tcp_flags(0), flow::TcpFlags::default());
+        // Other protocols carry no flags.
+        ev.protocol = proto::UDP;
+        assert!(matches!(
+            to_flow(&ev, &ctx(), 0).l4.and_then(|l| l.protocol),
+            Some(L4::Udp(_))
+        ));
     }
 
     #[test]

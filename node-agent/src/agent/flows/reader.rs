@@ -145,6 +145,7 @@ struct MetricKey {
     kind: u8,
     direction: u8,
     protocol: u8,
+    match_type: u8,
     /// The verdict reason, for drops only (other events' labels do not depend on it).
     reason: u32,
 }
@@ -155,6 +156,7 @@ impl MetricKey {
             kind: ev.kind,
             direction: ev.direction,
             protocol: ev.protocol,
+            match_type: ev.match_type,
             reason: if ev.kind == events::KIND_DROP {
                 ev.reason
             } else {
@@ -322,6 +324,9 @@ mod tests {
         );
         let mut new2 = new;
         new2.reason = verdict::FORWARDED_NEW + 1;
+        // Decided by an entry naming the peer and a port: its own policy-verdict series.
+        let mut l3l4 = new;
+        l3l4.match_type = events::MATCH_L3_L4;
         let audit = event(
             events::KIND_AUDIT,
             proto::ICMP,
@@ -329,13 +334,14 @@ mod tests {
             verdict::DROP_POLICY_DENY,
         );
         assert_eq!(
-            scrape(&[drop, drop, new, denylisted, new2, audit, drop]),
+            scrape(&[drop, drop, new, denylisted, new2, audit, drop, l3l4]),
             vec![
                 r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 3"#,
                 r#"hubble_drop_total{reason="POLICY_DENY",protocol="TCP"} 1"#,
                 r#"hubble_flows_processed_total{type="Drop",subtype="",verdict="DROPPED"} 4"#,
                 r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="AUDIT"} 1"#,
-                r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 2"#,
+                r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 3"#,
+                r#"hubble_policy_verdicts_total{direction="egress",match="l3-l4",action="forwarded"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="audit"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="forwarded"} 2"#,
                 r#"hubble_policy_verdicts_total{direction="ingress",match="none",action="dropped"} 4"#,
