@@ -222,6 +222,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
 mod tests {
     use super::*;
     use crate::agent::flows::enrich::EndpointMeta;
+    use std::sync::Arc;
 
     fn encode(ev: &FlowEvent) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<FlowEvent>()];
@@ -325,10 +326,10 @@ mod tests {
         );
         e.identities.insert(
             1234,
-            vec![
-                "k8s:app=frontend".into(),
-                "k8s:io.kubernetes.pod.namespace=demo".into(),
-            ],
+            Arc::from(vec![
+                "k8s:app=frontend".to_string(),
+                "k8s:io.kubernetes.pod.namespace=demo".to_string(),
+            ]),
         );
         e
     }
