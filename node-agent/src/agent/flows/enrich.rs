@@ -116,10 +116,17 @@ mod tests {
     fn consecutive_snapshots_share_unchanged_label_lists() {
         let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut first = Enrichment::default();
-        first.identities.insert(7, Arc::from(labels(&["k8s:app=a"])));
-        first.identities.insert(8, Arc::from(labels(&["k8s:app=b"])));
+        first
+            .identities
+            .insert(7, Arc::from(labels(&["k8s:app=a"])));
+        first
+            .identities
+            .insert(8, Arc::from(labels(&["k8s:app=b"])));
         let same = Enrichment::share_labels(&first, 7, labels(&["k8s:app=a"]));
-        assert!(Arc::ptr_eq(&same, &first.identities[&7]), "unchanged: shared");
+        assert!(
+            Arc::ptr_eq(&same, &first.identities[&7]),
+            "unchanged: shared"
+        );
         let changed = Enrichment::share_labels(&first, 8, labels(&["k8s:app=c"]));
         assert!(!Arc::ptr_eq(&changed, &first.identities[&8]));
         assert_eq!(&*changed, labels(&["k8s:app=c"]).as_slice());
