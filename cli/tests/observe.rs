@@ -253,6 +253,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         .iter()
         .find(|f| {
             f["verdict"] == "FORWARDED"
+                && f["event_type"]["type"] == 9
                 && f["traffic_direction"] == "INGRESS"
                 && pod_of(f, "destination") == "obs-demo/n1-p2"
         })
@@ -326,12 +327,36 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     });
     check(&["--type", "drop"], &|f| f["verdict"] == "DROPPED");
     check(&["-t", "policy-verdict"], &|f| f["verdict"] == "FORWARDED");
+    // Trace flows: the allowed connection's state changes (SYN-ACK, FIN or RST), from both
+    // endpoints' hooks; p2's answers are replies.
+    check(&["-t", "trace"], &|f| {
+        f["event_type"]["type"] == 4
+            && f["verdict"] == "FORWARDED"
+            && f["l4"]["TCP"]["flags"].is_object()
+            && pod_of(f, "source") != "obs-demo/n1-p3"
+    });
+    let traces = env.flows(&["--last", "100", "-t", "trace"]);
+    assert!(
+        traces
+            .iter()
+            .any(|f| pod_of(f, "source") == "obs-demo/n1-p2" && f["is_reply"] == true),
+        "p2's answer is a reply: {traces:#?}"
+    );
+    assert!(
+        traces
+            .iter()
+            .any(|f| pod_of(f, "source") == "obs-demo/n1-p1" && f["is_reply"] == false),
+        "p1's packets are not: {traces:#?}"
+    );
     check(&["--from-pod", "obs-demo/n1-p3"], &|f| {
         pod_of(f, "source") == "obs-demo/n1-p3"
     });
-    check(&["-n", NS, "--to-pod", "n1-p2"], &|f| {
-        pod_of(f, "destination") == "obs-demo/n1-p2"
-    });
+    // (`-n` also selects any flow *to* the namespace, so p2's replies to p1 would match too:
+    // only the connections' first packets here.)
+    check(
+        &["-n", NS, "--to-pod", "n1-p2", "-t", "policy-verdict"],
+        &|f| pod_of(f, "destination") == "obs-demo/n1-p2",
+    );
     check(&["--pod", "obs-demo/n1-p1"], &|f| {
         pod_of(f, "source") == "obs-demo/n1-p1" || pod_of(f, "destination") == "obs-demo/n1-p1"
     });
@@ -384,6 +409,13 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         pod_of(f, "source") != "obs-demo/n1-p3"
     });
     assert!(not_p3 < total, "--not removed p3's flows");
+    // From port 80: only p2's answers, which are traces of the connection p1 opened.
+    check(&["--from-port", "80"], &|f| {
+        f["l4"]["TCP"]["source_port"] == 80
+            && f["is_reply"] == true
+            && f["event_type"]["type"] == 4
+            && pod_of(f, "source") == "obs-demo/n1-p2"
+    });
     // Filters that match none of this traffic select nothing.
     for args in [
         &["--protocol", "udp"][..],
@@ -391,7 +423,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         &["--http-method", "GET"],
         &["--http-path", "/api"],
         &["--http-status", "5+"],
-        &["--from-port", "80"],
+        &["--from-port", "81"],
         &["--node-name", "other"],
         &["--until", "2000-01-01T00:00:00Z"],
     ] {
@@ -566,6 +598,12 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     ) + metric(
         &m,
         "hubble_flows_processed_total{type=\"Drop\",subtype=\"\",verdict=\"DROPPED\"}",
+    ) + metric(
+        &m,
+        "hubble_flows_processed_total{type=\"Trace\",subtype=\"to-endpoint\",verdict=\"FORWARDED\"}",
+    ) + metric(
+        &m,
+        "hubble_flows_processed_total{type=\"Trace\",subtype=\"from-endpoint\",verdict=\"FORWARDED\"}",
     );
     assert_eq!(
         lost,

@@ -1,5 +1,5 @@
-//! Flow events: one per new connection and per dropped packet (never per packet of an
-//! established flow), written to a ring buffer the agent reads.
+//! Flow events: one per new connection, per dropped packet and per TCP SYN/FIN/RST of an admitted
+//! connection (never for its other packets), written to a ring buffer the agent reads.
 
 /// Name of the ring buffer.
 pub const MAP_NAME: &str = "PAL_EVENTS";
@@ -12,6 +12,10 @@ pub const KIND_NEW: u8 = 1;
 pub const KIND_DROP: u8 = 2;
 /// A denial was reported in audit mode and not enforced.
 pub const KIND_AUDIT: u8 = 3;
+/// A packet of an admitted connection that changes its state (TCP SYN, FIN or RST; Hubble's
+/// trace events, reported once per such packet as Cilium's default monitor aggregation does,
+/// never for every packet).
+pub const KIND_TRACE: u8 = 4;
 
 /// No policy entry decided (default deny, or a verdict taken before the policy lookup).
 pub const MATCH_NONE: u8 = 0;
@@ -79,8 +83,10 @@ pub struct FlowEvent {
     pub tcp_flags: u8,
     /// How specific the policy entry that decided was (`MATCH_*`); [`MATCH_NONE`] when none did.
     pub match_type: u8,
+    /// 1 when the packet goes against its connection's direction (a reply), 0 otherwise.
+    pub is_reply: u8,
     /// Reserved, zero (keeps the size a multiple of 8 with no implicit padding).
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 

@@ -160,12 +160,42 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             0,
             0,
             events::MATCH_NONE,
+            0,
         );
         return TC_ACT_SHOT;
     }
 
-    if ct_known(&flow, ifindex) {
+    let ct = ct_state(&flow, ifindex);
+    if ct != CT_NONE {
         count(verdict::FORWARDED_ESTABLISHED, direction);
+        // Connection state changes only: an event per packet would cost the datapath and the
+        // agent as much as the traffic itself.
+        if flow.tcp_flags & (events::TCP_SYN | events::TCP_FIN | events::TCP_RST) != 0 {
+            let (peer_addr, ep_is_src) = if direction == policy::DIRECTION_EGRESS {
+                (flow.daddr, true)
+            } else {
+                (flow.saddr, false)
+            };
+            let peer = peer_identity(flow.family, peer_addr);
+            let (src_id, dst_id) = if ep_is_src {
+                (ep.identity, peer)
+            } else {
+                (peer, ep.identity)
+            };
+            emit(
+                ctx,
+                &flow,
+                events::KIND_TRACE,
+                direction,
+                verdict::FORWARDED_ESTABLISHED,
+                ifindex,
+                src_id,
+                dst_id,
+                0,
+                events::MATCH_NONE,
+                u8::from(ct == CT_REPLY),
+            );
+        }
         return TC_ACT_OK;
     }
 
@@ -236,6 +266,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                     dst_id,
                     v.rule_id,
                     match_type,
+                    0,
                 );
                 return TC_ACT_OK;
             }
@@ -251,6 +282,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 dst_id,
                 v.rule_id,
                 match_type,
+                0,
             );
             TC_ACT_SHOT
         }
@@ -272,6 +304,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 dst_id,
                 v.rule_id,
                 match_type,
+                0,
             );
             TC_ACT_SHOT
         }
@@ -299,6 +332,7 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 dst_id,
                 v.rule_id,
                 match_type,
+                0,
             );
             TC_ACT_OK
         }
@@ -315,16 +349,24 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 dst_id,
                 0,
                 events::MATCH_NONE,
+                0,
             );
             TC_ACT_SHOT
         }
     }
 }
 
-/// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
-/// a map with a 20-byte key; the IPv6 map's is 44 bytes.)
+/// Not part of an admitted flow.
+const CT_NONE: u8 = 0;
+/// Part of an admitted flow, in the direction it was admitted.
+const CT_FORWARD: u8 = 1;
+/// Part of an admitted flow, against the direction it was admitted (a reply).
+const CT_REPLY: u8 = 2;
+
+/// Is this packet part of a flow this endpoint admitted, and in which direction (`CT_*`)? (IPv4
+/// flows live in a map with a 20-byte key; the IPv6 map's is 44 bytes.)
 #[inline(always)]
-fn ct_known(flow: &Flow, ifindex: u32) -> bool {
+fn ct_state(flow: &Flow, ifindex: u32) -> u8 {
     if flow.family == family::IPV4 {
         let fwd = ct_key4(flow, ifindex);
         let rev = CtKey4 {
@@ -335,7 +377,15 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             ..fwd
         };
         // SAFETY: read-only access to values the kernel keeps alive for this program run.
-        unsafe { PAL_CT4.get(&fwd).is_some() || PAL_CT4.get(&rev).is_some() }
+        unsafe {
+            if PAL_CT4.get(&fwd).is_some() {
+                CT_FORWARD
+            } else if PAL_CT4.get(&rev).is_some() {
+                CT_REPLY
+            } else {
+                CT_NONE
+            }
+        }
     } else {
         let fwd = ct_key6(flow, ifindex);
         let rev = CtKey {
@@ -346,7 +396,15 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             ..fwd
         };
         // SAFETY: as above.
-        unsafe { PAL_CT.get(&fwd).is_some() || PAL_CT.get(&rev).is_some() }
+        unsafe {
+            if PAL_CT.get(&fwd).is_some() {
+                CT_FORWARD
+            } else if PAL_CT.get(&rev).is_some() {
+                CT_REPLY
+            } else {
+                CT_NONE
+            }
+        }
     }
 }
 
@@ -651,6 +709,7 @@ fn emit(
     dst_identity: u32,
     rule_id: u32,
     match_type: u8,
+    is_reply: u8,
 ) {
     if let Some(mut entry) = PAL_EVENTS.reserve::<FlowEvent>(0) {
         entry.write(FlowEvent {
@@ -672,7 +731,8 @@ fn emit(
             len: ctx.len(),
             tcp_flags: flow.tcp_flags,
             match_type,
-            _pad: [0; 2],
+            is_reply,
+            _pad: 0,
         });
         entry.submit(0);
     } else {

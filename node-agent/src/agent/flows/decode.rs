@@ -18,6 +18,10 @@ pub mod event_type {
     pub const DROP: i32 = 1;
     /// A trace notification (packet seen at an observation point).
     pub const TRACE: i32 = 4;
+    /// Trace sub-type (observation point, Cilium's `TraceToLxc`): delivered to the endpoint.
+    pub const TRACE_TO_ENDPOINT: i32 = 0;
+    /// Trace sub-type (Cilium's `TraceFromLxc`): sent by the endpoint.
+    pub const TRACE_FROM_ENDPOINT: i32 = 5;
     /// A policy verdict notification (a new connection's policy decision).
     pub const POLICY_VERDICT: i32 = 9;
     /// An L7 access log record.
@@ -73,10 +77,11 @@ pub fn decode_event(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
         len: u32_at(offset_of!(FlowEvent, len)),
         tcp_flags: bytes[offset_of!(FlowEvent, tcp_flags)],
         match_type: bytes[offset_of!(FlowEvent, match_type)],
-        _pad: [0; 2],
+        is_reply: bytes[offset_of!(FlowEvent, is_reply)],
+        _pad: 0,
     };
     match ev.kind {
-        events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT => Ok(ev),
+        events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT | events::KIND_TRACE => Ok(ev),
         k => Err(DecodeError::Kind(k)),
     }
 }
@@ -164,13 +169,20 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
     let (verdict_, event) = match ev.kind {
         events::KIND_DROP => (Verdict::Dropped, event_type::DROP),
         events::KIND_AUDIT => (Verdict::Audit, event_type::POLICY_VERDICT),
+        events::KIND_TRACE => (Verdict::Forwarded, event_type::TRACE),
         _ => (Verdict::Forwarded, event_type::POLICY_VERDICT),
     };
-    let (reason, sub_type) = if ev.kind == events::KIND_DROP {
-        let (r, _) = drop_reason(ev.reason);
-        (r, r as i32)
-    } else {
-        (DropReason::Unknown, 0)
+    let (reason, sub_type) = match ev.kind {
+        events::KIND_DROP => {
+            let (r, _) = drop_reason(ev.reason);
+            (r, r as i32)
+        }
+        // The hook that saw it: the endpoint's egress is its packets leaving it.
+        events::KIND_TRACE if ev.direction == policy::DIRECTION_EGRESS => {
+            (DropReason::Unknown, event_type::TRACE_FROM_ENDPOINT)
+        }
+        events::KIND_TRACE => (DropReason::Unknown, event_type::TRACE_TO_ENDPOINT),
+        _ => (DropReason::Unknown, 0),
     };
     let direction = if ev.direction == policy::DIRECTION_EGRESS {
         TrafficDirection::Egress
@@ -183,7 +195,11 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
             nanos: (time_ns % 1_000_000_000) as i32,
         }),
         verdict: verdict_ as i32,
-        drop_reason: sub_type as u32,
+        drop_reason: if ev.kind == events::KIND_DROP {
+            sub_type as u32
+        } else {
+            0
+        },
         drop_reason_desc: reason as i32,
         ip: Some(flow::Ip {
             source: src.to_string(),
@@ -209,7 +225,11 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
         // entry decided (default deny, spoofing).
         policy_match_type: u32::from(ev.match_type),
         // The first packet of a new connection is never a reply; a drop may be either.
-        is_reply: (ev.kind != events::KIND_DROP).then_some(false),
+        is_reply: match ev.kind {
+            events::KIND_DROP => None,
+            events::KIND_TRACE => Some(ev.is_reply != 0),
+            _ => Some(false),
+        },
         interface: Some(NetworkInterface {
             index: ev.ifindex,
             name: ctx.iface_name(ev.ifindex),
@@ -250,6 +270,7 @@ mod tests {
         put(offset_of!(FlowEvent, len), &ev.len.to_ne_bytes());
         put(offset_of!(FlowEvent, tcp_flags), &[ev.tcp_flags]);
         put(offset_of!(FlowEvent, match_type), &[ev.match_type]);
+        put(offset_of!(FlowEvent, is_reply), &[ev.is_reply]);
         b
     }
 
@@ -278,7 +299,8 @@ mod tests {
             len: 60,
             tcp_flags: events::TCP_SYN,
             match_type: events::MATCH_NONE,
-            _pad: [0; 2],
+            is_reply: 0,
+            _pad: 0,
         }
     }
 
@@ -287,6 +309,7 @@ mod tests {
         let mut ev = tcp_drop();
         ev.tcp_flags = events::TCP_SYN | events::TCP_ECE | events::TCP_CWR;
         ev.match_type = events::MATCH_L4_ONLY;
+        ev.is_reply = 1;
         let bytes = encode(&ev);
         assert_eq!(bytes.len(), 80);
         assert_eq!(decode_event(&bytes), Ok(ev));
@@ -447,6 +470,40 @@ mod tests {
             to_flow(&ev, &ctx(), 0).l4.and_then(|l| l.protocol),
             Some(L4::Udp(_))
         ));
+    }
+
+    #[test]
+    fn a_state_change_of_an_admitted_connection_is_a_trace_flow() {
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_TRACE;
+        ev.reason = verdict::FORWARDED_ESTABLISHED;
+        ev.tcp_flags = events::TCP_FIN | events::TCP_ACK;
+        ev.is_reply = 1;
+        let bytes = encode(&ev);
+        assert_eq!(decode_event(&bytes), Ok(ev));
+        // Ingress: delivered to the endpoint, a reply of a connection it opened.
+        let f = to_flow(&ev, &ctx(), 0);
+        assert_eq!(f.verdict, Verdict::Forwarded as i32);
+        assert_eq!(
+            f.event_type.map(|e| (e.r#type, e.sub_type)),
+            Some((event_type::TRACE, event_type::TRACE_TO_ENDPOINT))
+        );
+        assert_eq!(f.is_reply, Some(true));
+        assert_eq!((f.drop_reason, f.drop_reason_desc), (0, 0));
+        let Some(L4::Tcp(tcp)) = f.l4.and_then(|l| l.protocol) else {
+            panic!("not TCP")
+        };
+        assert!(tcp.flags.is_some_and(|f| f.fin && f.ack && !f.syn));
+        ev.direction = policy::DIRECTION_EGRESS;
+        ev.is_reply = 0;
+        let f = to_flow(&ev, &ctx(), 0);
+        // The observation point is no drop reason.
+        assert_eq!(f.drop_reason, 0);
+        assert_eq!(
+            f.event_type.map(|e| e.sub_type),
+            Some(event_type::TRACE_FROM_ENDPOINT)
+        );
+        assert_eq!(f.is_reply, Some(false));
     }
 
     #[test]

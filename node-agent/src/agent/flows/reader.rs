@@ -170,7 +170,7 @@ impl MetricKey {
 struct Series {
     processed: Counter,
     drop: Option<Counter>,
-    verdicts: Counter,
+    verdicts: Option<Counter>,
 }
 
 /// Hubble's metrics for datapath events, with each label set's handles looked up once (a
@@ -191,7 +191,9 @@ impl FlowCounters {
         if let Some(d) = &s.drop {
             d.increment(1);
         }
-        s.verdicts.increment(1);
+        if let Some(v) = &s.verdicts {
+            v.increment(1);
+        }
     }
 }
 
@@ -213,10 +215,16 @@ fn series(f: &Flow) -> Series {
         Some(palisade_api::flow::layer4::Protocol::Sctp(_)) => "SCTP",
         None => "Unknown",
     };
+    // Hubble names a trace's observation point here; other types have none.
+    let subtype = match f.event_type.as_ref().map(|e| (e.r#type, e.sub_type)) {
+        Some((event_type::TRACE, event_type::TRACE_TO_ENDPOINT)) => "to-endpoint",
+        Some((event_type::TRACE, event_type::TRACE_FROM_ENDPOINT)) => "from-endpoint",
+        _ => "",
+    };
     let processed = metrics::counter!(
         "hubble_flows_processed_total",
         "type" => kind,
-        "subtype" => "",
+        "subtype" => subtype,
         "verdict" => verdict_.as_str_name()
     );
     let drop = (verdict_ == Verdict::Dropped).then(|| {
@@ -227,7 +235,8 @@ fn series(f: &Flow) -> Series {
             "protocol" => protocol
         )
     });
-    // Every event is a policy decision (a new connection allowed or audited, or a denial).
+    // Every event but a trace is a policy decision (a new connection allowed or audited, or a
+    // denial).
     let direction = match TrafficDirection::try_from(f.traffic_direction) {
         Ok(TrafficDirection::Egress) => "egress",
         Ok(TrafficDirection::Ingress) => "ingress",
@@ -239,12 +248,14 @@ fn series(f: &Flow) -> Series {
         Verdict::Audit => "audit",
         _ => "unknown",
     };
-    let verdicts = metrics::counter!(
-        "hubble_policy_verdicts_total",
-        "direction" => direction,
-        "match" => match_name(f.policy_match_type),
-        "action" => action
-    );
+    let verdicts = (kind != "Trace").then(|| {
+        metrics::counter!(
+            "hubble_policy_verdicts_total",
+            "direction" => direction,
+            "match" => match_name(f.policy_match_type),
+            "action" => action
+        )
+    });
     Series {
         processed,
         drop,
@@ -325,6 +336,13 @@ mod tests {
         let mut new2 = new;
         new2.reason = verdict::FORWARDED_NEW + 1;
         // Decided by an entry naming the peer and a port: its own policy-verdict series.
+        // A trace: counted as processed, not as a policy verdict.
+        let trace = event(
+            events::KIND_TRACE,
+            proto::TCP,
+            policy::DIRECTION_INGRESS,
+            verdict::FORWARDED_ESTABLISHED,
+        );
         let mut l3l4 = new;
         l3l4.match_type = events::MATCH_L3_L4;
         let audit = event(
@@ -334,13 +352,14 @@ mod tests {
             verdict::DROP_POLICY_DENY,
         );
         assert_eq!(
-            scrape(&[drop, drop, new, denylisted, new2, audit, drop, l3l4]),
+            scrape(&[drop, drop, new, denylisted, new2, audit, drop, l3l4, trace]),
             vec![
                 r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 3"#,
                 r#"hubble_drop_total{reason="POLICY_DENY",protocol="TCP"} 1"#,
                 r#"hubble_flows_processed_total{type="Drop",subtype="",verdict="DROPPED"} 4"#,
                 r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="AUDIT"} 1"#,
                 r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 3"#,
+                r#"hubble_flows_processed_total{type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="l3-l4",action="forwarded"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="audit"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="forwarded"} 2"#,
