@@ -7,7 +7,9 @@
 # step up; for each step the agent's counters give the events processed and lost (kernel ring
 # buffer full), /proc the agent's CPU time. Also prints the flow ring's history window at a
 # given rate (default 576 flows/s) for the default ring size (4096 flows).
-# Usage (root): bench/flows.sh [PALISADE_BIN] [SECONDS_PER_STEP] [RATES...]
+# With FOLLOW=1 a `palisade observe -f -o json` client follows every flow throughout (its output
+# discarded), so the agent also builds and streams each flow.
+# Usage (root): [FOLLOW=1] bench/flows.sh [PALISADE_BIN] [SECONDS_PER_STEP] [RATES...]
 set -euo pipefail
 bin=${1:-${CARGO_TARGET_DIR:-/var/tmp/palisade-target}/release/palisade}
 secs=${2:-3}
@@ -18,6 +20,7 @@ pod=pal-bench-flowp-$$
 work=$(mktemp -d)
 pins=/sys/fs/bpf/palisade-bench-flows-$$
 cleanup() {
+  [ -n "${follower:-}" ] && kill "$follower" 2>/dev/null || true
   [ -n "${agent:-}" ] && kill "$agent" 2>/dev/null || true
   ip netns del "$pod" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
@@ -56,6 +59,11 @@ r = json.loads(s.makefile().readline())
 if r.get("result") == "error": raise SystemExit(f"agent: {r}")
 PY
 sleep 1
+if [ "${FOLLOW:-0}" = 1 ]; then
+  ip netns exec "$ns" "$bin" observe --server 127.0.0.1:4244 -f -o json > /dev/null 2>&1 &
+  follower=$!
+  sleep 1
+fi
 
 # Counter values from the agent's /metrics: processed flows, kernel losses.
 counters() {

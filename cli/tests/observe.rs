@@ -253,6 +253,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         .iter()
         .find(|f| {
             f["verdict"] == "FORWARDED"
+                && f["event_type"]["type"] == 9
                 && f["traffic_direction"] == "INGRESS"
                 && pod_of(f, "destination") == "obs-demo/n1-p2"
         })
@@ -261,6 +262,17 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert_eq!(forwarded["source"]["identity"], p1);
     assert_eq!(forwarded["destination"]["identity"], p2);
     assert_eq!(forwarded["l4"]["TCP"]["destination_port"], 80);
+    // The connection's first packet, and the rule that let it in names the peer and a port.
+    assert_eq!(forwarded["l4"]["TCP"]["flags"]["SYN"], true, "{forwarded}");
+    // (JSON leaves out false and zero fields, as protojson does.)
+    assert!(
+        forwarded["l4"]["TCP"]["flags"]["ACK"].is_null(),
+        "{forwarded}"
+    );
+    assert_eq!(
+        forwarded["policy_match_type"], 2,
+        "Hubble's L3_L4: {forwarded}"
+    );
     assert_eq!(forwarded["IP"]["destination"], env.ip("n1-p2").to_string());
     assert_eq!(forwarded["Type"], "L3_L4");
     assert_eq!(forwarded["node_name"], "n1");
@@ -281,6 +293,9 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert_eq!(dropped["drop_reason_desc"], "POLICY_DENIED");
     assert_eq!(dropped["traffic_direction"], "INGRESS");
     assert_eq!(dropped["event_type"]["type"], 1);
+    assert_eq!(dropped["l4"]["TCP"]["flags"]["SYN"], true, "{dropped}");
+    // Default deny: no entry decided.
+    assert!(dropped["policy_match_type"].is_null(), "{dropped}");
 
     // Compact output reads like Hubble's.
     let out = env.observe(&["--verdict", "DROPPED"]);
@@ -292,7 +307,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert!(
         line.contains("obs-demo/n1-p3:")
             && line.contains(&format!("(ID:{p3}) -> obs-demo/n1-p2:80 (ID:{p2})"))
-            && line.ends_with("DROPPED (Policy denied)"),
+            && line.ends_with("DROPPED (Policy denied) (TCP Flags: SYN)"),
         "{line}"
     );
 
@@ -312,12 +327,36 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     });
     check(&["--type", "drop"], &|f| f["verdict"] == "DROPPED");
     check(&["-t", "policy-verdict"], &|f| f["verdict"] == "FORWARDED");
+    // Trace flows: the allowed connection's state changes (SYN-ACK, FIN or RST), from both
+    // endpoints' hooks; p2's answers are replies.
+    check(&["-t", "trace"], &|f| {
+        f["event_type"]["type"] == 4
+            && f["verdict"] == "FORWARDED"
+            && f["l4"]["TCP"]["flags"].is_object()
+            && pod_of(f, "source") != "obs-demo/n1-p3"
+    });
+    let traces = env.flows(&["--last", "100", "-t", "trace"]);
+    assert!(
+        traces
+            .iter()
+            .any(|f| pod_of(f, "source") == "obs-demo/n1-p2" && f["is_reply"] == true),
+        "p2's answer is a reply: {traces:#?}"
+    );
+    assert!(
+        traces
+            .iter()
+            .any(|f| pod_of(f, "source") == "obs-demo/n1-p1" && f["is_reply"] == false),
+        "p1's packets are not: {traces:#?}"
+    );
     check(&["--from-pod", "obs-demo/n1-p3"], &|f| {
         pod_of(f, "source") == "obs-demo/n1-p3"
     });
-    check(&["-n", NS, "--to-pod", "n1-p2"], &|f| {
-        pod_of(f, "destination") == "obs-demo/n1-p2"
-    });
+    // (`-n` also selects any flow *to* the namespace, so p2's replies to p1 would match too:
+    // only the connections' first packets here.)
+    check(
+        &["-n", NS, "--to-pod", "n1-p2", "-t", "policy-verdict"],
+        &|f| pod_of(f, "destination") == "obs-demo/n1-p2",
+    );
     check(&["--pod", "obs-demo/n1-p1"], &|f| {
         pod_of(f, "source") == "obs-demo/n1-p1" || pod_of(f, "destination") == "obs-demo/n1-p1"
     });
@@ -370,6 +409,13 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         pod_of(f, "source") != "obs-demo/n1-p3"
     });
     assert!(not_p3 < total, "--not removed p3's flows");
+    // From port 80: only p2's answers, which are traces of the connection p1 opened.
+    check(&["--from-port", "80"], &|f| {
+        f["l4"]["TCP"]["source_port"] == 80
+            && f["is_reply"] == true
+            && f["event_type"]["type"] == 4
+            && pod_of(f, "source") == "obs-demo/n1-p2"
+    });
     // Filters that match none of this traffic select nothing.
     for args in [
         &["--protocol", "udp"][..],
@@ -377,7 +423,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         &["--http-method", "GET"],
         &["--http-path", "/api"],
         &["--http-status", "5+"],
-        &["--from-port", "80"],
+        &["--from-port", "81"],
         &["--node-name", "other"],
         &["--until", "2000-01-01T00:00:00Z"],
     ] {
@@ -521,7 +567,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert!(
         metric(
             &m,
-            "hubble_policy_verdicts_total{direction=\"ingress\",match=\"none\",action=\"forwarded\"}"
+            "hubble_policy_verdicts_total{direction=\"ingress\",match=\"l3-l4\",action=\"forwarded\"}"
         ) >= 1.0,
         "{m}"
     );
@@ -552,6 +598,12 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     ) + metric(
         &m,
         "hubble_flows_processed_total{type=\"Drop\",subtype=\"\",verdict=\"DROPPED\"}",
+    ) + metric(
+        &m,
+        "hubble_flows_processed_total{type=\"Trace\",subtype=\"to-endpoint\",verdict=\"FORWARDED\"}",
+    ) + metric(
+        &m,
+        "hubble_flows_processed_total{type=\"Trace\",subtype=\"from-endpoint\",verdict=\"FORWARDED\"}",
     );
     assert_eq!(
         lost,

@@ -108,7 +108,7 @@ struct Flow {
     policy_port: [u8; 2],
     /// The packet is an ICMP/ICMPv6 message the datapath does not police (neighbour discovery).
     unmanaged: bool,
-    /// TCP flags byte (zero for other protocols, or when the header is cut short).
+    /// TCP flags (`events::TCP_*`); 0 for other protocols or a header cut short.
     tcp_flags: u8,
 }
 
@@ -159,12 +159,43 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             ep.identity,
             0,
             0,
+            events::MATCH_NONE,
+            0,
         );
         return TC_ACT_SHOT;
     }
 
-    if ct_known(&flow, ifindex) {
+    let ct = ct_state(&flow, ifindex);
+    if ct != CT_NONE {
         count(verdict::FORWARDED_ESTABLISHED, direction);
+        // Connection state changes only: an event per packet would cost the datapath and the
+        // agent as much as the traffic itself.
+        if flow.tcp_flags & (events::TCP_SYN | events::TCP_FIN | events::TCP_RST) != 0 {
+            let (peer_addr, ep_is_src) = if direction == policy::DIRECTION_EGRESS {
+                (flow.daddr, true)
+            } else {
+                (flow.saddr, false)
+            };
+            let peer = peer_identity(flow.family, peer_addr);
+            let (src_id, dst_id) = if ep_is_src {
+                (ep.identity, peer)
+            } else {
+                (peer, ep.identity)
+            };
+            emit(
+                ctx,
+                &flow,
+                events::KIND_TRACE,
+                direction,
+                verdict::FORWARDED_ESTABLISHED,
+                ifindex,
+                src_id,
+                dst_id,
+                0,
+                events::MATCH_NONE,
+                u8::from(ct == CT_REPLY),
+            );
+        }
         return TC_ACT_OK;
     }
 
@@ -182,16 +213,20 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 
     // A zeroed value (verdict 0) means "no entry" throughout: `Option` payloads left undefined
     // on the `None` path are rejected by the verifier as uninitialised registers.
-    let v = if direction == policy::DIRECTION_INGRESS
+    let (v, match_type) = if direction == policy::DIRECTION_INGRESS
         && peer == endpoint::IDENTITY_HOST
         && ep.flags & endpoint::FLAG_ALLOW_LOCALHOST != 0
     {
-        PolicyValue {
-            verdict: policy::VERDICT_ALLOW,
-            ..PolicyValue::default()
-        }
+        // The host by its identity, any port.
+        (
+            PolicyValue {
+                verdict: policy::VERDICT_ALLOW,
+                ..PolicyValue::default()
+            },
+            events::MATCH_L3_ONLY,
+        )
     } else {
-        let by_identity = lookup_policy(
+        let (by_identity, by_identity_match) = lookup_policy(
             ep.endpoint_id,
             peer,
             direction,
@@ -208,12 +243,12 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 flow.policy_port,
             );
             if by_pod_ip.verdict != NO_ENTRY {
-                by_pod_ip
+                (by_pod_ip, l3_match(&by_pod_ip))
             } else {
-                by_identity
+                (by_identity, by_identity_match)
             }
         } else {
-            by_identity
+            (by_identity, by_identity_match)
         }
     };
     match v.verdict {
@@ -230,6 +265,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                     src_id,
                     dst_id,
                     v.rule_id,
+                    match_type,
+                    0,
                 );
                 return TC_ACT_OK;
             }
@@ -244,6 +281,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
+                0,
             );
             TC_ACT_SHOT
         }
@@ -264,6 +303,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
+                0,
             );
             TC_ACT_SHOT
         }
@@ -290,6 +331,8 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 v.rule_id,
+                match_type,
+                0,
             );
             TC_ACT_OK
         }
@@ -305,20 +348,30 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
                 src_id,
                 dst_id,
                 0,
+                events::MATCH_NONE,
+                0,
             );
             TC_ACT_SHOT
         }
     }
 }
 
-/// Is this packet part of a flow this endpoint admitted, in either direction? (IPv4 flows live in
-/// a map with a 20-byte key; the IPv6 map's is 44 bytes.) A hit refreshes the entry's
-/// `last_seen_ns` when it is older than `SEEN_REFRESH_NS`: the agent reads it to tell flows in
-/// use from quiet ones; the coarse refresh adds a coarse clock read and a load per packet, and a
-/// store into the shared entry at most once a second.
+/// Not part of an admitted flow.
+const CT_NONE: u8 = 0;
+/// Part of an admitted flow, in the direction it was admitted.
+const CT_FORWARD: u8 = 1;
+/// Part of an admitted flow, against the direction it was admitted (a reply).
+const CT_REPLY: u8 = 2;
+
+/// Is this packet part of a flow this endpoint admitted, and in which direction (`CT_*`)? (IPv4
+/// flows live in a map with a 20-byte key; the IPv6 map's is 44 bytes.) A hit refreshes the
+/// entry's `last_seen_ns` when it is older than `SEEN_REFRESH_NS`: the agent reads it to tell
+/// flows in use from quiet ones; the coarse refresh adds a coarse clock read and a load per
+/// packet, and a store into the shared entry at most once a second. TCP FIN/RST mark the entry
+/// closing (a new SYN clears the mark).
 #[inline(always)]
-fn ct_known(flow: &Flow, ifindex: u32) -> bool {
-    let hit = if flow.family == family::IPV4 {
+fn ct_state(flow: &Flow, ifindex: u32) -> u8 {
+    let (state, hit) = if flow.family == family::IPV4 {
         let fwd = ct_key4(flow, ifindex);
         let rev = CtKey4 {
             saddr: fwd.daddr,
@@ -327,9 +380,13 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        PAL_CT4
-            .get_ptr_mut(&fwd)
-            .or_else(|| PAL_CT4.get_ptr_mut(&rev))
+        match PAL_CT4.get_ptr_mut(&fwd) {
+            Some(v) => (CT_FORWARD, Some(v)),
+            None => match PAL_CT4.get_ptr_mut(&rev) {
+                Some(v) => (CT_REPLY, Some(v)),
+                None => (CT_NONE, None),
+            },
+        }
     } else {
         let fwd = ct_key6(flow, ifindex);
         let rev = CtKey {
@@ -339,12 +396,16 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
             dport: fwd.sport,
             ..fwd
         };
-        PAL_CT
-            .get_ptr_mut(&fwd)
-            .or_else(|| PAL_CT.get_ptr_mut(&rev))
+        match PAL_CT.get_ptr_mut(&fwd) {
+            Some(v) => (CT_FORWARD, Some(v)),
+            None => match PAL_CT.get_ptr_mut(&rev) {
+                Some(v) => (CT_REPLY, Some(v)),
+                None => (CT_NONE, None),
+            },
+        }
     };
     let Some(value) = hit else {
-        return false;
+        return CT_NONE;
     };
     // SAFETY: helper without preconditions. The coarse clock (one jiffy's resolution, far finer
     // than the 1 s refresh) reads a cached value: the precise one costs more than the whole
@@ -362,24 +423,19 @@ fn ct_known(flow: &Flow, ifindex: u32) -> bool {
         // between CPUs leaves the mark of the later packet, which is the connection's state.
         unsafe {
             let flags = (*value).flags;
-            if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if flow.tcp_flags & (events::TCP_FIN | events::TCP_RST) != 0 {
                 if flags & conntrack::FLAG_CLOSING == 0 {
                     (*value).flags = flags | conntrack::FLAG_CLOSING;
                 }
-            } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            } else if flow.tcp_flags & (events::TCP_SYN | events::TCP_ACK) == events::TCP_SYN
                 && flags & conntrack::FLAG_CLOSING != 0
             {
                 (*value).flags = flags & !conntrack::FLAG_CLOSING;
             }
         }
     }
-    true
+    state
 }
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn ct_insert(flow: &Flow, ifindex: u32, value: &CtValue) {
@@ -418,7 +474,8 @@ fn ct_key6(flow: &Flow, ifindex: u32) -> CtKey {
 }
 
 /// Two LPM lookups (the peer's identity, then any peer); the more specific hit decides, the
-/// peer's own on a tie (see `palisade_datapath_common::policy`).
+/// peer's own on a tie (see `palisade_datapath_common::policy`). Also says how the deciding
+/// entry matched (`events::MATCH_*`, for flow events).
 #[inline(always)]
 fn lookup_policy(
     endpoint_id: u32,
@@ -426,7 +483,7 @@ fn lookup_policy(
     direction: u8,
     protocol: u8,
     port: [u8; 2],
-) -> PolicyValue {
+) -> (PolicyValue, u8) {
     let data = PolicyKey {
         endpoint_id: endpoint_id.to_be_bytes(),
         identity: peer.to_be_bytes(),
@@ -450,9 +507,25 @@ fn lookup_policy(
         .unwrap_or_default();
     if specific.verdict == NO_ENTRY || (any.verdict != NO_ENTRY && any.key_bits > specific.key_bits)
     {
-        any
+        let m = match (any.verdict, any.key_bits) {
+            (NO_ENTRY, _) => events::MATCH_NONE,
+            (_, 0) => events::MATCH_ALL,
+            _ => events::MATCH_L4_ONLY,
+        };
+        (any, m)
     } else {
-        specific
+        (specific, l3_match(&specific))
+    }
+}
+
+/// The match type of an entry for the peer itself (identity or address): L3 only when it
+/// leaves protocol and port open.
+#[inline(always)]
+fn l3_match(v: &PolicyValue) -> u8 {
+    if v.key_bits == 0 {
+        events::MATCH_L3_ONLY
+    } else {
+        events::MATCH_L3_L4
     }
 }
 
@@ -620,8 +693,8 @@ fn parse_l4(ctx: &TcContext, off: usize, flow: &mut Flow, v6: bool, direct: bool
             flow.dport = read_u16(off + 2)?;
             flow.policy_port = flow.dport;
             if flow.protocol == proto::TCP {
-                // Only conntrack's closing mark reads it: a header too short for it is not
-                // malformed for policy (ports are all policy needs).
+                // Read by conntrack's closing mark and reported in flow events: a header too
+                // short for it is not malformed for policy (ports are all policy needs).
                 flow.tcp_flags = read_u8(off + 13).unwrap_or(0);
             }
         }
@@ -665,6 +738,8 @@ fn emit(
     src_identity: u32,
     dst_identity: u32,
     rule_id: u32,
+    match_type: u8,
+    is_reply: u8,
 ) {
     if let Some(mut entry) = PAL_EVENTS.reserve::<FlowEvent>(0) {
         entry.write(FlowEvent {
@@ -684,6 +759,9 @@ fn emit(
             sport: flow.sport,
             dport: flow.policy_port,
             len: ctx.len(),
+            tcp_flags: flow.tcp_flags,
+            match_type,
+            is_reply,
             _pad: 0,
         });
         entry.submit(0);

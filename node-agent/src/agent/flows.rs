@@ -24,4 +24,4 @@ pub use enrich::{EndpointMeta, Enrichment, SharedEnrichment};
 pub use filter::{FilterError, FlowFilters};
 pub use l7::{dns_flow, l7_flow};
 pub use reader::{match_name, spawn as spawn_reader};
-pub use ring::{Batch, FlowRing, RingStats};
+pub use ring::{Batch, FlowRing, RawEvent, RingStats, StoredFlow};

@@ -11,7 +11,7 @@
 //! | `palisade_agent_remote_endpoints` | gauge | endpoints of other nodes in the ipcache |
 //! | `palisade_agent_policy_entries` | gauge | policy map entries written |
 //! | `palisade_agent_updates_total` | counter | control-plane updates applied, by `result` (`applied`, `rejected`) |
-//! | `hubble_flows_processed_total` | counter | flow events read, by `type` (`PolicyVerdict`, `Drop`), `subtype`, `verdict` |
+//! | `hubble_flows_processed_total` | counter | flow events read, by `type` (`PolicyVerdict`, `Drop`, `Trace`), `subtype` (a trace's `to-endpoint`/`from-endpoint`), `verdict` |
 //! | `hubble_drop_total` | counter | dropped flows, by Hubble drop `reason` and `protocol` |
 //! | `hubble_policy_verdicts_total` | counter | policy decisions on new flows, by `direction`, `match`, `action` |
 //! | `palisade_agent_flows_lost_total` | counter | flows lost, by `source`: `kernel` (the datapath's ring buffer was full), `ring` (overwritten in the agent's flow ring) |

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::flows::{FlowFilters, FlowRing};
+use super::flows::{FlowFilters, FlowRing, StoredFlow};
 
 /// The version string reported in `ServerStatus` and `GetNodes`.
 pub const VERSION: &str = concat!("palisade-", env!("CARGO_PKG_VERSION"));
@@ -223,7 +223,7 @@ impl Observer for AgentObserver {
                 .flows
                 .iter()
                 .filter(|(_, f)| window.in_time(f) && filters.matches(f));
-            let selected: Vec<&Arc<Flow>> = selected.map(|(_, f)| f).collect();
+            let selected: Vec<&Arc<StoredFlow>> = selected.map(|(_, f)| f).collect();
             let n = if window.number == 0 {
                 selected.len()
             } else {
@@ -234,7 +234,7 @@ impl Observer for AgentObserver {
             } else {
                 &selected[selected.len() - n..]
             };
-            chosen.iter().map(|f| Flow::clone(f)).collect()
+            chosen.iter().map(|f| f.flow().clone()).collect()
         } else {
             Vec::new()
         };
@@ -264,7 +264,7 @@ impl Observer for AgentObserver {
                     }
                     if window.in_time(&f)
                         && filters.matches(&f)
-                        && tx.send(Ok(flow_response(Flow::clone(&f)))).await.is_err()
+                        && tx.send(Ok(flow_response(f.flow().clone()))).await.is_err()
                     {
                         return;
                     }

@@ -991,9 +991,11 @@ impl Agent {
             node: self.config.node.clone(),
             ..Enrichment::default()
         };
+        let prev = Arc::clone(&self.enrichment.read().unwrap_or_else(|p| p.into_inner()));
         let ids = self.engine.identities();
         for (id, labels) in ids.iter() {
-            e.identities.insert(id.0, labels.to_strings());
+            let labels = Enrichment::share_labels(&prev, id.0, labels.to_strings());
+            e.identities.insert(id.0, labels);
         }
         for r in self.registry.iter() {
             let Some(ip) = r.spec.ips.first() else {

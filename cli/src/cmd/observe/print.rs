@@ -160,7 +160,15 @@ fn summary(f: &Flow) -> String {
             Some(Record::Dns(d)) => format!("dns {} ({})", verdict_name(f.verdict), d.query),
             None => format!("l7 {}", verdict_name(f.verdict)),
         },
-        _ => format!("to-endpoint {}", verdict_name(f.verdict)),
+        // A trace: the sub-type is the observation point (Cilium's TraceFromLxc is 5).
+        _ => format!(
+            "{} {}",
+            match f.event_type.as_ref().map(|e| e.sub_type) {
+                Some(5) => "from-endpoint",
+                _ => "to-endpoint",
+            },
+            verdict_name(f.verdict)
+        ),
     };
     if let Some(fl) = tcp_flags(f) {
         s.push_str(&format!(" (TCP Flags: {fl})"));

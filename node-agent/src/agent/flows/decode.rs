@@ -18,6 +18,10 @@ pub mod event_type {
     pub const DROP: i32 = 1;
     /// A trace notification (packet seen at an observation point).
     pub const TRACE: i32 = 4;
+    /// Trace sub-type (observation point, Cilium's `TraceToLxc`): delivered to the endpoint.
+    pub const TRACE_TO_ENDPOINT: i32 = 0;
+    /// Trace sub-type (Cilium's `TraceFromLxc`): sent by the endpoint.
+    pub const TRACE_FROM_ENDPOINT: i32 = 5;
     /// A policy verdict notification (a new connection's policy decision).
     pub const POLICY_VERDICT: i32 = 9;
     /// An L7 access log record.
@@ -71,10 +75,13 @@ pub fn decode_event(bytes: &[u8]) -> Result<FlowEvent, DecodeError> {
         sport: field(bytes, offset_of!(FlowEvent, sport)),
         dport: field(bytes, offset_of!(FlowEvent, dport)),
         len: u32_at(offset_of!(FlowEvent, len)),
+        tcp_flags: bytes[offset_of!(FlowEvent, tcp_flags)],
+        match_type: bytes[offset_of!(FlowEvent, match_type)],
+        is_reply: bytes[offset_of!(FlowEvent, is_reply)],
         _pad: 0,
     };
     match ev.kind {
-        events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT => Ok(ev),
+        events::KIND_NEW | events::KIND_DROP | events::KIND_AUDIT | events::KIND_TRACE => Ok(ev),
         k => Err(DecodeError::Kind(k)),
     }
 }
@@ -111,6 +118,22 @@ fn addr(family_: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// Hubble's TCP flags from the header's flags byte (`NS` lives in another byte: never set).
+fn tcp_flags(b: u8) -> flow::TcpFlags {
+    let has = |bit: u8| b & bit != 0;
+    flow::TcpFlags {
+        fin: has(events::TCP_FIN),
+        syn: has(events::TCP_SYN),
+        rst: has(events::TCP_RST),
+        psh: has(events::TCP_PSH),
+        ack: has(events::TCP_ACK),
+        urg: has(events::TCP_URG),
+        ece: has(events::TCP_ECE),
+        cwr: has(events::TCP_CWR),
+        ns: false,
+    }
+}
+
 /// Builds the flow record for one event observed at `time_ns` (Unix nanoseconds), naming its
 /// endpoints from `ctx`.
 pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
@@ -122,8 +145,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
         proto::TCP => Some(L4::Tcp(flow::Tcp {
             source_port: sport,
             destination_port: dport,
-            // The datapath does not record TCP flags (yet): left unset rather than guessed.
-            flags: None,
+            flags: Some(tcp_flags(ev.tcp_flags)),
         })),
         proto::UDP => Some(L4::Udp(flow::Udp {
             source_port: sport,
@@ -147,13 +169,20 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
     let (verdict_, event) = match ev.kind {
         events::KIND_DROP => (Verdict::Dropped, event_type::DROP),
         events::KIND_AUDIT => (Verdict::Audit, event_type::POLICY_VERDICT),
+        events::KIND_TRACE => (Verdict::Forwarded, event_type::TRACE),
         _ => (Verdict::Forwarded, event_type::POLICY_VERDICT),
     };
-    let (reason, sub_type) = if ev.kind == events::KIND_DROP {
-        let (r, _) = drop_reason(ev.reason);
-        (r, r as i32)
-    } else {
-        (DropReason::Unknown, 0)
+    let (reason, sub_type) = match ev.kind {
+        events::KIND_DROP => {
+            let (r, _) = drop_reason(ev.reason);
+            (r, r as i32)
+        }
+        // The hook that saw it: the endpoint's egress is its packets leaving it.
+        events::KIND_TRACE if ev.direction == policy::DIRECTION_EGRESS => {
+            (DropReason::Unknown, event_type::TRACE_FROM_ENDPOINT)
+        }
+        events::KIND_TRACE => (DropReason::Unknown, event_type::TRACE_TO_ENDPOINT),
+        _ => (DropReason::Unknown, 0),
     };
     let direction = if ev.direction == policy::DIRECTION_EGRESS {
         TrafficDirection::Egress
@@ -166,7 +195,11 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
             nanos: (time_ns % 1_000_000_000) as i32,
         }),
         verdict: verdict_ as i32,
-        drop_reason: sub_type as u32,
+        drop_reason: if ev.kind == events::KIND_DROP {
+            sub_type as u32
+        } else {
+            0
+        },
         drop_reason_desc: reason as i32,
         ip: Some(flow::Ip {
             source: src.to_string(),
@@ -188,10 +221,15 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
             sub_type,
         }),
         traffic_direction: direction as i32,
-        // The datapath reports the deciding rule, not how specific its match was.
-        policy_match_type: 0,
+        // Hubble's values (`L3_ONLY` 1 … `ALL` 4) are the datapath's `MATCH_*`; 0 when no
+        // entry decided (default deny, spoofing).
+        policy_match_type: u32::from(ev.match_type),
         // The first packet of a new connection is never a reply; a drop may be either.
-        is_reply: (ev.kind != events::KIND_DROP).then_some(false),
+        is_reply: match ev.kind {
+            events::KIND_DROP => None,
+            events::KIND_TRACE => Some(ev.is_reply != 0),
+            _ => Some(false),
+        },
         interface: Some(NetworkInterface {
             index: ev.ifindex,
             name: ctx.iface_name(ev.ifindex),
@@ -204,6 +242,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
 mod tests {
     use super::*;
     use crate::agent::flows::enrich::EndpointMeta;
+    use std::sync::Arc;
 
     fn encode(ev: &FlowEvent) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<FlowEvent>()];
@@ -229,6 +268,9 @@ mod tests {
         put(offset_of!(FlowEvent, sport), &ev.sport);
         put(offset_of!(FlowEvent, dport), &ev.dport);
         put(offset_of!(FlowEvent, len), &ev.len.to_ne_bytes());
+        put(offset_of!(FlowEvent, tcp_flags), &[ev.tcp_flags]);
+        put(offset_of!(FlowEvent, match_type), &[ev.match_type]);
+        put(offset_of!(FlowEvent, is_reply), &[ev.is_reply]);
         b
     }
 
@@ -255,13 +297,19 @@ mod tests {
             sport: 41234u16.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
             len: 60,
+            tcp_flags: events::TCP_SYN,
+            match_type: events::MATCH_NONE,
+            is_reply: 0,
             _pad: 0,
         }
     }
 
     #[test]
     fn round_trip_keeps_every_field_and_the_exact_length() {
-        let ev = tcp_drop();
+        let mut ev = tcp_drop();
+        ev.tcp_flags = events::TCP_SYN | events::TCP_ECE | events::TCP_CWR;
+        ev.match_type = events::MATCH_L4_ONLY;
+        ev.is_reply = 1;
         let bytes = encode(&ev);
         assert_eq!(bytes.len(), 80);
         assert_eq!(decode_event(&bytes), Ok(ev));
@@ -301,10 +349,10 @@ mod tests {
         );
         e.identities.insert(
             1234,
-            vec![
-                "k8s:app=frontend".into(),
-                "k8s:io.kubernetes.pod.namespace=demo".into(),
-            ],
+            Arc::from(vec![
+                "k8s:app=frontend".to_string(),
+                "k8s:io.kubernetes.pod.namespace=demo".to_string(),
+            ]),
         );
         e
     }
@@ -389,6 +437,73 @@ mod tests {
             f.source.expect("src").labels,
             vec!["reserved:world".to_string()]
         );
+    }
+
+    #[test]
+    fn tcp_flags_and_the_policy_match_type_reach_the_flow() {
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_NEW;
+        ev.tcp_flags = events::TCP_SYN | events::TCP_ACK;
+        ev.match_type = events::MATCH_L3_L4;
+        let f = to_flow(&ev, &ctx(), 0);
+        assert_eq!(f.policy_match_type, 2, "Hubble's L3_L4");
+        let Some(L4::Tcp(tcp)) = f.l4.and_then(|l| l.protocol) else {
+            panic!("not TCP")
+        };
+        assert_eq!(
+            tcp.flags,
+            Some(flow::TcpFlags {
+                syn: true,
+                ack: true,
+                ..flow::TcpFlags::default()
+            })
+        );
+        // Every bit lands in its own field.
+        let all = tcp_flags(0xff);
+        assert!(
+            all.fin && all.syn && all.rst && all.psh && all.ack && all.urg && all.ece && all.cwr
+        );
+        assert_eq!(tcp_flags(0), flow::TcpFlags::default());
+        // Other protocols carry no flags.
+        ev.protocol = proto::UDP;
+        assert!(matches!(
+            to_flow(&ev, &ctx(), 0).l4.and_then(|l| l.protocol),
+            Some(L4::Udp(_))
+        ));
+    }
+
+    #[test]
+    fn a_state_change_of_an_admitted_connection_is_a_trace_flow() {
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_TRACE;
+        ev.reason = verdict::FORWARDED_ESTABLISHED;
+        ev.tcp_flags = events::TCP_FIN | events::TCP_ACK;
+        ev.is_reply = 1;
+        let bytes = encode(&ev);
+        assert_eq!(decode_event(&bytes), Ok(ev));
+        // Ingress: delivered to the endpoint, a reply of a connection it opened.
+        let f = to_flow(&ev, &ctx(), 0);
+        assert_eq!(f.verdict, Verdict::Forwarded as i32);
+        assert_eq!(
+            f.event_type.map(|e| (e.r#type, e.sub_type)),
+            Some((event_type::TRACE, event_type::TRACE_TO_ENDPOINT))
+        );
+        assert_eq!(f.is_reply, Some(true));
+        assert_eq!((f.drop_reason, f.drop_reason_desc), (0, 0));
+        let Some(L4::Tcp(tcp)) = f.l4.and_then(|l| l.protocol) else {
+            panic!("not TCP")
+        };
+        assert!(tcp.flags.is_some_and(|f| f.fin && f.ack && !f.syn));
+        ev.direction = policy::DIRECTION_EGRESS;
+        ev.is_reply = 0;
+        let f = to_flow(&ev, &ctx(), 0);
+        // The observation point is no drop reason.
+        assert_eq!(f.drop_reason, 0);
+        assert_eq!(
+            f.event_type.map(|e| e.sub_type),
+            Some(event_type::TRACE_FROM_ENDPOINT)
+        );
+        assert_eq!(f.is_reply, Some(false));
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub struct Enrichment {
     pub by_ip: HashMap<IpAddr, EndpointMeta>,
     /// Host-side interface names by ifindex.
     pub ifaces: HashMap<u32, String>,
-    /// Labels of every identity known (local and cluster).
-    pub identities: HashMap<u32, Vec<String>>,
+    /// Labels of every identity known (local and cluster), shared with the previous snapshot
+    /// where unchanged ([`Enrichment::share_labels`]): flows in the ring keep the snapshot they
+    /// were read under alive until they are named, so snapshots must not each copy them all.
+    pub identities: HashMap<u32, Arc<[String]>>,
 }
 
 /// The shared handle: the run loop swaps in a new snapshot, readers clone the `Arc`.
@@ -47,8 +49,18 @@ impl Enrichment {
     /// Adds a local endpoint.
     pub fn add_local(&mut self, ifindex: u32, iface: &str, ip: IpAddr, meta: EndpointMeta) {
         self.ifaces.insert(ifindex, iface.to_string());
-        self.identities.insert(meta.identity, meta.labels.clone());
+        self.identities
+            .insert(meta.identity, Arc::from(meta.labels.as_slice()));
         self.by_ip.insert(ip, meta);
+    }
+
+    /// The labels for `identity`: `prev`'s list when it holds the same labels (so consecutive
+    /// snapshots share them), a new one otherwise.
+    pub fn share_labels(prev: &Enrichment, identity: u32, labels: Vec<String>) -> Arc<[String]> {
+        match prev.identities.get(&identity) {
+            Some(p) if **p == *labels => Arc::clone(p),
+            _ => Arc::from(labels),
+        }
     }
 
     /// The name of a host-side interface (empty when unknown).
@@ -71,7 +83,11 @@ impl Enrichment {
         }
         let labels = match Identity(identity).reserved_name() {
             Some(name) => vec![format!("reserved:{name}")],
-            None => self.identities.get(&identity).cloned().unwrap_or_default(),
+            None => self
+                .identities
+                .get(&identity)
+                .map(|l| l.to_vec())
+                .unwrap_or_default(),
         };
         let namespace = labels
             .iter()
@@ -89,5 +105,32 @@ impl Enrichment {
             pod_name: String::new(),
             workloads: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_snapshots_share_unchanged_label_lists() {
+        let labels = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut first = Enrichment::default();
+        first
+            .identities
+            .insert(7, Arc::from(labels(&["k8s:app=a"])));
+        first
+            .identities
+            .insert(8, Arc::from(labels(&["k8s:app=b"])));
+        let same = Enrichment::share_labels(&first, 7, labels(&["k8s:app=a"]));
+        assert!(
+            Arc::ptr_eq(&same, &first.identities[&7]),
+            "unchanged: shared"
+        );
+        let changed = Enrichment::share_labels(&first, 8, labels(&["k8s:app=c"]));
+        assert!(!Arc::ptr_eq(&changed, &first.identities[&8]));
+        assert_eq!(&*changed, labels(&["k8s:app=c"]).as_slice());
+        let new = Enrichment::share_labels(&first, 9, labels(&["k8s:app=d"]));
+        assert_eq!(new.len(), 1);
     }
 }

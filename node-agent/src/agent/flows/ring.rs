@@ -2,13 +2,78 @@
 //! number; readers (observer streams) keep a cursor and learn how many flows were overwritten
 //! before they got to them. A `watch` channel tells followers that new flows arrived; the
 //! writer is a plain thread, so it only ever calls `send_replace` (no runtime needed).
+//!
+//! Datapath flows are stored as the decoded event plus a reference to the naming snapshot of
+//! the moment it was read ([`RawEvent`]), and built into a Hubble `Flow` only when a reader
+//! first asks for one ([`StoredFlow::flow`]): most flows are overwritten unread, and building a
+//! `Flow` (address strings, label copies, a uuid) cost more than everything else per event.
+//! The result is the same `Flow` an eager build would give: same event, same snapshot.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use palisade_api::flow::Flow;
+use palisade_datapath_common::events::FlowEvent;
 use tokio::sync::watch;
+
+use super::decode::to_flow;
+use super::enrich::Enrichment;
+
+/// A datapath event as read: built into a `Flow` on demand.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    /// The decoded event.
+    pub ev: FlowEvent,
+    /// When it was observed, Unix nanoseconds.
+    pub time_ns: u64,
+    /// The names of endpoints and identities when it was read.
+    pub ctx: Arc<Enrichment>,
+}
+
+/// One flow in the ring; dereferences to its Hubble `Flow`.
+#[derive(Debug)]
+pub struct StoredFlow {
+    seq: u64,
+    raw: Option<RawEvent>,
+    /// Boxed: an unread flow costs a pointer here, not a whole `Flow`.
+    flow: OnceLock<Box<Flow>>,
+}
+
+impl StoredFlow {
+    /// The sequence number the ring gave this flow.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The Hubble flow, built on first use (`uuid` is `<node>/<seq>` unless the producer set
+    /// one).
+    pub fn flow(&self) -> &Flow {
+        self.flow.get_or_init(|| {
+            // Every entry has either a raw event or a flow set at push time.
+            let f = match &self.raw {
+                Some(r) => to_flow(&r.ev, &r.ctx, r.time_ns),
+                None => Flow::default(),
+            };
+            Box::new(with_uuid(f, self.seq))
+        })
+    }
+}
+
+impl Deref for StoredFlow {
+    type Target = Flow;
+    fn deref(&self) -> &Flow {
+        self.flow()
+    }
+}
+
+fn with_uuid(mut f: Flow, seq: u64) -> Flow {
+    if f.uuid.is_empty() {
+        f.uuid = format!("{}/{}", f.node_name, seq);
+    }
+    f
+}
 
 /// Ring occupancy and counters, as `ServerStatus` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,7 +100,7 @@ impl RingStats {
 }
 
 struct Inner {
-    flows: VecDeque<Arc<Flow>>,
+    flows: VecDeque<Arc<StoredFlow>>,
     /// Sequence number the next flow gets (= flows ever stored).
     next_seq: u64,
     overwritten: u64,
@@ -54,7 +119,7 @@ pub struct FlowRing {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Flows with their sequence numbers, oldest first.
-    pub flows: Vec<(u64, Arc<Flow>)>,
+    pub flows: Vec<(u64, Arc<StoredFlow>)>,
     /// Flows between the cursor and the oldest one held (overwritten before this read).
     pub missed: u64,
     /// The cursor for the next read.
@@ -86,22 +151,49 @@ impl FlowRing {
     /// Stores flows (one lock, one wake-up per batch); returns how many older ones were
     /// overwritten. `uuid` is filled with `<node>/<seq>` when empty.
     pub fn push_batch(&self, flows: impl IntoIterator<Item = Flow>) -> u64 {
+        self.push(flows.into_iter().map(|f| {
+            move |seq| {
+                let flow = OnceLock::new();
+                let _ = flow.set(Box::new(with_uuid(f, seq)));
+                StoredFlow {
+                    seq,
+                    raw: None,
+                    flow,
+                }
+            }
+        }))
+    }
+
+    /// Stores datapath events, to be built into flows when read; otherwise as
+    /// [`push_batch`](Self::push_batch).
+    pub fn push_events(&self, events: impl IntoIterator<Item = RawEvent>) -> u64 {
+        self.push(events.into_iter().map(|raw| {
+            move |seq| StoredFlow {
+                seq,
+                raw: Some(raw),
+                flow: OnceLock::new(),
+            }
+        }))
+    }
+
+    fn push<F: FnOnce(u64) -> StoredFlow>(&self, entries: impl IntoIterator<Item = F>) -> u64 {
         let mut inner = self.lock();
         let mut overwritten = 0;
-        for mut f in flows {
-            if f.uuid.is_empty() {
-                f.uuid = format!("{}/{}", f.node_name, inner.next_seq);
-            }
+        // What the ring lets go of is freed after the lock is released.
+        let mut gone = Vec::new();
+        for make in entries {
             if inner.flows.len() == self.capacity {
-                inner.flows.pop_front();
+                gone.extend(inner.flows.pop_front());
                 overwritten += 1;
             }
-            inner.flows.push_back(Arc::new(f));
+            let seq = inner.next_seq;
+            inner.flows.push_back(Arc::new(make(seq)));
             inner.next_seq += 1;
         }
         inner.overwritten += overwritten;
         let next = inner.next_seq;
         drop(inner);
+        drop(gone);
         self.notify.send_replace(next);
         overwritten
     }
