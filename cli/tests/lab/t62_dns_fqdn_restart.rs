@@ -137,6 +137,15 @@ fn try_dns_status(lab: &str) -> Option<serde_json::Value> {
     Some(v["dnsProxy"].clone())
 }
 
+/// The last lines of n1's agent log (all its runs), for failure messages.
+fn agent_log_tail(lab: &str) -> String {
+    let log = palisade_lab::state::log_dir(lab).join("agent-n1.log");
+    let text =
+        std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// SIGKILLs n1's agent and waits until it is gone.
 fn kill_agent(lab: &str) {
     let l = Lab::load(lab).expect("state");
@@ -382,12 +391,17 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
     )
     .expect("corrupt");
     start_agent(&lab, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: under `make test` other lab tests load the two cores too.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = try_dns_status(&lab) {
             break s;
         }
-        assert!(Instant::now() < deadline, "agent not back");
+        assert!(
+            Instant::now() < deadline,
+            "agent not back after 60 s; its log ends with:\n{}",
+            agent_log_tail(&lab)
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let err = status["state"]["restoreError"].as_str().unwrap_or_default();
