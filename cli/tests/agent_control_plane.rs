@@ -181,6 +181,11 @@ impl Cluster {
 
     /// Registers a lab pod with its node's agent (what the CNI plugin does); returns its identity.
     fn add_pod(&self, pod: &str, app: &str) -> u32 {
+        self.add_pod_in(pod, "default", app)
+    }
+
+    /// [`Cluster::add_pod`] in namespace `namespace`.
+    fn add_pod_in(&self, pod: &str, namespace: &str, app: &str) -> u32 {
         let p = self.lab.state().pod(pod).expect("pod").clone();
         let i = self
             .lab
@@ -194,7 +199,7 @@ impl Cluster {
             ifname: "eth0".into(),
             netns: format!("/run/netns/{}", p.netns),
             host_iface: p.host_iface.clone(),
-            pod_namespace: "default".into(),
+            pod_namespace: namespace.into(),
             pod_name: pod.into(),
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             service_account: None,
@@ -231,12 +236,51 @@ impl Cluster {
             .collect()
     }
 
+    /// Stores a `v1/Namespace` with these labels; returns the policy revision.
+    fn label_namespace(&self, name: &'static str, labels: serde_json::Value) -> u64 {
+        self.cp(move |c| {
+            let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels}});
+            c.apply_policy(&namespace_key(name), &object)
+                .expect("apply namespace")
+                .revision
+        })
+    }
+
+    /// The identity the agent gave the endpoint `ns/pod`.
+    fn identity_of(&self, node: usize, endpoint: &str) -> u64 {
+        self.status(node)["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == endpoint)
+            .and_then(|e| e["identity"].as_u64())
+            .unwrap_or_else(|| panic!("endpoint {endpoint} on node {node}"))
+    }
+
+    /// Polls until `from → to` on TCP 80 is `want`; returns how long it took.
+    fn until_reachable(&self, from: &str, to: &str, want: bool, why: &str) -> Duration {
+        let start = Instant::now();
+        while self.reachable(from, to) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{from}→{to} should be {}: {why}",
+                if want { "open" } else { "closed" }
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        start.elapsed()
+    }
+
     fn apply(&self, text: &'static str) -> u64 {
         self.cp(move |c| {
             let object: serde_json::Value = serde_json::from_str(text).expect("json");
             let key = PolicyKey {
                 kind: object["kind"].as_str().expect("kind").into(),
-                namespace: "default".into(),
+                namespace: object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .into(),
                 name: object["metadata"]["name"].as_str().expect("name").into(),
             };
             c.apply_policy(&key, &object).expect("apply").revision
@@ -546,6 +590,130 @@ fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
         "the drop is counted as spoofed_source: {}",
         c.status(1)["verdicts"]
     );
+    for pid in agents {
+        kill(pid);
+    }
+}
+
+fn namespace_key(name: &str) -> PolicyKey {
+    PolicyKey {
+        kind: "Namespace".into(),
+        namespace: "-".into(),
+        name: name.into(),
+    }
+}
+
+/// db (namespace `data`, on n1) accepts TCP 80 only from namespaces labelled `env=prod`.
+const DB_FROM_PROD: &str = r#"{
+  "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+  "metadata": {"name": "db-from-prod", "namespace": "data"},
+  "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}],
+                        "ports": [{"port": 80, "protocol": "TCP"}]}]}
+}"#;
+
+/// Namespace labels stored in the control plane (`v1/Namespace` objects, as `kubectl apply`
+/// or the mirror write them) become part of the identities of the namespace's pods on every
+/// node, so a `namespaceSelector` on any label selects them; relabelling a namespace moves its
+/// pods to new identities, on their own node and, through the control plane, in the other
+/// nodes' ipcache.
+#[test]
+fn namespace_labels_select_pods_on_every_node_and_follow_relabelling() {
+    let name = format!("acn{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("pal-acn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _cleanup = Cleanup {
+        lab: name.clone(),
+        dir: dir.clone(),
+        pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
+    };
+    let mut spec = LabSpec::new(&name, 2, 2, BIN);
+    spec.externals.push(ExternalPlan {
+        name: "cp".into(),
+        ip: CP_IP,
+    });
+    let lab = Lab::up(&spec).expect("lab up");
+    let cp_ns = lab
+        .state()
+        .externals
+        .iter()
+        .find(|x| x.name == "cp")
+        .expect("cp host")
+        .netns
+        .clone();
+    let mut c = Cluster { lab, dir, cp_ns };
+    c.start_control_plane();
+    let agents = [c.start_agent(0), c.start_agent(1)];
+
+    // Namespaces labelled before their pods start: the pods' first identity carries the labels.
+    c.label_namespace("front", serde_json::json!({"env": "prod"}));
+    let rev = c.label_namespace("back", serde_json::json!({"env": "dev"}));
+    match c.wait(rev) {
+        WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
+        other => panic!("policy wait: {other:?}"),
+    }
+    c.add_pod_in("n1-p2", "data", "db");
+    c.add_pod_in("n1-p1", "front", "client");
+    let back_dev = c.add_pod_in("n2-p1", "back", "client");
+    let rev = c.apply(DB_FROM_PROD);
+    match c.wait(rev) {
+        WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
+        other => panic!("policy wait: {other:?}"),
+    }
+    let labels_of = |id: u64| -> Vec<String> {
+        c.cp(move |c| {
+            c.list_identities()
+                .expect("identities")
+                .into_iter()
+                .find(|i| u64::from(i.id) == id)
+                .map(|i| i.labels)
+                .unwrap_or_default()
+        })
+    };
+    assert!(
+        labels_of(u64::from(back_dev))
+            .contains(&"k8s:io.cilium.k8s.namespace.labels.env=dev".to_string()),
+        "the namespace's labels are in its pods' identity: {:?}",
+        labels_of(u64::from(back_dev))
+    );
+    c.until_reachable("n1-p1", "n1-p2", true, "front is env=prod (same node)");
+    c.until_reachable("n2-p1", "n1-p2", false, "back is env=dev (other node)");
+
+    // back becomes prod: n2's agent moves its pod to a new identity, n1 learns it and lets it in.
+    c.label_namespace("back", serde_json::json!({"env": "prod", "tier": "2"}));
+    let took = c.until_reachable("n2-p1", "n1-p2", true, "back relabelled env=prod");
+    eprintln!("relabel → cross-node traffic allowed after {took:?}");
+    let back_prod = c.identity_of(1, "back/n2-p1");
+    assert_ne!(
+        back_prod,
+        u64::from(back_dev),
+        "a relabelled namespace's pod gets a new identity"
+    );
+    let labels = labels_of(back_prod);
+    assert!(
+        labels.contains(&"k8s:io.cilium.k8s.namespace.labels.env=prod".to_string())
+            && labels.contains(&"k8s:io.cilium.k8s.namespace.labels.tier=2".to_string()),
+        "{labels:?}"
+    );
+    // front becomes dev: its pod on db's own node is shut out.
+    c.label_namespace("front", serde_json::json!({"env": "dev"}));
+    c.until_reachable("n1-p1", "n1-p2", false, "front relabelled env=dev");
+    // Deleting back's Namespace object drops its labels: its pod is no longer selected.
+    c.cp(|c| {
+        c.delete_policy(&namespace_key("back"))
+            .expect("delete namespace")
+    });
+    c.until_reachable("n2-p1", "n1-p2", false, "back's labels are gone");
+    // An invalid label is refused by the control plane, naming the field; nothing changes.
+    let refused = c.cp(|c| {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "front", "labels": {"env": "-prod"}}});
+        c.apply_policy(&namespace_key("front"), &object)
+            .expect_err("an invalid label value")
+            .to_string()
+    });
+    assert!(refused.contains("metadata.labels.env"), "{refused}");
+    c.until_reachable("n1-p1", "n1-p2", false, "front still env=dev");
     for pid in agents {
         kill(pid);
     }

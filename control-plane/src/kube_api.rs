@@ -35,7 +35,7 @@ pub mod status;
 mod subresource;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -69,8 +69,17 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
             "/api/v1",
             get(|| async { json_ok(&discovery::core_resources()) }),
         )
-        .route("/api/v1/namespaces", get(list_namespaces))
-        .route("/api/v1/namespaces/{name}", get(get_namespace))
+        .route(
+            "/api/v1/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(get_namespace)
+                .put(put_namespace)
+                .patch(patch_namespace)
+                .delete(delete_namespace),
+        )
         .route("/apis", get(|| async { json_ok(&discovery::groups()) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(api_resources))
@@ -80,6 +89,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
             get(|| async { json_ok(&openapi::v3_index()) }),
         )
         .route("/openapi/v3/apis/{group}/{version}", get(openapi_v3))
+        .route(
+            "/openapi/v3/api/{version}",
+            get(|Path(version): Path<String>| async move {
+                openapi::v3_group_version("", &version)
+                    .map(|v| json_ok(&v))
+                    .ok_or_else(|| KubeError::no_such_path(&format!("/openapi/v3/api/{version}")))
+            }),
+        )
         .route(
             "/apis/{group}/{version}/{plural}",
             get(list_cluster).post(create_cluster),
@@ -191,26 +208,55 @@ async fn openapi_v3(Path((group, version)): Path<(String, String)>) -> KubeResul
         .ok_or_else(|| KubeError::no_such_path(&format!("/openapi/v3/apis/{group}/{version}")))
 }
 
-/// The namespaces policies live in, and `default`.
-async fn namespaces(ops: &Ops) -> KubeResult<(u64, Vec<String>)> {
-    let (revision, records) = ops
-        .list_policies(Consistency::Linearizable)
-        .await
-        .map_err(|e| KubeError::from_op(&resources::RESOURCES[0], "", e))?;
-    let mut names: Vec<String> = records
+// === core v1 Namespaces ===
+//
+// Stored beside the policies (kind `Namespace`, cluster scope) and served by the same handlers;
+// only the paths differ (`/api/v1/...`). A namespace that holds policies, and `default`, exist
+// even when nobody stored a Namespace object for them (no labels then, no watch events), as a
+// cluster's namespaces exist before policies are written into them.
+
+fn namespaces_target() -> Target {
+    Target {
+        res: &resources::RESOURCES[3],
+        namespace: None,
+    }
+}
+
+/// The namespaces that exist without a stored object: those policies live in, and `default`.
+fn implied_namespaces(records: &[PolicyRecord]) -> BTreeSet<String> {
+    records
         .iter()
+        .filter(|r| r.key.kind != resources::RESOURCES[3].kind)
         .filter(|r| r.key.namespace != resources::CLUSTER_SCOPE)
         .map(|r| r.key.namespace.clone())
         .chain(["default".to_owned()])
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok((revision, names))
+        .collect()
 }
 
-async fn list_namespaces(State(ops): State<Ops>) -> KubeResult {
-    let (revision, names) = namespaces(&ops).await?;
-    let items: Vec<Value> = names.iter().map(|n| discovery::namespace(n)).collect();
+async fn list_namespaces(State(ops): State<Ops>, Query(q): Params) -> KubeResult {
+    let t = namespaces_target();
+    let filter = watch::Filter::new(t.res, None, &q)?;
+    if matches!(q.get("watch").map(String::as_str), Some("1" | "true")) {
+        return watch::watch(ops, filter, &q).await;
+    }
+    let (revision, records) = ops
+        .list_policies(Consistency::Linearizable)
+        .await
+        .map_err(|e| KubeError::from_op(t.res, "", e))?;
+    let mut items: BTreeMap<String, Value> = implied_namespaces(&records)
+        .into_iter()
+        .map(|n| {
+            let o = discovery::namespace(&n);
+            (n, o)
+        })
+        .collect();
+    for r in records.iter().filter(|r| filter.matches_key(&r.key)) {
+        items.insert(r.key.name.clone(), t.res.render(r));
+    }
+    let items: Vec<Value> = items
+        .into_values()
+        .filter(|o| filter.matches_object(o))
+        .collect();
     Ok(json_ok(
         &json!({"apiVersion": "v1", "kind": "NamespaceList",
         "metadata": {"resourceVersion": revision.to_string()}, "items": items}),
@@ -218,14 +264,50 @@ async fn list_namespaces(State(ops): State<Ops>) -> KubeResult {
 }
 
 async fn get_namespace(State(ops): State<Ops>, Path(name): Path<String>) -> KubeResult {
-    let (_, names) = namespaces(&ops).await?;
-    if names.contains(&name) {
+    let t = namespaces_target();
+    if let Some(r) = t.read(&ops, &name).await? {
+        return Ok(json_ok(&t.res.render(&r)));
+    }
+    let (_, records) = ops
+        .list_policies(Consistency::Linearizable)
+        .await
+        .map_err(|e| KubeError::from_op(t.res, "", e))?;
+    if implied_namespaces(&records).contains(&name) {
         Ok(json_ok(&discovery::namespace(&name)))
     } else {
-        Err(KubeError::no_such_path(&format!(
-            "namespaces \"{name}\" not found"
-        )))
+        Err(KubeError::not_found(t.res, &name))
     }
+}
+
+async fn create_namespace(State(ops): State<Ops>, Query(q): Params, body: Bytes) -> KubeResult {
+    create(ops, namespaces_target(), q, body).await
+}
+
+async fn put_namespace(
+    State(ops): State<Ops>,
+    Path(name): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> KubeResult {
+    update(ops, namespaces_target(), name, q, body).await
+}
+
+async fn patch_namespace(
+    State(ops): State<Ops>,
+    Path(name): Path<String>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult {
+    patch(ops, namespaces_target(), name, q, &headers, body).await
+}
+
+async fn delete_namespace(
+    State(ops): State<Ops>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> KubeResult {
+    delete(ops, namespaces_target(), name, q).await
 }
 
 // === targets ===

@@ -6,6 +6,7 @@
 //! its error (field path and reason) is what the caller sees. [`PlaceholderShapeValidator`] checks
 //! the envelope only; it is kept for tests of the store that do not want the engine.
 
+use palisade_policy::namespace;
 use serde_json::Value;
 
 use crate::app::PolicyKey;
@@ -42,6 +43,9 @@ pub struct EngineValidator;
 
 impl PolicyValidator for EngineValidator {
     fn validate(&self, key: &PolicyKey, object: &Value) -> Result<(), PolicyRejected> {
+        if key.kind == namespace::KIND {
+            return validate_namespace(key, object);
+        }
         PlaceholderShapeValidator.validate(key, object)?;
         // JSON is YAML: the engine's loader reads the object as one document.
         let text =
@@ -58,6 +62,25 @@ impl PolicyValidator for EngineValidator {
             )),
         }
     }
+}
+
+/// A `v1/Namespace` (stored beside the policies: its labels are part of its pods' identities):
+/// cluster-scoped, named as its key, valid name and labels.
+fn validate_namespace(key: &PolicyKey, object: &Value) -> Result<(), PolicyRejected> {
+    if key.namespace != "-" {
+        return Err(PolicyRejected::new(
+            "metadata.namespace",
+            "a Namespace is cluster-scoped: store it under namespace `-`",
+        ));
+    }
+    let ns = namespace::parse(object).map_err(|e| PolicyRejected::new(&e.field, e.reason))?;
+    if ns.name != key.name {
+        return Err(PolicyRejected::new(
+            "metadata.name",
+            format!("is `{}` but the path says `{}`", ns.name, key.name),
+        ));
+    }
+    Ok(())
 }
 
 /// The envelope only: checks that the object is a JSON object
@@ -135,6 +158,25 @@ mod tests {
             namespace: "default".into(),
             name: "allow".into(),
         }
+    }
+
+    #[test]
+    fn namespaces_are_cluster_scoped_named_as_their_key_with_valid_labels() {
+        let key = |ns: &str, name: &str| PolicyKey {
+            kind: "Namespace".into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let ok = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "labels": {"env": "prod"}}});
+        assert_eq!(EngineValidator.validate(&key("-", "team-a"), &ok), Ok(()));
+        let field =
+            |k: PolicyKey, o: &Value| EngineValidator.validate(&k, o).expect_err("refused").field;
+        assert_eq!(field(key("default", "team-a"), &ok), "metadata.namespace");
+        assert_eq!(field(key("-", "team-b"), &ok), "metadata.name");
+        let mut bad = ok.clone();
+        bad["metadata"]["labels"]["env"] = json!("prod!");
+        assert_eq!(field(key("-", "team-a"), &bad), "metadata.labels.env");
     }
 
     #[test]

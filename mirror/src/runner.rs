@@ -92,6 +92,11 @@ async fn apply(
             return None;
         }
     };
+    if !kind.needs_copy(&object) {
+        // A namespace without labels: no copy, and an earlier one (it had labels) goes.
+        delete_copy(dest, key, source).await;
+        return None;
+    }
     let k = key.clone();
     let outcome = with_dest(dest, key.storage_key(), move |d| store(d, &k, &object)).await;
     match &outcome {
@@ -226,7 +231,7 @@ impl Kind {
         ApiResource {
             group: self.group.to_owned(),
             version: self.version.to_owned(),
-            api_version: format!("{}/{}", self.group, self.version),
+            api_version: self.api_version(),
             kind: self.kind.to_owned(),
             plural: self.plural.to_owned(),
         }

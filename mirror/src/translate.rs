@@ -28,8 +28,9 @@ pub struct Kind {
     pub status: bool,
 }
 
-/// The mirrored kinds.
-pub const KINDS: [Kind; 3] = [
+/// The mirrored kinds: the three policy kinds and `v1/Namespace` (its labels are part of its
+/// pods' identities, what a `namespaceSelector` matches).
+pub const KINDS: [Kind; 4] = [
     Kind {
         group: "cilium.io",
         version: "v2",
@@ -54,6 +55,14 @@ pub const KINDS: [Kind; 3] = [
         namespaced: true,
         status: false,
     },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+        status: false,
+    },
 ];
 
 /// Why an object cannot be mirrored.
@@ -67,6 +76,15 @@ pub struct TranslateError {
 }
 
 impl Kind {
+    /// `group/version`, or `version` alone for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
     /// The storage key of the object named `name` in `namespace`.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> PolicyKey {
         PolicyKey {
@@ -101,16 +119,39 @@ impl Kind {
         if let Some(l) = meta["labels"].as_object().filter(|l| !l.is_empty()) {
             m["labels"] = Value::Object(l.clone());
         }
-        let mut out = json!({"apiVersion": format!("{}/{}", self.group, self.version),
-                             "kind": self.kind, "metadata": m});
-        for field in ["spec", "specs"] {
-            if let Some(v) = o.get(field).filter(|v| !v.is_null()) {
-                out[field] = v.clone();
+        let mut out = json!({"apiVersion": self.api_version(), "kind": self.kind, "metadata": m});
+        // A Namespace's spec (finalizers) and status (phase) mean nothing to policy.
+        let fields: &[&str] = if self.group.is_empty() {
+            &[]
+        } else {
+            &["spec", "specs"]
+        };
+        for field in fields {
+            if let Some(v) = o.get(*field).filter(|v| !v.is_null()) {
+                out[*field] = v.clone();
             }
         }
         Ok((key, out))
     }
 }
+
+impl Kind {
+    /// Whether the translated object `copy` needs to be stored: a Namespace only when it has
+    /// labels besides `kubernetes.io/metadata.name` (a namespace without labels adds nothing
+    /// to its pods' identities; a cluster's `default`, `kube-system`, … need no copy), every
+    /// policy always.
+    pub fn needs_copy(&self, copy: &Value) -> bool {
+        if !self.group.is_empty() || self.kind != "Namespace" {
+            return true;
+        }
+        copy["metadata"]["labels"]
+            .as_object()
+            .is_some_and(|l| l.keys().any(|k| k != NAMESPACE_NAME_LABEL))
+    }
+}
+
+/// The label Kubernetes sets on every namespace, equal to its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Whether the stored object is a copy this mirror (`source`) made.
 pub fn mirrored_from(object: &Value, source: &str) -> bool {
@@ -209,6 +250,29 @@ pub fn status_patch(o: &Value, outcome: &Outcome, now: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_are_copied_with_their_labels_only_when_they_have_some() {
+        let ns = KINDS[3];
+        let o = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "uid": "u", "resourceVersion": "9",
+                         "labels": {"env": "prod", "kubernetes.io/metadata.name": "team-a"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let (key, copy) = ns.to_policy(&o, "east").unwrap();
+        assert_eq!(key.storage_key(), "Namespace/-/team-a");
+        assert_eq!(copy["apiVersion"], "v1");
+        assert_eq!(copy["metadata"]["labels"]["env"], "prod");
+        assert!(
+            copy.get("spec").is_none() && copy.get("status").is_none(),
+            "{copy}"
+        );
+        assert!(copy["metadata"].get("uid").is_none(), "{copy}");
+        assert!(ns.needs_copy(&copy));
+        let bare = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}}});
+        assert!(!ns.needs_copy(&ns.to_policy(&bare, "east").unwrap().1));
+        assert!(KINDS[0].needs_copy(&json!({})));
+    }
 
     #[test]
     fn copies_identity_labels_annotations_and_rules_only() {

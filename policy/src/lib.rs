@@ -19,6 +19,7 @@ pub mod ir;
 pub mod labels;
 pub mod load;
 pub mod mapstate;
+pub mod namespace;
 pub mod selector;
 pub mod selector_cache;
 pub mod suite;

@@ -33,12 +33,14 @@ enum Command {
     /// Explain the verdict of one connection in a suite's world.
     Trace(TraceArgs),
     /// Store policy objects in the control plane (CiliumNetworkPolicy,
-    /// CiliumClusterwideNetworkPolicy, NetworkPolicy: the YAML used with kubectl).
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy: the YAML used with kubectl), and v1
+    /// Namespaces, whose labels become part of their pods' identities (what a
+    /// `namespaceSelector` matches; relabelling one moves its pods to new identities).
     ///
     /// Every document is first validated locally by the policy engine; if any is invalid the
     /// error names its file, document and field, nothing is sent, and the exit code is 2. Each
     /// object is stored under KIND/NAMESPACE/NAME (namespace `default` when omitted, `-` for
-    /// CiliumClusterwideNetworkPolicy). Prints one `kind.group/name created|configured|unchanged`
+    /// CiliumClusterwideNetworkPolicy and Namespace). Prints one `kind.group/name created|configured|unchanged`
     /// line per object and the resulting policy revision. Re-applying the same objects changes
     /// nothing and keeps the revision.
     Apply(remote::ApplyArgs),

@@ -507,3 +507,129 @@ fn watch_bookmarks_and_expired_resource_versions() {
     assert_eq!(last["object"]["reason"], "Expired", "{last}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A namespace with labels, as users keep it next to their policies.
+const NAMESPACE: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {env: prod}\n";
+
+/// `v1/Namespace` objects (their labels are part of their pods' identities): kubectl creates,
+/// labels (a patch), lists, reads and deletes them; `palisade policy apply` takes the same
+/// YAML; an invalid label is refused with the field named; every step is checked against the
+/// REST view of the same Raft state.
+#[test]
+fn kubectl_drives_namespaces_and_their_labels() {
+    let cp = ControlPlane::start_tls("kubectl-ns");
+    let token = cp
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token file");
+    let dir = scratch("kubectl-ns");
+    let kubeconfig = dir.join("kubeconfig");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    cp.palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    let k = Kube {
+        kubeconfig,
+        dir: dir.clone(),
+    };
+    // The stored labels, but for the one every namespace carries (implied, may be stored).
+    let labels = |name: &str| {
+        let mut l =
+            stored(&cp, &token, "Namespace", "-", name)["object"]["metadata"]["labels"].clone();
+        if let Some(m) = l.as_object_mut() {
+            m.remove("kubernetes.io/metadata.name");
+        }
+        l
+    };
+
+    let file = write(&dir, "ns.yaml", NAMESPACE);
+    let out = k.run(&["apply", "-f", &file], None);
+    assert!(out.ok().contains("namespace/team-a created"), "{out:#?}");
+    assert_eq!(labels("team-a"), serde_json::json!({"env": "prod"}));
+    let o = k.json(&["get", "namespace", "team-a"]);
+    assert_eq!(o["metadata"]["labels"]["env"], "prod", "{o}");
+    assert_eq!(
+        o["metadata"]["labels"]["kubernetes.io/metadata.name"], "team-a",
+        "{o}"
+    );
+    assert_eq!(o["status"]["phase"], "Active", "{o}");
+
+    // Relabel: kubectl sends a patch; the stored labels follow.
+    let out = k.run(
+        &[
+            "label",
+            "namespace",
+            "team-a",
+            "env=dev",
+            "tier=2",
+            "--overwrite",
+        ],
+        None,
+    );
+    assert!(out.ok().contains("namespace/team-a labeled"), "{out:#?}");
+    assert_eq!(
+        labels("team-a"),
+        serde_json::json!({"env": "dev", "tier": "2"})
+    );
+    let out = k.run(&["label", "namespace", "team-a", "tier-"], None);
+    out.ok();
+    assert_eq!(labels("team-a"), serde_json::json!({"env": "dev"}));
+
+    // The list holds the stored namespace and `default` (which exists without an object).
+    let list = k.json(&["get", "namespaces"]);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"team-a") && names.contains(&"default"),
+        "{list}"
+    );
+
+    // An invalid label: refused with the field named, the stored labels unchanged.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {env: \"-x\"}\n",
+    );
+    let out = k.run(&["apply", "-f", &bad], None);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("metadata.labels.env"), "{out:#?}");
+    assert_eq!(labels("team-a"), serde_json::json!({"env": "dev"}));
+
+    // The same YAML through `palisade policy apply`.
+    let b = write(
+        &dir,
+        "b.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-b\n  labels: {env: prod}\n",
+    );
+    let out = cp.palisade(&["policy", "apply", "-f", &b, "--token-file", &token]);
+    assert!(out.ok().contains("namespace/team-b created"), "{out:#?}");
+    let o = k.json(&["get", "ns", "team-b"]);
+    assert_eq!(o["metadata"]["labels"]["env"], "prod", "{o}");
+    let out = cp.palisade(&["policy", "apply", "-f", &bad, "--token-file", &token]);
+    assert!(
+        out.error_line(2).contains("metadata.labels.env"),
+        "{out:#?}"
+    );
+
+    // Delete: gone from both views.
+    let out = k.run(&["delete", "namespace", "team-a"], None);
+    assert!(
+        out.ok().contains("namespace \"team-a\" deleted"),
+        "{out:#?}"
+    );
+    assert!(
+        !listed(&cp, &token).contains(&"Namespace/-/team-a".to_string()),
+        "{:?}",
+        listed(&cp, &token)
+    );
+    let out = k.run(&["get", "namespace", "team-a"], None);
+    assert!(
+        out.stderr.contains("NotFound") || out.stderr.contains("not found"),
+        "{out:#?}"
+    );
+}

@@ -4,7 +4,8 @@
 //! policy applied to the main control plane directly is left alone, and a mirror started after
 //! a deletion removes the stale copy on its initial resync. The mirror writes the outcome back on
 //! each Cilium object's status subresource: accepted with the copy's revision, or refused with
-//! the engine's field error, once per change (no write loop).
+//! the engine's field error, once per change (no write loop). Namespaces' labels are copied and
+//! follow relabelling.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,6 +104,9 @@ fn keys(s: &[(String, Value)]) -> Vec<&str> {
 const CNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: web\n  labels: {team: shop}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n    - toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n";
 const NETPOL: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: prod}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
 
+const NAMESPACE: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {env: prod}\n";
+
 #[test]
 fn the_mirror_copies_the_clusters_policies() {
     let cluster = ControlPlane::start_tls("mirror-src");
@@ -160,6 +164,31 @@ fn the_mirror_copies_the_clusters_policies() {
     });
     kubectl(&kc, &["delete", "cnp", "web"], "");
     eventually(&dest, "the deletion follows", |s| {
+        keys(s) == ["CiliumNetworkPolicy/default/local", "NetworkPolicy/prod/db"]
+    });
+
+    // Namespaces: their labels are copied (what a namespaceSelector matches), a relabelling
+    // follows, and a namespace left without labels needs no copy (nor do `default` and `prod`,
+    // which the stand-in lists without labels).
+    kubectl(&kc, &["apply", "-f", "-"], NAMESPACE);
+    let labelled = |env: &'static str| {
+        move |s: &[(String, Value)]| {
+            s.iter().any(|(k, o)| {
+                k == "Namespace/-/team-a"
+                    && o["metadata"]["labels"]["env"] == env
+                    && o["metadata"]["annotations"]["policy.palisade.io/mirrored-from"] == "east"
+            })
+        }
+    };
+    eventually(&dest, "the namespace's labels are copied", labelled("prod"));
+    kubectl(
+        &kc,
+        &["label", "ns", "team-a", "env=dev", "--overwrite"],
+        "",
+    );
+    eventually(&dest, "the relabelling follows", labelled("dev"));
+    kubectl(&kc, &["label", "ns", "team-a", "env-"], "");
+    eventually(&dest, "a namespace without labels has no copy", |s| {
         keys(s) == ["CiliumNetworkPolicy/default/local", "NetworkPolicy/prod/db"]
     });
 

@@ -18,17 +18,18 @@ pub fn core_versions() -> Value {
            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
 }
 
-/// `/api/v1`: namespaces only (read-only: the namespaces policies live in), so that kubectl's
-/// discovery of the core group is not empty.
+/// `/api/v1`: namespaces only (their labels are part of their pods' identities).
 pub fn core_resources() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
         {"name": "namespaces", "singularName": "namespace", "namespaced": false,
-         "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}]})
+         "kind": "Namespace", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+         "shortNames": ["ns"]}]})
 }
 
-/// A `Namespace` object as the read-only core API shows it.
+/// A namespace that exists without a stored object (one policies live in, or `default`).
 pub fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": {palisade_policy::namespace::NAME_LABEL: name}},
            "status": {"phase": "Active"}})
 }
 

@@ -7,10 +7,13 @@
 
 use serde_json::{Map, Value, json};
 
-use super::resources::{RESOURCES, Resource, group_versions};
+use super::resources::{RESOURCES, Resource, all_group_versions, group_version_prefix};
 
 /// The schema name of a kind, in the reverse-domain style Kubernetes uses.
 fn schema_name(r: &Resource) -> String {
+    if r.group.is_empty() {
+        return format!("io.k8s.api.core.{}.{}", r.version, r.kind);
+    }
     let mut parts: Vec<&str> = r.group.split('.').collect();
     parts.reverse();
     format!("{}.{}.{}", parts.join("."), r.version, r.kind)
@@ -68,13 +71,11 @@ fn paths(group: &str, version: &str, v3: bool) -> Map<String, Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
     {
+        let prefix = r.prefix();
         let base = if r.namespaced {
-            format!(
-                "/apis/{group}/{version}/namespaces/{{namespace}}/{}",
-                r.plural
-            )
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
         } else {
-            format!("/apis/{group}/{version}/{}", r.plural)
+            format!("{prefix}/{}", r.plural)
         };
         paths.insert(
             base.clone(),
@@ -92,10 +93,11 @@ fn paths(group: &str, version: &str, v3: bool) -> Map<String, Value> {
 /// `/openapi/v3`: where each group version's document is.
 pub fn v3_index() -> Value {
     let mut paths = Map::new();
-    for (g, v) in group_versions() {
+    for (g, v) in all_group_versions() {
+        let at = group_version_prefix(g, v);
         paths.insert(
-            format!("apis/{g}/{v}"),
-            json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/{v}")}),
+            at.trim_start_matches('/').to_owned(),
+            json!({"serverRelativeURL": format!("/openapi/v3{at}")}),
         );
     }
     json!({ "paths": paths })
@@ -135,7 +137,7 @@ pub fn v2() -> Value {
             schema(r, true, "#/definitions/"),
         );
     }
-    for (g, v) in group_versions() {
+    for (g, v) in all_group_versions() {
         all_paths.extend(paths(g, v, false));
     }
     json!({"swagger": "2.0", "info": {"title": "Palisade", "version": env!("CARGO_PKG_VERSION")},
@@ -158,13 +160,11 @@ pub fn v2_protobuf() -> Vec<u8> {
     pb_field(&mut info, 2, env!("CARGO_PKG_VERSION").as_bytes());
     let mut paths = Vec::new();
     for r in &RESOURCES {
+        let prefix = r.prefix();
         let base = if r.namespaced {
-            format!(
-                "/apis/{}/{}/namespaces/{{namespace}}/{}/{{name}}",
-                r.group, r.version, r.plural
-            )
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
-            format!("/apis/{}/{}/{}/{{name}}", r.group, r.version, r.plural)
+            format!("{prefix}/{}/{{name}}", r.plural)
         };
         let mut op = Vec::new();
         for name in ["dryRun", "fieldManager", "fieldValidation"] {
@@ -238,7 +238,15 @@ mod tests {
         );
         assert!(v2()["definitions"]["io.k8s.networking.v1.NetworkPolicy"].is_object());
         assert!(v3_group_version("x", "v1").is_none());
-        assert_eq!(v3_index()["paths"].as_object().map(Map::len), Some(2));
+        // The two policy groups and the core group (Namespaces).
+        assert_eq!(v3_index()["paths"].as_object().map(Map::len), Some(3));
+        let core = v3_group_version("", "v1").expect("core v1");
+        assert!(
+            core["paths"]["/api/v1/namespaces/{name}"]["patch"].is_object(),
+            "{core}"
+        );
+        assert!(core["components"]["schemas"]["io.k8s.api.core.v1.Namespace"].is_object());
+        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"] == "/openapi/v3/api/v1");
     }
 
     #[test]

@@ -32,8 +32,10 @@ pub struct Resource {
     pub status: bool,
 }
 
-/// Every served resource.
-pub const RESOURCES: [Resource; 3] = [
+/// Every served resource: the three policy kinds and the core group's `Namespace`, stored beside
+/// them because its labels are part of every pod's identity in it (what `namespaceSelector`
+/// matches).
+pub const RESOURCES: [Resource; 4] = [
     Resource {
         group: "cilium.io",
         version: "v2",
@@ -64,13 +66,41 @@ pub const RESOURCES: [Resource; 3] = [
         namespaced: true,
         status: false,
     },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        short_names: &["ns"],
+        namespaced: false,
+        status: false,
+    },
 ];
+
+/// The URL prefix of a group version: `/api/v1` for the core group, else `/apis/GROUP/VERSION`.
+pub fn group_version_prefix(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    }
+}
 
 /// The namespace part of the storage key of cluster-scoped objects.
 pub const CLUSTER_SCOPE: &str = "-";
 
-/// The served group versions, in discovery order.
+/// The served API groups' versions (`/apis`), in discovery order; the core group (`/api`) is
+/// not one of them.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    all_group_versions()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .collect()
+}
+
+/// Every served group version, the core group's (`""`) included.
+pub fn all_group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for r in &RESOURCES {
         if !out.contains(&(r.group, r.version)) {
@@ -93,9 +123,19 @@ impl Resource {
         RESOURCES.iter().find(|r| r.kind == kind)
     }
 
-    /// `group/version`.
+    /// `group/version` (`version` alone for the core group).
     pub fn api_version(&self) -> String {
-        format!("{}/{}", self.group, self.version)
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The URL prefix of the group version: `/api/v1` for the core group, else
+    /// `/apis/GROUP/VERSION`.
+    pub fn prefix(&self) -> String {
+        group_version_prefix(self.group, self.version)
     }
 
     /// `plural.group`, as Kubernetes names a resource in messages.
@@ -143,6 +183,16 @@ impl Resource {
             meta.entry("uid")
                 .or_insert_with(|| json!(derived_uid(record)));
             meta.entry("generation").or_insert_with(|| json!(1));
+            if self.kind == "Namespace" {
+                // What every Kubernetes namespace carries (the engine implies it as well).
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if labels.is_object() {
+                    labels[palisade_policy::namespace::NAME_LABEL] = json!(record.key.name);
+                }
+            }
+        }
+        if self.kind == "Namespace" {
+            o["status"] = json!({"phase": "Active"});
         }
         o
     }

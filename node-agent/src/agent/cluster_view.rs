@@ -7,7 +7,7 @@
 //! changes, and an update with one the engine cannot read is not applied at all (the previous
 //! state stays in force and the error is reported), so a bad object never opens traffic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -18,6 +18,7 @@ use palisade_policy::engine::Engine;
 use palisade_policy::identity::Identity as PolicyIdentity;
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 use palisade_policy::labels::LabelSet;
+use palisade_policy::namespace::{self, Namespace};
 use serde::{Deserialize, Serialize};
 
 use super::control_plane::Snapshot;
@@ -57,6 +58,10 @@ pub struct ClusterView {
     /// so a restarted agent knows which entries are gossip's to withdraw.
     #[serde(default)]
     gossip_remote: BTreeMap<IpAddr, u32>,
+    /// Namespaces whose labels an applied update set or removed, for the agent to move their
+    /// endpoints to their new identities (derived, not saved).
+    #[serde(skip)]
+    changed_namespaces: BTreeSet<String>,
 }
 
 /// What merging gossip changed.
@@ -114,6 +119,8 @@ pub enum ViewError {
 /// One parsed object of an update.
 enum PolicyOp {
     Apply(PolicyRecord, Vec<NormalizedPolicy>),
+    /// A `v1/Namespace` object: its labels, for the identities of its pods.
+    Namespace(PolicyRecord, Namespace),
     Delete(String),
 }
 
@@ -298,6 +305,12 @@ impl ClusterView {
         )
     }
 
+    /// The namespaces whose labels changed since the last call (their local endpoints may need
+    /// new identities), and forgets them.
+    pub fn take_changed_namespaces(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed_namespaces)
+    }
+
     /// Applied policy objects' keys.
     pub fn policy_keys(&self) -> impl Iterator<Item = &String> {
         self.policies.keys()
@@ -424,7 +437,7 @@ impl ClusterView {
         // when it first came).
         for op in &ops {
             let key = match op {
-                PolicyOp::Apply(rec, _) => rec.key.storage_key(),
+                PolicyOp::Apply(rec, _) | PolicyOp::Namespace(rec, _) => rec.key.storage_key(),
                 PolicyOp::Delete(key) => key.clone(),
             };
             applied
@@ -555,6 +568,17 @@ impl ClusterView {
                 }
                 continue;
             };
+            if rec.key.kind == namespace::KIND {
+                if self.policies.get(&key) == Some(&rec) {
+                    continue;
+                }
+                let ns = namespace::parse(&rec.object).map_err(|e| ViewError::Policy {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                ops.push(PolicyOp::Namespace(rec, ns));
+                continue;
+            }
             if self.policies.get(&key) == Some(&rec) && self.engine_keys.contains_key(&key) {
                 continue;
             }
@@ -662,11 +686,22 @@ impl ClusterView {
                     self.engine_keys.insert(key.clone(), new_keys);
                     self.policies.insert(key, rec);
                 }
+                PolicyOp::Namespace(rec, ns) => {
+                    engine.set_namespace(&ns.name, ns.labels);
+                    self.changed_namespaces.insert(ns.name);
+                    self.policies.insert(rec.key.storage_key(), rec);
+                }
                 PolicyOp::Delete(key) => {
                     for old in self.engine_keys.remove(&key).unwrap_or_default() {
                         engine.replace_policy(&old, None);
                     }
-                    self.policies.remove(&key);
+                    if let Some(rec) = self.policies.remove(&key)
+                        && rec.key.kind == namespace::KIND
+                    {
+                        // Back to a namespace nobody labelled (it still exists for its pods).
+                        engine.set_namespace(&rec.key.name, BTreeMap::new());
+                        self.changed_namespaces.insert(rec.key.name);
+                    }
                 }
             }
         }

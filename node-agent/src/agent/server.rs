@@ -812,6 +812,10 @@ impl Agent {
 
     /// Programs the maps after an applied update, saves the view, acknowledges.
     fn enforce_update(&mut self, applied: Applied) {
+        let relabelled = self.view.take_changed_namespaces();
+        if !relabelled.is_empty() {
+            self.relabel_namespaces(&relabelled);
+        }
         if applied.engine_changed()
             && let Err(e) = self.resync()
         {
@@ -857,6 +861,42 @@ impl Agent {
             .filter(|e| e.identity == from)
             .cloned()
             .collect();
+        self.move_endpoints(moving, &format!("off identity {from}"));
+    }
+
+    /// A namespace's labels changed (or it was created or deleted): its local endpoints whose
+    /// label set is no longer their identity's move to the identity of their new set, as
+    /// Kubernetes pods get a new Cilium identity when their namespace is relabelled. Policy
+    /// selecting the old labels stops applying to them, policy selecting the new ones starts.
+    fn relabel_namespaces(&mut self, namespaces: &BTreeSet<String>) {
+        let moving: Vec<RegisteredEndpoint> = self
+            .registry
+            .iter()
+            .filter(|e| namespaces.contains(&e.spec.pod_namespace))
+            .filter(|e| {
+                let spec = self.engine.endpoints().get(&e.name()).map(|x| &x.spec);
+                spec.is_some_and(|spec| {
+                    let want = self.engine.endpoint_labels(spec);
+                    self.engine
+                        .labels(palisade_policy::identity::Identity(e.identity))
+                        .is_none_or(|have| *have != want)
+                })
+            })
+            .cloned()
+            .collect();
+        if moving.is_empty() {
+            return;
+        }
+        eprintln!(
+            "palisade agent: namespace labels changed ({}): moving {} endpoint(s) to their new identities",
+            namespaces.iter().cloned().collect::<Vec<_>>().join(", "),
+            moving.len()
+        );
+        self.move_endpoints(moving, "to its namespace's new labels");
+    }
+
+    /// Re-adds endpoints so that they take the identity their label set resolves to now.
+    fn move_endpoints(&mut self, moving: Vec<RegisteredEndpoint>, why: &str) {
         let mut moved = Vec::new();
         for e in moving {
             let name = e.name();
@@ -864,17 +904,14 @@ impl Agent {
             match self.register(e.spec.clone()) {
                 Ok(r) => moved.push(r),
                 Err((_, msg)) => {
-                    eprintln!("palisade agent: moving endpoint `{name}` off identity {from}: {msg}")
+                    eprintln!("palisade agent: moving endpoint `{name}` {why}: {msg}")
                 }
             }
         }
         // One map sync for all of them; then, as for a new endpoint, policy is in place before
         // the endpoint entries name the new identity.
         if let Err(err) = self.resync() {
-            eprintln!(
-                "palisade agent: moving endpoints off identity {from}: {}",
-                chain(&err)
-            );
+            eprintln!("palisade agent: moving endpoints {why}: {}", chain(&err));
         }
         for r in moved {
             let name = r.endpoint.name();
@@ -1655,3 +1692,4 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+

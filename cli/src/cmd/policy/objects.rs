@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use palisade_api::controlplane::PolicyKey;
 use palisade_policy::error::{DocRef, InputError};
-use palisade_policy::load;
+use palisade_policy::{load, namespace};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -186,12 +186,13 @@ fn object(
     let name = json["metadata"]["name"].as_str().map(str::to_owned);
     let namespaced = match kind.as_deref() {
         Some("CiliumNetworkPolicy" | "NetworkPolicy") => true,
-        Some("CiliumClusterwideNetworkPolicy") => false,
+        // A Namespace's labels are part of its pods' identities: stored beside the policies.
+        Some("CiliumClusterwideNetworkPolicy" | namespace::KIND) => false,
         // The loader's message lists the kinds; without validation, say it here.
         _ if !validate => {
             return Err(err(
                 "kind",
-                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy"
+                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or Namespace"
                     .to_owned(),
             ));
         }
@@ -208,7 +209,9 @@ fn object(
             meta.remove("namespace");
         }
     }
-    if validate {
+    if validate && kind.as_deref() == Some(namespace::KIND) {
+        namespace::parse(&json).map_err(|e| err(&e.field, e.reason))?;
+    } else if validate {
         // The same loader, on the same JSON, as the server's validator: what passes here
         // passes there (unless the server's engine is a different version).
         let as_yaml: Yaml = serde_yaml::to_value(&json).map_err(|e| err("", e.to_string()))?;
@@ -272,17 +275,18 @@ pub fn parse_key(s: &str) -> Result<PolicyKey> {
             "CiliumClusterwideNetworkPolicy"
         }
         "netpol" | "networkpolicy" | "networkpolicies" => "NetworkPolicy",
+        "ns" | "namespace" | "namespaces" => namespace::KIND,
         _ => {
             return Err(anyhow!(
-                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol)"
+                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol, Namespace/ns)"
             ));
         }
     };
-    let cluster = kind == "CiliumClusterwideNetworkPolicy";
+    let cluster = matches!(kind, "CiliumClusterwideNetworkPolicy" | namespace::KIND);
     let namespace = match ns {
         Some(ns) if cluster && ns != CLUSTER_SCOPED => {
             return Err(anyhow!(
-                "`{s}`: {kind} is cluster-scoped: its namespace is `-` (or write ccnp/NAME)"
+                "`{s}`: {kind} is cluster-scoped: its namespace is `-` (or write KIND/NAME)"
             ));
         }
         Some(ns) => ns,
