@@ -98,6 +98,22 @@ pub struct EndpointSpec {
     pub service_account: Option<String>,
     /// Addresses assigned by `IpamAllocate`.
     pub ips: Vec<IpAddr>,
+    /// The pod's named container ports (from `args.cni.ports`): what a policy's named port
+    /// (`port: http`) resolves to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A named container port, as Kubernetes' `ContainerPort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// The port's name (an IANA service name: 1–15 lower-case letters, digits and `-`).
+    pub name: String,
+    /// The port number.
+    pub container_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
 }
 
 /// The agent's answer.

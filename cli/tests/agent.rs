@@ -253,6 +253,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
             labels: BTreeMap::from([("app".to_string(), pod.name.clone())]),
             service_account: None,
             ips: vec![pod.ip],
+            ports: vec![],
         };
         match agent::request(&socket, &AgentRequest::EndpointAdd(spec)).expect("endpoint add") {
             AgentResponse::EndpointAdded { identity, .. } => {
@@ -430,6 +431,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
         labels: BTreeMap::from([("app".to_string(), "n1-p2".to_string())]),
         service_account: None,
         ips: vec![new_ip],
+        ports: vec![],
     };
     let AgentResponse::EndpointAdded {
         identity: again, ..

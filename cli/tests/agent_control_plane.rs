@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use palisade_api::agent::{AgentRequest, AgentResponse, EndpointSpec};
+use palisade_api::agent::{AgentRequest, AgentResponse, ContainerPort, EndpointSpec};
 use palisade_api::controlplane::PolicyKey;
 use palisade_cp_client::{Client, ClientConfig, WaitOutcome};
 use palisade_lab::exec::spawn_in_netns;
@@ -181,11 +181,11 @@ impl Cluster {
 
     /// Registers a lab pod with its node's agent (what the CNI plugin does); returns its identity.
     fn add_pod(&self, pod: &str, app: &str) -> u32 {
-        self.add_pod_in(pod, "default", app)
+        self.add_pod_in(pod, "default", app, vec![])
     }
 
-    /// [`Cluster::add_pod`] in namespace `namespace`.
-    fn add_pod_in(&self, pod: &str, namespace: &str, app: &str) -> u32 {
+    /// [`Cluster::add_pod`] in namespace `namespace`, with named container ports.
+    fn add_pod_in(&self, pod: &str, namespace: &str, app: &str, ports: Vec<ContainerPort>) -> u32 {
         let p = self.lab.state().pod(pod).expect("pod").clone();
         let i = self
             .lab
@@ -204,6 +204,7 @@ impl Cluster {
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             service_account: None,
             ips: vec![p.ip],
+            ports,
         };
         match agent::request(&self.socket(i), &AgentRequest::EndpointAdd(spec)).expect("add") {
             AgentResponse::EndpointAdded { identity, .. } => identity,
@@ -603,20 +604,21 @@ fn namespace_key(name: &str) -> PolicyKey {
     }
 }
 
-/// db (namespace `data`, on n1) accepts TCP 80 only from namespaces labelled `env=prod`.
+/// db (namespace `data`, on n1) accepts its named port `web` (TCP 80) only from namespaces
+/// labelled `env=prod`.
 const DB_FROM_PROD: &str = r#"{
   "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
   "metadata": {"name": "db-from-prod", "namespace": "data"},
   "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}],
-                        "ports": [{"port": 80, "protocol": "TCP"}]}]}
+                        "ports": [{"port": "web", "protocol": "TCP"}]}]}
 }"#;
 
 /// Namespace labels stored in the control plane (`v1/Namespace` objects, as `kubectl apply`
 /// or the mirror write them) become part of the identities of the namespace's pods on every
 /// node, so a `namespaceSelector` on any label selects them; relabelling a namespace moves its
 /// pods to new identities, on their own node and, through the control plane, in the other
-/// nodes' ipcache.
+/// nodes' ipcache. The policy's port is a named one, resolved from the pod's registration.
 #[test]
 fn namespace_labels_select_pods_on_every_node_and_follow_relabelling() {
     let name = format!("acn{}", std::process::id() % 100_000);
@@ -652,9 +654,15 @@ fn namespace_labels_select_pods_on_every_node_and_follow_relabelling() {
         WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
         other => panic!("policy wait: {other:?}"),
     }
-    c.add_pod_in("n1-p2", "data", "db");
-    c.add_pod_in("n1-p1", "front", "client");
-    let back_dev = c.add_pod_in("n2-p1", "back", "client");
+    // db declares its named port through the registration (the CNI plugin's `args.cni.ports`).
+    let web = ContainerPort {
+        name: "web".into(),
+        container_port: 80,
+        protocol: "TCP".into(),
+    };
+    c.add_pod_in("n1-p2", "data", "db", vec![web]);
+    c.add_pod_in("n1-p1", "front", "client", vec![]);
+    let back_dev = c.add_pod_in("n2-p1", "back", "client", vec![]);
     let rev = c.apply(DB_FROM_PROD);
     match c.wait(rev) {
         WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),

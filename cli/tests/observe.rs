@@ -126,6 +126,7 @@ fn start(name: &str, dir: &Path, pins: &Path) -> Env {
             labels: BTreeMap::from([("app".to_string(), pod.name.clone())]),
             service_account: None,
             ips: vec![pod.ip],
+            ports: vec![],
         };
         match agent::request(&socket, &AgentRequest::EndpointAdd(spec)).expect("endpoint add") {
             AgentResponse::EndpointAdded { identity, .. } => {

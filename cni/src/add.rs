@@ -264,6 +264,7 @@ fn build<R: Runner>(
         labels: conf.labels.clone(),
         service_account: conf.service_account.clone(),
         ips: vec![address.addr()],
+        ports: conf.ports.clone(),
     };
     undo.endpoint = true;
     match agent.call(&AgentRequest::EndpointAdd(spec))? {

@@ -9,7 +9,9 @@
 //!  "args": {"cni": {
 //!     "labels": [{"key": "app", "value": "api"}],       // the pod's labels (CNI convention)
 //!     "ips": ["10.200.1.20"],                           // a requested address (CNI convention)
-//!     "serviceAccount": "api"                           // Palisade extension
+//!     "serviceAccount": "api",                          // Palisade extension
+//!     "ports": [{"name": "http", "containerPort": 8080, // Palisade extension: named ports
+//!                "protocol": "TCP"}]                    //   (Kubernetes' ContainerPort)
 //!  }}}
 //! ```
 //!
@@ -22,6 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use palisade_api::agent::ContainerPort;
 use serde_json::{Map, Value};
 
 use crate::error::CniError;
@@ -79,6 +82,8 @@ pub struct NetConf {
     pub service_account: Option<String>,
     /// `args.cni.ips`.
     pub ips: Vec<IpAddr>,
+    /// `args.cni.ports` (named ones).
+    pub ports: Vec<ContainerPort>,
     /// `prevResult`.
     pub prev_result: Option<CniResult>,
 }
@@ -200,7 +205,7 @@ impl NetConf {
                 })?,
         };
         let dns = parse_dns(obj.get("dns"))?;
-        let (labels, service_account, ips) = parse_args(obj.get("args"))?;
+        let (labels, service_account, ips, ports) = parse_args(obj.get("args"))?;
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -218,6 +223,7 @@ impl NetConf {
             labels,
             service_account,
             ips,
+            ports,
             prev_result,
         })
     }
@@ -245,7 +251,13 @@ fn parse_dns(v: Option<&Value>) -> Result<Dns, ConfigError> {
     })
 }
 
-type Args = (BTreeMap<String, String>, Option<String>, Vec<IpAddr>);
+/// What `args.cni` carries: labels, service account, requested addresses, named ports.
+type Args = (
+    BTreeMap<String, String>,
+    Option<String>,
+    Vec<IpAddr>,
+    Vec<ContainerPort>,
+);
 
 fn parse_args(v: Option<&Value>) -> Result<Args, ConfigError> {
     let Some(cni) = object(v, "args")?
@@ -253,7 +265,7 @@ fn parse_args(v: Option<&Value>) -> Result<Args, ConfigError> {
         .transpose()?
         .flatten()
     else {
-        return Ok((BTreeMap::new(), None, Vec::new()));
+        return Ok((BTreeMap::new(), None, Vec::new(), Vec::new()));
     };
     let mut labels = BTreeMap::new();
     match cni.get("labels") {
@@ -311,7 +323,74 @@ fn parse_args(v: Option<&Value>) -> Result<Args, ConfigError> {
         })?;
         ips.push(parsed);
     }
-    Ok((labels, service_account.map(str::to_string), ips))
+    let ports = parse_ports(cni.get("ports"))?;
+    Ok((labels, service_account.map(str::to_string), ips, ports))
+}
+
+/// `args.cni.ports`: the pod's named container ports, Kubernetes' `ContainerPort` shape
+/// (`{"name": "http", "containerPort": 8080, "protocol": "TCP"}`; protocol defaults to TCP).
+/// Unnamed ports are skipped: only names matter to policy.
+fn parse_ports(v: Option<&Value>) -> Result<Vec<ContainerPort>, ConfigError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            return Err(bad(
+                "args.cni.ports",
+                Some(v),
+                "must be a list of {\"name\", \"containerPort\", \"protocol\"} objects",
+            ));
+        }
+    };
+    let mut out: Vec<ContainerPort> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("args.cni.ports[{i}]");
+        let Some(port) = item.as_object() else {
+            return Err(bad(path, Some(item), "must be an object"));
+        };
+        if let Some(k) = port.keys().find(|k| {
+            !["name", "containerPort", "protocol", "hostPort", "hostIP"].contains(&k.as_str())
+        }) {
+            return Err(bad(format!("{path}.{k}"), port.get(k), "unknown field"));
+        }
+        let number = port
+            .get("containerPort")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                bad(
+                    format!("{path}.containerPort"),
+                    port.get("containerPort"),
+                    "must be an integer from 1 to 65535",
+                )
+            })?;
+        let protocol = string(port, "protocol", &format!("{path}.protocol"))?.unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+            return Err(bad(
+                format!("{path}.protocol"),
+                port.get("protocol"),
+                "must be TCP, UDP or SCTP",
+            ));
+        }
+        let Some(name) = string(port, "name", &format!("{path}.name"))? else {
+            continue;
+        };
+        validate::port_name(name).map_err(|r| bad(format!("{path}.name"), port.get("name"), r))?;
+        if out.iter().any(|p| p.name == name) {
+            return Err(bad(
+                format!("{path}.name"),
+                port.get("name"),
+                "appears twice",
+            ));
+        }
+        out.push(ContainerPort {
+            name: name.to_string(),
+            container_port: number,
+            protocol: protocol.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

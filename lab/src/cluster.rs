@@ -482,6 +482,7 @@ pub fn start_pod(
         host_iface: String::new(),
         ip: IpAddr::V4(ip),
         service_account: None,
+        ports: Vec::new(),
     };
     pod.host_iface = add_pod(state, &c, &pod)?;
     state.pods.push(pod.clone());
@@ -517,6 +518,9 @@ fn add_pod(state: &LabState, c: &ClusterState, pod: &PodState) -> Result<String,
     });
     if let Some(sa) = &pod.service_account {
         conf["args"]["cni"]["serviceAccount"] = serde_json::json!(sa);
+    }
+    if !pod.ports.is_empty() {
+        conf["args"]["cni"]["ports"] = serde_json::json!(pod.ports);
     }
     if state.cluster.as_ref().is_some_and(|c| c.encryption) {
         // The tunnel's MTU (1420), as Cilium lowers pod MTUs when WireGuard is on: a full-size

@@ -104,6 +104,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
                 ip: pod_ip(pod_cidr, j)?.into(),
                 name,
                 service_account: None,
+                ports: Vec::new(),
             });
         }
         nodes.push(NodeState {
@@ -146,6 +147,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             host_iface: host_iface(j),
             ip: ip.into(),
             service_account: p.service_account.clone(),
+            ports: p.ports.clone(),
         });
     }
     let mut externals: Vec<ExternalState> = s

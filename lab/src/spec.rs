@@ -97,6 +97,9 @@ pub struct PodPlan {
     /// Kubernetes service account, handed to the CNI plugin as `args.cni.serviceAccount` (the
     /// agent turns it into the `io.cilium.k8s.policy.serviceaccount` label, as Cilium does).
     pub service_account: Option<String>,
+    /// Named container ports, handed to the CNI plugin as `args.cni.ports` (what a policy's
+    /// named port resolves to).
+    pub ports: Vec<palisade_api::agent::ContainerPort>,
 }
 
 /// A host outside the cluster.

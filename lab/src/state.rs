@@ -248,6 +248,9 @@ pub struct PodState {
     /// Kubernetes service account (explicitly placed pods only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Named container ports (explicitly placed pods only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<palisade_api::agent::ContainerPort>,
 }
 
 /// What a recorded process is for.

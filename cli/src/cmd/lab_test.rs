@@ -281,6 +281,16 @@ fn lab_spec(
             node: e.node.as_deref().map_or(i % nodes + 1, |n| node_index[n]),
             ip: Some(ip),
             service_account: Some(ep.spec.service_account.clone()),
+            ports: ep
+                .spec
+                .ports
+                .iter()
+                .map(|p| palisade_api::agent::ContainerPort {
+                    name: p.name.clone(),
+                    container_port: p.port,
+                    protocol: proto::name(p.protocol).to_owned(),
+                })
+                .collect(),
         });
     }
     for x in engine.externals().values() {

@@ -54,6 +54,7 @@ fn known_endpoint(req: &AgentRequest) -> Result<AgentResponse, crate::agent::Age
                 labels: Default::default(),
                 service_account: None,
                 ips: vec!["10.200.1.20".parse().unwrap()],
+                ports: vec![],
             },
             endpoint_id: 1,
             identity: 1000,

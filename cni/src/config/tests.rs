@@ -174,12 +174,95 @@ fn bad_values_are_code_7_naming_the_field() {
             with("prevResult", json!({"ips": [{"address": "nope"}]})),
             "`prevResult`: not a CNI result",
         ),
+        (
+            with("args", json!({"cni": {"ports": {"http": 80}}})),
+            "`args.cni.ports` = {",
+        ),
+        (
+            with("args", json!({"cni": {"ports": [{"name": "http"}]}})),
+            "`args.cni.ports[0].containerPort`: must be an integer from 1 to 65535",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "http", "containerPort": 70000}]}}),
+            ),
+            "`args.cni.ports[0].containerPort` = 70000",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "HTTP", "containerPort": 80}]}}),
+            ),
+            "`args.cni.ports[0].name` = \"HTTP\"",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "a-very-long-port-name", "containerPort": 80}]}}),
+            ),
+            "`args.cni.ports[0].name` = \"a-very-long-port-name\": must be 1 to 15 characters",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "80", "containerPort": 80}]}}),
+            ),
+            "at least one letter",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "dns", "containerPort": 53, "protocol": "ICMP"}]}}),
+            ),
+            "`args.cni.ports[0].protocol` = \"ICMP\": must be TCP, UDP or SCTP",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "a", "containerPort": 1}, {"name": "a", "containerPort": 2}]}}),
+            ),
+            "`args.cni.ports[1].name` = \"a\": appears twice",
+        ),
+        (
+            with(
+                "args",
+                json!({"cni": {"ports": [{"name": "a", "containerPort": 1, "port": 2}]}}),
+            ),
+            "`args.cni.ports[0].port` = 2: unknown field",
+        ),
     ];
     for (v, want) in cases {
         let (code, msg) = err(v.clone());
         assert_eq!(code, 7, "{v}: {msg}");
         assert!(msg.contains(want), "{v}: got {msg:?}, want {want:?}");
     }
+}
+
+#[test]
+fn named_ports_are_read_in_kubernetes_container_port_shape() {
+    let c = parse(with(
+        "args",
+        json!({"cni": {"ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"containerPort": 9000, "hostPort": 9000}
+        ]}}),
+    ))
+    .unwrap();
+    let got: Vec<(String, u16, String)> = c
+        .ports
+        .iter()
+        .map(|p| (p.name.clone(), p.container_port, p.protocol.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("http".to_string(), 8080, "TCP".to_string()),
+            ("dns".to_string(), 53, "UDP".to_string())
+        ],
+        "unnamed ports are skipped, TCP is the default"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The plugin against the real node agent (not [`crate::fake_agent::FakeAgent`]): pods created
 //! through CNI get their address from the agent's IPAM, are registered with identities from their
-//! labels, and the agent enforces a NetworkPolicy on their real traffic.
+//! labels, and the agent enforces a NetworkPolicy on their real traffic; the policy's port is a
+//! named one, resolved from the pod's `args.cni.ports`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use crate::util::{Invocation, Netns, spawn_in, udp_echo, udp_roundtrip};
 
-/// Pod `b` takes UDP 9000 only from pods labelled `app=a`.
+/// Pod `b` takes its named port `echo` (UDP 9000) only from pods labelled `app=a`.
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b-from-a, namespace: default}
@@ -21,7 +22,7 @@ spec:
   podSelector: {matchLabels: {app: b}}
   ingress:
     - from: [{podSelector: {matchLabels: {app: a}}}]
-      ports: [{port: 9000, protocol: UDP}]
+      ports: [{port: echo, protocol: UDP}]
 ";
 
 fn endpoints(socket: &std::path::Path) -> usize {
@@ -83,10 +84,15 @@ fn pods_added_through_cni_are_enforced_by_the_real_agent() {
     let mut pods = Vec::new();
     for name in ["a", "b", "c"] {
         let pod = Netns::new(name);
+        let ports = if name == "b" {
+            json!([{"name": "echo", "containerPort": 9000, "protocol": "UDP"}])
+        } else {
+            json!([])
+        };
         let conf = json!({
             "cniVersion": "1.0.0", "name": "palisade", "type": "palisade-cni",
             "agentSocket": socket, "mtu": 1500,
-            "args": {"cni": {"labels": [{"key": "app", "value": name}]}},
+            "args": {"cni": {"labels": [{"key": "app", "value": name}], "ports": ports}},
         });
         let container = format!("ctr-{name}");
         let pod_args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");

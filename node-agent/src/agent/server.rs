@@ -574,7 +574,7 @@ impl Agent {
                 .unwrap_or_else(|| "default".into()),
             ip,
             node: self.config.node.clone(),
-            ports: Vec::new(),
+            ports: named_ports(&spec.ports),
         };
         self.cluster_identity(&engine_spec)?;
         let identity = self
@@ -1693,3 +1693,19 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The engine's form of a pod's named ports (protocols were validated by the CNI plugin; an
+/// unknown one from an older client is skipped rather than guessed).
+fn named_ports(
+    ports: &[palisade_api::agent::ContainerPort],
+) -> Vec<palisade_policy::engine::NamedPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(palisade_policy::engine::NamedPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: palisade_policy::ir::proto::parse(&p.protocol)?,
+            })
+        })
+        .collect()
+}

@@ -107,6 +107,7 @@ pub fn lab_spec(name: &str, bin: &Path) -> LabSpec {
             node: p.node,
             ip: None,
             service_account: Some(p.service_account.to_string()),
+            ports: Vec::new(),
         })
         .collect();
     spec.externals = vec![
