@@ -116,7 +116,63 @@ pub struct ContainerPort {
     pub protocol: String,
 }
 
+/// Most named ports a pod may declare (Kubernetes sets no limit; this bounds what one
+/// endpoint record costs every agent).
+pub const MAX_CONTAINER_PORTS: usize = 64;
+
+impl ContainerPort {
+    /// Why `s` is not an IANA service name, as Kubernetes requires of a named port: 1–15
+    /// characters, lower-case letters, digits and `-`, at least one letter, no `-` at either end
+    /// or twice in a row.
+    pub fn check_name(s: &str) -> Result<(), String> {
+        if s.is_empty() || s.len() > 15 {
+            return Err("must be 1 to 15 characters".into());
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err("must consist of lower case letters, digits and '-'".into());
+        }
+        if !s.chars().any(|c| c.is_ascii_lowercase()) {
+            return Err("must contain at least one letter".into());
+        }
+        if s.starts_with('-') || s.ends_with('-') || s.contains("--") {
+            return Err("must not begin or end with '-' nor contain '--'".into());
+        }
+        Ok(())
+    }
+
+    /// Checks a pod's named ports; the error is the offending field under `path`
+    /// (`ports[1].name`) and why.
+    pub fn check_all(ports: &[ContainerPort], path: &str) -> Result<(), (String, String)> {
+        if ports.len() > MAX_CONTAINER_PORTS {
+            return Err((
+                path.to_owned(),
+                format!("more than {MAX_CONTAINER_PORTS} named ports"),
+            ));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            let at = |f: &str| format!("{path}[{i}].{f}");
+            Self::check_name(&p.name).map_err(|r| (at("name"), r))?;
+            if p.container_port == 0 {
+                return Err((at("containerPort"), "must be 1 to 65535".into()));
+            }
+            if !["TCP", "UDP", "SCTP"].contains(&p.protocol.as_str()) {
+                return Err((at("protocol"), "must be TCP, UDP or SCTP".into()));
+            }
+            if ports[..i].iter().any(|q| q.name == p.name) {
+                return Err((at("name"), format!("`{}` appears twice", p.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The agent's answer.
+// One answer per request on a local socket, built once and serialized: the size of the
+// largest variant (a registration with its named ports) costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "result",

@@ -107,6 +107,10 @@ pub struct Endpoint {
     pub identity: u32,
     /// The node hosting it.
     pub node: String,
+    /// The pod's named container ports: what egress rules with named ports resolve to on
+    /// other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::agent::ContainerPort>,
 }
 
 /// The key of a policy object: `kind/namespace/name`.

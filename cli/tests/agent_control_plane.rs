@@ -614,6 +614,17 @@ const DB_FROM_PROD: &str = r#"{
                         "ports": [{"port": "web", "protocol": "TCP"}]}]}
 }"#;
 
+/// ops pods may only reach db pods (any namespace), on db's named port `web`: resolved on
+/// ops' node from db's endpoint record, db being on another node.
+const OPS_TO_DB_WEB: &str = r#"{
+  "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+  "metadata": {"name": "ops-to-db", "namespace": "ops"},
+  "spec": {"podSelector": {"matchLabels": {"app": "ops"}}, "policyTypes": ["Egress"],
+           "egress": [{"to": [{"namespaceSelector": {},
+                               "podSelector": {"matchLabels": {"app": "db"}}}],
+                       "ports": [{"port": "web", "protocol": "TCP"}]}]}
+}"#;
+
 /// Namespace labels stored in the control plane (`v1/Namespace` objects, as `kubectl apply`
 /// or the mirror write them) become part of the identities of the namespace's pods on every
 /// node, so a `namespaceSelector` on any label selects them; relabelling a namespace moves its
@@ -712,6 +723,23 @@ fn namespace_labels_select_pods_on_every_node_and_follow_relabelling() {
             .expect("delete namespace")
     });
     c.until_reachable("n2-p1", "n1-p2", false, "back's labels are gone");
+    // Egress to a named port of a pod on another node: ops (n2) reaches db (n1) on `web`,
+    // resolved from db's endpoint record; nothing else.
+    c.label_namespace("ops", serde_json::json!({"env": "prod"}));
+    c.add_pod_in("n2-p2", "ops", "ops", vec![]);
+    let rev = c.apply(OPS_TO_DB_WEB);
+    match c.wait(rev) {
+        WaitOutcome::Done { nodes, .. } => assert_eq!(nodes, 2),
+        other => panic!("policy wait: {other:?}"),
+    }
+    c.until_reachable("n2-p2", "n1-p2", true, "ops → db:web, a remote named port");
+    c.until_reachable(
+        "n2-p2",
+        "n1-p1",
+        false,
+        "ops → front: not allowed by ops' egress",
+    );
+
     // An invalid label is refused by the control plane, naming the field; nothing changes.
     let refused = c.cp(|c| {
         let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",

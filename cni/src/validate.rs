@@ -94,6 +94,12 @@ pub fn label_value(s: &str) -> Result<(), String> {
     if s.is_empty() { Ok(()) } else { label_name(s) }
 }
 
+/// An IANA service name, as Kubernetes requires of a named container port (the rule lives with
+/// the type, [`palisade_api::agent::ContainerPort::check_name`]).
+pub fn port_name(s: &str) -> Result<(), String> {
+    palisade_api::agent::ContainerPort::check_name(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,26 +133,4 @@ mod tests {
         assert!(label_value("").is_ok() && label_value("v1.2-x").is_ok());
         assert!(label_value("a b").is_err() && label_value("_a").is_err());
     }
-}
-
-/// An IANA service name, as Kubernetes requires of a named container port: 1–15 characters,
-/// lower-case letters, digits and `-`, at least one letter, no `-` at either end or twice in a
-/// row.
-pub fn port_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err("must be 1 to 15 characters".into());
-    }
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err("must consist of lower case letters, digits and '-'".into());
-    }
-    if !s.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err("must contain at least one letter".into());
-    }
-    if s.starts_with('-') || s.ends_with('-') || s.contains("--") {
-        return Err("must not begin or end with '-' nor contain '--'".into());
-    }
-    Ok(())
 }

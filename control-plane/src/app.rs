@@ -1593,6 +1593,7 @@ mod tests {
             ip,
             identity: 256,
             node: "n".into(),
+            ports: vec![],
         };
         assert!(matches!(
             at(&mut s, 1_000, Request::UpsertEndpoint(ep)),

@@ -837,16 +837,21 @@ async fn ack_revision(State(api): State<Api>, Path(name): Path<String>, body: By
 struct EndpointBody {
     identity: u32,
     node: String,
+    #[serde(default)]
+    ports: Vec<palisade_api::agent::ContainerPort>,
 }
 
 async fn upsert_endpoint(State(api): State<Api>, Path(ip): Path<String>, body: Bytes) -> ApiResult {
     let ip = parse_ip("ip", &ip)?;
     let b: EndpointBody = parse(&body)?;
     check_node_name("node", &b.node)?;
+    palisade_api::agent::ContainerPort::check_all(&b.ports, "ports")
+        .map_err(|(field, reason)| OpError::invalid(&field, reason))?;
     let ep = Endpoint {
         ip,
         identity: b.identity,
         node: b.node,
+        ports: b.ports,
     };
     match api.cluster.write(Request::UpsertEndpoint(ep)).await? {
         Response::Endpoint(e) => Ok(Json(e).into_response()),

@@ -220,7 +220,12 @@ impl Client {
     /// Creates or updates the endpoint at `ep.ip`.
     pub fn put_endpoint(&self, ep: &Endpoint) -> Result<Endpoint> {
         let ip = ep.ip.to_string();
-        let body = json!({ "identity": ep.identity, "node": ep.node });
+        let mut body = json!({ "identity": ep.identity, "node": ep.node });
+        if !ep.ports.is_empty() {
+            // Only when there are some: a control plane from before named ports refuses the
+            // unknown field.
+            body["ports"] = json!(ep.ports);
+        }
         let path = ["v1", "endpoints", &ip];
         let mut call = Call::new(Method::Put, &path);
         call.body = Some(&body);

@@ -167,6 +167,9 @@ pub struct Engine {
     /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
     /// current names give them.
     fqdn_ips: BTreeMap<IpAddr, Identity>,
+    /// Named ports of pods this engine does not compile for (on other nodes), by address, with
+    /// their identity: what an egress rule's named port resolves to for those destinations.
+    remote_ports: BTreeMap<IpAddr, (Identity, Vec<NamedPort>)>,
     policies: BTreeMap<ResourceKey, StoredPolicy>,
     rule_loc: BTreeMap<u32, (ResourceKey, usize)>,
     default_loc: BTreeMap<u32, (ResourceKey, usize)>,
@@ -200,6 +203,7 @@ impl Engine {
             by_identity: BTreeMap::new(),
             externals: BTreeMap::new(),
             fqdn_ips: BTreeMap::new(),
+            remote_ports: BTreeMap::new(),
             policies: BTreeMap::new(),
             rule_loc: BTreeMap::new(),
             default_loc: BTreeMap::new(),
@@ -496,6 +500,48 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// Records (`Some`) or forgets (`None`) the named ports of a pod on another node, at `ip`
+    /// with identity `id`, so egress rules with named ports resolve against it as against a
+    /// local pod (Cilium resolves them from every endpoint's ports cluster-wide). Local
+    /// endpoints using such rules are recompiled when something changed; returns whether it did.
+    pub fn set_remote_ports(
+        &mut self,
+        ip: IpAddr,
+        ports: Option<(Identity, Vec<NamedPort>)>,
+    ) -> bool {
+        let ports = ports.filter(|(_, p)| !p.is_empty());
+        if self.remote_ports.get(&ip) == ports.as_ref() {
+            return false;
+        }
+        match ports {
+            Some(p) => self.remote_ports.insert(ip, p),
+            None => self.remote_ports.remove(&ip),
+        };
+        let users: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|n| self.uses_egress_named_ports(n))
+            .cloned()
+            .collect();
+        for n in users {
+            self.recompile(&n);
+        }
+        true
+    }
+
+    /// Every pod's named ports with its identity and address: local endpoints, then pods on
+    /// other nodes ([`Engine::set_remote_ports`]).
+    fn all_named_ports(&self) -> impl Iterator<Item = (IpAddr, Identity, &[NamedPort])> {
+        self.endpoints
+            .values()
+            .map(|e| (e.spec.ip, e.identity, e.spec.ports.as_slice()))
+            .chain(
+                self.remote_ports
+                    .iter()
+                    .map(|(ip, (id, p))| (*ip, *id, p.as_slice())),
+            )
     }
 
     /// Adds a peer outside the cluster.
@@ -866,19 +912,13 @@ impl Engine {
         };
         match dir {
             Direction::Ingress => pick(subject).into_iter().collect(),
-            Direction::Egress => {
-                if peer == Identity::ANY {
-                    self.endpoints.values().flat_map(pick).collect()
-                } else {
-                    self.by_identity
-                        .get(&peer)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|n| self.endpoints.get(n))
-                        .flat_map(pick)
-                        .collect()
-                }
-            }
+            Direction::Egress => self
+                .all_named_ports()
+                .filter(|(_, id, _)| peer == Identity::ANY || *id == peer)
+                .flat_map(|(_, _, ports)| ports)
+                .filter(|p| p.name == name && p.protocol == proto)
+                .map(|p| p.port)
+                .collect(),
         }
     }
 
@@ -985,24 +1025,28 @@ impl Engine {
                                     if peer == Identity::ANY && dir == Direction::Egress =>
                                 {
                                     // Resolved per destination: one entry per identity whose
-                                    // endpoints expose the name (externals never do).
-                                    for (id, eps) in &self.by_identity {
+                                    // pods (here or on other nodes) expose the name (externals
+                                    // never do).
+                                    let mut by_id: BTreeMap<Identity, BTreeSet<u16>> =
+                                        BTreeMap::new();
+                                    for (_, id, ports) in self.all_named_ports() {
                                         if let Some(ids) = only
-                                            && !ids.contains(id)
+                                            && !ids.contains(&id)
                                         {
                                             continue;
                                         }
-                                        let ports: BTreeSet<u16> = eps
-                                            .iter()
-                                            .filter_map(|e| self.endpoints.get(e))
-                                            .flat_map(|e| e.spec.ports.iter())
-                                            .filter(|p| p.name == *n && p.protocol == m.proto)
-                                            .map(|p| p.port)
-                                            .collect();
+                                        by_id.entry(id).or_default().extend(
+                                            ports
+                                                .iter()
+                                                .filter(|p| p.name == *n && p.protocol == m.proto)
+                                                .map(|p| p.port),
+                                        );
+                                    }
+                                    for (id, ports) in by_id {
                                         if ports.is_empty() {
                                             continue;
                                         }
-                                        let list = slices.entry(*id).or_default();
+                                        let list = slices.entry(id).or_default();
                                         for port in ports {
                                             let k = L4Key {
                                                 protocol: m.proto,
@@ -1067,12 +1111,12 @@ impl Engine {
                 if named_egress {
                     // Named ports resolve on the destination: one host rule per pod in the block.
                     for (net, except) in &r.entry.pod_ip_blocks {
-                        for dest in self.endpoints.values() {
-                            let ipn = ipnet::IpNet::from(dest.spec.ip);
+                        for (ip, identity, ports) in self.all_named_ports() {
+                            let ipn = ipnet::IpNet::from(ip);
                             if !net.contains(&ipn) || except.iter().any(|e| e.contains(&ipn)) {
                                 continue;
                             }
-                            let l4 = self.l4_keys(&r.entry, ep, dest.identity);
+                            let l4 = self.l4_keys(&r.entry, ep, identity);
                             let l4: Vec<L4Key> = l4
                                 .into_iter()
                                 .filter(|k| {
@@ -1085,7 +1129,7 @@ impl Engine {
                                         }
                                         PortSpec::Named(n) => {
                                             k.prefix_len == 16
-                                                && dest.spec.ports.iter().any(|p| {
+                                                && ports.iter().any(|p| {
                                                     p.name == *n
                                                         && p.protocol == k.protocol
                                                         && p.port == k.port

@@ -40,7 +40,18 @@ fn an_agents_calls_and_the_change_feed() {
         ip,
         identity: web.id,
         node: node.name.clone(),
+        ports: vec![palisade_api::agent::ContainerPort {
+            name: "http".into(),
+            container_port: 8080,
+            protocol: "TCP".into(),
+        }],
     };
+    // Named ports are checked, the field named; nothing is stored.
+    let mut bad = ep.clone();
+    bad.ports[0].name = "HTTP".into();
+    let err = client.put_endpoint(&bad).expect_err("a bad port name");
+    assert!(err.to_string().contains("ports[0].name"), "{err}");
+    assert_eq!(client.list_endpoints().expect("list"), vec![]);
     assert_eq!(client.put_endpoint(&ep).expect("endpoint"), ep);
     assert_eq!(client.list_endpoints().expect("list"), vec![ep.clone()]);
     assert_eq!(client.get_endpoint(ip).expect("get"), Some(ep));

@@ -13,8 +13,9 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use palisade_api::agent::ContainerPort;
 use palisade_api::controlplane::{Change, Endpoint, IdBlock, Identity, NodeRecord, PolicyRecord};
-use palisade_policy::engine::Engine;
+use palisade_policy::engine::{Engine, NamedPort};
 use palisade_policy::identity::Identity as PolicyIdentity;
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 use palisade_policy::labels::LabelSet;
@@ -58,6 +59,11 @@ pub struct ClusterView {
     /// so a restarted agent knows which entries are gossip's to withdraw.
     #[serde(default)]
     gossip_remote: BTreeMap<IpAddr, u32>,
+    /// Named ports of remote endpoints that have some (the control plane's endpoint records):
+    /// saved, so a restarted agent resolves named egress ports before the control plane
+    /// answers.
+    #[serde(default)]
+    remote_ports: BTreeMap<IpAddr, Vec<ContainerPort>>,
     /// Namespaces whose labels an applied update set or removed, for the agent to move their
     /// endpoints to their new identities (derived, not saved).
     #[serde(skip)]
@@ -88,6 +94,8 @@ pub struct Applied {
     pub ipcache: usize,
     /// Policy objects applied or deleted.
     pub policies: usize,
+    /// Remote endpoints whose named ports changed what egress rules resolve to.
+    pub named_ports: usize,
     /// Replicated-clock times (ms) of the policy changes applied: the start of their
     /// propagation latency.
     pub policy_changed_at_ms: Vec<u64>,
@@ -96,7 +104,7 @@ pub struct Applied {
 impl Applied {
     /// Whether the engine's compiled state may have changed (a map sync is due).
     pub fn engine_changed(&self) -> bool {
-        self.identities > 0 || self.policies > 0
+        self.identities > 0 || self.policies > 0 || self.named_ports > 0
     }
 }
 
@@ -335,6 +343,11 @@ impl ClusterView {
         for (ip, id) in remote {
             self.set_remote(dp, ip, Some(id))?;
         }
+        for (ip, ports) in std::mem::take(&mut self.remote_ports) {
+            if let Some(id) = self.remote.get(&ip).copied() {
+                self.set_remote_ports(engine, ip, Some((id, &ports)));
+            }
+        }
         // Entries learned through gossip before the restart stay in force until gossip (or
         // the control plane) says otherwise: the next merge withdraws what is no longer said.
         for (ip, id) in self.gossip_remote.clone() {
@@ -394,9 +407,14 @@ impl ClusterView {
             .collect();
         for ip in stale {
             applied.ipcache += self.set_remote(dp, ip, None)?;
+            applied.named_ports += self.set_remote_ports(engine, ip, None);
         }
         for (ip, id) in remote {
             applied.ipcache += self.set_remote(dp, ip, Some(id))?;
+        }
+        for e in snap.endpoints.iter().filter(|e| e.node != node) {
+            applied.named_ports +=
+                self.set_remote_ports(engine, e.ip, Some((e.identity, &e.ports)));
         }
         self.nodes = snap
             .nodes
@@ -466,10 +484,15 @@ impl ClusterView {
                     let ep = c.value.as_ref().and_then(|v| Endpoint::deserialize(v).ok());
                     match ep {
                         Some(e) if e.node != node => {
-                            applied.ipcache += self.set_remote(dp, ip, Some(e.identity))?
+                            applied.ipcache += self.set_remote(dp, ip, Some(e.identity))?;
+                            applied.named_ports +=
+                                self.set_remote_ports(engine, ip, Some((e.identity, &e.ports)));
                         }
                         // Gone, or (re)assigned to this node: no longer a remote entry.
-                        _ => applied.ipcache += self.set_remote(dp, ip, None)?,
+                        _ => {
+                            applied.ipcache += self.set_remote(dp, ip, None)?;
+                            applied.named_ports += self.set_remote_ports(engine, ip, None);
+                        }
                     }
                 }
                 "node" => match c
@@ -708,6 +731,23 @@ impl ClusterView {
         n
     }
 
+    /// Records (`Some`: identity and ports) or forgets (`None`) a remote endpoint's named ports,
+    /// here and in the engine; 1 when what egress rules resolve to changed.
+    fn set_remote_ports(
+        &mut self,
+        engine: &mut Engine,
+        ip: IpAddr,
+        ep: Option<(u32, &[ContainerPort])>,
+    ) -> usize {
+        let ep = ep.filter(|(_, ports)| !ports.is_empty());
+        match ep {
+            Some((_, ports)) => self.remote_ports.insert(ip, ports.to_vec()),
+            None => self.remote_ports.remove(&ip),
+        };
+        let engine_ports = ep.map(|(id, ports)| (PolicyIdentity(id), named_ports(ports)));
+        usize::from(engine.set_remote_ports(ip, engine_ports))
+    }
+
     /// Writes (`Some`) or removes (`None`) a remote endpoint's ipcache entry; 1 when it changed.
     fn set_remote(
         &mut self,
@@ -734,4 +774,19 @@ impl ClusterView {
             }
         }
     }
+}
+
+/// The engine's form of a pod's named ports (protocols were validated where the ports came in:
+/// the CNI plugin, the control plane; an unknown one is skipped rather than guessed).
+pub fn named_ports(ports: &[ContainerPort]) -> Vec<NamedPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: palisade_policy::ir::proto::parse(&p.protocol)?,
+            })
+        })
+        .collect()
 }

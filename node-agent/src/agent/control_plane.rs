@@ -552,6 +552,7 @@ mod tests {
             ip,
             identity: 300,
             node: "n1".into(),
+            ports: vec![],
         };
         p.merge(Publish::Endpoint(ep));
         p.merge(Publish::EndpointGone(ip));

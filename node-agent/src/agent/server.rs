@@ -540,6 +540,7 @@ impl Agent {
                 ip: r.ip,
                 identity: r.endpoint.identity,
                 node: self.config.node.clone(),
+                ports: r.endpoint.spec.ports.clone(),
             }));
         }
         self.update_gauges();
@@ -574,7 +575,7 @@ impl Agent {
                 .unwrap_or_else(|| "default".into()),
             ip,
             node: self.config.node.clone(),
-            ports: named_ports(&spec.ports),
+            ports: super::cluster_view::named_ports(&spec.ports),
         };
         self.cluster_identity(&engine_spec)?;
         let identity = self
@@ -770,6 +771,7 @@ impl Agent {
                                 ip: *ip,
                                 identity: e.identity,
                                 node: node.clone(),
+                                ports: e.spec.ports.clone(),
                             }));
                         }
                     }
@@ -923,6 +925,7 @@ impl Agent {
                     ip: r.ip,
                     identity: r.endpoint.identity,
                     node: self.config.node.clone(),
+                    ports: r.endpoint.spec.ports.clone(),
                 }));
             }
         }
@@ -1691,21 +1694,4 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// The engine's form of a pod's named ports (protocols were validated by the CNI plugin; an
-/// unknown one from an older client is skipped rather than guessed).
-fn named_ports(
-    ports: &[palisade_api::agent::ContainerPort],
-) -> Vec<palisade_policy::engine::NamedPort> {
-    ports
-        .iter()
-        .filter_map(|p| {
-            Some(palisade_policy::engine::NamedPort {
-                name: p.name.clone(),
-                port: p.container_port,
-                protocol: palisade_policy::ir::proto::parse(&p.protocol)?,
-            })
-        })
-        .collect()
 }

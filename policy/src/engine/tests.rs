@@ -232,3 +232,47 @@ fn a_restored_address_keeps_its_identity_and_its_entries_when_the_id_is_free() {
         .expect("identity");
     assert!(cluster.is_local_scope());
 }
+
+/// x/a may reach pods labelled `app=db` on their named port `pg` only.
+const TO_DB_PG: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-db, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: db}}}]\n    ports: [{port: pg}]\n";
+
+#[test]
+fn egress_named_ports_resolve_against_pods_on_other_nodes() {
+    // Node 1's engine: x/a is local; x/db runs on node 2, known by identity and address.
+    let mut e = Engine::new(EngineConfig::default());
+    let db_labels = e.endpoint_labels(&ep("x/db", "db", "10.0.2.5"));
+    // The id the control plane gave db's label set.
+    let db_id = Identity(5000);
+    e.add_endpoint(ep("x/a", "a", "10.0.1.5")).expect("a");
+    e.bind_identity(db_id, db_labels).expect("bind db");
+    let p = load_file("p.yaml", TO_DB_PG).expect("valid").remove(0);
+    e.replace_policy(&p.key.clone(), Some(p));
+    let egress = |e: &Engine, port| {
+        e.map_state("x/a")
+            .expect("compiled")
+            .lookup_identity(Direction::Egress, db_id, proto::TCP, port)
+            .is_some_and(|(_, v)| !crate::mapstate::is_fallback(&v))
+    };
+    assert!(
+        !egress(&e, 5432),
+        "db's ports are unknown: `pg` resolves to nothing"
+    );
+    let pg = NamedPort {
+        name: "pg".into(),
+        port: 5432,
+        protocol: proto::TCP,
+    };
+    assert!(e.set_remote_ports("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg.clone()]))));
+    assert!(
+        e.take_changed().contains("x/a"),
+        "a's policy was recompiled"
+    );
+    assert!(egress(&e, 5432), "`pg` is db's 5432");
+    assert!(!egress(&e, 5433));
+    assert!(!e.set_remote_ports("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg]))));
+    assert!(e.set_remote_ports("10.0.2.5".parse().unwrap(), None));
+    assert!(
+        !egress(&e, 5432),
+        "db is gone: `pg` resolves to nothing again"
+    );
+}
