@@ -11,7 +11,7 @@ use palisade_cp_client::{ClientConfig, TlsConfig};
 use palisade_node_agent::agent::dns::{CacheLimits, DnsConfig};
 use palisade_node_agent::agent::{
     self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, GossipConfig,
-    GossipKey, ProxyConfig,
+    GossipKey, GossipSigner as NodeSigner, GossipVerifier as StateVerifier, ProxyConfig,
 };
 use palisade_node_agent::datapath::DatapathConfig;
 
@@ -395,6 +395,16 @@ fn gossip_config(
         .as_ref()
         .ok_or_else(|| anyhow!("--gossip enabled needs --gossip-key-file"))?;
     let key = GossipKey::from_file(file).map_err(|e| anyhow!("--gossip-key-file: {e}"))?;
+    // The node certificate signs what this node gossips; peers drop unsigned state.
+    let tls = a.control_plane_tls_dir.as_ref().ok_or_else(|| {
+        anyhow!("--gossip enabled needs --control-plane-tls-dir (the node certificate signs gossiped state)")
+    })?;
+    let signer = NodeSigner::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    signer
+        .check_names(&a.node)
+        .map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    let verifier =
+        StateVerifier::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
     let port = agent::gossip_defaults::PORT;
     let listen = a
         .gossip_listen
@@ -421,6 +431,9 @@ fn gossip_config(
         seeds,
         key,
         interval: a.gossip_interval,
+        signer: std::sync::Arc::new(signer),
+        verifier,
+        advertise: None,
     }))
 }
 
