@@ -53,8 +53,8 @@ pub use cluster_view::ClusterView;
 pub use config::{AgentConfig, ControlPlaneConfig, DEFAULT_FLOW_RING_SIZE};
 pub use encryption::{BackendChoice, EncryptionConfig, EncryptionError};
 pub use gossip::{
-    GossipConfig, GossipKey, KeyError as GossipKeyError, NodeSigner as GossipSigner,
-    Sealer as GossipSealer, StateVerifier as GossipVerifier,
+    Gossip, GossipConfig, GossipKey, KeyError as GossipKeyError, NodeGossip,
+    NodeSigner as GossipSigner, Sealer as GossipSealer, StateVerifier as GossipVerifier,
 };
 
 /// Defaults of the gossip settings, for flags.

@@ -395,16 +395,6 @@ fn gossip_config(
         .as_ref()
         .ok_or_else(|| anyhow!("--gossip enabled needs --gossip-key-file"))?;
     let key = GossipKey::from_file(file).map_err(|e| anyhow!("--gossip-key-file: {e}"))?;
-    // The node certificate signs what this node gossips; peers drop unsigned state.
-    let tls = a.control_plane_tls_dir.as_ref().ok_or_else(|| {
-        anyhow!("--gossip enabled needs --control-plane-tls-dir (the node certificate signs gossiped state)")
-    })?;
-    let signer = NodeSigner::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
-    signer
-        .check_names(&a.node)
-        .map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
-    let verifier =
-        StateVerifier::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
     let port = agent::gossip_defaults::PORT;
     let listen = a
         .gossip_listen
@@ -426,6 +416,16 @@ fn gossip_config(
     {
         return Err(anyhow!("--gossip-interval: must be between 10ms and 60s"));
     }
+    // The node certificate signs what this node gossips; peers drop unsigned state.
+    let tls = a.control_plane_tls_dir.as_ref().ok_or_else(|| {
+        anyhow!("--gossip enabled needs --control-plane-tls-dir (the node certificate signs gossiped state)")
+    })?;
+    let signer = NodeSigner::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    signer
+        .check_names(&a.node)
+        .map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    let verifier =
+        StateVerifier::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
     Ok(Some(GossipConfig {
         listen,
         seeds,
