@@ -70,6 +70,11 @@ fn state(n: usize, cert: &str) -> BTreeMap<String, String> {
     kv
 }
 
+/// The keys as chitchat hands them over.
+fn pairs(kv: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+    kv.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// Runs `f` for about `secs`, returns the mean time per call.
 fn time(secs: f64, mut f: impl FnMut()) -> Duration {
     f();
@@ -96,22 +101,17 @@ fn main() {
     for n in [1, 100, 4_096] {
         let mut kv = state(n, signer.cert_value());
         let bytes: usize = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let view = |kv: &BTreeMap<String, String>| {
-            kv.iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<Vec<_>>()
-        };
         let sign = time(secs, || {
-            std::hint::black_box(signer.sign("n2", 1, 2, view(&kv)).expect("sign"));
+            std::hint::black_box(signer.sign("n2", 1, 2, pairs(&kv)).expect("sign"));
         });
         kv.insert(
             "sig".into(),
-            signer.sign("n2", 1, 2, view(&kv)).expect("sign"),
+            signer.sign("n2", 1, 2, pairs(&kv)).expect("sign"),
         );
         let now = rustls_pki_types::UnixTime::now();
-        assert_eq!(verifier.verify("n2", 1, view(&kv), now), Ok(2));
+        assert_eq!(verifier.verify("n2", 1, pairs(&kv), now), Ok(2));
         let verify = time(secs, || {
-            std::hint::black_box(verifier.verify("n2", 1, view(&kv), now).expect("verify"));
+            std::hint::black_box(verifier.verify("n2", 1, pairs(&kv), now).expect("verify"));
         });
         println!(
             "{n:>9} {bytes:>11} {:>12.1} {:>13.1}",

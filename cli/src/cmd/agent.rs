@@ -188,8 +188,9 @@ struct RunArgs {
     /// Gossip with the other agents over the underlay (chitchat scuttlebutt, UDP): liveness,
     /// this node's endpoints and the identities they use (block-made ones included), its
     /// WireGuard key epoch. While the control plane is unreachable peers keep learning new pods
-    /// through it; the control plane's data always wins. `enabled` needs --control-plane and
-    /// --gossip-key-file.
+    /// through it; the control plane's data always wins. `enabled` needs --control-plane,
+    /// --gossip-key-file and --control-plane-tls-dir: this node's certificate signs what it
+    /// gossips, and peers merge a node's state only when signed by that node's certificate.
     #[arg(long, value_enum, default_value_t = GossipMode::Disabled)]
     gossip: GossipMode,
     /// The cluster gossip key: 64 hex digits (32 bytes) on the first line, mode 0600. Every
