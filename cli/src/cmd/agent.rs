@@ -529,7 +529,7 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             println!(
-                "  datagrams accepted {}, dropped: {}",
+                "  datagrams accepted {}; dropped datagrams and node states: {}",
                 g["accepted"],
                 dropped.join(", ")
             );
