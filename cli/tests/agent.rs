@@ -471,6 +471,18 @@ fn gossip_flags_are_validated_with_errors_naming_the_flag() {
     std::fs::write(&open, format!("{secret}\n")).expect("open key");
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let state = dir.join("state");
+    // A node certificate of the cluster CA, but for another node: it cannot sign n1's gossip.
+    let (ca, n9) = (dir.join("ca"), dir.join("n9"));
+    palisade_control_plane::tls::init_ca(&ca, 30).expect("CA");
+    palisade_control_plane::tls::issue(
+        &ca,
+        "n9",
+        palisade_control_plane::tls::CertRole::Node,
+        &n9,
+        &[],
+        30,
+    )
+    .expect("n9's certificate");
     let base = [
         "agent",
         "run",
@@ -538,6 +550,25 @@ fn gossip_flags_are_validated_with_errors_naming_the_flag() {
             ]
             .concat(),
             "--gossip-interval",
+        ),
+        (
+            [&cp[..], &["--gossip", "enabled", "--gossip-key-file", k]].concat(),
+            "needs --control-plane-tls-dir",
+        ),
+        (
+            [
+                &cp[..],
+                &[
+                    "--gossip",
+                    "enabled",
+                    "--gossip-key-file",
+                    k,
+                    "--control-plane-tls-dir",
+                    n9.to_str().expect("utf8"),
+                ],
+            ]
+            .concat(),
+            "does not name node `n1`",
         ),
     ];
     for (extra, want) in cases {

@@ -52,7 +52,10 @@ mod sync;
 pub use cluster_view::ClusterView;
 pub use config::{AgentConfig, ControlPlaneConfig, DEFAULT_FLOW_RING_SIZE};
 pub use encryption::{BackendChoice, EncryptionConfig, EncryptionError};
-pub use gossip::{GossipConfig, GossipKey, KeyError as GossipKeyError, Sealer as GossipSealer};
+pub use gossip::{
+    Gossip, GossipConfig, GossipKey, KeyError as GossipKeyError, NodeGossip,
+    NodeSigner as GossipSigner, Sealer as GossipSealer, StateVerifier as GossipVerifier,
+};
 
 /// Defaults of the gossip settings, for flags.
 pub mod gossip_defaults {

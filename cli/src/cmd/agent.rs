@@ -11,7 +11,7 @@ use palisade_cp_client::{ClientConfig, TlsConfig};
 use palisade_node_agent::agent::dns::{CacheLimits, DnsConfig};
 use palisade_node_agent::agent::{
     self, AgentConfig, BackendChoice, ControlPlaneConfig, EncryptionConfig, GossipConfig,
-    GossipKey, ProxyConfig,
+    GossipKey, GossipSigner as NodeSigner, GossipVerifier as StateVerifier, ProxyConfig,
 };
 use palisade_node_agent::datapath::DatapathConfig;
 
@@ -188,8 +188,9 @@ struct RunArgs {
     /// Gossip with the other agents over the underlay (chitchat scuttlebutt, UDP): liveness,
     /// this node's endpoints and the identities they use (block-made ones included), its
     /// WireGuard key epoch. While the control plane is unreachable peers keep learning new pods
-    /// through it; the control plane's data always wins. `enabled` needs --control-plane and
-    /// --gossip-key-file.
+    /// through it; the control plane's data always wins. `enabled` needs --control-plane,
+    /// --gossip-key-file and --control-plane-tls-dir: this node's certificate signs what it
+    /// gossips, and peers merge a node's state only when signed by that node's certificate.
     #[arg(long, value_enum, default_value_t = GossipMode::Disabled)]
     gossip: GossipMode,
     /// The cluster gossip key: 64 hex digits (32 bytes) on the first line, mode 0600. Every
@@ -416,11 +417,24 @@ fn gossip_config(
     {
         return Err(anyhow!("--gossip-interval: must be between 10ms and 60s"));
     }
+    // The node certificate signs what this node gossips; peers drop unsigned state.
+    let tls = a.control_plane_tls_dir.as_ref().ok_or_else(|| {
+        anyhow!("--gossip enabled needs --control-plane-tls-dir (the node certificate signs gossiped state)")
+    })?;
+    let signer = NodeSigner::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    signer
+        .check_names(&a.node)
+        .map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
+    let verifier =
+        StateVerifier::from_dir(tls).map_err(|e| anyhow!("--control-plane-tls-dir: {e}"))?;
     Ok(Some(GossipConfig {
         listen,
         seeds,
         key,
         interval: a.gossip_interval,
+        signer: std::sync::Arc::new(signer),
+        verifier,
+        advertise: None,
     }))
 }
 
@@ -515,7 +529,7 @@ fn status(a: ClientArgs, endpoints_only: bool) -> Result<ExitCode> {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             println!(
-                "  datagrams accepted {}, dropped: {}",
+                "  datagrams accepted {}; dropped datagrams and node states: {}",
                 g["accepted"],
                 dropped.join(", ")
             );

@@ -5,7 +5,9 @@
 //! in its ipcache: only gossip can bring them while the control plane is stopped. n1-p1
 //! reaches both on port 80, n1-p2 is refused by their ingress policy, and n1-p1 still cannot
 //! reach anything else. A malformed and an unauthenticated datagram sent to node 2's gossip
-//! port are dropped and counted (status and metrics). Then the voters continue and everything
+//! port are dropped and counted (status and metrics), and a forging member (the key and node 1's
+//! certificate, speaking for node 2) is dropped as `wrong_name`: its endpoint never reaches node
+//! 1's ipcache while honest gossip keeps working. Then the voters continue and everything
 //! converges with no manual step: the block id committed as canonical, the endpoints in the
 //! control plane, nothing left known only through gossip. The time that takes is printed.
 
@@ -24,7 +26,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use palisade_lab::Lab;
 use palisade_lab::cluster::container_id;
-use palisade_lab::state::{ClusterState, ProcessRole, agent_socket, netns_prefix};
+use palisade_lab::state::{ClusterState, ProcessRole, agent_socket, netns_prefix, pin_root};
+use palisade_node_agent::agent::{
+    Gossip, GossipConfig, GossipKey, GossipSigner, GossipVerifier, NodeGossip,
+};
+use palisade_node_agent::datapath::{Datapath, DatapathConfig};
 
 use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
 
@@ -375,6 +381,86 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
         !cp_answers(),
         "still partitioned: what node 1 knows came through gossip"
     );
+    // 2b. A forging member: a process (this test) holding the gossip key and node 1's valid
+    // certificate, on node 1's underlay, gossips as node 2 (a newer generation, advertising
+    // node 2's gossip address) an endpoint in node 2's pod CIDR with a known identity. Without
+    // per-node signatures node 1 would take it (the newest generation of a name wins, and the
+    // address matches node 2's record). Node 1 must drop it as `wrong_name` and never write it.
+    let real_n2 = agent_status(&name, "n1")["gossip"]["members"][0].clone();
+    assert_eq!(real_n2["node"], "n2", "{real_n2}");
+    let forged_ip: IpAddr = {
+        let o = n2.pod_cidr.addr().octets();
+        IpAddr::from([o[0], o[1], o[2], 250])
+    };
+    let forger = {
+        let pki_n1 = ClusterState::pki_dir(&name).join("n1");
+        let key = GossipKey::from_file(&ClusterState::gossip_key_file(&name)).expect("gossip key");
+        let listen = SocketAddr::new(n1.underlay_ip.into(), ClusterState::GOSSIP_PORT + 1);
+        let n1_gossip = SocketAddr::new(n1.underlay_ip.into(), ClusterState::GOSSIP_PORT);
+        let n2_gossip = SocketAddr::new(n2.underlay_ip.into(), ClusterState::GOSSIP_PORT);
+        in_netns(&n1.netns, move || {
+            Gossip::start(
+                "n2",
+                GossipConfig {
+                    listen,
+                    seeds: vec![n1_gossip],
+                    key,
+                    interval: Duration::from_millis(300),
+                    signer: Arc::new(GossipSigner::from_dir(&pki_n1).expect("n1's certificate")),
+                    verifier: GossipVerifier::from_dir(&pki_n1).expect("cluster CA"),
+                    advertise: Some(n2_gossip),
+                },
+            )
+            .expect("forging member")
+        })
+    };
+    let mut forged = NodeGossip::default();
+    forged.endpoints.insert(forged_ip, id_a as u32);
+    forger.publish(&forged);
+    wait_for(
+        "node 1 to drop the forged state of node 2 as wrong_name",
+        Duration::from_secs(15),
+        || agent_status(&name, "n1")["gossip"]["dropped"]["wrong_name"].as_u64() >= Some(1),
+    );
+    // Give a merge the time it would need (several rounds), then look at node 1's ipcache.
+    thread::sleep(Duration::from_secs(2));
+    let g1 = agent_status(&name, "n1")["gossip"].clone();
+    assert_eq!(g1["gossipOnlyEndpoints"], 2, "only db-b and db-c: {g1}");
+    assert_eq!(g1["members"].as_array().map(Vec::len), Some(1), "{g1}");
+    assert_eq!(
+        g1["members"][0]["generation"], real_n2["generation"],
+        "node 1 still shows node 2's own generation, not the forger's: {g1}"
+    );
+    let ipcache = {
+        let pins = pin_root(&name).join("n1");
+        Datapath::load_with(&DatapathConfig {
+            pin_dir: Some(pins),
+            ..DatapathConfig::default()
+        })
+        .expect("node 1's pinned maps")
+        .ipcache_entries()
+        .expect("ipcache")
+    };
+    assert!(
+        ipcache.iter().any(|(ip, _, _)| *ip == db_c),
+        "honest gossip is in node 1's ipcache: {ipcache:?}"
+    );
+    assert!(
+        !ipcache.iter().any(|(ip, _, _)| *ip == forged_ip),
+        "the forged endpoint reached node 1's ipcache: {ipcache:?}"
+    );
+    let page = metrics(&n1.netns, SocketAddr::new(n1.underlay_ip.into(), 9962));
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("palisade_agent_gossip_dropped_total{")
+                && l.contains("\"wrong_name\"")
+                && !l.ends_with(" 0")),
+        "no wrong_name drop in node 1's metrics:\n{page}"
+    );
+    println!(
+        "gossip: a member with node 1's certificate speaking for node 2 was dropped (wrong_name {}), its endpoint {forged_ip} never merged",
+        g1["dropped"]["wrong_name"]
+    );
     // 3. Real packets, exactly as policy allows.
     assert!(
         reachable(&name, "n1-p1", db_b),
@@ -413,9 +499,7 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
 
     // 4. Junk and a datagram sealed with another key, to node 2's gossip port.
     let gossip_addr = SocketAddr::new(n2.underlay_ip.into(), ClusterState::GOSSIP_PORT);
-    let wrong = palisade_node_agent::agent::GossipSealer::new(
-        &palisade_node_agent::agent::GossipKey::from_bytes([0x5a; 32]),
-    );
+    let wrong = palisade_node_agent::agent::GossipSealer::new(&GossipKey::from_bytes([0x5a; 32]));
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

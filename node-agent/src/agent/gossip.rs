@@ -3,18 +3,23 @@
 //! every datagram is sealed with the cluster gossip key. It keeps peers learning each other's
 //! endpoints and block-made identities while the control plane is unreachable; the control
 //! plane stays the authority (see `ClusterView::merge_gossip` for what gossip may change).
+//! The key only admits a node to gossip: each node signs its own state with its node
+//! certificate's key ([`sign`]), and a peer's state reaches the view only once verified.
 //!
 //! ```text
 //!   run loop ── NodeGossip (own endpoints, identities, node record) ──▶ desired keys ─┐
 //!                                                                                   ▼
 //!   gossip thread (tokio): chitchat ◀── SealedUdp (seal / open, drops counted) ──▶ peers
-//!        │ every round: own keys set/deleted; peers' keys decoded, bounded
-//!        └──▶ GossipView (peers: liveness + NodeGossip) ── wake pipe ──▶ run loop merges it
+//!        │ every round: own keys set/deleted, then `cert` and `sig` (signed with the node key)
+//!        │ peers' states: verified once per version (drops counted), decoded, bounded
+//!        └──▶ GossipView (peers: liveness + last verified NodeGossip) ── wake pipe ──▶ merge
 //! ```
 
 mod seal;
+mod sign;
 mod state;
 mod transport;
+mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -30,8 +35,10 @@ use chitchat::transport::Transport;
 use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig};
 
 pub use seal::{DropReason, GossipKey, KeyError, Sealer};
+pub use sign::{NodeSigner, StateVerifier};
 pub use state::{NodeGossip, NodeInfo};
 use transport::{Drops, SealedUdp};
+use trust::Trust;
 
 /// Default gossip port (memberlist's, as Consul and Serf use).
 pub const DEFAULT_PORT: u16 = 7946;
@@ -54,6 +61,12 @@ pub struct GossipConfig {
     pub key: GossipKey,
     /// Round interval.
     pub interval: Duration,
+    /// Signs this node's state: its node certificate and key.
+    pub signer: Arc<NodeSigner>,
+    /// Verifies peers' states: the cluster CA.
+    pub verifier: StateVerifier,
+    /// The address peers are told to reach this node at [default: `listen`].
+    pub advertise: Option<SocketAddr>,
 }
 
 /// What gossip currently says about the other nodes.
@@ -72,8 +85,10 @@ pub struct Peer {
     pub address: SocketAddr,
     /// Its incarnation (start time, ms): a restarted agent is a new generation.
     pub generation: u64,
-    /// The highest version of its state seen.
+    /// The chitchat version of the state shown (the last one verified).
     pub version: u64,
+    /// The sequence number that state was signed with.
+    pub seq: u64,
     /// Its keys, decoded.
     pub state: NodeGossip,
     /// Keys of it that were ignored (out of bounds, unparsable).
@@ -112,7 +127,12 @@ impl Gossip {
             sealer,
             drops: g.drops.clone(),
         };
-        let chitchat_id = ChitchatId::new(node.to_string(), now_ms(), g.config.listen);
+        let generation = now_ms();
+        let chitchat_id = ChitchatId::new(
+            node.to_string(),
+            generation,
+            g.config.advertise.unwrap_or(g.config.listen),
+        );
         let cc = ChitchatConfig {
             chitchat_id,
             cluster_id: CLUSTER_ID.to_string(),
@@ -138,6 +158,10 @@ impl Gossip {
             view: g.view.clone(),
             wake: wake_tx,
             interval: g.config.interval,
+            node: node.to_string(),
+            generation,
+            signer: g.config.signer.clone(),
+            trust: Trust::new(g.config.verifier.clone(), g.drops.clone()),
         };
         thread::Builder::new()
             .name("gossip".into())
@@ -225,6 +249,7 @@ impl Gossip {
                     "live": p.live,
                     "generation": p.generation,
                     "version": p.version,
+                    "seq": p.seq,
                     "endpoints": p.state.endpoints.len(),
                     "identities": p.state.identities.len(),
                     "wireguardEpoch": p.state.node.as_ref().map(|n| n.wireguard_epoch),
@@ -251,19 +276,26 @@ impl Gossip {
     }
 }
 
-/// The async side: applies the desired keys, contacts seeds, rebuilds the view.
+/// The async side: applies and signs the desired keys, contacts seeds, rebuilds the view.
 struct Worker {
     desired: Arc<Mutex<BTreeMap<String, String>>>,
     seeds: Arc<Mutex<BTreeSet<SocketAddr>>>,
     view: Arc<Mutex<Arc<GossipView>>>,
     wake: UnixStream,
     interval: Duration,
+    node: String,
+    generation: u64,
+    signer: Arc<NodeSigner>,
+    trust: Trust,
 }
 
 impl Worker {
-    async fn run(self, handle: chitchat::ChitchatHandle) {
+    async fn run(mut self, handle: chitchat::ChitchatHandle) {
         let chitchat = handle.chitchat();
-        let mut published: BTreeMap<String, String> = BTreeMap::new();
+        // `None` until the first round has signed (an empty state is signed too: it is what
+        // tells peers this node says nothing).
+        let mut published: Option<BTreeMap<String, String>> = None;
+        let mut seq = 0u64;
         let mut next_seed = Instant::now();
         let mut tick = tokio::time::interval(self.interval / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,19 +308,36 @@ impl Worker {
                 .clone();
             let (view, met) = {
                 let mut cc = chitchat.lock().await;
-                if desired != published {
+                if published.as_ref() != Some(&desired) {
                     let own = cc.self_node_state();
-                    for k in published.keys().filter(|k| !desired.contains_key(*k)) {
+                    let before = published.take().unwrap_or_default();
+                    for k in before.keys().filter(|k| !desired.contains_key(*k)) {
                         own.delete(k);
                     }
                     for (k, v) in &desired {
-                        if published.get(k) != Some(v) {
+                        if before.get(k) != Some(v) {
                             own.set(k, v);
                         }
                     }
-                    published = desired;
+                    if own.get(sign::CERT_KEY) != Some(self.signer.cert_value()) {
+                        own.set(sign::CERT_KEY, self.signer.cert_value());
+                    }
+                    // Signed last, under the lock: the `sig` key gets the highest version, so a
+                    // peer holding it holds every key it covers (chitchat sends keys in version
+                    // order). Wall-clock based so a restarted agent keeps counting upwards.
+                    seq = (seq + 1).max(now_ms());
+                    match self
+                        .signer
+                        .sign(&self.node, self.generation, seq, own.key_values())
+                    {
+                        Some(sig) => own.set(sign::SIG_KEY, sig),
+                        // ring cannot sign (no randomness): peers keep the last signed state.
+                        None => metrics::counter!("palisade_agent_gossip_sign_failures_total")
+                            .increment(1),
+                    }
+                    published = Some(desired);
                 }
-                let view = build_view(&cc);
+                let view = self.trust.build_view(&cc);
                 let met: BTreeSet<SocketAddr> =
                     cc.live_nodes().map(|id| id.gossip_advertise_addr).collect();
                 (view, met)
@@ -323,37 +372,6 @@ impl Worker {
     }
 }
 
-/// The other nodes' latest generations, decoded.
-fn build_view(cc: &chitchat::Chitchat) -> GossipView {
-    let me = cc.self_chitchat_id().node_id.to_string();
-    let live: BTreeSet<&ChitchatId> = cc.live_nodes().collect();
-    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-    for (id, ns) in cc.node_states() {
-        if *id.node_id == *me {
-            continue;
-        }
-        if peers
-            .get(&*id.node_id)
-            .is_some_and(|p| p.generation > id.generation_id)
-        {
-            continue;
-        }
-        let (state, ignored) = NodeGossip::from_kv(ns.key_values());
-        peers.insert(
-            id.node_id.to_string(),
-            Peer {
-                live: live.contains(id),
-                address: id.gossip_advertise_addr,
-                generation: id.generation_id,
-                version: ns.max_version(),
-                state,
-                ignored,
-            },
-        );
-    }
-    GossipView { peers }
-}
-
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -383,18 +401,27 @@ mod tests {
     #[test]
     fn only_key_holders_take_part_and_everything_else_is_dropped_and_counted() {
         let key = GossipKey::from_bytes([9; 32]);
+        let ca = sign::tests::TestCa::new();
         let (a_addr, b_addr, c_addr) = (free_port(), free_port(), free_port());
-        let cfg = |listen, seeds: Vec<SocketAddr>, key: GossipKey| GossipConfig {
+        let cfg = |listen, seeds: Vec<SocketAddr>, key: GossipKey, node: &str| GossipConfig {
             listen,
             seeds,
             key,
             interval: Duration::from_millis(100),
+            signer: Arc::new(ca.signer(node)),
+            verifier: ca.verifier(),
+            advertise: None,
         };
-        let a = Gossip::start("n1", cfg(a_addr, vec![b_addr], key.clone())).expect("a");
-        let b = Gossip::start("n2", cfg(b_addr, vec![a_addr], key)).expect("b");
+        let a = Gossip::start("n1", cfg(a_addr, vec![b_addr], key.clone(), "n1")).expect("a");
+        let b = Gossip::start("n2", cfg(b_addr, vec![a_addr], key.clone(), "n2")).expect("b");
         let c = Gossip::start(
             "intruder",
-            cfg(c_addr, vec![a_addr], GossipKey::from_bytes([1; 32])),
+            cfg(
+                c_addr,
+                vec![a_addr],
+                GossipKey::from_bytes([1; 32]),
+                "intruder",
+            ),
         )
         .expect("c");
         let mut own = NodeGossip::default();
@@ -431,5 +458,69 @@ mod tests {
                 .get("n2")
                 .is_some_and(|p| p.state.endpoints.is_empty())
         });
+    }
+
+    /// A member with the key and a valid certificate of its own (n3) gossips as n2, from a
+    /// newer generation advertising n2's address, with an endpoint: n1 never shows it, counts
+    /// the wrong name once, and keeps n2's honest state, which still updates.
+    #[test]
+    fn a_member_cannot_speak_for_another_node() {
+        let key = GossipKey::from_bytes([9; 32]);
+        let ca = sign::tests::TestCa::new();
+        let (a_addr, b_addr, f_addr) = (free_port(), free_port(), free_port());
+        let cfg = |listen, seeds: Vec<SocketAddr>, cert_of: &str| GossipConfig {
+            listen,
+            seeds,
+            key: key.clone(),
+            interval: Duration::from_millis(100),
+            signer: Arc::new(ca.signer(cert_of)),
+            verifier: ca.verifier(),
+            advertise: None,
+        };
+        let a = Gossip::start("n1", cfg(a_addr, vec![b_addr], "n1")).expect("a");
+        let b = Gossip::start("n2", cfg(b_addr, vec![a_addr], "n2")).expect("b");
+        let mut honest = NodeGossip::default();
+        honest
+            .endpoints
+            .insert("10.200.2.10".parse().expect("ip"), 300);
+        b.publish(&honest);
+        wait_until("n1 to learn n2's endpoint", || {
+            a.view().peers.get("n2").is_some_and(|p| p.state == honest)
+        });
+        let mut forger_cfg = cfg(f_addr, vec![a_addr], "n3");
+        forger_cfg.advertise = Some(b_addr);
+        let forger = Gossip::start("n2", forger_cfg).expect("forger");
+        let mut forged = NodeGossip::default();
+        forged
+            .endpoints
+            .insert("10.200.2.66".parse().expect("ip"), 300);
+        forger.publish(&forged);
+        wait_until("n1 to drop the forged state", || {
+            a.drops.get(DropReason::WrongName) > 0
+        });
+        honest
+            .endpoints
+            .insert("10.200.2.11".parse().expect("ip"), 300);
+        b.publish(&honest);
+        wait_until("n1 to learn n2's second endpoint", || {
+            a.view().peers.get("n2").is_some_and(|p| p.state == honest)
+        });
+        let view = a.view();
+        assert_eq!(view.peers.len(), 1, "{view:?}");
+        assert!(
+            !view.peers["n2"]
+                .state
+                .endpoints
+                .contains_key(&"10.200.2.66".parse().expect("ip")),
+            "{view:?}"
+        );
+        // Decided once per state version, not once per round.
+        let dropped = a.drops.get(DropReason::WrongName);
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(a.drops.get(DropReason::WrongName), dropped);
+        assert!(
+            dropped <= 3,
+            "one forged state version, relayed at most a few times: {dropped}"
+        );
     }
 }

@@ -42,15 +42,39 @@ pub enum DropReason {
     /// Sealed correctly, but sent more than [`MAX_SKEW_MS`] away from now (a replay, or a clock
     /// far off).
     Stale,
+    // The reasons below are a node's *state*, not a datagram: the datagram opened (the sender
+    // holds the gossip key) but the state it carries for a node is not that node's to give
+    // (`super::sign`). Counted once per state version, never merged.
+    /// No signature or no certificate.
+    Unsigned,
+    /// The certificate is not base64 DER X.509 (malformed).
+    BadCertificate,
+    /// The certificate does not chain to the cluster CA (or lacks the client-auth usage).
+    UntrustedCertificate,
+    /// The certificate is expired or not valid yet.
+    ExpiredCertificate,
+    /// A valid certificate of another node than the one the state claims to be.
+    WrongName,
+    /// The signature is malformed or does not cover these exact keys, generation and sequence.
+    BadSignature,
+    /// Correctly signed, but older than a state already accepted for that node (a replay).
+    Replayed,
 }
 
 impl DropReason {
     /// Every reason, for status.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Oversize,
         DropReason::Unauthenticated,
         DropReason::Stale,
+        DropReason::Unsigned,
+        DropReason::BadCertificate,
+        DropReason::UntrustedCertificate,
+        DropReason::ExpiredCertificate,
+        DropReason::WrongName,
+        DropReason::BadSignature,
+        DropReason::Replayed,
     ];
 
     /// The label value.
@@ -60,6 +84,13 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::Unauthenticated => "unauthenticated",
             DropReason::Stale => "stale",
+            DropReason::Unsigned => "unsigned",
+            DropReason::BadCertificate => "bad_certificate",
+            DropReason::UntrustedCertificate => "untrusted_certificate",
+            DropReason::ExpiredCertificate => "expired_certificate",
+            DropReason::WrongName => "wrong_name",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Replayed => "replayed",
         }
     }
 }

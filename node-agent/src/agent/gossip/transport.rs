@@ -16,7 +16,7 @@ use super::seal::{DropReason, MAX_DATAGRAM, Sealer};
 /// Drop counters, shared with status.
 #[derive(Debug, Default)]
 pub struct Drops {
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; DropReason::ALL.len()],
     /// Envelopes chitchat asked to send that would not fit one sealed datagram.
     pub send_oversize: AtomicU64,
     /// Datagrams accepted.
