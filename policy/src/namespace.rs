@@ -168,7 +168,7 @@ pub fn label_value(v: &str) -> Option<String> {
     if v.is_empty() {
         return None;
     }
-    name_part(v).map(|r| format!("value: {r}"))
+    name_part(v).map(|r| r.replacen("name part", "value", 1))
 }
 
 #[cfg(test)]
