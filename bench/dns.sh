@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # DNS proxy cost (issue 8): in a 1-node lab, dnsmasq (`palisade lab dns`) in n1-p2 serves a
 # test zone; `palisade workload resolve --count N` in n1-p1 sends N A queries one after the
-# other over UDP (each waits for its answer), first with no policy (direct: eBPF datapath only),
-# then with a CiliumNetworkPolicy whose `rules.dns` steers n1-p1's queries through the agent's
-# DNS proxy, for a name the proxy learns (its address programmed into engine, policy maps and
-# ipcache before every answer is released; the address is already known after the first) and
-# for a REFUSED name (answered by the proxy itself).
+# other over UDP (each waits for its answer, so queries/s is the rate with one in flight), first
+# with no policy (direct: eBPF datapath only), then with a CiliumNetworkPolicy whose `rules.dns`
+# steers n1-p1's queries through the agent's DNS proxy, for a name the proxy learns (its address
+# programmed into engine, policy maps and ipcache before every answer is released; the address
+# is already known after the first) and for a REFUSED name (answered by the proxy itself).
 # Usage (root): bench/dns.sh [PALISADE_BIN] [QUERIES]     Figures go to stdout.
 set -euo pipefail
 bin=${1:-${CARGO_TARGET_DIR:-/var/tmp/palisade-target}/release/palisade}
@@ -35,14 +35,14 @@ run() { # PATH NAME
 import json, sys
 path, name, out = sys.argv[1:]
 r = json.loads(out)
-print(f"| {path} | {name} | {r['rcode']} | {r['p50_us']/1000:.3f} | {r['p99_us']/1000:.3f} |")
+print(f"| {path} | {name} | {r['rcode']} | {r['qps']:,} | {r['p50_us']/1000:.3f} | {r['p99_us']/1000:.3f} |")
 PY
 }
 
 echo "lab: 1 node, dnsmasq in n1-p2, client n1-p1, ${count} sequential UDP queries per row"
 echo
-echo "| path | name | rcode | p50 ms | p99 ms |"
-echo "| --- | --- | --- | ---: | ---: |"
+echo "| path | name | rcode | queries/s | p50 ms | p99 ms |"
+echo "| --- | --- | --- | ---: | ---: | ---: |"
 run direct api.example.test
 cat >"$work/dns.yaml" <<'YAML'
 apiVersion: cilium.io/v2

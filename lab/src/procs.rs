@@ -93,12 +93,26 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, t)| t)
 }
 
-/// True if `pid` runs (not a zombie) and, when given, started at `start_time`.
+/// True if `pid` runs and, when given, started at `start_time`.
+///
+/// A zombie is gone only once it is its last thread. SIGKILL ends a process's threads one by
+/// one: the main thread can be a zombie while others are still on their way out, and the open
+/// files (listening sockets, map fds) are closed only when the last of them exits. Until then a
+/// process started in its place cannot bind the same port: an agent restarted at once after
+/// its predecessor "died" failed on `--metrics-listen` with "Address already in use" on a
+/// loaded machine (issue 8).
 pub fn is_alive(pid: u32, start_time: Option<u64>) -> bool {
     match stat(pid) {
-        Some((state, t)) => !matches!(state, 'Z' | 'X' | 'x') && start_time.is_none_or(|s| s == t),
-        None => false,
+        Some((state, t)) if start_time.is_none_or(|s| s == t) => {
+            !matches!(state, 'Z' | 'X' | 'x') || threads(pid) > 1
+        }
+        _ => false,
     }
+}
+
+/// How many threads of `pid` are left (`/proc/<pid>/task`; 0 once it is gone).
+fn threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Sends SIGKILL; a process that is already gone is not an error.
@@ -168,6 +182,47 @@ mod tests {
         );
         assert!(!is_alive(u32::MAX, None));
         assert!(wait_gone(&[u32::MAX], Duration::from_millis(1)).is_empty());
+    }
+
+    /// A process whose main thread has exited while another still runs (what SIGKILL goes
+    /// through on a multi-threaded agent): still holding its files, so still alive.
+    #[test]
+    fn a_zombie_main_thread_with_live_threads_is_alive() {
+        let dir = std::env::temp_dir().join(format!("palisade-procs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("leader.c");
+        let bin = dir.join("leader");
+        fs::write(
+            &src,
+            "#include <pthread.h>\n#include <unistd.h>\n\
+             static void *hold(void *a) { (void)a; sleep(2); return 0; }\n\
+             int main(void) { pthread_t t; pthread_create(&t, 0, hold, 0); pthread_exit(0); }\n",
+        )
+        .unwrap();
+        let cc = Command::new("cc")
+            .args(["-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .expect("cc");
+        assert!(cc.success());
+        let mut child = Command::new(&bin).spawn().expect("spawn");
+        let pid = child.id();
+        let t = start_time(pid);
+        // The main thread exits at once; the other sleeps 2 s.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while stat(pid).is_some_and(|(s, _)| s != 'Z') {
+            assert!(Instant::now() < deadline, "main thread never exited");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(threads(pid), 2);
+        assert!(is_alive(pid, t), "a thread still runs: not gone");
+        assert!(!wait_gone(&[pid], Duration::from_millis(100)).is_empty());
+        // The last thread exits: now it is gone (a zombie until reaped, but nothing held).
+        assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
+        assert!(!is_alive(pid, t));
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd, path::PathBuf};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{
-        HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
@@ -173,6 +174,66 @@ pub struct CtFlow {
     pub idle: std::time::Duration,
     /// TCP: a FIN or RST went by.
     pub closing: bool,
+}
+
+/// Both conntrack maps, through descriptors of their own: `Send`, so the DNS proxy's pass over
+/// them runs on its own thread ([`Datapath::conntrack_maps`]).
+pub struct CtMaps {
+    v4: HashMap<MapData, conntrack::CtKey4, conntrack::CtValue>,
+    v6: HashMap<MapData, conntrack::CtKey, conntrack::CtValue>,
+}
+
+impl CtMaps {
+    /// Flows an endpoint opened (conntrack entries created on its egress path) whose
+    /// (source, destination) `want` accepts, each with how long ago it last saw a packet and
+    /// whether it is closing. The DNS proxy asks this about expired `toFQDNs` addresses: one
+    /// pass over both conntrack maps.
+    pub fn egress_flows(
+        &self,
+        mut want: impl FnMut(IpAddr, IpAddr) -> bool,
+    ) -> Result<Vec<CtFlow>, DatapathError> {
+        // `last_seen_ns` is bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+            .map(|t| std::time::Duration::from(t).as_nanos())
+            .map_err(|e| DatapathError::Clock(e.into()))?;
+        let flow =
+            |src, dst, sport: [u8; 2], dport: [u8; 2], protocol, v: conntrack::CtValue| CtFlow {
+                src,
+                dst,
+                sport: u16::from_be_bytes(sport),
+                dport: u16::from_be_bytes(dport),
+                protocol,
+                idle: std::time::Duration::from_nanos(
+                    u64::try_from(now.saturating_sub(u128::from(v.last_seen_ns)))
+                        .unwrap_or(u64::MAX),
+                ),
+                closing: v.flags & conntrack::FLAG_CLOSING != 0,
+            };
+        let mut out = Vec::new();
+        for r in self.v4.iter() {
+            // An entry evicted between listing and lookup is simply gone: skip it.
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
+            }
+        }
+        for r in self.v6.iter() {
+            let Ok((k, v)) = r else { continue };
+            let (s, d) = if k.family == family::IPV4 {
+                (
+                    IpAddr::from([k.saddr[0], k.saddr[1], k.saddr[2], k.saddr[3]]),
+                    IpAddr::from([k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3]]),
+                )
+            } else {
+                (IpAddr::from(k.saddr), IpAddr::from(k.daddr))
+            };
+            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
+                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The loaded datapath. Dropping it detaches every program it attached.
@@ -399,65 +460,55 @@ impl Datapath {
 
     /// Flows an endpoint opened (conntrack entries created on its egress path) whose
     /// (source, destination) `want` accepts, each with how long ago it last saw a packet and
-    /// whether it is closing. The DNS proxy asks this about expired `toFQDNs` addresses: one
-    /// pass over both conntrack maps.
+    /// whether it is closing: one pass over both conntrack maps (see [`CtMaps::egress_flows`]).
     pub fn egress_flows(
         &self,
-        mut want: impl FnMut(IpAddr, IpAddr) -> bool,
+        want: impl FnMut(IpAddr, IpAddr) -> bool,
     ) -> Result<Vec<CtFlow>, DatapathError> {
-        // `last_seen_ns` is bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE.
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-            .map(|t| std::time::Duration::from(t).as_nanos())
-            .map_err(|e| DatapathError::Clock(e.into()))?;
-        let flow =
-            |src, dst, sport: [u8; 2], dport: [u8; 2], protocol, v: conntrack::CtValue| CtFlow {
-                src,
-                dst,
-                sport: u16::from_be_bytes(sport),
-                dport: u16::from_be_bytes(dport),
-                protocol,
-                idle: std::time::Duration::from_nanos(
-                    u64::try_from(now.saturating_sub(u128::from(v.last_seen_ns)))
-                        .unwrap_or(u64::MAX),
-                ),
-                closing: v.flags & conntrack::FLAG_CLOSING != 0,
-            };
-        let mut out = Vec::new();
-        let v4 = self
-            .ebpf
-            .map(conntrack::MAP_NAME_V4)
-            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME_V4))?;
-        let v4: HashMap<_, conntrack::CtKey4, conntrack::CtValue> =
-            HashMap::try_from(v4).map_err(|source| map_err(conntrack::MAP_NAME_V4, source))?;
-        for r in v4.iter() {
-            // An entry evicted between listing and lookup is simply gone: skip it.
-            let Ok((k, v)) = r else { continue };
-            let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
-            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
-                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
+        self.conntrack_maps()?.egress_flows(want)
+    }
+
+    /// Handles of their own on both conntrack maps (duplicated descriptors), for a thread that
+    /// reads them while the agent's run loop goes on: a pass over a full map takes hundreds of
+    /// milliseconds.
+    pub fn conntrack_maps(&self) -> Result<CtMaps, DatapathError> {
+        Ok(CtMaps {
+            v4: HashMap::try_from(self.dup_map(conntrack::MAP_NAME_V4)?)
+                .map_err(|source| map_err(conntrack::MAP_NAME_V4, source))?,
+            v6: HashMap::try_from(self.dup_map(conntrack::MAP_NAME)?)
+                .map_err(|source| map_err(conntrack::MAP_NAME, source))?,
+        })
+    }
+
+    /// A second handle on a hash map of the loaded object (the same kernel map).
+    fn dup_map(&self, name: &'static str) -> Result<Map, DatapathError> {
+        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
+        let (data, lru) = match map {
+            Map::HashMap(d) => (d, false),
+            Map::LruHashMap(d) => (d, true),
+            other => {
+                // Not a hash map: the conversion's error names the type found.
+                return Err(match HashMap::<_, [u8; 1], [u8; 1]>::try_from(other) {
+                    Err(source) => map_err(name, source),
+                    Ok(_) => DatapathError::MissingMap(name),
+                });
             }
-        }
-        let v6 = self
-            .ebpf
-            .map(conntrack::MAP_NAME)
-            .ok_or(DatapathError::MissingMap(conntrack::MAP_NAME))?;
-        let v6: HashMap<_, conntrack::CtKey, conntrack::CtValue> =
-            HashMap::try_from(v6).map_err(|source| map_err(conntrack::MAP_NAME, source))?;
-        for r in v6.iter() {
-            let Ok((k, v)) = r else { continue };
-            let (s, d) = if k.family == family::IPV4 {
-                (
-                    IpAddr::from([k.saddr[0], k.saddr[1], k.saddr[2], k.saddr[3]]),
-                    IpAddr::from([k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3]]),
-                )
-            } else {
-                (IpAddr::from(k.saddr), IpAddr::from(k.daddr))
-            };
-            if v.flags & conntrack::FLAG_EGRESS != 0 && want(s, d) {
-                out.push(flow(s, d, k.sport, k.dport, k.protocol, v));
-            }
-        }
-        Ok(out)
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            map_err(
+                name,
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }),
+            )
+        })?;
+        let data = MapData::from_fd(fd).map_err(|source| map_err(name, source))?;
+        Ok(if lru {
+            Map::LruHashMap(data)
+        } else {
+            Map::HashMap(data)
+        })
     }
 
     /// Every ipcache entry currently in the kernel, as (address, prefix length, identity).

@@ -45,6 +45,8 @@ pub struct ResolveReport {
     pub p50_us: u64,
     /// 99th percentile.
     pub p99_us: u64,
+    /// Queries answered per second, one in flight at a time (`count` over the whole run).
+    pub qps: u64,
 }
 
 /// Sends the query (`count` times) and reports the last answer.
@@ -57,6 +59,7 @@ pub fn resolve(spec: &ResolveSpec) -> ResolveReport {
         detail: None,
         p50_us: 0,
         p99_us: 0,
+        qps: 0,
     };
     let query = match build(&spec.name, spec.aaaa) {
         Ok(q) => q,
@@ -66,6 +69,7 @@ pub fn resolve(spec: &ResolveSpec) -> ResolveReport {
         }
     };
     let mut lat = Vec::new();
+    let began = Instant::now();
     for _ in 0..spec.count.max(1) {
         let start = Instant::now();
         let r = if spec.tcp {
@@ -99,6 +103,10 @@ pub fn resolve(spec: &ResolveSpec) -> ResolveReport {
                 break;
             }
         }
+    }
+    let secs = began.elapsed().as_secs_f64();
+    if report.detail.is_none() && secs > 0.0 {
+        report.qps = (lat.len() as f64 / secs).round() as u64;
     }
     lat.sort_unstable();
     let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
@@ -192,4 +200,46 @@ fn ask_tcp(spec: &ResolveSpec, query: &[u8]) -> Result<Vec<u8>, String> {
     let mut answer = vec![0u8; usize::from(u16::from_be_bytes(l))];
     s.read_exact(&mut answer).map_err(|e| e.to_string())?;
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP server on loopback answering every query with itself, response bit set (NOERROR,
+    /// no records): the repeated-query rate and percentiles come out, and a server that never
+    /// answers gives no rate.
+    #[test]
+    fn repeated_queries_report_their_rate() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = server.recv_from(&mut buf) {
+                if n > 2 {
+                    buf[2] |= 0x80;
+                    let _ = server.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let spec = ResolveSpec {
+            server: addr,
+            name: "api.example.test".into(),
+            aaaa: false,
+            tcp: false,
+            timeout: Duration::from_secs(2),
+            count: 200,
+        };
+        let r = resolve(&spec);
+        assert_eq!(r.rcode, "NOERROR", "{r:?}");
+        assert!(r.qps > 0 && r.p50_us <= r.p99_us, "{r:?}");
+        // Nobody answers at this address (bound, never read).
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r = resolve(&ResolveSpec {
+            server: silent.local_addr().unwrap(),
+            timeout: Duration::from_millis(200),
+            ..spec
+        });
+        assert_eq!((r.rcode.as_str(), r.qps), ("TIMEOUT", 0), "{r:?}");
+    }
 }

@@ -45,7 +45,7 @@ enum Cmd {
     /// JSON object {requests, errors, statuses, seconds, rps, p50_us, p90_us, p99_us, max_us}.
     Load(LoadArgs),
     /// Ask a DNS server for a name's A (or AAAA) records over UDP (or TCP) and print one JSON
-    /// object {name, rcode, ips, ttl, detail, p50_us, p99_us}; exit 0 when an answer came
+    /// object {name, rcode, ips, ttl, detail, p50_us, p99_us, qps}; exit 0 when an answer came
     /// (whatever its rcode), 1 when none did. `--count N` repeats the query and reports the
     /// latency percentiles.
     Resolve(ResolveArgs),

@@ -137,7 +137,17 @@ fn try_dns_status(lab: &str) -> Option<serde_json::Value> {
     Some(v["dnsProxy"].clone())
 }
 
-/// SIGKILLs n1's agent and waits until it is gone.
+/// The last lines of n1's agent log (all its runs), for failure messages.
+fn agent_log_tail(lab: &str) -> String {
+    let log = palisade_lab::state::log_dir(lab).join("agent-n1.log");
+    let text =
+        std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// SIGKILLs n1's agent and waits until it is gone: every thread, so its listening sockets are
+/// closed before the next agent binds them (`is_alive`, issue 8).
 fn kill_agent(lab: &str) {
     let l = Lab::load(lab).expect("state");
     let old = l
@@ -368,10 +378,53 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
         "the open connection itself keeps working"
     );
 
-    // A corrupt saved file (refused whole, reported, moved aside, nothing trusted) is covered by
-    // the unit tests of `dns::saved` and `dns`; its lab check, a third agent restart, hung in
-    // both CI runs of 27 November (the agent stopped after its proxy setup, before the restore)
-    // and never on a developer run: taken out until that hang is understood (issue 8).
+    // === 3. a corrupt saved state is reported and ignored whole ===
+    let (rcode, _) = resolve(&lab, "web.example.test", false);
+    assert_eq!(rcode, "NOERROR");
+    assert!(reachable(&lab, "10.96.0.12"));
+    kill_agent(&lab);
+    let text = std::fs::read_to_string(&saved).expect("read");
+    assert!(text.contains("web.example.test"), "{text}");
+    // Still JSON, one field wrong: the whole file is refused, not the one entry.
+    std::fs::write(
+        &saved,
+        text.replacen("web.example.test", "WEB.example.test", 1),
+    )
+    .expect("corrupt");
+    start_agent(&lab, &[]);
+    // Generous: under `make test` other lab tests load the two cores too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = try_dns_status(&lab) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent not back after 60 s; its log ends with:\n{}",
+            agent_log_tail(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = status["state"]["restoreError"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("fqdn-cache.json") && err.contains("name") && err.contains("corrupt"),
+        "{status}"
+    );
+    assert!(status["state"]["restored"].is_null(), "{status}");
+    assert_eq!(status["names"], serde_json::json!({}), "{status}");
+    assert!(
+        saved.with_extension("json.corrupt").exists(),
+        "kept aside for a look"
+    );
+    assert!(
+        !reachable(&lab, "10.96.0.12"),
+        "nothing trusted: fail closed"
+    );
+    // The agent works on: the pod resolves again and is allowed again.
+    let (rcode, _) = resolve(&lab, "web.example.test", false);
+    assert_eq!(rcode, "NOERROR");
+    assert!(reachable(&lab, "10.96.0.12"));
+
     drop(conn);
     drop(db);
     drop(dnsmasq);

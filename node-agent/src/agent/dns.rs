@@ -16,7 +16,8 @@
 //!      capped per name) ─▶ Engine::set_fqdn_names (identity cidr:<ip>/32 + fqdn:<name>…,
 //!      toFQDNs selectors match it) ─▶ policy maps synced ─▶ ipcache <ip> → identity ─▶ done
 //!    ◀── only then is the answer released to the pod: its first connection is allowed
-//!  run loop, every pass: TTL ran out ─▶ conntrack: open connections from endpoints that
+//!  run loop, every pass: TTL ran out ─▶ conntrack (read on its own thread, ctread.rs; the
+//!    loop goes on and settles when the result wakes it): open connections from endpoints that
 //!    learned the address = its holders; due to leave (TTL + grace) ─▶ a holder still open
 //!    with a packet within --dns-connection-idle? ── yes ─▶ kept
 //!                                 └ no ─▶ ipcache entry and identity removed
@@ -27,12 +28,13 @@
 //! allow: a connection to them is dropped by the datapath.
 
 mod cache;
+pub mod ctread;
 mod decide;
 mod flow;
 pub mod saved;
 mod server;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -43,12 +45,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use cache::{CacheLimits, FqdnCache};
+pub use ctread::ReadFn;
 pub use flow::{DnsFlow, DnsVerdict};
 
 use crate::agent::proxy::redirect;
 use crate::agent::proxy::view::{L7Kind, Redirect};
 use crate::agent::proxy::{FlowLog, ProxyError, ProxyView};
 use crate::datapath::CtFlow;
+use ctread::{CtReader, Read};
 
 /// Default port of the DNS proxy (also the engine's DNS proxy port).
 pub const DEFAULT_PORT: u16 = 15053;
@@ -149,8 +153,14 @@ pub struct DnsProxy {
     last_error: Option<String>,
     /// The saved state (`saved.rs`).
     persist: Persist,
-    /// When the conntrack was last read for addresses due to leave.
+    /// When the conntrack was last asked about addresses due to leave.
     flows_read: Option<Instant>,
+    /// Reads the conntrack off the run loop (`None`: nothing can hold an expired address).
+    ct: Option<CtReader>,
+    /// When the read in flight was asked (its interest computed).
+    ct_asked: Option<Instant>,
+    /// The write end of `wake`, for the conntrack reader.
+    wake_tx: Arc<UnixStream>,
 }
 
 /// Saving the cache: new pairs are saved before their answer goes out (a restarted agent must
@@ -186,13 +196,14 @@ impl DnsProxy {
         let view = Arc::new(RwLock::new(ProxyView::default()));
         let flows = Arc::new(FlowLog::new(config.flow_capacity));
         let programmed: Programmed = Arc::default();
+        let wake_tx = Arc::new(wake_tx);
         let shared = Arc::new(server::Shared {
             programmed: programmed.clone(),
             view: view.clone(),
             flows: flows.clone(),
             learner: Learner {
                 tx,
-                wake: Arc::new(wake_tx),
+                wake: wake_tx.clone(),
             },
             upstream_timeout: config.upstream_timeout,
         });
@@ -234,6 +245,9 @@ impl DnsProxy {
             last_error: None,
             persist: Persist::default(),
             flows_read: None,
+            ct: None,
+            ct_asked: None,
+            wake_tx,
         })
     }
 
@@ -349,64 +363,105 @@ impl DnsProxy {
         *self.programmed.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
     }
 
-    /// Forgets addresses whose time has come; whether any went. Before that, `flows` (the
-    /// datapath's conntrack: connections endpoints opened whose (source, destination) the
-    /// filter accepts) is asked twice about each address: when its TTL runs out, which open
-    /// connections of endpoints that learned it exist (those may hold it, see `cache.rs`), and
-    /// when it is due to leave, whether they are still open and when they last carried a
-    /// packet. The conntrack is read at most once a second (an address may leave up to a
-    /// second late); when it cannot be read, nothing holds (fail closed).
-    pub fn expire<E: std::fmt::Display>(
-        &mut self,
-        now: Instant,
-        flows: impl FnOnce(&dyn Fn(IpAddr, IpAddr) -> bool) -> Result<Vec<CtFlow>, E>,
-    ) -> bool {
-        let read = !self.config.limits.connection_idle.is_zero();
-        let mut interest = if read {
-            self.cache.lapsed(now)
-        } else {
-            BTreeMap::new()
-        };
+    /// Reads the conntrack with `read` from now on, on a thread of its own (`ctread.rs`).
+    /// Without it nothing holds an expired address (fail closed).
+    pub fn read_conntrack_with(&mut self, read: ReadFn) -> Result<(), ProxyError> {
+        let wake = self.wake_tx.clone();
+        let reader = CtReader::start(read, move || {
+            // A full pipe already wakes the loop: a failed write loses nothing.
+            let _ = (&*wake).write(&[2]);
+        })
+        .map_err(ProxyError::Runtime)?;
+        self.ct = Some(reader);
+        Ok(())
+    }
+
+    /// Forgets addresses whose time has come; whether any went. Before that the datapath's
+    /// conntrack (connections endpoints opened whose (source, destination) the filter accepts)
+    /// is asked twice about each address: when its TTL runs out, which open connections of
+    /// endpoints that learned it exist (those may hold it, see `cache.rs`), and when it is due
+    /// to leave, whether they are still open and when they last carried a packet.
+    ///
+    /// The read runs on the reader thread: this call asks and returns; a later call (the
+    /// thread wakes the run loop) takes the result and settles the cache as of the ask, so
+    /// nothing leaves before its holders are known and the run loop never waits for the pass.
+    /// A read is asked at most once a second (an address may leave up to a second and one
+    /// pass late); when the conntrack cannot be read, nothing holds (fail closed).
+    pub fn expire(&mut self, now: Instant) -> bool {
+        if self.config.limits.connection_idle.is_zero() {
+            // No holding: nothing to read.
+            if self.cache.next_expiry().is_none_or(|t| t > now) {
+                return false;
+            }
+            return self.settle(
+                now,
+                Read {
+                    at: now,
+                    flows: Ok(Vec::new()),
+                },
+            );
+        }
+        if let Some(asked) = self.ct_asked {
+            let Some(read) = self.ct.as_ref().and_then(CtReader::take) else {
+                // Still reading.
+                return false;
+            };
+            self.ct_asked = None;
+            return self.settle(asked, read);
+        }
+        let mut interest = self.cache.lapsed(now);
         let due = self.cache.next_expiry().is_some_and(|t| t <= now);
         if interest.is_empty() && !due {
             return false;
         }
-        if read {
-            if self
-                .flows_read
-                .is_some_and(|t| now < t + Duration::from_secs(1))
-            {
-                return false;
-            }
-            for (ip, learners) in self.cache.due(now) {
-                interest.entry(ip).or_default().extend(learners);
-            }
+        if self
+            .flows_read
+            .is_some_and(|t| now < t + Duration::from_secs(1))
+        {
+            return false;
         }
-        let filter =
-            |src: IpAddr, dst: IpAddr| interest.get(&dst).is_some_and(|l| l.contains(&src));
-        let open: Vec<CtFlow> = if read {
-            self.flows_read = Some(now);
-            match flows(&filter) {
-                Ok(f) => f.into_iter().filter(|f| !f.closing).collect(),
-                Err(e) => {
-                    eprintln!(
-                        "palisade agent: dns: reading the conntrack (expired addresses not held): {e}"
-                    );
-                    Vec::new()
-                }
+        for (ip, learners) in self.cache.due(now) {
+            interest.entry(ip).or_default().extend(learners);
+        }
+        self.flows_read = Some(now);
+        match &self.ct {
+            Some(reader) => {
+                reader.ask(interest);
+                self.ct_asked = Some(now);
+                false
             }
-        } else {
-            Vec::new()
+            None => self.settle(
+                now,
+                Read {
+                    at: now,
+                    flows: Err("no conntrack reader".into()),
+                },
+            ),
+        }
+    }
+
+    /// Applies a conntrack read asked at `asked`: holders of the addresses that had lapsed
+    /// then, the last packets of open ones, and expiry as of `asked` (an address due later
+    /// waits for the next read, which looks at its holders first).
+    fn settle(&mut self, asked: Instant, read: Read) -> bool {
+        let open: Vec<CtFlow> = match read.flows {
+            Ok(f) => f.into_iter().filter(|f| !f.closing).collect(),
+            Err(e) => {
+                eprintln!(
+                    "palisade agent: dns: reading the conntrack (expired addresses not held): {e}"
+                );
+                Vec::new()
+            }
         };
         let key = |f: &CtFlow| (f.src, f.sport, f.dst, f.dport, f.protocol);
         let keys: Vec<_> = open.iter().map(key).collect();
-        self.cache.watch(now, &keys);
+        self.cache.watch(asked, &keys);
         for f in &open {
-            if let Some(at) = now.checked_sub(f.idle) {
+            if let Some(at) = read.at.checked_sub(f.idle) {
                 self.persist.dirty |= self.cache.saw_flow(key(f), at);
             }
         }
-        let changed = self.cache.expire(now);
+        let changed = self.cache.expire(asked);
         self.persist.dirty |= changed;
         changed
     }

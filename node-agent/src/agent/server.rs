@@ -276,7 +276,14 @@ impl Agent {
         };
         let dp = Datapath::load_with(&config.datapath)?;
         let proxy = config.l7_proxy.clone().map(L7Proxy::start).transpose()?;
-        let dns = config.dns_proxy.clone().map(DnsProxy::start).transpose()?;
+        let mut dns = config.dns_proxy.clone().map(DnsProxy::start).transpose()?;
+        if let Some(d) = &mut dns {
+            // The conntrack pass runs on the proxy's reader thread, through handles of its own.
+            let maps = dp.conntrack_maps()?;
+            d.read_conntrack_with(Box::new(move |want| {
+                maps.egress_flows(want).map_err(|e| chain(&e))
+            }))?;
+        }
         let mut proxy_ports = EngineConfig::default().proxy_ports;
         if let Some(p) = &config.l7_proxy {
             proxy_ports.http = p.port;
@@ -1342,8 +1349,7 @@ impl Agent {
         };
         let now = Instant::now();
         let done = dns.take_requests(now);
-        let dp = &self.dp;
-        let expired = dns.expire(now, |want| dp.egress_flows(want));
+        let expired = dns.expire(now);
         if !done.is_empty() || expired {
             self.program_fqdn();
         }
