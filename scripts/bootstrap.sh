@@ -16,6 +16,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping nftables iptables iperf3 tcpdump ethtool               # lab + benches
   redis-server dnsmasq wireguard-go                                             # demo workloads, DNS lab test (t61) / bench baseline
   curl                                                                          # L7 lab tests (HTTP/1.1 and h2c client)
+  gcc                                                                           # linker; the lab's zombie-thread test compiles C
   bind9-dnsutils                                                                # dig: the tutorial's DNS probes
   chromium                                                                      # web UI test (headless) and its screenshot
 )
