@@ -359,15 +359,7 @@ impl Engine {
         }
         if has_named {
             // Egress rules with named ports resolve against destination endpoints' ports.
-            let users: Vec<String> = self
-                .endpoints
-                .keys()
-                .filter(|n| **n != name && self.uses_egress_named_ports(n))
-                .cloned()
-                .collect();
-            for n in users {
-                self.recompile(&n);
-            }
+            self.recompile_named_port_users(Some(&name));
         }
         self.apply_peer_gain(id, &gained, Some(&name));
         self.recompile(&name);
@@ -489,17 +481,23 @@ impl Engine {
             }
         }
         if !ep.spec.ports.is_empty() {
-            let users: Vec<String> = self
-                .endpoints
-                .keys()
-                .filter(|n| self.uses_egress_named_ports(n))
-                .cloned()
-                .collect();
-            for n in users {
-                self.recompile(&n);
-            }
+            self.recompile_named_port_users(None);
         }
         true
+    }
+
+    /// Recompiles the endpoints (but `skip`) whose egress rules use named ports: the ports a
+    /// name resolves to changed.
+    fn recompile_named_port_users(&mut self, skip: Option<&str>) {
+        let users: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|n| Some(n.as_str()) != skip && self.uses_egress_named_ports(n))
+            .cloned()
+            .collect();
+        for n in users {
+            self.recompile(&n);
+        }
     }
 
     /// Records (`Some`) or forgets (`None`) the named ports of a pod on another node, at `ip`
@@ -519,15 +517,7 @@ impl Engine {
             Some(p) => self.remote_ports.insert(ip, p),
             None => self.remote_ports.remove(&ip),
         };
-        let users: Vec<String> = self
-            .endpoints
-            .keys()
-            .filter(|n| self.uses_egress_named_ports(n))
-            .cloned()
-            .collect();
-        for n in users {
-            self.recompile(&n);
-        }
+        self.recompile_named_port_users(None);
         true
     }
 
