@@ -75,6 +75,35 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A 2-node lab (`pods` per node) with the control plane's host on its fabric; the lab, the
+    /// temp dir and the pins go when the returned guard drops. `tag` keeps concurrent tests apart.
+    fn up(tag: &str, pods: usize) -> (Cleanup, Cluster) {
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("pal-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let cleanup = Cleanup {
+            lab: name.clone(),
+            dir: dir.clone(),
+            pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
+        };
+        let mut spec = LabSpec::new(&name, 2, pods, BIN);
+        spec.externals.push(ExternalPlan {
+            name: "cp".into(),
+            ip: CP_IP,
+        });
+        let lab = Lab::up(&spec).expect("lab up");
+        let cp_ns = lab
+            .state()
+            .externals
+            .iter()
+            .find(|x| x.name == "cp")
+            .expect("cp host")
+            .netns
+            .clone();
+        // The guard first: bound first, it drops after the cluster.
+        (cleanup, Cluster { lab, dir, cp_ns })
+    }
+
     fn cp<T: Send + 'static>(&self, f: impl FnOnce(&Client) -> T + Send + 'static) -> T {
         in_netns(&self.cp_ns, move || f(&client()))
     }
@@ -339,29 +368,7 @@ fn kill(pid: u32) {
 
 #[test]
 fn agents_follow_the_control_plane_and_keep_enforcing_without_it() {
-    let name = format!("acp{}", std::process::id() % 100_000);
-    let dir = std::env::temp_dir().join(format!("pal-acp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = Cleanup {
-        lab: name.clone(),
-        dir: dir.clone(),
-        pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
-    };
-    let mut spec = LabSpec::new(&name, 2, 3, BIN);
-    spec.externals.push(ExternalPlan {
-        name: "cp".into(),
-        ip: CP_IP,
-    });
-    let lab = Lab::up(&spec).expect("lab up");
-    let cp_ns = lab
-        .state()
-        .externals
-        .iter()
-        .find(|x| x.name == "cp")
-        .expect("cp host")
-        .netns
-        .clone();
-    let mut c = Cluster { lab, dir, cp_ns };
+    let (_cleanup, mut c) = Cluster::up("acp", 3);
     let cp_pid = c.start_control_plane();
     let mut agents = [c.start_agent(0), c.start_agent(1)];
 
@@ -632,29 +639,7 @@ const OPS_TO_DB_WEB: &str = r#"{
 /// nodes' ipcache. The policy's port is a named one, resolved from the pod's registration.
 #[test]
 fn namespace_labels_select_pods_on_every_node_and_follow_relabelling() {
-    let name = format!("acn{}", std::process::id() % 100_000);
-    let dir = std::env::temp_dir().join(format!("pal-acn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = Cleanup {
-        lab: name.clone(),
-        dir: dir.clone(),
-        pins: vec![pin_dir(&dir, "n1"), pin_dir(&dir, "n2")],
-    };
-    let mut spec = LabSpec::new(&name, 2, 2, BIN);
-    spec.externals.push(ExternalPlan {
-        name: "cp".into(),
-        ip: CP_IP,
-    });
-    let lab = Lab::up(&spec).expect("lab up");
-    let cp_ns = lab
-        .state()
-        .externals
-        .iter()
-        .find(|x| x.name == "cp")
-        .expect("cp host")
-        .netns
-        .clone();
-    let mut c = Cluster { lab, dir, cp_ns };
+    let (_cleanup, mut c) = Cluster::up("acn", 2);
     c.start_control_plane();
     let agents = [c.start_agent(0), c.start_agent(1)];
 

@@ -35,7 +35,7 @@ pub mod status;
 mod subresource;
 mod watch;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -234,33 +234,7 @@ fn implied_namespaces(records: &[PolicyRecord]) -> BTreeSet<String> {
 }
 
 async fn list_namespaces(State(ops): State<Ops>, Query(q): Params) -> KubeResult {
-    let t = namespaces_target();
-    let filter = watch::Filter::new(t.res, None, &q)?;
-    if matches!(q.get("watch").map(String::as_str), Some("1" | "true")) {
-        return watch::watch(ops, filter, &q).await;
-    }
-    let (revision, records) = ops
-        .list_policies(Consistency::Linearizable)
-        .await
-        .map_err(|e| KubeError::from_op(t.res, "", e))?;
-    let mut items: BTreeMap<String, Value> = implied_namespaces(&records)
-        .into_iter()
-        .map(|n| {
-            let o = discovery::namespace(&n);
-            (n, o)
-        })
-        .collect();
-    for r in records.iter().filter(|r| filter.matches_key(&r.key)) {
-        items.insert(r.key.name.clone(), t.res.render(r));
-    }
-    let items: Vec<Value> = items
-        .into_values()
-        .filter(|o| filter.matches_object(o))
-        .collect();
-    Ok(json_ok(
-        &json!({"apiVersion": "v1", "kind": "NamespaceList",
-        "metadata": {"resourceVersion": revision.to_string()}, "items": items}),
-    ))
+    list_or_watch(ops, namespaces_target(), q).await
 }
 
 async fn get_namespace(State(ops): State<Ops>, Path(name): Path<String>) -> KubeResult {
@@ -425,12 +399,25 @@ async fn list_or_watch(ops: Ops, t: Target, q: HashMap<String, String>) -> KubeR
         .list_policies(Consistency::Linearizable)
         .await
         .map_err(|e| KubeError::from_op(t.res, "", e))?;
-    let items: Vec<Value> = records
+    let mut items: Vec<Value> = records
         .iter()
         .filter(|r| filter.matches_key(&r.key))
         .map(|r| t.res.render(r))
-        .filter(|o| filter.matches_object(o))
         .collect();
+    if t.res.kind == resources::RESOURCES[3].kind {
+        // Namespaces that exist without a stored object are listed too (never watched).
+        for n in implied_namespaces(&records) {
+            if !items.iter().any(|o| o["metadata"]["name"] == n.as_str()) {
+                items.push(discovery::namespace(&n));
+            }
+        }
+        items.sort_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        });
+    }
+    items.retain(|o| filter.matches_object(o));
     Ok(json_ok(&json!({
         "apiVersion": t.res.api_version(), "kind": format!("{}List", t.res.kind),
         "metadata": {"resourceVersion": revision.to_string()}, "items": items,
