@@ -34,6 +34,7 @@
 //! same way and hands the addresses in the answers it allows back to the run loop, which gives
 //! them `toFQDNs` identities in the engine, maps and ipcache before the answer is released.
 
+mod cidr_ipcache;
 mod cluster_view;
 mod config;
 mod control_plane;

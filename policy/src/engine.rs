@@ -167,9 +167,12 @@ pub struct Engine {
     /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
     /// current names give them.
     fqdn_ips: BTreeMap<IpAddr, Identity>,
-    /// Named ports of pods this engine does not compile for (on other nodes), by address, with
-    /// their identity: what an egress rule's named port resolves to for those destinations.
-    remote_ports: BTreeMap<IpAddr, (Identity, Vec<NamedPort>)>,
+    /// Node-local identities of the prefixes policies name ([`Engine::sync_cidr_identities`]).
+    cidr_ids: BTreeMap<ipnet::IpNet, Identity>,
+    /// Pods this engine does not compile for (on other nodes), by address, with their identity
+    /// and named ports: what an egress rule's named port resolves to for those destinations,
+    /// and the pod addresses an `ipBlock` rule is expanded over ([`Engine::pod_ips`]).
+    remote_pods: BTreeMap<IpAddr, (Identity, Vec<NamedPort>)>,
     policies: BTreeMap<ResourceKey, StoredPolicy>,
     rule_loc: BTreeMap<u32, (ResourceKey, usize)>,
     default_loc: BTreeMap<u32, (ResourceKey, usize)>,
@@ -203,7 +206,8 @@ impl Engine {
             by_identity: BTreeMap::new(),
             externals: BTreeMap::new(),
             fqdn_ips: BTreeMap::new(),
-            remote_ports: BTreeMap::new(),
+            cidr_ids: BTreeMap::new(),
+            remote_pods: BTreeMap::new(),
             policies: BTreeMap::new(),
             rule_loc: BTreeMap::new(),
             default_loc: BTreeMap::new(),
@@ -500,35 +504,52 @@ impl Engine {
         }
     }
 
-    /// Records (`Some`) or forgets (`None`) the named ports of a pod on another node, at `ip`
-    /// with identity `id`, so egress rules with named ports resolve against it as against a
-    /// local pod (Cilium resolves them from every endpoint's ports cluster-wide). Local
-    /// endpoints using such rules are recompiled when something changed; returns whether it did.
-    pub fn set_remote_ports(
-        &mut self,
-        ip: IpAddr,
-        ports: Option<(Identity, Vec<NamedPort>)>,
-    ) -> bool {
-        let ports = ports.filter(|(_, p)| !p.is_empty());
-        if self.remote_ports.get(&ip) == ports.as_ref() {
+    /// Records (`Some`) or forgets (`None`) a pod on another node, at `ip` with identity `id`
+    /// and its named ports, so egress rules with named ports resolve against it as against a
+    /// local pod (Cilium resolves them from every endpoint's ports cluster-wide) and `ipBlock`
+    /// rules match its address. Local endpoints using named-port rules are recompiled when its
+    /// ports changed; returns whether anything changed.
+    pub fn set_remote_pod(&mut self, ip: IpAddr, pod: Option<(Identity, Vec<NamedPort>)>) -> bool {
+        let before = self.remote_pods.get(&ip);
+        if before == pod.as_ref() {
             return false;
         }
-        match ports {
-            Some(p) => self.remote_ports.insert(ip, p),
-            None => self.remote_ports.remove(&ip),
+        // Only pods with named ports change what named-port rules resolve to.
+        let ports_changed = before.is_some_and(|(_, p)| !p.is_empty())
+            || pod.as_ref().is_some_and(|(_, p)| !p.is_empty());
+        match pod {
+            Some(p) => self.remote_pods.insert(ip, p),
+            None => self.remote_pods.remove(&ip),
         };
-        self.recompile_named_port_users(None);
+        if ports_changed {
+            self.recompile_named_port_users(None);
+        }
         true
     }
 
+    /// Every pod address of the cluster, sorted: local endpoints' and those of pods on other
+    /// nodes ([`Engine::set_remote_pod`]). An `ipBlock` rule matches pods by these
+    /// ([`crate::mapstate::MapState::pod_ip_entries`]), wherever they run.
+    pub fn pod_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self
+            .endpoints
+            .values()
+            .map(|e| e.spec.ip)
+            .chain(self.remote_pods.keys().copied())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+
     /// Every pod's named ports with its identity and address: local endpoints, then pods on
-    /// other nodes ([`Engine::set_remote_ports`]).
+    /// other nodes ([`Engine::set_remote_pod`]).
     fn all_named_ports(&self) -> impl Iterator<Item = (IpAddr, Identity, &[NamedPort])> {
         self.endpoints
             .values()
             .map(|e| (e.spec.ip, e.identity, e.spec.ports.as_slice()))
             .chain(
-                self.remote_ports
+                self.remote_pods
                     .iter()
                     .map(|(ip, (id, p))| (*ip, *id, p.as_slice())),
             )
@@ -621,6 +642,47 @@ impl Engine {
             self.apply_peer_gain(id, &gained, None);
         }
         self.set_fqdn_names(ip, names)
+    }
+
+    /// Gives every prefix a stored policy's CIDR selector names (blocks and their exceptions;
+    /// `/0` aside, which is `world`) a node-local identity labelled `cidr:<prefix>`, and
+    /// releases those of prefixes no longer named; returns every prefix's identity now.
+    ///
+    /// The agent writes these into the ipcache as prefix entries, as Cilium allocates CIDR
+    /// identities for policy prefixes: an address outside the cluster then resolves (longest
+    /// prefix match) to the most specific prefix any policy names, which every CIDR selector
+    /// whose block holds the address, and none of whose exceptions does, selects. Pods, nodes
+    /// and DNS-learned addresses keep their own, more specific, entries.
+    pub fn sync_cidr_identities(
+        &mut self,
+    ) -> Result<&BTreeMap<ipnet::IpNet, Identity>, EngineError> {
+        let want: BTreeSet<ipnet::IpNet> = self
+            .cache
+            .cidr_prefixes()
+            .into_iter()
+            .filter(|n| n.prefix_len() > 0)
+            .collect();
+        let gone: Vec<(ipnet::IpNet, Identity)> = self
+            .cidr_ids
+            .iter()
+            .filter(|(n, _)| !want.contains(n))
+            .map(|(n, id)| (*n, *id))
+            .collect();
+        for (n, id) in gone {
+            self.cidr_ids.remove(&n);
+            self.release_identity(id);
+        }
+        for n in want {
+            if self.cidr_ids.contains_key(&n) {
+                continue;
+            }
+            let mut labels = LabelSet::new();
+            labels.insert(Source::Cidr, n.to_string(), "");
+            let (id, gained) = self.new_identity(&format!("cidr {n}"), labels)?;
+            self.cidr_ids.insert(n, id);
+            self.apply_peer_gain(id, &gained, None);
+        }
+        Ok(&self.cidr_ids)
     }
 
     /// The addresses learned from DNS answers and their identities.

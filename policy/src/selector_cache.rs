@@ -144,6 +144,18 @@ impl SelectorCache {
         self.entries.get(&id).map_or(&EMPTY, |c| &c.ids)
     }
 
+    /// Every prefix a CIDR selector in use names: its block and its exceptions.
+    pub fn cidr_prefixes(&self) -> BTreeSet<ipnet::IpNet> {
+        let mut out = BTreeSet::new();
+        for sel in self.by_selector.keys() {
+            if let Selector::Cidr { net, except } = sel {
+                out.insert(*net);
+                out.extend(except.iter().copied());
+            }
+        }
+        out
+    }
+
     /// The selector behind a handle.
     pub fn selector(&self, id: SelectorId) -> Option<&Selector> {
         self.entries.get(&id).map(|c| &c.selector)

@@ -94,8 +94,9 @@ pub struct Applied {
     pub ipcache: usize,
     /// Policy objects applied or deleted.
     pub policies: usize,
-    /// Remote endpoints whose named ports changed what egress rules resolve to.
-    pub named_ports: usize,
+    /// Pods on other nodes recorded, changed or forgotten in the engine (what `ipBlock` and
+    /// named-port rules resolve against).
+    pub remote_pods: usize,
     /// Replicated-clock times (ms) of the policy changes applied: the start of their
     /// propagation latency.
     pub policy_changed_at_ms: Vec<u64>,
@@ -104,7 +105,7 @@ pub struct Applied {
 impl Applied {
     /// Whether the engine's compiled state may have changed (a map sync is due).
     pub fn engine_changed(&self) -> bool {
-        self.identities > 0 || self.policies > 0 || self.named_ports > 0
+        self.identities > 0 || self.policies > 0 || self.remote_pods > 0
     }
 }
 
@@ -279,16 +280,20 @@ impl ClusterView {
                 self.gossip_remote.remove(&ip);
                 continue;
             }
+            // Gossip carries no named ports: a gossiped pod is known by address and identity
+            // until the control plane's record (with its ports) replaces it.
             match want_ep.get(&ip) {
                 Some(w) if *w == id => {}
                 Some(w) => {
                     dp.upsert_ipcache(ip, prefix, *w)?;
                     self.gossip_remote.insert(ip, *w);
+                    engine.set_remote_pod(ip, Some((PolicyIdentity(*w), Vec::new())));
                     applied.ipcache += 1;
                 }
                 None => {
                     dp.remove_ipcache(ip, prefix)?;
                     self.gossip_remote.remove(&ip);
+                    engine.set_remote_pod(ip, None);
                     applied.ipcache += 1;
                 }
             }
@@ -299,6 +304,7 @@ impl ClusterView {
             }
             dp.upsert_ipcache(ip, if ip.is_ipv4() { 32 } else { 128 }, id)?;
             self.gossip_remote.insert(ip, id);
+            engine.set_remote_pod(ip, Some((PolicyIdentity(id), Vec::new())));
             applied.ipcache += 1;
         }
         Ok(applied)
@@ -343,15 +349,17 @@ impl ClusterView {
         for (ip, id) in remote {
             self.set_remote(dp, ip, Some(id))?;
         }
-        for (ip, ports) in std::mem::take(&mut self.remote_ports) {
-            if let Some(id) = self.remote.get(&ip).copied() {
-                self.set_remote_ports(engine, ip, Some((id, &ports)));
-            }
+        let ports = std::mem::take(&mut self.remote_ports);
+        let remote: Vec<(IpAddr, u32)> = self.remote.iter().map(|(ip, id)| (*ip, *id)).collect();
+        for (ip, id) in remote {
+            let p = ports.get(&ip).map_or(&[][..], Vec::as_slice);
+            self.set_remote_pod(engine, ip, Some((id, p)));
         }
         // Entries learned through gossip before the restart stay in force until gossip (or
         // the control plane) says otherwise: the next merge withdraws what is no longer said.
         for (ip, id) in self.gossip_remote.clone() {
             dp.upsert_ipcache(ip, if ip.is_ipv4() { 32 } else { 128 }, id)?;
+            engine.set_remote_pod(ip, Some((PolicyIdentity(id), Vec::new())));
         }
         Ok(())
     }
@@ -407,14 +415,13 @@ impl ClusterView {
             .collect();
         for ip in stale {
             applied.ipcache += self.set_remote(dp, ip, None)?;
-            applied.named_ports += self.set_remote_ports(engine, ip, None);
+            applied.remote_pods += self.set_remote_pod(engine, ip, None);
         }
         for (ip, id) in remote {
             applied.ipcache += self.set_remote(dp, ip, Some(id))?;
         }
         for e in snap.endpoints.iter().filter(|e| e.node != node) {
-            applied.named_ports +=
-                self.set_remote_ports(engine, e.ip, Some((e.identity, &e.ports)));
+            applied.remote_pods += self.set_remote_pod(engine, e.ip, Some((e.identity, &e.ports)));
         }
         self.nodes = snap
             .nodes
@@ -485,13 +492,13 @@ impl ClusterView {
                     match ep {
                         Some(e) if e.node != node => {
                             applied.ipcache += self.set_remote(dp, ip, Some(e.identity))?;
-                            applied.named_ports +=
-                                self.set_remote_ports(engine, ip, Some((e.identity, &e.ports)));
+                            applied.remote_pods +=
+                                self.set_remote_pod(engine, ip, Some((e.identity, &e.ports)));
                         }
                         // Gone, or (re)assigned to this node: no longer a remote entry.
                         _ => {
                             applied.ipcache += self.set_remote(dp, ip, None)?;
-                            applied.named_ports += self.set_remote_ports(engine, ip, None);
+                            applied.remote_pods += self.set_remote_pod(engine, ip, None);
                         }
                     }
                 }
@@ -731,21 +738,21 @@ impl ClusterView {
         n
     }
 
-    /// Records (`Some`: identity and ports) or forgets (`None`) a remote endpoint's named ports,
-    /// here and in the engine; 1 when what egress rules resolve to changed.
-    fn set_remote_ports(
+    /// Records (`Some`: identity and ports) or forgets (`None`) a pod on another node in the
+    /// engine — its address is what `ipBlock` rules match, its named ports what named-port rules
+    /// resolve to — and keeps its ports in the view; 1 when the engine's picture changed.
+    fn set_remote_pod(
         &mut self,
         engine: &mut Engine,
         ip: IpAddr,
         ep: Option<(u32, &[ContainerPort])>,
     ) -> usize {
-        let ep = ep.filter(|(_, ports)| !ports.is_empty());
-        match ep {
+        match ep.filter(|(_, ports)| !ports.is_empty()) {
             Some((_, ports)) => self.remote_ports.insert(ip, ports.to_vec()),
             None => self.remote_ports.remove(&ip),
         };
-        let engine_ports = ep.map(|(id, ports)| (PolicyIdentity(id), named_ports(ports)));
-        usize::from(engine.set_remote_ports(ip, engine_ports))
+        let pod = ep.map(|(id, ports)| (PolicyIdentity(id), named_ports(ports)));
+        usize::from(engine.set_remote_pod(ip, pod))
     }
 
     /// Writes (`Some`) or removes (`None`) a remote endpoint's ipcache entry; 1 when it changed.

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// Host offset of the first address handed out (below it: network, reserved for the node).
+/// Host offset of the first address handed out on its own. The ones below it are left to
+/// requests: an operator's (or a test suite's) static plan asks for them with `CNI_ARGS` `IP=`,
+/// as host-local IPAM's `rangeStart` leaves the low addresses to static assignment.
 const FIRST_HOST: u32 = 10;
 
 /// IPAM errors.
@@ -99,7 +101,7 @@ impl Ipam {
         }
         let ip = match requested {
             Some(addr) => {
-                if !self.assignable(addr) {
+                if !self.requestable(addr) {
                     return Err(IpamError::NotInCidr {
                         addr,
                         cidr: self.cidr,
@@ -148,9 +150,16 @@ impl Ipam {
         self.state.allocations.len()
     }
 
+    /// Whether `a` may be handed out without being asked for.
     fn assignable(&self, a: Ipv4Addr) -> bool {
         let offset = u32::from(a).wrapping_sub(u32::from(self.cidr.network()));
-        self.cidr.contains(&a) && offset >= FIRST_HOST && a != self.cidr.broadcast()
+        self.requestable(a) && offset >= FIRST_HOST
+    }
+
+    /// Whether `a` may be asked for: any host address of the CIDR (not the network address,
+    /// not the broadcast address).
+    fn requestable(&self, a: Ipv4Addr) -> bool {
+        self.cidr.contains(&a) && a != self.cidr.network() && a != self.cidr.broadcast()
     }
 
     fn save(&self) -> Result<(), IpamError> {
@@ -202,13 +211,18 @@ mod tests {
             a.allocate("c3", "eth0", Some(Ipv4Addr::new(10, 9, 9, 9))),
             Err(IpamError::NotInCidr { .. })
         ));
-        assert!(matches!(
-            a.allocate("c3", "eth0", Some(Ipv4Addr::new(10, 200, 1, 1))),
-            Err(IpamError::NotInCidr { .. })
-        ));
+        for reserved in [Ipv4Addr::new(10, 200, 1, 0), Ipv4Addr::new(10, 200, 1, 255)] {
+            assert!(matches!(
+                a.allocate("c3", "eth0", Some(reserved)),
+                Err(IpamError::NotInCidr { .. })
+            ));
+        }
+        // The low addresses are never handed out on their own, but may be asked for.
+        let low = Ipv4Addr::new(10, 200, 1, 1);
+        assert_eq!(a.allocate("c6", "eth0", Some(low)).expect("low"), low);
         drop(a);
         let mut b = ipam(&dir);
-        assert_eq!(b.in_use(), 2, "persisted");
+        assert_eq!(b.in_use(), 3, "persisted");
         assert_eq!(
             b.allocate("c4", "eth0", None).expect("next"),
             Ipv4Addr::new(10, 200, 1, 11)

@@ -20,6 +20,7 @@ use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 
 use palisade_api::controlplane::{Endpoint as CpEndpoint, NodeRecord, NodeRegistration};
 
+use super::cidr_ipcache::CidrIpcache;
 use super::cluster_view::{Applied, ClusterView};
 use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
@@ -207,6 +208,8 @@ struct Agent {
     ipam: Ipam,
     registry: Registry,
     sync: MapSync,
+    /// The ipcache's entries for the prefixes policies name.
+    cidr_ipcache: CidrIpcache,
     /// Policies currently applied (by object), and the fingerprint of the files they came from.
     policies: BTreeSet<ResourceKey>,
     policy_fingerprint: Vec<(PathBuf, u64, u128)>,
@@ -305,6 +308,7 @@ impl Agent {
             ipam,
             registry,
             sync: MapSync::default(),
+            cidr_ipcache: CidrIpcache::default(),
             policies: BTreeSet::new(),
             policy_fingerprint: Vec::new(),
             last_sync: SyncStats::default(),
@@ -1153,7 +1157,8 @@ impl Agent {
                 if a.identities == 0 && a.ipcache == 0 {
                     return;
                 }
-                if a.identities > 0
+                // Gossiped pods change the addresses `ipBlock` rules expand over.
+                if (a.identities > 0 || a.ipcache > 0)
                     && let Err(e) = self.resync()
                 {
                     eprintln!(
@@ -1246,6 +1251,16 @@ impl Agent {
 
     /// Programs what the engine changed since the last sync (everything after a failed one).
     fn resync(&mut self) -> Result<(), DatapathError> {
+        // Policy prefixes first: their identities are part of what the endpoints compile to.
+        match self.engine.sync_cidr_identities() {
+            Ok(want) => {
+                let want = want.clone();
+                self.cidr_ipcache
+                    .sync(&mut self.dp, &want, self.engine.fqdn_ips())?;
+            }
+            // Only when the node-local id space is exhausted; addresses stay `world`.
+            Err(e) => eprintln!("palisade agent: CIDR identities: {e}"),
+        }
         let changed = self.engine.take_changed();
         let r = if self.sync_all {
             self.sync.sync(&mut self.dp, &self.engine, &self.registry)
@@ -1603,6 +1618,8 @@ impl Agent {
             "policyRevision": self.engine.revision(),
             "policyError": self.policy_error,
             "policyEntries": self.last_sync.total,
+            // Ipcache prefix entries for the CIDRs policies name.
+            "cidrPrefixes": self.cidr_ipcache.len(),
             "policyEntriesByEndpoint": self
                 .sync
                 .entries_by_endpoint()

@@ -121,8 +121,8 @@ impl MapSync {
         registry: &Registry,
         changed: &BTreeSet<String>,
     ) -> Result<SyncStats, DatapathError> {
-        let mut pod_ips: Vec<IpAddr> = engine.endpoints().values().map(|e| e.spec.ip).collect();
-        pod_ips.sort();
+        // Every pod of the cluster, wherever it runs: an `ipBlock` rule matches them all.
+        let pod_ips = engine.pod_ips();
         let ips_changed = pod_ips != self.pod_ips;
         let mut stats = SyncStats::default();
         let mut registered = BTreeSet::new();

@@ -262,17 +262,92 @@ fn egress_named_ports_resolve_against_pods_on_other_nodes() {
         port: 5432,
         protocol: proto::TCP,
     };
-    assert!(e.set_remote_ports("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg.clone()]))));
+    assert!(e.set_remote_pod("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg.clone()]))));
     assert!(
         e.take_changed().contains("x/a"),
         "a's policy was recompiled"
     );
     assert!(egress(&e, 5432), "`pg` is db's 5432");
     assert!(!egress(&e, 5433));
-    assert!(!e.set_remote_ports("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg]))));
-    assert!(e.set_remote_ports("10.0.2.5".parse().unwrap(), None));
+    assert!(!e.set_remote_pod("10.0.2.5".parse().unwrap(), Some((db_id, vec![pg]))));
+    assert!(e.set_remote_pod("10.0.2.5".parse().unwrap(), None));
     assert!(
         !egress(&e, 5432),
         "db is gone: `pg` resolves to nothing again"
     );
+}
+
+#[test]
+fn ip_blocks_match_pods_on_other_nodes() {
+    // Node 1's engine: x/a is local, with an egress ipBlock over node 2's pod /24 except one
+    // address; pods on node 2 are known only by address and identity.
+    let mut e = Engine::new(EngineConfig::default());
+    e.add_endpoint(ep("x/a", "a", "10.0.1.5")).expect("a");
+    let p = load_file(
+        "p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: cidr, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.2.0/24, except: [10.0.2.9/32]}}]\n",
+    )
+    .expect("valid")
+    .remove(0);
+    e.replace_policy(&p.key.clone(), Some(p));
+    let peers = |e: &Engine| -> Vec<String> {
+        e.map_state("x/a")
+            .expect("compiled")
+            .pod_ip_entries(&e.pod_ips())
+            .iter()
+            .map(|x| x.peer.to_string())
+            .collect()
+    };
+    assert!(peers(&e).is_empty(), "no pod in the block yet");
+    assert!(e.set_remote_pod("10.0.2.5".parse().unwrap(), Some((Identity(5000), vec![]))));
+    assert!(e.set_remote_pod("10.0.2.9".parse().unwrap(), Some((Identity(5001), vec![]))));
+    assert!(e.set_remote_pod("10.0.3.5".parse().unwrap(), Some((Identity(5002), vec![]))));
+    assert_eq!(e.pod_ips().len(), 4, "local and remote pods");
+    assert_eq!(
+        peers(&e),
+        ["10.0.2.5"],
+        "inside the block, outside its except"
+    );
+    assert!(!e.set_remote_pod("10.0.2.5".parse().unwrap(), Some((Identity(5000), vec![]))));
+    assert!(e.set_remote_pod("10.0.2.5".parse().unwrap(), None));
+    assert!(peers(&e).is_empty(), "the pod left");
+}
+
+#[test]
+fn policy_prefixes_get_node_local_identities_that_their_selectors_match() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.add_endpoint(ep("x/a", "a", "10.0.1.5")).expect("a");
+    let p = load_file(
+        "p.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  egress:\n    - toCIDRSet: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}]\n    - toCIDR: [0.0.0.0/0]\n      toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
+    )
+    .expect("valid")
+    .remove(0);
+    e.replace_policy(&p.key.clone(), Some(p.clone()));
+    let ids = e.sync_cidr_identities().expect("sync").clone();
+    let block: ipnet::IpNet = "203.0.113.0/24".parse().unwrap();
+    let except: ipnet::IpNet = "203.0.113.128/25".parse().unwrap();
+    assert_eq!(
+        ids.keys().copied().collect::<Vec<_>>(),
+        [block, except],
+        "the block and its exception; /0 is world's"
+    );
+    assert!(ids.values().all(|id| id.is_local_scope()));
+    let allowed = |e: &Engine, id: Identity, port| {
+        e.map_state("x/a")
+            .expect("compiled")
+            .lookup_identity(Direction::Egress, id, proto::TCP, port)
+            .is_some_and(|(_, v)| {
+                !crate::mapstate::is_fallback(&v) && v.verdict != crate::mapstate::VERDICT_DENY
+            })
+    };
+    assert!(
+        allowed(&e, ids[&block], 443),
+        "the block's identity is selected"
+    );
+    assert!(!allowed(&e, ids[&except], 443), "the exception's is not");
+    // Idempotent; the prefixes go with the policy and their identities are released.
+    assert_eq!(e.sync_cidr_identities().expect("again"), &ids);
+    e.replace_policy(&p.key.clone(), None);
+    assert!(e.sync_cidr_identities().expect("after delete").is_empty());
 }
