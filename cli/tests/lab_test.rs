@@ -1,6 +1,7 @@
 //! `palisade lab test` over the project's own policy suites: every case probed on real packets
-//! through the eBPF datapath must agree with the suite's expectation and the engine's offline
-//! verdict (the command exits 0 only then). Needs root; `make test` runs it as root.
+//! through a lab running the whole product (control plane, agents, CNI-made pods, eBPF) must
+//! agree with the suite's expectation and the engine's offline verdict (the command exits 0
+//! only then). Needs root; `make test` runs it as root.
 
 use std::process::Command;
 

@@ -81,7 +81,10 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
     let mut nodes = Vec::with_capacity(s.nodes);
     let mut pods = Vec::with_capacity(s.nodes * s.pods_per_node);
     for i in 1..=s.nodes {
-        let pod_cidr = node_pod_cidr(s.pod_cidr, i)?;
+        let pod_cidr = match s.node_pod_cidrs.get(i - 1) {
+            Some(c) => *c,
+            None => node_pod_cidr(s.pod_cidr, i)?,
+        };
         let node = node_name(i);
         let grid = if s.pods.is_empty() {
             s.pods_per_node
@@ -129,7 +132,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         let ip = match p.ip {
             Some(ip) => ip,
             None => {
-                let cidr = node_pod_cidr(s.pod_cidr, p.node)?;
+                let cidr = nodes.get(p.node.checked_sub(1)?)?.pod_cidr;
                 let ip = (1..=spec::MAX_PODS_PER_NODE)
                     .filter_map(|k| pod_ip(cidr, k))
                     .find(|ip| !taken.contains(ip))?;
@@ -226,6 +229,40 @@ mod tests {
         assert_eq!(st.pods_on("n1").count(), 3);
         assert!(st.namespaces().iter().all(|n| n.starts_with("pal-demo-")));
         assert_eq!(st.namespaces().len(), 6 + 2 + 1);
+    }
+
+    #[test]
+    fn chosen_node_cidrs_hold_the_nodes_pods() {
+        let mut s = LabSpec::new("lt", 2, 1, "/bin/true");
+        s.pod_cidr = "10.10.0.0/16".parse().unwrap();
+        s.node_pod_cidrs = vec![
+            "10.10.7.0/24".parse().unwrap(),
+            "10.10.0.0/24".parse().unwrap(),
+        ];
+        s.pods = vec![crate::PodPlan {
+            name: "x/a".into(),
+            namespace: "x".into(),
+            labels: BTreeMap::new(),
+            node: 2,
+            ip: None,
+            service_account: None,
+            ports: Vec::new(),
+        }];
+        assert!(s.validate().is_ok());
+        let st = plan(&s).unwrap();
+        assert_eq!(st.nodes[0].pod_cidr.to_string(), "10.10.7.0/24");
+        assert_eq!(st.nodes[1].pod_cidr.to_string(), "10.10.0.0/24");
+        assert_eq!(st.pods[0].ip, IpAddr::V4(Ipv4Addr::new(10, 10, 0, 11)));
+        // One CIDR per node, each a /24 of the pod CIDR, none twice.
+        s.node_pod_cidrs.pop();
+        assert!(s.validate().is_err());
+        s.node_pod_cidrs = vec!["10.10.7.0/24".parse().unwrap(); 2];
+        assert!(s.validate().is_err());
+        s.node_pod_cidrs = vec![
+            "10.10.7.0/24".parse().unwrap(),
+            "10.11.0.0/24".parse().unwrap(),
+        ];
+        assert!(s.validate().is_err());
     }
 
     #[test]

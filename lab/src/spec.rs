@@ -37,8 +37,13 @@ pub struct LabSpec {
     pub palisade_bin: PathBuf,
     /// Underlay network; node i is host `10 + i` of it.
     pub underlay_cidr: Ipv4Cidr,
-    /// Cluster pod network, a /16; node i gets the i-th /24.
+    /// Cluster pod network, a /16; node i gets the i-th /24 unless `node_pod_cidrs` says
+    /// otherwise.
     pub pod_cidr: Ipv4Cidr,
+    /// Each node's pod /24 inside `pod_cidr`, node 1 first; empty: node i gets the i-th /24.
+    /// `lab test` places a suite's pods at the suite's own addresses, so it picks the /24s
+    /// that hold them (the agent's IPAM hands out only addresses of its node's CIDR).
+    pub node_pod_cidrs: Vec<Ipv4Cidr>,
     /// TCP ports every pod serves (may be empty).
     pub serve_tcp: Vec<u16>,
     /// UDP ports every pod serves (may be empty).
@@ -129,6 +134,7 @@ impl LabSpec {
             palisade_bin: palisade_bin.into(),
             underlay_cidr: Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 98, 0, 0), 24),
             pod_cidr: Ipv4Cidr::new_unchecked(Ipv4Addr::new(10, 200, 0, 0), 16),
+            node_pod_cidrs: Vec::new(),
             serve_tcp: vec![80],
             serve_udp: vec![80],
             pod_namespace: DEFAULT_POD_NAMESPACE.to_string(),
@@ -178,6 +184,26 @@ impl LabSpec {
                 "underlay {} overlaps pod CIDR {}",
                 self.underlay_cidr, self.pod_cidr
             )));
+        }
+        if !self.node_pod_cidrs.is_empty() {
+            if self.node_pod_cidrs.len() != self.nodes {
+                return Err(bad(format!(
+                    "node_pod_cidrs: {} CIDRs for {} nodes",
+                    self.node_pod_cidrs.len(),
+                    self.nodes
+                )));
+            }
+            for (i, c) in self.node_pod_cidrs.iter().enumerate() {
+                if c.prefix() != 24
+                    || !self.pod_cidr.contains(c.addr())
+                    || self.node_pod_cidrs[..i].contains(c)
+                {
+                    return Err(bad(format!(
+                        "node_pod_cidrs[{i}]: {c} must be a /24 of the pod CIDR {}, used once",
+                        self.pod_cidr
+                    )));
+                }
+            }
         }
         for (proto, ports) in [("tcp", &self.serve_tcp), ("udp", &self.serve_udp)] {
             let mut seen = Vec::new();

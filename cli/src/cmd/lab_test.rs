@@ -1,37 +1,43 @@
-//! `palisade lab test SUITE...`: a `palisade policy test` suite on real packets.
+//! `palisade lab test SUITE...`: a `palisade policy test` suite on real packets, through the
+//! whole product.
 //!
-//! For each suite: the engine builds the suite's world and compiles its policies (exactly as
-//! `policy test` does); a lab is built whose pods match the suite's endpoints (names, namespaces,
-//! labels, addresses, nodes) and whose externals are hosts on the fabric; every node's eBPF
-//! datapath is loaded and programmed from the engine's compiled map states; then every case is
-//! probed with real traffic and three verdicts are compared: expected, offline (the engine's) and
-//! kernel (did the reply come back). The lab is torn down afterwards.
-//!
-//! Until the control plane and the agent program the maps (issue 5), this command programs them
-//! itself, from the same compiled entries the agent will receive.
+//! For each suite a lab is built whose pods match the suite's endpoints: a control plane, an
+//! agent per node, every pod made by the CNI plugin with the suite's namespace, labels, service
+//! account, named ports and address (see [`placement`] for nodes and addresses), externals as
+//! hosts on the fabric. The suite's Namespaces (with their labels) and policies are applied to
+//! the control plane exactly as `palisade policy apply` sends them, `policy wait` confirms every
+//! agent enforces them, and every case is probed with real traffic. Three verdicts are compared:
+//! expected, offline (the engine's, compiled with the lab's addresses) and kernel (did the reply
+//! come back). The lab is torn down afterwards.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod placement;
+
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use palisade_datapath_common::endpoint::FLAG_ALLOW_LOCALHOST;
-use palisade_datapath_common::policy::PolicyValue;
-use palisade_lab::{ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
-use palisade_node_agent::datapath::{Datapath, DatapathConfig, PolicyMatch, endpoint_info};
+use palisade_api::controlplane::PolicyKey;
+use palisade_cp_client::{Client, WaitOutcome};
+use palisade_lab::{ClusterPlan, ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
 use palisade_policy::engine::Engine;
-use palisade_policy::identity::Identity;
 use palisade_policy::ir::proto;
+use palisade_policy::mapstate::VERDICT_REDIRECT;
+use palisade_policy::namespace;
 use palisade_policy::suite::Suite;
 use palisade_policy::verdict::{Peer, Verdict};
 use serde::Serialize;
 
 use super::Output;
-use super::policy::{build_suite, collect};
+use super::policy::objects::{CLUSTER_SCOPED, Object};
+use super::policy::{build_world, collect, parse_suite, suite_objects};
+use placement::Placement;
+
+/// How long the agents may take to enforce a suite's policies.
+const POLICY_WAIT: Duration = Duration::from_secs(60);
 
 /// Arguments of `palisade lab test`.
 #[derive(Debug, clap::Args)]
@@ -42,6 +48,9 @@ pub struct TestArgs {
     /// Nodes in each suite's lab; endpoints without a `node` are spread over them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     nodes: u16,
+    /// Control-plane voters in each suite's lab (1, 3 or 5).
+    #[arg(long, default_value_t = 1, value_parser = parse_voters)]
+    voters: usize,
     /// How long a probe waits for the reply before the case counts as denied.
     #[arg(long, default_value = "800ms", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -84,25 +93,19 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     if files.is_empty() {
         bail!("no suite files found");
     }
-    // Every suite is parsed and compiled before any lab is built: bad input touches nothing.
-    let mut built = Vec::new();
+    // Every suite is parsed, placed and compiled before any lab is built: bad input touches
+    // nothing.
+    let mut prepared = Vec::new();
     for f in &files {
-        built.push((f.clone(), build_suite(f)?));
+        prepared.push(prepare(f, usize::from(a.nodes))?);
     }
     let bin = std::env::current_exe().context("locating the palisade binary")?;
     let mut results = Vec::new();
-    for (k, (file, (suite, engine))) in built.iter().enumerate() {
+    for (k, p) in prepared.iter().enumerate() {
         if a.output == Output::Table {
-            eprintln!("[{}/{}] {}", k + 1, built.len(), file.display());
+            eprintln!("[{}/{}] {}", k + 1, prepared.len(), p.file.display());
         }
-        results.extend(run_suite(
-            &bin,
-            k,
-            suite,
-            engine,
-            usize::from(a.nodes),
-            a.timeout,
-        )?);
+        results.extend(run_suite(&bin, k, p, a.voters, a.timeout)?);
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     let skipped = results.iter().filter(|r| r.kernel.is_none()).count();
@@ -171,27 +174,117 @@ enum ProbeProto {
     Ping,
 }
 
+/// A suite ready for its lab.
+struct Prepared {
+    file: PathBuf,
+    /// The suite with every endpoint at its lab address.
+    suite: Suite,
+    /// Its world, compiled with those addresses.
+    engine: Engine,
+    placement: Placement,
+    /// What is applied to the lab's control plane: the suite's labelled Namespaces, then its
+    /// policies.
+    objects: Vec<Object>,
+    /// Whether a policy has a `toFQDNs` rule.
+    uses_fqdn: bool,
+}
+
+/// Whether `v` has the key `key` anywhere.
+fn has_key(v: &serde_json::Value, key: &str) -> bool {
+    match v {
+        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k == key || has_key(v, key)),
+        serde_json::Value::Array(a) => a.iter().any(|v| has_key(v, key)),
+        _ => false,
+    }
+}
+
+/// Parses, checks, places and compiles one suite.
+fn prepare(file: &Path, nodes: usize) -> Result<Prepared> {
+    let mut suite = parse_suite(file)?;
+    // The suite as written must be valid first, so errors name its own fields.
+    build_world(file, &suite)?;
+    let placement = placement::place(&suite.def.endpoints, nodes)
+        .with_context(|| format!("{}: placing the pods in a lab", suite.file))?;
+    for (e, (_, ip)) in suite.def.endpoints.iter_mut().zip(&placement.pods) {
+        e.ip = Some(ip.to_string());
+    }
+    let engine = build_world(file, &suite)?;
+    let mut objects = namespace_objects(&suite)?;
+    objects.extend(suite_objects(file, &suite)?);
+    let uses_fqdn = objects.iter().any(|o| has_key(&o.object, "toFQDNs"));
+    Ok(Prepared {
+        uses_fqdn,
+        file: file.to_path_buf(),
+        suite,
+        engine,
+        placement,
+        objects,
+    })
+}
+
+/// The suite's namespaces that carry labels, as `v1/Namespace` objects: their labels are part
+/// of their pods' identities (what a `namespaceSelector` matches).
+fn namespace_objects(suite: &Suite) -> Result<Vec<Object>> {
+    let mut out = Vec::new();
+    for (name, labels) in &suite.def.namespaces {
+        let Some(labels) = labels.as_ref().filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": namespace::KIND,
+            "metadata": {"name": name, "labels": labels},
+        });
+        namespace::parse(&object).map_err(|e| {
+            anyhow!(
+                "{}: namespaces.{name}: {}: {}",
+                suite.file,
+                e.field,
+                e.reason
+            )
+        })?;
+        out.push(Object {
+            key: PolicyKey {
+                kind: namespace::KIND.to_owned(),
+                namespace: CLUSTER_SCOPED.to_owned(),
+                name: name.clone(),
+            },
+            object,
+            origin: format!("{}: namespaces.{name}", suite.file),
+        });
+    }
+    Ok(out)
+}
+
 fn run_suite(
     bin: &Path,
     k: usize,
-    suite: &Suite,
-    engine: &Engine,
-    nodes: usize,
+    p: &Prepared,
+    voters: usize,
     timeout: Duration,
 ) -> Result<Vec<RealCase>> {
+    let (suite, engine) = (&p.suite, &p.engine);
     let lab_name = format!("lt{}x{k}", std::process::id() % 100_000);
-    let spec = lab_spec(bin, &lab_name, suite, engine, nodes)?;
+    let spec = lab_spec(bin, &lab_name, p, voters)?;
     let _guard = LabGuard(lab_name.clone());
     let lab = Lab::up(&spec).with_context(|| format!("building the lab for `{}`", suite.file))?;
     let state = lab.state().clone();
+    apply_and_wait(&state, &p.objects)
+        .with_context(|| format!("enforcing the policies of `{}`", suite.file))?;
 
-    let (stop, datapaths) = program_nodes(&state, engine)?;
     let mut rows = Vec::new();
     let mut probes = Vec::new();
     for (i, c) in suite.def.cases.iter().enumerate() {
         let conn = suite.connection(engine, i)?;
         let offline = engine.check(&conn).verdict;
-        let probe = plan_probe(&state, engine, &conn, c.http.is_some(), c.icmp_type);
+        let probe = if p.uses_fqdn && matches!(conn.to, Peer::External(_)) {
+            // Offline, an external's name stands for the DNS name a pod resolved; on real
+            // packets a toFQDNs rule admits an address only after a DNS answer through the
+            // agent's proxy, which the suites do not model.
+            Probe::NotProbed("a toFQDNs policy names externals: needs a DNS answer first".into())
+        } else {
+            plan_probe(&state, engine, &conn, c.icmp_type)
+        };
         rows.push(RealCase {
             suite: suite.file.clone(),
             case: suite.case_label(i),
@@ -229,12 +322,42 @@ fn run_suite(
             }
         }
     }
-    drop(stop);
-    for t in datapaths {
-        t.join()
-            .map_err(|_| anyhow!("a node's datapath thread panicked"))??;
-    }
     Ok(rows)
+}
+
+/// Applies `objects` to the lab's control plane, as `palisade policy apply` does, and waits
+/// until every agent acknowledged the resulting revision (`palisade policy wait`). Runs on a
+/// thread of its own inside the control plane's host namespace, where the lab's addresses are.
+fn apply_and_wait(state: &LabState, objects: &[Object]) -> Result<u64> {
+    let cluster = state
+        .cluster
+        .clone()
+        .context("the lab runs no control plane")?;
+    let cfg = palisade_lab::cluster::operator_client_config(state, &cluster)?;
+    let objects = objects.to_vec();
+    thread::spawn(move || -> Result<u64> {
+        palisade_lab::exec::enter_netns(&cluster.cp_netns)?;
+        let client = Client::new(cfg)?;
+        for o in &objects {
+            client
+                .apply_policy(&o.key, &o.object)
+                .map_err(|e| anyhow!("{}: {}: {e}", o.origin, o.display_name()))?;
+        }
+        match client.wait_policies(None, POLICY_WAIT)? {
+            WaitOutcome::Done { revision, .. } => Ok(revision),
+            WaitOutcome::TimedOut { revision, laggards } => bail!(
+                "policy revision {revision} not acknowledged within {}s by {}",
+                POLICY_WAIT.as_secs(),
+                laggards
+                    .iter()
+                    .map(|(n, r)| format!("{n} (at {r})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    })
+    .join()
+    .map_err(|_| anyhow!("the control-plane client thread panicked"))?
 }
 
 /// Tears the lab down even when the suite fails half-way.
@@ -245,41 +368,25 @@ impl Drop for LabGuard {
     }
 }
 
-fn lab_spec(
-    bin: &Path,
-    name: &str,
-    suite: &Suite,
-    engine: &Engine,
-    nodes: usize,
-) -> Result<LabSpec> {
-    let mut spec = LabSpec::new(name, nodes, 1, bin);
-    // Named nodes keep their grouping; the rest are spread round-robin.
-    let named: BTreeSet<&str> = suite
-        .def
-        .endpoints
-        .iter()
-        .filter_map(|e| e.node.as_deref())
-        .collect();
-    let node_index: BTreeMap<&str, usize> = named
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (*n, i % nodes + 1))
-        .collect();
-    for (i, e) in suite.def.endpoints.iter().enumerate() {
+fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSpec> {
+    let (suite, engine) = (&p.suite, &p.engine);
+    let mut spec = LabSpec::new(name, p.placement.node_cidrs.len(), 1, bin);
+    spec.pod_cidr = p.placement.pod_cidr;
+    spec.node_pod_cidrs = p.placement.node_cidrs.clone();
+    spec.cluster = Some(ClusterPlan {
+        voters,
+        cni_bin: bin.with_file_name("palisade-cni"),
+        encryption: false,
+        wireguard_rotation: None,
+    });
+    for (e, (node, ip)) in suite.def.endpoints.iter().zip(&p.placement.pods) {
         let ep = &engine.endpoints()[&e.name];
-        let IpAddr::V4(ip) = ep.spec.ip else {
-            bail!(
-                "{}: endpoint `{}` has an IPv6 address; the lab is IPv4-only for now",
-                suite.file,
-                e.name
-            );
-        };
         spec.pods.push(PodPlan {
             name: e.name.clone(),
             namespace: ep.spec.namespace.clone(),
             labels: ep.spec.labels.clone(),
-            node: e.node.as_deref().map_or(i % nodes + 1, |n| node_index[n]),
-            ip: Some(ip),
+            node: *node,
+            ip: Some(*ip),
             service_account: Some(ep.spec.service_account.clone()),
             ports: ep
                 .spec
@@ -333,123 +440,35 @@ fn lab_spec(
     Ok(spec)
 }
 
-/// Loads and programs one datapath per node, each on a thread inside its node's namespace; they
-/// stay attached until the returned sender is dropped.
-#[allow(clippy::type_complexity)]
-fn program_nodes(
-    state: &LabState,
-    engine: &Engine,
-) -> Result<(mpsc::Sender<()>, Vec<thread::JoinHandle<Result<()>>>)> {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-    // Everything a node needs, computed here (the engine is not Send-shared across threads).
-    let mut ipcache: Vec<(IpAddr, u32)> = Vec::new();
-    for pod in &state.pods {
-        ipcache.push((pod.ip, engine.endpoints()[&pod.name].identity.0));
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("`{s}`: a control plane has 1, 3 or 5 voters")),
     }
-    for x in engine.externals().values() {
-        ipcache.push((x.ip, x.identity.0));
-    }
-    let mut threads = Vec::new();
-    for node in &state.nodes {
-        let mut node_cache = ipcache.clone();
-        for other in &state.nodes {
-            let id = if other.name == node.name {
-                Identity::HOST
-            } else {
-                Identity::REMOTE_NODE
-            };
-            node_cache.push((IpAddr::V4(other.underlay_ip), id.0));
-        }
-        let pod_ips: Vec<IpAddr> = engine.endpoints().values().map(|e| e.spec.ip).collect();
-        let mut endpoints = Vec::new();
-        for (i, pod) in state
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.node == node.name)
-        {
-            let endpoint_id = i as u32 + 1;
-            let ep = &engine.endpoints()[&pod.name];
-            let entries = engine
-                .map_state(&pod.name)
-                .map(|m| m.datapath_entries(endpoint_id))
-                .unwrap_or_default();
-            // Kubernetes ipBlock peers that are pods, expanded per pod address.
-            let pod_ip_entries: Vec<(PolicyMatch, IpAddr, PolicyValue)> = engine
-                .map_state(&pod.name)
-                .map(|m| m.pod_ip_entries(&pod_ips))
-                .unwrap_or_default()
-                .iter()
-                .map(|e| PolicyMatch::from_pod_ip_entry(endpoint_id, e))
-                .collect();
-            let IpAddr::V4(v4) = pod.ip else {
-                bail!("pod `{}` is not IPv4", pod.name)
-            };
-            let info = endpoint_info(
-                endpoint_id,
-                ep.identity.0,
-                IpAddr::V4(v4),
-                FLAG_ALLOW_LOCALHOST,
-            );
-            endpoints.push((pod.host_iface.clone(), info, entries, pod_ip_entries));
-        }
-        let netns = node.netns.clone();
-        let ready = ready_tx.clone();
-        let stop = stop_rx.clone();
-        threads.push(thread::spawn(move || -> Result<()> {
-            let programmed = (|| -> Result<Datapath> {
-                palisade_lab::exec::enter_netns(&netns)?;
-                let mut dp = Datapath::load_with(&DatapathConfig::for_test())?;
-                for (ip, id) in &node_cache {
-                    dp.upsert_ipcache(*ip, if ip.is_ipv4() { 32 } else { 128 }, *id)?;
-                }
-                for (iface, info, entries, pod_ip_entries) in &endpoints {
-                    let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
-                        .with_context(|| format!("interface `{iface}` in `{netns}`"))?;
-                    dp.upsert_endpoint(ifindex, *info)?;
-                    for (bits, key, value) in entries {
-                        dp.upsert_policy_entry(*bits, *key, *value)?;
-                    }
-                    for (m, peer, value) in pod_ip_entries {
-                        dp.upsert_pod_ip_policy(*m, *peer, *value)?;
-                    }
-                    dp.attach_enforcement(iface)?;
-                }
-                Ok(dp)
-            })();
-            match programmed {
-                Ok(dp) => {
-                    let _ = ready.send(Ok(()));
-                    let _ = stop.lock().map(|rx| rx.recv());
-                    drop(dp);
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(anyhow!("{e:#}")));
-                    Err(e)
-                }
-            }
-        }));
-    }
-    for _ in &state.nodes {
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("waiting for the datapaths")??;
-    }
-    Ok((stop_tx, threads))
 }
 
 fn plan_probe(
     state: &LabState,
     engine: &Engine,
     conn: &palisade_policy::verdict::Connection,
-    http: bool,
     icmp_type: Option<i64>,
 ) -> Probe {
-    if http {
-        return Probe::NotProbed("HTTP case: needs the L7 proxy (issue 8)".into());
+    // A redirected connection reaches the agent's HTTP or DNS proxy, which answers its own
+    // protocol only: the L4 prober's line would be refused there whatever the policy says.
+    let checked = engine.check(conn);
+    let redirected = [&checked.egress, &checked.ingress]
+        .into_iter()
+        .flatten()
+        .any(|side| {
+            side.lookup
+                .value
+                .is_some_and(|v| v.verdict == VERDICT_REDIRECT)
+        });
+    if redirected {
+        let proxy = if conn.port == 53 { "DNS" } else { "HTTP" };
+        return Probe::NotProbed(format!(
+            "goes through the {proxy} proxy: no {proxy} prober in `lab test` yet"
+        ));
     }
     let protocol = match conn.protocol {
         proto::TCP => ProbeProto::L4(Protocol::Tcp),

@@ -4,7 +4,7 @@
 //!
 //! File reading lives here; the engine (`palisade-policy`) is pure.
 
-mod objects;
+pub(crate) mod objects;
 mod remote;
 
 use std::path::{Path, PathBuf};
@@ -153,19 +153,46 @@ fn read(path: &Path) -> Result<String> {
 
 /// Parses a suite and builds its world, loading `policiesFrom` relative to the suite.
 pub(crate) fn build_suite(path: &Path) -> Result<(Suite, Engine)> {
-    let name = path.display().to_string();
-    let suite = Suite::parse(&name, &read(path)?)?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut extra: Vec<NormalizedPolicy> = Vec::new();
-    for rel in suite.policies_from() {
-        let mut files = Vec::new();
-        collect(&base.join(rel), &mut files, &["yaml", "yml", "json"])?;
-        for f in files {
-            extra.extend(load::load_file(&f.display().to_string(), &read(&f)?)?);
-        }
-    }
-    let engine = suite.build(extra)?;
+    let suite = parse_suite(path)?;
+    let engine = build_world(path, &suite)?;
     Ok((suite, engine))
+}
+
+/// Parses a suite file.
+pub(crate) fn parse_suite(path: &Path) -> Result<Suite> {
+    Ok(Suite::parse(&path.display().to_string(), &read(path)?)?)
+}
+
+/// Builds the world of `suite` (read from `path`): its own policies and its `policiesFrom`.
+pub(crate) fn build_world(path: &Path, suite: &Suite) -> Result<Engine> {
+    let mut extra: Vec<NormalizedPolicy> = Vec::new();
+    for f in policy_files(path, suite)? {
+        extra.extend(load::load_file(&f.display().to_string(), &read(&f)?)?);
+    }
+    Ok(suite.build(extra)?)
+}
+
+/// The files a suite's `policiesFrom` names, relative to the suite file.
+pub(crate) fn policy_files(path: &Path, suite: &Suite) -> Result<Vec<PathBuf>> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for rel in suite.policies_from() {
+        collect(&base.join(rel), &mut files, &["yaml", "yml", "json"])?;
+    }
+    Ok(files)
+}
+
+/// The objects `palisade policy apply` would send for `suite`'s policies (its own, then those
+/// of its `policiesFrom` files), each validated and keyed.
+pub(crate) fn suite_objects(path: &Path, suite: &Suite) -> Result<Vec<objects::Object>> {
+    let mut out = Vec::new();
+    for (i, p) in suite.def.policies.iter().enumerate() {
+        out.push(objects::suite_policy(&suite.file, i, p.clone())?);
+    }
+    for f in policy_files(path, suite)? {
+        out.extend(objects::parse(&f.display().to_string(), &read(&f)?, true)?);
+    }
+    Ok(out)
 }
 
 fn test(a: TestArgs) -> Result<ExitCode> {

@@ -161,6 +161,12 @@ pub fn parse(file: &str, text: &str, validate: bool) -> Result<Vec<Object>, Inpu
     Ok(out)
 }
 
+/// The object of a suite's `policies[i]`, validated like a document of a file (what
+/// `palisade lab test` applies to the lab's control plane).
+pub fn suite_policy(file: &str, i: usize, item: Yaml) -> Result<Object, InputError> {
+    object(file, &DocRef::SuitePolicy(i), "", item, true)
+}
+
 fn at(prefix: &str, path: &str) -> String {
     if prefix.is_empty() {
         path.to_owned()
