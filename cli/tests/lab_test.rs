@@ -35,6 +35,11 @@ fn every_suite_passes_on_real_packets_with_offline_verdicts() {
         passed >= 300,
         "expected hundreds of probed cases, got: {summary}"
     );
+    // L7 cases go through the agents' HTTP proxy, which refuses what the rules do not allow.
+    assert!(
+        stdout.contains("HTTP 403 Access denied (the proxy)") && stdout.contains("HTTP 200"),
+        "HTTP cases were probed through the proxy:\n{stdout}"
+    );
 }
 
 #[test]

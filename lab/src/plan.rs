@@ -198,6 +198,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
         processes: Vec::new(),
         serve_tcp: s.serve_tcp.clone(),
         serve_udp: s.serve_udp.clone(),
+        serve_http: s.serve_http.clone(),
         externals,
         serve_nodes: s.serve_nodes,
         cluster,

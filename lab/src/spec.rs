@@ -48,6 +48,9 @@ pub struct LabSpec {
     pub serve_tcp: Vec<u16>,
     /// UDP ports every pod serves (may be empty).
     pub serve_udp: Vec<u16>,
+    /// TCP ports every pod serves HTTP/1.1 on (`workload serve --http`: every request gets
+    /// `200` and an echo line), for L7 policy; none of `serve_tcp`.
+    pub serve_http: Vec<u16>,
     /// k8s-ish namespace recorded for every pod.
     pub pod_namespace: String,
     /// Pods placed one by one (names, namespaces, labels, nodes, addresses), for `lab test`;
@@ -137,6 +140,7 @@ impl LabSpec {
             node_pod_cidrs: Vec::new(),
             serve_tcp: vec![80],
             serve_udp: vec![80],
+            serve_http: Vec::new(),
             pod_namespace: DEFAULT_POD_NAMESPACE.to_string(),
             pods: Vec::new(),
             externals: Vec::new(),
@@ -205,7 +209,16 @@ impl LabSpec {
                 }
             }
         }
-        for (proto, ports) in [("tcp", &self.serve_tcp), ("udp", &self.serve_udp)] {
+        if let Some(p) = self.serve_http.iter().find(|p| self.serve_tcp.contains(p)) {
+            return Err(bad(format!(
+                "http {p}: also a plain tcp port; a port serves one or the other"
+            )));
+        }
+        for (proto, ports) in [
+            ("tcp", &self.serve_tcp),
+            ("udp", &self.serve_udp),
+            ("http", &self.serve_http),
+        ] {
             let mut seen = Vec::new();
             for &p in ports {
                 if p == 0 {

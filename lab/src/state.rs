@@ -88,6 +88,9 @@ pub struct LabState {
     pub serve_tcp: Vec<u16>,
     /// UDP ports every lab pod serves.
     pub serve_udp: Vec<u16>,
+    /// HTTP ports every pod serves (older states have none).
+    #[serde(default)]
+    pub serve_http: Vec<u16>,
     /// Hosts outside the cluster on the fabric.
     #[serde(default)]
     pub externals: Vec<ExternalState>,

@@ -316,7 +316,7 @@ fn ports_arg(ports: &[u16]) -> String {
 }
 
 fn start_servers(state: &mut LabState) -> Result<(), LabError> {
-    if state.serve_tcp.is_empty() && state.serve_udp.is_empty() {
+    if state.serve_tcp.is_empty() && state.serve_udp.is_empty() && state.serve_http.is_empty() {
         return Ok(());
     }
     let logs = log_dir(&state.name);
@@ -352,6 +352,11 @@ fn start_servers(state: &mut LabState) -> Result<(), LabError> {
         }
         if !state.serve_udp.is_empty() {
             args.extend(["--udp".to_string(), ports_arg(&state.serve_udp)]);
+        }
+        // Readiness is checked on the TCP and UDP ports: the server binds every port, HTTP
+        // ones included, before it serves any.
+        if !state.serve_http.is_empty() {
+            args.extend(["--http".to_string(), ports_arg(&state.serve_http)]);
         }
         // Pod names may hold `/` (`x/a`): keep log files flat.
         let log = logs.join(format!("{}.log", name.replace('/', "_")));

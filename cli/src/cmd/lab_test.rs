@@ -13,7 +13,8 @@
 mod placement;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::thread;
@@ -24,10 +25,11 @@ use palisade_api::controlplane::PolicyKey;
 use palisade_cp_client::{Client, WaitOutcome};
 use palisade_lab::{ClusterPlan, ExternalPlan, Lab, LabSpec, LabState, PodPlan, Protocol};
 use palisade_policy::engine::Engine;
+use palisade_policy::ir::HttpRequest;
 use palisade_policy::ir::proto;
 use palisade_policy::mapstate::VERDICT_REDIRECT;
 use palisade_policy::namespace;
-use palisade_policy::suite::Suite;
+use palisade_policy::suite::{CaseDef, Suite};
 use palisade_policy::verdict::{Peer, Verdict};
 use serde::Serialize;
 
@@ -168,10 +170,11 @@ enum Probe {
     NotProbed(String),
 }
 
-#[derive(Clone, Copy)]
 enum ProbeProto {
     L4(Protocol),
     Ping,
+    /// One HTTP/1.1 request; the pods serve HTTP on the suite's `http` ports.
+    Http(HttpRequest),
 }
 
 /// A suite ready for its lab.
@@ -187,6 +190,9 @@ struct Prepared {
     objects: Vec<Object>,
     /// Whether a policy has a `toFQDNs` rule.
     uses_fqdn: bool,
+    /// Ports with `http` cases: the pods serve HTTP there, and every TCP case to them is an
+    /// HTTP request.
+    http_ports: BTreeSet<u16>,
 }
 
 /// Whether `v` has the key `key` anywhere.
@@ -212,8 +218,16 @@ fn prepare(file: &Path, nodes: usize) -> Result<Prepared> {
     let mut objects = namespace_objects(&suite)?;
     objects.extend(suite_objects(file, &suite)?);
     let uses_fqdn = objects.iter().any(|o| has_key(&o.object, "toFQDNs"));
+    let http_ports = suite
+        .def
+        .cases
+        .iter()
+        .filter(|c| c.http.is_some())
+        .filter_map(|c| c.port.and_then(|p| u16::try_from(p).ok()))
+        .collect();
     Ok(Prepared {
         uses_fqdn,
+        http_ports,
         file: file.to_path_buf(),
         suite,
         engine,
@@ -283,7 +297,7 @@ fn run_suite(
             // agent's proxy, which the suites do not model.
             Probe::NotProbed("a toFQDNs policy names externals: needs a DNS answer first".into())
         } else {
-            plan_probe(&state, engine, &conn, c.icmp_type)
+            plan_probe(&state, engine, &conn, c, &p.http_ports)
         };
         rows.push(RealCase {
             suite: suite.file.clone(),
@@ -304,7 +318,7 @@ fn run_suite(
                 row.note = why.clone();
                 row.ok = passes(row.offline) == passes(row.expected);
             }
-            (Probe::Real { .. }, Ok(reachable)) => {
+            (Probe::Real { .. }, Ok((reachable, detail))) => {
                 let kernel = if reachable {
                     Verdict::Allow
                 } else {
@@ -312,9 +326,13 @@ fn run_suite(
                 };
                 row.kernel = Some(kernel);
                 row.ok = passes(row.expected) == reachable && passes(row.offline) == reachable;
-                if !row.ok {
-                    row.note = format!("kernel {}, offline {}", kernel, row.offline);
-                }
+                row.note = if row.ok {
+                    detail
+                } else {
+                    format!("kernel {}, offline {} {detail}", kernel, row.offline)
+                        .trim_end()
+                        .to_owned()
+                };
             }
             (Probe::Real { .. }, Err(e)) => {
                 row.note = format!("probe failed: {e}");
@@ -434,8 +452,9 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
             _ => false,
         };
     }
-    spec.serve_tcp = tcp.into_iter().collect();
+    spec.serve_tcp = tcp.difference(&p.http_ports).copied().collect();
     spec.serve_udp = udp.into_iter().collect();
+    spec.serve_http = p.http_ports.iter().copied().collect();
     spec.serve_nodes = true;
     Ok(spec)
 }
@@ -451,7 +470,8 @@ fn plan_probe(
     state: &LabState,
     engine: &Engine,
     conn: &palisade_policy::verdict::Connection,
-    icmp_type: Option<i64>,
+    case: &CaseDef,
+    http_ports: &BTreeSet<u16>,
 ) -> Probe {
     // A redirected connection reaches the agent's HTTP or DNS proxy, which answers its own
     // protocol only: the L4 prober's line would be refused there whatever the policy says.
@@ -464,16 +484,22 @@ fn plan_probe(
                 .value
                 .is_some_and(|v| v.verdict == VERDICT_REDIRECT)
         });
-    if redirected {
-        let proxy = if conn.port == 53 { "DNS" } else { "HTTP" };
-        return Probe::NotProbed(format!(
-            "goes through the {proxy} proxy: no {proxy} prober in `lab test` yet"
-        ));
+    let http = conn.protocol == proto::TCP && http_ports.contains(&conn.port);
+    if redirected && conn.port == 53 {
+        return Probe::NotProbed(
+            "goes through the DNS proxy: no DNS prober in `lab test` yet".into(),
+        );
+    }
+    if redirected && case.http.is_none() {
+        return Probe::NotProbed(
+            "goes through the HTTP proxy without an `http` request to judge".into(),
+        );
     }
     let protocol = match conn.protocol {
+        proto::TCP if http => ProbeProto::Http(case.http.clone().unwrap_or_default()),
         proto::TCP => ProbeProto::L4(Protocol::Tcp),
         proto::UDP => ProbeProto::L4(Protocol::Udp),
-        proto::ICMP if icmp_type.unwrap_or(8) == 8 => ProbeProto::Ping,
+        proto::ICMP if case.icmp_type.unwrap_or(8) == 8 => ProbeProto::Ping,
         proto::ICMP => return Probe::NotProbed("ICMP other than echo request: no prober".into()),
         p => {
             return Probe::NotProbed(format!(
@@ -519,12 +545,15 @@ fn plan_probe(
     }
 }
 
+/// Whether the reply came back, and what a reader may want to know about it.
+type Outcome = (bool, String);
+
 /// Probes every case, a few at a time (denied probes wait for their timeout).
-fn probe_all(bin: &Path, probes: &[Probe], timeout: Duration) -> Vec<Result<bool>> {
+fn probe_all(bin: &Path, probes: &[Probe], timeout: Duration) -> Vec<Result<Outcome>> {
     const PARALLEL: usize = 12;
-    let mut out: Vec<Option<Result<bool>>> = (0..probes.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Result<Outcome>>> = (0..probes.len()).map(|_| None).collect();
     for chunk in (0..probes.len()).collect::<Vec<_>>().chunks(PARALLEL) {
-        let results: Vec<(usize, Result<bool>)> = thread::scope(|s| {
+        let results: Vec<(usize, Result<Outcome>)> = thread::scope(|s| {
             let handles: Vec<_> = chunk
                 .iter()
                 .map(|&i| s.spawn(move || (i, probe_one(bin, &probes[i], timeout))))
@@ -548,7 +577,7 @@ fn probe_all(bin: &Path, probes: &[Probe], timeout: Duration) -> Vec<Result<bool
         .collect()
 }
 
-fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<bool> {
+fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<Outcome> {
     let Probe::Real {
         from_netns,
         to_ip,
@@ -556,14 +585,15 @@ fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<bool> {
         port,
     } = probe
     else {
-        return Ok(false);
+        return Ok((false, String::new()));
     };
     match protocol {
         ProbeProto::L4(p) => {
             let r = palisade_lab::probe_in_netns(bin, from_netns, *to_ip, *port, *p, timeout)
                 .map_err(|e| anyhow!(e))?;
-            Ok(r.reachable)
+            Ok((r.reachable, String::new()))
         }
+        ProbeProto::Http(req) => http_probe(from_netns, *to_ip, *port, req, timeout),
         ProbeProto::Ping => {
             let wait = timeout.as_secs().max(1).to_string();
             let out = Command::new("ip")
@@ -580,7 +610,73 @@ fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<bool> {
                 ])
                 .output()
                 .context("running ping (install iputils-ping; the bootstrap does)")?;
-            Ok(out.status.success())
+            Ok((out.status.success(), String::new()))
         }
+    }
+}
+
+/// Sends one HTTP/1.1 request from inside `netns` (this probe's own thread enters it) and
+/// judges the answer: the workload's `200` is an allow; a timeout, a refused connection or the
+/// proxy's `403 Access denied` is a deny; anything else is an error worth reading.
+fn http_probe(
+    netns: &str,
+    ip: IpAddr,
+    port: u16,
+    req: &HttpRequest,
+    timeout: Duration,
+) -> Result<Outcome> {
+    use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, TimedOut, WouldBlock};
+    palisade_lab::exec::enter_netns(netns)?;
+    let addr = SocketAddr::new(ip, port);
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), TimedOut | WouldBlock | ConnectionRefused) => {
+            return Ok((false, format!("HTTP: no connection ({e})")));
+        }
+        Err(e) => return Err(anyhow!("connecting to {addr}: {e}")),
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let method = req.method.as_deref().unwrap_or("GET");
+    let mut text = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\n",
+        req.path.as_deref().unwrap_or("/"),
+        req.host.clone().unwrap_or_else(|| addr.to_string())
+    );
+    for (k, v) in &req.headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    stream.write_all(text.as_bytes())?;
+    let mut answer = Vec::new();
+    match stream.take(64 * 1024).read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A drop after the handshake (a policy change) or a reset: nothing got through.
+        Err(e)
+            if answer.is_empty() && matches!(e.kind(), TimedOut | WouldBlock | ConnectionReset) =>
+        {
+            return Ok((false, "HTTP: no answer".into()));
+        }
+        Err(e) if answer.is_empty() => return Err(anyhow!("reading from {addr}: {e}")),
+        Err(_) => {}
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok());
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    match status {
+        Some(200) if method == "HEAD" || body.starts_with(palisade_workload::REPLY_PREFIX) => {
+            Ok((true, "HTTP 200".into()))
+        }
+        Some(403) if body.starts_with("Access denied") => {
+            Ok((false, "HTTP 403 Access denied (the proxy)".into()))
+        }
+        None if answer.is_empty() => Ok((false, "HTTP: no answer".into())),
+        _ => Err(anyhow!(
+            "unexpected answer to {method} from {addr}: {}",
+            answer.lines().next().unwrap_or_default()
+        )),
     }
 }
