@@ -439,10 +439,11 @@ fn observe(args: Args) -> Result<()> {
     let matches = observe_matches()?;
     let flags = ordered_flags(&matches);
     let req = request(&args, &flags)?;
-    let (servers, conn) = match &args.lab {
+    let (mut servers, conn, relays) = match &args.lab {
         None => (
             args.servers.clone(),
             Connection::from_flags(args.tls_dir.as_deref(), args.token_file.as_deref())?,
+            false,
         ),
         Some(name) => lab_servers(name)?,
     };
@@ -458,6 +459,10 @@ fn observe(args: Args) -> Result<()> {
         header_done: false,
     };
     rt.block_on(async {
+        if relays {
+            // Every relay serves every agent's flows: one is enough, the first that answers.
+            servers = vec![first_reachable(&servers, std::time::Duration::from_secs(5)).await?];
+        }
         let (tx, mut rx) = mpsc::channel(1024);
         for s in &servers {
             tokio::spawn(stream_from(
@@ -488,10 +493,39 @@ fn observe(args: Args) -> Result<()> {
     })
 }
 
+/// The first of `relays` (`https://HOST:PORT`) that accepts a connection, trying them in turn
+/// for up to `patience`: a voter that is down, restarting or still binding its port does not
+/// fail the command.
+async fn first_reachable(relays: &[String], patience: std::time::Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let mut tried = Vec::new();
+        for r in relays {
+            let addr = r
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(_)) => return Ok(r.clone()),
+                Ok(Err(e)) => tried.push(format!("{r}: {e}")),
+                Err(_) => tried.push(format!("{r}: no answer within 1s")),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no flow relay reachable: {}", tried.join("; "));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A lab's observers, entering the lab so its addresses are reachable: its control plane's
-/// relay (with the lab's operator CA and admin token) when it runs one, otherwise every node
-/// agent (plaintext, from the first node's namespace).
-fn lab_servers(name: &str) -> Result<(Vec<String>, Connection)> {
+/// relays (with the lab's operator CA and admin token; `true`: any one of them will do) when it
+/// runs one, otherwise every node agent (plaintext, from the first node's namespace).
+fn lab_servers(name: &str) -> Result<(Vec<String>, Connection, bool)> {
     let lab = palisade_lab::Lab::load(name)?;
     let state = lab.state();
     match &state.cluster {
@@ -502,11 +536,15 @@ fn lab_servers(name: &str) -> Result<(Vec<String>, Connection)> {
                 Some(&c.operator_tls_dir(name)),
                 Some(&c.admin_token_file(name)),
             )?;
-            let relay = format!(
-                "https://{}",
-                palisade_lab::state::ClusterState::voter_grpc_addr(1)
-            );
-            Ok((vec![relay], conn))
+            let relays = (1..=c.voters)
+                .map(|k| {
+                    format!(
+                        "https://{}",
+                        palisade_lab::state::ClusterState::voter_grpc_addr(k)
+                    )
+                })
+                .collect();
+            Ok((relays, conn, true))
         }
         None => {
             let netns = state
@@ -520,7 +558,7 @@ fn lab_servers(name: &str) -> Result<(Vec<String>, Connection)> {
                 .iter()
                 .map(|n| format!("{}:{AGENT_PORT}", n.underlay_ip))
                 .collect();
-            Ok((servers, Connection::default()))
+            Ok((servers, Connection::default(), false))
         }
     }
 }
@@ -528,6 +566,35 @@ fn lab_servers(name: &str) -> Result<(Vec<String>, Connection)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_that_refuses_is_skipped_for_the_next() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let down = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let (up, down_addr) = (
+                format!("https://{}", up.local_addr().expect("addr")),
+                format!("https://{}", down.local_addr().expect("addr")),
+            );
+            drop(down);
+            let none = std::time::Duration::ZERO;
+            let relays = [down_addr.clone(), up.clone()];
+            assert_eq!(first_reachable(&relays, none).await.expect("one is up"), up);
+            let err = first_reachable(std::slice::from_ref(&down_addr), none)
+                .await
+                .expect_err("none is up")
+                .to_string();
+            assert!(err.contains(&down_addr) && err.contains("refused"), "{err}");
+        });
+    }
 
     fn matches(args: &[&str]) -> ArgMatches {
         let mut argv = vec!["palisade", "observe"];
