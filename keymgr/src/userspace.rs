@@ -162,6 +162,10 @@ pub struct TunnelConfig {
     /// (TSO) with partial checksums, which the tunnel segments itself, and the tunnel merges
     /// received bursts of one TCP flow into one write (GRO). On by default.
     pub tun_offload: bool,
+    /// Socket mark of the underlay socket (`SO_MARK`), so policy routing can keep the tunnel's
+    /// own datagrams out of routes that lead into the tunnel (host-to-host encryption routes
+    /// the peers' underlay addresses through it). `None`: unmarked.
+    pub fwmark: Option<u32>,
 }
 
 impl TunnelConfig {
@@ -173,6 +177,7 @@ impl TunnelConfig {
             mtu: DEFAULT_MTU,
             udp_offload: true,
             tun_offload: true,
+            fwmark: None,
         }
     }
 }
@@ -482,6 +487,11 @@ impl UserspaceTunnel {
             source,
         };
         let udp = UdpSocket::bind(config.listen).map_err(socket_err)?;
+        if let Some(mark) = config.fwmark {
+            socket2::SockRef::from(&udp)
+                .set_mark(mark)
+                .map_err(socket_err)?;
+        }
         // The loops wait in `poll`, then drain a batch: the TUN descriptor is non-blocking, the
         // socket is read with MSG_DONTWAIT but stays blocking for sends, so a full send buffer
         // slows the sender down instead of dropping datagrams.

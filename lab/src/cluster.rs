@@ -415,6 +415,9 @@ pub fn agent_args(state: &LabState, c: &ClusterState, i: usize) -> Vec<String> {
             "--wireguard-key-grace".to_string(),
             "20s".to_string(),
         ]);
+        if c.node_encryption {
+            args.push("--encrypt-node".to_string());
+        }
         if let Some(secs) = c.wireguard_rotation_secs {
             args.extend([
                 "--wireguard-rotation-interval".to_string(),

@@ -175,6 +175,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             voters: c.voters,
             cni_bin: c.cni_bin.clone(),
             encryption: c.encryption,
+            node_encryption: c.encryption && c.node_encryption,
             wireguard_rotation_secs: c.wireguard_rotation.map(|d| d.as_secs().max(1)),
             cp_netns: format!("{}cp", netns_prefix(&s.name)),
             api_urls: (1..=c.voters)

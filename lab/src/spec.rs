@@ -82,6 +82,9 @@ pub struct ClusterPlan {
     pub encryption: bool,
     /// The agents' scheduled key rotation (`None`: the agent's default, 24 h).
     pub wireguard_rotation: Option<std::time::Duration>,
+    /// With `encryption`: the nodes' host-to-host traffic goes through the tunnel too (agents
+    /// run with `--encrypt-node`).
+    pub node_encryption: bool,
 }
 
 /// Address of the control plane's host (outside the underlay and the pod CIDR).

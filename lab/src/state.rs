@@ -115,6 +115,9 @@ pub struct ClusterState {
     /// WireGuard between the nodes.
     #[serde(default)]
     pub encryption: bool,
+    /// Host-to-host traffic between the nodes through the tunnel too (`--encrypt-node`).
+    #[serde(default)]
+    pub node_encryption: bool,
     /// The agents' scheduled key rotation in seconds (`None`: the agent's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_rotation_secs: Option<u64>,

@@ -129,6 +129,12 @@ struct RunArgs {
     /// is wiped.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     wireguard_key_grace: std::time::Duration,
+    /// With --encryption wireguard: encrypt host-to-host traffic between nodes too (Cilium's
+    /// node encryption). The other nodes' underlay addresses are routed through the tunnel
+    /// (policy routing: table 2405, the tunnel's own datagrams carry mark 0x8000000). Every
+    /// node must use the same setting.
+    #[arg(long)]
+    encrypt_node: bool,
     /// Serve the flow observer (Hubble's `observer.Observer` gRPC, plus grpc.health.v1) on ADDR,
     /// e.g. `10.0.0.1:4244` (Hubble's port). Off by default. With --control-plane-tls-dir it
     /// serves mutual TLS with the node's certificate (clients need a certificate of the cluster
@@ -337,8 +343,12 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         e.interface = a.wireguard_interface.clone();
         e.rotation_interval = a.wireguard_rotation_interval;
         e.grace = a.wireguard_key_grace;
+        e.encrypt_node = a.encrypt_node;
         e
     });
+    if a.encrypt_node && encryption.is_none() {
+        anyhow::bail!("--encrypt-node: needs --encryption wireguard");
+    }
     let gossip = gossip_config(&a, control_plane.as_ref().map(|c| c.node_address))?;
     let config = AgentConfig {
         gossip,

@@ -170,6 +170,10 @@ struct UpArgs {
     /// agent with `--encryption wireguard` (see `palisade encrypt status --lab NAME`).
     #[arg(long, value_enum, default_value_t = LabEncryption::Wireguard)]
     encryption: LabEncryption,
+    /// With `--encryption wireguard`: the nodes' host-to-host traffic goes through the tunnel
+    /// too (every agent runs with `--encrypt-node`, like Cilium's node encryption).
+    #[arg(long)]
+    encrypt_node: bool,
     /// Every agent rotates its WireGuard key this often [default: the agent's, 24h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     wireguard_rotation_interval: Option<std::time::Duration>,
@@ -301,6 +305,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         spec.cluster = Some(palisade_lab::ClusterPlan {
             voters: a.control_plane_voters,
             encryption: a.encryption == LabEncryption::Wireguard,
+            node_encryption: a.encrypt_node,
             wireguard_rotation: a.wireguard_rotation_interval,
             cni_bin: a
                 .cni_bin

@@ -396,6 +396,7 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
         cni_bin: bin.with_file_name("palisade-cni"),
         encryption: false,
         wireguard_rotation: None,
+        node_encryption: false,
     });
     for (e, (node, ip)) in suite.def.endpoints.iter().zip(&p.placement.pods) {
         let ep = &engine.endpoints()[&e.name];

@@ -129,58 +129,12 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
     }
 
     // 1. A marker from a pod on n1 to a pod on n2, captured on n1's underlay.
-    let pcap = std::env::temp_dir().join(format!("{name}-underlay.pcap"));
-    let filter = format!("host {} and host {}", n1.underlay_ip, n2.underlay_ip);
-    let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &n1.netns, "tcpdump", "-U", "-n", "-i"])
-        .arg(&n1.underlay_iface)
-        .arg("-w")
-        .arg(&pcap)
-        .arg(&filter)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    thread::sleep(Duration::from_millis(1500));
-    let marker = format!("PALISADE-MARKER-{}", std::process::id());
-    let dst = SocketAddr::new(p2.ip, UDP_PORT);
-    let server = in_netns(&p2.netns, move || {
-        let s = UdpSocket::bind(dst).expect("bind");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 256];
-        let n = s
-            .recv(&mut buf)
-            .expect("the marker arrives through the tunnel");
-        buf[..n].to_vec()
-    });
-    thread::sleep(Duration::from_millis(200));
-    let m = marker.clone();
-    in_netns(&p1.netns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        for _ in 0..5 {
-            s.send_to(m.as_bytes(), dst).unwrap();
-            thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .join()
-    .unwrap();
-    assert_eq!(server.join().unwrap(), marker.as_bytes());
-    thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = tcpdump.wait();
-    let bytes = std::fs::read(&pcap).expect("pcap");
-    let _ = std::fs::remove_file(&pcap);
-    assert!(
-        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
-        "the marker crossed the underlay in clear text"
-    );
-    let datagrams = only_wireguard(&bytes);
-    assert!(
-        datagrams >= 5,
-        "only {datagrams} WireGuard datagrams captured"
+    let datagrams = marker_crosses_sealed(
+        &name,
+        (n1, n2),
+        &p1.netns,
+        &p2.netns,
+        SocketAddr::new(p2.ip, UDP_PORT),
     );
     println!(
         "underlay capture: {datagrams} WireGuard datagrams, sealed gossip, no marker, nothing else"
@@ -284,6 +238,119 @@ fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
         text.contains("Number of peers: 1") && text.contains("epoch 6"),
         "{text}"
     );
+}
+
+/// Sends a marker over UDP from `from_netns` to `dst` (received in `to_netns`) while capturing
+/// on the underlay between `n1` and `n2`; asserts it arrived, never crossed in clear text, and
+/// that the capture holds only WireGuard (and sealed gossip). Returns the WireGuard datagrams.
+fn marker_crosses_sealed(
+    lab: &str,
+    (n1, n2): (
+        &palisade_lab::state::NodeState,
+        &palisade_lab::state::NodeState,
+    ),
+    from_netns: &str,
+    to_netns: &str,
+    dst: SocketAddr,
+) -> usize {
+    let pcap = std::env::temp_dir().join(format!("{lab}-underlay.pcap"));
+    let filter = format!("host {} and host {}", n1.underlay_ip, n2.underlay_ip);
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &n1.netns, "tcpdump", "-U", "-n", "-i"])
+        .arg(&n1.underlay_iface)
+        .arg("-w")
+        .arg(&pcap)
+        .arg(&filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    thread::sleep(Duration::from_millis(1500));
+    let marker = format!("PALISADE-MARKER-{}", std::process::id());
+    let server = in_netns(to_netns, move || {
+        let s = UdpSocket::bind(dst).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s
+            .recv(&mut buf)
+            .expect("the marker arrives through the tunnel");
+        buf[..n].to_vec()
+    });
+    thread::sleep(Duration::from_millis(200));
+    let m = marker.clone();
+    in_netns(from_netns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..5 {
+            s.send_to(m.as_bytes(), dst).unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(server.join().unwrap(), marker.as_bytes());
+    thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = tcpdump.wait();
+    let bytes = std::fs::read(&pcap).expect("pcap");
+    let _ = std::fs::remove_file(&pcap);
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the marker crossed the underlay in clear text"
+    );
+    let datagrams = only_wireguard(&bytes);
+    assert!(
+        datagrams >= 5,
+        "only {datagrams} WireGuard datagrams captured"
+    );
+    datagrams
+}
+
+#[test]
+fn with_encrypt_node_host_traffic_between_nodes_goes_through_the_tunnel() {
+    let name = lab_name("wgnode");
+    let _ = Lab::down(&name);
+    let _cleanup = Cleanup(name.clone());
+    ok(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--encrypt-node",
+    ]);
+    let lab = Lab::load(&name).expect("state");
+    let st = lab.state().clone();
+    let (n1, n2) = (&st.nodes[0], &st.nodes[1]);
+    // Each node accepts the other's own address from its tunnel, and says so.
+    let s = status(&name);
+    for (node, peer) in [(&s[0], n2), (&s[1], n1)] {
+        assert_eq!(node["nodeEncryption"], true, "{node}");
+        let allowed = node["peers"][0]["allowedIps"].to_string();
+        assert!(
+            allowed.contains(&format!("{}/32", peer.underlay_ip)),
+            "{node}"
+        );
+    }
+    // A marker from n1's host to n2's host address never crosses the underlay in clear text.
+    let datagrams = marker_crosses_sealed(
+        &name,
+        (n1, n2),
+        &n1.netns,
+        &n2.netns,
+        SocketAddr::new(std::net::IpAddr::V4(n2.underlay_ip), UDP_PORT),
+    );
+    // And pods still reach each other.
+    let probe = palisade(&[
+        "lab", "probe", "--name", &name, "n1-p1", "n2-p1", "--port", "80",
+    ]);
+    assert_eq!(probe.status.code(), Some(0), "n1-p1 -> n2-p1: {probe:?}");
+    println!("host to host: {datagrams} WireGuard datagrams, no marker in clear text");
 }
 
 /// A UDP stream at 1,000 packets/s from `from` to `to` until `stop`; returns (sent, lost).

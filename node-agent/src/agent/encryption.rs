@@ -7,6 +7,10 @@
 //!   ClusterView nodes ── PeerConfig per other node (key, underlay:port, pod CIDR) ──▶ Reconciler
 //!        ──▶ AddPeer / AddPeerKey / RemovePeer / RemovePeerKey ──▶ tunnel
 //!        ──▶ `ip route replace <pod CIDR> dev <interface>` per peer (removed with the peer)
+//!        ──▶ with `--encrypt-node`: `ip route replace <peer address>/32 dev <interface> src
+//!            <underlay> table 2405` per peer, and `ip rule not fwmark 0x8000000/0x8000000
+//!            lookup 2405`: the tunnel's own socket carries the mark, everything else from
+//!            this host to a peer node goes through the tunnel
 //! ```
 //!
 //! Rotation is make-before-break (keymgr/README.md): the new key joins the tunnel beside the old
@@ -36,6 +40,14 @@ pub const DEFAULT_INTERFACE: &str = "palisade_wg0";
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
 /// How often the node rotates its key.
 pub const DEFAULT_ROTATION: Duration = Duration::from_secs(24 * 3600);
+/// The routing table of the peers' underlay addresses (`--encrypt-node`).
+pub const NODE_ROUTE_TABLE: u32 = 2405;
+/// The priority of the rule that sends unmarked traffic to [`NODE_ROUTE_TABLE`]: after the L7
+/// proxy's (90), before `main` (32766).
+const NODE_RULE_PREF: u32 = 95;
+/// The mark of the tunnel's underlay socket (a bit no other rule or mark uses; the proxies use
+/// 0x2000000 and 0x4000000): its datagrams skip [`NODE_ROUTE_TABLE`] and leave on the underlay.
+pub const TUNNEL_MARK: u32 = 0x0800_0000;
 /// Where the kernel shows a loaded WireGuard module.
 const KERNEL_MODULE: &str = "/sys/module/wireguard";
 
@@ -65,6 +77,10 @@ pub struct EncryptionConfig {
     pub rotation_interval: Duration,
     /// Grace period of superseded keys.
     pub grace: Duration,
+    /// Host-to-host traffic too (Cilium's node encryption): the peers' underlay addresses are
+    /// routed through the tunnel and accepted from it. Every node must agree: a node that
+    /// does not encrypt its host traffic drops what arrives tunnelled from a peer's address.
+    pub encrypt_node: bool,
 }
 
 impl EncryptionConfig {
@@ -77,6 +93,7 @@ impl EncryptionConfig {
             key_dir: state_dir.join("wireguard"),
             rotation_interval: DEFAULT_ROTATION,
             grace: DEFAULT_GRACE,
+            encrypt_node: false,
         }
     }
 }
@@ -120,6 +137,9 @@ pub enum EncryptionError {
         /// `ip`'s complaint.
         detail: String,
     },
+    /// Host-to-host routing (`--encrypt-node`) could not be set up.
+    #[error("host-to-host encryption: {0}")]
+    NodeRouting(String),
 }
 
 /// The node's encryption: keys, tunnel, peers, routes.
@@ -130,6 +150,10 @@ pub struct Encryption {
     peers: Reconciler,
     /// Peer name → its pod CIDR routed into the tunnel.
     routes: BTreeMap<String, Ipv4Net>,
+    /// Peer name → its underlay address routed into the tunnel (`encrypt_node`).
+    node_routes: BTreeMap<String, IpAddr>,
+    /// This node's underlay address (the source of host traffic into the tunnel).
+    underlay: IpAddr,
     /// Why this backend (for status).
     backend_reason: String,
     /// Peers the last update skipped, with why (status shows them).
@@ -177,14 +201,15 @@ impl Encryption {
             interface: config.interface.clone(),
             source,
         };
-        let tunnel = UserspaceTunnel::start(
-            TunnelConfig::new(
-                config.interface.clone(),
-                SocketAddr::new(underlay, config.port),
-            ),
-            keys.current(),
-        )
-        .map_err(tunnel_err)?;
+        let mut tunnel_config = TunnelConfig::new(
+            config.interface.clone(),
+            SocketAddr::new(underlay, config.port),
+        );
+        if config.encrypt_node {
+            tunnel_config.fwmark = Some(TUNNEL_MARK);
+            node_rule()?;
+        }
+        let tunnel = UserspaceTunnel::start(tunnel_config, keys.current()).map_err(tunnel_err)?;
         let current = keys.current().epoch();
         for old in keys.keys().filter(|k| k.epoch() != current) {
             tunnel.add_local_key(old).map_err(tunnel_err)?;
@@ -195,6 +220,8 @@ impl Encryption {
             keys,
             tunnel,
             routes: BTreeMap::new(),
+            node_routes: BTreeMap::new(),
+            underlay,
             backend_reason,
             skipped: BTreeMap::new(),
             rotations: 0,
@@ -214,7 +241,8 @@ impl Encryption {
         nodes: impl Iterator<Item = &'a NodeRecord>,
         me: &str,
     ) -> Result<(), EncryptionError> {
-        let (desired, skipped) = desired_peers(nodes, me, self.config.port);
+        let (desired, skipped) =
+            desired_peers(nodes, me, self.config.port, self.config.encrypt_node);
         self.skipped = skipped;
         let commands = self.peers.update(&desired, Instant::now());
         Reconciler::apply(&commands, &self.tunnel).map_err(|source| EncryptionError::Tunnel {
@@ -248,7 +276,50 @@ impl Encryption {
                 self.routes.insert(name, cidr);
             }
         }
+        if self.config.encrypt_node {
+            let want: BTreeMap<String, IpAddr> = desired
+                .iter()
+                .map(|p| (p.name.clone(), p.endpoint.ip()))
+                .collect();
+            let gone: Vec<(String, IpAddr)> = self
+                .node_routes
+                .iter()
+                .filter(|(name, ip)| want.get(*name) != Some(ip))
+                .map(|(n, ip)| (n.clone(), *ip))
+                .collect();
+            for (name, ip) in gone {
+                if let Err(e) = self.node_route("del", ip) {
+                    eprintln!("palisade agent: {e}");
+                }
+                self.node_routes.remove(&name);
+            }
+            for (name, ip) in want {
+                if self.node_routes.get(&name) != Some(&ip) {
+                    self.node_route("replace", ip)?;
+                    self.node_routes.insert(name, ip);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Routes (or, `del`, unroutes) a peer's underlay address through the tunnel in
+    /// [`NODE_ROUTE_TABLE`], from this node's underlay address.
+    fn node_route(&self, op: &str, peer: IpAddr) -> Result<(), EncryptionError> {
+        let dst = IpNet::from(peer).to_string();
+        let table = NODE_ROUTE_TABLE.to_string();
+        let src = self.underlay.to_string();
+        let mut args = vec!["route", op, &dst, "dev", &self.config.interface];
+        if op != "del" {
+            args.extend(["src", &src]);
+        }
+        args.extend(["table", &table]);
+        ip(&args).map_err(|detail| {
+            EncryptionError::NodeRouting(format!(
+                "route {dst} via `{}`: {detail}",
+                self.config.interface
+            ))
+        })
     }
 
     /// Time-driven work: the scheduled rotation (returns the new key to publish), wiping our
@@ -327,6 +398,7 @@ impl Encryption {
             "nextRotationMs": next_rotation,
             "rotationIntervalSeconds": self.config.rotation_interval.as_secs(),
             "graceSeconds": self.config.grace.as_secs(),
+            "nodeEncryption": self.config.encrypt_node,
             "rotations": self.rotations,
             "localEpochs": t.local_epochs,
             "dropsNoRoute": t.drops_no_route,
@@ -373,6 +445,7 @@ fn desired_peers<'a>(
     nodes: impl Iterator<Item = &'a NodeRecord>,
     me: &str,
     port: u16,
+    encrypt_node: bool,
 ) -> (Vec<PeerConfig>, BTreeMap<String, String>) {
     let mut peers = Vec::new();
     let mut skipped = BTreeMap::new();
@@ -401,10 +474,38 @@ fn desired_peers<'a>(
             public_key: key,
             epoch: n.wireguard_epoch,
             endpoint: SocketAddr::new(n.address, port),
-            allowed_ips: vec![IpNet::V4(n.pod_cidr)],
+            // The pod CIDR first: its route follows `allowed_ips[0]`.
+            allowed_ips: if encrypt_node {
+                vec![IpNet::V4(n.pod_cidr), IpNet::from(n.address)]
+            } else {
+                vec![IpNet::V4(n.pod_cidr)]
+            },
         });
     }
     (peers, skipped)
+}
+
+/// Sends every packet without the tunnel's mark to [`NODE_ROUTE_TABLE`] first (replacing the
+/// rule a previous run left), so host traffic to a peer node takes the tunnel once its route
+/// exists, while the tunnel's own marked datagrams leave on the underlay.
+fn node_rule() -> Result<(), EncryptionError> {
+    let pref = NODE_RULE_PREF.to_string();
+    let mark = format!("{TUNNEL_MARK:#x}/{TUNNEL_MARK:#x}");
+    let table = NODE_ROUTE_TABLE.to_string();
+    let _ = ip(&["rule", "del", "pref", &pref]);
+    ip(&[
+        "rule", "add", "pref", &pref, "not", "fwmark", &mark, "lookup", &table,
+    ])
+    .map_err(|detail| EncryptionError::NodeRouting(format!("policy rule: {detail}")))
+}
+
+/// Runs `ip ARGS`; its complaint on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    match Command::new("ip").args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+        Err(e) => Err(format!("running `ip`: {e}")),
+    }
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -447,7 +548,7 @@ mod tests {
             node("garbage", "10.200.4.0/24", "not base64", 2),
             node("thief", "10.200.2.0/24", &k1, 1),
         ];
-        let (peers, skipped) = desired_peers(nodes.iter(), "me", 51820);
+        let (peers, skipped) = desired_peers(nodes.iter(), "me", 51820, false);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].name, "b");
         assert_eq!(peers[0].epoch, 3);
@@ -462,5 +563,13 @@ mod tests {
         );
         assert!(skipped["garbage"].contains("wireguard_public_key"));
         assert!(skipped["thief"].contains("claimed by another node"));
+        // With host-to-host encryption the peer's own address is accepted from it too.
+        let (peers, _) = desired_peers(nodes.iter(), "me", 51820, true);
+        assert_eq!(
+            peers[0].allowed_ips,
+            ["10.200.2.0/24", "10.98.0.11/32"]
+                .map(|n| n.parse::<IpNet>().unwrap())
+                .to_vec()
+        );
     }
 }
