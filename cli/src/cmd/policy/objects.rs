@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use palisade_api::controlplane::PolicyKey;
 use palisade_policy::error::{DocRef, InputError};
-use palisade_policy::{load, namespace};
+use palisade_policy::{load, namespace, pod};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -185,14 +185,16 @@ fn object(
     let kind = json["kind"].as_str().map(str::to_owned);
     let name = json["metadata"]["name"].as_str().map(str::to_owned);
     let namespaced = match kind.as_deref() {
-        Some("CiliumNetworkPolicy" | "NetworkPolicy") => true,
+        // A Pod record: where agents on a Kubernetes node find a pod's labels, service account
+        // and named ports (the mirror writes them; tests and hand-run nodes apply them).
+        Some("CiliumNetworkPolicy" | "NetworkPolicy" | pod::KIND) => true,
         // A Namespace's labels are part of its pods' identities: stored beside the policies.
         Some("CiliumClusterwideNetworkPolicy" | namespace::KIND) => false,
         // The loader's message lists the kinds; without validation, say it here.
         _ if !validate => {
             return Err(err(
                 "kind",
-                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or Namespace"
+                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace or Pod"
                     .to_owned(),
             ));
         }
@@ -211,6 +213,8 @@ fn object(
     }
     if validate && kind.as_deref() == Some(namespace::KIND) {
         namespace::parse(&json).map_err(|e| err(&e.field, e.reason))?;
+    } else if validate && kind.as_deref() == Some(pod::KIND) {
+        pod::parse(&json).map_err(|e| err(&e.field, e.reason))?;
     } else if validate {
         // The same loader, on the same JSON, as the server's validator: what passes here
         // passes there (unless the server's engine is a different version).
@@ -276,9 +280,10 @@ pub fn parse_key(s: &str) -> Result<PolicyKey> {
         }
         "netpol" | "networkpolicy" | "networkpolicies" => "NetworkPolicy",
         "ns" | "namespace" | "namespaces" => namespace::KIND,
+        "po" | "pod" | "pods" => pod::KIND,
         _ => {
             return Err(anyhow!(
-                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol, Namespace/ns)"
+                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol, Namespace/ns, Pod/po)"
             ));
         }
     };
