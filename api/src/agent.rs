@@ -102,6 +102,13 @@ pub struct EndpointSpec {
     /// (`port: http`) resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
+    /// The runtime named the pod but passed no labels (no `args.cni.labels`), as a kubelet
+    /// does: the agent takes the labels, service account and named ports from the control
+    /// plane's Pod record `podNamespace/podName` (which `palisade mirror` copies from the
+    /// cluster), answers code 11 (try again later) while that record has not reached it, and
+    /// moves the endpoint to a new identity when the record's labels change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_pod_record: bool,
 }
 
 /// A named container port, as Kubernetes' `ContainerPort`.
