@@ -235,7 +235,8 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
             .is_some_and(|s| s.contains("palisade-cni"))
     );
 
-    // The mirror's role: read on the policy kinds and what they select, update on status only.
+    // The mirror's role: read on the policy kinds, namespaces and pods (what identities are made
+    // of; no ServiceAccounts), patch on status only (kube-rs `patch_status` sends a PATCH).
     let role = objects
         .iter()
         .find(|(_, o)| o["kind"] == "ClusterRole")
@@ -264,14 +265,13 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
         ("networking.k8s.io", "networkpolicies"),
         ("", "namespaces"),
         ("", "pods"),
-        ("", "serviceaccounts"),
     ] {
         for v in ["get", "list", "watch"] {
             want.push(format!("{g}/{res}:{v}"));
         }
     }
-    want.push("cilium.io/ciliumnetworkpolicies/status:update".into());
-    want.push("cilium.io/ciliumclusterwidenetworkpolicies/status:update".into());
+    want.push("cilium.io/ciliumnetworkpolicies/status:patch".into());
+    want.push("cilium.io/ciliumclusterwidenetworkpolicies/status:patch".into());
     want.sort();
     assert_eq!(grants, want);
 
