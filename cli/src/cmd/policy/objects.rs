@@ -372,11 +372,17 @@ spec: {endpointSelector: {}, ingress: [{}]}
         assert_eq!(parse("set.yaml", &bad, false).expect("envelope").len(), 3);
         let e = parse(
             "x.yaml",
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n",
             true,
         )
         .expect_err("kind");
-        assert!(e.to_string().contains("unknown kind `Pod`"), "{e}");
+        assert!(e.to_string().contains("unknown kind `Deployment`"), "{e}");
+        // A Pod record is read as agents read it: namespace `default` filled in, fields named.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: {app: x}}\nspec: {containers: [{name: c, ports: [{name: HTTP, containerPort: 80}]}]}\n";
+        let e = parse("p.yaml", pod, true).expect_err("port name");
+        assert_eq!(e.path, "spec.containers[0].ports[0].name", "{e}");
+        let ok = parse("p.yaml", &pod.replace("HTTP", "http"), true).expect("pod");
+        assert_eq!(ok[0].key.storage_key(), "Pod/default/a");
         let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: cilium.io/v2, kind: CiliumNetworkPolicy, metadata: {name: a}, spec: {endpointSelector: {}, ingrss: []}}\n";
         let e = parse("l.yaml", list, true).expect_err("list item");
         assert!(e.path.starts_with("items[0]"), "{e}");
@@ -407,7 +413,11 @@ spec: {endpointSelector: {}, ingress: [{}]}
         );
         assert_eq!(parse_key("ccnp/all").expect("key").namespace, "-");
         assert!(parse_key("ccnp/prod/all").is_err());
-        assert!(parse_key("pod/a/b").is_err());
+        assert_eq!(
+            parse_key("po/shop/api-0").expect("key").storage_key(),
+            "Pod/shop/api-0"
+        );
+        assert!(parse_key("deploy/a/b").is_err());
         assert!(parse_key("web").is_err());
     }
 }
