@@ -25,6 +25,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// A request to the agent.
+// One request per connection on a local socket, parsed once: the size of the largest variant (a
+// registration) costs nothing worth a `Box` (as for `AgentResponse`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "op",
@@ -109,6 +112,11 @@ pub struct EndpointSpec {
     /// moves the endpoint to a new identity when the record's labels change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_pod_record: bool,
+    /// The pod's uid (`K8S_POD_UID`), when the runtime passed it: with [`Self::from_pod_record`],
+    /// a Pod record of another uid is an earlier pod of the same name (a StatefulSet member
+    /// recreated), not this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// A named container port, as Kubernetes' `ContainerPort`.

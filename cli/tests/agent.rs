@@ -255,6 +255,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
             ips: vec![pod.ip],
             ports: vec![],
             from_pod_record: false,
+            pod_uid: None,
         };
         match agent::request(&socket, &AgentRequest::EndpointAdd(spec)).expect("endpoint add") {
             AgentResponse::EndpointAdded { identity, .. } => {
@@ -434,6 +435,7 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
         ips: vec![new_ip],
         ports: vec![],
         from_pod_record: false,
+        pod_uid: None,
     };
     let AgentResponse::EndpointAdded {
         identity: again, ..

@@ -235,6 +235,7 @@ impl Cluster {
             ips: vec![p.ip],
             ports,
             from_pod_record: false,
+            pod_uid: None,
         };
         match agent::request(&self.socket(i), &AgentRequest::EndpointAdd(spec)).expect("add") {
             AgentResponse::EndpointAdded { identity, .. } => identity,

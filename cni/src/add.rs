@@ -267,6 +267,7 @@ fn build<R: Runner>(
         ports: conf.ports.clone(),
         // No labels from the runtime (a kubelet's ADD): the agent reads the pod's Pod record.
         from_pod_record: conf.labels.is_none(),
+        pod_uid: att.args.pod_uid.clone(),
     };
     undo.endpoint = true;
     match agent.call(&AgentRequest::EndpointAdd(spec))? {

@@ -4,7 +4,8 @@
 //! mirror` copies from a cluster), on a real lab (three voters over mTLS, two agents):
 //!
 //! - before the record exists the ADD fails with CNI code 11 (try again later) naming the pod,
-//!   and the agent registered nothing (no endpoint with empty labels);
+//!   and the agent registered nothing (no endpoint with empty labels); so does it while the
+//!   record is an earlier pod's of the same name (another uid than the kubelet's `K8S_POD_UID`);
 //! - once the record is applied the retried ADD succeeds, and a policy selecting the record's
 //!   labels and service account admits the pod's real packets to a pod on the other node;
 //! - relabelling the record moves the pod to a new identity and the policy shuts it out.
@@ -33,12 +34,16 @@ spec:
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ";
 
-/// The Pod record of `default/api-0` on node `n2` with `role` = ROLE.
+/// The pod's uid, as the kubelet passes it (`K8S_POD_UID`) and the mirror copies it.
+const UID: &str = "3f6c2a9e-0001";
+
+/// The Pod record of `default/api-0` on node `n2` with `role` = ROLE and `uid` = UID.
 const POD: &str = "apiVersion: v1
 kind: Pod
 metadata:
   name: api-0
   namespace: default
+  uid: THE-UID
   labels: {role: ROLE, app: api}
 spec:
   serviceAccountName: api-sa
@@ -55,10 +60,10 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Stores the Pod record with label `role`, and waits until both agents enforce it.
-fn apply_pod(lab: &str, role: &str) {
+/// Stores the Pod record with label `role` and `uid`, and waits until both agents enforce it.
+fn apply_pod(lab: &str, role: &str, uid: &str) {
     let file = std::env::temp_dir().join(format!("{lab}-pod.yaml"));
-    std::fs::write(&file, POD.replace("ROLE", role)).expect("pod file");
+    std::fs::write(&file, POD.replace("ROLE", role).replace("THE-UID", uid)).expect("pod file");
     ok(&[
         "policy",
         "apply",
@@ -97,7 +102,9 @@ fn cni_add(lab: &Lab, netns: &str) -> Output {
         )
         .env(
             "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-0;K8S_POD_INFRA_CONTAINER_ID=x",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api-0;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID={UID}"
+            ),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -223,8 +230,20 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
         endpoints(&name)
     );
 
-    // The record arrives (as the mirror would copy it): the kubelet's retry succeeds.
-    apply_pod(&name, "api");
+    // The record of an earlier pod of the same name (another uid): not this pod's labels.
+    apply_pod(&name, "api", "3f6c2a9e-0000");
+    let out = cni_add(&lab, &netns);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(reply["code"], 11, "{reply}");
+    assert!(reply.to_string().contains("earlier pod"), "{reply}");
+    assert!(
+        !endpoints(&name).iter().any(|(n, _)| n == "default/api-0"),
+        "{:?}",
+        endpoints(&name)
+    );
+
+    // This pod's record arrives (as the mirror would copy it): the kubelet's retry succeeds.
+    apply_pod(&name, "api", UID);
     let out = cni_add(&lab, &netns);
     assert!(out.status.success(), "CNI ADD with the Pod record: {out:?}");
     let api_identity = endpoints(&name)
@@ -251,7 +270,7 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
     );
 
     // Relabelled: a new identity, and the policy no longer admits it.
-    apply_pod(&name, "batch");
+    apply_pod(&name, "batch", UID);
     let took = until_connects(&netns, target, false, "its record now says role=batch");
     eprintln!("api-0 shut out {took:?} after its relabel was enforced");
     let moved = endpoints(&name)
@@ -261,6 +280,6 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
         .expect("api-0 still registered");
     assert_ne!(moved, api_identity, "a relabelled pod gets a new identity");
     // Back to role=api: admitted again (the endpoint follows every change of its record).
-    apply_pod(&name, "api");
+    apply_pod(&name, "api", UID);
     until_connects(&netns, target, true, "its record says role=api again");
 }

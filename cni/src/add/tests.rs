@@ -89,12 +89,23 @@ fn without_labels_the_agent_is_told_to_read_the_pod_record() {
     let ns_file = fake_netns();
     let ns = ns_file.path().to_str().unwrap();
     let (r, agent) = (runner(ns), ScriptedAgent::healthy());
-    add(&conf(json!({})), &attachment(ns, ""), &r, &agent).unwrap();
+    add(
+        &conf(json!({})),
+        &attachment(ns, "K8S_POD_UID=7f0c-uid"),
+        &r,
+        &agent,
+    )
+    .unwrap();
     let log = agent.log.borrow();
     let AgentRequest::EndpointAdd(spec) = &log[1] else {
         panic!("{log:?}")
     };
     assert!(spec.from_pod_record && spec.labels.is_empty(), "{spec:?}");
+    assert_eq!(
+        spec.pod_uid.as_deref(),
+        Some("7f0c-uid"),
+        "the record's uid is checked"
+    );
     assert_eq!(
         (spec.pod_namespace.as_str(), spec.pod_name.as_str()),
         ("prod", "api-0")

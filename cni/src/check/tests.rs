@@ -56,6 +56,7 @@ fn known_endpoint(req: &AgentRequest) -> Result<AgentResponse, crate::agent::Age
                 ips: vec!["10.200.1.20".parse().unwrap()],
                 ports: vec![],
                 from_pod_record: false,
+                pod_uid: None,
             },
             endpoint_id: 1,
             identity: 1000,

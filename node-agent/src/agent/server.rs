@@ -565,8 +565,9 @@ impl Agent {
     /// control plane's view. Without one — the mirror has not copied the pod yet, or this agent
     /// has not caught up — the answer is code 11 (try again later): the kubelet retries the ADD,
     /// and the pod never runs under the identity of an empty label set, which policy written for
-    /// its real labels would not select. A record naming another node is an earlier pod of the
-    /// same name (a rescheduled StatefulSet member): also try again later.
+    /// its real labels would not select. A record naming another node, or of another uid than the
+    /// runtime's `K8S_POD_UID`, is an earlier pod of the same name (a recreated StatefulSet
+    /// member): also try again later.
     fn fill_from_pod_record(&self, spec: &mut EndpointSpec) -> Result<(), (u32, String)> {
         let name = format!("{}/{}", spec.pod_namespace, spec.pod_name);
         let Some(pod) = self.view.pod(&spec.pod_namespace, &spec.pod_name) else {
@@ -577,6 +578,16 @@ impl Agent {
                 ),
             ));
         };
+        if let (Some(want), Some(have)) = (&spec.pod_uid, &pod.uid)
+            && want != have
+        {
+            return Err((
+                CODE_TRY_AGAIN,
+                format!(
+                    "pod `{name}`: its Pod record is of uid `{have}`, the runtime's pod is `{want}` (an earlier pod of that name); try again later"
+                ),
+            ));
+        }
         if let Some(node) = pod.node.as_deref().filter(|n| *n != self.config.node) {
             return Err((
                 CODE_TRY_AGAIN,
