@@ -13,6 +13,8 @@
 //!    │ ◀─ IpamAllocated{ip, prefix, gateway}
 //!    │ create veth, address, routes, neighbour
 //!    │ EndpointAdd{container, ifname, host_iface, pod, labels, ip} ─▶ identity, maps, programs
+//!    │   (no labels from the runtime: fromPodRecord ─▶ labels from the pod's Pod record, or
+//!    │    code 11 while the control plane has none)
 //!    │ ◀─ EndpointAdded{endpoint_id, identity}
 //!    │ (on any failure after IpamAllocate: IpamRelease, and undo the veth)
 //! ```
