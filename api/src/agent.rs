@@ -13,6 +13,8 @@
 //!    │ ◀─ IpamAllocated{ip, prefix, gateway}
 //!    │ create veth, address, routes, neighbour
 //!    │ EndpointAdd{container, ifname, host_iface, pod, labels, ip} ─▶ identity, maps, programs
+//!    │   (no labels from the runtime: fromPodRecord ─▶ labels from the pod's Pod record, or
+//!    │    code 11 while the control plane has none)
 //!    │ ◀─ EndpointAdded{endpoint_id, identity}
 //!    │ (on any failure after IpamAllocate: IpamRelease, and undo the veth)
 //! ```
@@ -25,6 +27,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// A request to the agent.
+// One request per connection on a local socket, parsed once: the size of the largest variant (a
+// registration) costs nothing worth a `Box` (as for `AgentResponse`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "op",
@@ -102,6 +107,18 @@ pub struct EndpointSpec {
     /// (`port: http`) resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
+    /// The runtime named the pod but passed no labels (no `args.cni.labels`), as a kubelet
+    /// does: the agent takes the labels, service account and named ports from the control
+    /// plane's Pod record `podNamespace/podName` (which `palisade mirror` copies from the
+    /// cluster), answers code 11 (try again later) while that record has not reached it, and
+    /// moves the endpoint to a new identity when the record's labels change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_pod_record: bool,
+    /// The pod's uid (`K8S_POD_UID`), when the runtime passed it: with [`Self::from_pod_record`],
+    /// a Pod record of another uid is an earlier pod of the same name (a StatefulSet member
+    /// recreated), not this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// A named container port, as Kubernetes' `ContainerPort`.

@@ -254,6 +254,8 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
             service_account: None,
             ips: vec![pod.ip],
             ports: vec![],
+            from_pod_record: false,
+            pod_uid: None,
         };
         match agent::request(&socket, &AgentRequest::EndpointAdd(spec)).expect("endpoint add") {
             AgentResponse::EndpointAdded { identity, .. } => {
@@ -432,6 +434,8 @@ fn agent_enforces_directory_policy_for_registered_endpoints_and_survives_restart
         service_account: None,
         ips: vec![new_ip],
         ports: vec![],
+        from_pod_record: false,
+        pod_uid: None,
     };
     let AgentResponse::EndpointAdded {
         identity: again, ..

@@ -234,6 +234,8 @@ impl Cluster {
             service_account: None,
             ips: vec![p.ip],
             ports,
+            from_pod_record: false,
+            pod_uid: None,
         };
         match agent::request(&self.socket(i), &AgentRequest::EndpointAdd(spec)).expect("add") {
             AgentResponse::EndpointAdded { identity, .. } => identity,

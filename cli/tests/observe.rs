@@ -127,6 +127,8 @@ fn start(name: &str, dir: &Path, pins: &Path) -> Env {
             service_account: None,
             ips: vec![pod.ip],
             ports: vec![],
+            from_pod_record: false,
+            pod_uid: None,
         };
         match agent::request(&socket, &AgentRequest::EndpointAdd(spec)).expect("endpoint add") {
             AgentResponse::EndpointAdded { identity, .. } => {

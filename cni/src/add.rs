@@ -261,10 +261,13 @@ fn build<R: Runner>(
         host_iface: plan.host_iface.clone(),
         pod_namespace: plan.pod_namespace.clone(),
         pod_name: plan.pod_name.clone(),
-        labels: conf.labels.clone(),
+        labels: conf.labels.clone().unwrap_or_default(),
         service_account: conf.service_account.clone(),
         ips: vec![address.addr()],
         ports: conf.ports.clone(),
+        // No labels from the runtime (a kubelet's ADD): the agent reads the pod's Pod record.
+        from_pod_record: conf.labels.is_none(),
+        pod_uid: att.args.pod_uid.clone(),
     };
     undo.endpoint = true;
     match agent.call(&AgentRequest::EndpointAdd(spec))? {

@@ -9,7 +9,7 @@
 //! | `K8S_POD_NAMESPACE`          | the pod's namespace (a DNS label); required for ADD   |
 //! | `K8S_POD_NAME`               | the pod's name (a DNS subdomain); required for ADD    |
 //! | `K8S_POD_INFRA_CONTAINER_ID` | accepted, unused                                      |
-//! | `K8S_POD_UID`                | accepted, unused                                      |
+//! | `K8S_POD_UID`                | the pod's uid: tells it from an earlier pod of its name |
 
 use std::net::IpAddr;
 
@@ -27,6 +27,8 @@ pub struct CniArgs {
     pub pod_namespace: Option<String>,
     /// `K8S_POD_NAME`.
     pub pod_name: Option<String>,
+    /// `K8S_POD_UID` (the agent checks it against the uid of the pod's Pod record).
+    pub pod_uid: Option<String>,
 }
 
 fn invalid(key: &str, value: &str, reason: impl Into<String>) -> EnvError {
@@ -73,6 +75,7 @@ impl CniArgs {
                     validate::dns_subdomain(value).map_err(|r| invalid(key, value, r))?;
                     args.pod_name = Some(value.to_string());
                 }
+                "K8S_POD_UID" if !value.is_empty() => args.pod_uid = Some(value.to_string()),
                 "K8S_POD_INFRA_CONTAINER_ID" | "K8S_POD_UID" => {}
                 _ => unknown.push(format!("`{key}`")),
             }
@@ -101,6 +104,7 @@ mod tests {
         assert_eq!(a.ip, Some("10.200.1.20".parse().unwrap()));
         assert_eq!(a.pod_namespace.as_deref(), Some("prod"));
         assert_eq!(a.pod_name.as_deref(), Some("api-0"));
+        assert_eq!(a.pod_uid.as_deref(), Some("u"));
         assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
         // IgnoreUnknown may come after the unknown key, and any case of true works.
         assert!(CniArgs::parse("FOO=1;IgnoreUnknown=TRUE").is_ok());

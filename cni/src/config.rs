@@ -76,8 +76,9 @@ pub struct NetConf {
     pub mtu: u32,
     /// `dns`.
     pub dns: Dns,
-    /// `args.cni.labels`.
-    pub labels: BTreeMap<String, String>,
+    /// `args.cni.labels`; `None` when absent (a kubelet passes none: the agent then takes the
+    /// pod's labels from the control plane's Pod record).
+    pub labels: Option<BTreeMap<String, String>>,
     /// `args.cni.serviceAccount`.
     pub service_account: Option<String>,
     /// `args.cni.ips`.
@@ -253,7 +254,7 @@ fn parse_dns(v: Option<&Value>) -> Result<Dns, ConfigError> {
 
 /// What `args.cni` carries: labels, service account, requested addresses, named ports.
 type Args = (
-    BTreeMap<String, String>,
+    Option<BTreeMap<String, String>>,
     Option<String>,
     Vec<IpAddr>,
     Vec<ContainerPort>,
@@ -265,9 +266,10 @@ fn parse_args(v: Option<&Value>) -> Result<Args, ConfigError> {
         .transpose()?
         .flatten()
     else {
-        return Ok((BTreeMap::new(), None, Vec::new(), Vec::new()));
+        return Ok((None, None, Vec::new(), Vec::new()));
     };
     let mut labels = BTreeMap::new();
+    let given = !matches!(cni.get("labels"), None | Some(Value::Null));
     match cni.get("labels") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
@@ -324,7 +326,12 @@ fn parse_args(v: Option<&Value>) -> Result<Args, ConfigError> {
         ips.push(parsed);
     }
     let ports = parse_ports(cni.get("ports"))?;
-    Ok((labels, service_account.map(str::to_string), ips, ports))
+    Ok((
+        given.then_some(labels),
+        service_account.map(str::to_string),
+        ips,
+        ports,
+    ))
 }
 
 /// `args.cni.ports`: the pod's named container ports, Kubernetes' `ContainerPort` shape

@@ -80,6 +80,24 @@ pub fn router<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
                 .patch(patch_namespace)
                 .delete(delete_namespace),
         )
+        .route("/api/v1/pods", get(list_pods_all))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods",
+            get(list_pods).post(create_pod),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}",
+            get(get_pod)
+                .put(put_pod)
+                .patch(patch_pod)
+                .delete(delete_pod),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/status",
+            get(subresource::get_pod)
+                .put(subresource::put_pod)
+                .patch(subresource::patch_pod),
+        )
         .route("/apis", get(|| async { json_ok(&discovery::groups()) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(api_resources))
@@ -282,6 +300,76 @@ async fn delete_namespace(
     Query(q): Params,
 ) -> KubeResult {
     delete(ops, namespaces_target(), name, q).await
+}
+
+// === core v1 Pods ===
+//
+// Stored beside the policies (kind `Pod`, in its namespace) and served by the same handlers; only
+// the paths differ (`/api/v1/...`, and `/api/v1/pods` for every namespace). What agents read of
+// them is `palisade_policy::pod`'s: the labels, service account and named ports of a pod the
+// kubelet names without them, and its node and addresses.
+
+/// The `pods` target in `namespace` (every namespace when `None`: lists and watches only).
+fn pods_target(namespace: Option<String>) -> Target {
+    Target {
+        res: &resources::RESOURCES[4],
+        namespace,
+    }
+}
+
+async fn list_pods_all(State(ops): State<Ops>, Query(q): Params) -> KubeResult {
+    list_or_watch(ops, pods_target(None), q).await
+}
+
+async fn list_pods(
+    State(ops): State<Ops>,
+    Path(namespace): Path<String>,
+    Query(q): Params,
+) -> KubeResult {
+    list_or_watch(ops, pods_target(Some(namespace)), q).await
+}
+
+async fn get_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> KubeResult {
+    get_object(ops, pods_target(Some(namespace)), name).await
+}
+
+async fn create_pod(
+    State(ops): State<Ops>,
+    Path(namespace): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> KubeResult {
+    create(ops, pods_target(Some(namespace)), q, body).await
+}
+
+async fn put_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Params,
+    body: Bytes,
+) -> KubeResult {
+    update(ops, pods_target(Some(namespace)), name, q, body).await
+}
+
+async fn patch_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult {
+    patch(ops, pods_target(Some(namespace)), name, q, &headers, body).await
+}
+
+async fn delete_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Params,
+) -> KubeResult {
+    delete(ops, pods_target(Some(namespace)), name, q).await
 }
 
 // === targets ===
@@ -562,6 +650,20 @@ async fn commit(
     dry_run: bool,
 ) -> KubeResult<Value> {
     let key = t.key(name);
+    if let Some(e) = existing
+        && t.res.kind == palisade_policy::pod::KIND
+        && e.object["spec"] != o["spec"]
+    {
+        // As on Kubernetes, a pod's spec is fixed once created. It also keeps kubectl's apply
+        // patches of pods honest: they merge `containers` by name, which this API's strategic
+        // merge (lists replaced) does not, so a changed spec here would be a mangled one.
+        return Err(KubeError::invalid(
+            t.res,
+            name,
+            "spec",
+            "Forbidden: a pod's spec cannot change once created (delete and create the pod)",
+        ));
+    }
     let checked = engine_view(&o);
     let precondition = match existing {
         Some(r) => PolicyPrecondition::Revision(r.revision),

@@ -6,7 +6,7 @@
 //! its error (field path and reason) is what the caller sees. [`PlaceholderShapeValidator`] checks
 //! the envelope only; it is kept for tests of the store that do not want the engine.
 
-use palisade_policy::namespace;
+use palisade_policy::{namespace, pod};
 use serde_json::Value;
 
 use crate::app::PolicyKey;
@@ -46,6 +46,9 @@ impl PolicyValidator for EngineValidator {
         if key.kind == namespace::KIND {
             return validate_namespace(key, object);
         }
+        if key.kind == pod::KIND {
+            return validate_pod(key, object);
+        }
         PlaceholderShapeValidator.validate(key, object)?;
         // JSON is YAML: the engine's loader reads the object as one document.
         let text =
@@ -80,6 +83,21 @@ fn validate_namespace(key: &PolicyKey, object: &Value) -> Result<(), PolicyRejec
             format!("is `{}` but the path says `{}`", ns.name, key.name),
         ));
     }
+    Ok(())
+}
+
+/// A `v1/Pod` record (stored beside the policies: agents take a pod's labels, service account
+/// and named ports from it when the CNI runtime passes none, as a kubelet does): namespaced,
+/// named as its key, and readable by [`pod::parse`], the agents' reader.
+fn validate_pod(key: &PolicyKey, object: &Value) -> Result<(), PolicyRejected> {
+    if key.namespace == "-" {
+        return Err(PolicyRejected::new(
+            "metadata.namespace",
+            "a Pod is namespaced: store it under its namespace, not `-`",
+        ));
+    }
+    PlaceholderShapeValidator.validate(key, object)?;
+    pod::parse(object).map_err(|e| PolicyRejected::new(&e.field, e.reason))?;
     Ok(())
 }
 
@@ -177,6 +195,30 @@ mod tests {
         let mut bad = ok.clone();
         bad["metadata"]["labels"]["env"] = json!("prod!");
         assert_eq!(field(key("-", "team-a"), &bad), "metadata.labels.env");
+    }
+
+    #[test]
+    fn pods_are_namespaced_named_as_their_key_and_read_as_agents_read_them() {
+        let key = |ns: &str, name: &str| PolicyKey {
+            kind: "Pod".into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let ok = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "api-0", "namespace": "shop", "labels": {"app": "api"}},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]}});
+        assert_eq!(EngineValidator.validate(&key("shop", "api-0"), &ok), Ok(()));
+        let field =
+            |k: PolicyKey, o: &Value| EngineValidator.validate(&k, o).expect_err("refused").field;
+        assert_eq!(field(key("-", "api-0"), &ok), "metadata.namespace");
+        assert_eq!(field(key("other", "api-0"), &ok), "metadata.namespace");
+        assert_eq!(field(key("shop", "api-1"), &ok), "metadata.name");
+        let mut bad = ok.clone();
+        bad["spec"]["containers"][0]["ports"][0]["name"] = json!("HTTP");
+        assert_eq!(
+            field(key("shop", "api-0"), &bad),
+            "spec.containers[0].ports[0].name"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The watchers, the writes to the control plane (the blocking client runs on tokio's
 //! blocking pool) and the status written back on each source object.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -75,6 +75,12 @@ async fn with_dest<T: Send + 'static>(
     }
 }
 
+/// What this mirror last stored of each object of a kind with no status to write back: an event
+/// whose copy is the same is not sent again (a pod's status churn — conditions, container states,
+/// restarts — makes many events and no change to its copy). Emptied on every (re)list, whose
+/// objects are stored again (a no-op for unchanged ones).
+type Copies = BTreeMap<String, Value>;
+
 /// Copies `o` into the control plane, then records the outcome on `o`'s status (kinds with
 /// the subresource). Returns the copy's key (`None` when `o` cannot be translated).
 async fn apply(
@@ -83,6 +89,7 @@ async fn apply(
     kind: Kind,
     source: &str,
     o: &DynamicObject,
+    copies: &mut Copies,
 ) -> Option<PolicyKey> {
     let v = serde_json::to_value(o).unwrap_or(Value::Null);
     let (key, object) = match kind.to_policy(&v, source) {
@@ -94,14 +101,22 @@ async fn apply(
     };
     if !kind.needs_copy(&object) {
         // A namespace without labels: no copy, and an earlier one (it had labels) goes.
+        copies.remove(&key.storage_key());
         delete_copy(dest, key, source).await;
         return None;
     }
+    if !kind.status && copies.get(&key.storage_key()) == Some(&object) {
+        return Some(key);
+    }
     let k = key.clone();
-    let outcome = with_dest(dest, key.storage_key(), move |d| store(d, &k, &object)).await;
+    let sent = object.clone();
+    let outcome = with_dest(dest, key.storage_key(), move |d| store(d, &k, &sent)).await;
     match &outcome {
         Some(Outcome::Accepted { revision }) => {
             tracing::info!(key = %key.storage_key(), revision, "mirrored");
+            if !kind.status {
+                copies.insert(key.storage_key(), object);
+            }
         }
         Some(Outcome::Rejected { message }) => {
             tracing::warn!(key = %key.storage_key(), %message, "the control plane refused the copy");
@@ -192,11 +207,15 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
         .default_backoff()
         .boxed();
     let mut listed: BTreeSet<String> = BTreeSet::new();
+    let mut copies = Copies::new();
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                copies.clear();
+            }
             Ok(watcher::Event::InitApply(o)) => {
-                if let Some(k) = apply(&kube, &dest, kind, &source, &o).await {
+                if let Some(k) = apply(&kube, &dest, kind, &source, &o, &mut copies).await {
                     listed.insert(k.storage_key());
                 }
             }
@@ -213,11 +232,12 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
                 }
             }
             Ok(watcher::Event::Apply(o)) => {
-                apply(&kube, &dest, kind, &source, &o).await;
+                apply(&kube, &dest, kind, &source, &o, &mut copies).await;
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
                 let key = kind.key(o.metadata.namespace.as_deref(), &name);
+                copies.remove(&key.storage_key());
                 delete_copy(&dest, key, &source).await;
             }
             Err(e) => tracing::warn!(kind = kind.kind, error = %e, "watch failed; retrying"),

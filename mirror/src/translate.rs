@@ -28,9 +28,12 @@ pub struct Kind {
     pub status: bool,
 }
 
-/// The mirrored kinds: the three policy kinds and `v1/Namespace` (its labels are part of its
-/// pods' identities, what a `namespaceSelector` matches).
-pub const KINDS: [Kind; 4] = [
+/// The mirrored kinds: the three policy kinds, `v1/Namespace` (its labels are part of its
+/// pods' identities, what a `namespaceSelector` matches) and `v1/Pod` (a kubelet's CNI ADD names
+/// a pod without its labels: agents take its labels, service account and named ports from the
+/// copy). ServiceAccounts are not mirrored: a pod's identity carries the name of its service
+/// account (`spec.serviceAccountName`), never the ServiceAccount object's labels, as in Cilium.
+pub const KINDS: [Kind; 5] = [
     Kind {
         group: "cilium.io",
         version: "v2",
@@ -61,6 +64,14 @@ pub const KINDS: [Kind; 4] = [
         kind: "Namespace",
         plural: "namespaces",
         namespaced: false,
+        status: false,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        namespaced: true,
         status: false,
     },
 ];
@@ -100,6 +111,10 @@ impl Kind {
 
     /// The key and the object to store for the cluster's object `o`: its identity, labels,
     /// annotations (plus [`MIRRORED_FROM`]) and rules; no server-populated metadata or status.
+    ///
+    /// A Pod is copied as [`palisade_policy::pod::Pod::projection`] (labels, service account, node,
+    /// named ports, addresses, uid) and [`MIRRORED_FROM`]: its status churn (conditions, container
+    /// states, restarts) leaves the copy as it is, so it makes no write.
     pub fn to_policy(&self, o: &Value, source: &str) -> Result<(PolicyKey, Value), TranslateError> {
         let meta = &o["metadata"];
         let name = meta["name"].as_str().ok_or_else(|| TranslateError {
@@ -108,6 +123,15 @@ impl Kind {
         })?;
         let namespace = meta["namespace"].as_str();
         let key = self.key(namespace, name);
+        if self.group.is_empty() && self.kind == palisade_policy::pod::KIND {
+            let pod = palisade_policy::pod::parse(o).map_err(|e| TranslateError {
+                field: e.field,
+                reason: e.reason,
+            })?;
+            let mut copy = pod.projection(&key.namespace);
+            copy["metadata"]["annotations"] = json!({MIRRORED_FROM: source});
+            return Ok((key, copy));
+        }
         let mut annotations: Map<String, Value> =
             meta["annotations"].as_object().cloned().unwrap_or_default();
         annotations.remove(LAST_APPLIED);
@@ -272,6 +296,46 @@ mod tests {
             "metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}}});
         assert!(!ns.needs_copy(&ns.to_policy(&bare, "east").unwrap().1));
         assert!(KINDS[0].needs_copy(&json!({})));
+    }
+
+    #[test]
+    fn pods_are_copied_as_their_projection_and_status_churn_changes_nothing() {
+        let pod = KINDS[4];
+        let o = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "api-0", "namespace": "shop", "uid": "u-1", "resourceVersion": "9",
+                "labels": {"app": "api"}, "annotations": {"kubectl.kubernetes.io/restartedAt": "x"}},
+            "spec": {"serviceAccountName": "api-sa", "nodeName": "n1", "containers": [
+                {"name": "main", "image": "api:1", "ports": [{"name": "http", "containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}],
+                "conditions": [{"type": "Ready", "status": "True"}]}});
+        let (key, copy) = pod.to_policy(&o, "east").unwrap();
+        assert_eq!(key.storage_key(), "Pod/shop/api-0");
+        assert_eq!(
+            copy["metadata"]["annotations"],
+            json!({MIRRORED_FROM: "east"})
+        );
+        assert_eq!(copy["metadata"]["uid"], "u-1");
+        assert_eq!(copy["spec"]["serviceAccountName"], "api-sa");
+        assert_eq!(copy["spec"]["containers"][0]["ports"][0]["name"], "http");
+        assert!(
+            copy["spec"]["containers"][0].get("image").is_none(),
+            "{copy}"
+        );
+        assert_eq!(copy["status"], json!({"podIPs": [{"ip": "10.0.0.5"}]}));
+        assert!(pod.needs_copy(&copy), "a pod without labels is copied too");
+        let mut churn = o.clone();
+        churn["status"]["conditions"][0]["status"] = json!("False");
+        churn["metadata"]["resourceVersion"] = json!("10");
+        assert_eq!(pod.to_policy(&churn, "east").unwrap().1, copy);
+        let mut relabelled = o.clone();
+        relabelled["metadata"]["labels"]["app"] = json!("api-v2");
+        assert_ne!(pod.to_policy(&relabelled, "east").unwrap().1, copy);
+        let mut bad = o.clone();
+        bad["spec"]["containers"][0]["ports"][0]["name"] = json!("HTTP");
+        assert_eq!(
+            pod.to_policy(&bad, "east").unwrap_err().field,
+            "spec.containers[0].ports[0].name"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod labels;
 pub mod load;
 pub mod mapstate;
 pub mod namespace;
+pub mod pod;
 pub mod selector;
 pub mod selector_cache;
 pub mod suite;

@@ -15,8 +15,11 @@ use super::fail;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The kubeconfig of the cluster to mirror from (its current context unless --context).
+    /// Without one, the mirror runs in the cluster: the pod's service account
+    /// (`KUBERNETES_SERVICE_HOST` and /var/run/secrets/kubernetes.io/serviceaccount), as the
+    /// Deployment in deploy/kubernetes/ runs it.
     #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
     #[arg(long)]
     context: Option<String>,
@@ -39,8 +42,16 @@ pub fn run(args: Args) -> ExitCode {
 fn mirror(args: Args) -> Result<()> {
     // The blocking control-plane client (and `--lab`'s namespace switch) before any runtime.
     let dest = args.connect.client()?;
-    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("--kubeconfig `{}`", args.kubeconfig.display()))?;
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => Some(
+            Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig `{}`", path.display()))?,
+        ),
+        None if args.context.is_some() => {
+            anyhow::bail!("--context needs --kubeconfig (in the cluster there are no contexts)")
+        }
+        None => None,
+    };
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..KubeConfigOptions::default()
@@ -57,9 +68,14 @@ fn mirror(args: Args) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .context("--kubeconfig")?;
+        let config = match kubeconfig {
+            Some(k) => kube::Config::from_custom_kubeconfig(k, &options)
+                .await
+                .context("--kubeconfig")?,
+            None => kube::Config::incluster().context(
+                "no --kubeconfig (nor KUBECONFIG), and not in a cluster's pod (its service account)",
+            )?,
+        };
         let client = kube::Client::try_from(config).context("kubernetes client")?;
         palisade_mirror::run(client, dest, args.source).await?;
         Ok(())

@@ -35,7 +35,10 @@ enum Command {
     /// Store policy objects in the control plane (CiliumNetworkPolicy,
     /// CiliumClusterwideNetworkPolicy, NetworkPolicy: the YAML used with kubectl), and v1
     /// Namespaces, whose labels become part of their pods' identities (what a
-    /// `namespaceSelector` matches; relabelling one moves its pods to new identities).
+    /// `namespaceSelector` matches; relabelling one moves its pods to new identities), and v1
+    /// Pod records, where agents take the labels, service account and named ports of a pod
+    /// whose CNI ADD names it without labels (as a kubelet's does; `palisade mirror` copies them
+    /// from a cluster).
     ///
     /// Every document is first validated locally by the policy engine; if any is invalid the
     /// error names its file, document and field, nothing is sent, and the exit code is 2. Each

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_cp_client::{Client, ClientConfig};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -309,4 +310,32 @@ pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `METHOD path` on the member's API with curl, a JSON merge patch body (kubectl before v1.24, e.g. Debian's v1.20,
+/// has no `--subresource`): the status code and the body.
+pub fn curl(cluster: &ControlPlane, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let ca = cluster.tls_dir.as_ref().expect("tls").join("ca.pem");
+    let out = Command::new("curl")
+        .args(["-sS", "-X", method, "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            "-H",
+            "Content-Type: application/merge-patch+json",
+            "--data-binary",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("{}{path}", cluster.url),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): install it with scripts/bootstrap.sh"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }

@@ -242,9 +242,9 @@ fn an_invalid_document_applies_nothing() {
 
     // Bad keys and missing files are one-line errors too.
     assert!(
-        cp.palisade(&["policy", "get", "pod/a/b"])
+        cp.palisade(&["policy", "get", "deploy/a/b"])
             .error_line(2)
-            .contains("unknown kind `pod`")
+            .contains("unknown kind `deploy`")
     );
     let out = cp.palisade(&["policy", "apply", "-f", "/nonexistent/p.yaml"]);
     assert!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixture::{ControlPlane, Run, scratch};
+use crate::fixture::{ControlPlane, Run, curl, scratch};
 
 /// Seed-style objects: one of each served kind.
 const POLICIES: &str = r#"apiVersion: cilium.io/v2
@@ -632,4 +632,177 @@ fn kubectl_drives_namespaces_and_their_labels() {
         out.stderr.contains("NotFound") || out.stderr.contains("not found"),
         "{out:#?}"
     );
+}
+
+/// A pod as a user (or a Deployment) writes it: far more than identities need.
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: api-0
+  namespace: shop
+  labels: {app: api, tier: backend}
+spec:
+  serviceAccountName: api-sa
+  nodeName: node-1
+  containers:
+    - name: main
+      image: registry.example/api:1.2
+      ports:
+        - {name: http, containerPort: 8080, protocol: TCP}
+        - {containerPort: 9090}
+    - name: metrics
+      image: registry.example/exporter:3
+      ports:
+        - {name: metrics, containerPort: 9100}
+"#;
+
+/// `v1/Pod` records (where agents on a Kubernetes node find a pod's labels, service account and
+/// named ports): kubectl creates one, lists it with `get pods -A`, relabels it, writes its
+/// addresses through the status subresource (as a kubelet does), and deletes it; an invalid
+/// named port and an invalid address are refused with the field named; every step is checked
+/// against the REST view of the same Raft state.
+#[test]
+fn kubectl_drives_pods() {
+    let cp = ControlPlane::start_tls("kubectl-pods");
+    let token = cp
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token file");
+    let dir = scratch("kubectl-pods");
+    let kubeconfig = dir.join("kubeconfig");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    cp.palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    let k = Kube {
+        kubeconfig,
+        dir: dir.clone(),
+    };
+    let record = || stored(&cp, &token, "Pod", "shop", "api-0")["object"].clone();
+
+    let file = write(&dir, "pod.yaml", POD);
+    let out = k.run(&["apply", "-f", &file], None);
+    assert!(out.ok().contains("pod/api-0 created"), "{out:#?}");
+    let r = record();
+    assert_eq!(
+        r["metadata"]["labels"],
+        serde_json::json!({"app": "api", "tier": "backend"}),
+        "{r}"
+    );
+    assert_eq!(r["spec"]["serviceAccountName"], "api-sa", "{r}");
+    assert_eq!(r["spec"]["containers"][1]["ports"][0]["name"], "metrics");
+
+    // `get pods -A`: every namespace, as a cluster admin would look.
+    let out = k.run(&["get", "pods", "-A"], None);
+    let table = out.ok();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("shop") && l.contains("api-0")),
+        "{out:#?}"
+    );
+    let all = k.json(&["get", "pods", "--all-namespaces"]);
+    assert_eq!(all["items"][0]["kind"], "Pod", "{all}");
+    assert_eq!(all["items"][0]["metadata"]["namespace"], "shop", "{all}");
+    let o = k.json(&["get", "pod", "api-0", "-n", "shop"]);
+    assert_eq!(o["spec"]["nodeName"], "node-1", "{o}");
+    let out = k.run(&["get", "pods", "-n", "other"], None);
+    assert!(!out.ok().contains("api-0"), "{out:#?}");
+
+    // Relabel: kubectl sends a strategic merge patch; the stored labels follow.
+    let out = k.run(
+        &[
+            "label",
+            "pod",
+            "api-0",
+            "-n",
+            "shop",
+            "app=api-v2",
+            "--overwrite",
+        ],
+        None,
+    );
+    assert!(out.ok().contains("pod/api-0 labeled"), "{out:#?}");
+    assert_eq!(record()["metadata"]["labels"]["app"], "api-v2");
+
+    // Addresses go through the status subresource, as the kubelet writes them (curl: kubectl
+    // before v1.24 has no `--subresource`).
+    let status = "/api/v1/namespaces/shop/pods/api-0/status";
+    let (code, o) = curl(
+        &cp,
+        "PATCH",
+        status,
+        r#"{"status": {"podIPs": [{"ip": "10.0.1.5"}], "phase": "Running"}}"#,
+    );
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(record()["status"]["podIPs"][0]["ip"], "10.0.1.5");
+    assert_eq!(
+        record()["metadata"]["labels"]["app"],
+        "api-v2",
+        "status only"
+    );
+    let (code, o) = curl(
+        &cp,
+        "PATCH",
+        status,
+        r#"{"status": {"podIPs": [{"ip": "10.0.1.500"}]}}"#,
+    );
+    assert_eq!(code, 422, "{o}");
+    assert_eq!(
+        o["details"]["causes"][0]["field"], "status.podIPs[0].ip",
+        "{o}"
+    );
+    assert_eq!(record()["status"]["podIPs"][0]["ip"], "10.0.1.5");
+
+    // A pod's spec is fixed once created (as on Kubernetes): a changed port is refused and the
+    // record stays as it was.
+    let changed = write(
+        &dir,
+        "changed.yaml",
+        &POD.replace(
+            "name: metrics, containerPort: 9100",
+            "name: metrics, containerPort: 9101",
+        ),
+    );
+    let out = k.run(&["apply", "-f", &changed], None);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("spec: Invalid value: Forbidden"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        record()["spec"]["containers"][1]["ports"][0]["containerPort"],
+        9100
+    );
+
+    // An invalid named port: refused with the field named, nothing stored.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &POD.replace("name: api-0", "name: api-1").replace(
+            "name: metrics, containerPort",
+            "name: Metrics, containerPort",
+        ),
+    );
+    let out = k.run(&["apply", "-f", &bad], None);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("spec.containers[1].ports[0].name"),
+        "{out:#?}"
+    );
+    assert!(
+        !listed(&cp, &token).contains(&"Pod/shop/api-1".to_string()),
+        "{:?}",
+        listed(&cp, &token)
+    );
+
+    let out = k.run(&["delete", "pod", "api-0", "-n", "shop"], None);
+    assert!(out.ok().contains("pod \"api-0\" deleted"), "{out:#?}");
+    assert!(
+        !listed(&cp, &token).contains(&"Pod/shop/api-0".to_string()),
+        "{:?}",
+        listed(&cp, &token)
+    );
+    let out = k.run(&["get", "pods", "-A"], None);
+    assert!(!out.stdout.contains("api-0"), "{out:#?}");
 }

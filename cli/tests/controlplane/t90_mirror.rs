@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fixture::{ADMIN_TOKEN, BIN, ControlPlane, scratch};
+use crate::fixture::{BIN, ControlPlane, curl, scratch};
 
 /// The mirror process, killed on drop.
 struct Mirror(Child);
@@ -256,34 +256,6 @@ fn eventually_cnp(kubeconfig: &str, name: &str, what: &str, ok: impl Fn(&Value) 
 
 const PORT_FIELD: &str = "`spec.ingress[0].toPorts[0].ports[0].port`";
 
-/// `METHOD path` on the cluster's API with curl (kubectl before v1.24, e.g. Debian's v1.20,
-/// has no `--subresource`): the status code and the body.
-fn curl(cluster: &ControlPlane, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let ca = cluster.tls_dir.as_ref().expect("tls").join("ca.pem");
-    let out = Command::new("curl")
-        .args(["-sS", "-X", method, "--cacert"])
-        .arg(&ca)
-        .args([
-            "-H",
-            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
-            "-H",
-            "Content-Type: application/merge-patch+json",
-            "--data-binary",
-            body,
-            "-w",
-            "\n%{http_code}",
-            &format!("{}{path}", cluster.url),
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl ({e}): install it with scripts/bootstrap.sh"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n    - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n";
 
 #[test]
@@ -444,5 +416,155 @@ fn the_mirror_writes_status_back() {
     let yaml = kubectl(&kc, &["get", "cnp", "-o", "yaml"], "");
     assert!(yaml.contains("type: Accepted"), "{yaml}");
     assert!(yaml.contains("policyRevision:"), "{yaml}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pod as a Deployment makes it: identities need its labels, service account, node, named
+/// ports and addresses, nothing else.
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: NAME\n  namespace: shop\n  labels: {app: api}\nspec:\n  serviceAccountName: api-sa\n  nodeName: node-1\n  containers:\n    - name: main\n      image: api:1\n      ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]\n";
+
+fn pod(name: &str) -> String {
+    POD.replace("NAME", name)
+}
+
+/// Pods: the mirror copies each as the trimmed record agents read (labels, service account,
+/// node, named ports, addresses), follows relabelling and deletion, writes nothing for status
+/// churn, and converges after its watch is cut mid-stream (the stand-in killed and restarted:
+/// its change feed starts over, the watch answers `410 Expired`, the mirror lists again).
+#[test]
+fn the_mirror_copies_pods_as_identities_need_them() {
+    let mut cluster = ControlPlane::start_tls("mpods-src");
+    let dest = ControlPlane::start("mpods-dst");
+    let dir = scratch("mpods");
+    let kc = dir.join("kubeconfig").to_string_lossy().into_owned();
+    let token = cluster
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token");
+    cluster
+        .palisade(&["kubeconfig", "--token-file", &token, "-o", &kc])
+        .ok();
+    kubectl(&kc, &["apply", "-f", "-"], &pod("api-0"));
+    let status = "/api/v1/namespaces/shop/pods/api-0/status";
+    let ips = r#"{"status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.5"}]}}"#;
+    assert_eq!(curl(&cluster, "PATCH", status, ips).0, 200);
+
+    let log = dir.join("mirror.log");
+    let mirror = start_mirror(&kc, &dest, &log);
+    let copy_of = |name: &str| {
+        let key = format!("Pod/shop/{name}");
+        stored(&dest)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| o)
+    };
+    eventually(&dest, "the pod is copied", |s| {
+        s.iter().any(|(k, _)| k == "Pod/shop/api-0")
+    });
+    let copy = copy_of("api-0").expect("copy");
+    assert_eq!(
+        copy["metadata"]["labels"],
+        serde_json::json!({"app": "api"})
+    );
+    assert_eq!(
+        copy["metadata"]["annotations"],
+        serde_json::json!({"policy.palisade.io/mirrored-from": "east"})
+    );
+    assert_eq!(copy["spec"]["serviceAccountName"], "api-sa");
+    assert_eq!(copy["spec"]["nodeName"], "node-1");
+    assert_eq!(
+        copy["spec"]["containers"][0]["ports"],
+        serde_json::json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}]),
+        "named ports only"
+    );
+    assert_eq!(
+        copy["status"],
+        serde_json::json!({"podIPs": [{"ip": "10.0.1.5"}]})
+    );
+    assert!(
+        copy["spec"]["containers"][0].get("image").is_none(),
+        "{copy}"
+    );
+    let first = revision(&dest, "Pod/shop/api-0").expect("revision");
+
+    // Status churn (readiness flapping) changes nothing the copy holds: no write. A second pod
+    // created after it marks that the mirror has seen the churn (one watcher per kind, in order).
+    for ready in ["False", "True", "False"] {
+        let churn = format!(
+            r#"{{"status": {{"conditions": [{{"type": "Ready", "status": "{ready}"}}]}}}}"#
+        );
+        assert_eq!(curl(&cluster, "PATCH", status, &churn).0, 200);
+    }
+    kubectl(&kc, &["apply", "-f", "-"], &pod("marker"));
+    eventually(&dest, "the marker pod is copied", |s| {
+        s.iter().any(|(k, _)| k == "Pod/shop/marker")
+    });
+    assert_eq!(
+        revision(&dest, "Pod/shop/api-0"),
+        Some(first),
+        "status churn must not rewrite the copy"
+    );
+
+    // Relabel and delete follow.
+    kubectl(
+        &kc,
+        &[
+            "label",
+            "pod",
+            "api-0",
+            "-n",
+            "shop",
+            "app=api-v2",
+            "--overwrite",
+        ],
+        "",
+    );
+    eventually(&dest, "the relabelling follows", |_| {
+        copy_of("api-0").is_some_and(|o| o["metadata"]["labels"]["app"] == "api-v2")
+    });
+    kubectl(&kc, &["delete", "pod", "marker", "-n", "shop"], "");
+    eventually(&dest, "the deletion follows", |s| {
+        !s.iter().any(|(k, _)| k == "Pod/shop/marker")
+    });
+
+    // The watch cut mid-stream: the stand-in is killed and restarted (its change feed starts
+    // over). Changes made after it still arrive: the watch resumes or the mirror lists again.
+    cluster.restart();
+    kubectl(
+        &kc,
+        &[
+            "label",
+            "pod",
+            "api-0",
+            "-n",
+            "shop",
+            "app=api-v3",
+            "--overwrite",
+        ],
+        "",
+    );
+    kubectl(&kc, &["apply", "-f", "-"], &pod("late"));
+    eventually(
+        &dest,
+        "the mirror converges after the interrupted watch",
+        |s| {
+            s.iter().any(|(k, _)| k == "Pod/shop/late")
+                && copy_of("api-0").is_some_and(|o| o["metadata"]["labels"]["app"] == "api-v3")
+        },
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("watch failed; retrying"),
+        "the watch was cut: {text}"
+    );
+
+    // Deleted while no mirror runs: the next mirror's initial list removes the copy.
+    drop(mirror);
+    kubectl(&kc, &["delete", "pod", "late", "-n", "shop"], "");
+    let _mirror = start_mirror(&kc, &dest, &dir.join("mirror2.log"));
+    eventually(&dest, "the resync removes the stale pod copy", |s| {
+        !s.iter().any(|(k, _)| k == "Pod/shop/late") && s.iter().any(|(k, _)| k == "Pod/shop/api-0")
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }

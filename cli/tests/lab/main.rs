@@ -15,4 +15,5 @@ mod t61_dns_fqdn;
 mod t62_dns_fqdn_restart;
 mod t70_tutorial;
 mod t80_gossip;
+mod t81_pod_records;
 mod util;

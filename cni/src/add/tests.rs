@@ -65,6 +65,10 @@ fn add_runs_the_exact_sequence_and_registers_the_endpoint() {
     );
     assert_eq!(spec.labels.get("app").map(String::as_str), Some("api"));
     assert_eq!(spec.service_account.as_deref(), Some("api"));
+    assert!(
+        !spec.from_pod_record,
+        "labels given: the Pod record is not consulted"
+    );
     assert_eq!(spec.netns, ns);
     assert_eq!(spec.ips, vec!["10.200.1.20".parse::<IpAddr>().unwrap()]);
     assert_eq!(
@@ -76,6 +80,35 @@ fn add_runs_the_exact_sequence_and_registers_the_endpoint() {
             "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
             "dns": {}
         })
+    );
+}
+
+#[test]
+fn without_labels_the_agent_is_told_to_read_the_pod_record() {
+    // A kubelet's ADD: no `args.cni` at all, the pod named in CNI_ARGS only.
+    let ns_file = fake_netns();
+    let ns = ns_file.path().to_str().unwrap();
+    let (r, agent) = (runner(ns), ScriptedAgent::healthy());
+    add(
+        &conf(json!({})),
+        &attachment(ns, "K8S_POD_UID=7f0c-uid"),
+        &r,
+        &agent,
+    )
+    .unwrap();
+    let log = agent.log.borrow();
+    let AgentRequest::EndpointAdd(spec) = &log[1] else {
+        panic!("{log:?}")
+    };
+    assert!(spec.from_pod_record && spec.labels.is_empty(), "{spec:?}");
+    assert_eq!(
+        spec.pod_uid.as_deref(),
+        Some("7f0c-uid"),
+        "the record's uid is checked"
+    );
+    assert_eq!(
+        (spec.pod_namespace.as_str(), spec.pod_name.as_str()),
+        ("prod", "api-0")
     );
 }
 

@@ -55,6 +55,8 @@ fn known_endpoint(req: &AgentRequest) -> Result<AgentResponse, crate::agent::Age
                 service_account: None,
                 ips: vec!["10.200.1.20".parse().unwrap()],
                 ports: vec![],
+                from_pod_record: false,
+                pod_uid: None,
             },
             endpoint_id: 1,
             identity: 1000,

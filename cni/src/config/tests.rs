@@ -35,14 +35,17 @@ fn the_documented_config_parses() {
     assert_eq!(c.mtu, 1400);
     assert_eq!(
         c.labels,
-        BTreeMap::from([("app".to_string(), "api".to_string())])
+        Some(BTreeMap::from([("app".to_string(), "api".to_string())]))
     );
     assert_eq!(c.ips, vec!["10.200.1.20".parse::<IpAddr>().unwrap()]);
     assert_eq!(c.service_account.as_deref(), Some("api-sa"));
     let d = parse(base()).unwrap();
     assert_eq!(d.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
     assert_eq!(d.mtu, DEFAULT_MTU);
-    assert!(d.labels.is_empty() && d.ips.is_empty() && d.prev_result.is_none());
+    assert!(d.labels.is_none() && d.ips.is_empty() && d.prev_result.is_none());
+    // An empty list is labels given (none): only an absent one defers to the Pod record.
+    let e = parse(with("args", json!({"cni": {"labels": []}}))).unwrap();
+    assert_eq!(e.labels, Some(BTreeMap::new()));
     // Runtime keys are accepted.
     let mut r = base();
     r["runtimeConfig"] = json!({});
@@ -268,5 +271,5 @@ fn named_ports_are_read_in_kubernetes_container_port_shape() {
 #[test]
 fn unknown_args_are_ignored() {
     let c = parse(with("args", json!({"other": 1, "cni": {"future": true}}))).unwrap();
-    assert!(c.labels.is_empty());
+    assert!(c.labels.is_none());
 }

@@ -1,6 +1,6 @@
 //! Discovery documents (the legacy, unaggregated form: kubectl falls back to it when the server
-//! answers `application/json`): `/api` (`APIVersions`), `/api/v1` (an empty `APIResourceList`:
-//! no core resources are served, but kubectl asks), `/apis` (`APIGroupList`), `/apis/<group>`
+//! answers `application/json`): `/api` (`APIVersions`), `/api/v1` (`APIResourceList`: namespaces
+//! and pods), `/apis` (`APIGroupList`), `/apis/<group>`
 //! (`APIGroup`) and `/apis/<group>/<version>` (`APIResourceList`), and `/version`.
 
 use serde_json::{Value, json};
@@ -18,12 +18,10 @@ pub fn core_versions() -> Value {
            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
 }
 
-/// `/api/v1`: namespaces only (their labels are part of their pods' identities).
+/// `/api/v1`: namespaces (their labels are part of their pods' identities) and pods (the labels,
+/// service account and named ports agents take for pods a kubelet names without them).
 pub fn core_resources() -> Value {
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
-        {"name": "namespaces", "singularName": "namespace", "namespaced": false,
-         "kind": "Namespace", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-         "shortNames": ["ns"]}]})
+    resources("", "v1").unwrap_or_else(|| json!({}))
 }
 
 /// A namespace that exists without a stored object (one policies live in, or `default`).
@@ -65,10 +63,12 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(|r| {
-            let mut categories = vec!["all"];
-            if r.group == "cilium.io" {
-                categories = vec!["cilium", "ciliumpolicy"];
-            }
+            let categories: &[&str] = match (r.group, r.kind) {
+                ("cilium.io", _) => &["cilium", "ciliumpolicy"],
+                // As the API server lists it: no `kubectl get all` for namespaces.
+                (_, "Namespace") => &[],
+                _ => &["all"],
+            };
             let main = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                    "kind": r.kind, "verbs": VERBS, "shortNames": r.short_names,
                    "categories": categories});
@@ -84,8 +84,13 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
+    let group_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": format!("{group}/{version}"), "resources": resources}))
+                "groupVersion": group_version, "resources": resources}))
 }
 
 /// `/version`: the Kubernetes version this API imitates, and Palisade's.
@@ -132,5 +137,21 @@ mod tests {
         let n = resources("networking.k8s.io", "v1").expect("networking.k8s.io/v1");
         assert_eq!(n["resources"].as_array().map(Vec::len), Some(1));
         assert!(resources("cilium.io", "v1").is_none());
+    }
+
+    #[test]
+    fn the_core_group_lists_namespaces_and_pods_with_their_status() {
+        let core = core_resources();
+        assert_eq!(core["groupVersion"], "v1", "{core}");
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert_eq!(names, ["namespaces", "pods", "pods/status"]);
+        assert_eq!(core["resources"][1]["namespaced"], true);
+        assert_eq!(core["resources"][1]["shortNames"], json!(["po"]));
+        assert_eq!(core["resources"][0]["categories"], json!([]));
     }
 }

@@ -41,6 +41,8 @@ fn schema(r: &Resource, list: bool, reference: &str) -> Value {
     });
     if r.group == "cilium.io" {
         props["specs"] = json!({"type": "array", "items": loose});
+    }
+    if r.status {
         props["status"] = loose.clone();
     }
     json!({"type": "object", "description": format!("{} (validated by the Palisade policy engine).", r.kind),
@@ -246,6 +248,12 @@ mod tests {
             "{core}"
         );
         assert!(core["components"]["schemas"]["io.k8s.api.core.v1.Namespace"].is_object());
+        let pod = &core["components"]["schemas"]["io.k8s.api.core.v1.Pod"];
+        assert!(pod["properties"]["status"].is_object(), "{pod}");
+        assert!(
+            core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"].is_object(),
+            "{core}"
+        );
         assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"] == "/openapi/v3/api/v1");
     }
 

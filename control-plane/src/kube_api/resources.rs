@@ -32,10 +32,11 @@ pub struct Resource {
     pub status: bool,
 }
 
-/// Every served resource: the three policy kinds and the core group's `Namespace`, stored beside
-/// them because its labels are part of every pod's identity in it (what `namespaceSelector`
-/// matches).
-pub const RESOURCES: [Resource; 4] = [
+/// Every served resource: the three policy kinds and the core group's `Namespace` and `Pod`,
+/// stored beside them: a namespace's labels are part of every pod's identity in it (what
+/// `namespaceSelector` matches), and a Pod record is where an agent on a Kubernetes node finds
+/// the labels, service account and named ports of a pod the kubelet names without them.
+pub const RESOURCES: [Resource; 5] = [
     Resource {
         group: "cilium.io",
         version: "v2",
@@ -75,6 +76,17 @@ pub const RESOURCES: [Resource; 4] = [
         short_names: &["ns"],
         namespaced: false,
         status: false,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        namespaced: true,
+        // As on Kubernetes, a pod's addresses (`status.podIPs`) are written through `…/status`.
+        status: true,
     },
 ];
 
@@ -223,13 +235,20 @@ pub fn metadata_mut(o: &mut Value) -> Option<&mut Map<String, Value>> {
 
 /// The object as the policy engine reads it: metadata reduced to what the engine knows (name,
 /// namespace, labels, annotations), no status.
+///
+/// A Pod keeps its `status` and `uid`: agents read its addresses and uid, so they are validated
+/// with the rest (a record agents could not read must never be stored).
 pub fn engine_view(o: &Value) -> Value {
+    let pod = o["kind"] == palisade_policy::pod::KIND;
     let mut v = o.clone();
     if let Some(m) = v.as_object_mut() {
-        m.remove("status");
+        if !pod {
+            m.remove("status");
+        }
         if let Some(Value::Object(meta)) = m.get_mut("metadata") {
             meta.retain(|k, _| {
                 matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations")
+                    || (pod && k == "uid")
             });
         }
     }

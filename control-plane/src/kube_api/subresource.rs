@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::status::KubeError;
 use super::{
     KubeResult, PATCH_ATTEMPTS, Params, Target, check_identity, commit, dry_run, json_ok,
-    parse_body,
+    parse_body, pods_target,
 };
 use crate::ops::Ops;
 
@@ -77,6 +77,35 @@ pub(super) async fn get_namespaced(
 ) -> KubeResult {
     let t = target(&group, &version, &plural, Some(namespace))?;
     get(ops, t, name).await
+}
+
+// The core group's Pods (`/api/v1/namespaces/{namespace}/pods/{name}/status`): the kubelet
+// writes a pod's addresses there, as the mirror's stand-in cluster does in its tests.
+
+pub(super) async fn get_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> KubeResult {
+    get(ops, pods_target(Some(namespace)), name).await
+}
+
+pub(super) async fn put_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Params,
+    body: Bytes,
+) -> KubeResult {
+    update(ops, pods_target(Some(namespace)), name, q, body).await
+}
+
+pub(super) async fn patch_pod(
+    State(ops): State<Ops>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult {
+    patch(ops, pods_target(Some(namespace)), name, q, &headers, body).await
 }
 
 async fn get(ops: Ops, t: Target, name: String) -> KubeResult {

@@ -110,7 +110,7 @@ fn check(objects: &[(String, Value)]) -> Vec<String> {
         if CLUSTER_SCOPED.contains(&kind) != ns.is_none() {
             errors.push(format!("{here}: namespace {ns:?} for a {kind}"));
         }
-        if matches!(kind, "StatefulSet" | "DaemonSet") {
+        if matches!(kind, "StatefulSet" | "DaemonSet" | "Deployment") {
             let spec = &o["spec"];
             let template = &spec["template"];
             if !selects(
@@ -204,6 +204,7 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
     for k in [
         "StatefulSet",
         "DaemonSet",
+        "Deployment",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
@@ -235,7 +236,28 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
             .is_some_and(|s| s.contains("palisade-cni"))
     );
 
-    // The mirror's role: read on the policy kinds and what they select, update on status only.
+    // The mirror runs in the cluster under its own service account (the role below), with no
+    // kubeconfig: in-cluster configuration.
+    let mirror = objects
+        .iter()
+        .find(|(_, o)| o["kind"] == "Deployment" && o["metadata"]["name"] == "palisade-mirror")
+        .map(|(_, o)| o.clone())
+        .unwrap_or_default();
+    let pod = &mirror["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "palisade-mirror", "{mirror}");
+    assert_eq!(
+        pod["containers"][0]["command"],
+        serde_json::json!(["palisade", "mirror"])
+    );
+    assert!(
+        !pod["containers"][0]["args"]
+            .to_string()
+            .contains("kubeconfig"),
+        "{mirror}"
+    );
+
+    // The mirror's role: read on the policy kinds, namespaces and pods (what identities are made
+    // of; no ServiceAccounts), patch on status only (kube-rs `patch_status` sends a PATCH).
     let role = objects
         .iter()
         .find(|(_, o)| o["kind"] == "ClusterRole")
@@ -264,14 +286,13 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
         ("networking.k8s.io", "networkpolicies"),
         ("", "namespaces"),
         ("", "pods"),
-        ("", "serviceaccounts"),
     ] {
         for v in ["get", "list", "watch"] {
             want.push(format!("{g}/{res}:{v}"));
         }
     }
-    want.push("cilium.io/ciliumnetworkpolicies/status:update".into());
-    want.push("cilium.io/ciliumclusterwidenetworkpolicies/status:update".into());
+    want.push("cilium.io/ciliumnetworkpolicies/status:patch".into());
+    want.push("cilium.io/ciliumclusterwidenetworkpolicies/status:patch".into());
     want.sort();
     assert_eq!(grants, want);
 

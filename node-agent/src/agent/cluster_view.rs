@@ -20,6 +20,7 @@ use palisade_policy::identity::Identity as PolicyIdentity;
 use palisade_policy::ir::{NormalizedPolicy, ResourceKey};
 use palisade_policy::labels::LabelSet;
 use palisade_policy::namespace::{self, Namespace};
+use palisade_policy::pod::{self, Pod};
 use serde::{Deserialize, Serialize};
 
 use super::control_plane::Snapshot;
@@ -68,6 +69,10 @@ pub struct ClusterView {
     /// endpoints to their new identities (derived, not saved).
     #[serde(skip)]
     changed_namespaces: BTreeSet<String>,
+    /// Pods (`namespace`, `name`) whose Pod record an applied update wrote or deleted, for the
+    /// agent to move the endpoints that follow them (derived, not saved).
+    #[serde(skip)]
+    changed_pods: BTreeSet<(String, String)>,
 }
 
 /// What merging gossip changed.
@@ -130,6 +135,9 @@ enum PolicyOp {
     Apply(PolicyRecord, Vec<NormalizedPolicy>),
     /// A `v1/Namespace` object: its labels, for the identities of its pods.
     Namespace(PolicyRecord, Namespace),
+    /// A `v1/Pod` record: the labels, service account and named ports of a pod whose CNI ADD
+    /// named it without them (read when it registers; the engine does not hold it).
+    Pod(PolicyRecord),
     Delete(String),
 }
 
@@ -325,6 +333,21 @@ impl ClusterView {
         std::mem::take(&mut self.changed_namespaces)
     }
 
+    /// The pods whose Pod record changed since the last call (a local endpoint following one may
+    /// need a new identity), and forgets them.
+    pub fn take_changed_pods(&mut self) -> BTreeSet<(String, String)> {
+        std::mem::take(&mut self.changed_pods)
+    }
+
+    /// The Pod record of `namespace/name`, when the control plane has one (validated by it with
+    /// the same reader, so an applied record parses).
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        let rec = self
+            .policies
+            .get(&format!("{}/{namespace}/{name}", pod::KIND))?;
+        pod::parse(&rec.object).ok()
+    }
+
     /// Applied policy objects' keys.
     pub fn policy_keys(&self) -> impl Iterator<Item = &String> {
         self.policies.keys()
@@ -462,7 +485,9 @@ impl ClusterView {
         // when it first came).
         for op in &ops {
             let key = match op {
-                PolicyOp::Apply(rec, _) | PolicyOp::Namespace(rec, _) => rec.key.storage_key(),
+                PolicyOp::Apply(rec, _) | PolicyOp::Namespace(rec, _) | PolicyOp::Pod(rec) => {
+                    rec.key.storage_key()
+                }
                 PolicyOp::Delete(key) => key.clone(),
             };
             applied
@@ -609,6 +634,17 @@ impl ClusterView {
                 ops.push(PolicyOp::Namespace(rec, ns));
                 continue;
             }
+            if rec.key.kind == pod::KIND {
+                if self.policies.get(&key) == Some(&rec) {
+                    continue;
+                }
+                pod::parse(&rec.object).map_err(|e| ViewError::Policy {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                ops.push(PolicyOp::Pod(rec));
+                continue;
+            }
             if self.policies.get(&key) == Some(&rec) && self.engine_keys.contains_key(&key) {
                 continue;
             }
@@ -699,7 +735,9 @@ impl ClusterView {
     fn apply_policies(&mut self, engine: &mut Engine, ops: Vec<PolicyOp>) -> usize {
         let mut n = 0;
         for op in ops {
-            n += 1;
+            // A Pod record changes no compiled policy: no map sync for it (the endpoints that
+            // follow it move on their own, see `take_changed_pods`).
+            n += usize::from(!matches!(op, PolicyOp::Pod(_)));
             match op {
                 PolicyOp::Apply(rec, parsed) => {
                     let key = rec.key.storage_key();
@@ -721,16 +759,25 @@ impl ClusterView {
                     self.changed_namespaces.insert(ns.name);
                     self.policies.insert(rec.key.storage_key(), rec);
                 }
+                PolicyOp::Pod(rec) => {
+                    self.changed_pods
+                        .insert((rec.key.namespace.clone(), rec.key.name.clone()));
+                    self.policies.insert(rec.key.storage_key(), rec);
+                }
                 PolicyOp::Delete(key) => {
                     for old in self.engine_keys.remove(&key).unwrap_or_default() {
                         engine.replace_policy(&old, None);
                     }
-                    if let Some(rec) = self.policies.remove(&key)
-                        && rec.key.kind == namespace::KIND
-                    {
-                        // Back to a namespace nobody labelled (it still exists for its pods).
-                        engine.set_namespace(&rec.key.name, BTreeMap::new());
-                        self.changed_namespaces.insert(rec.key.name);
+                    match self.policies.remove(&key) {
+                        Some(rec) if rec.key.kind == namespace::KIND => {
+                            // Back to a namespace nobody labelled (it still exists for its pods).
+                            engine.set_namespace(&rec.key.name, BTreeMap::new());
+                            self.changed_namespaces.insert(rec.key.name);
+                        }
+                        // A deleted Pod record changes nothing here: the pod's endpoint keeps
+                        // the labels it has until its CNI DEL (a pod deleted from the cluster
+                        // is torn down by its kubelet; it never drops to no labels).
+                        _ => {}
                     }
                 }
             }

@@ -535,7 +535,13 @@ impl Agent {
         }
     }
 
-    fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<RegisteredEndpoint, (u32, String)> {
+    fn add_endpoint(
+        &mut self,
+        mut spec: EndpointSpec,
+    ) -> Result<RegisteredEndpoint, (u32, String)> {
+        if spec.from_pod_record {
+            self.fill_from_pod_record(&mut spec)?;
+        }
         let r = self.register(spec)?;
         // Policy first, then the endpoint entry, then the programs: the first policed packet
         // already sees the endpoint's complete policy.
@@ -556,6 +562,47 @@ impl Agent {
         }
         self.update_gauges();
         Ok(r.endpoint)
+    }
+
+    /// A pod the runtime named without labels (a kubelet's ADD passes only the pod's namespace
+    /// and name): its labels, service account and named ports come from its Pod record in the
+    /// control plane's view. Without one — the mirror has not copied the pod yet, or this agent
+    /// has not caught up — the answer is code 11 (try again later): the kubelet retries the ADD,
+    /// and the pod never runs under the identity of an empty label set, which policy written for
+    /// its real labels would not select. A record naming another node, or of another uid than the
+    /// runtime's `K8S_POD_UID`, is an earlier pod of the same name (a recreated StatefulSet
+    /// member): also try again later.
+    fn fill_from_pod_record(&self, spec: &mut EndpointSpec) -> Result<(), (u32, String)> {
+        let name = format!("{}/{}", spec.pod_namespace, spec.pod_name);
+        let Some(pod) = self.view.pod(&spec.pod_namespace, &spec.pod_name) else {
+            return Err((
+                CODE_TRY_AGAIN,
+                format!(
+                    "pod `{name}`: no Pod record in the control plane yet (the runtime passed no labels, so they come from it); try again later"
+                ),
+            ));
+        };
+        if let (Some(want), Some(have)) = (&spec.pod_uid, &pod.uid)
+            && want != have
+        {
+            return Err((
+                CODE_TRY_AGAIN,
+                format!(
+                    "pod `{name}`: its Pod record is of uid `{have}`, the runtime's pod is `{want}` (an earlier pod of that name); try again later"
+                ),
+            ));
+        }
+        if let Some(node) = pod.node.as_deref().filter(|n| *n != self.config.node) {
+            return Err((
+                CODE_TRY_AGAIN,
+                format!(
+                    "pod `{name}`: its Pod record says node `{node}`, this is `{}` (an earlier pod of that name?); try again later",
+                    self.config.node
+                ),
+            ));
+        }
+        take_pod_record(spec, &pod);
+        Ok(())
     }
 
     /// Validates an endpoint and records it in the engine and the registry (no map writes).
@@ -829,6 +876,10 @@ impl Agent {
         if !relabelled.is_empty() {
             self.relabel_namespaces(&relabelled);
         }
+        let pods = self.view.take_changed_pods();
+        if !pods.is_empty() {
+            self.relabel_pods(&pods);
+        }
         if applied.engine_changed()
             && let Err(e) = self.resync()
         {
@@ -906,6 +957,34 @@ impl Agent {
             moving.len()
         );
         self.move_endpoints(moving, "to its namespace's new labels");
+    }
+
+    /// Pod records changed: the local endpoints that follow them (registered without labels from
+    /// the runtime) take the records' labels, service account and named ports, and those whose
+    /// set changed move to its identity — as a Kubernetes pod gets a new Cilium identity when it
+    /// is relabelled. A deleted record changes nothing (the endpoint keeps its labels until its
+    /// CNI DEL).
+    fn relabel_pods(&mut self, pods: &BTreeSet<(String, String)>) {
+        let moving: Vec<RegisteredEndpoint> = self
+            .registry
+            .iter()
+            .filter(|e| e.spec.from_pod_record)
+            .filter(|e| pods.contains(&(e.spec.pod_namespace.clone(), e.spec.pod_name.clone())))
+            .filter_map(|e| {
+                let pod = self.view.pod(&e.spec.pod_namespace, &e.spec.pod_name)?;
+                let mut moved = e.clone();
+                take_pod_record(&mut moved.spec, &pod);
+                (moved.spec != e.spec).then_some(moved)
+            })
+            .collect();
+        if moving.is_empty() {
+            return;
+        }
+        eprintln!(
+            "palisade agent: Pod records changed: moving {} endpoint(s) to their new labels' identities",
+            moving.len()
+        );
+        self.move_endpoints(moving, "to its Pod record's new labels");
     }
 
     /// Re-adds endpoints so that they take the identity their label set resolves to now.
@@ -1704,6 +1783,14 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 
 /// An error and its causes on one line.
 /// The host prefix length of an address (/32 or /128).
+/// What a Pod record sets of an endpoint: labels (less the reserved ones the agent sets),
+/// service account and named ports.
+fn take_pod_record(spec: &mut EndpointSpec, pod: &palisade_policy::pod::Pod) {
+    spec.labels = pod.identity_labels();
+    spec.service_account = Some(pod.service_account_or_default().to_owned());
+    spec.ports = pod.ports.clone();
+}
+
 fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use palisade_api::controlplane::PolicyKey;
 use palisade_policy::error::{DocRef, InputError};
-use palisade_policy::{load, namespace};
+use palisade_policy::{load, namespace, pod};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -191,14 +191,16 @@ fn object(
     let kind = json["kind"].as_str().map(str::to_owned);
     let name = json["metadata"]["name"].as_str().map(str::to_owned);
     let namespaced = match kind.as_deref() {
-        Some("CiliumNetworkPolicy" | "NetworkPolicy") => true,
+        // A Pod record: where agents on a Kubernetes node find a pod's labels, service account
+        // and named ports (the mirror writes them; tests and hand-run nodes apply them).
+        Some("CiliumNetworkPolicy" | "NetworkPolicy" | pod::KIND) => true,
         // A Namespace's labels are part of its pods' identities: stored beside the policies.
         Some("CiliumClusterwideNetworkPolicy" | namespace::KIND) => false,
         // The loader's message lists the kinds; without validation, say it here.
         _ if !validate => {
             return Err(err(
                 "kind",
-                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or Namespace"
+                "expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace or Pod"
                     .to_owned(),
             ));
         }
@@ -217,6 +219,8 @@ fn object(
     }
     if validate && kind.as_deref() == Some(namespace::KIND) {
         namespace::parse(&json).map_err(|e| err(&e.field, e.reason))?;
+    } else if validate && kind.as_deref() == Some(pod::KIND) {
+        pod::parse(&json).map_err(|e| err(&e.field, e.reason))?;
     } else if validate {
         // The same loader, on the same JSON, as the server's validator: what passes here
         // passes there (unless the server's engine is a different version).
@@ -282,9 +286,10 @@ pub fn parse_key(s: &str) -> Result<PolicyKey> {
         }
         "netpol" | "networkpolicy" | "networkpolicies" => "NetworkPolicy",
         "ns" | "namespace" | "namespaces" => namespace::KIND,
+        "po" | "pod" | "pods" => pod::KIND,
         _ => {
             return Err(anyhow!(
-                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol, Namespace/ns)"
+                "`{s}`: unknown kind `{kind}` (CiliumNetworkPolicy/cnp, CiliumClusterwideNetworkPolicy/ccnp, NetworkPolicy/netpol, Namespace/ns, Pod/po)"
             ));
         }
     };
@@ -373,11 +378,17 @@ spec: {endpointSelector: {}, ingress: [{}]}
         assert_eq!(parse("set.yaml", &bad, false).expect("envelope").len(), 3);
         let e = parse(
             "x.yaml",
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n",
             true,
         )
         .expect_err("kind");
-        assert!(e.to_string().contains("unknown kind `Pod`"), "{e}");
+        assert!(e.to_string().contains("unknown kind `Deployment`"), "{e}");
+        // A Pod record is read as agents read it: namespace `default` filled in, fields named.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: {app: x}}\nspec: {containers: [{name: c, ports: [{name: HTTP, containerPort: 80}]}]}\n";
+        let e = parse("p.yaml", pod, true).expect_err("port name");
+        assert_eq!(e.path, "spec.containers[0].ports[0].name", "{e}");
+        let ok = parse("p.yaml", &pod.replace("HTTP", "http"), true).expect("pod");
+        assert_eq!(ok[0].key.storage_key(), "Pod/default/a");
         let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: cilium.io/v2, kind: CiliumNetworkPolicy, metadata: {name: a}, spec: {endpointSelector: {}, ingrss: []}}\n";
         let e = parse("l.yaml", list, true).expect_err("list item");
         assert!(e.path.starts_with("items[0]"), "{e}");
@@ -408,7 +419,11 @@ spec: {endpointSelector: {}, ingress: [{}]}
         );
         assert_eq!(parse_key("ccnp/all").expect("key").namespace, "-");
         assert!(parse_key("ccnp/prod/all").is_err());
-        assert!(parse_key("pod/a/b").is_err());
+        assert_eq!(
+            parse_key("po/shop/api-0").expect("key").storage_key(),
+            "Pod/shop/api-0"
+        );
+        assert!(parse_key("deploy/a/b").is_err());
         assert!(parse_key("web").is_err());
     }
 }
