@@ -113,6 +113,15 @@ pub enum Request {
         /// The object's key.
         key: PolicyKey,
     },
+    /// Deletes a namespace the way the Kubernetes API does: its Namespace object (if stored)
+    /// and every object stored in it (policies, Pod records), in one entry, so no reader sees
+    /// half of it. Only the Kubernetes-compatible API asks for this; a plain `DeletePolicy` of
+    /// a Namespace object removes that object alone (the mirror drops a namespace's copy when
+    /// its last label goes, and its policies must stay).
+    DeleteNamespace {
+        /// The namespace.
+        name: String,
+    },
     /// Renews a node's lease: its last heartbeat becomes the replicated clock.
     Heartbeat {
         /// Node name.
@@ -794,6 +803,31 @@ impl State {
                     }
                 }
             }
+            Request::DeleteNamespace { name } => {
+                let doomed: Vec<String> = self
+                    .policies
+                    .iter()
+                    .filter(|(_, r)| {
+                        (r.key.kind == palisade_policy::namespace::KIND && &r.key.name == name)
+                            || (r.key.kind != palisade_policy::namespace::KIND
+                                && &r.key.namespace == name)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let changed = !doomed.is_empty();
+                if changed {
+                    self.counters.revision += 1;
+                    for k in doomed {
+                        self.policies.remove(&k);
+                        touched.push((Table::Policies, k));
+                    }
+                    touched.push((Table::Meta, META_COUNTERS.to_owned()));
+                }
+                Response::Policy {
+                    revision: self.counters.revision,
+                    changed,
+                }
+            }
             Request::Heartbeat { node } => {
                 let clock = self.counters.clock_ms;
                 match self.nodes.get_mut(node) {
@@ -1403,6 +1437,58 @@ mod tests {
         t.counters.revision = 4;
         assert_eq!(t.policy_changes_since(1), None);
         assert_eq!(t.policy_changes_since(4), Some(Vec::new()));
+    }
+
+    #[test]
+    fn deleting_a_namespace_takes_what_it_holds_in_one_revision() {
+        let mut s = State::new();
+        let put = |s: &mut State, kind: &str, ns: &str, name: &str| {
+            s.apply(&Request::ApplyPolicy {
+                key: PolicyKey {
+                    kind: kind.into(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                },
+                object: serde_json::json!({"name": name}),
+                precondition: None,
+            })
+        };
+        put(&mut s, "Namespace", "-", "shop");
+        put(&mut s, "NetworkPolicy", "shop", "deny");
+        put(&mut s, "Pod", "shop", "web");
+        put(&mut s, "NetworkPolicy", "other", "keep");
+        put(&mut s, "CiliumClusterwideNetworkPolicy", "-", "shop");
+        let before = s.counters.revision;
+        let r = s.apply(&Request::DeleteNamespace {
+            name: "shop".into(),
+        });
+        assert_eq!(
+            r.0,
+            Response::Policy {
+                revision: before + 1,
+                changed: true
+            }
+        );
+        let left: Vec<&String> = s.policies.keys().collect();
+        assert_eq!(
+            left,
+            [
+                "CiliumClusterwideNetworkPolicy/-/shop",
+                "NetworkPolicy/other/keep"
+            ],
+            "the namespace, its policy and its pod went; other namespaces and cluster-wide objects stay"
+        );
+        // Nothing left to delete: no revision, not changed.
+        let r = s.apply(&Request::DeleteNamespace {
+            name: "shop".into(),
+        });
+        assert_eq!(
+            r.0,
+            Response::Policy {
+                revision: before + 1,
+                changed: false
+            }
+        );
     }
 
     #[test]

@@ -294,12 +294,30 @@ async fn patch_namespace(
     patch(ops, namespaces_target(), name, q, &headers, body).await
 }
 
+/// Deleting a namespace deletes what it holds, as on Kubernetes: its policies and Pod records
+/// go with it (one Raft entry). A namespace that exists only because objects name it is
+/// deleted the same way.
 async fn delete_namespace(
     State(ops): State<Ops>,
     Path(name): Path<String>,
     Query(q): Params,
 ) -> KubeResult {
-    delete(ops, namespaces_target(), name, q).await
+    let t = namespaces_target();
+    let dry = dry_run(&q)?;
+    let existing = t
+        .read(&ops, &name)
+        .await?
+        .ok_or_else(|| KubeError::not_found(t.res, &name))?;
+    if !dry {
+        let w = ops
+            .delete_namespace(name.clone())
+            .await
+            .map_err(|e| KubeError::from_op(t.res, &name, e))?;
+        if !w.changed {
+            return Err(KubeError::not_found(t.res, &name));
+        }
+    }
+    Ok(json_ok(&t.res.render(&existing)))
 }
 
 // === core v1 Pods ===

@@ -321,6 +321,16 @@ impl Ops {
         policy_written(self.cluster.write(Request::DeletePolicy { key }).await?)
     }
 
+    /// Deletes namespace `name` with everything stored in it (the Kubernetes API's namespace
+    /// delete; see [`Request::DeleteNamespace`]).
+    pub async fn delete_namespace(&self, name: String) -> Result<PolicyWritten, OpError> {
+        policy_written(
+            self.cluster
+                .write(Request::DeleteNamespace { name })
+                .await?,
+        )
+    }
+
     /// The policy under `key`.
     pub async fn get_policy(
         &self,

@@ -616,7 +616,15 @@ fn kubectl_drives_namespaces_and_their_labels() {
         "{out:#?}"
     );
 
-    // Delete: gone from both views.
+    // Delete: gone from both views, with what the namespace held (as on Kubernetes); other
+    // namespaces keep theirs.
+    let held = write(
+        &dir,
+        "held.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-a}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-b}\nspec: {podSelector: {}}\n",
+    );
+    k.run(&["apply", "-f", &held], None).ok();
+    assert!(listed(&cp, &token).contains(&"NetworkPolicy/team-a/deny".to_string()));
     let out = k.run(&["delete", "namespace", "team-a"], None);
     assert!(
         out.ok().contains("namespace \"team-a\" deleted"),
@@ -631,6 +639,12 @@ fn kubectl_drives_namespaces_and_their_labels() {
     assert!(
         out.stderr.contains("NotFound") || out.stderr.contains("not found"),
         "{out:#?}"
+    );
+    let now = listed(&cp, &token);
+    assert!(
+        !now.contains(&"NetworkPolicy/team-a/deny".to_string())
+            && now.contains(&"NetworkPolicy/team-b/deny".to_string()),
+        "{now:?}"
     );
 }
 

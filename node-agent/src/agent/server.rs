@@ -1781,8 +1781,6 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// An error and its causes on one line.
-/// The host prefix length of an address (/32 or /128).
 /// What a Pod record sets of an endpoint: labels (less the reserved ones the agent sets),
 /// service account and named ports.
 fn take_pod_record(spec: &mut EndpointSpec, pod: &palisade_policy::pod::Pod) {
@@ -1791,10 +1789,12 @@ fn take_pod_record(spec: &mut EndpointSpec, pod: &palisade_policy::pod::Pod) {
     spec.ports = pod.ports.clone();
 }
 
+/// The host prefix length of an address (/32 or /128).
 fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
+/// An error and its causes on one line.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
