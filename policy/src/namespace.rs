@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The kind of the object.
 pub const KIND: &str = "Namespace";
@@ -46,28 +46,7 @@ pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// label and the labels valid Kubernetes labels. `spec` and `status` are ignored (the
 /// finalizers and phase mean nothing to policy).
 pub fn parse(object: &Value) -> Result<Namespace, NamespaceError> {
-    let Some(obj) = object.as_object() else {
-        return Err(err("", "must be a JSON object"));
-    };
-    match obj.get("apiVersion").and_then(Value::as_str) {
-        Some(API_VERSION) => {}
-        Some(other) => {
-            return Err(err(
-                "apiVersion",
-                format!("`{KIND}` needs apiVersion `{API_VERSION}`, not `{other}`"),
-            ));
-        }
-        None => return Err(err("apiVersion", "must be a string")),
-    }
-    if obj.get("kind").and_then(Value::as_str) != Some(KIND) {
-        return Err(err("kind", format!("must be `{KIND}`")));
-    }
-    let Some(meta) = obj.get("metadata").and_then(Value::as_object) else {
-        return Err(err("metadata", "must be an object"));
-    };
-    let Some(name) = meta.get("name").and_then(Value::as_str) else {
-        return Err(err("metadata.name", "must be a string"));
-    };
+    let (_, meta, name) = envelope(object, KIND, API_VERSION).map_err(|(f, r)| err(f, r))?;
     if let Some(reason) = dns1123_label(name) {
         return Err(err("metadata.name", reason));
     }
@@ -77,6 +56,62 @@ pub fn parse(object: &Value) -> Result<Namespace, NamespaceError> {
             "a Namespace is cluster-scoped: it has no namespace",
         ));
     }
+    let mut labels = metadata_labels(meta).map_err(|(f, r)| err(f, r))?;
+    // Kubernetes sets it, equal to the name; it says nothing the name does not.
+    if let Some(v) = labels.remove(NAME_LABEL)
+        && v != name
+    {
+        return Err(err(
+            format!("metadata.labels.{NAME_LABEL}"),
+            format!("must be the namespace's name `{name}`"),
+        ));
+    }
+    Ok(Namespace {
+        name: name.to_owned(),
+        labels,
+    })
+}
+
+/// What every core v1 object read here shares: a JSON object with `apiVersion`
+/// `api_version`, `kind` `kind`, and a `metadata` object holding a string `name`. Returns the
+/// object, its metadata and its name, or the field at fault and why.
+#[allow(clippy::type_complexity)]
+pub(crate) fn envelope<'a>(
+    object: &'a Value,
+    kind: &str,
+    api_version: &str,
+) -> Result<(&'a Map<String, Value>, &'a Map<String, Value>, &'a str), (String, String)> {
+    let fail = |field: &str, reason: String| Err((field.to_owned(), reason));
+    let Some(obj) = object.as_object() else {
+        return fail("", "must be a JSON object".into());
+    };
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v == api_version => {}
+        Some(other) => {
+            return fail(
+                "apiVersion",
+                format!("`{kind}` needs apiVersion `{api_version}`, not `{other}`"),
+            );
+        }
+        None => return fail("apiVersion", "must be a string".into()),
+    }
+    if obj.get("kind").and_then(Value::as_str) != Some(kind) {
+        return fail("kind", format!("must be `{kind}`"));
+    }
+    let Some(meta) = obj.get("metadata").and_then(Value::as_object) else {
+        return fail("metadata", "must be an object".into());
+    };
+    let Some(name) = meta.get("name").and_then(Value::as_str) else {
+        return fail("metadata.name", "must be a string".into());
+    };
+    Ok((obj, meta, name))
+}
+
+/// `metadata.labels` as valid Kubernetes labels (absent or null: none), or the field at fault
+/// (`metadata.labels.KEY`) and why.
+pub(crate) fn metadata_labels(
+    meta: &Map<String, Value>,
+) -> Result<BTreeMap<String, String>, (String, String)> {
     let mut labels = BTreeMap::new();
     match meta.get("labels") {
         None | Some(Value::Null) => {}
@@ -84,29 +119,19 @@ pub fn parse(object: &Value) -> Result<Namespace, NamespaceError> {
             for (k, v) in m {
                 let field = format!("metadata.labels.{k}");
                 let Some(v) = v.as_str() else {
-                    return Err(err(field, "a label value must be a string"));
+                    return Err((field, "a label value must be a string".into()));
                 };
-                if let Some(reason) = label_key(k) {
-                    return Err(err(field, reason));
-                }
-                if let Some(reason) = label_value(v) {
-                    return Err(err(field, reason));
-                }
-                if k == NAME_LABEL {
-                    if v != name {
-                        return Err(err(field, format!("must be the namespace's name `{name}`")));
-                    }
-                    continue;
+                if let Some(reason) = label_key(k).or_else(|| label_value(v)) {
+                    return Err((field, reason));
                 }
                 labels.insert(k.clone(), v.to_owned());
             }
         }
-        Some(_) => return Err(err("metadata.labels", "must be a map of strings")),
+        Some(_) => {
+            return Err(("metadata.labels".into(), "must be a map of strings".into()));
+        }
     }
-    Ok(Namespace {
-        name: name.to_owned(),
-        labels,
-    })
+    Ok(labels)
 }
 
 /// Why `s` is not a DNS-1123 label (lower-case alphanumerics and `-`, 1–63 characters,

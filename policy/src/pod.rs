@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use palisade_api::agent::ContainerPort;
 use serde_json::{Map, Value, json};
 
-use crate::namespace::{dns1123_label, label_key, label_value};
+use crate::namespace::{dns1123_label, envelope, metadata_labels};
 
 /// The kind of the object.
 pub const KIND: &str = "Pod";
@@ -127,34 +127,13 @@ fn opt_object<'a>(
 /// read, and each is checked as Kubernetes would (names, labels, named ports, addresses); the
 /// error names the field. Never panics, whatever the input.
 pub fn parse(object: &Value) -> Result<Pod, PodError> {
-    let Some(obj) = object.as_object() else {
-        return Err(err("", "must be a JSON object"));
-    };
-    match obj.get("apiVersion").and_then(Value::as_str) {
-        Some(API_VERSION) => {}
-        Some(other) => {
-            return Err(err(
-                "apiVersion",
-                format!("`{KIND}` needs apiVersion `{API_VERSION}`, not `{other}`"),
-            ));
-        }
-        None => return Err(err("apiVersion", "must be a string")),
-    }
-    if obj.get("kind").and_then(Value::as_str) != Some(KIND) {
-        return Err(err("kind", format!("must be `{KIND}`")));
-    }
-    let Some(meta) = obj.get("metadata").and_then(Value::as_object) else {
-        return Err(err("metadata", "must be an object"));
-    };
-    let Some(name) = meta.get("name").and_then(Value::as_str) else {
-        return Err(err("metadata.name", "must be a string"));
-    };
+    let (obj, meta, name) = envelope(object, KIND, API_VERSION).map_err(|(f, r)| err(f, r))?;
     if let Some(reason) = dns1123_subdomain(name) {
         return Err(err("metadata.name", reason));
     }
     let namespace = opt_str(meta, "namespace", "metadata.namespace", dns1123_label)?;
     let uid = opt_str(meta, "uid", "metadata.uid", |_| None)?;
-    let labels = labels(meta)?;
+    let labels = metadata_labels(meta).map_err(|(f, r)| err(f, r))?;
     let spec = opt_object(obj, "spec", "spec")?;
     let empty = Map::new();
     let spec = spec.unwrap_or(&empty);
@@ -178,27 +157,6 @@ pub fn parse(object: &Value) -> Result<Pod, PodError> {
         ports,
         ips,
     })
-}
-
-fn labels(meta: &Map<String, Value>) -> Result<BTreeMap<String, String>, PodError> {
-    let mut labels = BTreeMap::new();
-    match meta.get("labels") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let field = format!("metadata.labels.{k}");
-                let Some(v) = v.as_str() else {
-                    return Err(err(field, "a label value must be a string"));
-                };
-                if let Some(reason) = label_key(k).or_else(|| label_value(v)) {
-                    return Err(err(field, reason));
-                }
-                labels.insert(k.clone(), v.to_owned());
-            }
-        }
-        Some(_) => return Err(err("metadata.labels", "must be a map of strings")),
-    }
-    Ok(labels)
 }
 
 /// The named ports of every container, names unique across the pod (a named port must

@@ -40,6 +40,28 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     })
 }
 
+/// `lab up` with 2 nodes and a pod on each (WireGuard on, the lab's default) and `extra`
+/// flags; the lab's name, its cleanup guard and its state.
+fn two_node_lab(tag: &str, extra: &[&str]) -> (String, Cleanup, palisade_lab::LabState) {
+    let name = lab_name(tag);
+    let _ = Lab::down(&name);
+    let cleanup = Cleanup(name.clone());
+    let mut args = vec![
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let st = Lab::load(&name).expect("state").state().clone();
+    (name, cleanup, st)
+}
+
 fn status(lab: &str) -> Vec<serde_json::Value> {
     let out = ok(&["encrypt", "status", "--lab", lab, "-o", "json"]);
     serde_json::from_str(&out).expect("json")
@@ -90,21 +112,7 @@ fn only_wireguard(pcap: &[u8]) -> usize {
 
 #[test]
 fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
-    let name = lab_name("wg");
-    let _ = Lab::down(&name);
-    let _cleanup = Cleanup(name.clone());
-    ok(&[
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-    ]);
-    let lab = Lab::load(&name).expect("state");
-    let st = lab.state().clone();
+    let (name, _cleanup, st) = two_node_lab("wg", &[]);
     assert!(
         st.cluster.as_ref().is_some_and(|c| c.encryption),
         "encryption is the default"
@@ -310,22 +318,7 @@ fn marker_crosses_sealed(
 
 #[test]
 fn with_encrypt_node_host_traffic_between_nodes_goes_through_the_tunnel() {
-    let name = lab_name("wgnode");
-    let _ = Lab::down(&name);
-    let _cleanup = Cleanup(name.clone());
-    ok(&[
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--encrypt-node",
-    ]);
-    let lab = Lab::load(&name).expect("state");
-    let st = lab.state().clone();
+    let (name, _cleanup, st) = two_node_lab("wgnode", &["--encrypt-node"]);
     let (n1, n2) = (&st.nodes[0], &st.nodes[1]);
     // Each node accepts the other's own address from its tunnel, and says so.
     let s = status(&name);
@@ -401,22 +394,7 @@ fn udp_stream(
 
 #[test]
 fn keys_rotate_on_schedule_without_loss_and_a_restarted_agent_rotates_cleanly() {
-    let name = lab_name("wgs");
-    let _ = Lab::down(&name);
-    let _cleanup = Cleanup(name.clone());
-    ok(&[
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--wireguard-rotation-interval",
-        "4s",
-    ]);
-    let st = Lab::load(&name).expect("state").state().clone();
+    let (name, _cleanup, st) = two_node_lab("wgs", &["--wireguard-rotation-interval", "4s"]);
     let (p1, p2) = (st.pods[0].clone(), st.pods[1].clone());
 
     // Both nodes rotate on their own schedule (at nearly the same moments) under a stream.
