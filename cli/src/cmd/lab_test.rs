@@ -291,14 +291,18 @@ fn run_suite(
     for (i, c) in suite.def.cases.iter().enumerate() {
         let conn = suite.connection(engine, i)?;
         let offline = engine.check(&conn).verdict;
-        let probe = if p.uses_fqdn && matches!(conn.to, Peer::External(_)) {
-            // Offline, an external's name stands for the DNS name a pod resolved; on real
-            // packets a toFQDNs rule admits an address only after a DNS answer through the
-            // agent's proxy, which the suites do not model.
-            Probe::NotProbed("a toFQDNs policy names externals: needs a DNS answer first".into())
-        } else {
-            plan_probe(&state, engine, &conn, c, &p.http_ports)
-        };
+        let probe =
+            if p.uses_fqdn && matches!(conn.to, Peer::External(_)) && offline != Verdict::Deny {
+                // Offline, an external's name stands for the DNS name a pod resolved; on real
+                // packets a toFQDNs rule admits an address only after a DNS answer through the
+                // agent's proxy, which the suites do not model. A denial needs no answer: it is
+                // probed.
+                Probe::NotProbed(
+                    "allowed by toFQDNs: needs a DNS answer through the proxy first".into(),
+                )
+            } else {
+                plan_probe(&state, engine, &conn, c, &p.http_ports)
+            };
         rows.push(RealCase {
             suite: suite.file.clone(),
             case: suite.case_label(i),

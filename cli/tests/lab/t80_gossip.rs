@@ -233,7 +233,17 @@ fn voters(lab: &Lab, signal: Signal) {
         .iter()
         .filter(|p| p.role == ProcessRole::ControlPlane)
     {
-        kill(Pid::from_raw(p.pid as i32), signal).expect("signal a voter");
+        if let Err(e) = kill(Pid::from_raw(p.pid as i32), signal) {
+            // A voter gone before the fault is injected: say how it ended.
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "signal {signal} to voter `{}` (pid {}): {e}; its log ends:\n{}",
+                p.name,
+                p.pid,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 
