@@ -12,8 +12,16 @@ BENCH="$TARGET/examples/cp_bench"
 DIR="$(mktemp -d)"
 PIDS=()
 cleanup() {
+  status=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    # A failed run says why: the voters' last words.
+    for i in 1 2 3; do
+      echo "--- voter $i log (last lines) ---" >&2
+      tail -15 "$DIR/log$i" >&2 2>/dev/null || true
+    done
+  fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT
