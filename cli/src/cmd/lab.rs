@@ -100,12 +100,17 @@ enum Cmd {
     /// Rows are sources, columns destinations. `-o json` prints
     /// {"port","protocol","all_reachable","pairs":[{"from","to","to_ip","reachable","result","rtt_us","detail"}]}.
     Matrix(MatrixArgs),
-    /// Run `policy test` suites on real packets: a lab shaped like each suite, its policies
-    /// compiled and loaded into every node's eBPF datapath, every case probed.
+    /// Run `policy test` suites on real packets through Palisade itself: per suite, a lab with
+    /// a control plane, an agent per node and pods made by the CNI plugin with the suite's
+    /// namespaces, labels, service accounts, named ports and addresses; the suite's Namespaces
+    /// and policies applied to the control plane and acknowledged by every agent; every case
+    /// probed (TCP, UDP, ICMP echo; `http` cases as real requests through the agents' L7 proxy).
     ///
     /// Prints SUITE, CASE, EXPECTED, OFFLINE (the engine's verdict), KERNEL (did the reply come
-    /// back) per case; exit 0 when every probed case's kernel verdict equals both, 1 when any
-    /// differs, 2 on invalid input. HTTP, SCTP and non-echo ICMP cases are listed as not probed.
+    /// back) and a NOTE per case; exit 0 when every probed case's kernel verdict equals both, 1
+    /// when any differs, 2 on invalid input (nothing is built then). SCTP, non-echo ICMP, cases
+    /// through the DNS proxy and externals only a `toFQDNs` rule admits are listed as not
+    /// probed, with why.
     Test(super::lab_test::TestArgs),
     /// Run a real DNS server (Debian's dnsmasq) in a pod or external host of a lab, serving a
     /// test zone, in the foreground until interrupted.
