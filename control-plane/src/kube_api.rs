@@ -256,18 +256,25 @@ async fn list_namespaces(State(ops): State<Ops>, Query(q): Params) -> KubeResult
 }
 
 async fn get_namespace(State(ops): State<Ops>, Path(name): Path<String>) -> KubeResult {
+    let ns = namespace_view(&ops, &name).await?;
+    Ok(json_ok(&ns))
+}
+
+/// Namespace `name` as the API shows it: its stored object, or the one it implies (objects
+/// live in it, or it is `default`); `NotFound` otherwise.
+async fn namespace_view(ops: &Ops, name: &str) -> KubeResult<Value> {
     let t = namespaces_target();
-    if let Some(r) = t.read(&ops, &name).await? {
-        return Ok(json_ok(&t.res.render(&r)));
+    if let Some(r) = t.read(ops, name).await? {
+        return Ok(t.res.render(&r));
     }
     let (_, records) = ops
         .list_policies(Consistency::Linearizable)
         .await
         .map_err(|e| KubeError::from_op(t.res, "", e))?;
-    if implied_namespaces(&records).contains(&name) {
-        Ok(json_ok(&discovery::namespace(&name)))
+    if implied_namespaces(&records).contains(name) {
+        Ok(discovery::namespace(name))
     } else {
-        Err(KubeError::not_found(t.res, &name))
+        Err(KubeError::not_found(t.res, name))
     }
 }
 
@@ -304,10 +311,7 @@ async fn delete_namespace(
 ) -> KubeResult {
     let t = namespaces_target();
     let dry = dry_run(&q)?;
-    let existing = t
-        .read(&ops, &name)
-        .await?
-        .ok_or_else(|| KubeError::not_found(t.res, &name))?;
+    let existing = namespace_view(&ops, &name).await?;
     if !dry {
         let w = ops
             .delete_namespace(name.clone())
@@ -317,7 +321,7 @@ async fn delete_namespace(
             return Err(KubeError::not_found(t.res, &name));
         }
     }
-    Ok(json_ok(&t.res.render(&existing)))
+    Ok(json_ok(&existing))
 }
 
 // === core v1 Pods ===

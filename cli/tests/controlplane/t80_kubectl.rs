@@ -621,7 +621,7 @@ fn kubectl_drives_namespaces_and_their_labels() {
     let held = write(
         &dir,
         "held.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-a}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-b}\nspec: {podSelector: {}}\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-a}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-b}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: team-c}\nspec: {podSelector: {}}\n",
     );
     k.run(&["apply", "-f", &held], None).ok();
     assert!(listed(&cp, &token).contains(&"NetworkPolicy/team-a/deny".to_string()));
@@ -645,6 +645,17 @@ fn kubectl_drives_namespaces_and_their_labels() {
         !now.contains(&"NetworkPolicy/team-a/deny".to_string())
             && now.contains(&"NetworkPolicy/team-b/deny".to_string()),
         "{now:?}"
+    );
+    // A namespace that exists only because a policy lives in it goes the same way.
+    let out = k.run(&["delete", "namespace", "team-c"], None);
+    assert!(
+        out.ok().contains("namespace \"team-c\" deleted"),
+        "{out:#?}"
+    );
+    assert!(
+        !listed(&cp, &token).contains(&"NetworkPolicy/team-c/deny".to_string()),
+        "{:?}",
+        listed(&cp, &token)
     );
 }
 

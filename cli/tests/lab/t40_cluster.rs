@@ -6,7 +6,7 @@
 use palisade_lab::Lab;
 use palisade_lab::state::pin_root;
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok, palisade};
 
 /// n1-p2 accepts TCP 80 only from n2-p1 (on the other node).
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -18,12 +18,6 @@ spec:
   - fromEndpoints: [{matchLabels: {app: n2-p1}}]
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ";
-
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn reachable(lab: &str, from: &str, to: &str) -> bool {
     let out = palisade(&["lab", "probe", "--name", lab, from, to, "--port", "80"]);

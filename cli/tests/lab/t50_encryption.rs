@@ -17,18 +17,12 @@ use std::time::{Duration, Instant};
 use nix::sched::{CloneFlags, setns};
 use palisade_lab::Lab;
 
-use crate::util::{Cleanup, lab_name, palisade};
+use crate::util::{lab_up, ok, palisade};
 
 const WG_PORT: u16 = 51820;
 const GOSSIP_PORT: u16 = palisade_lab::state::ClusterState::GOSSIP_PORT;
 const UDP_PORT: u16 = 9301;
 const TCP_PORT: u16 = 9302;
-
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs `f` on a thread inside network namespace `ns` (sockets it makes stay there).
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
@@ -38,28 +32,6 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
         setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
         f()
     })
-}
-
-/// `lab up` with 2 nodes and a pod on each (WireGuard on, the lab's default) and `extra`
-/// flags; the lab's name, its cleanup guard and its state.
-fn two_node_lab(tag: &str, extra: &[&str]) -> (String, Cleanup, palisade_lab::LabState) {
-    let name = lab_name(tag);
-    let _ = Lab::down(&name);
-    let cleanup = Cleanup(name.clone());
-    let mut args = vec![
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args);
-    let st = Lab::load(&name).expect("state").state().clone();
-    (name, cleanup, st)
 }
 
 fn status(lab: &str) -> Vec<serde_json::Value> {
@@ -112,7 +84,7 @@ fn only_wireguard(pcap: &[u8]) -> usize {
 
 #[test]
 fn pod_traffic_between_nodes_is_encrypted_and_survives_ten_rotations() {
-    let (name, _cleanup, st) = two_node_lab("wg", &[]);
+    let (name, _cleanup, st) = lab_up("wg", 2, 1, &[]);
     assert!(
         st.cluster.as_ref().is_some_and(|c| c.encryption),
         "encryption is the default"
@@ -318,7 +290,7 @@ fn marker_crosses_sealed(
 
 #[test]
 fn with_encrypt_node_host_traffic_between_nodes_goes_through_the_tunnel() {
-    let (name, _cleanup, st) = two_node_lab("wgnode", &["--encrypt-node"]);
+    let (name, _cleanup, st) = lab_up("wgnode", 2, 1, &["--encrypt-node"]);
     let (n1, n2) = (&st.nodes[0], &st.nodes[1]);
     // Each node accepts the other's own address from its tunnel, and says so.
     let s = status(&name);
@@ -394,7 +366,7 @@ fn udp_stream(
 
 #[test]
 fn keys_rotate_on_schedule_without_loss_and_a_restarted_agent_rotates_cleanly() {
-    let (name, _cleanup, st) = two_node_lab("wgs", &["--wireguard-rotation-interval", "4s"]);
+    let (name, _cleanup, st) = lab_up("wgs", 2, 1, &["--wireguard-rotation-interval", "4s"]);
     let (p1, p2) = (st.pods[0].clone(), st.pods[1].clone());
 
     // Both nodes rotate on their own schedule (at nearly the same moments) under a stream.

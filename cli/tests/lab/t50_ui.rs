@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use palisade_lab::Lab;
 
-use crate::util::{Cleanup, bin, lab_name, palisade};
+use crate::util::{Cleanup, bin, lab_name, ok, palisade};
 
 const POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -55,12 +55,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Headless Chromium on `url` with its own profile: the DOM after the page's scripts ran (or,

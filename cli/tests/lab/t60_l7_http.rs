@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use palisade_lab::Lab;
 use palisade_lab::state::agent_socket;
 
-use crate::util::{Cleanup, bin, down_and_assert_gone, lab_name, palisade};
+use crate::util::{Cleanup, bin, down_and_assert_gone, lab_name, ok};
 
 const L7_POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -43,12 +43,6 @@ spec:
 ";
 
 const SERVER: &str = "10.200.2.11";
-
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Kills the HTTP server when dropped.
 struct Server(Child);

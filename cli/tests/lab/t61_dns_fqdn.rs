@@ -17,7 +17,7 @@ use palisade_lab::Lab;
 use palisade_lab::dns::{DnsRecord, Dnsmasq};
 use palisade_lab::state::{agent_socket, state_dir};
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok};
 
 /// The DNS server pod's address (n2-p1).
 pub(crate) const DNS: &str = "10.200.2.11";
@@ -41,12 +41,6 @@ spec:
   - toFQDNs: [{matchName: api.corp.test}, {matchPattern: '*.example.test'}]
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ";
-
-pub(crate) fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 pub(crate) fn in_pod(lab: &str, pod: &str, args: &[&str]) -> Output {
     Command::new("ip")

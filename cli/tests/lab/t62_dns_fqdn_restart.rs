@@ -28,8 +28,8 @@ use palisade_lab::procs::is_alive;
 use palisade_lab::state::{agent_dir, agent_socket, state_dir};
 use palisade_lab::{Lab, ProcessRole};
 
-use crate::t61_dns_fqdn::{dns_status, ok, reachable, resolve};
-use crate::util::{Cleanup, down_and_assert_gone, lab_name};
+use crate::t61_dns_fqdn::{dns_status, reachable, resolve};
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok};
 
 /// TTL of the first part (s): long enough for one name to outlive the restart, short enough
 /// for the other to run out while the agent is down.

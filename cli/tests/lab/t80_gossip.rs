@@ -32,7 +32,7 @@ use palisade_node_agent::agent::{
 };
 use palisade_node_agent::datapath::{Datapath, DatapathConfig};
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, palisade};
+use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok, palisade};
 
 /// n1-p1 may talk to the database pods on port 80, and to nothing else.
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -53,12 +53,6 @@ spec:
   - fromEndpoints: [{matchLabels: {app: n1-p1}}]
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ";
-
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn reachable(lab: &str, from: &str, to: IpAddr) -> bool {
     let to = to.to_string();

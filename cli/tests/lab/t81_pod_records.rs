@@ -16,11 +16,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_lab::Lab;
+use palisade_lab::LabState;
 use palisade_lab::cluster::container_id;
 use palisade_lab::state::{agent_socket, netns_prefix};
 
-use crate::util::{Cleanup, lab_name, palisade};
+use crate::util::{lab_up, ok};
 
 /// n1-p1 takes TCP 80 from pods labelled `role=api` running as service account `api-sa`.
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -54,12 +54,6 @@ spec:
     ports: [{name: http, containerPort: 80}]
 ";
 
-fn ok(args: &[&str]) -> String {
-    let out = palisade(args);
-    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Stores the Pod record with label `role` and `uid`, and waits until both agents enforce it.
 fn apply_pod(lab: &str, role: &str, uid: &str) {
     let file = std::env::temp_dir().join(format!("{lab}-pod.yaml"));
@@ -78,8 +72,7 @@ fn apply_pod(lab: &str, role: &str, uid: &str) {
 
 /// `palisade-cni ADD` for `default/api-0` in node n2, as a kubelet calls it: no labels, the pod
 /// named in `CNI_ARGS` only.
-fn cni_add(lab: &Lab, netns: &str) -> Output {
-    let st = lab.state();
+fn cni_add(st: &LabState, netns: &str) -> Output {
     let cluster = st.cluster.clone().expect("cluster");
     let node_ns = st.node("n2").expect("node").netns.clone();
     let conf = serde_json::json!({
@@ -172,21 +165,8 @@ fn until_connects(netns: &str, to: IpAddr, want: bool, why: &str) -> Duration {
 
 #[test]
 fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabelling() {
-    let name = lab_name("podrec");
-    let _ = Lab::down(&name);
-    let _cleanup = Cleanup(name.clone());
-    ok(&[
-        "lab",
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-    ]);
-    let lab = Lab::load(&name).expect("state");
-    let target = lab.state().pod("n1-p1").expect("pod").ip;
+    let (name, _cleanup, st) = lab_up("podrec", 2, 1, &[]);
+    let target = st.pod("n1-p1").expect("pod").ip;
     let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
     std::fs::write(&file, POLICY).expect("policy file");
     ok(&[
@@ -215,7 +195,7 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
     ]);
 
     // No Pod record yet: try again later, naming the pod; nothing registered.
-    let out = cni_add(&lab, &netns);
+    let out = cni_add(&st, &netns);
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert!(!out.status.success(), "{out:?}");
     assert_eq!(reply["code"], 11, "{reply}");
@@ -232,7 +212,7 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
 
     // The record of an earlier pod of the same name (another uid): not this pod's labels.
     apply_pod(&name, "api", "3f6c2a9e-0000");
-    let out = cni_add(&lab, &netns);
+    let out = cni_add(&st, &netns);
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(reply["code"], 11, "{reply}");
     assert!(reply.to_string().contains("earlier pod"), "{reply}");
@@ -244,7 +224,7 @@ fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabel
 
     // This pod's record arrives (as the mirror would copy it): the kubelet's retry succeeds.
     apply_pod(&name, "api", UID);
-    let out = cni_add(&lab, &netns);
+    let out = cni_add(&st, &netns);
     assert!(out.status.success(), "CNI ADD with the Pod record: {out:?}");
     let api_identity = endpoints(&name)
         .into_iter()

@@ -18,6 +18,42 @@ pub fn palisade(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().unwrap()
 }
 
+/// Runs the binary, asserts it exited 0, and returns its standard output.
+pub fn ok(args: &[&str]) -> String {
+    let out = palisade(args);
+    assert_eq!(out.status.code(), Some(0), "palisade {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lab up` of `nodes` nodes with `pods` pods each (the lab's defaults otherwise: a 3-voter
+/// control plane, WireGuard) and `extra` flags: the lab's name, the guard that removes it, and
+/// its state.
+pub fn lab_up(
+    tag: &str,
+    nodes: usize,
+    pods: usize,
+    extra: &[&str],
+) -> (String, Cleanup, palisade_lab::LabState) {
+    let name = lab_name(tag);
+    let _ = Lab::down(&name);
+    let cleanup = Cleanup(name.clone());
+    let (nodes, pods) = (nodes.to_string(), pods.to_string());
+    let mut args = vec![
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        &nodes,
+        "--pods-per-node",
+        &pods,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let st = Lab::load(&name).expect("state").state().clone();
+    (name, cleanup, st)
+}
+
 /// A lab name unique to this test process and tag (`tag` ≤ 12 chars).
 pub fn lab_name(tag: &str) -> String {
     format!("{tag}-{}", std::process::id())
