@@ -130,7 +130,15 @@ pub fn nft_heal(netns: &str) {
 /// Sends `sig` to the recorded process.
 pub fn signal(p: &ProcessRecord, sig: Signal) -> anyhow::Result<()> {
     if !is_alive(p.pid, p.start_time) {
-        bail!("{} (pid {}) is not running", p.name, p.pid);
+        // Gone before the fault: say how it ended (its log's last lines).
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        bail!(
+            "{} (pid {}) is not running; its log ends:\n{}",
+            p.name,
+            p.pid,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     kill(Pid::from_raw(i32::try_from(p.pid)?), sig)
         .with_context(|| format!("{sig} to {} (pid {})", p.name, p.pid))?;
