@@ -428,6 +428,13 @@ pub fn agent_args(state: &LabState, c: &ClusterState, i: usize) -> Vec<String> {
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);
     }
+    // The change feed as the members' gRPC stream (lists and writes stay on REST).
+    for k in 1..=c.voters {
+        args.extend([
+            "--control-plane-grpc".to_string(),
+            format!("https://{}", ClusterState::voter_grpc_addr(k)),
+        ]);
+    }
     // Gossip between the agents on the underlay, every other node as a seed.
     args.extend([
         "--gossip".to_string(),

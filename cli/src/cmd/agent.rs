@@ -91,6 +91,16 @@ struct RunArgs {
     /// acknowledge the policy revision enforced. Without it the agent is standalone.
     #[arg(long = "control-plane", value_name = "URL")]
     control_plane: Vec<String>,
+    /// Follow the change feed as a gRPC stream from these members (each one's --grpc-listen,
+    /// e.g. `https://10.0.0.2:9001`; repeatable): changes arrive as soon as a member applies
+    /// them, over one connection. Same credentials as --control-plane. Without it the agent
+    /// long-polls the REST feed. Lists and writes always use --control-plane.
+    #[arg(
+        long = "control-plane-grpc",
+        value_name = "URL",
+        requires = "control_plane"
+    )]
+    control_plane_grpc: Vec<String>,
     /// Bearer token file for the control plane (first non-comment line).
     #[arg(long, value_name = "FILE", requires = "control_plane")]
     control_plane_token_file: Option<PathBuf>,
@@ -325,6 +335,7 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         }
         Some(ControlPlaneConfig {
             client,
+            grpc: a.control_plane_grpc.clone(),
             node_address,
             // Until keymgr (issue 6) generates the node's key: a placeholder of the right shape,
             // epoch 0, so the registration is well-formed and a real key (epoch ≥ 1) replaces it.

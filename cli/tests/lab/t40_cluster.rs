@@ -139,6 +139,15 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
     assert_eq!(agents.len(), 2, "{st}");
     for a in agents {
         assert_eq!(a["controlPlane"]["connected"], true, "{a}");
+        // The lab's agents follow the members' gRPC change stream (one URL per voter).
+        assert_eq!(a["controlPlane"]["feed"]["kind"], "grpc", "{a}");
+        assert_eq!(
+            a["controlPlane"]["feed"]["members"]
+                .as_array()
+                .map(Vec::len),
+            Some(3),
+            "{a}"
+        );
         assert_eq!(
             a["controlPlane"]["policyRevision"], st["policy"]["revision"],
             "{a}"

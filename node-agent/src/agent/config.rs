@@ -65,6 +65,10 @@ pub const DEFAULT_FLOW_RING_SIZE: usize = 4096;
 pub struct ControlPlaneConfig {
     /// Members to talk to (any member serves; writes are forwarded to the leader).
     pub client: ClientConfig,
+    /// The members' gRPC URLs (`--grpc-listen` of each): the change feed is then followed as
+    /// the `WatchService.Watch` stream, with the same credentials as `client`. Empty: the
+    /// agent long-polls the REST feed instead.
+    pub grpc: Vec<String>,
     /// This node's underlay address, as registered (other nodes route its pods through it).
     pub node_address: IpAddr,
     /// The WireGuard public key (base64) and epoch registered when the agent runs without

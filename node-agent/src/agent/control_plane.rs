@@ -3,10 +3,14 @@
 //! the identity of a label set it has never seen.
 //!
 //! ```text
-//!   follower thread ── register node, list, long-poll /v1/watch ──▶ Update ──┐
+//!   follower thread ── register node, list, then stream the change feed ──▶ Update ──┐
 //!                                                                           ├─▶ run loop (woken
 //!   publisher thread ◀── Publish (endpoints, acks) + heartbeats ◀───────────┘    by the wake pipe)
 //! ```
+//!
+//! The feed is the gRPC stream `WatchService.Watch` when the members' gRPC addresses are given
+//! ([`grpc_feed`]), else the REST long poll `GET /v1/watch`; both resume from the last revision
+//! received, on any member.
 //!
 //! The control plane being unreachable is an ordinary state, not an error: the follower retries
 //! with backoff, the publisher keeps what it could not send and retries, and the run loop keeps
@@ -26,6 +30,10 @@ use palisade_api::controlplane::{
     Endpoint, IdBlock, Identity, NodeRecord, NodeRegistration, PolicyRecord,
 };
 use palisade_cp_client::{Client, ClientConfig, ClientError, WatchBatch};
+
+use grpc_feed::{FeedError, GrpcFeed};
+
+mod grpc_feed;
 
 /// How long one watch long-poll waits for a change.
 const WATCH_POLL: Duration = Duration::from_secs(10);
@@ -130,8 +138,22 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts the follower and the publisher for `registration`'s node.
-    pub fn start(config: ClientConfig, registration: NodeRegistration) -> Result<Link, String> {
+    /// Starts the follower and the publisher for `registration`'s node; the follower streams
+    /// the change feed from `grpc` (the members' gRPC URLs) when given, else long-polls REST.
+    pub fn start(
+        config: ClientConfig,
+        grpc: &[String],
+        registration: NodeRegistration,
+    ) -> Result<Link, String> {
+        let feed = if grpc.is_empty() {
+            None
+        } else {
+            Some(GrpcFeed::new(
+                grpc,
+                config.tls.as_ref(),
+                config.token.as_deref(),
+            )?)
+        };
         let quick = Client::new(config.clone().with_timeout(ALLOCATE_BUDGET))
             .map_err(|e| format!("control-plane client: {e}"))?;
         let client =
@@ -147,6 +169,7 @@ impl Link {
         let answers_wake = wake_tx.try_clone().map_err(|e| format!("wake pipe: {e}"))?;
         let follower = Follower {
             client: client.clone(),
+            feed,
             registration: registration.clone(),
             tx,
             wake: wake_tx,
@@ -219,6 +242,8 @@ impl Link {
 
 struct Follower {
     client: Arc<Client>,
+    /// The gRPC change stream, when the members' gRPC addresses are known.
+    feed: Option<GrpcFeed>,
     registration: Arc<Mutex<NodeRegistration>>,
     tx: Sender<Update>,
     wake: UnixStream,
@@ -231,7 +256,7 @@ impl Follower {
         ok
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let mut backoff = Backoff::default();
         let mut registered = false;
         let node = lock(&self.registration).name.clone();
@@ -265,40 +290,123 @@ impl Follower {
                 }
             };
             backoff.reset();
-            let mut from = snapshot.revision;
+            let from = snapshot.revision;
             if !self.send(Update::Snapshot(Box::new(snapshot))) {
                 return;
             }
+            let next = match self.feed.take() {
+                Some(mut feed) => {
+                    let next = self.stream(&mut feed, from, &node, &mut backoff);
+                    self.feed = Some(feed);
+                    next
+                }
+                None => self.long_poll(from, &node, &mut backoff),
+            };
+            match next {
+                Next::Stop => return,
+                Next::Relist => {}
+                Next::Register => registered = false,
+            }
+        }
+    }
+
+    /// Hands a batch to the run loop; what the follower does next.
+    fn deliver(&self, batch: WatchBatch, node: &str) -> Option<Next> {
+        // A node record of ours that vanished means we were removed: register again before
+        // anything else is published.
+        let removed = batch
+            .changes
+            .iter()
+            .any(|c| c.kind == "node" && c.key == node && c.value.is_none());
+        if !self.send(Update::Changes(batch)) {
+            return Some(Next::Stop);
+        }
+        removed.then_some(Next::Register)
+    }
+
+    /// Follows the REST long poll from `from` until a re-list is needed.
+    fn long_poll(&self, mut from: u64, node: &str, backoff: &mut Backoff) -> Next {
+        loop {
+            match self.client.watch(from, WATCH_POLL, WATCH_LIMIT) {
+                Ok(batch) => {
+                    backoff.reset();
+                    let Some(last) = batch.changes.last() else {
+                        continue;
+                    };
+                    from = last.revision;
+                    if let Some(next) = self.deliver(batch, node) {
+                        return next;
+                    }
+                }
+                // The member serving us no longer keeps changes that old: list again.
+                Err(ClientError::Compacted { .. }) => return Next::Relist,
+                Err(e) => {
+                    if !self.send(Update::Unreachable(format!("watching: {e}"))) {
+                        return Next::Stop;
+                    }
+                    backoff.wait();
+                }
+            }
+        }
+    }
+
+    /// Follows the gRPC stream from `from` (reopened on any member after a failure) until a
+    /// re-list is needed.
+    fn stream(
+        &self,
+        feed: &mut GrpcFeed,
+        mut from: u64,
+        node: &str,
+        backoff: &mut Backoff,
+    ) -> Next {
+        loop {
+            let mut stream = match feed.open(from) {
+                Ok(s) => s,
+                Err(FeedError::Compacted) => return Next::Relist,
+                Err(FeedError::Failed(e)) => {
+                    if !self.send(Update::Unreachable(format!("watching: {e}"))) {
+                        return Next::Stop;
+                    }
+                    backoff.wait();
+                    continue;
+                }
+            };
+            backoff.reset();
+            // Reachable again: an empty batch tells the run loop so (policy revision 0 moves
+            // nothing: the loop keeps the highest it has seen).
+            let connected = WatchBatch {
+                revision: from,
+                policy_revision: 0,
+                changes: Vec::new(),
+            };
+            if !self.send(Update::Changes(connected)) {
+                return Next::Stop;
+            }
             loop {
-                match self.client.watch(from, WATCH_POLL, WATCH_LIMIT) {
-                    Ok(batch) => {
-                        backoff.reset();
-                        if let Some(last) = batch.changes.last() {
-                            from = last.revision;
-                            // A node record of ours that vanished means we were removed: register
-                            // again before anything else is published.
-                            if batch
-                                .changes
-                                .iter()
-                                .any(|c| c.kind == "node" && c.key == node && c.value.is_none())
-                            {
-                                registered = false;
-                            }
-                            if !self.send(Update::Changes(batch)) {
-                                return;
-                            }
-                            if !registered {
-                                break;
-                            }
+                match feed.next_batch(&mut stream, WATCH_LIMIT) {
+                    Ok(changes) => {
+                        let Some(last) = changes.last() else {
+                            continue;
+                        };
+                        from = last.revision;
+                        // Every change up to the last one applied: its policy revision is the
+                        // one the agent enforces after this batch.
+                        let batch = WatchBatch {
+                            revision: last.revision,
+                            policy_revision: last.policy_revision,
+                            changes,
+                        };
+                        if let Some(next) = self.deliver(batch, node) {
+                            return next;
                         }
                     }
-                    // The member serving us no longer keeps changes that old: list again.
-                    Err(ClientError::Compacted { .. }) => break,
-                    Err(e) => {
+                    Err(FeedError::Compacted) => return Next::Relist,
+                    Err(FeedError::Failed(e)) => {
                         if !self.send(Update::Unreachable(format!("watching: {e}"))) {
-                            return;
+                            return Next::Stop;
                         }
                         backoff.wait();
+                        break;
                     }
                 }
             }
@@ -327,6 +435,16 @@ impl Follower {
             nodes,
         })
     }
+}
+
+/// What the follower does once a feed loop returns.
+enum Next {
+    /// The run loop is gone: stop.
+    Stop,
+    /// List again (the member no longer holds the changes to resume from).
+    Relist,
+    /// This node's record was removed: register again, then list.
+    Register,
 }
 
 /// Sends what the agent owes the control plane: the latest desired state per endpoint address

@@ -404,7 +404,8 @@ impl Agent {
                 wireguard_epoch,
                 pod_cidr: Some(agent.config.pod_cidr),
             };
-            let link = Link::start(cp.client, registration).map_err(AgentError::ControlPlane)?;
+            let link =
+                Link::start(cp.client, &cp.grpc, registration).map_err(AgentError::ControlPlane)?;
             // Bindings from the block not confirmed before the restart: commit them now.
             for (id, labels) in agent.view.pending_bindings() {
                 link.publish(Publish::Bind {
@@ -1710,10 +1711,17 @@ impl Agent {
             "l7Proxy": self.proxy.as_ref().map(L7Proxy::status),
             "gossip": self.gossip_status(),
             "dnsProxy": self.dns.as_ref().map(|d| d.status(Instant::now())),
-            "controlPlane": self.config.control_plane.as_ref().map(|_| {
+            "controlPlane": self.config.control_plane.as_ref().map(|cp| {
                 let (identities, remote, policies) = self.view.counts();
+                // How the change feed is followed: the members' gRPC stream, or the REST long poll.
+                let feed = if cp.grpc.is_empty() {
+                    serde_json::json!({"kind": "rest", "members": cp.client.servers})
+                } else {
+                    serde_json::json!({"kind": "grpc", "members": cp.grpc})
+                };
                 serde_json::json!({
                     "connected": self.cp.connected,
+                    "feed": feed,
                     "lastError": self.cp.last_error,
                     "updateError": self.cp.update_error,
                     "podCidr": self.cp.registered.as_ref().map(|r| r.pod_cidr.to_string()),
