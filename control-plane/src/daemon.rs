@@ -62,7 +62,7 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
-    /// Issue a member or node certificate into a tls dir: OUT/cert.pem, OUT/key.pem (0600,
+    /// Issue a member, node, admin or read certificate into a tls dir: OUT/cert.pem, OUT/key.pem (0600,
     /// generated here) and OUT/ca.pem. The role is recorded as the SAN URI
     /// spiffe://palisade/ROLE/NAME. Refuses to overwrite.
     Issue {
@@ -72,7 +72,9 @@ pub enum CertsCommand {
         /// Member or node name (a-z, 0-9, `-`, `.`); for a node, its node name.
         #[arg(long)]
         name: String,
-        /// member (Raft peer service, /internal/v1/*) or node (the agent calls of that node).
+        /// member (Raft peer service, /internal/v1/*), node (the agent calls of that node),
+        /// admin or read (an operator or automation with the rights of the token of that role,
+        /// e.g. in a kubeconfig written by `palisade kubeconfig --tls-dir`).
         #[arg(long)]
         role: CertRole,
         /// Output tls dir (created if missing).

@@ -274,8 +274,10 @@ async fn idempotency_key(req: axum::extract::Request, next: middleware::Next) ->
 ///
 /// A client certificate (HTTPS with `--tls-dir`, chained to the cluster CA) comes first: a
 /// `node` certificate makes the request its agent's, allowed only what [`auth::agent_check`]
-/// allows, whatever token it carries; a `member` certificate may call `/internal/v1/*`. Then
-/// bearer tokens: 401 without a valid token, 403 with a token of the wrong role.
+/// allows, whatever token it carries; a `member` certificate may call `/internal/v1/*`; an
+/// `admin` or `read` certificate (an operator's, e.g. kubectl's through `palisade kubeconfig`)
+/// has the rights of the token of that role. Then bearer tokens: 401 without a valid token,
+/// 403 with a token of the wrong role.
 async fn authenticate(
     State(api): State<Api>,
     req: axum::extract::Request,
@@ -288,6 +290,12 @@ async fn authenticate(
         .extensions()
         .get::<ConnectInfo<ClientCert>>()
         .and_then(|c| c.0.0.clone());
+    // kubectl and client-go read refusals of the Kubernetes-compatible API as `Status` objects.
+    let deny = if crate::kube_api::serves(req.uri().path()) {
+        crate::kube_api::deny
+    } else {
+        deny
+    };
     match cert {
         Some(PeerIdentity {
             role: CertRole::Node,
@@ -297,18 +305,35 @@ async fn authenticate(
             role: CertRole::Member,
             ..
         }) if need == auth::Role::Member => return next.run(req).await,
+        // Operator certificates carry the rights of the token of the same role.
+        Some(PeerIdentity {
+            role: CertRole::Admin,
+            ..
+        }) if need != auth::Role::Member => return next.run(req).await,
+        Some(PeerIdentity {
+            role: CertRole::Read,
+            ..
+        }) if need == auth::Role::Read => return next.run(req).await,
+        Some(PeerIdentity {
+            role: CertRole::Read,
+            name,
+        }) => {
+            return deny(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the read certificate of `{name}` may not call `{} {}` (it needs the {} role)",
+                    req.method(),
+                    req.uri().path(),
+                    need.name()
+                ),
+            );
+        }
         _ => {}
     }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    // kubectl and client-go read refusals of the Kubernetes-compatible API as `Status` objects.
-    let deny = if crate::kube_api::serves(req.uri().path()) {
-        crate::kube_api::deny
-    } else {
-        deny
-    };
     match auth::check_bearer(&api.tokens, authorization, need) {
         Ok(()) => next.run(req).await,
         Err(Denial::Unauthenticated(why)) => deny(StatusCode::UNAUTHORIZED, why.to_owned()),

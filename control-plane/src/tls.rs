@@ -56,6 +56,11 @@ pub enum CertRole {
     Member,
     /// A node's agent.
     Node,
+    /// An operator or automation with every right of the admin token (`palisade kubeconfig`
+    /// writes such a certificate into a kubeconfig, for kubectl).
+    Admin,
+    /// An operator or automation that may only read and watch, like the read token.
+    Read,
 }
 
 impl CertRole {
@@ -64,6 +69,8 @@ impl CertRole {
         match self {
             CertRole::Member => "member",
             CertRole::Node => "node",
+            CertRole::Admin => "admin",
+            CertRole::Read => "read",
         }
     }
 }
@@ -81,7 +88,11 @@ impl FromStr for CertRole {
         match s {
             "member" => Ok(CertRole::Member),
             "node" => Ok(CertRole::Node),
-            other => Err(format!("unknown role `{other}` (member or node)")),
+            "admin" => Ok(CertRole::Admin),
+            "read" => Ok(CertRole::Read),
+            other => Err(format!(
+                "unknown role `{other}` (member, node, admin or read)"
+            )),
         }
     }
 }

@@ -831,3 +831,158 @@ fn kubectl_drives_pods() {
     let out = k.run(&["get", "pods", "-A"], None);
     assert!(!out.stdout.contains("api-0"), "{out:#?}");
 }
+
+/// Issues an operator certificate of `role` from the member's CA into `out` (with `ca.pem`),
+/// through the real `certs issue` command.
+fn operator_certificate(cp: &ControlPlane, role: &str, name: &str, out: &Path) {
+    let ca = cp.dir.join("ca").to_string_lossy().into_owned();
+    let out = out.to_string_lossy().into_owned();
+    crate::fixture::run(
+        &[
+            "controlplane",
+            "certs",
+            "issue",
+            "--ca-dir",
+            &ca,
+            "--name",
+            name,
+            "--role",
+            role,
+            "--out",
+            &out,
+        ],
+        &[],
+        None,
+    )
+    .ok();
+}
+
+/// A kubeconfig written by `palisade kubeconfig` for the certificate in `tls` (no token).
+fn certificate_kubeconfig(cp: &ControlPlane, tls: &Path, dir: &Path) -> Kube {
+    let kubeconfig = dir.join("kubeconfig");
+    let (kc, tls) = (
+        kubeconfig.to_string_lossy().into_owned(),
+        tls.to_string_lossy().into_owned(),
+    );
+    crate::fixture::run(
+        &[
+            "kubeconfig",
+            "--server",
+            &cp.url,
+            "--tls-dir",
+            &tls,
+            "-o",
+            &kc,
+        ],
+        &[],
+        None,
+    )
+    .ok();
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    assert!(
+        text.contains("client-certificate-data") && text.contains("client-key-data"),
+        "{text}"
+    );
+    assert!(!text.contains("token"), "no token in it: {text}");
+    Kube {
+        kubeconfig,
+        dir: dir.to_owned(),
+    }
+}
+
+/// The seed's own policies (`deploy/examples/zero-trust/`, the tutorial's files, unchanged)
+/// applied, diffed and deleted with kubectl through a client-certificate kubeconfig: an admin
+/// certificate may do everything, a read certificate may only read.
+#[test]
+fn kubectl_drives_the_seed_policies_with_operator_certificates() {
+    let cp = ControlPlane::start_tls("kubectl-seed");
+    let token = cp
+        .token_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .expect("token file");
+    let dir = scratch("kubectl-seed");
+    let (admin_tls, read_tls) = (dir.join("admin-tls"), dir.join("read-tls"));
+    operator_certificate(&cp, "admin", "ops", &admin_tls);
+    operator_certificate(&cp, "read", "auditor", &read_tls);
+    let (admin_dir, read_dir) = (dir.join("admin"), dir.join("read"));
+    std::fs::create_dir_all(&admin_dir).expect("dir");
+    std::fs::create_dir_all(&read_dir).expect("dir");
+    let admin = certificate_kubeconfig(&cp, &admin_tls, &admin_dir);
+    let reader = certificate_kubeconfig(&cp, &read_tls, &read_dir);
+
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/zero-trust");
+    let seed = seed.to_string_lossy().into_owned();
+    // The directory in file order, as a user applies it: 06 and 08 replace objects of 03 and
+    // 04 (the tutorial's L7 and service-account steps), so those are "configured".
+    let out = admin.run(&["apply", "-f", &seed], None);
+    let applied = out.ok();
+    for what in [
+        "ciliumnetworkpolicy.cilium.io/default-deny created",
+        "ciliumnetworkpolicy.cilium.io/api-ingress configured",
+        "ciliumclusterwidenetworkpolicy.cilium.io/cluster-default-deny created",
+        "ciliumnetworkpolicy.cilium.io/api-egress-partner created",
+    ] {
+        assert!(applied.contains(what), "{what}: {out:#?}");
+    }
+    let mut expected: Vec<String> = [
+        "allow-dns",
+        "api-egress",
+        "api-egress-partner",
+        "api-ingress",
+        "db-ingress",
+        "default-deny",
+        "frontend-egress",
+        "frontend-ingress",
+        "to-frontend",
+    ]
+    .iter()
+    .map(|n| format!("CiliumNetworkPolicy/demo/{n}"))
+    .collect();
+    expected.insert(
+        0,
+        "CiliumClusterwideNetworkPolicy/-/cluster-default-deny".into(),
+    );
+    assert_eq!(listed(&cp, &token), expected);
+    // The stored object is the file's, field for field (the L7 step's rules included).
+    let file = std::fs::read_to_string(format!("{seed}/06-api-l7.yaml")).expect("seed file");
+    let from_file: Value = serde_yaml::from_str(&file).expect("seed yaml");
+    let rest = stored(&cp, &token, "CiliumNetworkPolicy", "demo", "api-ingress");
+    assert_eq!(rest["object"]["spec"], from_file["spec"], "{rest}");
+
+    // diff: nothing left to change for a file applied last; the replaced step differs.
+    let first = format!("{seed}/01-default-deny.yaml");
+    let diff = admin.run(&["diff", "-f", &first], None);
+    assert_eq!(diff.code, Some(0), "{diff:#?}");
+    let replaced = format!("{seed}/03-frontend-to-api.yaml");
+    let diff = admin.run(&["diff", "-f", &replaced], None);
+    assert_eq!(
+        diff.code,
+        Some(1),
+        "06 replaced 03's api-ingress: {diff:#?}"
+    );
+
+    // The read certificate reads, and is refused a write with Kubernetes' Forbidden.
+    let got = reader.json(&["get", "cnp", "-n", "demo"]);
+    assert_eq!(got["items"].as_array().map(Vec::len), Some(9), "{got}");
+    let refused = reader.run(&["delete", "-f", &first], None);
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("Forbidden") && refused.stderr.contains("read certificate"),
+        "{refused:#?}"
+    );
+    assert_eq!(
+        listed(&cp, &token).len(),
+        10,
+        "nothing deleted by the reader"
+    );
+
+    // delete -f removes them all (the duplicated names are already gone the second time).
+    let out = admin.run(&["delete", "-f", &seed, "--ignore-not-found"], None);
+    assert!(
+        out.ok()
+            .contains("ciliumclusterwidenetworkpolicy.cilium.io \"cluster-default-deny\" deleted"),
+        "{out:#?}"
+    );
+    assert!(listed(&cp, &token).is_empty(), "all deleted");
+}

@@ -93,20 +93,24 @@ impl Automation {
         need: Role,
         method: &str,
     ) -> Result<(), Status> {
-        let node = req
+        let cert = req
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| tls::identity_of(c).ok()))
-            .filter(|id| id.role == CertRole::Node);
-        if let Some(id) = node {
-            return if need == Role::Read {
-                Ok(())
-            } else {
-                Err(Status::permission_denied(format!(
-                    "the node certificate of `{}` may not call `{method}`: node certificates may \
-                     only read and watch",
-                    id.name
-                )))
-            };
+            .and_then(|certs| certs.first().and_then(|c| tls::identity_of(c).ok()));
+        match cert {
+            // An operator's admin certificate: the admin token's rights.
+            Some(id) if id.role == CertRole::Admin => return Ok(()),
+            Some(id) if matches!(id.role, CertRole::Node | CertRole::Read) => {
+                return if need == Role::Read {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "the {} certificate of `{}` may not call `{method}`: {} certificates may \
+                         only read and watch",
+                        id.role, id.name, id.role
+                    )))
+                };
+            }
+            _ => {}
         }
         let authorization = req
             .metadata()

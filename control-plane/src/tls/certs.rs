@@ -170,12 +170,14 @@ pub fn issue(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
-        // Members serve (Raft, API) and call each other; agents only call.
+        // Members serve (Raft, API) and call each other; agents and operators only call.
         CertRole::Member => vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        CertRole::Node => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        CertRole::Node | CertRole::Admin | CertRole::Read => {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        }
     };
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, days);
