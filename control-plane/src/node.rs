@@ -278,7 +278,19 @@ pub async fn start(
                     .tls_config(m.grpc_api_server())
                     .map_err(StartError::GrpcTls)?;
             }
-            let routes = automation.routes().add_service(ObserverServer::new(relay));
+            // Health as Hubble Relay reports it: `observer.Observer` (and the automation
+            // services) SERVING while this server runs.
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter.set_serving::<ObserverServer<Relay>>().await;
+            reporter
+                .set_serving::<palisade_api::grpc::v1::watch_service_server::WatchServiceServer<
+                    Automation,
+                >>()
+                .await;
+            let routes = automation
+                .routes()
+                .add_service(ObserverServer::new(relay))
+                .add_service(health);
             let mut rx = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let res = server

@@ -109,7 +109,7 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
         "https://{}",
         palisade_lab::state::ClusterState::voter_grpc_addr(1)
     );
-    let (nodes, status, refused) =
+    let (nodes, status, refused, health) =
         palisade_lab::exec::spawn_in_netns(&cluster.cp_netns, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -127,6 +127,13 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
                     .connect()
                     .await
                     .expect("connect to the relay");
+                // grpc.health.v1 beside the relay, as Hubble Relay serves it.
+                let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "observer.Observer".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status);
                 let auth: tonic::metadata::MetadataValue<_> =
                     format!("Bearer {}", token.trim()).parse().expect("header");
                 let mut c =
@@ -157,7 +164,7 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
                     Ok(_) => None,
                     Err(s) => Some((s.code(), s.message().to_string())),
                 };
-                (nodes, status, refused)
+                (nodes, status, refused, health)
             })
         })
         .join()
@@ -180,4 +187,61 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
     let (code, msg) = refused.expect("a bad filter is refused");
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("whitelist[0].destination_port"), "{msg}");
+    assert_eq!(
+        health.map_err(|s| s.to_string()),
+        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving as i32),
+        "the relay's observer.Observer health"
+    );
+
+    // `observe -f` through the relay: a connection made after it started shows up, from both
+    // nodes (a port nothing used before, so no earlier flow can match).
+    let mut follow = std::process::Command::new(crate::util::bin())
+        .args([
+            "observe",
+            "--lab",
+            &name,
+            "-f",
+            "-o",
+            "json",
+            "--to-port",
+            "9797",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("observe -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Nothing listens on 9797: the SYN is still a forwarded flow on both nodes.
+    let _ = palisade(&[
+        "lab", "probe", "--name", &name, "n1-p1", "n2-p1", "--port", "9797",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen_on = std::collections::BTreeSet::new();
+    while seen_on.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let f: Value = serde_json::from_str(&line).expect("json");
+            assert_eq!(f["l4"]["TCP"]["destination_port"], 9797, "{f}");
+            seen_on.insert(f["node_name"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        seen_on.into_iter().collect::<Vec<_>>(),
+        ["n1", "n2"],
+        "observe -f through the relay shows the new connection from both agents"
+    );
 }

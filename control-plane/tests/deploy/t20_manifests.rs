@@ -220,6 +220,25 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
         .map(|(_, o)| o.clone())
         .unwrap_or_default();
     assert_eq!(sts["spec"]["replicas"], 3);
+    // The members serve gRPC (automation, the agents' change stream, the flow relay) and the
+    // web UI, and Services expose both.
+    let start = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        start.contains("--grpc-listen 0.0.0.0:9001") && start.contains("--ui-listen 0.0.0.0:12000"),
+        "{start}"
+    );
+    let service_ports: Vec<String> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Service")
+        .flat_map(|(_, o)| o["spec"]["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["targetPort"].as_str().map(str::to_owned))
+        .collect();
+    for port in ["api", "grpc", "ui"] {
+        assert!(
+            service_ports.iter().any(|p| p == port),
+            "no Service for `{port}`"
+        );
+    }
     assert!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"].is_object());
     let ds = objects
         .iter()
@@ -229,6 +248,12 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
     assert_eq!(
         ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"],
         true
+    );
+    assert!(
+        ds["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--control-plane-grpc=https://palisade-api.palisade-system.svc:9001"),
+        "the agents follow the gRPC change stream"
     );
     assert!(
         ds["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
