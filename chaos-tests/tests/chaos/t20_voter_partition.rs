@@ -1,8 +1,9 @@
 //! A minority of the voters partitioned from the rest: first a follower whose link goes down
 //! (writes keep being acknowledged by the majority; after the link is back it catches up), then
 //! the leader itself cut off by nftables drops (the majority elects a new leader and goes on; the
-//! old leader rejoins as a follower), then a bad link for the leader (netem delay and loss; random loss and a rate limit where the
-//! kernel has no netem). Every
+//! old leader rejoins as a follower), then a bad link for the leader (netem delay and loss;
+//! where the kernel has no netem, random loss by nftables and the delay in user space through
+//! NFQUEUE). Every
 //! acknowledged write is present on every voter afterwards; both histories are linearizable.
 
 use std::time::{Duration, Instant};
@@ -109,17 +110,34 @@ fn a_minority_of_voters_partitioned_then_healed() -> anyhow::Result<()> {
     let ns = lab.netns(&format!("v{after}"));
     let before = storm.acked();
     let how = faults::degrade(&ns, "eth0", Duration::from_millis(30), 5)?;
+    // The delay is real: one status call (a new connection: its SYN-ACK and the answer both
+    // leave the degraded link) takes at least the delay.
+    let slow = on_client(&lab, || {
+        let started = Instant::now();
+        Api::new(&lab.api(after), Duration::from_secs(5))?.status()?;
+        Ok(started.elapsed())
+    })?;
+    assert!(
+        slow >= Duration::from_millis(30),
+        "a call to the degraded leader took {slow:?}: the delay is not in effect"
+    );
     pause(phase);
     let during = storm.acked() - before;
     let dropped = faults::nft_dropped_in(&ns, faults::NFT_LOSS_TABLE).unwrap_or(0);
-    faults::restore(&ns, "eth0");
-    let how = match how {
-        faults::Degraded::Netem => "netem 30 ms delay + 5 % loss".to_owned(),
-        faults::Degraded::LossAndRateLimit => format!(
-            "5 % random loss by nftables ({dropped} packets dropped) + a 4 Mbit/s tbf (this kernel has no netem)"
-        ),
+    let netem = matches!(how, faults::Degraded::Netem);
+    let delayed = faults::restore(&ns, "eth0", how)?;
+    let how = if netem {
+        "netem 30 ms delay + 5 % loss".to_owned()
+    } else {
+        assert!(delayed > 0, "the delay held no packet");
+        format!(
+            "5 % random loss by nftables ({dropped} packets dropped) + 30 ms delay in user space \
+             ({delayed} packets delayed through NFQUEUE; this kernel has no netem)"
+        )
     };
-    println!("  {how} on leader {after}'s link for {phase:?}: {during} writes acknowledged");
+    println!(
+        "  {how} on leader {after}'s link for {phase:?}: {during} writes acknowledged; a status call took {slow:?}"
+    );
     assert!(during > 0, "nothing acknowledged on a bad link");
 
     let rec = storm.stop()?;
