@@ -16,6 +16,9 @@ pub enum Role {
     Admin,
     /// The member-to-member `/internal/v1/*` endpoints.
     Member,
+    /// A node agent without a node certificate (e.g. a Kubernetes DaemonSet): reads, and the
+    /// writes agents make ([`node_token_check`]) for any node; never policy or cluster writes.
+    Node,
 }
 
 impl Role {
@@ -25,6 +28,7 @@ impl Role {
             Role::Read => "read",
             Role::Admin => "admin",
             Role::Member => "member",
+            Role::Node => "node",
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct Tokens {
     admin: Vec<String>,
     read: Vec<String>,
     member: Option<String>,
+    node: Vec<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -66,6 +71,7 @@ impl std::fmt::Debug for Tokens {
             .field("admin", &self.admin.len())
             .field("read", &self.read.len())
             .field("member", &self.member.is_some())
+            .field("node", &self.node.len())
             .finish()
     }
 }
@@ -112,6 +118,7 @@ impl Tokens {
         admin: Option<&Path>,
         read: Option<&Path>,
         member: Option<&Path>,
+        node: Option<&Path>,
     ) -> Result<Self, AuthError> {
         let Some(admin) = admin else {
             return Ok(Tokens::default());
@@ -127,6 +134,10 @@ impl Tokens {
                 None => Vec::new(),
             },
             member,
+            node: match node {
+                Some(p) => read_tokens(p)?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -154,6 +165,8 @@ impl Tokens {
             Some(Role::Admin)
         } else if any(&self.read) {
             Some(Role::Read)
+        } else if any(&self.node) {
+            Some(Role::Node)
         } else {
             None
         }
@@ -176,9 +189,11 @@ pub fn required_role(method: &str, path: &str) -> Option<Role> {
 /// Whether `have` satisfies `need`: admin includes read; member only serves internal calls.
 pub fn allows(have: Role, need: Role) -> bool {
     match need {
-        Role::Read => matches!(have, Role::Read | Role::Admin),
+        Role::Read => matches!(have, Role::Read | Role::Admin | Role::Node),
         Role::Admin => have == Role::Admin,
         Role::Member => have == Role::Member,
+        // Nothing requires the node role as such: its writes are checked by `node_token_check`.
+        Role::Node => false,
     }
 }
 
@@ -285,6 +300,32 @@ pub fn agent_check(node: &str, method: &str, path: &str) -> AgentCheck {
     }
 }
 
+/// The writes a node token may make, for any node (a token names no node; a node certificate
+/// limits an agent to its own, see [`agent_check`]): register a node, heartbeat, ack, lease id
+/// blocks and bind identities, allocate identities, put and delete endpoints. Policy objects,
+/// namespaces, pods, node removal, GC and cluster membership stay admin-only.
+pub fn node_token_check(method: &str, path: &str) -> Result<(), String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("POST", ["v1", "identities"] | ["v1", "nodes"])
+        | (
+            "POST",
+            [
+                "v1",
+                "nodes",
+                _,
+                "heartbeat" | "ack" | "id-block" | "bindings",
+            ],
+        )
+        | ("PUT" | "DELETE", ["v1", "endpoints", _]) => Ok(()),
+        _ => Err(format!(
+            "a node token may not call `{method} {path}`: node tokens may only read, register \
+             nodes, heartbeat, ack, lease id blocks, bind and allocate identities, and put and \
+             delete endpoints (it needs the admin role)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +336,15 @@ mod tests {
             admin: vec!["admin-token-0123456789".into()],
             read: vec!["read-token-0123456789".into()],
             member: Some("member-token-0123456789".into()),
+            node: vec!["node-token-0123456789".into()],
         };
+        assert_eq!(t.role_of("node-token-0123456789"), Some(Role::Node));
+        assert!(allows(Role::Node, Role::Read));
+        assert!(!allows(Role::Node, Role::Admin));
+        assert_eq!(
+            check_bearer(&t, Some("Bearer node-token-0123456789"), Role::Admin),
+            Err(Denial::WrongRole(Role::Node))
+        );
         assert_eq!(t.role_of("admin-token-0123456789"), Some(Role::Admin));
         assert_eq!(t.role_of("read-token-0123456789"), Some(Role::Read));
         assert_eq!(t.role_of("member-token-0123456789"), Some(Role::Member));

@@ -69,6 +69,10 @@ pub struct Config {
     /// certificate).
     #[serde(default)]
     pub member_token_file: Option<PathBuf>,
+    /// File of node bearer tokens: what agents without a node certificate present (reads and
+    /// the agents' writes, for any node; see `auth::node_token_check`).
+    #[serde(default)]
+    pub node_token_file: Option<PathBuf>,
     /// TLS dir (`ca.pem`, `cert.pem`, `key.pem`, see [`crate::tls`]): mutual TLS between
     /// members on the Raft port, HTTPS on the client API. Unset: both are plain.
     #[serde(default)]

@@ -169,6 +169,11 @@ pub struct RunArgs {
     /// File with the token members present to each other (the same file on every member).
     #[arg(long)]
     pub member_token_file: Option<PathBuf>,
+    /// File of node bearer tokens, for agents without a node certificate (a Kubernetes
+    /// DaemonSet): they may read, and make the agents' writes (register, heartbeat, ack, id
+    /// blocks, identities, endpoints) for any node, but never write policy or the cluster.
+    #[arg(long)]
+    pub node_token_file: Option<PathBuf>,
     /// Cluster id (0–255): the high 8 bits of every identity. Applied at --init.
     #[arg(long, default_value_t = 0)]
     pub cluster_id: u8,
@@ -321,6 +326,7 @@ pub fn config_from(args: RunArgs) -> Result<Config, DaemonError> {
         admin_token_file: args.admin_token_file,
         read_token_file: args.read_token_file,
         member_token_file: args.member_token_file,
+        node_token_file: args.node_token_file,
         tls_dir: args.tls_dir,
         cluster: ClusterConfig {
             cluster_id: args.cluster_id,

@@ -277,7 +277,8 @@ async fn idempotency_key(req: axum::extract::Request, next: middleware::Next) ->
 /// allows, whatever token it carries; a `member` certificate may call `/internal/v1/*`; an
 /// `admin` or `read` certificate (an operator's, e.g. kubectl's through `palisade kubeconfig`)
 /// has the rights of the token of that role. Then bearer tokens: 401 without a valid token,
-/// 403 with a token of the wrong role.
+/// 403 with a token of the wrong role; a node token may make the agents' writes
+/// ([`auth::node_token_check`]).
 async fn authenticate(
     State(api): State<Api>,
     req: axum::extract::Request,
@@ -336,6 +337,13 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok());
     match auth::check_bearer(&api.tokens, authorization, need) {
         Ok(()) => next.run(req).await,
+        // A node token: the agents' writes only, for any node.
+        Err(Denial::WrongRole(auth::Role::Node)) if need == auth::Role::Admin => {
+            match auth::node_token_check(req.method().as_str(), req.uri().path()) {
+                Ok(()) => next.run(req).await,
+                Err(why) => deny(StatusCode::FORBIDDEN, why),
+            }
+        }
         Err(Denial::Unauthenticated(why)) => deny(StatusCode::UNAUTHORIZED, why.to_owned()),
         Err(Denial::WrongRole(have)) => deny(
             StatusCode::FORBIDDEN,

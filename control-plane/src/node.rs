@@ -111,6 +111,7 @@ pub async fn start(
         config.admin_token_file.as_deref(),
         config.read_token_file.as_deref(),
         config.member_token_file.as_deref(),
+        config.node_token_file.as_deref(),
     )?;
     if !tokens.enabled() {
         tracing::warn!("no admin token file: the client API accepts unauthenticated requests");
