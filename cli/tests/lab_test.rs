@@ -40,6 +40,13 @@ fn every_suite_passes_on_real_packets_with_offline_verdicts() {
         stdout.contains("HTTP 403 Access denied (the proxy)") && stdout.contains("HTTP 200"),
         "HTTP cases were probed through the proxy:\n{stdout}"
     );
+    // DNS cases go through the agents' DNS proxy to the pods' name servers, over UDP and TCP.
+    assert!(
+        stdout.contains("over UDP")
+            && stdout.contains("over TCP")
+            && stdout.contains("DNS NOERROR"),
+        "DNS cases were probed through the proxy:\n{stdout}"
+    );
 }
 
 #[test]

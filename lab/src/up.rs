@@ -321,32 +321,38 @@ fn start_servers(state: &mut LabState) -> Result<(), LabError> {
     }
     let logs = log_dir(&state.name);
     // Pods, externals and (when asked) nodes all serve the lab's ports.
-    let mut servers: Vec<(String, String)> = state
+    let mut servers: Vec<(String, String, Option<std::net::Ipv4Addr>)> = state
         .pods
         .iter()
-        .map(|p| (p.name.clone(), p.netns.clone()))
+        .map(|p| (p.name.clone(), p.netns.clone(), None))
         .collect();
     servers.extend(
         state
             .externals
             .iter()
-            .map(|x| (x.name.clone(), x.netns.clone())),
+            .map(|x| (x.name.clone(), x.netns.clone(), None)),
     );
     if state.serve_nodes {
+        // A node listens on its own address only: the agent shares the node's namespace, and
+        // its DNS proxy answers a pod from the pod's DNS server address and port (say
+        // 10.244.1.12:53), which a wildcard socket on the same port would refuse it.
         servers.extend(
             state
                 .nodes
                 .iter()
-                .map(|n| (n.name.clone(), n.netns.clone())),
+                .map(|n| (n.name.clone(), n.netns.clone(), Some(n.underlay_ip))),
         );
     }
-    for (name, netns) in servers {
+    for (name, netns, address) in servers {
         let mut args = vec![
             "workload".to_string(),
             "serve".to_string(),
             "--name".to_string(),
             name.clone(),
         ];
+        if let Some(ip) = address {
+            args.extend(["--address".to_string(), ip.to_string()]);
+        }
         if !state.serve_tcp.is_empty() {
             args.extend(["--tcp".to_string(), ports_arg(&state.serve_tcp)]);
         }

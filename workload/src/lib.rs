@@ -18,6 +18,7 @@
 //! work is in [`serve`] and [`probe`].
 #![forbid(unsafe_code)]
 
+pub mod dns_answer;
 pub mod http;
 pub mod load;
 pub mod ports;

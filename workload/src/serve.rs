@@ -1,5 +1,6 @@
 //! `serve`: foreground TCP and UDP servers that answer every connection or datagram with one line
-//! naming the workload, the protocol and the port.
+//! naming the workload, the protocol and the port — or, when what arrives is a DNS query, with a
+//! DNS answer ([`crate::dns_answer`]).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -213,6 +214,8 @@ fn tcp_loop(name: &str, port: u16, listener: &TcpListener) {
 fn answer_tcp(mut stream: TcpStream, reply: &[u8]) -> io::Result<()> {
     let deadline = Instant::now() + TCP_READ_WINDOW;
     let mut buf = [0u8; 512];
+    // What arrived so far (up to a DNS message's worth), to recognise a DNS query.
+    let mut got: Vec<u8> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -221,8 +224,19 @@ fn answer_tcp(mut stream: TcpStream, reply: &[u8]) -> io::Result<()> {
         stream.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) if buf[..n].contains(&b'\n') => break,
-            Ok(_) => continue,
+            Ok(n) => {
+                if got.len() < 2 + 65_535 {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if let Some(dns) = crate::dns_answer::answer_tcp(&got) {
+                    stream.set_write_timeout(Some(TCP_READ_WINDOW))?;
+                    stream.write_all(&dns)?;
+                    return stream.flush();
+                }
+                if buf[..n].contains(&b'\n') {
+                    break;
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -245,8 +259,11 @@ fn udp_loop(name: &str, port: u16, socket: &UdpSocket) {
     let mut buf = vec![0u8; 65536];
     loop {
         match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                let _ = socket.send_to(reply.as_bytes(), peer);
+            Ok((n, peer)) => {
+                let _ = match crate::dns_answer::answer(&buf[..n]) {
+                    Some(dns) => socket.send_to(&dns, peer),
+                    None => socket.send_to(reply.as_bytes(), peer),
+                };
             }
             Err(_) => thread::sleep(Duration::from_millis(1)),
         }

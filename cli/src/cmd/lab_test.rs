@@ -175,6 +175,14 @@ enum ProbeProto {
     Ping,
     /// One HTTP/1.1 request; the pods serve HTTP on the suite's `http` ports.
     Http(HttpRequest),
+    /// One DNS query (the pods' servers answer DNS on any port they serve), through the agent's
+    /// DNS proxy when the case's port is redirected to it.
+    Dns {
+        /// The name asked.
+        name: String,
+        /// Over TCP instead of UDP.
+        tcp: bool,
+    },
 }
 
 /// A suite ready for its lab.
@@ -193,6 +201,37 @@ struct Prepared {
     /// Ports with `http` cases: the pods serve HTTP there, and every TCP case to them is an
     /// HTTP request.
     http_ports: BTreeSet<u16>,
+    /// The name DNS cases ask for: one the policies' `rules.dns` allow.
+    dns_name: String,
+}
+
+/// A name the `rules.dns` of `objects` allow: the first `matchName`, else the first
+/// `matchPattern` with each `*` standing for one label (`probe`), else `probe.palisade.test`.
+fn dns_probe_name(objects: &[Object]) -> String {
+    fn find(v: &serde_json::Value, key: &str) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| match (k == key, v) {
+                (true, serde_json::Value::String(s)) => Some(s.clone()),
+                _ => find(v, key),
+            }),
+            serde_json::Value::Array(a) => a.iter().find_map(|v| find(v, key)),
+            _ => None,
+        }
+    }
+    let dns_rules: Vec<&serde_json::Value> = objects.iter().map(|o| &o.object).collect();
+    let named = dns_rules.iter().find_map(|o| find(o, "matchName"));
+    let pattern = || {
+        dns_rules
+            .iter()
+            .find_map(|o| find(o, "matchPattern"))
+            .map(|p| match p.as_str() {
+                "*" => "probe.palisade.test".to_owned(),
+                p => p.replace('*', "probe"),
+            })
+    };
+    named
+        .or_else(pattern)
+        .unwrap_or_else(|| "probe.palisade.test".to_owned())
 }
 
 /// Whether `v` has the key `key` anywhere.
@@ -225,9 +264,11 @@ fn prepare(file: &Path, nodes: usize) -> Result<Prepared> {
         .filter(|c| c.http.is_some())
         .filter_map(|c| c.port.and_then(|p| u16::try_from(p).ok()))
         .collect();
+    let dns_name = dns_probe_name(&objects);
     Ok(Prepared {
         uses_fqdn,
         http_ports,
+        dns_name,
         file: file.to_path_buf(),
         suite,
         engine,
@@ -301,7 +342,7 @@ fn run_suite(
                     "allowed by toFQDNs: needs a DNS answer through the proxy first".into(),
                 )
             } else {
-                plan_probe(&state, engine, &conn, c, &p.http_ports)
+                plan_probe(&state, engine, &conn, c, &p.http_ports, &p.dns_name)
             };
         rows.push(RealCase {
             suite: suite.file.clone(),
@@ -477,6 +518,7 @@ fn plan_probe(
     conn: &palisade_policy::verdict::Connection,
     case: &CaseDef,
     http_ports: &BTreeSet<u16>,
+    dns_name: &str,
 ) -> Probe {
     // A redirected connection reaches the agent's HTTP or DNS proxy, which answers its own
     // protocol only: the L4 prober's line would be refused there whatever the policy says.
@@ -490,17 +532,17 @@ fn plan_probe(
                 .is_some_and(|v| v.verdict == VERDICT_REDIRECT)
         });
     let http = conn.protocol == proto::TCP && http_ports.contains(&conn.port);
-    if redirected && conn.port == 53 {
-        return Probe::NotProbed(
-            "goes through the DNS proxy: no DNS prober in `lab test` yet".into(),
-        );
-    }
-    if redirected && case.http.is_none() {
+    let dns = redirected && conn.port == 53;
+    if redirected && !dns && case.http.is_none() {
         return Probe::NotProbed(
             "goes through the HTTP proxy without an `http` request to judge".into(),
         );
     }
     let protocol = match conn.protocol {
+        proto::TCP | proto::UDP if dns => ProbeProto::Dns {
+            name: dns_name.to_owned(),
+            tcp: conn.protocol == proto::TCP,
+        },
         proto::TCP if http => ProbeProto::Http(case.http.clone().unwrap_or_default()),
         proto::TCP => ProbeProto::L4(Protocol::Tcp),
         proto::UDP => ProbeProto::L4(Protocol::Udp),
@@ -599,6 +641,7 @@ fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<Outcome> {
             Ok((r.reachable, String::new()))
         }
         ProbeProto::Http(req) => http_probe(from_netns, *to_ip, *port, req, timeout),
+        ProbeProto::Dns { name, tcp } => dns_probe(from_netns, *to_ip, *port, name, *tcp, timeout),
         ProbeProto::Ping => {
             let wait = timeout.as_secs().max(1).to_string();
             let out = Command::new("ip")
@@ -617,6 +660,53 @@ fn probe_one(bin: &Path, probe: &Probe, timeout: Duration) -> Result<Outcome> {
                 .context("running ping (install iputils-ping; the bootstrap does)")?;
             Ok((out.status.success(), String::new()))
         }
+    }
+}
+
+/// Sends one DNS query from inside `netns` (this probe's own thread enters it) and judges the
+/// answer: the workload's NOERROR (or NXDOMAIN) is an allow; the proxy's REFUSED, or no answer,
+/// is a deny; anything else (SERVFAIL, a malformed answer) is an error worth reading.
+fn dns_probe(
+    netns: &str,
+    ip: IpAddr,
+    port: u16,
+    name: &str,
+    tcp: bool,
+    timeout: Duration,
+) -> Result<Outcome> {
+    palisade_lab::exec::enter_netns(netns)?;
+    let report = palisade_workload::resolve(&palisade_workload::ResolveSpec {
+        server: SocketAddr::new(ip, port),
+        name: name.to_owned(),
+        aaaa: false,
+        tcp,
+        timeout,
+        count: 1,
+    });
+    let over = if tcp { "TCP" } else { "UDP" };
+    match report.rcode.as_str() {
+        "NOERROR" | "NXDOMAIN" => {
+            Ok((true, format!("DNS {} for {name} over {over}", report.rcode)))
+        }
+        "REFUSED" => Ok((false, format!("DNS REFUSED for {name} (the proxy)"))),
+        "TIMEOUT" => Ok((false, format!("DNS over {over}: no answer"))),
+        // A refused or reset TCP connection: nothing got through.
+        "ERROR"
+            if tcp
+                && report
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("refused") || d.contains("reset")) =>
+        {
+            Ok((
+                false,
+                format!("DNS over TCP: {}", report.detail.unwrap_or_default()),
+            ))
+        }
+        other => Err(anyhow!(
+            "unexpected DNS answer {other} for {name} from {ip}:{port} over {over}: {}",
+            report.detail.unwrap_or_default()
+        )),
     }
 }
 

@@ -118,6 +118,9 @@ struct ServeArgs {
     /// Name put in every reply (the lab passes the pod name).
     #[arg(long, default_value = "workload")]
     name: String,
+    /// Listen on this address only [default: every IPv4 address, and IPv6 where possible].
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    address: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +157,11 @@ fn serve(a: ServeArgs) -> ExitCode {
         http: a.http.map(|p| p.0).unwrap_or_default(),
         api: a.api.map(|p| p.0).unwrap_or_default(),
     };
-    match Server::bind(&cfg).context("workload serve") {
+    let bound = match a.address {
+        Some(ip) => Server::bind_on(ip, &cfg, false),
+        None => Server::bind(&cfg),
+    };
+    match bound.context("workload serve") {
         Ok(server) => {
             server.run();
             ExitCode::SUCCESS
