@@ -71,8 +71,18 @@ pub fn spawn_detached(
         stderr: e.to_string(),
     })?;
     let pid = child.id();
+    let log = log.to_path_buf();
     thread::spawn(move || {
-        let _ = child.wait();
+        // How it ended goes into its log, so a process found gone later says whether it exited,
+        // crashed (SIGSEGV, SIGABRT) or was killed (SIGKILL: by a test, or by someone else).
+        // Only while this process lives: a `palisade lab up` that returned leaves its children
+        // to init.
+        if let Ok(status) = child.wait()
+            && let Ok(mut f) = OpenOptions::new().append(true).open(&log)
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "palisade lab: process {pid} ended: {status}");
+        }
     });
     Ok(pid)
 }
