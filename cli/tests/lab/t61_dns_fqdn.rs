@@ -217,6 +217,36 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
     );
     assert!(!reachable(&lab, "10.96.0.14"));
 
+    // n1's /metrics counts those five queries as Hubble's DNS metrics do: three answered with
+    // one address each, two refused by policy (L7 drops, egress).
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("pal-{lab}-n1"),
+            "curl",
+            "-s",
+            "-m",
+            "3",
+        ])
+        .arg("http://10.98.0.11:9962/metrics")
+        .output()
+        .expect("curl metrics");
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    for series in [
+        "hubble_dns_queries_total{rcode=\"\",qtypes=\"A\",ips_returned=\"0\"} 3",
+        "hubble_dns_queries_total{rcode=\"Policy denied\",qtypes=\"A\",ips_returned=\"0\"} 2",
+        "hubble_dns_responses_total{rcode=\"No Error\",qtypes=\"A\",ips_returned=\"1\"} 3",
+        "hubble_flows_processed_total{protocol=\"DNS\",type=\"L7\",subtype=\"DNS\",verdict=\"FORWARDED\"} 3",
+        "hubble_flows_processed_total{protocol=\"DNS\",type=\"L7\",subtype=\"DNS\",verdict=\"DROPPED\"} 2",
+        "hubble_drop_total{traffic_direction=\"egress\",reason=\"DROP_REASON_UNKNOWN\",protocol=\"DNS\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in:\n{metrics}"
+        );
+    }
+
     // Malformed DNS from the pod: answered FORMERR or ignored; the proxy keeps serving.
     let before = dns_status(&lab)["queriesTotal"].as_u64().expect("total");
     for junk in [
