@@ -432,6 +432,22 @@ fn the_mirror_writes_status_back() {
     }
     assert!(!m.contains("palisade_mirror_watch_errors_total"), "{m}");
     assert!(!m.contains("outcome=\"error\""), "{m}");
+    // A second mirror cannot have the same address: it stops at once, naming the flag.
+    let out = Command::new(BIN)
+        .args(["mirror", "--kubeconfig", &kc, "--source", "east"])
+        .args(["--metrics-listen", &metrics_addr])
+        .env("PALISADE_SERVER", &dest.url)
+        .env_remove("PALISADE_TOKEN_FILE")
+        .env_remove("PALISADE_TLS_DIR")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("second mirror");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("--metrics-listen `{metrics_addr}`")),
+        "{out:?}"
+    );
 
     // Fixing the object flips the condition; a spec write through the main resource leaves
     // the status alone (the note stays, the mirror updates its condition).
