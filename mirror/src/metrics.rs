@@ -5,7 +5,7 @@
 //! | `palisade_mirror_objects` | gauge | objects of a `kind` whose copy this mirror keeps in the control plane |
 //! | `palisade_mirror_applies_total` | counter | copies written to the control plane, by `kind` and `outcome`: `accepted`, `rejected` (the policy engine refused the object; its status says why), `error` (the control plane was unreachable or refused the call; the next event or resync retries) |
 //! | `palisade_mirror_deletes_total` | counter | copies deleted (the object left the cluster or lost its labels), by `kind` |
-//! | `palisade_mirror_watch_restarts_total` | counter | re-lists of a `kind` after its watch ended or failed (the first list is not counted) |
+//! | `palisade_mirror_watch_restarts_total` | counter | re-lists of a `kind`: its watch could not resume (the resource version expired, `410`), so the mirror listed again (the first list is not counted) |
 //! | `palisade_mirror_watch_errors_total` | counter | watch errors of a `kind` (retried with backoff) |
 //! | `palisade_mirror_status_writes_total` | counter | `Accepted` conditions written back on source objects, by `kind` and `result` (`written`, `failed`) |
 

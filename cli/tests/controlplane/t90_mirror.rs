@@ -328,7 +328,7 @@ fn the_mirror_writes_status_back() {
 
     let log = dir.join("mirror.log");
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let _mirror = start_mirror_with(&kc, &dest, &log, &["--metrics-listen", &metrics_addr]);
+    let mirror = start_mirror_with(&kc, &dest, &log, &["--metrics-listen", &metrics_addr]);
     eventually(
         &dest,
         "the valid objects are copied, the invalid one refused",
@@ -495,13 +495,36 @@ fn the_mirror_writes_status_back() {
         "{m}"
     );
 
-    // The "cluster" goes away and comes back: the watches fail, are retried and counted.
+    // The "cluster" goes away and comes back: the watches fail, are retried and counted
+    // (re-lists are counted in the pods test, whose cut watch gets `410 Expired`).
     cluster.restart();
+    let cnp_errors = r#"palisade_mirror_watch_errors_total{kind="CiliumNetworkPolicy"}"#;
     eventually_metrics(&metrics_addr, "watch errors are counted", |m| {
-        metric(
-            m,
-            r#"palisade_mirror_watch_errors_total{kind="CiliumNetworkPolicy"}"#,
-        ) >= Some(1.0)
+        metric(m, cnp_errors) >= Some(1.0)
+    });
+    // A re-list: the mirror is paused while the cluster changes and restarts, so its watch
+    // resumes from a resource version the restarted change feed does not reach back to
+    // (`410 Expired`) and it lists again, which is counted.
+    let pid = mirror.0.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    kubectl(
+        &kc,
+        &["label", "cnp", "web", "relisted=yes", "--overwrite"],
+        "",
+    );
+    cluster.restart();
+    signal("-CONT");
+    let cnp_restarts = r#"palisade_mirror_watch_restarts_total{kind="CiliumNetworkPolicy"}"#;
+    eventually_metrics(&metrics_addr, "the re-list is counted", |m| {
+        metric(m, cnp_restarts) >= Some(1.0)
+    });
+    eventually(&dest, "the change made while paused is copied", |s| {
+        s.iter()
+            .any(|(k, o)| k.ends_with("/web") && o["metadata"]["labels"]["relisted"] == "yes")
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
