@@ -18,6 +18,7 @@
 //! (the API server runs no such validation); their status says why, naming the field.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod runner;
 pub mod translate;
 

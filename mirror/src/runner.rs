@@ -11,6 +11,7 @@ use palisade_api::controlplane::PolicyKey;
 use palisade_cp_client::{Client, ClientError};
 use serde_json::Value;
 
+use crate::metrics;
 use crate::translate::{KINDS, Kind, Outcome, mirrored_from, status_patch};
 
 /// Why the mirror stopped.
@@ -81,6 +82,10 @@ async fn with_dest<T: Send + 'static>(
 /// objects are stored again (a no-op for unchanged ones).
 type Copies = BTreeMap<String, Value>;
 
+/// The objects of a kind whose copy this mirror keeps in the control plane (storage keys), for
+/// `palisade_mirror_objects`. Kept across re-lists: the copies stay while the watch restarts.
+type Held = BTreeSet<String>;
+
 /// Copies `o` into the control plane, then records the outcome on `o`'s status (kinds with
 /// the subresource). Returns the copy's key (`None` when `o` cannot be translated).
 async fn apply(
@@ -90,6 +95,7 @@ async fn apply(
     source: &str,
     o: &DynamicObject,
     copies: &mut Copies,
+    held: &mut Held,
 ) -> Option<PolicyKey> {
     let v = serde_json::to_value(o).unwrap_or(Value::Null);
     let (key, object) = match kind.to_policy(&v, source) {
@@ -102,7 +108,8 @@ async fn apply(
     if !kind.needs_copy(&object) {
         // A namespace without labels: no copy, and an earlier one (it had labels) goes.
         copies.remove(&key.storage_key());
-        delete_copy(dest, key, source).await;
+        held.remove(&key.storage_key());
+        delete_copy(dest, kind, key, source).await;
         return None;
     }
     if !kind.status && copies.get(&key.storage_key()) == Some(&object) {
@@ -114,15 +121,19 @@ async fn apply(
     match &outcome {
         Some(Outcome::Accepted { revision }) => {
             tracing::info!(key = %key.storage_key(), revision, "mirrored");
+            metrics::applied(kind.kind, "accepted");
+            held.insert(key.storage_key());
             if !kind.status {
                 copies.insert(key.storage_key(), object);
             }
         }
         Some(Outcome::Rejected { message }) => {
             tracing::warn!(key = %key.storage_key(), %message, "the control plane refused the copy");
+            metrics::applied(kind.kind, "rejected");
+            held.remove(&key.storage_key());
         }
         // Unreachable or failing: no status, the next event or resync retries.
-        None => {}
+        None => metrics::applied(kind.kind, "error"),
     }
     if kind.status
         && let Some(outcome) = outcome
@@ -179,13 +190,19 @@ async fn write_status(
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => tracing::info!(kind = kind.kind, %name, "status written"),
-        Err(e) => tracing::warn!(kind = kind.kind, %name, error = %e, "cannot write the status"),
+        Ok(_) => {
+            tracing::info!(kind = kind.kind, %name, "status written");
+            metrics::status_write(kind.kind, "written");
+        }
+        Err(e) => {
+            tracing::warn!(kind = kind.kind, %name, error = %e, "cannot write the status");
+            metrics::status_write(kind.kind, "failed");
+        }
     }
 }
 
 /// Deletes `key` when the stored object is this mirror's copy.
-async fn delete_copy(dest: &Arc<Client>, key: PolicyKey, source: &str) {
+async fn delete_copy(dest: &Arc<Client>, kind: Kind, key: PolicyKey, source: &str) {
     let k = key.clone();
     let stored = with_dest(dest, key.storage_key(), move |d| d.get_policy(&k)).await;
     if let Some(Some(rec)) = stored
@@ -197,6 +214,7 @@ async fn delete_copy(dest: &Arc<Client>, key: PolicyKey, source: &str) {
             .is_some()
         {
             tracing::info!(key = %key.storage_key(), "deleted mirrored copy");
+            metrics::deleted(kind.kind);
         }
     }
 }
@@ -208,14 +226,22 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
         .boxed();
     let mut listed: BTreeSet<String> = BTreeSet::new();
     let mut copies = Copies::new();
+    let mut held = Held::new();
+    let mut lists = 0u64;
     while let Some(ev) = events.next().await {
         match ev {
             Ok(watcher::Event::Init) => {
                 listed.clear();
                 copies.clear();
+                if lists > 0 {
+                    metrics::watch_restarted(kind.kind);
+                }
+                lists += 1;
             }
             Ok(watcher::Event::InitApply(o)) => {
-                if let Some(k) = apply(&kube, &dest, kind, &source, &o, &mut copies).await {
+                if let Some(k) =
+                    apply(&kube, &dest, kind, &source, &o, &mut copies, &mut held).await
+                {
                     listed.insert(k.storage_key());
                 }
             }
@@ -227,21 +253,27 @@ async fn mirror_kind(kube: kube::Client, dest: Arc<Client>, source: String, kind
                         && !listed.contains(&rec.key.storage_key())
                         && mirrored_from(&rec.object, &source)
                     {
-                        delete_copy(&dest, rec.key, &source).await;
+                        held.remove(&rec.key.storage_key());
+                        delete_copy(&dest, kind, rec.key, &source).await;
                     }
                 }
             }
             Ok(watcher::Event::Apply(o)) => {
-                apply(&kube, &dest, kind, &source, &o, &mut copies).await;
+                apply(&kube, &dest, kind, &source, &o, &mut copies, &mut held).await;
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
                 let key = kind.key(o.metadata.namespace.as_deref(), &name);
                 copies.remove(&key.storage_key());
-                delete_copy(&dest, key, &source).await;
+                held.remove(&key.storage_key());
+                delete_copy(&dest, kind, key, &source).await;
             }
-            Err(e) => tracing::warn!(kind = kind.kind, error = %e, "watch failed; retrying"),
+            Err(e) => {
+                tracing::warn!(kind = kind.kind, error = %e, "watch failed; retrying");
+                metrics::watch_error(kind.kind);
+            }
         }
+        metrics::held(kind.kind, held.len());
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Args {
     /// the mirror deletes only copies with its own name.
     #[arg(long, default_value = "kubernetes")]
     source: String,
+    /// Serve Prometheus metrics (`GET /metrics`: objects mirrored by kind, copies written and
+    /// refused, deletions, watch restarts and errors, status writes) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -77,6 +81,9 @@ fn mirror(args: Args) -> Result<()> {
             )?,
         };
         let client = kube::Client::try_from(config).context("kubernetes client")?;
+        if let Some(addr) = args.metrics_listen {
+            palisade_mirror::metrics::serve(addr).await?;
+        }
         palisade_mirror::run(client, dest, args.source).await?;
         Ok(())
     })

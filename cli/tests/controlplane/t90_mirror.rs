@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fixture::{BIN, ControlPlane, curl, scratch};
+use crate::fixture::{BIN, ControlPlane, curl, free_port, scratch};
 
 /// The mirror process, killed on drop.
 struct Mirror(Child);
@@ -25,10 +25,20 @@ impl Drop for Mirror {
 }
 
 fn start_mirror(kubeconfig: &str, dest: &ControlPlane, log: &std::path::Path) -> Mirror {
+    start_mirror_with(kubeconfig, dest, log, &[])
+}
+
+fn start_mirror_with(
+    kubeconfig: &str,
+    dest: &ControlPlane,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Mirror {
     let log = std::fs::File::create(log).expect("mirror log");
     Mirror(
         Command::new(BIN)
             .args(["mirror", "--kubeconfig", kubeconfig, "--source", "east"])
+            .args(extra)
             .env("PALISADE_SERVER", &dest.url)
             .env_remove("PALISADE_TOKEN_FILE")
             .env_remove("PALISADE_TLS_DIR")
@@ -263,7 +273,8 @@ fn the_mirror_writes_status_back() {
     // The stand-in checks the envelope only, as an API server holding the CRDs does: an object
     // the policy engine refuses gets into the "cluster", and only the main control plane
     // refuses it.
-    let cluster = ControlPlane::start_tls_with("mstat-src", &["--policy-validation", "envelope"]);
+    let mut cluster =
+        ControlPlane::start_tls_with("mstat-src", &["--policy-validation", "envelope"]);
     let dest = ControlPlane::start("mstat-dst");
     let dir = scratch("mstat");
     let kc = dir.join("kubeconfig").to_string_lossy().into_owned();
@@ -316,7 +327,8 @@ fn the_mirror_writes_status_back() {
     assert_eq!(web["metadata"]["generation"], 1);
 
     let log = dir.join("mirror.log");
-    let _mirror = start_mirror(&kc, &dest, &log);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mirror = start_mirror_with(&kc, &dest, &log, &["--metrics-listen", &metrics_addr]);
     eventually(
         &dest,
         "the valid objects are copied, the invalid one refused",
@@ -387,6 +399,56 @@ fn the_mirror_writes_status_back() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(text.matches("status written").count(), 3, "{text}");
 
+    // The mirror's /metrics says the same: copies held by kind (bad's was refused), the
+    // refusal, the three status writes, no watch trouble.
+    let m = scrape(&metrics_addr);
+    for (series, want) in [
+        (
+            r#"palisade_mirror_objects{kind="CiliumNetworkPolicy"}"#,
+            1.0,
+        ),
+        (
+            r#"palisade_mirror_objects{kind="CiliumClusterwideNetworkPolicy"}"#,
+            1.0,
+        ),
+        (r#"palisade_mirror_objects{kind="NetworkPolicy"}"#, 1.0),
+        (
+            r#"palisade_mirror_status_writes_total{kind="CiliumNetworkPolicy",result="written"}"#,
+            2.0,
+        ),
+        (
+            r#"palisade_mirror_status_writes_total{kind="CiliumClusterwideNetworkPolicy",result="written"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&m, series), Some(want), "{series}:\n{m}");
+    }
+    for series in [
+        r#"palisade_mirror_applies_total{kind="CiliumNetworkPolicy",outcome="accepted"}"#,
+        r#"palisade_mirror_applies_total{kind="CiliumNetworkPolicy",outcome="rejected"}"#,
+        r#"palisade_mirror_applies_total{kind="NetworkPolicy",outcome="accepted"}"#,
+    ] {
+        assert!(metric(&m, series) >= Some(1.0), "{series}:\n{m}");
+    }
+    assert!(!m.contains("palisade_mirror_watch_errors_total"), "{m}");
+    assert!(!m.contains("outcome=\"error\""), "{m}");
+    // A second mirror cannot have the same address: it stops at once, naming the flag.
+    let out = Command::new(BIN)
+        .args(["mirror", "--kubeconfig", &kc, "--source", "east"])
+        .args(["--metrics-listen", &metrics_addr])
+        .env("PALISADE_SERVER", &dest.url)
+        .env_remove("PALISADE_TOKEN_FILE")
+        .env_remove("PALISADE_TLS_DIR")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("second mirror");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("--metrics-listen `{metrics_addr}`")),
+        "{out:?}"
+    );
+
     // Fixing the object flips the condition; a spec write through the main resource leaves
     // the status alone (the note stays, the mirror updates its condition).
     kubectl(
@@ -416,7 +478,85 @@ fn the_mirror_writes_status_back() {
     let yaml = kubectl(&kc, &["get", "cnp", "-o", "yaml"], "");
     assert!(yaml.contains("type: Accepted"), "{yaml}");
     assert!(yaml.contains("policyRevision:"), "{yaml}");
+
+    // The fixed object's copy is held now; a deletion in the cluster is counted.
+    kubectl(&kc, &["delete", "netpol", "db", "-n", "prod"], "");
+    let m = eventually_metrics(&metrics_addr, "the deletion is counted", |m| {
+        metric(m, r#"palisade_mirror_deletes_total{kind="NetworkPolicy"}"#) == Some(1.0)
+    });
+    assert_eq!(
+        metric(&m, r#"palisade_mirror_objects{kind="CiliumNetworkPolicy"}"#),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"palisade_mirror_objects{kind="NetworkPolicy"}"#),
+        Some(0.0),
+        "{m}"
+    );
+
+    // The "cluster" goes away and comes back: the watches fail, are retried and counted
+    // (re-lists are counted in the pods test, whose cut watch gets `410 Expired`).
+    cluster.restart();
+    let cnp_errors = r#"palisade_mirror_watch_errors_total{kind="CiliumNetworkPolicy"}"#;
+    eventually_metrics(&metrics_addr, "watch errors are counted", |m| {
+        metric(m, cnp_errors) >= Some(1.0)
+    });
+    // A re-list: the mirror is paused while the cluster changes and restarts, so its watch
+    // resumes from a resource version the restarted change feed does not reach back to
+    // (`410 Expired`) and it lists again, which is counted.
+    let pid = mirror.0.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    kubectl(
+        &kc,
+        &["label", "cnp", "web", "relisted=yes", "--overwrite"],
+        "",
+    );
+    cluster.restart();
+    signal("-CONT");
+    let cnp_restarts = r#"palisade_mirror_watch_restarts_total{kind="CiliumNetworkPolicy"}"#;
+    eventually_metrics(&metrics_addr, "the re-list is counted", |m| {
+        metric(m, cnp_restarts) >= Some(1.0)
+    });
+    eventually(&dest, "the change made while paused is copied", |s| {
+        s.iter()
+            .any(|(k, o)| k.ends_with("/web") && o["metadata"]["labels"]["relisted"] == "yes")
+    });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The mirror's `/metrics` page (a plain HTTP/1.1 GET).
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the mirror's metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of one series (name and labels exactly as rendered).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn eventually_metrics(addr: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = scrape(addr);
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A pod as a Deployment makes it: identities need its labels, service account, node, named

@@ -5,7 +5,8 @@
 //! (n1-p1 → n2-p1:8080, `GET /get` allowed, `GET /admin` denied with a 403). The rendered DOM
 //! must show the workloads on the service map, the denied connection as a red (`dropped`) edge
 //! and only that, the HTTP method, path and status on the green and red L7 edges, and the denied
-//! flow in the flow table, which the verdict filter narrows to drops. The JSON API behind the page
+//! flow in the flow table, which the verdict filter narrows to drops; the namespace picker offers
+//! the lab's namespaces. The JSON API behind the page
 //! refuses callers without the lab's read token and names the field of a bad filter.
 //!
 //! `PALISADE_UI_SCREENSHOT=docs/ui-service-map.png` also saves a screenshot of the page.
@@ -244,6 +245,19 @@ fn the_web_ui_maps_workloads_and_shows_the_denied_flow_as_a_red_edge() {
     assert_eq!(err["field"], "verdict", "{body}");
 
     let profile = TempDir(scratch.0.join("chromium-profile"));
+    // The namespace picker, on a page whose URL names no namespace: it offers "all" and the
+    // lab's namespaces, which only the API can have told it.
+    let dom = chromium(&profile.0, &format!("{base}/#{fragment}"), None);
+    let picker = dom
+        .split_once("<select id=\"namespace\"")
+        .and_then(|(_, rest)| rest.split_once("</select>"))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("no namespace picker: {dom}"));
+    let offered: Vec<String> = tags(picker, "option")
+        .into_iter()
+        .filter_map(|o| o.get("value").cloned())
+        .collect();
+    assert_eq!(offered, ["", "default"], "{picker}");
     let dom = chromium(
         &profile.0,
         &format!("{base}/#namespace=default&{fragment}"),

@@ -256,12 +256,22 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         &["-s", "-m", "3", "http://10.98.0.12:9962/metrics"],
     );
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(
-        metrics.contains(
-            "palisade_agent_http_requests_total{method=\"DELETE\",status=\"403\",verdict=\"denied\"} 2"
-        ),
-        "{metrics}"
-    );
+    // Hubble's names and labels (httpV2): the server side's proxy reports; each pod's four
+    // denials and two served requests are L7 flows, the denials L7 drops on ingress (the
+    // duration counts every POST, served or denied).
+    for series in [
+        "hubble_http_requests_total{method=\"DELETE\",protocol=\"HTTP/1.1\",status=\"403\",reporter=\"server\"} 2",
+        "hubble_http_requests_total{method=\"POST\",protocol=\"HTTP/1.1\",status=\"200\",reporter=\"server\"} 2",
+        "hubble_http_request_duration_seconds_count{method=\"POST\",reporter=\"server\"} 4",
+        "hubble_flows_processed_total{protocol=\"HTTP\",type=\"L7\",subtype=\"HTTP\",verdict=\"DROPPED\"} 8",
+        "hubble_flows_processed_total{protocol=\"HTTP\",type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 4",
+        "hubble_drop_total{traffic_direction=\"ingress\",reason=\"DROP_REASON_UNKNOWN\",protocol=\"HTTP\"} 8",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in:\n{metrics}"
+        );
+    }
 
     // The same requests as Hubble L7 flows, through the control plane's relay.
     let out = ok(&[
@@ -292,6 +302,35 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
             "{f}"
         );
         assert_eq!(f["traffic_direction"], "INGRESS", "{f}");
+    }
+    // --http-path (a regular expression on the URL's path) selects the served POSTs only.
+    let out = ok(&[
+        "observe",
+        "--lab",
+        &lab,
+        "--http-path",
+        "^/post$",
+        "--last",
+        "100",
+        "-o",
+        "json",
+    ]);
+    let posts: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(posts.len(), 2, "one per client: {out}");
+    for f in &posts {
+        assert_eq!(
+            f["l7"]["http"]["url"],
+            format!("http://{SERVER}:8080/post"),
+            "{f}"
+        );
+        assert_eq!(
+            (&f["l7"]["http"]["method"], &f["verdict"]),
+            (&"POST".into(), &"FORWARDED".into()),
+            "{f}"
+        );
     }
     let compact = ok(&[
         "observe",

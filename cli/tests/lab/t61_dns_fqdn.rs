@@ -217,6 +217,54 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
     );
     assert!(!reachable(&lab, "10.96.0.14"));
 
+    // n1's /metrics counts those five queries as Hubble's DNS metrics do: three answered with
+    // one address each, two refused by policy (L7 drops, egress). (A UDP query the client
+    // resent after a second without an answer counts again: at least, and consistently.)
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("pal-{lab}-n1"),
+            "curl",
+            "-s",
+            "-m",
+            "3",
+        ])
+        .arg("http://10.98.0.11:9962/metrics")
+        .output()
+        .expect("curl metrics");
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    let asked = value("hubble_dns_queries_total{rcode=\"\",qtypes=\"A\",ips_returned=\"0\"}");
+    let refused =
+        value("hubble_dns_queries_total{rcode=\"Policy denied\",qtypes=\"A\",ips_returned=\"0\"}");
+    assert!(asked >= 3.0 && refused >= 2.0, "{metrics}");
+    for (series, want) in [
+        (
+            "hubble_dns_responses_total{rcode=\"No Error\",qtypes=\"A\",ips_returned=\"1\"}",
+            asked,
+        ),
+        (
+            "hubble_flows_processed_total{protocol=\"DNS\",type=\"L7\",subtype=\"DNS\",verdict=\"FORWARDED\"}",
+            asked,
+        ),
+        (
+            "hubble_flows_processed_total{protocol=\"DNS\",type=\"L7\",subtype=\"DNS\",verdict=\"DROPPED\"}",
+            refused,
+        ),
+        (
+            "hubble_drop_total{traffic_direction=\"egress\",reason=\"DROP_REASON_UNKNOWN\",protocol=\"DNS\"}",
+            refused,
+        ),
+    ] {
+        assert_eq!(value(series), want, "{series} in:\n{metrics}");
+    }
+
     // Malformed DNS from the pod: answered FORMERR or ignored; the proxy keeps serving.
     let before = dns_status(&lab)["queriesTotal"].as_u64().expect("total");
     for junk in [

@@ -280,6 +280,17 @@ fn every_manifest_parses_hangs_together_and_kubectl_reads_it() {
             .contains("kubeconfig"),
         "{mirror}"
     );
+    // Its metrics on a port of its own (host network: the agent has 9962), declared.
+    assert!(
+        pod["containers"][0]["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--metrics-listen=0.0.0.0:9963")),
+        "{mirror}"
+    );
+    assert_eq!(
+        pod["containers"][0]["ports"][0]["containerPort"], 9963,
+        "{mirror}"
+    );
 
     // The mirror's role: read on the policy kinds, namespaces and pods (what identities are made
     // of; no ServiceAccounts), patch on status only (kube-rs `patch_status` sends a PATCH).

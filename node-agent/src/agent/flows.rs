@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  eBPF (PAL_EVENTS ring buffer) ──▶ reader thread: decode ─▶ enrich ─▶ metrics ─▶ FlowRing
+//!  L7 and DNS proxies ──▶ L7 flow ─▶ metrics (count_l7) ─────────────────────────────▶ FlowRing
 //!                                         ▲ Enrichment snapshot          (bounded, lost count)
 //!  run loop (endpoints, identities) ──────┘                                  │
 //!                                     observer (gRPC, tokio thread): filter ─┘─▶ GetFlows
@@ -16,6 +17,7 @@ mod decode;
 mod enrich;
 mod filter;
 mod l7;
+mod metrics;
 mod reader;
 mod ring;
 
@@ -23,5 +25,6 @@ pub use decode::{DecodeError, decode_event, drop_reason, drop_reason_text, event
 pub use enrich::{EndpointMeta, Enrichment, SharedEnrichment};
 pub use filter::{FilterError, FlowFilters};
 pub use l7::{dns_flow, l7_flow};
-pub use reader::{match_name, spawn as spawn_reader};
+pub use metrics::{count_l7, match_name};
+pub use reader::spawn as spawn_reader;
 pub use ring::{Batch, FlowRing, RawEvent, RingStats, StoredFlow};

@@ -11,35 +11,52 @@
 //! | `palisade_agent_remote_endpoints` | gauge | endpoints of other nodes in the ipcache |
 //! | `palisade_agent_policy_entries` | gauge | policy map entries written |
 //! | `palisade_agent_updates_total` | counter | control-plane updates applied, by `result` (`applied`, `rejected`) |
-//! | `hubble_flows_processed_total` | counter | flow events read, by `type` (`PolicyVerdict`, `Drop`, `Trace`), `subtype` (a trace's `to-endpoint`/`from-endpoint`), `verdict` |
-//! | `hubble_drop_total` | counter | dropped flows, by Hubble drop `reason` and `protocol` |
+//! | `hubble_flows_processed_total` | counter | flows, datapath and L7, by `protocol` (`TCP`, `UDP`, `ICMPv4`, `ICMPv6`, or an L7 flow's `HTTP`/`DNS`), `type` (`PolicyVerdict`, `Drop`, `Trace`, `L7`), `subtype` (a trace's `to-endpoint`/`from-endpoint`, an L7 flow's `HTTP`/`DNS`), `verdict` |
+//! | `hubble_drop_total` | counter | dropped flows (datapath drops and L7 denials), by `traffic_direction` (`ingress`, `egress`), Hubble drop `reason` and `protocol` |
 //! | `hubble_policy_verdicts_total` | counter | policy decisions on new flows, by `direction`, `match`, `action` |
+//! | `hubble_http_requests_total` | counter | HTTP requests through the L7 proxy (Hubble's `httpV2`), by `method`, `protocol` (`HTTP/1.1`...), `status` and `reporter` (`server` for ingress rules, `client` for egress) |
+//! | `hubble_http_request_duration_seconds` | histogram | those requests' time to the response headers, by `method`, `reporter` |
+//! | `hubble_dns_queries_total` | counter | queries through the DNS proxy, by `rcode` (empty, or `Policy denied` for a refused query), `qtypes`, `ips_returned` |
+//! | `hubble_dns_responses_total` | counter | answers the DNS proxy gave (all but refusals), by `rcode` (`No Error`, `Non-Existent Domain`...), `qtypes`, `ips_returned` |
 //! | `palisade_agent_flows_lost_total` | counter | flows lost, by `source`: `kernel` (the datapath's ring buffer was full), `ring` (overwritten in the agent's flow ring) |
 //! | `palisade_agent_gossip_dropped_total` | counter | gossip datagrams dropped, by `reason` (`malformed`, `unauthenticated`, `oversize`, `stale`, `send_oversize`) |
-//! | `palisade_agent_dns_queries_total` | counter | queries through the DNS proxy, by `verdict` (`forwarded`, `refused`, `malformed`, `error`) and `rcode` |
 //! | `palisade_agent_dns_fqdn_addresses` | gauge | addresses learned from DNS answers and programmed in the ipcache |
 //! | `palisade_agent_dns_fqdn_held` | gauge | (name, address) pairs kept past TTL and grace only because an open connection held them |
-//! | `palisade_agent_http_requests_total` | counter | HTTP requests through the L7 proxy, by `method`, `status` and `verdict` (`forwarded`, `denied`, `error`) |
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Propagation buckets (seconds): a change is normally enforced within tens of milliseconds.
 const PROPAGATION_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Installs the recorder and serves it on `addr`. Errors name the address.
-pub fn serve(addr: SocketAddr) -> Result<(), String> {
-    let handle = PrometheusBuilder::new()
+/// Hubble's HTTP duration buckets (seconds): Prometheus's default ones, which Hubble uses.
+const HTTP_DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The agent's exporter, with each histogram's buckets (without them the exporter would render
+/// a summary, not the histogram Hubble's dashboards query).
+pub fn builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("palisade_agent_policy_propagation_seconds".into()),
             &PROPAGATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("hubble_http_request_duration_seconds".into()),
+            &HTTP_DURATION_BUCKETS,
         )
+}
+
+/// Installs the recorder and serves it on `addr`. Errors name the address.
+pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    let handle = builder()
         .map_err(|e| format!("metrics: {e}"))?
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;

@@ -13,7 +13,7 @@
 //!                     allowed ─▶ hyper client, one connection per client connection, bound
 //!                                to the client's address (IP_TRANSPARENT) ─▶ original destination
 //!                     denied  ─▶ 403 "Access denied"
-//!                   L7Flow ─▶ FlowLog (bounded) + palisade_agent_http_requests_total
+//!                   L7Flow ─▶ FlowLog (bounded) + hubble_http_requests_total
 //! ```
 //! The L4 part of the decision stays the eBPF programs' (packets the filter does not steer reach
 //! the veth and are judged there); the L7 part is the proxy's. On ingress the programs drop a

@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use super::decide::{QueryVerdict, name_verdict};
 use super::flow::{DnsFlow, DnsVerdict, FlowLog};
 use super::{Learned, Learner, Programmed};
+use crate::agent::flows::{self, Enrichment};
 use crate::agent::proxy::view::{L4Verdict, PROTO_TCP, PROTO_UDP};
 use crate::agent::proxy::{FlowPeer, ProxyView};
 
@@ -434,12 +435,8 @@ async fn handle(
 
 fn finish(shared: &Shared, mut flow: DnsFlow, start: Instant) {
     flow.latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    metrics::counter!(
-        "palisade_agent_dns_queries_total",
-        "verdict" => flow.verdict.as_str(),
-        "rcode" => flow.rcode.to_string()
-    )
-    .increment(1);
+    // Hubble's metrics count the flow the query becomes (naming does not enter the labels).
+    flows::count_l7(&flows::dns_flow(&flow, &Enrichment::default()));
     shared.flows.push(flow);
 }
 

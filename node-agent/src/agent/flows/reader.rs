@@ -17,12 +17,12 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use metrics::Counter;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::time::{ClockId, clock_gettime};
-use palisade_api::flow::{DropReason, Flow, TrafficDirection, Verdict};
 use palisade_datapath_common::events::{self, FlowEvent};
 use palisade_datapath_common::{policy, verdict};
 
-use super::decode::{decode_event, event_type, to_flow};
+use super::decode::{decode_event, to_flow};
 use super::enrich::{Enrichment, SharedEnrichment};
+use super::metrics::{Series, series};
 use super::ring::{FlowRing, RawEvent};
 
 /// How often the kernel's loss counter is read.
@@ -166,13 +166,6 @@ impl MetricKey {
     }
 }
 
-/// The counter handles of one kind of event.
-struct Series {
-    processed: Counter,
-    drop: Option<Counter>,
-    verdicts: Option<Counter>,
-}
-
 /// Hubble's metrics for datapath events, with each label set's handles looked up once (a
 /// labelled lookup hashes and compares every label; a handle is one atomic add).
 #[derive(Default)]
@@ -194,83 +187,6 @@ impl FlowCounters {
         if let Some(v) = &s.verdicts {
             v.increment(1);
         }
-    }
-}
-
-/// Hubble's metric series for one flow.
-fn series(f: &Flow) -> Series {
-    let verdict_ = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
-    let kind = match f.event_type.as_ref().map(|e| e.r#type) {
-        Some(event_type::DROP) => "Drop",
-        Some(event_type::POLICY_VERDICT) => "PolicyVerdict",
-        Some(event_type::TRACE) => "Trace",
-        Some(event_type::L7) => "L7",
-        _ => "Unknown",
-    };
-    let protocol = match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(palisade_api::flow::layer4::Protocol::Tcp(_)) => "TCP",
-        Some(palisade_api::flow::layer4::Protocol::Udp(_)) => "UDP",
-        Some(palisade_api::flow::layer4::Protocol::IcmPv4(_)) => "ICMPv4",
-        Some(palisade_api::flow::layer4::Protocol::IcmPv6(_)) => "ICMPv6",
-        Some(palisade_api::flow::layer4::Protocol::Sctp(_)) => "SCTP",
-        None => "Unknown",
-    };
-    // Hubble names a trace's observation point here; other types have none.
-    let subtype = match f.event_type.as_ref().map(|e| (e.r#type, e.sub_type)) {
-        Some((event_type::TRACE, event_type::TRACE_TO_ENDPOINT)) => "to-endpoint",
-        Some((event_type::TRACE, event_type::TRACE_FROM_ENDPOINT)) => "from-endpoint",
-        _ => "",
-    };
-    let processed = metrics::counter!(
-        "hubble_flows_processed_total",
-        "type" => kind,
-        "subtype" => subtype,
-        "verdict" => verdict_.as_str_name()
-    );
-    let drop = (verdict_ == Verdict::Dropped).then(|| {
-        let reason = DropReason::try_from(f.drop_reason_desc).unwrap_or(DropReason::Unknown);
-        metrics::counter!(
-            "hubble_drop_total",
-            "reason" => reason.as_str_name(),
-            "protocol" => protocol
-        )
-    });
-    // Every event but a trace is a policy decision (a new connection allowed or audited, or a
-    // denial).
-    let direction = match TrafficDirection::try_from(f.traffic_direction) {
-        Ok(TrafficDirection::Egress) => "egress",
-        Ok(TrafficDirection::Ingress) => "ingress",
-        _ => "unknown",
-    };
-    let action = match verdict_ {
-        Verdict::Forwarded => "forwarded",
-        Verdict::Dropped => "dropped",
-        Verdict::Audit => "audit",
-        _ => "unknown",
-    };
-    let verdicts = (kind != "Trace").then(|| {
-        metrics::counter!(
-            "hubble_policy_verdicts_total",
-            "direction" => direction,
-            "match" => match_name(f.policy_match_type),
-            "action" => action
-        )
-    });
-    Series {
-        processed,
-        drop,
-        verdicts,
-    }
-}
-
-/// Hubble's name for a policy match type.
-pub fn match_name(t: u32) -> &'static str {
-    match t {
-        1 => "l3-only",
-        2 => "l3-l4",
-        3 => "l4-only",
-        4 => "all",
-        _ => "none",
     }
 }
 
@@ -354,12 +270,12 @@ mod tests {
         assert_eq!(
             scrape(&[drop, drop, new, denylisted, new2, audit, drop, l3l4, trace]),
             vec![
-                r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 3"#,
-                r#"hubble_drop_total{reason="POLICY_DENY",protocol="TCP"} 1"#,
-                r#"hubble_flows_processed_total{type="Drop",subtype="",verdict="DROPPED"} 4"#,
-                r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="AUDIT"} 1"#,
-                r#"hubble_flows_processed_total{type="PolicyVerdict",subtype="",verdict="FORWARDED"} 3"#,
-                r#"hubble_flows_processed_total{type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1"#,
+                r#"hubble_drop_total{traffic_direction="ingress",reason="POLICY_DENIED",protocol="TCP"} 3"#,
+                r#"hubble_drop_total{traffic_direction="ingress",reason="POLICY_DENY",protocol="TCP"} 1"#,
+                r#"hubble_flows_processed_total{protocol="ICMPv4",type="PolicyVerdict",subtype="",verdict="AUDIT"} 1"#,
+                r#"hubble_flows_processed_total{protocol="TCP",type="Drop",subtype="",verdict="DROPPED"} 4"#,
+                r#"hubble_flows_processed_total{protocol="TCP",type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 1"#,
+                r#"hubble_flows_processed_total{protocol="UDP",type="PolicyVerdict",subtype="",verdict="FORWARDED"} 3"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="l3-l4",action="forwarded"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="audit"} 1"#,
                 r#"hubble_policy_verdicts_total{direction="egress",match="none",action="forwarded"} 2"#,

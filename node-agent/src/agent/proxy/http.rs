@@ -30,6 +30,7 @@ use tokio::sync::Mutex;
 
 use super::flow::{FlowLog, FlowPeer, L7Flow, L7Verdict};
 use super::view::{L4Verdict, ProxyView, RequestVerdict, http_verdict};
+use crate::agent::flows::{self, Enrichment};
 
 /// Body of every response the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -289,14 +290,7 @@ async fn handle(
         }
     };
     let status = response.status().as_u16();
-    metrics::counter!(
-        "palisade_agent_http_requests_total",
-        "method" => method_label(&method),
-        "status" => status.to_string(),
-        "verdict" => l7_verdict.as_str()
-    )
-    .increment(1);
-    shared.flows.push(L7Flow {
+    let record = L7Flow {
         time_ms,
         direction: d.direction,
         source: d.source,
@@ -307,7 +301,10 @@ async fn handle(
         status,
         verdict: l7_verdict,
         latency_us: start.elapsed().as_micros() as u64,
-    });
+    };
+    // Hubble's metrics count the flow the record becomes (naming does not enter the labels).
+    flows::count_l7(&flows::l7_flow(&record, &Enrichment::default()));
+    shared.flows.push(record);
     response
 }
 
@@ -351,22 +348,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove("keep-alive");
     h.remove("proxy-connection");
-}
-
-/// Method label with bounded cardinality.
-fn method_label(m: &str) -> &'static str {
-    match m {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "OPTIONS" => "OPTIONS",
-        "CONNECT" => "CONNECT",
-        "TRACE" => "TRACE",
-        _ => "other",
-    }
 }
 
 fn denied() -> Response<ProxyBody> {
@@ -413,6 +394,5 @@ mod tests {
         let m = header_map(&h);
         assert_eq!(m["x-a"], "1,2");
         assert_eq!(m["x-b"], "3");
-        assert_eq!(method_label("BREW"), "other");
     }
 }
