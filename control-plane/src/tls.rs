@@ -453,7 +453,10 @@ mod tests {
     fn role_names_parse() {
         assert_eq!("member".parse(), Ok(CertRole::Member));
         assert_eq!("node".parse(), Ok(CertRole::Node));
-        assert!("admin".parse::<CertRole>().is_err());
+        assert_eq!("admin".parse(), Ok(CertRole::Admin));
+        assert_eq!("read".parse(), Ok(CertRole::Read));
+        assert!("operator".parse::<CertRole>().is_err());
+        assert!("Admin".parse::<CertRole>().is_err());
         assert_eq!(
             role_uri(CertRole::Node, "node-a"),
             "spiffe://palisade/node/node-a"
