@@ -9,7 +9,9 @@
 # given rate (default 576 flows/s) for the default ring size (4096 flows).
 # With FOLLOW=1 a `palisade observe -f -o json` client follows every flow throughout (its output
 # discarded), so the agent also builds and streams each flow.
-# Usage (root): [FOLLOW=1] bench/flows.sh [PALISADE_BIN] [SECONDS_PER_STEP] [RATES...]
+# With POLICY=1 a CiliumNetworkPolicy allows the pod's egress to the datagrams' destinations, so
+# every flow carries a rule id the agent names (`egress_allowed_by`) when the flow is built.
+# Usage (root): [FOLLOW=1] [POLICY=1] bench/flows.sh [PALISADE_BIN] [SECONDS_PER_STEP] [RATES...]
 set -euo pipefail
 bin=${1:-${CARGO_TARGET_DIR:-/var/tmp/palisade-target}/release/palisade}
 secs=${2:-3}
@@ -43,9 +45,23 @@ ip -n "$pod" route add default via 10.241.0.1 dev eth0
 # The datagrams go to an address nobody answers: only the datapath's view of them matters.
 ip -n "$ns" route add blackhole 10.242.0.0/16
 
+policy_args=()
+if [ "${POLICY:-0}" = 1 ]; then
+  mkdir -p "$work/policies"
+  cat > "$work/policies/load-out.yaml" <<'YAML'
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: load-out, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: load}}
+  egress:
+    - toCIDR: [10.242.0.0/16]
+YAML
+  policy_args=(--policy-dir "$work/policies")
+fi
 "$bin" agent run --netns "$ns" --node bench --pod-cidr 10.241.0.0/24 --socket "$work/agent.sock" \
   --state-dir "$work/state" --bpf-pin-dir "$pins" --metrics-listen 127.0.0.1:9962 \
-  --hubble-listen 127.0.0.1:4244 > "$work/agent.log" 2>&1 &
+  --hubble-listen 127.0.0.1:4244 "${policy_args[@]}" > "$work/agent.log" 2>&1 &
 agent=$!
 for _ in $(seq 1 100); do [ -S "$work/agent.sock" ] && break; sleep 0.1; done
 python3 - "$work/agent.sock" "$pod" <<'PY'
@@ -117,6 +133,15 @@ cpu = int(ticks) / int(hz) / secs * 100
 print(f"{rate:<12} {int(sent)/secs:<12.0f} {int(seen)/secs:<12.0f} {lost:<10} {cpu:.0f}%")
 PY
 done
+if [ "${POLICY:-0}" = 1 ]; then
+  # The measured flows must have named the policy: check the newest one.
+  ip netns exec "$ns" "$bin" observe --server 127.0.0.1:4244 --last 1 -o json |
+    python3 -c 'import json, sys
+f = json.loads(sys.stdin.readline())
+names = [p.get("name") for p in f.get("egress_allowed_by", [])]
+sys.exit(0 if names == ["load-out"] else f"POLICY=1: the newest flow names {names}, not load-out")'
+  echo "the flows name their policy (egress_allowed_by: load-out)"
+fi
 python3 - <<'PY'
 ring, rate = 4096, 576
 print(f"history window: a {ring}-flow ring at {rate} flows/s holds {ring / rate:.1f} s of flows")

@@ -54,14 +54,18 @@ struct Env {
     identities: BTreeMap<String, u32>,
 }
 
-fn start(name: &str, dir: &Path, pins: &Path) -> Env {
+/// Starts a one-node lab with three pods and an agent enforcing `policy_files` (name, YAML)
+/// from its policy directory.
+fn start(name: &str, dir: &Path, pins: &Path, policy_files: &[(&str, &str)]) -> Env {
     let (socket, state, policies) = (
         dir.join("agent.sock"),
         dir.join("state"),
         dir.join("policies"),
     );
     std::fs::create_dir_all(&policies).expect("dirs");
-    std::fs::write(policies.join("p2.yaml"), ALLOW_P1_TO_P2).expect("policy");
+    for (file, yaml) in policy_files {
+        std::fs::write(policies.join(file), yaml).expect("policy");
+    }
     let mut lab = Lab::up(&LabSpec::new(name, 1, 3, BIN)).expect("lab up");
     let node = lab.state().nodes[0].clone();
     let server = format!("{}:4244", node.underlay_ip);
@@ -152,11 +156,15 @@ impl Env {
     }
 
     fn probe(&self, from: &str, to: &str) -> bool {
+        self.probe_port(from, to, 80)
+    }
+
+    fn probe_port(&self, from: &str, to: &str, port: u16) -> bool {
         self.lab
             .probe(
                 from,
                 self.ip(to),
-                80,
+                port,
                 Protocol::Tcp,
                 Duration::from_millis(600),
             )
@@ -239,7 +247,7 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         dir: dir.clone(),
         pins: pins.clone(),
     };
-    let env = start(&name, &dir, &pins);
+    let env = start(&name, &dir, &pins, &[("p2.yaml", ALLOW_P1_TO_P2)]);
     let (p1, p2, p3) = (
         env.identities["n1-p1"],
         env.identities["n1-p2"],
@@ -299,6 +307,40 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
     assert_eq!(dropped["l4"]["TCP"]["flags"]["SYN"], true, "{dropped}");
     // Default deny: no entry decided.
     assert!(dropped["policy_match_type"].is_null(), "{dropped}");
+    // The policy that let p1 in is named, as Hubble names it; default deny names none.
+    let by = &forwarded["ingress_allowed_by"];
+    assert_eq!(by.as_array().map(Vec::len), Some(1), "{forwarded}");
+    assert_eq!(by[0]["kind"], "NetworkPolicy", "{forwarded}");
+    assert_eq!(by[0]["name"], "p2-from-p1");
+    assert_eq!(by[0]["namespace"], NS);
+    assert!(
+        by[0]["revision"]
+            .as_str()
+            .is_some_and(|r| r.parse::<u64>().is_ok_and(|r| r > 0)),
+        "revision as protojson's uint64 string: {forwarded}"
+    );
+    assert!(
+        by[0]["labels"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|l| l == "k8s:io.cilium.k8s.policy.derived-from=NetworkPolicy")
+                && l.iter()
+                    .any(|l| l == "k8s:io.cilium.k8s.policy.name=p2-from-p1")
+                && l.iter()
+                    .any(|l| l == "k8s:io.cilium.k8s.policy.namespace=obs-demo")
+        }),
+        "{forwarded}"
+    );
+    for k in [
+        "egress_allowed_by",
+        "ingress_denied_by",
+        "egress_denied_by",
+        "ingress_allowed_by",
+    ] {
+        assert!(
+            dropped.get(k).is_none(),
+            "default deny names no {k}: {dropped}"
+        );
+    }
 
     // Compact output reads like Hubble's.
     let out = env.observe(&["--verdict", "DROPPED"]);
@@ -680,5 +722,204 @@ fn observe_shows_real_flows_with_hubble_filters_follow_and_loss_accounting() {
         lost,
         seen - RING as f64,
         "every flow not held is counted lost: {m}"
+    );
+}
+
+/// p2 lets p1 in on port 80 (a CiliumNetworkPolicy) and denies p3 by a deny rule (another);
+/// p1's egress is limited to p2 by a cluster-wide policy. p3's egress is selected by none.
+const DECIDING_POLICIES: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p2-ingress, namespace: obs-demo}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p2}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: n1-p1}}]
+      toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p2-deny-p3, namespace: obs-demo}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p2}}
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: n1-p3}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: p1-egress}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p1}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: n1-p2}}]
+";
+
+/// `(kind, namespace, name)` of every policy in `flow[field]`.
+fn policies_in(flow: &Value, field: &str) -> Vec<(String, String, String)> {
+    flow[field]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+                    (s("kind"), s("namespace"), s("name"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const POLICY_FIELDS: [&str; 4] = [
+    "ingress_allowed_by",
+    "egress_allowed_by",
+    "ingress_denied_by",
+    "egress_denied_by",
+];
+
+/// Issue 7's "policy verdict with the deciding rule", on real packets: each policy-verdict and
+/// drop flow names the policy whose rule decided, on the side (ingress or egress) that decided,
+/// in Hubble's fields; flows no rule decided name none.
+#[test]
+fn observe_names_the_policy_that_decided_on_its_side() {
+    let name = format!("obp{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("pal-observe-pol-{}", std::process::id()));
+    let pins = PathBuf::from(format!("/sys/fs/bpf/palisade-obp-{}", std::process::id()));
+    let _cleanup = Cleanup {
+        lab: name.clone(),
+        dir: dir.clone(),
+        pins: pins.clone(),
+    };
+    let env = start(&name, &dir, &pins, &[("policies.yaml", DECIDING_POLICIES)]);
+
+    assert!(env.probe("n1-p1", "n1-p2"), "p1 -> p2:80 is allowed");
+    assert!(
+        !env.probe("n1-p3", "n1-p2"),
+        "p3 -> p2 is denied by a deny rule"
+    );
+    assert!(
+        !env.probe_port("n1-p1", "n1-p2", 81),
+        "p1 -> p2:81 passes p1's egress, then meets p2's default deny"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let all = env.flows(&["--last", "200"]);
+    let find = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        all.iter()
+            .find(|f| pred(f))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} in {all:#?}"))
+    };
+    let port = |f: &Value| f["l4"]["TCP"]["destination_port"].as_u64().unwrap_or(0);
+    let verdict = |f: &Value, v: &str, dir: &str, src: &str| {
+        f["verdict"] == v
+            && f["traffic_direction"] == dir
+            && pod_of(f, "source") == format!("obs-demo/{src}")
+            && pod_of(f, "destination") == "obs-demo/n1-p2"
+            && f["event_type"]["type"] != 4
+    };
+    let only = |f: &Value, field: &str, want: (&str, &str, &str)| {
+        assert_eq!(
+            policies_in(f, field),
+            vec![(want.0.to_string(), want.1.to_string(), want.2.to_string())],
+            "{field}: {f}"
+        );
+        for other in POLICY_FIELDS.iter().filter(|o| **o != field) {
+            assert!(f.get(*other).is_none(), "no {other}: {f}");
+        }
+    };
+
+    // p1 -> p2:80: the cluster-wide policy allowed it out of p1, the CNP into p2.
+    let out = find("p1's forwarded egress verdict to :80", &|f| {
+        verdict(f, "FORWARDED", "EGRESS", "n1-p1") && port(f) == 80
+    });
+    only(
+        &out,
+        "egress_allowed_by",
+        ("CiliumClusterwideNetworkPolicy", "", "p1-egress"),
+    );
+    assert!(
+        out["egress_allowed_by"][0]["labels"]
+            .as_array()
+            .is_some_and(|l| !l.iter().any(|l| l
+                .as_str()
+                .is_some_and(|l| l.starts_with("k8s:io.cilium.k8s.policy.namespace=")))),
+        "a cluster-wide policy has no namespace label: {out}"
+    );
+    let inn = find("p2's forwarded ingress verdict from p1", &|f| {
+        verdict(f, "FORWARDED", "INGRESS", "n1-p1") && port(f) == 80
+    });
+    only(
+        &inn,
+        "ingress_allowed_by",
+        ("CiliumNetworkPolicy", NS, "p2-ingress"),
+    );
+    assert!(
+        inn["ingress_allowed_by"][0]["labels"]
+            .as_array()
+            .is_some_and(|l| l
+                .iter()
+                .any(|l| l == "k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy")),
+        "{inn}"
+    );
+
+    // p3 -> p2: its own egress is selected by no policy (default allow: none), p2's deny rule
+    // dropped it.
+    let p3_out = find("p3's forwarded egress verdict", &|f| {
+        verdict(f, "FORWARDED", "EGRESS", "n1-p3")
+    });
+    for k in POLICY_FIELDS {
+        assert!(
+            p3_out.get(k).is_none(),
+            "default allow names no {k}: {p3_out}"
+        );
+    }
+    let denied = find("p3's drop at p2", &|f| {
+        verdict(f, "DROPPED", "INGRESS", "n1-p3")
+    });
+    assert_eq!(denied["drop_reason_desc"], "POLICY_DENY", "{denied}");
+    only(
+        &denied,
+        "ingress_denied_by",
+        ("CiliumNetworkPolicy", NS, "p2-deny-p3"),
+    );
+
+    // p1 -> p2:81: allowed out by the cluster-wide policy, dropped by p2's default deny, which
+    // names no policy.
+    let out81 = find("p1's forwarded egress verdict to :81", &|f| {
+        verdict(f, "FORWARDED", "EGRESS", "n1-p1") && port(f) == 81
+    });
+    only(
+        &out81,
+        "egress_allowed_by",
+        ("CiliumClusterwideNetworkPolicy", "", "p1-egress"),
+    );
+    let default_deny = find("the default-deny drop at p2", &|f| {
+        verdict(f, "DROPPED", "INGRESS", "n1-p1") && port(f) == 81
+    });
+    assert_eq!(default_deny["drop_reason_desc"], "POLICY_DENIED");
+    for k in POLICY_FIELDS {
+        assert!(
+            default_deny.get(k).is_none(),
+            "default deny names no {k}: {default_deny}"
+        );
+    }
+
+    // jsonpb carries them too; compact prints none of them, as Hubble's does.
+    let out = env.observe(&["-o", "jsonpb", "--last", "200", "--verdict", "DROPPED"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                policies_in(&v["flow"], "ingress_denied_by")
+                    .iter()
+                    .any(|p| p.2 == "p2-deny-p3")
+            })
+        }),
+        "{text}"
+    );
+    let out = env.observe(&["--last", "200"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.is_empty());
+    assert!(
+        !text.contains("p2-deny-p3") && !text.contains("p1-egress"),
+        "{text}"
     );
 }

@@ -262,6 +262,15 @@ impl Engine {
         self.origins.get(&id)
     }
 
+    /// Every rule id in force with its origin, in id order. Default-deny statements are left
+    /// out: their ids name no rule that decided a packet. Rule ids are never reused, so a
+    /// table built from this names an id correctly for as long as the id exists.
+    pub fn rule_origins(&self) -> impl Iterator<Item = (u32, &Origin)> {
+        self.rule_loc
+            .keys()
+            .filter_map(|id| Some((*id, self.origins.get(id)?)))
+    }
+
     /// The normalized rule behind a rule id.
     pub fn rule(&self, id: u32) -> Option<&PolicyEntry> {
         let (k, i) = self.rule_loc.get(&id)?;

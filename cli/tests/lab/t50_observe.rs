@@ -1,12 +1,23 @@
 //! The control plane relays flows (issue 7): `palisade observe --lab` asks the lab's control
 //! plane, which asks both nodes' agents over mutual TLS (its member certificate; the agents
 //! serve with their node certificates) and merges their flows in time order. One cross-node
-//! connection is seen twice: leaving n1 (egress) and arriving at n2 (ingress).
+//! connection is seen twice: leaving n1 (egress) and arriving at n2 (ingress). The egress flow
+//! names the policy (applied through the control plane) that let it out.
 
 use palisade_lab::Lab;
 use serde_json::Value;
 
-use crate::util::{Cleanup, lab_name, palisade};
+use crate::util::{Cleanup, lab_name, ok, palisade};
+
+/// n1-p1 may send to port 80 of any peer (an L4-only rule: no identity to learn first).
+const EGRESS_80: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: n1-p1-out, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: n1-p1}}
+  egress:
+    - toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]
+";
 
 #[test]
 fn the_relay_merges_two_agents_flows_in_time_order() {
@@ -26,6 +37,18 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
         "1",
     ]);
     assert_eq!(up.status.code(), Some(0), "lab up: {up:?}");
+    let policy = std::env::temp_dir().join(format!("palisade-{name}-egress.yaml"));
+    std::fs::write(&policy, EGRESS_80).expect("policy file");
+    ok(&[
+        "policy",
+        "apply",
+        "--lab",
+        &name,
+        "-f",
+        policy.to_str().expect("utf8"),
+    ]);
+    let _ = std::fs::remove_file(&policy);
+    ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
     let probe = palisade(&[
         "lab", "probe", "--name", &name, "n1-p1", "n2-p1", "--port", "80",
     ]);
@@ -57,6 +80,27 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
         .unwrap_or_else(|| panic!("n2's ingress flow missing: {flows:#?}"));
     assert_eq!(egress["verdict"], "FORWARDED");
     assert_eq!(ingress["verdict"], "FORWARDED");
+    // n1's agent names the policy that let the connection out, through the relay, with the
+    // control plane's policy revision it enforces; n2's ingress is default allow: none.
+    let by = &egress["egress_allowed_by"];
+    assert_eq!(by.as_array().map(Vec::len), Some(1), "{egress:#}");
+    assert_eq!(
+        (&by[0]["kind"], &by[0]["namespace"], &by[0]["name"]),
+        (
+            &Value::from("CiliumNetworkPolicy"),
+            &Value::from("default"),
+            &Value::from("n1-p1-out")
+        ),
+        "{egress:#}"
+    );
+    assert!(
+        by[0]["revision"]
+            .as_str()
+            .and_then(|r| r.parse::<u64>().ok())
+            .is_some_and(|r| r > 0),
+        "{egress:#}"
+    );
+    assert!(ingress.get("ingress_allowed_by").is_none(), "{ingress:#}");
     // Each agent names its own pod; the other node's pod is known by identity and address.
     // (The source identity at n2 is not compared: right after `lab up` n2 may not have learned
     // n1-p1's address yet, and its datapath then reports another identity.)

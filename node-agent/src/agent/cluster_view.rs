@@ -7,7 +7,7 @@
 //! changes, and an update with one the engine cannot read is not applied at all (the previous
 //! state stays in force and the error is reported), so a bad object never opens traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -351,6 +351,26 @@ impl ClusterView {
     /// Applied policy objects' keys.
     pub fn policy_keys(&self) -> impl Iterator<Item = &String> {
         self.policies.keys()
+    }
+
+    /// The `metadata.uid` of each applied policy object that has one (objects written through
+    /// the Kubernetes-compatible API do), by the engine keys the object became: flows name a
+    /// policy with it, as Cilium's `io.cilium.k8s.policy.uid` label does.
+    pub fn policy_uids(&self) -> HashMap<ResourceKey, String> {
+        let mut out = HashMap::new();
+        for (storage, keys) in &self.engine_keys {
+            let uid = self
+                .policies
+                .get(storage)
+                .and_then(|r| r.object.pointer("/metadata/uid"))
+                .and_then(|u| u.as_str());
+            if let Some(uid) = uid {
+                for k in keys {
+                    out.insert(k.clone(), uid.to_string());
+                }
+            }
+        }
+        out
     }
 
     /// Known nodes.

@@ -26,7 +26,7 @@ use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
 use super::dns::DnsProxy;
 use super::encryption::{Encryption, EncryptionError};
-use super::flows::{self, EndpointMeta, Enrichment, FlowRing, SharedEnrichment};
+use super::flows::{self, EndpointMeta, Enrichment, FlowRing, PolicyNames, SharedEnrichment};
 use super::gossip::{Gossip, NodeGossip, NodeInfo};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
@@ -1116,13 +1116,33 @@ impl Agent {
         s
     }
 
-    /// Rebuilds the flow reader's snapshot of endpoints and identities.
+    /// Rebuilds the flow reader's snapshot of endpoints, identities and policy rules.
     fn publish_enrichment(&self) {
         let mut e = Enrichment {
             node: self.config.node.clone(),
             ..Enrichment::default()
         };
         let prev = Arc::clone(&self.enrichment.read().unwrap_or_else(|p| p.into_inner()));
+        // Flows report the revision `agent status` shows: the control plane's policy revision
+        // this node enforces, or the engine's own for policies from `--policy-dir`. The rule
+        // table is rebuilt only when either moved (endpoint churn reuses it).
+        let engine_revision = self.engine.revision();
+        let revision = if self.config.control_plane.is_some() {
+            self.view.policy_revision
+        } else {
+            engine_revision
+        };
+        e.policies = if prev.policies.is_current(engine_revision, revision) {
+            Arc::clone(&prev.policies)
+        } else {
+            let uids = self.view.policy_uids();
+            Arc::new(PolicyNames::build(
+                engine_revision,
+                revision,
+                self.engine.rule_origins(),
+                |k| uids.get(k).cloned(),
+            ))
+        };
         let ids = self.engine.identities();
         for (id, labels) in ids.iter() {
             let labels = Enrichment::share_labels(&prev, id.0, labels.to_strings());
@@ -1587,13 +1607,17 @@ impl Agent {
             return;
         }
         match self.resync() {
-            Ok(()) => eprintln!(
-                "palisade agent: {} policies applied (revision {}): {} entries written, {} removed",
-                self.policies.len(),
-                self.engine.revision(),
-                self.last_sync.written,
-                self.last_sync.removed
-            ),
+            Ok(()) => {
+                // Flows name the new rules from here on.
+                self.publish_enrichment();
+                eprintln!(
+                    "palisade agent: {} policies applied (revision {}): {} entries written, {} removed",
+                    self.policies.len(),
+                    self.engine.revision(),
+                    self.last_sync.written,
+                    self.last_sync.removed
+                )
+            }
             Err(e) => eprintln!("palisade agent: programming policy: {}", chain(&e)),
         }
     }

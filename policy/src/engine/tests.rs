@@ -100,6 +100,38 @@ fn deny_rule_ids_and_origins_explain_verdicts() {
 }
 
 #[test]
+fn rule_origins_list_rules_not_default_deny_statements() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.add_endpoint(ep("x/a", "a", "10.0.0.1")).expect("a");
+    let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d, namespace: x}\nspecs:\n- endpointSelector: {matchLabels: {app: a}}\n  ingress: [{fromEndpoints: [{}]}]\n- endpointSelector: {matchLabels: {app: a}}\n  ingressDeny: [{fromEndpoints: [{matchLabels: {app: b}}]}]\n";
+    for p in load_file("d.yaml", text).expect("valid") {
+        let key = p.key.clone();
+        e.replace_policy(&key, Some(p));
+    }
+    let rules: Vec<(u32, String)> = e
+        .rule_origins()
+        .map(|(id, o)| (id, o.to_string()))
+        .collect();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules[0].1.ends_with("specs[0].ingress[0]"), "{rules:?}");
+    assert!(rules[1].1.ends_with("specs[1].ingressDeny[0]"), "{rules:?}");
+    // Each id is its origin's, and a replaced policy's ids are gone (never reused).
+    for (id, o) in &rules {
+        assert_eq!(
+            e.origin(*id).map(|x| x.to_string()).as_deref(),
+            Some(o.as_str())
+        );
+    }
+    for p in load_file("d.yaml", text).expect("valid") {
+        let key = p.key.clone();
+        e.replace_policy(&key, Some(p));
+    }
+    let again: Vec<u32> = e.rule_origins().map(|(id, _)| id).collect();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|id| rules.iter().all(|(old, _)| old < id)));
+}
+
+#[test]
 fn retained_identity_survives_delete_and_recreate_until_released() {
     let mut e = Engine::new(EngineConfig {
         retain_unreferenced_identities: true,

@@ -367,6 +367,29 @@ pub fn flow_json(f: &Flow) -> Value {
         }
         m.insert("l7".into(), Value::Object(lm));
     }
+    for (name, policies) in [
+        ("egress_allowed_by", &f.egress_allowed_by),
+        ("ingress_allowed_by", &f.ingress_allowed_by),
+        ("egress_denied_by", &f.egress_denied_by),
+        ("ingress_denied_by", &f.ingress_denied_by),
+    ] {
+        let list: Vec<Value> = policies.iter().map(policy_json).collect();
+        put(&mut m, name, Value::Array(list));
+    }
+    Value::Object(m)
+}
+
+/// One `flow.Policy` as protojson prints it: empty fields left out, the 64-bit revision as a
+/// string.
+fn policy_json(p: &flow::Policy) -> Value {
+    let mut m = Map::new();
+    put(&mut m, "name", json!(p.name));
+    put(&mut m, "namespace", json!(p.namespace));
+    put(&mut m, "labels", json!(p.labels));
+    if p.revision != 0 {
+        m.insert("revision".into(), json!(p.revision.to_string()));
+    }
+    put(&mut m, "kind", json!(p.kind));
     Value::Object(m)
 }
 
@@ -504,5 +527,57 @@ mod tests {
         let v = response_json(&r);
         assert_eq!(v["flow"]["verdict"], "DROPPED");
         assert_eq!(v["node_name"], "lab-n1");
+        // No deciding policy: none of the four fields.
+        let v = flow_json(&flow());
+        for k in [
+            "egress_allowed_by",
+            "ingress_allowed_by",
+            "egress_denied_by",
+            "ingress_denied_by",
+        ] {
+            assert!(v.get(k).is_none(), "{k}: {v}");
+        }
+    }
+
+    #[test]
+    fn deciding_policies_print_as_hubbles_protojson_and_not_in_compact() {
+        let mut f = flow();
+        f.verdict = Verdict::Forwarded as i32;
+        f.drop_reason_desc = 0;
+        f.ingress_allowed_by = vec![flow::Policy {
+            name: "api-in".into(),
+            namespace: "demo".into(),
+            labels: vec!["k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy".into()],
+            revision: 12,
+            kind: "CiliumNetworkPolicy".into(),
+        }];
+        f.egress_denied_by = vec![flow::Policy {
+            name: "lockdown".into(),
+            kind: "CiliumClusterwideNetworkPolicy".into(),
+            ..flow::Policy::default()
+        }];
+        let v = flow_json(&f);
+        assert_eq!(
+            v["ingress_allowed_by"],
+            json!([{
+                "name": "api-in",
+                "namespace": "demo",
+                "labels": ["k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy"],
+                "revision": "12",
+                "kind": "CiliumNetworkPolicy",
+            }])
+        );
+        // Empty fields are left out, as protojson does.
+        assert_eq!(
+            v["egress_denied_by"],
+            json!([{"name": "lockdown", "kind": "CiliumClusterwideNetworkPolicy"}])
+        );
+        assert!(v.get("egress_allowed_by").is_none() && v.get("ingress_denied_by").is_none());
+        // Hubble's compact output does not print them.
+        let line = compact(&f);
+        assert!(
+            !line.contains("api-in") && !line.contains("lockdown"),
+            "{line}"
+        );
     }
 }

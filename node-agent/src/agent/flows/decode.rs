@@ -189,6 +189,23 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
     } else {
         TrafficDirection::Ingress
     };
+    // The policy whose rule decided, in the role it played: an allow for a new connection, a
+    // deny rule for its drop or an audited denial (as Hubble reports AUDIT). Default deny and
+    // spoofing drops carry rule 0; trace events carry none: they name no policy.
+    let (allowed_by, denied_by) = match ev.kind {
+        events::KIND_NEW => (ctx.policies.deciding(ev.rule_id, false), Vec::new()),
+        events::KIND_AUDIT => (Vec::new(), ctx.policies.deciding(ev.rule_id, true)),
+        events::KIND_DROP if ev.reason == verdict::DROP_POLICY_DENY => {
+            (Vec::new(), ctx.policies.deciding(ev.rule_id, true))
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    let (ingress_allowed_by, ingress_denied_by, egress_allowed_by, egress_denied_by) =
+        if direction == TrafficDirection::Egress {
+            (Vec::new(), Vec::new(), allowed_by, denied_by)
+        } else {
+            (allowed_by, denied_by, Vec::new(), Vec::new())
+        };
     Flow {
         time: Some(prost_types::Timestamp {
             seconds: (time_ns / 1_000_000_000) as i64,
@@ -234,6 +251,10 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
             index: ev.ifindex,
             name: ctx.iface_name(ev.ifindex),
         }),
+        ingress_allowed_by,
+        ingress_denied_by,
+        egress_allowed_by,
+        egress_denied_by,
         ..Flow::default()
     }
 }
@@ -241,7 +262,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::flows::enrich::EndpointMeta;
+    use crate::agent::flows::enrich::{EndpointMeta, PolicyNames};
     use std::sync::Arc;
 
     fn encode(ev: &FlowEvent) -> Vec<u8> {
@@ -504,6 +525,145 @@ mod tests {
             Some(event_type::TRACE_FROM_ENDPOINT)
         );
         assert_eq!(f.is_reply, Some(false));
+    }
+
+    /// `ctx()` knowing rule 11 (an ingress allow of CNP demo/api-in), rule 12 (an egress deny
+    /// of CCNP no-db) and rule 13 (an ingress deny of NetworkPolicy demo/np).
+    fn ctx_with_rules() -> Enrichment {
+        use palisade_policy::ir::{Origin, PolicyKind, ResourceKey, Section};
+        let o = |kind, ns: Option<&str>, name: &str, section| Origin {
+            resource: ResourceKey {
+                kind,
+                namespace: ns.map(str::to_string),
+                name: name.into(),
+            },
+            spec: None,
+            section,
+            rule: Some(0),
+            audit: false,
+        };
+        let rules = [
+            (
+                11,
+                o(
+                    PolicyKind::CiliumNetworkPolicy,
+                    Some("demo"),
+                    "api-in",
+                    Section::Ingress,
+                ),
+            ),
+            (
+                12,
+                o(
+                    PolicyKind::CiliumClusterwideNetworkPolicy,
+                    None,
+                    "no-db",
+                    Section::EgressDeny,
+                ),
+            ),
+            (
+                13,
+                o(
+                    PolicyKind::NetworkPolicy,
+                    Some("demo"),
+                    "np",
+                    Section::IngressDeny,
+                ),
+            ),
+        ];
+        Enrichment {
+            policies: Arc::new(PolicyNames::build(
+                1,
+                42,
+                rules.iter().map(|(id, o)| (*id, o)),
+                |_| None,
+            )),
+            ..ctx()
+        }
+    }
+
+    fn names(ps: &[flow::Policy]) -> Vec<String> {
+        ps.iter()
+            .map(|p| format!("{}/{}/{}@{}", p.kind, p.namespace, p.name, p.revision))
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_verdict_names_the_policy_that_decided_on_its_side() {
+        let ctx = ctx_with_rules();
+        // A new connection let in by an ingress allow rule.
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_NEW;
+        ev.reason = verdict::FORWARDED_NEW;
+        ev.rule_id = 11;
+        let f = to_flow(&ev, &ctx, 0);
+        assert_eq!(
+            names(&f.ingress_allowed_by),
+            ["CiliumNetworkPolicy/demo/api-in@42"]
+        );
+        let labels = &f.ingress_allowed_by[0].labels;
+        assert!(labels.contains(&"k8s:io.cilium.k8s.policy.name=api-in".to_string()));
+        assert!(
+            f.egress_allowed_by.is_empty()
+                && f.ingress_denied_by.is_empty()
+                && f.egress_denied_by.is_empty()
+        );
+        // The same rule at the egress hook names the egress side.
+        ev.direction = policy::DIRECTION_EGRESS;
+        let f = to_flow(&ev, &ctx, 0);
+        assert_eq!(names(&f.egress_allowed_by).len(), 1);
+        assert!(f.ingress_allowed_by.is_empty());
+
+        // A deny rule's drop: `*_denied_by`, cluster-wide policy without a namespace.
+        ev.kind = events::KIND_DROP;
+        ev.reason = verdict::DROP_POLICY_DENY;
+        ev.rule_id = 12;
+        let f = to_flow(&ev, &ctx, 0);
+        assert_eq!(
+            names(&f.egress_denied_by),
+            ["CiliumClusterwideNetworkPolicy//no-db@42"]
+        );
+        assert!(f.egress_allowed_by.is_empty() && f.ingress_denied_by.is_empty());
+        // An audited denial names the deny rule's policy too (as Hubble does for AUDIT).
+        ev.kind = events::KIND_AUDIT;
+        ev.direction = policy::DIRECTION_INGRESS;
+        ev.rule_id = 13;
+        let f = to_flow(&ev, &ctx, 0);
+        assert_eq!(names(&f.ingress_denied_by), ["NetworkPolicy/demo/np@42"]);
+    }
+
+    #[test]
+    fn flows_no_rule_decided_name_no_policy() {
+        let ctx = ctx_with_rules();
+        // Default deny: no entry, rule 0.
+        let f = to_flow(&tcp_drop(), &ctx, 0);
+        assert_eq!(f.drop_reason_desc, DropReason::PolicyDenied as i32);
+        let none = |f: &Flow| {
+            f.ingress_allowed_by.is_empty()
+                && f.ingress_denied_by.is_empty()
+                && f.egress_allowed_by.is_empty()
+                && f.egress_denied_by.is_empty()
+        };
+        assert!(none(&f), "{f:?}");
+        // Default allow (rule 0) on a new connection.
+        let mut ev = tcp_drop();
+        ev.kind = events::KIND_NEW;
+        ev.reason = verdict::FORWARDED_NEW;
+        assert!(none(&to_flow(&ev, &ctx, 0)));
+        // An allow whose entry carries an audit-mode deny rule's id: that policy allowed
+        // nothing, so no `allowed_by`.
+        ev.rule_id = 13;
+        assert!(none(&to_flow(&ev, &ctx, 0)));
+        // A rule this snapshot does not know.
+        ev.rule_id = 77;
+        assert!(none(&to_flow(&ev, &ctx, 0)));
+        // Trace events and non-policy drops name none, whatever id they carry.
+        ev.rule_id = 11;
+        ev.kind = events::KIND_TRACE;
+        assert!(none(&to_flow(&ev, &ctx, 0)));
+        ev.kind = events::KIND_DROP;
+        ev.reason = verdict::DROP_SPOOFED_SOURCE;
+        assert!(none(&to_flow(&ev, &ctx, 0)));
     }
 
     #[test]

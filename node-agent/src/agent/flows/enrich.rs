@@ -1,6 +1,6 @@
-//! What the flow reader knows about addresses and identities: a snapshot the run loop rebuilds
-//! whenever endpoints or identities change, shared behind an `RwLock<Arc<_>>` so the reader
-//! takes a reference per batch and never waits on the run loop.
+//! What the flow reader knows about addresses, identities and policy rules: a snapshot the run
+//! loop rebuilds whenever endpoints, identities or policies change, shared behind an
+//! `RwLock<Arc<_>>` so the reader takes a reference per batch and never waits on the run loop.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use palisade_api::flow;
 use palisade_policy::identity::Identity;
+use palisade_policy::ir::{Origin, PolicyKind, ResourceKey, Section};
 
 /// The label carrying a pod's namespace, as identities hold it.
 const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -40,6 +41,128 @@ pub struct Enrichment {
     /// where unchanged ([`Enrichment::share_labels`]): flows in the ring keep the snapshot they
     /// were read under alive until they are named, so snapshots must not each copy them all.
     pub identities: HashMap<u32, Arc<[String]>>,
+    /// The policy behind each rule id, shared with the previous snapshot while policies are
+    /// unchanged ([`PolicyNames::is_current`]).
+    pub policies: Arc<PolicyNames>,
+}
+
+/// The policy object a rule belongs to, as a Hubble flow names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulePolicy {
+    /// The policy, built once per table (a flow copies it only when it is read).
+    pub policy: Arc<flow::Policy>,
+    /// A deny rule (`ingressDeny`/`egressDeny`): it names the policy that denied a flow, never
+    /// one that allowed it.
+    pub deny: bool,
+}
+
+/// Rule id → the policy it belongs to: how a flow's `rule_id` (the datapath entry's, the
+/// policy engine's id of the rule that decided) becomes Hubble's `*_allowed_by` /
+/// `*_denied_by`. Rule ids are never reused, so an older table never misnames a newer id: it
+/// only does not know it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyNames {
+    /// The engine revision the table was built from.
+    engine_revision: u64,
+    /// The revision flows report (`Policy.revision`).
+    revision: u64,
+    by_rule: HashMap<u32, RulePolicy>,
+}
+
+/// Hubble's name for a policy kind (Cilium's `derived-from` label value).
+pub fn kind_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        PolicyKind::NetworkPolicy => "NetworkPolicy",
+    }
+}
+
+/// A policy object as Hubble names it: name, namespace, kind, revision and the labels Cilium
+/// derives for the object's rules (`k8s:io.cilium.k8s.policy.derived-from`, `.name`,
+/// `.namespace` for namespaced kinds, `.uid` when the object has one), in Cilium's order.
+pub fn hubble_policy(key: &ResourceKey, uid: Option<&str>, revision: u64) -> flow::Policy {
+    const PREFIX: &str = "k8s:io.cilium.k8s.policy";
+    let kind = kind_name(key.kind);
+    let mut labels = vec![
+        format!("{PREFIX}.derived-from={kind}"),
+        format!("{PREFIX}.name={}", key.name),
+    ];
+    if let Some(ns) = &key.namespace {
+        labels.push(format!("{PREFIX}.namespace={ns}"));
+    }
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        labels.push(format!("{PREFIX}.uid={uid}"));
+    }
+    flow::Policy {
+        name: key.name.clone(),
+        namespace: key.namespace.clone().unwrap_or_default(),
+        labels,
+        revision,
+        kind: kind.to_string(),
+    }
+}
+
+impl PolicyNames {
+    /// The table for the engine's rules (`engine.rule_origins()`) at `engine_revision`,
+    /// reporting `revision`; `uid` gives an object's uid when it has one.
+    pub fn build<'a>(
+        engine_revision: u64,
+        revision: u64,
+        rules: impl IntoIterator<Item = (u32, &'a Origin)>,
+        uid: impl Fn(&ResourceKey) -> Option<String>,
+    ) -> Self {
+        // One `Policy` per object, shared by all of its rules.
+        let mut objects: HashMap<&ResourceKey, Arc<flow::Policy>> = HashMap::new();
+        let mut by_rule = HashMap::new();
+        for (id, origin) in rules {
+            let policy = objects
+                .entry(&origin.resource)
+                .or_insert_with(|| {
+                    Arc::new(hubble_policy(
+                        &origin.resource,
+                        uid(&origin.resource).as_deref(),
+                        revision,
+                    ))
+                })
+                .clone();
+            let deny = matches!(origin.section, Section::IngressDeny | Section::EgressDeny);
+            by_rule.insert(id, RulePolicy { policy, deny });
+        }
+        Self {
+            engine_revision,
+            revision,
+            by_rule,
+        }
+    }
+
+    /// Whether this table is the one [`PolicyNames::build`] would make for these revisions
+    /// (then the next snapshot shares it instead of building it again).
+    pub fn is_current(&self, engine_revision: u64, revision: u64) -> bool {
+        self.engine_revision == engine_revision && self.revision == revision
+    }
+
+    /// The policies a rule names in the given role: its policy when the rule is a deny rule and
+    /// `deny` is asked, or an allow rule and `!deny`; none for rule 0 (no rule decided: default
+    /// deny or default allow), an unknown id, or a rule in the other role (an allow that an
+    /// audit-mode deny beside it marked carries the deny rule's id: that policy allowed
+    /// nothing). A list, as Hubble's fields are: one entry per rule id here.
+    pub fn deciding(&self, rule_id: u32, deny: bool) -> Vec<flow::Policy> {
+        match self.by_rule.get(&rule_id) {
+            Some(r) if r.deny == deny => vec![(*r.policy).clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Rules known.
+    pub fn len(&self) -> usize {
+        self.by_rule.len()
+    }
+
+    /// Whether no rule is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_rule.is_empty()
+    }
 }
 
 /// The shared handle: the run loop swaps in a new snapshot, readers clone the `Arc`.
@@ -111,6 +234,122 @@ impl Enrichment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn origin(kind: PolicyKind, ns: Option<&str>, name: &str, section: Section) -> Origin {
+        Origin {
+            resource: ResourceKey {
+                kind,
+                namespace: ns.map(str::to_string),
+                name: name.to_string(),
+            },
+            spec: None,
+            section,
+            rule: Some(0),
+            audit: false,
+        }
+    }
+
+    #[test]
+    fn policies_are_named_as_hubble_names_them() {
+        let cnp = ResourceKey {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("demo".into()),
+            name: "api-ingress".into(),
+        };
+        assert_eq!(
+            hubble_policy(&cnp, Some("1234-5678"), 7),
+            flow::Policy {
+                name: "api-ingress".into(),
+                namespace: "demo".into(),
+                labels: vec![
+                    "k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy".into(),
+                    "k8s:io.cilium.k8s.policy.name=api-ingress".into(),
+                    "k8s:io.cilium.k8s.policy.namespace=demo".into(),
+                    "k8s:io.cilium.k8s.policy.uid=1234-5678".into(),
+                ],
+                revision: 7,
+                kind: "CiliumNetworkPolicy".into(),
+            }
+        );
+        // Cluster-wide: no namespace, and no namespace label; no uid: no uid label.
+        let ccnp = ResourceKey {
+            kind: PolicyKind::CiliumClusterwideNetworkPolicy,
+            namespace: None,
+            name: "lockdown".into(),
+        };
+        let p = hubble_policy(&ccnp, None, 1);
+        assert_eq!(p.namespace, "");
+        assert_eq!(p.kind, "CiliumClusterwideNetworkPolicy");
+        assert_eq!(
+            p.labels,
+            vec![
+                "k8s:io.cilium.k8s.policy.derived-from=CiliumClusterwideNetworkPolicy".to_string(),
+                "k8s:io.cilium.k8s.policy.name=lockdown".to_string(),
+            ]
+        );
+        assert_eq!(kind_name(PolicyKind::NetworkPolicy), "NetworkPolicy");
+    }
+
+    #[test]
+    fn rule_ids_resolve_to_their_policy_in_the_role_they_play() {
+        let allow = origin(
+            PolicyKind::CiliumNetworkPolicy,
+            Some("demo"),
+            "allow-fe",
+            Section::Ingress,
+        );
+        let deny = origin(
+            PolicyKind::CiliumNetworkPolicy,
+            Some("demo"),
+            "deny-db",
+            Section::EgressDeny,
+        );
+        let np = origin(
+            PolicyKind::NetworkPolicy,
+            Some("demo"),
+            "np",
+            Section::Egress,
+        );
+        let names = PolicyNames::build(
+            4,
+            9,
+            [(3, &allow), (4, &allow), (5, &deny), (8, &np)],
+            |k| (k.name == "np").then(|| "u-1".to_string()),
+        );
+        assert_eq!(names.len(), 4);
+        // An allow rule names its policy as the one that allowed, never as one that denied.
+        let got = names.deciding(3, false);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].name.as_str(),
+                got[0].namespace.as_str(),
+                got[0].revision
+            ),
+            ("allow-fe", "demo", 9)
+        );
+        assert!(names.deciding(3, true).is_empty());
+        // Two rules of one object share one built `Policy`.
+        assert!(Arc::ptr_eq(
+            &names.by_rule[&3].policy,
+            &names.by_rule[&4].policy
+        ));
+        // A deny rule names its policy as the one that denied.
+        assert_eq!(names.deciding(5, true)[0].name, "deny-db");
+        assert!(names.deciding(5, false).is_empty());
+        assert_eq!(names.deciding(8, false)[0].kind, "NetworkPolicy");
+        assert!(
+            names.deciding(8, false)[0]
+                .labels
+                .contains(&"k8s:io.cilium.k8s.policy.uid=u-1".to_string())
+        );
+        // No rule (default deny / default allow) and ids this table does not know: none.
+        assert!(names.deciding(0, false).is_empty());
+        assert!(names.deciding(0, true).is_empty());
+        assert!(names.deciding(99, false).is_empty());
+        assert!(names.is_current(4, 9));
+        assert!(!names.is_current(5, 9) && !names.is_current(4, 10));
+    }
 
     #[test]
     fn consecutive_snapshots_share_unchanged_label_lists() {
