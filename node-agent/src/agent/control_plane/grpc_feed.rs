@@ -29,6 +29,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// How long connecting to one member may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a stream on one member may take in all (TCP, TLS, the call's headers): a
+/// stopped member accepts the TCP connection in its kernel but never completes the handshake.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 ping interval on the stream's connection, idle or not.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a ping may go unanswered before the connection (and the stream) is given up.
@@ -143,15 +146,25 @@ impl GrpcFeed {
                 req.metadata_mut().insert("authorization", b.clone());
             }
             let opened = self.rt.block_on(async {
-                let channel = ep
-                    .connect()
+                let open = async {
+                    let channel = ep
+                        .connect()
+                        .await
+                        .map_err(|e| FeedError::Failed(chain(&e)))?;
+                    match WatchServiceClient::new(channel).watch(req).await {
+                        Ok(r) => Ok(r.into_inner()),
+                        Err(s) if s.code() == Code::OutOfRange => Err(FeedError::Compacted),
+                        Err(s) => Err(FeedError::Failed(status(&s))),
+                    }
+                };
+                tokio::time::timeout(OPEN_TIMEOUT, open)
                     .await
-                    .map_err(|e| FeedError::Failed(chain(&e)))?;
-                match WatchServiceClient::new(channel).watch(req).await {
-                    Ok(r) => Ok(r.into_inner()),
-                    Err(s) if s.code() == Code::OutOfRange => Err(FeedError::Compacted),
-                    Err(s) => Err(FeedError::Failed(status(&s))),
-                }
+                    .unwrap_or_else(|_| {
+                        Err(FeedError::Failed(format!(
+                            "no stream within {}s",
+                            OPEN_TIMEOUT.as_secs()
+                        )))
+                    })
             });
             match opened {
                 Ok(inner) => {
