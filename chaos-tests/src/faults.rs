@@ -73,23 +73,8 @@ impl Delayer {
         started
             .recv_timeout(Duration::from_secs(5))
             .context("the delay thread did not bind its queue")?;
-        let queue = DELAY_QUEUE.to_string();
-        exec_in(
-            netns,
-            "iptables-legacy",
-            &[
-                "-A",
-                "OUTPUT",
-                "-o",
-                iface,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &queue,
-                "--queue-bypass",
-            ],
-        )
-        .with_context(|| format!("iptables NFQUEUE on {iface} in {netns}"))?;
+        queue_rule(netns, "-A", iface)
+            .with_context(|| format!("iptables NFQUEUE on {iface} in {netns}"))?;
         Ok(Delayer {
             netns: netns.to_owned(),
             iface: iface.to_owned(),
@@ -115,22 +100,7 @@ impl Delayer {
         // queued to it.
         self.drain.store(true, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(50));
-        let queue = DELAY_QUEUE.to_string();
-        let _ = exec_in(
-            &self.netns,
-            "iptables-legacy",
-            &[
-                "-D",
-                "OUTPUT",
-                "-o",
-                &self.iface,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &queue,
-                "--queue-bypass",
-            ],
-        );
+        let _ = queue_rule(&self.netns, "-D", &self.iface);
         std::thread::sleep(Duration::from_millis(20));
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -146,6 +116,23 @@ impl Drop for Delayer {
     fn drop(&mut self) {
         let _ = self.halt();
     }
+}
+
+/// Adds (`-A`) or deletes (`-D`) the rule that queues packets leaving `iface` to the delay.
+fn queue_rule(netns: &str, op: &str, iface: &str) -> anyhow::Result<String> {
+    let queue = DELAY_QUEUE.to_string();
+    let args = [
+        op,
+        "OUTPUT",
+        "-o",
+        iface,
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue,
+        "--queue-bypass",
+    ];
+    Ok(exec_in(netns, "iptables-legacy", &args)?)
 }
 
 /// The delay thread's loop: packets in order, each released `delay` after it was queued.

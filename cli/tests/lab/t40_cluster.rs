@@ -6,7 +6,7 @@
 use palisade_lab::Lab;
 use palisade_lab::state::pin_root;
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok, palisade};
+use crate::util::{Cleanup, apply_policy, down_and_assert_gone, lab_name, ok, palisade};
 
 /// n1-p2 accepts TCP 80 only from n2-p1 (on the other node).
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -67,16 +67,7 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
     );
 
     assert!(reachable(&name, "n1-p1", "n1-p2") && reachable(&name, "n2-p2", "n1-p2"));
-    let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
-    std::fs::write(&file, POLICY).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &name,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
+    apply_policy(&name, POLICY);
     ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
     assert!(reachable(&name, "n2-p1", "n1-p2"), "allowed across nodes");
     assert!(
@@ -163,7 +154,6 @@ fn a_policy_applied_to_the_labs_control_plane_is_enforced_on_every_node() {
     ]);
     ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
     assert!(reachable(&name, "n2-p2", "n1-p2"), "open again");
-    let _ = std::fs::remove_file(&file);
 
     // An agent gone: status says which, and exits 1.
     let agent = lab

@@ -7,7 +7,7 @@
 use palisade_lab::Lab;
 use serde_json::Value;
 
-use crate::util::{Cleanup, lab_name, ok, palisade};
+use crate::util::{Cleanup, apply_policy, lab_name, ok, palisade};
 
 /// n1-p1 may send to port 80 of any peer (an L4-only rule: no identity to learn first).
 const EGRESS_80: &str = "apiVersion: cilium.io/v2
@@ -37,17 +37,7 @@ fn the_relay_merges_two_agents_flows_in_time_order() {
         "1",
     ]);
     assert_eq!(up.status.code(), Some(0), "lab up: {up:?}");
-    let policy = std::env::temp_dir().join(format!("palisade-{name}-egress.yaml"));
-    std::fs::write(&policy, EGRESS_80).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &name,
-        "-f",
-        policy.to_str().expect("utf8"),
-    ]);
-    let _ = std::fs::remove_file(&policy);
+    apply_policy(&name, EGRESS_80);
     ok(&["policy", "wait", "--lab", &name, "--timeout", "20s"]);
     let probe = palisade(&[
         "lab", "probe", "--name", &name, "n1-p1", "n2-p1", "--port", "80",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use palisade_lab::Lab;
 use palisade_lab::state::agent_socket;
 
-use crate::util::{Cleanup, bin, down_and_assert_gone, lab_name, ok};
+use crate::util::{Cleanup, apply_policy, bin, down_and_assert_gone, lab_name, ok};
 
 const L7_POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -120,19 +120,9 @@ fn raw(lab: &str, pod: &str, bytes: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn apply(lab: &str, name: &str, yaml: &str) -> std::path::PathBuf {
-    let file = std::env::temp_dir().join(format!("{lab}-{name}.yaml"));
-    std::fs::write(&file, yaml).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        lab,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
+fn apply(lab: &str, yaml: &str) {
+    apply_policy(lab, yaml);
     ok(&["policy", "wait", "--lab", lab, "--timeout", "20s"]);
-    file
 }
 
 fn nft_table(lab: &str) -> String {
@@ -204,7 +194,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
         "no redirect without L7 rules"
     );
 
-    let l7_file = apply(&lab, "l7", L7_POLICY);
+    apply(&lab, L7_POLICY);
     let table = nft_table(&lab);
     assert!(
         table.contains(&format!(
@@ -457,7 +447,7 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
 
     // A plain L4 rule for n1-p2 on the same port: its traffic bypasses the L7 rules; n1-p1's
     // does not.
-    let l4_file = apply(&lab, "l4", L4_POLICY);
+    apply(&lab, L4_POLICY);
     assert_served(
         &curl(&lab, "n1-p2", &[], "/anything"),
         "GET /anything",
@@ -519,8 +509,6 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     assert_eq!(curl(&lab, "n1-p1", &[], "/anything").exit, Some(28));
     assert_served(&curl(&lab, "n1-p2", &[], "/nope"), "GET /nope", "n1-p2");
 
-    let _ = std::fs::remove_file(l7_file);
-    let _ = std::fs::remove_file(l4_file);
     drop(_server);
     let processes = Lab::load(&lab).expect("state").state().processes.clone();
     down_and_assert_gone(&lab, &processes);
@@ -603,7 +591,7 @@ fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let egress_file = apply(&lab, "egress", EGRESS_POLICY);
+    apply(&lab, EGRESS_POLICY);
     let n1 = in_netns(&format!("pal-{lab}-n1"), "nft", &["list", "ruleset"]);
     let n1 = String::from_utf8_lossy(&n1.stdout);
     assert!(
@@ -646,7 +634,7 @@ fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules
 
     // Both sides have rules: a request must satisfy both (across nodes: two proxies in a row;
     // on one node: one proxy checking both).
-    let ingress_file = apply(&lab, "ingress", INGRESS_POLICY);
+    apply(&lab, INGRESS_POLICY);
     for pod in ["n1-p1", "n2-p2"] {
         assert_served(&curl(&lab, pod, &[], "/get"), "GET /get", pod);
         assert_denied(&curl(&lab, pod, &[], "/both"));
@@ -671,8 +659,6 @@ fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules
     assert_served(&curl(&lab, "n1-p1", &[], "/both"), "GET /both", "n1-p1");
     let n1 = in_netns(&format!("pal-{lab}-n1"), "nft", &["list", "ruleset"]);
     assert!(!String::from_utf8_lossy(&n1.stdout).contains("palisade_proxy"));
-    let _ = std::fs::remove_file(egress_file);
-    let _ = std::fs::remove_file(ingress_file);
     drop(_server);
     let processes = Lab::load(&lab).expect("state").state().processes.clone();
     down_and_assert_gone(&lab, &processes);

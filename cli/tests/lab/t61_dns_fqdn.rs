@@ -17,7 +17,7 @@ use palisade_lab::Lab;
 use palisade_lab::dns::{DnsRecord, Dnsmasq};
 use palisade_lab::state::{agent_socket, state_dir};
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok};
+use crate::util::{Cleanup, apply_policy, down_and_assert_gone, lab_name, ok};
 
 /// The DNS server pod's address (n2-p1).
 pub(crate) const DNS: &str = "10.200.2.11";
@@ -158,16 +158,7 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
     );
     assert!(reachable(&lab, "10.96.0.14"));
 
-    let file = std::env::temp_dir().join(format!("{lab}-fqdn.yaml"));
-    std::fs::write(&file, POLICY).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &lab,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
+    apply_policy(&lab, POLICY);
     ok(&["policy", "wait", "--lab", &lab, "--timeout", "20s"]);
     // The redirect is in place once the agent's table holds it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -379,7 +370,6 @@ fn dns_rules_and_to_fqdns_are_enforced_through_the_agents_dns_proxy() {
     }
 
     drop(dnsmasq);
-    let _ = std::fs::remove_file(&file);
     let processes = Lab::load(&lab).expect("state").state().processes.clone();
     down_and_assert_gone(&lab, &processes);
 }

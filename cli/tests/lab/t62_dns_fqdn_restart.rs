@@ -29,7 +29,7 @@ use palisade_lab::state::{agent_dir, agent_socket, state_dir};
 use palisade_lab::{Lab, ProcessRole};
 
 use crate::t61_dns_fqdn::{dns_status, reachable, resolve};
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok};
+use crate::util::{Cleanup, apply_policy, down_and_assert_gone, lab_name, ok};
 
 /// TTL of the first part (s): long enough for one name to outlive the restart, short enough
 /// for the other to run out while the agent is down.
@@ -221,16 +221,7 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
     let dns_dir = state_dir(&lab).join("dns");
     let dnsmasq = Dnsmasq::start(&format!("pal-{lab}-n2-p1"), &dns_dir, &records(), LONG_TTL)
         .expect("dnsmasq");
-    let file = std::env::temp_dir().join(format!("{lab}-fqdn.yaml"));
-    std::fs::write(&file, POLICY).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &lab,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
+    apply_policy(&lab, POLICY);
     ok(&["policy", "wait", "--lab", &lab, "--timeout", "20s"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while dns_status(&lab)["redirects"]
@@ -440,7 +431,6 @@ fn learned_addresses_survive_an_agent_restart_and_open_connections_hold_expired_
     drop(conn);
     drop(db);
     drop(dnsmasq);
-    let _ = std::fs::remove_file(&file);
     let processes = Lab::load(&lab).expect("state").state().processes.clone();
     down_and_assert_gone(&lab, &processes);
 }

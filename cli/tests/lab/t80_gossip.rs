@@ -32,7 +32,7 @@ use palisade_node_agent::agent::{
 };
 use palisade_node_agent::datapath::{Datapath, DatapathConfig};
 
-use crate::util::{Cleanup, down_and_assert_gone, lab_name, ok, palisade};
+use crate::util::{Cleanup, apply_policy, down_and_assert_gone, lab_name, ok, palisade};
 
 /// n1-p1 may talk to the database pods on port 80, and to nothing else.
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -302,17 +302,7 @@ fn agents_cut_off_from_the_control_plane_learn_new_pods_through_gossip_and_conve
 
     // A database pod of a label set the control plane knows, and the policy.
     let db_a = add_pod(&mut lab, "n2", "db-a", &[("role", "db")]);
-    let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
-    std::fs::write(&file, POLICY).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &name,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
-    let _ = std::fs::remove_file(&file);
+    apply_policy(&name, POLICY);
     ok(&["policy", "wait", "--lab", &name, "--timeout", "30s"]);
     let n2_p1 = st.pod("n2-p1").expect("pod").ip;
     wait_for(

@@ -20,7 +20,7 @@ use palisade_lab::LabState;
 use palisade_lab::cluster::container_id;
 use palisade_lab::state::{agent_socket, netns_prefix};
 
-use crate::util::{lab_up, ok};
+use crate::util::{apply_policy, lab_up, ok};
 
 /// n1-p1 takes TCP 80 from pods labelled `role=api` running as service account `api-sa`.
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -56,17 +56,7 @@ spec:
 
 /// Stores the Pod record with label `role` and `uid`, and waits until both agents enforce it.
 fn apply_pod(lab: &str, role: &str, uid: &str) {
-    let file = std::env::temp_dir().join(format!("{lab}-pod.yaml"));
-    std::fs::write(&file, POD.replace("ROLE", role).replace("THE-UID", uid)).expect("pod file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        lab,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
-    let _ = std::fs::remove_file(&file);
+    apply_policy(lab, &POD.replace("ROLE", role).replace("THE-UID", uid));
     ok(&["policy", "wait", "--lab", lab, "--timeout", "30s"]);
 }
 
@@ -167,17 +157,7 @@ fn until_connects(netns: &str, to: IpAddr, want: bool, why: &str) -> Duration {
 fn a_pod_named_without_labels_takes_them_from_its_pod_record_and_follows_relabelling() {
     let (name, _cleanup, st) = lab_up("podrec", 2, 1, &[]);
     let target = st.pod("n1-p1").expect("pod").ip;
-    let file = std::env::temp_dir().join(format!("{name}-policy.yaml"));
-    std::fs::write(&file, POLICY).expect("policy file");
-    ok(&[
-        "policy",
-        "apply",
-        "--lab",
-        &name,
-        "-f",
-        file.to_str().expect("utf8"),
-    ]);
-    let _ = std::fs::remove_file(&file);
+    apply_policy(&name, POLICY);
     // The pod's namespace, named with the lab's prefix so that `lab down` removes it.
     let netns = format!("{}n2-api-0", netns_prefix(&name));
     let ip = |args: &[&str]| {

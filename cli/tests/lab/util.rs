@@ -18,6 +18,30 @@ pub fn palisade(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().unwrap()
 }
 
+/// `palisade policy apply --lab LAB -f -` with `yaml` on standard input, as a user pipes a
+/// manifest in; asserts it exited 0 (waiting for the nodes is the caller's, with its timeout).
+pub fn apply_policy(lab: &str, yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(["policy", "apply", "--lab", lab, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn palisade policy apply");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(yaml.as_bytes())
+            .expect("write the manifest");
+    }
+    let out = child.wait_with_output().expect("palisade policy apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "policy apply --lab {lab}: {out:?}"
+    );
+}
+
 /// Runs the binary, asserts it exited 0, and returns its standard output.
 pub fn ok(args: &[&str]) -> String {
     let out = palisade(args);
