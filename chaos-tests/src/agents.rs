@@ -32,6 +32,7 @@ impl AgentLab {
             cni_bin: bin.with_file_name("palisade-cni"),
             encryption: false,
             wireguard_rotation: None,
+            l7_proxy_workers: None,
             node_encryption: false,
         });
         let lab = Lab::up(&spec).with_context(|| format!("lab up {name}"))?;

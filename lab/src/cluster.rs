@@ -425,6 +425,9 @@ pub fn agent_args(state: &LabState, c: &ClusterState, i: usize) -> Vec<String> {
             ]);
         }
     }
+    if let Some(n) = c.l7_proxy_workers {
+        args.extend(["--l7-proxy-workers".to_string(), n.to_string()]);
+    }
     for url in &c.api_urls {
         args.extend(["--control-plane".to_string(), url.clone()]);
     }

@@ -177,6 +177,7 @@ pub fn plan(s: &LabSpec) -> Option<LabState> {
             encryption: c.encryption,
             node_encryption: c.encryption && c.node_encryption,
             wireguard_rotation_secs: c.wireguard_rotation.map(|d| d.as_secs().max(1)),
+            l7_proxy_workers: c.l7_proxy_workers,
             cp_netns: format!("{}cp", netns_prefix(&s.name)),
             api_urls: (1..=c.voters)
                 .map(|k| format!("https://{}", ClusterState::voter_addrs(k).1))

@@ -85,6 +85,8 @@ pub struct ClusterPlan {
     /// With `encryption`: the nodes' host-to-host traffic goes through the tunnel too (agents
     /// run with `--encrypt-node`).
     pub node_encryption: bool,
+    /// The agents' L7 proxy threads (`None`: the agent's default for the machine).
+    pub l7_proxy_workers: Option<usize>,
 }
 
 /// Address of the control plane's host (outside the underlay and the pod CIDR).

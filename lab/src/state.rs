@@ -121,6 +121,9 @@ pub struct ClusterState {
     /// The agents' scheduled key rotation in seconds (`None`: the agent's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_rotation_secs: Option<u64>,
+    /// The agents' L7 proxy threads (`None`: the agent's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7_proxy_workers: Option<usize>,
     /// Each voter's client API URL.
     pub api_urls: Vec<String>,
 }

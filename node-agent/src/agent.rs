@@ -82,6 +82,7 @@ pub mod dns_defaults {
 pub mod proxy_defaults {
     /// Proxy port.
     pub const PORT: u16 = super::proxy::DEFAULT_PORT;
+    pub use super::proxy::default_workers as workers;
 }
 pub use ipam::{Ipam, IpamError};
 pub use proxy::{FlowLog, FlowPeer, L7Flow, L7Verdict, ProxyConfig, ProxyError};

@@ -163,6 +163,11 @@ struct RunArgs {
     /// Run no L7 proxy: HTTP rules then pass at L4 only (redirects act as allows).
     #[arg(long)]
     no_l7_proxy: bool,
+    /// Threads of the L7 proxy, each an event loop owning its connections (default: one per
+    /// two CPUs, at most four).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    l7_proxy_workers: Option<usize>,
     /// Port of the DNS proxy (UDP and TCP) that enforces `rules.dns` of egress policy and
     /// learns the addresses `toFQDNs` rules allow (queries are steered to it with TPROXY
     /// rules in the agent's network namespace).
@@ -390,6 +395,9 @@ fn run_agent(a: RunArgs) -> Result<ExitCode> {
         }),
         l7_proxy: (!a.no_l7_proxy).then(|| ProxyConfig {
             port: a.l7_proxy_port,
+            workers: a
+                .l7_proxy_workers
+                .unwrap_or_else(agent::proxy_defaults::workers),
             ..ProxyConfig::default()
         }),
     };

@@ -182,6 +182,10 @@ struct UpArgs {
     /// Every agent rotates its WireGuard key this often [default: the agent's, 24h].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     wireguard_rotation_interval: Option<std::time::Duration>,
+    /// Every agent's L7 proxy runs this many threads [default: the agent's, one per two CPUs].
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    l7_proxy_workers: Option<usize>,
     /// A host outside the cluster, `NAME=IPv4` (repeatable): namespace pal-L-x<k> on the
     /// fabric bridge at that address (outside the underlay, the pod CIDR and 10.97.0.1),
     /// serving the lab's ports like a pod; pods see it as `world` (or as what `toCIDR` /
@@ -312,6 +316,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
             encryption: a.encryption == LabEncryption::Wireguard,
             node_encryption: a.encrypt_node,
             wireguard_rotation: a.wireguard_rotation_interval,
+            l7_proxy_workers: a.l7_proxy_workers,
             cni_bin: a
                 .cni_bin
                 .clone()

@@ -441,6 +441,7 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
         cni_bin: bin.with_file_name("palisade-cni"),
         encryption: false,
         wireguard_rotation: None,
+        l7_proxy_workers: None,
         node_encryption: false,
     });
     for (e, (node, ip)) in suite.def.endpoints.iter().zip(&p.placement.pods) {

@@ -224,6 +224,9 @@ fn http_rules_are_enforced_by_the_agents_proxy_on_real_requests() {
     }
     // The flow records and the counter saw those requests.
     let status = l7_status(&lab);
+    // The default: one event loop per two CPUs, at most four.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(status["workers"], (cpus / 2).clamp(1, 4), "{status}");
     let denied_delete = l7_flows_matching(&status, "DELETE", 403);
     assert_eq!(denied_delete.len(), 2, "{status}");
     let f = &denied_delete[0];
@@ -574,6 +577,11 @@ fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules
         "2",
         "--pods-per-node",
         "2",
+        // Three event loops per proxy: each curl below is a new connection, handed to the
+        // next loop, so every loop serves requests (the other test runs the default, one loop
+        // on a two-CPU machine).
+        "--l7-proxy-workers",
+        "3",
     ]);
     let _server = Server(
         Command::new("ip")
@@ -590,6 +598,11 @@ fn egress_http_rules_go_through_the_clients_proxy_and_compose_with_ingress_rules
         assert!(Instant::now() < deadline, "server never answered");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        l7_status(&lab)["workers"],
+        3,
+        "the lab's --l7-proxy-workers reaches the agents"
+    );
 
     apply(&lab, EGRESS_POLICY);
     let n1 = in_netns(&format!("pal-{lab}-n1"), "nft", &["list", "ruleset"]);

@@ -7,7 +7,8 @@
 //!                                   └ redirects() changed? ──▶ nft -f (table inet palisade_proxy)
 //!
 //!  client ─SYN─▶ node prerouting: tproxy (peers whose lookup is the redirect) ─▶ proxy socket
-//!                 proxy thread (tokio): hyper server per connection
+//!                 acceptor ─round robin─▶ worker k (its own single-threaded runtime):
+//!                 hyper server per connection, its upstream connection on the same worker
 //!                   per request: view.ingress(dst, client), view.egress(client, dst),
 //!                                the L7 rules of each side that has them
 //!                     allowed ─▶ hyper client, one connection per client connection, bound
@@ -43,6 +44,8 @@ pub struct ProxyConfig {
     pub port: u16,
     /// Flow records kept in memory.
     pub flow_capacity: usize,
+    /// Worker threads, each running its own single-threaded event loop (see [`L7Proxy::start`]).
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -50,6 +53,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             port: DEFAULT_PORT,
             flow_capacity: flow::DEFAULT_CAPACITY,
+            workers: default_workers(),
         }
     }
 }
@@ -77,6 +81,15 @@ pub enum ProxyError {
     /// The proxy's thread or runtime.
     #[error("cannot start the proxy runtime")]
     Runtime(#[source] std::io::Error),
+}
+
+/// Workers by default: one per two CPUs, at most four. A proxied request is mostly kernel work
+/// (the TCP stack twice as often as a direct one) done on the proxy's threads and on the
+/// client's and server's; on a two-CPU node one event loop leaves the other CPU to them
+/// (measured in docs/BENCHMARKS.md, "L7 proxy").
+pub fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / 2).clamp(1, 4)
 }
 
 /// The running proxy, as the run loop holds it.
@@ -109,23 +122,28 @@ impl L7Proxy {
             view: view.clone(),
             flows: flows.clone(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("l7-proxy")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
-        std::thread::Builder::new()
-            .name("l7-proxy".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => http::serve(l, shared).await,
-                        Err(e) => eprintln!("palisade agent: l7 proxy: listener: {e}"),
-                    }
-                });
-            })
-            .map_err(ProxyError::Runtime)?;
+        // Envoy's model: every connection lives on one worker's single-threaded event loop with
+        // its upstream connection, so a request never wakes another thread inside the proxy
+        // (a multi-threaded runtime's cross-worker wakeups cost more than they gave here).
+        let mut workers = Vec::with_capacity(config.workers.max(1));
+        for k in 0..config.workers.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ProxyError::Runtime)?;
+            workers.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("l7-proxy-{k}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .map_err(ProxyError::Runtime)?;
+        }
+        let acceptor = workers[0].clone();
+        acceptor.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => http::serve(l, shared, workers).await,
+                Err(e) => eprintln!("palisade agent: l7 proxy: listener: {e}"),
+            }
+        });
         Ok(L7Proxy {
             config,
             view,
@@ -173,6 +191,7 @@ impl L7Proxy {
             .collect();
         serde_json::json!({
             "port": self.config.port,
+            "workers": self.config.workers.max(1),
             "redirects": redirects,
             "requestsTotal": self.flows.total(),
             "recentFlows": self.flows.recent(32),

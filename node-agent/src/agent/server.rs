@@ -1088,7 +1088,9 @@ impl Agent {
             let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
             proxy.flows().set_sink(Box::new(move |f| {
                 let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
-                ring.push_batch([flows::l7_flow(f, &ctx)]);
+                let flow = flows::l7_flow(f, &ctx);
+                flows::count_l7(&flow);
+                ring.push_batch([flow]);
             }));
         }
         if let Some(dns) = &self.dns {
@@ -1096,7 +1098,9 @@ impl Agent {
             let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
             dns.flows().set_sink(Box::new(move |f| {
                 let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
-                ring.push_batch([flows::dns_flow(f, &ctx)]);
+                let flow = flows::dns_flow(f, &ctx);
+                flows::count_l7(&flow);
+                ring.push_batch([flow]);
             }));
         }
         if let Some(addr) = self.config.hubble_listen {

@@ -125,6 +125,7 @@ pub fn lab_spec(name: &str, bin: &Path) -> LabSpec {
         cni_bin: bin.with_file_name("palisade-cni"),
         encryption: true,
         wireguard_rotation: None,
+        l7_proxy_workers: None,
         node_encryption: false,
     });
     spec

@@ -435,9 +435,11 @@ async fn handle(
 
 fn finish(shared: &Shared, mut flow: DnsFlow, start: Instant) {
     flow.latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    // Hubble's metrics count the flow the query becomes (naming does not enter the labels).
-    flows::count_l7(&flows::dns_flow(&flow, &Enrichment::default()));
-    shared.flows.push(flow);
+    // Hubble's metrics count the flow the query becomes (naming does not enter the labels);
+    // the agent's sink does it when it builds that flow for the ring.
+    shared.flows.push(flow, |f| {
+        flows::count_l7(&flows::dns_flow(f, &Enrichment::default()));
+    });
 }
 
 /// An answer with only the question and an error code (REFUSED, SERVFAIL).

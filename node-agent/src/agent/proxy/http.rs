@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use palisade_policy::ir::HttpRequest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 
 use super::flow::{FlowLog, FlowPeer, L7Flow, L7Verdict};
@@ -51,9 +52,10 @@ pub struct Shared {
     pub flows: Arc<FlowLog>,
 }
 
-/// Accepts redirected connections forever. The accepted socket's local address is the
-/// connection's original destination (TPROXY keeps it).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts redirected connections forever and hands them to the workers in turn. The
+/// accepted socket's local address is the connection's original destination (TPROXY keeps it).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Vec<Handle>) {
+    let mut next = 0usize;
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(x) => x,
@@ -67,7 +69,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
-        tokio::spawn(connection(stream, client, dst, shared.clone()));
+        // A socket belongs to the event loop that registered it: move it as a plain socket.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let shared = shared.clone();
+        workers[next % workers.len()].spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, client, dst, shared).await,
+                Err(e) => eprintln!("palisade agent: l7 proxy: {client} -> {dst}: {e}"),
+            }
+        });
+        next = next.wrapping_add(1);
     }
 }
 
@@ -302,9 +315,11 @@ async fn handle(
         verdict: l7_verdict,
         latency_us: start.elapsed().as_micros() as u64,
     };
-    // Hubble's metrics count the flow the record becomes (naming does not enter the labels).
-    flows::count_l7(&flows::l7_flow(&record, &Enrichment::default()));
-    shared.flows.push(record);
+    // Hubble's metrics count the flow the record becomes (naming does not enter the labels);
+    // the agent's sink does it when it builds that flow for the ring.
+    shared.flows.push(record, |r| {
+        flows::count_l7(&flows::l7_flow(r, &Enrichment::default()));
+    });
     response
 }
 
