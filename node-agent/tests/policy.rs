@@ -690,6 +690,35 @@ fn spoofed_source_is_dropped_even_when_policy_allows_everything() {
     );
 }
 
+/// Established packets skip the endpoint lookup and the source check: a conntrack entry only
+/// counts in the direction it was admitted (or as its reply), so a pod cannot reuse an entry
+/// its ingress created to send from the peer's address.
+#[test]
+fn a_pod_cannot_send_from_a_peer_address_through_an_ingress_conntrack_entry() {
+    let mut dp = datapath();
+    dp.upsert_policy(rule(0, DIRECTION_INGRESS, 0, 0, 0), allow(9))
+        .expect("policy");
+    dp.upsert_policy(rule(0, DIRECTION_EGRESS, 0, 0, 0), allow(9))
+        .expect("policy");
+    // PEER_B -> POD admitted on ingress: the entry is (PEER_B, POD, 40000, 80).
+    let inbound = frame_v4(PEER_B, POD, proto::TCP, 40000, 80);
+    assert_eq!(run(&mut dp, Hook::Ingress, &inbound), TC_ACT_OK);
+    // The same 5-tuple sent by the pod (source PEER_B) is a spoof, entry or not.
+    assert_eq!(run(&mut dp, Hook::Egress, &inbound), TC_ACT_SHOT);
+    assert_eq!(
+        counted(&dp, verdict::DROP_SPOOFED_SOURCE, DIRECTION_EGRESS),
+        1
+    );
+    // The pod's reply is the entry's reverse and passes as established.
+    let reply = frame_v4(POD, PEER_B, proto::TCP, 80, 40000);
+    let before = counted(&dp, verdict::FORWARDED_ESTABLISHED, DIRECTION_EGRESS);
+    assert_eq!(run(&mut dp, Hook::Egress, &reply), TC_ACT_OK);
+    assert_eq!(
+        counted(&dp, verdict::FORWARDED_ESTABLISHED, DIRECTION_EGRESS),
+        before + 1
+    );
+}
+
 #[test]
 fn audit_mode_denials_are_counted_but_not_enforced() {
     let mut dp = datapath();

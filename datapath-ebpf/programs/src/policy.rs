@@ -1,14 +1,14 @@
 //! Policy enforcement on the host side of each pod veth.
 //!
 //! ```text
-//!  packet ─▶ endpoint? ──no──▶ pass (not ours)
-//!              │yes
+//!  packet ─▶ parse (IPv4/IPv6; TCP, UDP, SCTP, ICMP) ──bad──▶ drop MALFORMED (if ours)
 //!              ▼
-//!            parse (IPv4/IPv6; TCP, UDP, SCTP, ICMP) ──bad──▶ drop MALFORMED
+//!            conntrack (keyed by this veth): this flow, in the direction it was admitted,
+//!            or its reply? ──yes──▶ pass ESTABLISHED
+//!              ▼
+//!            endpoint? ──no──▶ pass (not ours)
 //!              ▼
 //!            egress only: source == endpoint address? ──no──▶ drop SPOOFED_SOURCE
-//!              ▼
-//!            conntrack: this flow or its reply known? ──yes──▶ pass ESTABLISHED
 //!              ▼
 //!            peer identity = ipcache LPM(peer address), world if none
 //!              ▼
@@ -18,7 +18,11 @@
 //!            conntrack insert, event NEW, pass
 //! ```
 //!
-//! Events are emitted for new flows and drops only; established packets cost one hash lookup.
+//! Events are emitted for new flows and drops only; established packets cost one conntrack hash
+//! lookup and no endpoint lookup. Skipping the source check for them is safe: an entry is keyed
+//! by the veth and the exact 5-tuple, and only a packet that passed the check (or its reply)
+//! created it; a hit must also match the direction the entry was admitted in (`ct_state`), so
+//! a pod cannot replay a peer's address from an entry its ingress created.
 //! Redirects to the L7 proxy: egress, and ingress on nodes without a proxy, pass as an allow
 //! (the node's packet filter steers redirected peers to the proxy before they get here); on
 //! ingress to an endpoint of a node with a proxy (`FLAG_L7_PROXY`) only packets carrying the
@@ -116,13 +120,11 @@ struct Flow {
 fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: `skb` points at the kernel's `__sk_buff` context for this invocation.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the value is only read, and the map is only written from user space.
-    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }) else {
-        return TC_ACT_OK;
-    };
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
-        count(verdict::FORWARDED_UNMANAGED, direction);
+        if is_endpoint(ifindex) {
+            count(verdict::FORWARDED_UNMANAGED, direction);
+        }
         return TC_ACT_OK;
     }
     let mut flow = parse(ctx, ethertype);
@@ -139,38 +141,29 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
         }
     }
     let Some(flow) = flow else {
+        if !is_endpoint(ifindex) {
+            return TC_ACT_OK;
+        }
         count(verdict::DROP_MALFORMED, direction);
         return TC_ACT_SHOT;
     };
     if flow.unmanaged {
-        count(verdict::FORWARDED_UNMANAGED, direction);
+        if is_endpoint(ifindex) {
+            count(verdict::FORWARDED_UNMANAGED, direction);
+        }
         return TC_ACT_OK;
     }
 
-    if direction == policy::DIRECTION_EGRESS && !source_is_endpoint(&flow, ep) {
-        count(verdict::DROP_SPOOFED_SOURCE, direction);
-        emit(
-            ctx,
-            &flow,
-            events::KIND_DROP,
-            direction,
-            verdict::DROP_SPOOFED_SOURCE,
-            ifindex,
-            ep.identity,
-            0,
-            0,
-            events::MATCH_NONE,
-            0,
-        );
-        return TC_ACT_SHOT;
-    }
-
-    let ct = ct_state(&flow, ifindex);
+    // The path nearly every packet takes: conntrack first, the endpoint only when needed.
+    let ct = ct_state(&flow, ifindex, direction);
     if ct != CT_NONE {
         count(verdict::FORWARDED_ESTABLISHED, direction);
         // Connection state changes only: an event per packet would cost the datapath and the
         // agent as much as the traffic itself.
-        if flow.tcp_flags & (events::TCP_SYN | events::TCP_FIN | events::TCP_RST) != 0 {
+        if flow.tcp_flags & (events::TCP_SYN | events::TCP_FIN | events::TCP_RST) != 0
+            // SAFETY: the value is only read, and the map is only written from user space.
+            && let Some(ep) = unsafe { PAL_ENDPOINTS.get(&ifindex) }
+        {
             let (peer_addr, ep_is_src) = if direction == policy::DIRECTION_EGRESS {
                 (flow.daddr, true)
             } else {
@@ -197,6 +190,28 @@ fn enforce(ctx: &TcContext, direction: u8) -> i32 {
             );
         }
         return TC_ACT_OK;
+    }
+
+    // SAFETY: the value is only read, and the map is only written from user space.
+    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }) else {
+        return TC_ACT_OK;
+    };
+    if direction == policy::DIRECTION_EGRESS && !source_is_endpoint(&flow, ep) {
+        count(verdict::DROP_SPOOFED_SOURCE, direction);
+        emit(
+            ctx,
+            &flow,
+            events::KIND_DROP,
+            direction,
+            verdict::DROP_SPOOFED_SOURCE,
+            ifindex,
+            ep.identity,
+            0,
+            0,
+            events::MATCH_NONE,
+            0,
+        );
+        return TC_ACT_SHOT;
     }
 
     let peer_addr = if direction == policy::DIRECTION_EGRESS {
@@ -370,7 +385,14 @@ const CT_REPLY: u8 = 2;
 /// packet, and a store into the shared entry at most once a second. TCP FIN/RST mark the entry
 /// closing (a new SYN clears the mark).
 #[inline(always)]
-fn ct_state(flow: &Flow, ifindex: u32) -> u8 {
+fn ct_state(flow: &Flow, ifindex: u32, direction: u8) -> u8 {
+    // An entry admitted on this hook matches forward, one admitted on the other hook matches
+    // as a reply; anything else is no match (and goes through the source check and policy).
+    let hook_flag = if direction == policy::DIRECTION_EGRESS {
+        conntrack::FLAG_EGRESS
+    } else {
+        0
+    };
     let (state, hit) = if flow.family == family::IPV4 {
         let fwd = ct_key4(flow, ifindex);
         let rev = CtKey4 {
@@ -380,11 +402,16 @@ fn ct_state(flow: &Flow, ifindex: u32) -> u8 {
             dport: fwd.sport,
             ..fwd
         };
+        // SAFETY (both): the pointers are the map's values for these keys, valid for this run.
         match PAL_CT4.get_ptr_mut(&fwd) {
-            Some(v) => (CT_FORWARD, Some(v)),
-            None => match PAL_CT4.get_ptr_mut(&rev) {
-                Some(v) => (CT_REPLY, Some(v)),
-                None => (CT_NONE, None),
+            Some(v) if unsafe { (*v).flags } & conntrack::FLAG_EGRESS == hook_flag => {
+                (CT_FORWARD, Some(v))
+            }
+            _ => match PAL_CT4.get_ptr_mut(&rev) {
+                Some(v) if unsafe { (*v).flags } & conntrack::FLAG_EGRESS != hook_flag => {
+                    (CT_REPLY, Some(v))
+                }
+                _ => (CT_NONE, None),
             },
         }
     } else {
@@ -396,11 +423,16 @@ fn ct_state(flow: &Flow, ifindex: u32) -> u8 {
             dport: fwd.sport,
             ..fwd
         };
+        // SAFETY: as above.
         match PAL_CT.get_ptr_mut(&fwd) {
-            Some(v) => (CT_FORWARD, Some(v)),
-            None => match PAL_CT.get_ptr_mut(&rev) {
-                Some(v) => (CT_REPLY, Some(v)),
-                None => (CT_NONE, None),
+            Some(v) if unsafe { (*v).flags } & conntrack::FLAG_EGRESS == hook_flag => {
+                (CT_FORWARD, Some(v))
+            }
+            _ => match PAL_CT.get_ptr_mut(&rev) {
+                Some(v) if unsafe { (*v).flags } & conntrack::FLAG_EGRESS != hook_flag => {
+                    (CT_REPLY, Some(v))
+                }
+                _ => (CT_NONE, None),
             },
         }
     };
@@ -569,6 +601,13 @@ fn peer_identity(fam: u8, addr: [u8; 16]) -> u32 {
         Some(v) => v.identity,
         None => IDENTITY_WORLD,
     }
+}
+
+/// Is this veth a local endpoint's (only the slow paths ask)?
+#[inline(always)]
+fn is_endpoint(ifindex: u32) -> bool {
+    // SAFETY: only the presence of the value is read.
+    unsafe { PAL_ENDPOINTS.get(&ifindex) }.is_some()
 }
 
 #[inline(always)]
