@@ -75,8 +75,9 @@ pub struct EndpointSpec {
     pub name: String,
     /// Namespace.
     pub namespace: String,
-    /// Pod labels.
-    pub labels: BTreeMap<String, String>,
+    /// Pod labels; the engine keeps one copy for the endpoints of an identity that carry the
+    /// same labels (nearly all of them), so a node's endpoints do not each hold their own.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Service account.
     pub service_account: String,
     /// IP address.
@@ -375,6 +376,16 @@ impl Engine {
         let labels = self.endpoint_labels(&spec);
         let is_new = self.identities.lookup(&labels).is_none();
         let (id, gained) = self.new_identity(&spec.name, labels)?;
+        let mut spec = spec;
+        if let Some(same) = self
+            .by_identity
+            .get(&id)
+            .and_then(|names| names.first())
+            .and_then(|n| self.endpoints.get(n))
+            .filter(|other| other.spec.labels == spec.labels)
+        {
+            spec.labels = Arc::clone(&same.spec.labels);
+        }
         let name = spec.name.clone();
         let has_named = !spec.ports.is_empty();
         self.by_identity.entry(id).or_default().insert(name.clone());

@@ -627,7 +627,7 @@ impl Agent {
         let engine_spec = EngineEndpoint {
             name: name.clone(),
             namespace: spec.pod_namespace.clone(),
-            labels: spec.labels.clone(),
+            labels: Arc::new(spec.labels.clone()),
             service_account: spec
                 .service_account
                 .clone()

@@ -363,7 +363,7 @@ mod tests {
                 .add_endpoint(EndpointSpec {
                     name: format!("x/{pod}"),
                     namespace: "x".into(),
-                    labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+                    labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
                     service_account: "default".into(),
                     ip,
                     node: "n1".into(),

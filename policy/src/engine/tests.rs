@@ -8,7 +8,7 @@ fn ep(name: &str, app: &str, ip: &str) -> EndpointSpec {
     EndpointSpec {
         name: name.into(),
         namespace: ns.into(),
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
         ip: ip.parse().expect("ip"),
         node: "n1".into(),
@@ -427,7 +427,7 @@ fn endpoints_of_one_identity_share_their_compiled_state_until_it_differs() {
     assert!(!shared(&e, "x/a1", "x/a3"), "a3's state differs");
     // A second peer identity (one more label): the same once more.
     let mut b = ep("x/b", "b", "10.0.0.9");
-    b.labels.insert("v".into(), "2".into());
+    Arc::make_mut(&mut b.labels).insert("v".into(), "2".into());
     let b = e.add_endpoint(b).expect("b");
     assert!(shared(&e, "x/a1", "x/a2"));
     assert!(!shared(&e, "x/a1", "x/a3"));
