@@ -1153,10 +1153,12 @@ impl Agent {
                 continue;
             };
             let ifindex = nix::net::if_::if_nametoindex(r.spec.host_iface.as_str()).unwrap_or(0);
-            let labels = ids
-                .labels(palisade_policy::identity::Identity(r.identity))
-                .map(|l| l.to_strings())
-                .unwrap_or_default();
+            // The identity's list, filled above: one copy per identity, not per endpoint.
+            let labels = e
+                .identities
+                .get(&r.identity)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()));
             e.add_local(
                 ifindex,
                 &r.spec.host_iface,
