@@ -30,7 +30,9 @@ impl RegisteredEndpoint {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     next_id: u32,
-    endpoints: BTreeMap<String, RegisteredEndpoint>,
+    /// Boxed: a B-tree node holds eleven values however few it has, and an endpoint is a few
+    /// hundred bytes (the file's format is the same either way).
+    endpoints: BTreeMap<String, Box<RegisteredEndpoint>>,
 }
 
 /// The registry.
@@ -79,7 +81,7 @@ impl Registry {
             endpoint_id,
             identity,
         };
-        self.state.endpoints.insert(k, e.clone());
+        self.state.endpoints.insert(k, Box::new(e.clone()));
         self.save()?;
         Ok(e)
     }
@@ -94,17 +96,20 @@ impl Registry {
         if e.is_some() {
             self.save()?;
         }
-        Ok(e)
+        Ok(e.map(|e| *e))
     }
 
     /// The endpoint of `(container, ifname)`.
     pub fn get(&self, container: &str, ifname: &str) -> Option<&RegisteredEndpoint> {
-        self.state.endpoints.get(&key(container, ifname))
+        self.state
+            .endpoints
+            .get(&key(container, ifname))
+            .map(|e| &**e)
     }
 
     /// Every endpoint.
     pub fn iter(&self) -> impl Iterator<Item = &RegisteredEndpoint> {
-        self.state.endpoints.values()
+        self.state.endpoints.values().map(|e| &**e)
     }
 
     fn save(&self) -> std::io::Result<()> {
