@@ -1,13 +1,12 @@
 //! The endpoints this node enforces for, persisted so a restarted agent re-attaches them.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use palisade_api::agent::EndpointSpec;
 use serde::{Deserialize, Serialize};
-
-use super::ipam::write_atomically;
 
 /// One registered endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +111,16 @@ impl Registry {
         self.state.endpoints.values().map(|e| &**e)
     }
 
+    /// Writes the file whole, then renames it over the old one. Streamed through a buffered
+    /// writer rather than built in memory first: the document grows with every endpoint and is
+    /// written on every registration, and a buffer of its size each time leaves the allocator's
+    /// heap fragmented (resident memory that no endpoint uses).
     fn save(&self) -> std::io::Result<()> {
-        write_atomically(
-            &self.path,
-            &serde_json::to_vec_pretty(&self.state).map_err(std::io::Error::other)?,
-        )
+        let tmp = self.path.with_extension("tmp");
+        let mut out = BufWriter::new(File::create(&tmp)?);
+        serde_json::to_writer_pretty(&mut out, &self.state).map_err(std::io::Error::other)?;
+        out.flush()?;
+        drop(out);
+        fs::rename(&tmp, &self.path)
     }
 }

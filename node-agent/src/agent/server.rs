@@ -1430,12 +1430,13 @@ impl Agent {
         }
         for e in self.registry.iter() {
             let name = e.name();
-            // Only endpoints with L7 rules: the others' traffic never reaches the proxy.
+            // Only endpoints with L7 rules: the others' traffic never reaches the proxy. The
+            // engine's state is shared as it is (it is never changed in place), not copied.
             let policy = self
                 .engine
-                .map_state(&name)
+                .shared_map_state(&name)
                 .filter(|m| !m.l7.is_empty())
-                .map(|m| std::sync::Arc::new(m.clone()));
+                .cloned();
             for ip in &e.spec.ips {
                 v.peers.insert(
                     *ip,

@@ -417,6 +417,11 @@ fn endpoints_of_one_identity_share_their_compiled_state_until_it_differs() {
         .add_endpoint(with_http(ep("x/a3", "a", "10.0.0.3"), 8080))
         .expect("a3");
     assert!(a1 == a2 && a2 == a3, "one label set, one identity");
+    let labels = |n: &str| Arc::clone(&e.endpoints()[n].spec.labels);
+    assert!(
+        Arc::ptr_eq(&labels("x/a1"), &labels("x/a3")),
+        "one copy of the labels"
+    );
     // No peer yet: the named port resolves into no entry, so all three states are equal.
     assert!(shared(&e, "x/a1", "x/a2") && shared(&e, "x/a1", "x/a3"));
 
