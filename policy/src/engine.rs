@@ -484,6 +484,9 @@ impl Engine {
     /// Forgets an identity: allocation, selector memberships, cached policy, entries naming it.
     fn release_identity(&mut self, id: Identity) {
         self.sp_cache.remove(&id);
+        // Its endpoints are gone; a state a caller still holds (a map writer's last write) is
+        // not kept for sharing.
+        self.states.remove(&id);
         self.identities.release(id);
         self.cache.update_identities(&[], &[id]);
         // Endpoints sharing a state share its replacement: each distinct state is filtered once.

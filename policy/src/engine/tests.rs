@@ -449,8 +449,12 @@ fn endpoints_of_one_identity_share_their_compiled_state_until_it_differs() {
         );
     }
 
-    // Releasing the peer's identity drops its entries from every state, still shared.
+    // Releasing the peer's identity drops its entries from every state, still shared, and
+    // forgets its own state even while someone (a map writer) still holds it.
+    let held = Arc::clone(e.shared_map_state("x/b").expect("b compiled"));
     assert!(e.remove_endpoint("x/b"));
+    assert!(!e.states.contains_key(&b));
+    drop(held);
     assert!(shared(&e, "x/a1", "x/a2"));
     for name in ["x/a1", "x/a2", "x/a3"] {
         let m = e.map_state(name).expect("compiled");
