@@ -167,7 +167,9 @@ pub struct Engine {
     identities: IdentityAllocator,
     cache: SelectorCache,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    endpoints: BTreeMap<String, Endpoint>,
+    /// Boxed: a B-tree node holds eleven values however few it has, and an endpoint is about
+    /// two hundred bytes.
+    endpoints: BTreeMap<String, Box<Endpoint>>,
     by_identity: BTreeMap<Identity, BTreeSet<String>>,
     externals: BTreeMap<String, External>,
     /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
@@ -251,7 +253,7 @@ impl Engine {
     }
 
     /// Endpoints by name.
-    pub fn endpoints(&self) -> &BTreeMap<String, Endpoint> {
+    pub fn endpoints(&self) -> &BTreeMap<String, Box<Endpoint>> {
         &self.endpoints
     }
 
@@ -314,7 +316,10 @@ impl Engine {
 
     /// The endpoint whose IP this is.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
-        self.endpoints.values().find(|e| e.spec.ip == ip)
+        self.endpoints
+            .values()
+            .find(|e| e.spec.ip == ip)
+            .map(|e| &**e)
     }
 
     // === identities ===
@@ -390,7 +395,7 @@ impl Engine {
         let has_named = !spec.ports.is_empty();
         self.by_identity.entry(id).or_default().insert(name.clone());
         self.endpoints
-            .insert(name.clone(), Endpoint { spec, identity: id });
+            .insert(name.clone(), Box::new(Endpoint { spec, identity: id }));
         if !self.sp_cache.contains_key(&id) {
             // A new identity is selected exactly by the subject selectors that just gained it.
             let sp = if is_new {
