@@ -167,9 +167,7 @@ pub struct Engine {
     identities: IdentityAllocator,
     cache: SelectorCache,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// Boxed: a B-tree node holds eleven values however few it has, and an endpoint is about
-    /// two hundred bytes.
-    endpoints: BTreeMap<String, Box<Endpoint>>,
+    endpoints: BTreeMap<String, Endpoint>,
     by_identity: BTreeMap<Identity, BTreeSet<String>>,
     externals: BTreeMap<String, External>,
     /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
@@ -253,7 +251,7 @@ impl Engine {
     }
 
     /// Endpoints by name.
-    pub fn endpoints(&self) -> &BTreeMap<String, Box<Endpoint>> {
+    pub fn endpoints(&self) -> &BTreeMap<String, Endpoint> {
         &self.endpoints
     }
 
@@ -316,10 +314,7 @@ impl Engine {
 
     /// The endpoint whose IP this is.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
-        self.endpoints
-            .values()
-            .find(|e| e.spec.ip == ip)
-            .map(|e| &**e)
+        self.endpoints.values().find(|e| e.spec.ip == ip)
     }
 
     // === identities ===
@@ -395,7 +390,7 @@ impl Engine {
         let has_named = !spec.ports.is_empty();
         self.by_identity.entry(id).or_default().insert(name.clone());
         self.endpoints
-            .insert(name.clone(), Box::new(Endpoint { spec, identity: id }));
+            .insert(name.clone(), Endpoint { spec, identity: id });
         if !self.sp_cache.contains_key(&id) {
             // A new identity is selected exactly by the subject selectors that just gained it.
             let sp = if is_new {

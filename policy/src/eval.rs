@@ -89,7 +89,6 @@ impl Engine {
                     .endpoints()
                     .values()
                     .filter(|e| e.identity == peer)
-                    .map(|e| &**e)
                     .collect(),
             };
             let l4_hits = l4_match(&by_identity_dest);
