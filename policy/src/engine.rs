@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::compile::{Contribution, Kind, ProxyPorts, Slices, build_slice};
 use crate::error::EngineError;
@@ -21,6 +22,10 @@ use crate::labels::{LabelSet, Source, pod_labels};
 use crate::mapstate::{IpRule, L4Key, MapState, dir_byte, port_blocks};
 use crate::selector::MatchContext;
 use crate::selector_cache::{SelectorCache, SelectorId};
+
+/// How many distinct compiled states one identity's endpoints may share among (see
+/// `Engine::store_state`); states beyond are stored unshared.
+const MAX_SHARED_STATES_PER_IDENTITY: usize = 8;
 
 /// Settings of an engine.
 #[derive(Debug, Clone)]
@@ -70,8 +75,9 @@ pub struct EndpointSpec {
     pub name: String,
     /// Namespace.
     pub namespace: String,
-    /// Pod labels.
-    pub labels: BTreeMap<String, String>,
+    /// Pod labels; the engine keeps one copy for the endpoints of an identity that carry the
+    /// same labels (nearly all of them), so a node's endpoints do not each hold their own.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Service account.
     pub service_account: String,
     /// IP address.
@@ -180,7 +186,13 @@ pub struct Engine {
     peer_index: BTreeMap<SelectorId, BTreeSet<u32>>,
     next_rule: u32,
     revision: u64,
-    maps: BTreeMap<String, MapState>,
+    /// Compiled state per endpoint; endpoints whose states are equal share one (see `states`).
+    maps: BTreeMap<String, Arc<MapState>>,
+    /// The distinct compiled states in use, per identity: a newly compiled state equal to one of
+    /// them is shared rather than stored again. Endpoints of one identity nearly always compile
+    /// to the same state (Cilium computes policy per identity); only what is per pod (named
+    /// ports) can set them apart, and then each gets its own.
+    states: BTreeMap<Identity, Vec<Arc<MapState>>>,
     /// Selector policy per identity in use; exact because subject matches change only with
     /// policies (refreshed in `replace_policy`) and identities (filled in `add_endpoint`).
     sp_cache: BTreeMap<Identity, SelectorPolicy>,
@@ -216,6 +228,7 @@ impl Engine {
             next_rule: 1,
             revision: 0,
             maps: BTreeMap::new(),
+            states: BTreeMap::new(),
             sp_cache: BTreeMap::new(),
             subject_index: BTreeMap::new(),
             changed: BTreeSet::new(),
@@ -279,6 +292,13 @@ impl Engine {
 
     /// Compiled state of an endpoint.
     pub fn map_state(&self, endpoint: &str) -> Option<&MapState> {
+        self.maps.get(endpoint).map(|m| &**m)
+    }
+
+    /// Compiled state of an endpoint as shared: endpoints with equal states hold the same `Arc`,
+    /// and a state is never changed in place (a change stores a new one), so a caller holding
+    /// the `Arc` it last saw can tell "unchanged" by `Arc::ptr_eq` alone.
+    pub fn shared_map_state(&self, endpoint: &str) -> Option<&Arc<MapState>> {
         self.maps.get(endpoint)
     }
 
@@ -356,6 +376,16 @@ impl Engine {
         let labels = self.endpoint_labels(&spec);
         let is_new = self.identities.lookup(&labels).is_none();
         let (id, gained) = self.new_identity(&spec.name, labels)?;
+        let mut spec = spec;
+        if let Some(same) = self
+            .by_identity
+            .get(&id)
+            .and_then(|names| names.first())
+            .and_then(|n| self.endpoints.get(n))
+            .filter(|other| other.spec.labels == spec.labels)
+        {
+            spec.labels = Arc::clone(&same.spec.labels);
+        }
         let name = spec.name.clone();
         let has_named = !spec.ports.is_empty();
         self.by_identity.entry(id).or_default().insert(name.clone());
@@ -454,14 +484,70 @@ impl Engine {
     /// Forgets an identity: allocation, selector memberships, cached policy, entries naming it.
     fn release_identity(&mut self, id: Identity) {
         self.sp_cache.remove(&id);
+        // Its endpoints are gone; a state a caller still holds (a map writer's last write) is
+        // not kept for sharing.
+        self.states.remove(&id);
         self.identities.release(id);
         self.cache.update_identities(&[], &[id]);
-        for (name, m) in self.maps.iter_mut() {
-            let before = m.entries.len() + m.l7.len();
-            m.entries.retain(|k, _| k.identity != id.0);
-            m.l7.retain(|k, _| k.identity != id.0);
-            if m.entries.len() + m.l7.len() != before {
-                self.changed.insert(name.clone());
+        // Endpoints sharing a state share its replacement: each distinct state is filtered once.
+        let mut replaced: Vec<(Arc<MapState>, Arc<MapState>)> = Vec::new();
+        let mut updates = Vec::new();
+        for (name, m) in &self.maps {
+            if let Some((_, new)) = replaced.iter().find(|(old, _)| Arc::ptr_eq(old, m)) {
+                updates.push((name.clone(), new.clone()));
+                continue;
+            }
+            let names_id = |k: &crate::mapstate::PolicyKey| k.identity == id.0;
+            if !m.entries.keys().any(names_id) && !m.l7.keys().any(names_id) {
+                continue;
+            }
+            let mut new = MapState::clone(m);
+            new.entries.retain(|k, _| !names_id(k));
+            new.l7.retain(|k, _| !names_id(k));
+            let new = Arc::new(new);
+            replaced.push((m.clone(), new.clone()));
+            updates.push((name.clone(), new));
+        }
+        drop(replaced);
+        for (name, new) in updates {
+            if let Some(owner) = self.endpoints.get(&name).map(|e| e.identity) {
+                self.store_state(&name, owner, new);
+            }
+            self.changed.insert(name);
+        }
+    }
+
+    /// Stores `m` as the compiled state of endpoint `name` (of identity `id`), sharing an equal
+    /// state another endpoint of the identity holds, and forgets the state it replaces when no
+    /// endpoint uses that any more.
+    fn store_state(&mut self, name: &str, id: Identity, m: Arc<MapState>) {
+        let list = self.states.entry(id).or_default();
+        let shared = match list.iter().find(|s| Arc::ptr_eq(s, &m) || **s == m) {
+            Some(s) => s.clone(),
+            None => {
+                // Past a handful of distinct states (an identity whose pods differ in named
+                // ports) comparing against each costs more than sharing saves: store unshared.
+                if list.len() < MAX_SHARED_STATES_PER_IDENTITY {
+                    list.push(m.clone());
+                }
+                m
+            }
+        };
+        let old = self.maps.insert(name.to_string(), shared);
+        if old.is_some() {
+            drop(old);
+            self.prune_states(id);
+        }
+    }
+
+    /// Forgets the shared states of `id` that no endpoint holds any more (the list's own
+    /// reference is the last one; a caller such as a map writer may still hold a clone, and
+    /// then the state goes on its next store or removal).
+    fn prune_states(&mut self, id: Identity) {
+        if let Some(list) = self.states.get_mut(&id) {
+            list.retain(|s| Arc::strong_count(s) > 1);
+            if list.is_empty() {
+                self.states.remove(&id);
             }
         }
     }
@@ -480,6 +566,7 @@ impl Engine {
         self.maps.remove(name);
         self.changed.insert(name.to_string());
         let id = ep.identity;
+        self.prune_states(id);
         let last = match self.by_identity.get_mut(&id) {
             Some(set) => {
                 set.remove(name);
@@ -1236,7 +1323,8 @@ impl Engine {
     fn recompile(&mut self, name: &str) {
         if let Some(ep) = self.endpoints.get(name) {
             let m = self.compile_endpoint(ep);
-            self.maps.insert(name.to_string(), m);
+            let id = ep.identity;
+            self.store_state(name, id, Arc::new(m));
             self.changed.insert(name.to_string());
         }
     }
@@ -1308,8 +1396,15 @@ impl Engine {
             .filter(|d| dirs[di(**d)])
             .map(|d| dir_byte(*d))
             .collect();
+        let id = ep.identity;
         self.changed.insert(name.to_string());
-        let m = self.maps.entry(name.to_string()).or_default();
+        // A shared state is never changed in place: the endpoint gets an edited copy, which
+        // `store_state` shares again with the endpoints of its identity that got the same edit.
+        let mut m = self
+            .maps
+            .get(name)
+            .map(|m| MapState::clone(m))
+            .unwrap_or_default();
         m.entries
             .retain(|k, _| k.identity != peer.0 || !bytes.contains(&k.direction));
         m.l7.retain(|k, _| k.identity != peer.0 || !bytes.contains(&k.direction));
@@ -1319,6 +1414,7 @@ impl Engine {
                 m.l7.insert(k, l7);
             }
         }
+        self.store_state(name, id, Arc::new(m));
     }
 }
 

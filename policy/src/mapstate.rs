@@ -164,7 +164,7 @@ pub fn dir_byte(d: Direction) -> u8 {
 }
 
 /// A Kubernetes `ipBlock` rule that also applies to pods by IP (beside the identity map).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpRule {
     /// Direction.
     pub direction: Direction,
@@ -178,7 +178,8 @@ pub struct IpRule {
     pub rule: u32,
 }
 
-/// The compiled policy of one endpoint.
+/// The compiled policy of one endpoint. Endpoints of one identity nearly always compile to equal
+/// states, so the engine shares one (`Arc`) between them (see [`MapState::eq`]).
 #[derive(Debug, Clone, Default)]
 pub struct MapState {
     /// Identity-keyed entries.
@@ -189,6 +190,23 @@ pub struct MapState {
     /// verdict.
     pub ip_rules: Vec<IpRule>,
 }
+
+/// Equal when a datapath and an L7 proxy could not tell the two apart. L7 rules compare by
+/// pointer: they are compiled once per policy rule and shared by every state built from it
+/// (regexes have no equality), so states compiled from the same rules compare equal and states
+/// compiled from different rule objects never do, even if the rules read alike.
+impl PartialEq for MapState {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+            && self.ip_rules == other.ip_rules
+            && self.l7.len() == other.l7.len()
+            && self.l7.iter().zip(&other.l7).all(|((ka, a), (kb, b))| {
+                ka == kb && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+            })
+    }
+}
+
+impl Eq for MapState {}
 
 /// The result of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -286,7 +287,7 @@ impl Suite {
             let spec = EndpointSpec {
                 name: e.name.clone(),
                 namespace: ns.to_string(),
-                labels: e.labels.clone(),
+                labels: Arc::new(e.labels.clone()),
                 service_account: e
                     .service_account
                     .clone()

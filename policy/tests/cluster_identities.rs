@@ -25,7 +25,7 @@ fn pod(name: &str, app: &str, ip: &str) -> EndpointSpec {
     EndpointSpec {
         name: format!("prod/{name}"),
         namespace: "prod".into(),
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        labels: std::sync::Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
         ip: ip.parse().expect("ip"),
         node: "n1".into(),

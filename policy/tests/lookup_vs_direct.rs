@@ -236,7 +236,7 @@ fn build(eps: &[Ep], pols: &[Pol], endpoints_first: bool) -> Engine {
             let spec = EndpointSpec {
                 name: format!("{}/p{i}", e.ns),
                 namespace: e.ns.into(),
-                labels,
+                labels: std::sync::Arc::new(labels),
                 service_account: "default".into(),
                 ip: format!("10.0.0.{}", i + 1).parse().expect("ip"),
                 node: "n1".into(),

@@ -449,7 +449,7 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
         spec.pods.push(PodPlan {
             name: e.name.clone(),
             namespace: ep.spec.namespace.clone(),
-            labels: ep.spec.labels.clone(),
+            labels: ep.spec.labels.as_ref().clone(),
             node: *node,
             ip: Some(*ip),
             service_account: Some(ep.spec.service_account.clone()),

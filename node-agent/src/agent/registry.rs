@@ -1,13 +1,12 @@
 //! The endpoints this node enforces for, persisted so a restarted agent re-attaches them.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use palisade_api::agent::EndpointSpec;
 use serde::{Deserialize, Serialize};
-
-use super::ipam::write_atomically;
 
 /// One registered endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +29,9 @@ impl RegisteredEndpoint {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     next_id: u32,
-    endpoints: BTreeMap<String, RegisteredEndpoint>,
+    /// Boxed: a B-tree node holds eleven values however few it has, and an endpoint is a few
+    /// hundred bytes (the file's format is the same either way).
+    endpoints: BTreeMap<String, Box<RegisteredEndpoint>>,
 }
 
 /// The registry.
@@ -79,7 +80,7 @@ impl Registry {
             endpoint_id,
             identity,
         };
-        self.state.endpoints.insert(k, e.clone());
+        self.state.endpoints.insert(k, Box::new(e.clone()));
         self.save()?;
         Ok(e)
     }
@@ -94,23 +95,32 @@ impl Registry {
         if e.is_some() {
             self.save()?;
         }
-        Ok(e)
+        Ok(e.map(|e| *e))
     }
 
     /// The endpoint of `(container, ifname)`.
     pub fn get(&self, container: &str, ifname: &str) -> Option<&RegisteredEndpoint> {
-        self.state.endpoints.get(&key(container, ifname))
+        self.state
+            .endpoints
+            .get(&key(container, ifname))
+            .map(|e| &**e)
     }
 
     /// Every endpoint.
     pub fn iter(&self) -> impl Iterator<Item = &RegisteredEndpoint> {
-        self.state.endpoints.values()
+        self.state.endpoints.values().map(|e| &**e)
     }
 
+    /// Writes the file whole, then renames it over the old one. Streamed through a buffered
+    /// writer rather than built in memory first: the document grows with every endpoint and is
+    /// written on every registration, and a buffer of its size each time leaves the allocator's
+    /// heap fragmented (resident memory that no endpoint uses).
     fn save(&self) -> std::io::Result<()> {
-        write_atomically(
-            &self.path,
-            &serde_json::to_vec_pretty(&self.state).map_err(std::io::Error::other)?,
-        )
+        let tmp = self.path.with_extension("tmp");
+        let mut out = BufWriter::new(File::create(&tmp)?);
+        serde_json::to_writer_pretty(&mut out, &self.state).map_err(std::io::Error::other)?;
+        out.flush()?;
+        drop(out);
+        fs::rename(&tmp, &self.path)
     }
 }

@@ -627,7 +627,7 @@ impl Agent {
         let engine_spec = EngineEndpoint {
             name: name.clone(),
             namespace: spec.pod_namespace.clone(),
-            labels: spec.labels.clone(),
+            labels: Arc::new(spec.labels.clone()),
             service_account: spec
                 .service_account
                 .clone()
@@ -1157,10 +1157,12 @@ impl Agent {
                 continue;
             };
             let ifindex = nix::net::if_::if_nametoindex(r.spec.host_iface.as_str()).unwrap_or(0);
-            let labels = ids
-                .labels(palisade_policy::identity::Identity(r.identity))
-                .map(|l| l.to_strings())
-                .unwrap_or_default();
+            // The identity's list, filled above: one copy per identity, not per endpoint.
+            let labels = e
+                .identities
+                .get(&r.identity)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(Vec::new()));
             e.add_local(
                 ifindex,
                 &r.spec.host_iface,
@@ -1432,12 +1434,13 @@ impl Agent {
         }
         for e in self.registry.iter() {
             let name = e.name();
-            // Only endpoints with L7 rules: the others' traffic never reaches the proxy.
+            // Only endpoints with L7 rules: the others' traffic never reaches the proxy. The
+            // engine's state is shared as it is (it is never changed in place), not copied.
             let policy = self
                 .engine
-                .map_state(&name)
+                .shared_map_state(&name)
                 .filter(|m| !m.l7.is_empty())
-                .map(|m| std::sync::Arc::new(m.clone()));
+                .cloned();
             for ip in &e.spec.ips {
                 v.peers.insert(
                     *ip,

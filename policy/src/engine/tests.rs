@@ -8,7 +8,7 @@ fn ep(name: &str, app: &str, ip: &str) -> EndpointSpec {
     EndpointSpec {
         name: name.into(),
         namespace: ns.into(),
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
         ip: ip.parse().expect("ip"),
         node: "n1".into(),
@@ -382,4 +382,88 @@ fn policy_prefixes_get_node_local_identities_that_their_selectors_match() {
     assert_eq!(e.sync_cidr_identities().expect("again"), &ids);
     e.replace_policy(&p.key.clone(), None);
     assert!(e.sync_cidr_identities().expect("after delete").is_empty());
+}
+
+const ALLOW_B_NAMED: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-b-http, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: b}}}]\n    ports: [{port: http}]\n";
+
+fn with_http(mut spec: EndpointSpec, port: u16) -> EndpointSpec {
+    spec.ports = vec![NamedPort {
+        name: "http".into(),
+        port,
+        protocol: proto::TCP,
+    }];
+    spec
+}
+
+fn shared(e: &Engine, x: &str, y: &str) -> bool {
+    Arc::ptr_eq(
+        e.shared_map_state(x).expect("x compiled"),
+        e.shared_map_state(y).expect("y compiled"),
+    )
+}
+
+#[test]
+fn endpoints_of_one_identity_share_their_compiled_state_until_it_differs() {
+    let mut e = Engine::new(EngineConfig::default());
+    let p = load_file("p.yaml", ALLOW_B_NAMED).expect("valid").remove(0);
+    e.replace_policy(&p.key.clone(), Some(p));
+    let a1 = e
+        .add_endpoint(with_http(ep("x/a1", "a", "10.0.0.1"), 80))
+        .expect("a1");
+    let a2 = e
+        .add_endpoint(with_http(ep("x/a2", "a", "10.0.0.2"), 80))
+        .expect("a2");
+    let a3 = e
+        .add_endpoint(with_http(ep("x/a3", "a", "10.0.0.3"), 8080))
+        .expect("a3");
+    assert!(a1 == a2 && a2 == a3, "one label set, one identity");
+    let labels = |n: &str| Arc::clone(&e.endpoints()[n].spec.labels);
+    assert!(
+        Arc::ptr_eq(&labels("x/a1"), &labels("x/a3")),
+        "one copy of the labels"
+    );
+    // No peer yet: the named port resolves into no entry, so all three states are equal.
+    assert!(shared(&e, "x/a1", "x/a2") && shared(&e, "x/a1", "x/a3"));
+
+    // A peer edits every state; the endpoints that got the same edit share again, and a3,
+    // whose `http` is 8080, gets its own.
+    e.add_endpoint(ep("x/b1", "b", "10.0.0.8")).expect("b1");
+    assert!(shared(&e, "x/a1", "x/a2"), "equal states are stored once");
+    assert!(!shared(&e, "x/a1", "x/a3"), "a3's state differs");
+    // A second peer identity (one more label): the same once more.
+    let mut b = ep("x/b", "b", "10.0.0.9");
+    Arc::make_mut(&mut b.labels).insert("v".into(), "2".into());
+    let b = e.add_endpoint(b).expect("b");
+    assert!(shared(&e, "x/a1", "x/a2"));
+    assert!(!shared(&e, "x/a1", "x/a3"));
+    assert_eq!(e.check(&tcp("x/b", "x/a2", 80)).verdict, Verdict::Allow);
+    assert_eq!(e.check(&tcp("x/b", "x/a3", 80)).verdict, Verdict::Deny);
+    assert_eq!(e.check(&tcp("x/b", "x/a3", 8080)).verdict, Verdict::Allow);
+    // Each state was compiled for its own endpoint, shared or not.
+    for name in ["x/a1", "x/a2", "x/a3"] {
+        let ep = e.endpoints().get(name).expect("endpoint").clone();
+        assert_eq!(
+            e.map_state(name).expect("compiled"),
+            &e.compile_endpoint(&ep),
+            "{name}"
+        );
+    }
+
+    // Releasing the peer's identity drops its entries from every state, still shared, and
+    // forgets its own state even while someone (a map writer) still holds it.
+    let held = Arc::clone(e.shared_map_state("x/b").expect("b compiled"));
+    assert!(e.remove_endpoint("x/b"));
+    assert!(!e.states.contains_key(&b));
+    drop(held);
+    assert!(shared(&e, "x/a1", "x/a2"));
+    for name in ["x/a1", "x/a2", "x/a3"] {
+        let m = e.map_state(name).expect("compiled");
+        assert!(m.entries.keys().all(|k| k.identity != b.0), "{name}");
+    }
+
+    // One endpoint leaving does not touch the state the others hold.
+    let before = e.map_state("x/a2").expect("compiled").clone();
+    assert!(e.remove_endpoint("x/a1"));
+    assert_eq!(e.map_state("x/a2"), Some(&before));
+    assert!(e.map_state("x/a1").is_none());
 }

@@ -365,7 +365,7 @@ mod tests {
                 identity: 5678,
                 namespace: "demo".into(),
                 pod: "api-1".into(),
-                labels: vec!["k8s:app=api".into()],
+                labels: Arc::from(vec!["k8s:app=api".to_string()]),
             },
         );
         e.identities.insert(

@@ -24,8 +24,10 @@ pub struct EndpointMeta {
     pub namespace: String,
     /// Pod name.
     pub pod: String,
-    /// Identity labels, `source:key=value`.
-    pub labels: Vec<String>,
+    /// Identity labels, `source:key=value`: the identity's list in
+    /// [`Enrichment::identities`], shared by every endpoint of the identity rather than copied
+    /// into each.
+    pub labels: Arc<[String]>,
 }
 
 /// The snapshot.
@@ -173,7 +175,7 @@ impl Enrichment {
     pub fn add_local(&mut self, ifindex: u32, iface: &str, ip: IpAddr, meta: EndpointMeta) {
         self.ifaces.insert(ifindex, iface.to_string());
         self.identities
-            .insert(meta.identity, Arc::from(meta.labels.as_slice()));
+            .insert(meta.identity, Arc::clone(&meta.labels));
         self.by_ip.insert(ip, meta);
     }
 
@@ -199,7 +201,7 @@ impl Enrichment {
                 id: m.endpoint_id,
                 identity: if identity == 0 { m.identity } else { identity },
                 namespace: m.namespace.clone(),
-                labels: m.labels.clone(),
+                labels: m.labels.to_vec(),
                 pod_name: m.pod.clone(),
                 workloads: Vec::new(),
             };
