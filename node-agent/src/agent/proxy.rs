@@ -29,7 +29,7 @@ pub(crate) mod view;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
-pub use flow::{FlowLog, FlowPeer, L7Flow, L7Verdict};
+pub use flow::{FlowLog, FlowPeer, FlowSink, L7Flow, L7Verdict};
 pub use view::{Local, PeerInfo, ProxyView};
 
 use view::Redirect;
@@ -112,7 +112,8 @@ impl L7Proxy {
 
     /// Binds the transparent listener, installs the local-delivery route and starts the proxy
     /// thread. Must run in the node's network namespace (the thread inherits it).
-    pub fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
+    pub fn start(mut config: ProxyConfig) -> Result<Self, ProxyError> {
+        config.workers = config.workers.max(1);
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
         let listener = listen(addr).map_err(|source| ProxyError::Listen { addr, source })?;
         redirect::install_route()?;
@@ -125,8 +126,8 @@ impl L7Proxy {
         // Envoy's model: every connection lives on one worker's single-threaded event loop with
         // its upstream connection, so a request never wakes another thread inside the proxy
         // (a multi-threaded runtime's cross-worker wakeups cost more than they gave here).
-        let mut workers = Vec::with_capacity(config.workers.max(1));
-        for k in 0..config.workers.max(1) {
+        let mut workers = Vec::with_capacity(config.workers);
+        for k in 0..config.workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -191,7 +192,7 @@ impl L7Proxy {
             .collect();
         serde_json::json!({
             "port": self.config.port,
-            "workers": self.config.workers.max(1),
+            "workers": self.config.workers,
             "redirects": redirects,
             "requestsTotal": self.flows.total(),
             "recentFlows": self.flows.recent(32),

@@ -1085,23 +1085,14 @@ impl Agent {
         .map_err(io("start the flow reader for", &self.config.state_dir))?;
         if let Some(proxy) = &self.proxy {
             // The proxy's HTTP records join the datapath's flows (Hubble's L7 flows).
-            let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
-            proxy.flows().set_sink(Box::new(move |f| {
-                let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
-                let flow = flows::l7_flow(f, &ctx);
-                flows::count_l7(&flow);
-                ring.push_batch([flow]);
-            }));
+            proxy
+                .flows()
+                .set_sink(l7_sink(&ring, &self.enrichment, flows::l7_flow));
         }
         if let Some(dns) = &self.dns {
             // So do the DNS proxy's queries (Hubble's `l7.dns` flows).
-            let (ring, enrichment) = (Arc::clone(&ring), Arc::clone(&self.enrichment));
-            dns.flows().set_sink(Box::new(move |f| {
-                let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
-                let flow = flows::dns_flow(f, &ctx);
-                flows::count_l7(&flow);
-                ring.push_batch([flow]);
-            }));
+            dns.flows()
+                .set_sink(l7_sink(&ring, &self.enrichment, flows::dns_flow));
         }
         if let Some(addr) = self.config.hubble_listen {
             let service = AgentObserver::new(ring, self.config.node.clone(), addr.to_string());
@@ -1843,4 +1834,20 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A proxy's flow sink: each record becomes one Hubble flow, enriched with the current names,
+/// counted in Hubble's metrics and pushed to the agent's ring.
+fn l7_sink<T: 'static>(
+    ring: &Arc<FlowRing>,
+    enrichment: &SharedEnrichment,
+    to_flow: fn(&T, &Enrichment) -> palisade_api::flow::Flow,
+) -> super::proxy::FlowSink<T> {
+    let (ring, enrichment) = (Arc::clone(ring), Arc::clone(enrichment));
+    Box::new(move |record| {
+        let ctx = Arc::clone(&enrichment.read().unwrap_or_else(|p| p.into_inner()));
+        let flow = to_flow(record, &ctx);
+        flows::count_l7(&flow);
+        ring.push_batch([flow]);
+    })
 }
