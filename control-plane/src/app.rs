@@ -437,6 +437,11 @@ pub struct State {
     /// Derived index: id → number of endpoints using it. Rebuilt on load, not stored.
     #[serde(skip)]
     refs: BTreeMap<u32, u32>,
+    /// Derived index: canonical id → the ids that are aliases of it (`alias_of`), so removing a
+    /// canonical id finds its heir without scanning every identity (a bulk GC removes tens of
+    /// thousands per entry). Rebuilt on load, not stored.
+    #[serde(skip)]
+    aliases: BTreeMap<u32, std::collections::BTreeSet<u32>>,
     /// Recent changes for watchers, in memory only: it starts empty after a restart or a
     /// snapshot install, and watchers from before then re-list.
     #[serde(skip)]
@@ -498,6 +503,12 @@ impl State {
             .filter(|i| i.alias_of.is_none())
             .map(|i| (label_key(&i.labels), i.id))
             .collect();
+        self.aliases.clear();
+        for i in self.identities.values() {
+            if let Some(c) = i.alias_of {
+                self.aliases.entry(c).or_default().insert(i.id);
+            }
+        }
         self.refs.clear();
         for e in self.endpoints.values() {
             *self.refs.entry(e.identity).or_insert(0) += 1;
@@ -959,21 +970,28 @@ impl State {
             return false;
         };
         touched.push((Table::Identities, id.to_string()));
+        if let Some(c) = gone.alias_of
+            && let Some(set) = self.aliases.get_mut(&c)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.aliases.remove(&c);
+            }
+        }
         let key = label_key(&gone.labels);
         if self.by_labels.get(&key) == Some(&id) {
             self.by_labels.remove(&key);
-            let heir = self
-                .identities
-                .values()
-                .find(|i| i.alias_of == Some(id))
-                .map(|i| i.id);
-            if let Some(heir) = heir {
+            let mut heirs = self.aliases.remove(&id).unwrap_or_default();
+            if let Some(heir) = heirs.pop_first() {
                 self.by_labels.insert(key, heir);
-                for i in self.identities.values_mut() {
-                    if i.alias_of == Some(id) {
-                        i.alias_of = (i.id != heir).then_some(heir);
-                        touched.push((Table::Identities, i.id.to_string()));
+                for alias in std::iter::once(heir).chain(heirs.iter().copied()) {
+                    if let Some(i) = self.identities.get_mut(&alias) {
+                        i.alias_of = (alias != heir).then_some(heir);
+                        touched.push((Table::Identities, alias.to_string()));
                     }
+                }
+                if !heirs.is_empty() {
+                    self.aliases.insert(heir, heirs);
                 }
             }
         }
@@ -1069,6 +1087,9 @@ impl State {
         };
         self.identities.insert(id, record.clone());
         touched.push((Table::Identities, id.to_string()));
+        if let Some(c) = canonical {
+            self.aliases.entry(c).or_default().insert(id);
+        }
         match canonical {
             Some(c) => Response::Identity {
                 identity: self.identities.get(&c).cloned().unwrap_or(record),
@@ -1848,6 +1869,56 @@ mod tests {
         assert_eq!(b2.first + 8, b.first);
         s.apply(&Request::RemoveNode { name: "b".into() });
         assert!(!s.leases.contains_key("b"));
+    }
+
+    #[test]
+    fn a_removed_canonical_id_hands_its_labels_to_the_lowest_alias_and_the_rest_follow() {
+        let mut s = State::new();
+        let mut blocks = Vec::new();
+        for node in ["a", "b", "c"] {
+            register(&mut s, node);
+            let Response::IdBlock(block) = lease(&mut s, node, 16, false) else {
+                panic!("lease {node}")
+            };
+            blocks.push(block.first);
+            // Each node bound the same label set during a partition; the first is canonical.
+            bind(&mut s, node, block.first, &["app=web"]);
+        }
+        let [a, b, c] = blocks[..] else {
+            panic!("three blocks")
+        };
+        assert!(c < b && b < a, "blocks are leased from the top");
+        assert_eq!(
+            (s.identities[&b].alias_of, s.identities[&c].alias_of),
+            (Some(a), Some(a))
+        );
+        let reloaded = |s: &State| {
+            let mut t = State::new();
+            for (table, key, value) in s.all_rows() {
+                t.load_row(table, &key, &value).expect("row");
+            }
+            t.reindex();
+            // The change feed is in memory only; everything else must match.
+            t.feed = s.feed.clone();
+            t
+        };
+
+        // The lowest alias inherits the set; the other alias now points at it.
+        s.apply(&Request::ReleaseIdentity { id: a });
+        assert_eq!(s.identity_by_labels(&["app=web".to_owned()]), Some(c));
+        assert_eq!(
+            (s.identities[&c].alias_of, s.identities[&b].alias_of),
+            (None, Some(c))
+        );
+        assert_eq!(reloaded(&s), s, "the derived indexes match a reload's");
+        // And once more, down to the last holder of the set.
+        s.apply(&Request::ReleaseIdentity { id: c });
+        assert_eq!(s.identity_by_labels(&["app=web".to_owned()]), Some(b));
+        assert_eq!(s.identities[&b].alias_of, None);
+        assert_eq!(reloaded(&s), s);
+        s.apply(&Request::ReleaseIdentity { id: b });
+        assert_eq!(s.identity_by_labels(&["app=web".to_owned()]), None);
+        assert_eq!(reloaded(&s), s);
     }
 
     #[test]
