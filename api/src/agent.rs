@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +99,9 @@ pub struct EndpointSpec {
     /// Pod name (K8S_POD_NAME).
     pub pod_name: String,
     /// Pod labels (from `args.cni.labels`), without the namespace label, which the agent adds.
-    pub labels: BTreeMap<String, String>,
+    /// Shared (`Arc`): the agent keeps one copy per identity for all its endpoints, in its
+    /// registry and its policy engine alike; the wire format is a plain map.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Service account, when known.
     pub service_account: Option<String>,
     /// Addresses assigned by `IpamAllocate`.

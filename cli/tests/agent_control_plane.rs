@@ -230,7 +230,7 @@ impl Cluster {
             host_iface: p.host_iface.clone(),
             pod_namespace: namespace.into(),
             pod_name: pod.into(),
-            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]).into(),
             service_account: None,
             ips: vec![p.ip],
             ports,

@@ -127,7 +127,7 @@ fn start(name: &str, dir: &Path, pins: &Path, policy_files: &[(&str, &str)]) -> 
             host_iface: pod.host_iface.clone(),
             pod_namespace: NS.into(),
             pod_name: pod.name.clone(),
-            labels: BTreeMap::from([("app".to_string(), pod.name.clone())]),
+            labels: BTreeMap::from([("app".to_string(), pod.name.clone())]).into(),
             service_account: None,
             ips: vec![pod.ip],
             ports: vec![],

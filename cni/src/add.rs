@@ -261,7 +261,7 @@ fn build<R: Runner>(
         host_iface: plan.host_iface.clone(),
         pod_namespace: plan.pod_namespace.clone(),
         pod_name: plan.pod_name.clone(),
-        labels: conf.labels.clone().unwrap_or_default(),
+        labels: conf.labels.clone().unwrap_or_default().into(),
         service_account: conf.service_account.clone(),
         ips: vec![address.addr()],
         ports: conf.ports.clone(),

@@ -627,7 +627,7 @@ impl Agent {
         let engine_spec = EngineEndpoint {
             name: name.clone(),
             namespace: spec.pod_namespace.clone(),
-            labels: Arc::new(spec.labels.clone()),
+            labels: Arc::clone(&spec.labels),
             service_account: spec
                 .service_account
                 .clone()
@@ -641,6 +641,12 @@ impl Agent {
             .engine
             .add_endpoint(engine_spec)
             .map_err(|e| invalid(format!("endpoint `{name}`: {e}")))?;
+        // The registry keeps the engine's copy of the labels, shared by every endpoint of the
+        // identity, not one map per endpoint.
+        let mut spec = spec;
+        if let Some(e) = self.engine.endpoints().get(&name) {
+            spec.labels = Arc::clone(&e.spec.labels);
+        }
         let endpoint = self
             .registry
             .insert(spec, identity.0)
@@ -1814,7 +1820,7 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 /// What a Pod record sets of an endpoint: labels (less the reserved ones the agent sets),
 /// service account and named ports.
 fn take_pod_record(spec: &mut EndpointSpec, pod: &palisade_policy::pod::Pod) {
-    spec.labels = pod.identity_labels();
+    spec.labels = Arc::new(pod.identity_labels());
     spec.service_account = Some(pod.service_account_or_default().to_owned());
     spec.ports = pod.ports.clone();
 }

@@ -377,7 +377,7 @@ mod tests {
                 host_iface: format!("lxc-{pod}"),
                 pod_namespace: "x".into(),
                 pod_name: pod.into(),
-                labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+                labels: BTreeMap::from([("app".to_string(), app.to_string())]).into(),
                 service_account: None,
                 ips: vec![ip],
                 ports: vec![],
