@@ -141,7 +141,7 @@ impl Learner {
 /// The running DNS proxy, as the run loop holds it.
 pub struct DnsProxy {
     config: DnsConfig,
-    view: Arc<RwLock<ProxyView>>,
+    view: Arc<RwLock<Arc<ProxyView>>>,
     flows: Arc<FlowLog<DnsFlow>>,
     requests: mpsc::Receiver<LearnRequest>,
     wake: UnixStream,
@@ -193,7 +193,7 @@ impl DnsProxy {
         wake.set_nonblocking(true).map_err(ProxyError::Runtime)?;
         wake_tx.set_nonblocking(true).map_err(ProxyError::Runtime)?;
         let (tx, requests) = mpsc::channel();
-        let view = Arc::new(RwLock::new(ProxyView::default()));
+        let view = Arc::new(RwLock::new(Arc::new(ProxyView::default())));
         let flows = Arc::new(FlowLog::new(config.flow_capacity));
         let programmed: Programmed = Arc::default();
         let wake_tx = Arc::new(wake_tx);
@@ -468,7 +468,7 @@ impl DnsProxy {
 
     /// Publishes a new view and brings the packet filter in line with it (view first: a query
     /// steered by a new rule finds its endpoint).
-    pub fn update(&mut self, view: ProxyView) -> Result<(), ProxyError> {
+    pub fn update(&mut self, view: Arc<ProxyView>) -> Result<(), ProxyError> {
         let redirects = view.redirects_of(L7Kind::Dns);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         if self.applied.as_ref() == Some(&redirects) {

@@ -95,7 +95,7 @@ pub fn default_workers() -> usize {
 /// The running proxy, as the run loop holds it.
 pub struct L7Proxy {
     config: ProxyConfig,
-    view: Arc<RwLock<ProxyView>>,
+    view: Arc<RwLock<Arc<ProxyView>>>,
     flows: Arc<FlowLog>,
     /// Redirects the packet filter holds (`None`: unknown, apply on the next update).
     applied: Option<Vec<Redirect>>,
@@ -117,7 +117,7 @@ impl L7Proxy {
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
         let listener = listen(addr).map_err(|source| ProxyError::Listen { addr, source })?;
         redirect::install_route()?;
-        let view = Arc::new(RwLock::new(ProxyView::default()));
+        let view = Arc::new(RwLock::new(Arc::new(ProxyView::default())));
         let flows = Arc::new(FlowLog::new(config.flow_capacity));
         let shared = Arc::new(http::Shared {
             view: view.clone(),
@@ -156,7 +156,7 @@ impl L7Proxy {
 
     /// Publishes a new view and brings the packet filter in line with it. The view goes first:
     /// a connection steered by a new rule finds its endpoint.
-    pub fn update(&mut self, view: ProxyView) -> Result<(), ProxyError> {
+    pub fn update(&mut self, view: Arc<ProxyView>) -> Result<(), ProxyError> {
         let redirects = view.redirects();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         if self.applied.as_ref() == Some(&redirects) {

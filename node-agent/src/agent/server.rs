@@ -1395,9 +1395,10 @@ impl Agent {
         if self.proxy.is_none() && self.dns.is_none() {
             return;
         }
-        let v = self.proxy_view();
+        // One view, shared by both proxies.
+        let v = Arc::new(self.proxy_view());
         if let Some(dns) = &mut self.dns
-            && let Err(e) = dns.update(v.clone())
+            && let Err(e) = dns.update(Arc::clone(&v))
         {
             eprintln!("palisade agent: dns proxy redirects: {}", chain(&e));
         }

@@ -45,7 +45,7 @@ const FAST_PATH_MARGIN: Duration = Duration::from_secs(3);
 /// What every query task shares.
 pub struct Shared {
     /// The node as the proxy sees it (swapped by the run loop).
-    pub view: Arc<RwLock<ProxyView>>,
+    pub view: Arc<RwLock<Arc<ProxyView>>>,
     /// Query records.
     pub flows: Arc<FlowLog<DnsFlow>>,
     /// Where learned addresses go.

@@ -47,7 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What every connection task shares.
 pub struct Shared {
     /// The node as the run loop last published it.
-    pub view: Arc<RwLock<ProxyView>>,
+    pub view: Arc<RwLock<Arc<ProxyView>>>,
     /// Flow records.
     pub flows: Arc<FlowLog>,
 }
