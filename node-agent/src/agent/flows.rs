@@ -22,7 +22,7 @@ mod reader;
 mod ring;
 
 pub use decode::{DecodeError, decode_event, drop_reason, drop_reason_text, event_type, to_flow};
-pub use enrich::{EndpointMeta, Enrichment, PolicyNames, SharedEnrichment};
+pub use enrich::{EndpointMeta, Enrichment, LocalEndpoint, PolicyNames, SharedEnrichment};
 pub use filter::{FilterError, FlowFilters};
 pub use l7::{dns_flow, l7_flow};
 pub use metrics::{count_l7, match_name};

@@ -26,7 +26,9 @@ use super::config::AgentConfig;
 use super::control_plane::{Link, Publish, Update};
 use super::dns::DnsProxy;
 use super::encryption::{Encryption, EncryptionError};
-use super::flows::{self, EndpointMeta, Enrichment, FlowRing, PolicyNames, SharedEnrichment};
+use super::flows::{
+    self, EndpointMeta, Enrichment, FlowRing, LocalEndpoint, PolicyNames, SharedEnrichment,
+};
 use super::gossip::{Gossip, NodeGossip, NodeInfo};
 use super::ipam::{Ipam, IpamError};
 use super::metrics;
@@ -1149,6 +1151,7 @@ impl Agent {
             let labels = Enrichment::share_labels(&prev, id.0, labels.to_strings());
             e.identities.insert(id.0, labels);
         }
+        let mut locals = Vec::new();
         for r in self.registry.iter() {
             let Some(ip) = r.spec.ips.first() else {
                 continue;
@@ -1160,19 +1163,20 @@ impl Agent {
                 .get(&r.identity)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()));
-            e.add_local(
+            locals.push(LocalEndpoint {
                 ifindex,
-                &r.spec.host_iface,
-                *ip,
-                EndpointMeta {
+                iface: r.spec.host_iface.clone(),
+                ip: *ip,
+                meta: EndpointMeta {
                     endpoint_id: r.endpoint_id,
                     identity: r.identity,
                     namespace: r.spec.pod_namespace.clone(),
                     pod: r.spec.pod_name.clone(),
                     labels,
                 },
-            );
+            });
         }
+        e.set_locals(locals);
         *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(e);
     }
 

@@ -262,7 +262,7 @@ pub fn to_flow(ev: &FlowEvent, ctx: &Enrichment, time_ns: u64) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::flows::enrich::{EndpointMeta, PolicyNames};
+    use crate::agent::flows::enrich::{EndpointMeta, LocalEndpoint, PolicyNames};
     use std::sync::Arc;
 
     fn encode(ev: &FlowEvent) -> Vec<u8> {
@@ -356,18 +356,18 @@ mod tests {
             node: "n1".into(),
             ..Enrichment::default()
         };
-        e.add_local(
-            7,
-            "veth7",
-            "10.0.1.3".parse().expect("ip"),
-            EndpointMeta {
+        e.set_locals(vec![LocalEndpoint {
+            ifindex: 7,
+            iface: "veth7".into(),
+            ip: "10.0.1.3".parse().expect("ip"),
+            meta: EndpointMeta {
                 endpoint_id: 3,
                 identity: 5678,
                 namespace: "demo".into(),
                 pod: "api-1".into(),
                 labels: Arc::from(vec!["k8s:app=api".to_string()]),
             },
-        );
+        }]);
         e.identities.insert(
             1234,
             Arc::from(vec![

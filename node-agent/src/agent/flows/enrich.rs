@@ -35,10 +35,10 @@ pub struct EndpointMeta {
 pub struct Enrichment {
     /// This node's name (every flow carries it).
     pub node: String,
-    /// Local endpoints by address.
-    pub by_ip: HashMap<IpAddr, EndpointMeta>,
-    /// Host-side interface names by ifindex.
-    pub ifaces: HashMap<u32, String>,
+    /// Local endpoints by address, sorted (see [`Enrichment::set_locals`]).
+    pub(crate) by_ip: Vec<(IpAddr, EndpointMeta)>,
+    /// Host-side interface names by ifindex, sorted.
+    pub(crate) ifaces: Vec<(u32, String)>,
     /// Labels of every identity known (local and cluster), shared with the previous snapshot
     /// where unchanged ([`Enrichment::share_labels`]): flows in the ring keep the snapshot they
     /// were read under alive until they are named, so snapshots must not each copy them all.
@@ -170,13 +170,56 @@ impl PolicyNames {
 /// The shared handle: the run loop swaps in a new snapshot, readers clone the `Arc`.
 pub type SharedEnrichment = Arc<RwLock<Arc<Enrichment>>>;
 
+/// A local endpoint as [`Enrichment::set_locals`] takes it.
+#[derive(Debug, Clone)]
+pub struct LocalEndpoint {
+    /// Ifindex of its host-side interface.
+    pub ifindex: u32,
+    /// Name of its host-side interface.
+    pub iface: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// What flows say of it.
+    pub meta: EndpointMeta,
+}
+
+/// Sorts `(key, value)` pairs by key, the last of equal keys kept (as a map's inserts would).
+fn sorted_by_key<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
+    // Stable: equal keys stay in insertion order, so keeping the last of a run keeps the newest.
+    v.sort_by_key(|(k, _)| *k);
+    let mut out: Vec<(K, V)> = Vec::with_capacity(v.len());
+    for (k, val) in v {
+        match out.last_mut() {
+            Some(last) if last.0 == k => last.1 = val,
+            _ => out.push((k, val)),
+        }
+    }
+    out.shrink_to_fit();
+    out
+}
+
+fn lookup<'a, K: Ord, V>(v: &'a [(K, V)], key: &K) -> Option<&'a V> {
+    v.binary_search_by(|(k, _)| k.cmp(key))
+        .ok()
+        .map(|i| &v[i].1)
+}
+
 impl Enrichment {
-    /// Adds a local endpoint.
-    pub fn add_local(&mut self, ifindex: u32, iface: &str, ip: IpAddr, meta: EndpointMeta) {
-        self.ifaces.insert(ifindex, iface.to_string());
-        self.identities
-            .insert(meta.identity, Arc::clone(&meta.labels));
-        self.by_ip.insert(ip, meta);
+    /// Sets the local endpoints (replacing any). They are kept in sorted vectors, not hash
+    /// maps: the snapshot is rebuilt on every endpoint change and read by binary search, and a
+    /// hash table's spare buckets (up to half of them at some sizes) cost more per endpoint than
+    /// the endpoint's own entry.
+    pub fn set_locals(&mut self, locals: Vec<LocalEndpoint>) {
+        let mut ifaces = Vec::with_capacity(locals.len());
+        let mut by_ip = Vec::with_capacity(locals.len());
+        for l in locals {
+            self.identities
+                .insert(l.meta.identity, Arc::clone(&l.meta.labels));
+            ifaces.push((l.ifindex, l.iface));
+            by_ip.push((l.ip, l.meta));
+        }
+        self.ifaces = sorted_by_key(ifaces);
+        self.by_ip = sorted_by_key(by_ip);
     }
 
     /// The labels for `identity`: `prev`'s list when it holds the same labels (so consecutive
@@ -190,13 +233,13 @@ impl Enrichment {
 
     /// The name of a host-side interface (empty when unknown).
     pub fn iface_name(&self, ifindex: u32) -> String {
-        self.ifaces.get(&ifindex).cloned().unwrap_or_default()
+        lookup(&self.ifaces, &ifindex).cloned().unwrap_or_default()
     }
 
     /// The flow endpoint for `ip` seen with `identity`: a local endpoint by address, otherwise
     /// what the identity says (labels, namespace; pods of other nodes have no name here).
     pub fn endpoint(&self, ip: IpAddr, identity: u32) -> flow::Endpoint {
-        if let Some(m) = self.by_ip.get(&ip) {
+        if let Some(m) = lookup(&self.by_ip, &ip) {
             return flow::Endpoint {
                 id: m.endpoint_id,
                 identity: if identity == 0 { m.identity } else { identity },
@@ -236,6 +279,52 @@ impl Enrichment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_endpoints_are_found_by_address_and_interface_and_the_newest_entry_wins() {
+        let meta = |id: u32, pod: &str| EndpointMeta {
+            endpoint_id: id,
+            identity: 300 + id,
+            namespace: "demo".into(),
+            pod: pod.into(),
+            labels: Arc::from(vec![format!("k8s:app={pod}")]),
+        };
+        let local = |ifindex: u32, ip: &str, m: EndpointMeta| LocalEndpoint {
+            ifindex,
+            iface: format!("lxc{ifindex}"),
+            ip: ip.parse().expect("ip"),
+            meta: m,
+        };
+        let mut e = Enrichment::default();
+        e.set_locals(vec![
+            local(9, "10.0.0.9", meta(9, "old")),
+            local(2, "10.0.0.2", meta(2, "b")),
+            local(5, "fd00::5", meta(5, "c")),
+            // The same address registered again (a re-created pod): the later entry counts.
+            local(9, "10.0.0.9", meta(10, "new")),
+        ]);
+        let at = |e: &Enrichment, ip: &str| e.endpoint(ip.parse().expect("ip"), 0);
+        assert_eq!(
+            (at(&e, "10.0.0.2").id, at(&e, "10.0.0.2").pod_name.as_str()),
+            (2, "b")
+        );
+        assert_eq!(
+            (at(&e, "fd00::5").identity, at(&e, "fd00::5").labels.clone()),
+            (305, vec!["k8s:app=c".to_string()])
+        );
+        assert_eq!(
+            (at(&e, "10.0.0.9").id, at(&e, "10.0.0.9").pod_name.as_str()),
+            (10, "new")
+        );
+        assert_eq!(at(&e, "10.0.0.3").id, 0, "not local");
+        assert_eq!(e.iface_name(5), "lxc5");
+        assert_eq!(e.iface_name(4), "");
+        // Replacing the set forgets the old endpoints.
+        e.set_locals(vec![local(3, "10.0.0.3", meta(3, "d"))]);
+        assert_eq!(at(&e, "10.0.0.2").id, 0);
+        assert_eq!(at(&e, "10.0.0.3").pod_name, "d");
+        assert_eq!(e.iface_name(2), "");
+    }
 
     fn origin(kind: PolicyKind, ns: Option<&str>, name: &str, section: Section) -> Origin {
         Origin {
