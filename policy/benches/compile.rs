@@ -21,14 +21,13 @@ fn endpoint(i: usize) -> EndpointSpec {
     let ns = format!("ns{}", i % 100);
     EndpointSpec {
         name: format!("{ns}/pod{i}"),
-        namespace: ns,
+        namespace: ns.into(),
         labels: std::sync::Arc::new(BTreeMap::from([
             ("app".to_string(), format!("app{}", i % 1000)),
             ("instance".to_string(), i.to_string()),
         ])),
         service_account: "default".into(),
         ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32)),
-        node: format!("node{}", i % 50),
         ports: vec![],
     }
 }

@@ -74,16 +74,15 @@ pub struct EndpointSpec {
     /// `<namespace>/<pod>`.
     pub name: String,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Pod labels; the engine keeps one copy for the endpoints of an identity that carry the
-    /// same labels (nearly all of them), so a node's endpoints do not each hold their own.
+    /// same labels (nearly all of them), so a node's endpoints do not each hold their own. The
+    /// namespace and service account are shared the same way.
     pub labels: Arc<BTreeMap<String, String>>,
     /// Service account.
-    pub service_account: String,
+    pub service_account: Arc<str>,
     /// IP address.
     pub ip: IpAddr,
-    /// Node name.
-    pub node: String,
     /// Named container ports.
     pub ports: Vec<NamedPort>,
 }
@@ -385,6 +384,12 @@ impl Engine {
             .filter(|other| other.spec.labels == spec.labels)
         {
             spec.labels = Arc::clone(&same.spec.labels);
+            if same.spec.namespace == spec.namespace {
+                spec.namespace = Arc::clone(&same.spec.namespace);
+            }
+            if same.spec.service_account == spec.service_account {
+                spec.service_account = Arc::clone(&same.spec.service_account);
+            }
         }
         let name = spec.name.clone();
         let has_named = !spec.ports.is_empty();
@@ -416,7 +421,7 @@ impl Engine {
         pod_labels(
             &spec.labels,
             &spec.namespace,
-            self.namespaces.get(&spec.namespace).unwrap_or(&empty),
+            self.namespaces.get(&*spec.namespace).unwrap_or(&empty),
             &spec.service_account,
             &self.config.cluster_name,
         )

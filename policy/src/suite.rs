@@ -286,14 +286,10 @@ impl Suite {
             }
             let spec = EndpointSpec {
                 name: e.name.clone(),
-                namespace: ns.to_string(),
+                namespace: ns.into(),
                 labels: Arc::new(e.labels.clone()),
-                service_account: e
-                    .service_account
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
+                service_account: e.service_account.as_deref().unwrap_or("default").into(),
                 ip,
-                node: e.node.clone().unwrap_or_else(|| "node1".into()),
                 ports,
             };
             engine

@@ -28,7 +28,6 @@ fn pod(name: &str, app: &str, ip: &str) -> EndpointSpec {
         labels: std::sync::Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
         ip: ip.parse().expect("ip"),
-        node: "n1".into(),
         ports: Vec::new(),
     }
 }

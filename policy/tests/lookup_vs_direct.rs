@@ -239,7 +239,6 @@ fn build(eps: &[Ep], pols: &[Pol], endpoints_first: bool) -> Engine {
                 labels: std::sync::Arc::new(labels),
                 service_account: "default".into(),
                 ip: format!("10.0.0.{}", i + 1).parse().expect("ip"),
-                node: "n1".into(),
                 ports,
             };
             engine.add_endpoint(spec).expect("endpoint");

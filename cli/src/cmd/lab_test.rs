@@ -448,11 +448,11 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
         let ep = &engine.endpoints()[&e.name];
         spec.pods.push(PodPlan {
             name: e.name.clone(),
-            namespace: ep.spec.namespace.clone(),
+            namespace: ep.spec.namespace.to_string(),
             labels: ep.spec.labels.as_ref().clone(),
             node: *node,
             ip: Some(*ip),
-            service_account: Some(ep.spec.service_account.clone()),
+            service_account: Some(ep.spec.service_account.to_string()),
             ports: ep
                 .spec
                 .ports

@@ -628,14 +628,10 @@ impl Agent {
         let name = format!("{}/{}", spec.pod_namespace, spec.pod_name);
         let engine_spec = EngineEndpoint {
             name: name.clone(),
-            namespace: spec.pod_namespace.clone(),
+            namespace: spec.pod_namespace.as_str().into(),
             labels: Arc::clone(&spec.labels),
-            service_account: spec
-                .service_account
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            service_account: spec.service_account.as_deref().unwrap_or("default").into(),
             ip,
-            node: self.config.node.clone(),
             ports: super::cluster_view::named_ports(&spec.ports),
         };
         self.cluster_identity(&engine_spec)?;

@@ -366,7 +366,6 @@ mod tests {
                     labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
                     service_account: "default".into(),
                     ip,
-                    node: "n1".into(),
                     ports: vec![],
                 })
                 .expect("engine endpoint");

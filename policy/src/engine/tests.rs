@@ -11,7 +11,6 @@ fn ep(name: &str, app: &str, ip: &str) -> EndpointSpec {
         labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
         ip: ip.parse().expect("ip"),
-        node: "n1".into(),
         ports: vec![],
     }
 }
@@ -421,6 +420,12 @@ fn endpoints_of_one_identity_share_their_compiled_state_until_it_differs() {
     assert!(
         Arc::ptr_eq(&labels("x/a1"), &labels("x/a3")),
         "one copy of the labels"
+    );
+    let spec = |n: &str| e.endpoints()[n].spec.clone();
+    assert!(
+        Arc::ptr_eq(&spec("x/a1").namespace, &spec("x/a3").namespace)
+            && Arc::ptr_eq(&spec("x/a1").service_account, &spec("x/a3").service_account),
+        "one copy of the namespace and service account"
     );
     // No peer yet: the named port resolves into no entry, so all three states are equal.
     assert!(shared(&e, "x/a1", "x/a2") && shared(&e, "x/a1", "x/a3"));
