@@ -239,6 +239,8 @@ struct Agent {
     gossip_impostors: usize,
     /// The DNS proxy (`None`: not configured).
     dns: Option<DnsProxy>,
+    /// The view the proxies were last given: the next one takes its endpoint names from it.
+    proxy_view: Arc<ProxyView>,
     /// Addresses learned by the DNS proxy as programmed: names per address (the engine holds
     /// their identities, the ipcache maps them).
     fqdn_programmed: BTreeMap<IpAddr, (BTreeSet<String>, u32)>,
@@ -326,6 +328,7 @@ impl Agent {
             gossip_refused: (0, 0),
             gossip_impostors: 0,
             dns,
+            proxy_view: Arc::new(ProxyView::default()),
             fqdn_programmed: BTreeMap::new(),
             config,
         };
@@ -1159,15 +1162,33 @@ impl Agent {
                 .get(&r.identity)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()));
+            // The previous snapshot's strings when the endpoint is the same (nearly always: one
+            // endpoint changed), so a rebuild allocates no strings per endpoint.
+            let same = prev.local(*ip).filter(|m| {
+                m.endpoint_id == r.endpoint_id
+                    && *m.namespace == *r.spec.pod_namespace
+                    && *m.pod == *r.spec.pod_name
+            });
+            let (namespace, pod) = match same {
+                Some(m) => (Arc::clone(&m.namespace), Arc::clone(&m.pod)),
+                None => (
+                    Arc::from(r.spec.pod_namespace.as_str()),
+                    Arc::from(r.spec.pod_name.as_str()),
+                ),
+            };
+            let iface = match prev.iface(ifindex) {
+                Some(name) if **name == *r.spec.host_iface => Arc::clone(name),
+                _ => Arc::from(r.spec.host_iface.as_str()),
+            };
             locals.push(LocalEndpoint {
                 ifindex,
-                iface: r.spec.host_iface.clone(),
+                iface,
                 ip: *ip,
                 meta: EndpointMeta {
                     endpoint_id: r.endpoint_id,
                     identity: r.identity,
-                    namespace: r.spec.pod_namespace.clone(),
-                    pod: r.spec.pod_name.clone(),
+                    namespace,
+                    pod,
                     labels,
                 },
             });
@@ -1397,6 +1418,7 @@ impl Agent {
         }
         // One view, shared by both proxies.
         let v = Arc::new(self.proxy_view());
+        self.proxy_view = Arc::clone(&v);
         if let Some(dns) = &mut self.dns
             && let Err(e) = dns.update(Arc::clone(&v))
         {
@@ -1431,7 +1453,20 @@ impl Agent {
             );
         }
         for e in self.registry.iter() {
-            let name = e.name();
+            // The last view's string when the address still names this endpoint, so a rebuild
+            // allocates no string per endpoint.
+            let name: Arc<str> = match e
+                .spec
+                .ips
+                .first()
+                .and_then(|ip| self.proxy_view.peers.get(ip))
+                .and_then(|p| p.name.as_ref())
+            {
+                Some(n) if n.split_once('/') == Some((&e.spec.pod_namespace, &e.spec.pod_name)) => {
+                    Arc::clone(n)
+                }
+                _ => Arc::from(e.name()),
+            };
             // Only endpoints with L7 rules: the others' traffic never reaches the proxy. The
             // engine's state is shared as it is (it is never changed in place), not copied.
             let policy = self

@@ -299,7 +299,10 @@ async fn handle(
             ip: a.ip(),
             port: a.port(),
             identity: view.identity_of(a.ip()),
-            pod: view.peers.get(&a.ip()).and_then(|p| p.name.clone()),
+            pod: view
+                .peers
+                .get(&a.ip())
+                .and_then(|p| p.name.as_deref().map(str::to_owned)),
         };
         let decision = match view.egress_proto(client.ip(), dst, transport.protocol()) {
             Some((_, L4Verdict::Redirect(sets))) => Some(sets),

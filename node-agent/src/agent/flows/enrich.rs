@@ -20,10 +20,12 @@ pub struct EndpointMeta {
     pub endpoint_id: u32,
     /// Security identity.
     pub identity: u32,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub pod: String,
+    /// Pod namespace (shared with the previous snapshot while the endpoint is unchanged: the
+    /// snapshot is rebuilt on every endpoint change, and fresh strings for every endpoint each
+    /// time would fragment the heap).
+    pub namespace: Arc<str>,
+    /// Pod name (shared the same way).
+    pub pod: Arc<str>,
     /// Identity labels, `source:key=value`: the identity's list in
     /// [`Enrichment::identities`], shared by every endpoint of the identity rather than copied
     /// into each.
@@ -38,7 +40,7 @@ pub struct Enrichment {
     /// Local endpoints by address, sorted (see [`Enrichment::set_locals`]).
     pub(crate) by_ip: Vec<(IpAddr, EndpointMeta)>,
     /// Host-side interface names by ifindex, sorted.
-    pub(crate) ifaces: Vec<(u32, String)>,
+    pub(crate) ifaces: Vec<(u32, Arc<str>)>,
     /// Labels of every identity known (local and cluster), shared with the previous snapshot
     /// where unchanged ([`Enrichment::share_labels`]): flows in the ring keep the snapshot they
     /// were read under alive until they are named, so snapshots must not each copy them all.
@@ -176,7 +178,7 @@ pub struct LocalEndpoint {
     /// Ifindex of its host-side interface.
     pub ifindex: u32,
     /// Name of its host-side interface.
-    pub iface: String,
+    pub iface: Arc<str>,
     /// Its address.
     pub ip: IpAddr,
     /// What flows say of it.
@@ -233,7 +235,19 @@ impl Enrichment {
 
     /// The name of a host-side interface (empty when unknown).
     pub fn iface_name(&self, ifindex: u32) -> String {
-        lookup(&self.ifaces, &ifindex).cloned().unwrap_or_default()
+        lookup(&self.ifaces, &ifindex)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The local endpoint at `ip`, if any.
+    pub fn local(&self, ip: IpAddr) -> Option<&EndpointMeta> {
+        lookup(&self.by_ip, &ip)
+    }
+
+    /// The name of a host-side interface, as this snapshot holds it.
+    pub fn iface(&self, ifindex: u32) -> Option<&Arc<str>> {
+        lookup(&self.ifaces, &ifindex)
     }
 
     /// The flow endpoint for `ip` seen with `identity`: a local endpoint by address, otherwise
@@ -243,9 +257,9 @@ impl Enrichment {
             return flow::Endpoint {
                 id: m.endpoint_id,
                 identity: if identity == 0 { m.identity } else { identity },
-                namespace: m.namespace.clone(),
+                namespace: m.namespace.to_string(),
                 labels: m.labels.to_vec(),
-                pod_name: m.pod.clone(),
+                pod_name: m.pod.to_string(),
                 workloads: Vec::new(),
             };
         }
@@ -291,7 +305,7 @@ mod tests {
         };
         let local = |ifindex: u32, ip: &str, m: EndpointMeta| LocalEndpoint {
             ifindex,
-            iface: format!("lxc{ifindex}"),
+            iface: format!("lxc{ifindex}").into(),
             ip: ip.parse().expect("ip"),
             meta: m,
         };

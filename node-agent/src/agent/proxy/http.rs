@@ -121,7 +121,10 @@ fn decide(
         ip,
         port,
         identity: v.identity_of(ip),
-        pod: v.peers.get(&ip).and_then(|p| p.name.clone()),
+        pod: v
+            .peers
+            .get(&ip)
+            .and_then(|p| p.name.as_deref().map(str::to_owned)),
     };
     let direction = match &ingress {
         Some((_, L4Verdict::Redirect(_))) => "ingress",

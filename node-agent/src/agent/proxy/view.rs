@@ -46,7 +46,7 @@ pub struct PeerInfo {
     /// Identity.
     pub identity: u32,
     /// Endpoint name when the endpoint is local (remote endpoints are known by identity only).
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
 }
 
 /// The node as the proxy sees it.
