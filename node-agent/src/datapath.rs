@@ -309,7 +309,7 @@ impl Datapath {
                 })?;
         }
         drop(loader);
-        release_freed_heap();
+        crate::heap::release_freed();
         Ok(Self {
             ebpf,
             pin_dir: config.pin_dir.clone(),
@@ -885,20 +885,5 @@ impl From<CounterKey> for CounterKeyOrd {
             direction: k.direction,
             family: k.family,
         }
-    }
-}
-
-/// Hands the heap pages nothing uses back to the kernel. The loader parsed the kernel's BTF
-/// (`/sys/kernel/btf/vmlinux`: about 10 MB in tens of thousands of small allocations) for
-/// CO-RE relocations and dropped it; glibc keeps such freed memory resident, so without this
-/// the agent would carry ~15 MB it does not use for its whole life. (The one `unsafe` of this
-/// crate: a plain C call with no arguments to uphold.)
-#[allow(unsafe_code)]
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only returns free memory of glibc's own heap to the kernel; it
-    // touches no memory that is allocated, and may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -1,7 +1,7 @@
-//! Palisade node agent.
-//!
-//! Today: loads the eBPF datapath built by `build.rs` and attaches its packet counters to a pod's
-//! host-side veth. Planned (issue 5): follow the control-plane stream, program the ipcache and
-//! policy maps, and enforce last-known-good policy when the control plane is unreachable.
+//! Palisade node agent: `datapath` loads the eBPF programs built by `build.rs`, attaches them to
+//! pod veths and writes their maps; `agent` is the daemon (CNI socket, policy engine, control
+//! plane link, proxies, flows, gossip, WireGuard) that decides what the maps hold. See
+//! docs/ARCHITECTURE.md.
 pub mod agent;
 pub mod datapath;
+pub mod heap;

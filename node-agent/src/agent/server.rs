@@ -123,6 +123,7 @@ pub fn request(socket: &Path, req: &AgentRequest) -> Result<AgentResponse, Agent
 
 /// Runs the agent until the process is killed.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    crate::heap::fix_mmap_threshold();
     fs::create_dir_all(&config.state_dir).map_err(io("create", &config.state_dir))?;
     fs::set_permissions(&config.state_dir, fs::Permissions::from_mode(0o700))
         .map_err(io("restrict", &config.state_dir))?;
