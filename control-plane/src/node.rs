@@ -333,17 +333,33 @@ pub async fn start(
             let mut members = config.peers.clone();
             members.insert(config.id, config.me());
             tracing::info!(members = members.len(), "bootstrapping the membership");
-            raft.initialize(members)
-                .await
-                .map_err(|e| StartError::Raft {
-                    what: "initialize",
-                    message: e.to_string(),
-                })?;
-            let c = cluster.clone();
-            let cfg = config.cluster.clone();
-            tasks.push(tokio::spawn(async move {
-                write_cluster_config(c, cfg).await;
-            }));
+            match raft.initialize(members).await {
+                Ok(()) => {
+                    let c = cluster.clone();
+                    let cfg = config.cluster.clone();
+                    tasks.push(tokio::spawn(async move {
+                        write_cluster_config(c, cfg).await;
+                    }));
+                }
+                // Every member of a new cluster may be started with `init`: a peer that got
+                // there first has already asked for this member's vote (and has it), so its
+                // membership is the one being bootstrapped, and it writes the cluster config.
+                // Exiting here would leave a voter out of the cluster it is meant to form.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(e),
+                )) => {
+                    tracing::info!(
+                        reason = %e,
+                        "a peer bootstrapped the membership first: joining it"
+                    );
+                }
+                Err(e) => {
+                    return Err(StartError::Raft {
+                        what: "initialize",
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
     }
 
