@@ -187,17 +187,12 @@ pub struct LocalEndpoint {
 
 /// Sorts `(key, value)` pairs by key, the last of equal keys kept (as a map's inserts would).
 fn sorted_by_key<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
-    // Stable: equal keys stay in insertion order, so keeping the last of a run keeps the newest.
+    // Reversed, then a stable sort: the newest of equal keys comes first, and `dedup` keeps it.
+    v.reverse();
     v.sort_by_key(|(k, _)| *k);
-    let mut out: Vec<(K, V)> = Vec::with_capacity(v.len());
-    for (k, val) in v {
-        match out.last_mut() {
-            Some(last) if last.0 == k => last.1 = val,
-            _ => out.push((k, val)),
-        }
-    }
-    out.shrink_to_fit();
-    out
+    v.dedup_by_key(|(k, _)| *k);
+    v.shrink_to_fit();
+    v
 }
 
 fn lookup<'a, K: Ord, V>(v: &'a [(K, V)], key: &K) -> Option<&'a V> {
