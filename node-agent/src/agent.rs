@@ -48,6 +48,7 @@ pub mod observer;
 mod proxy;
 mod registry;
 mod server;
+mod sorted;
 mod sync;
 
 pub use cluster_view::ClusterView;

@@ -20,7 +20,7 @@ const POLICIES: usize = 1_000;
 fn endpoint(i: usize) -> EndpointSpec {
     let ns = format!("ns{}", i % 100);
     EndpointSpec {
-        name: format!("{ns}/pod{i}"),
+        name: format!("{ns}/pod{i}").into(),
         namespace: ns.into(),
         labels: std::sync::Arc::new(BTreeMap::from([
             ("app".to_string(), format!("app{}", i % 1000)),

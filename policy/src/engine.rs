@@ -71,8 +71,9 @@ pub struct NamedPort {
 /// An endpoint (pod) as the engine needs it.
 #[derive(Debug, Clone)]
 pub struct EndpointSpec {
-    /// `<namespace>/<pod>`.
-    pub name: String,
+    /// `<namespace>/<pod>`. Shared (`Arc`): the engine keys its per-endpoint tables by it, and
+    /// one string serves them all.
+    pub name: Arc<str>,
     /// Namespace.
     pub namespace: Arc<str>,
     /// Pod labels; the engine keeps one copy for the endpoints of an identity that carry the
@@ -166,8 +167,8 @@ pub struct Engine {
     identities: IdentityAllocator,
     cache: SelectorCache,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    endpoints: BTreeMap<String, Endpoint>,
-    by_identity: BTreeMap<Identity, BTreeSet<String>>,
+    endpoints: BTreeMap<Arc<str>, Endpoint>,
+    by_identity: BTreeMap<Identity, BTreeSet<Arc<str>>>,
     externals: BTreeMap<String, External>,
     /// Addresses learned from DNS answers (the agent's DNS proxy), with the identity their
     /// current names give them.
@@ -186,7 +187,7 @@ pub struct Engine {
     next_rule: u32,
     revision: u64,
     /// Compiled state per endpoint; endpoints whose states are equal share one (see `states`).
-    maps: BTreeMap<String, Arc<MapState>>,
+    maps: BTreeMap<Arc<str>, Arc<MapState>>,
     /// The distinct compiled states in use, per identity: a newly compiled state equal to one of
     /// them is shared rather than stored again. Endpoints of one identity nearly always compile
     /// to the same state (Cilium computes policy per identity); only what is per pod (named
@@ -199,7 +200,7 @@ pub struct Engine {
     subject_index: BTreeMap<SelectorId, Vec<(u32, Direction, bool)>>,
     /// Endpoints whose compiled state may have changed since [`Engine::take_changed`]: what a
     /// map writer must look at, so a change costs what it touches, not every endpoint.
-    changed: BTreeSet<String>,
+    changed: BTreeSet<Arc<str>>,
 }
 
 impl Engine {
@@ -250,7 +251,7 @@ impl Engine {
     }
 
     /// Endpoints by name.
-    pub fn endpoints(&self) -> &BTreeMap<String, Endpoint> {
+    pub fn endpoints(&self) -> &BTreeMap<Arc<str>, Endpoint> {
         &self.endpoints
     }
 
@@ -349,7 +350,7 @@ impl Engine {
                 }
             }
         }
-        let mut eps: BTreeMap<String, [bool; 2]> = BTreeMap::new();
+        let mut eps: BTreeMap<Arc<str>, [bool; 2]> = BTreeMap::new();
         for (s, dirs) in subjects {
             for id in self.cache.matches(s) {
                 for n in self.by_identity.get(id).into_iter().flatten() {
@@ -360,7 +361,7 @@ impl Engine {
             }
         }
         for (name, dirs) in eps {
-            if Some(name.as_str()) == skip {
+            if Some(&*name) == skip {
                 continue;
             }
             self.recompute_slice(&name, peer, dirs);
@@ -369,8 +370,10 @@ impl Engine {
 
     /// Adds an endpoint and updates every compiled state it affects.
     pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<Identity, EngineError> {
-        if self.endpoints.contains_key(&spec.name) || self.externals.contains_key(&spec.name) {
-            return Err(EngineError::Duplicate { name: spec.name });
+        if self.endpoints.contains_key(&spec.name) || self.externals.contains_key(&*spec.name) {
+            return Err(EngineError::Duplicate {
+                name: spec.name.to_string(),
+            });
         }
         let labels = self.endpoint_labels(&spec);
         let is_new = self.identities.lookup(&labels).is_none();
@@ -525,7 +528,7 @@ impl Engine {
     /// Stores `m` as the compiled state of endpoint `name` (of identity `id`), sharing an equal
     /// state another endpoint of the identity holds, and forgets the state it replaces when no
     /// endpoint uses that any more.
-    fn store_state(&mut self, name: &str, id: Identity, m: Arc<MapState>) {
+    fn store_state(&mut self, name: &Arc<str>, id: Identity, m: Arc<MapState>) {
         let list = self.states.entry(id).or_default();
         let shared = match list.iter().find(|s| Arc::ptr_eq(s, &m) || **s == m) {
             Some(s) => s.clone(),
@@ -538,7 +541,7 @@ impl Engine {
                 m
             }
         };
-        let old = self.maps.insert(name.to_string(), shared);
+        let old = self.maps.insert(Arc::clone(name), shared);
         if old.is_some() {
             drop(old);
             self.prune_states(id);
@@ -559,7 +562,7 @@ impl Engine {
 
     /// The endpoints whose compiled state may have changed since the last call (added,
     /// recompiled, removed, or entries naming a released identity dropped), and forgets them.
-    pub fn take_changed(&mut self) -> BTreeSet<String> {
+    pub fn take_changed(&mut self) -> BTreeSet<Arc<str>> {
         std::mem::take(&mut self.changed)
     }
 
@@ -569,7 +572,7 @@ impl Engine {
             return false;
         };
         self.maps.remove(name);
-        self.changed.insert(name.to_string());
+        self.changed.insert(Arc::clone(&ep.spec.name));
         let id = ep.identity;
         self.prune_states(id);
         let last = match self.by_identity.get_mut(&id) {
@@ -594,10 +597,10 @@ impl Engine {
     /// Recompiles the endpoints (but `skip`) whose egress rules use named ports: the ports a
     /// name resolves to changed.
     fn recompile_named_port_users(&mut self, skip: Option<&str>) {
-        let users: Vec<String> = self
+        let users: Vec<Arc<str>> = self
             .endpoints
             .keys()
-            .filter(|n| Some(n.as_str()) != skip && self.uses_egress_named_ports(n))
+            .filter(|n| Some(&***n) != skip && self.uses_egress_named_ports(n))
             .cloned()
             .collect();
         for n in users {
@@ -920,7 +923,7 @@ impl Engine {
             }
             self.sp_cache.insert(*id, sp);
         }
-        let eps: Vec<String> = affected
+        let eps: Vec<Arc<str>> = affected
             .iter()
             .flat_map(|id| self.by_identity.get(id).into_iter().flatten().cloned())
             .collect();
@@ -1326,11 +1329,11 @@ impl Engine {
     }
 
     fn recompile(&mut self, name: &str) {
-        if let Some(ep) = self.endpoints.get(name) {
+        if let Some((name, ep)) = self.endpoints.get_key_value(name) {
             let m = self.compile_endpoint(ep);
-            let id = ep.identity;
-            self.store_state(name, id, Arc::new(m));
-            self.changed.insert(name.to_string());
+            let (name, id) = (Arc::clone(name), ep.identity);
+            self.store_state(&name, id, Arc::new(m));
+            self.changed.insert(name);
         }
     }
 
@@ -1366,9 +1369,10 @@ impl Engine {
 
     /// Rebuilds slice(`peer`) of one endpoint in the directions flagged in `dirs`.
     fn recompute_slice(&mut self, name: &str, peer: Identity, dirs: [bool; 2]) {
-        let Some(ep) = self.endpoints.get(name) else {
+        let Some((name, ep)) = self.endpoints.get_key_value(name) else {
             return;
         };
+        let name = Arc::clone(name);
         let computed;
         let sp = match self.sp_cache.get(&ep.identity) {
             Some(sp) => sp,
@@ -1402,12 +1406,12 @@ impl Engine {
             .map(|d| dir_byte(*d))
             .collect();
         let id = ep.identity;
-        self.changed.insert(name.to_string());
+        self.changed.insert(Arc::clone(&name));
         // A shared state is never changed in place: the endpoint gets an edited copy, which
         // `store_state` shares again with the endpoints of its identity that got the same edit.
         let mut m = self
             .maps
-            .get(name)
+            .get(&name)
             .map(|m| MapState::clone(m))
             .unwrap_or_default();
         m.entries
@@ -1419,7 +1423,7 @@ impl Engine {
                 m.l7.insert(k, l7);
             }
         }
-        self.store_state(name, id, Arc::new(m));
+        self.store_state(&name, id, Arc::new(m));
     }
 }
 

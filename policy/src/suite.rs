@@ -285,7 +285,7 @@ impl Suite {
                 });
             }
             let spec = EndpointSpec {
-                name: e.name.clone(),
+                name: e.name.as_str().into(),
                 namespace: ns.into(),
                 labels: Arc::new(e.labels.clone()),
                 service_account: e.service_account.as_deref().unwrap_or("default").into(),

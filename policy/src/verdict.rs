@@ -126,7 +126,7 @@ impl Engine {
         match p {
             Peer::Endpoint(n) => self
                 .endpoints()
-                .get(n)
+                .get(n.as_str())
                 .map_or((Identity::ANY, None), |e| (e.identity, Some(e.spec.ip))),
             Peer::External(n) => self
                 .externals()

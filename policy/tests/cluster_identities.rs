@@ -23,7 +23,7 @@ spec:
 
 fn pod(name: &str, app: &str, ip: &str) -> EndpointSpec {
     EndpointSpec {
-        name: format!("prod/{name}"),
+        name: format!("prod/{name}").into(),
         namespace: "prod".into(),
         labels: std::sync::Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
         service_account: "default".into(),
@@ -160,6 +160,6 @@ fn take_changed_reports_only_the_endpoints_a_change_touched() {
     engine.remove_endpoint("prod/cache");
     assert_eq!(
         engine.take_changed().into_iter().collect::<Vec<_>>(),
-        vec!["prod/cache".to_string()]
+        vec![std::sync::Arc::<str>::from("prod/cache")]
     );
 }

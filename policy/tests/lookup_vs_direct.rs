@@ -234,7 +234,7 @@ fn build(eps: &[Ep], pols: &[Pol], endpoints_first: bool) -> Engine {
                 })
                 .unwrap_or_default();
             let spec = EndpointSpec {
-                name: format!("{}/p{i}", e.ns),
+                name: format!("{}/p{i}", e.ns).into(),
                 namespace: e.ns.into(),
                 labels: std::sync::Arc::new(labels),
                 service_account: "default".into(),
@@ -270,7 +270,7 @@ fn check_all(engine: &Engine) -> Result<(), TestCaseError> {
     let mut peers: Vec<(Identity, Option<IpAddr>, String)> = engine
         .endpoints()
         .values()
-        .map(|e| (e.identity, Some(e.spec.ip), e.spec.name.clone()))
+        .map(|e| (e.identity, Some(e.spec.ip), e.spec.name.to_string()))
         .collect();
     peers.extend(
         engine

@@ -445,7 +445,7 @@ fn lab_spec(bin: &Path, name: &str, p: &Prepared, voters: usize) -> Result<LabSp
         node_encryption: false,
     });
     for (e, (node, ip)) in suite.def.endpoints.iter().zip(&p.placement.pods) {
-        let ep = &engine.endpoints()[&e.name];
+        let ep = &engine.endpoints()[e.name.as_str()];
         spec.pods.push(PodPlan {
             name: e.name.clone(),
             namespace: ep.spec.namespace.to_string(),
@@ -572,7 +572,7 @@ fn plan_probe(
     };
     let ip_of = |peer: &Peer, other: &Peer| -> Option<IpAddr> {
         match peer {
-            Peer::Endpoint(n) => engine.endpoints().get(n).map(|e| e.spec.ip),
+            Peer::Endpoint(n) => engine.endpoints().get(n.as_str()).map(|e| e.spec.ip),
             Peer::External(n) => engine.externals().get(n).map(|x| x.ip),
             Peer::Host => match other {
                 Peer::Endpoint(o) => node_of(o).map(|n| IpAddr::V4(n.underlay_ip)),

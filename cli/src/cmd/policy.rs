@@ -244,7 +244,7 @@ fn test(a: TestArgs) -> Result<ExitCode> {
 }
 
 fn side_lines(engine: &Engine, s: &SideVerdict, out: &mut Vec<String>) {
-    let ep = &engine.endpoints()[&s.endpoint];
+    let ep = &engine.endpoints()[s.endpoint.as_str()];
     let sp = engine.selector_policy(ep.identity);
     let d = s.direction as usize;
     out.push(format!(

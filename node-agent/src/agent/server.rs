@@ -629,9 +629,9 @@ impl Agent {
         }
         let ifindex = nix::net::if_::if_nametoindex(spec.host_iface.as_str())
             .map_err(|e| invalid(format!("hostIface `{}`: {e}", spec.host_iface)))?;
-        let name = format!("{}/{}", spec.pod_namespace, spec.pod_name);
+        let name: Arc<str> = format!("{}/{}", spec.pod_namespace, spec.pod_name).into();
         let engine_spec = EngineEndpoint {
-            name: name.clone(),
+            name: Arc::clone(&name),
             namespace: spec.pod_namespace.as_str().into(),
             labels: Arc::clone(&spec.labels),
             service_account: spec.service_account.as_deref().unwrap_or("default").into(),
@@ -947,7 +947,11 @@ impl Agent {
             .iter()
             .filter(|e| namespaces.contains(&e.spec.pod_namespace))
             .filter(|e| {
-                let spec = self.engine.endpoints().get(&e.name()).map(|x| &x.spec);
+                let spec = self
+                    .engine
+                    .endpoints()
+                    .get(e.name().as_str())
+                    .map(|x| &x.spec);
                 spec.is_some_and(|spec| {
                     let want = self.engine.endpoint_labels(spec);
                     self.engine
@@ -1163,20 +1167,8 @@ impl Agent {
                 .get(&r.identity)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()));
-            // The previous snapshot's strings when the endpoint is the same (nearly always: one
-            // endpoint changed), so a rebuild allocates no strings per endpoint.
-            let same = prev.local(*ip).filter(|m| {
-                m.endpoint_id == r.endpoint_id
-                    && *m.namespace == *r.spec.pod_namespace
-                    && *m.pod == *r.spec.pod_name
-            });
-            let (namespace, pod) = match same {
-                Some(m) => (Arc::clone(&m.namespace), Arc::clone(&m.pod)),
-                None => (
-                    Arc::from(r.spec.pod_namespace.as_str()),
-                    Arc::from(r.spec.pod_name.as_str()),
-                ),
-            };
+            // The policy engine's string for the name: a rebuild allocates none per endpoint.
+            let name = self.endpoint_name(r);
             let iface = match prev.iface(ifindex) {
                 Some(name) if **name == *r.spec.host_iface => Arc::clone(name),
                 _ => Arc::from(r.spec.host_iface.as_str()),
@@ -1188,8 +1180,7 @@ impl Agent {
                 meta: EndpointMeta {
                     endpoint_id: r.endpoint_id,
                     identity: r.identity,
-                    namespace,
-                    pod,
+                    name,
                     labels,
                 },
             });
@@ -1432,42 +1423,39 @@ impl Agent {
         }
     }
 
+    /// The policy engine's name (`<namespace>/<pod>`) of a registered endpoint, shared with the
+    /// engine: the snapshots rebuilt on every endpoint change (flow enrichment, proxy view)
+    /// hold this one string rather than a copy each.
+    fn endpoint_name(&self, e: &RegisteredEndpoint) -> Arc<str> {
+        let name = e.name();
+        match self.engine.endpoints().get_key_value(name.as_str()) {
+            Some((k, _)) => Arc::clone(k),
+            None => name.into(),
+        }
+    }
+
     /// The node's endpoints with L7 rules, and every address the agent knows, for the proxies.
     fn proxy_view(&self) -> ProxyView {
         let mut v = ProxyView::default();
+        // Later entries win: a local endpoint over a remote record of the same address.
+        let mut peers = Vec::new();
         for (ip, id) in self.view.remote_endpoints() {
-            v.peers.insert(
-                ip,
-                PeerInfo {
-                    identity: id,
-                    name: None,
-                },
-            );
+            let info = PeerInfo {
+                identity: id,
+                name: None,
+            };
+            peers.push((ip, info));
         }
         for ip in &self.config.node_ips {
-            v.peers.insert(
-                IpAddr::V4(*ip),
-                PeerInfo {
-                    identity: IDENTITY_HOST,
-                    name: None,
-                },
-            );
+            let info = PeerInfo {
+                identity: IDENTITY_HOST,
+                name: None,
+            };
+            peers.push((IpAddr::V4(*ip), info));
         }
         for e in self.registry.iter() {
-            // The last view's string when the address still names this endpoint, so a rebuild
-            // allocates no string per endpoint.
-            let name: Arc<str> = match e
-                .spec
-                .ips
-                .first()
-                .and_then(|ip| self.proxy_view.peers.get(ip))
-                .and_then(|p| p.name.as_ref())
-            {
-                Some(n) if n.split_once('/') == Some((&e.spec.pod_namespace, &e.spec.pod_name)) => {
-                    Arc::clone(n)
-                }
-                _ => Arc::from(e.name()),
-            };
+            // The policy engine's string for the name: a rebuild allocates none per endpoint.
+            let name = self.endpoint_name(e);
             // Only endpoints with L7 rules: the others' traffic never reaches the proxy. The
             // engine's state is shared as it is (it is never changed in place), not copied.
             let policy = self
@@ -1476,13 +1464,11 @@ impl Agent {
                 .filter(|m| !m.l7.is_empty())
                 .cloned();
             for ip in &e.spec.ips {
-                v.peers.insert(
-                    *ip,
-                    PeerInfo {
-                        identity: e.identity,
-                        name: Some(name.clone()),
-                    },
-                );
+                let info = PeerInfo {
+                    identity: e.identity,
+                    name: Some(name.clone()),
+                };
+                peers.push((*ip, info));
                 if let Some(p) = &policy {
                     v.locals.insert(
                         *ip,
@@ -1494,6 +1480,7 @@ impl Agent {
                 }
             }
         }
+        v.peers = peers.into();
         v
     }
 

@@ -180,7 +180,7 @@ impl MapSync {
         engine: &Engine,
         registry: &Registry,
     ) -> Result<SyncStats, DatapathError> {
-        let all: BTreeSet<String> = registry.iter().map(|e| e.name()).collect();
+        let all: BTreeSet<Arc<str>> = registry.iter().map(|e| e.name().into()).collect();
         self.sync_changed(dp, engine, registry, &all)
     }
 
@@ -195,7 +195,7 @@ impl MapSync {
         dp: &mut Datapath,
         engine: &Engine,
         registry: &Registry,
-        changed: &BTreeSet<String>,
+        changed: &BTreeSet<Arc<str>>,
     ) -> Result<SyncStats, DatapathError> {
         // Every pod of the cluster, wherever it runs: an `ipBlock` rule matches them all.
         let pod_ips = engine.pod_ips();
@@ -212,7 +212,7 @@ impl MapSync {
             let ip_due = ips_changed
                 && (ms.is_some_and(|m| !m.ip_rules.is_empty())
                     || old.is_some_and(Written::depends_on_pod_ips));
-            if !ip_due && !changed.contains(&name) {
+            if !ip_due && !changed.contains(name.as_str()) {
                 continue;
             }
             // The state already written (same `Arc`: states are never changed in place), with
@@ -361,7 +361,7 @@ mod tests {
             let id = self
                 .engine
                 .add_endpoint(EndpointSpec {
-                    name: format!("x/{pod}"),
+                    name: format!("x/{pod}").into(),
                     namespace: "x".into(),
                     labels: Arc::new(BTreeMap::from([("app".to_string(), app.to_string())])),
                     service_account: "default".into(),

@@ -363,8 +363,7 @@ mod tests {
             meta: EndpointMeta {
                 endpoint_id: 3,
                 identity: 5678,
-                namespace: "demo".into(),
-                pod: "api-1".into(),
+                name: "demo/api-1".into(),
                 labels: Arc::from(vec!["k8s:app=api".to_string()]),
             },
         }]);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
+use crate::agent::sorted::SortedTable;
 use palisade_api::flow;
 use palisade_policy::identity::Identity;
 use palisade_policy::ir::{Origin, PolicyKind, ResourceKey, Section};
@@ -20,16 +21,28 @@ pub struct EndpointMeta {
     pub endpoint_id: u32,
     /// Security identity.
     pub identity: u32,
-    /// Pod namespace (shared with the previous snapshot while the endpoint is unchanged: the
-    /// snapshot is rebuilt on every endpoint change, and fresh strings for every endpoint each
-    /// time would fragment the heap).
-    pub namespace: Arc<str>,
-    /// Pod name (shared the same way).
-    pub pod: Arc<str>,
+    /// `<namespace>/<pod>`: the policy engine's name for the endpoint, shared with it rather
+    /// than copied (the snapshot is rebuilt on every endpoint change, and fresh strings for
+    /// every endpoint each time would cost memory and fragment the heap).
+    pub name: Arc<str>,
     /// Identity labels, `source:key=value`: the identity's list in
     /// [`Enrichment::identities`], shared by every endpoint of the identity rather than copied
     /// into each.
     pub labels: Arc<[String]>,
+}
+
+impl EndpointMeta {
+    /// The pod's namespace (a namespace name has no `/`).
+    pub fn namespace(&self) -> &str {
+        self.name.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    /// The pod's name.
+    pub fn pod(&self) -> &str {
+        self.name
+            .split_once('/')
+            .map_or(&*self.name, |(_, pod)| pod)
+    }
 }
 
 /// The snapshot.
@@ -38,9 +51,9 @@ pub struct Enrichment {
     /// This node's name (every flow carries it).
     pub node: String,
     /// Local endpoints by address, sorted (see [`Enrichment::set_locals`]).
-    pub(crate) by_ip: Vec<(IpAddr, EndpointMeta)>,
-    /// Host-side interface names by ifindex, sorted.
-    pub(crate) ifaces: Vec<(u32, Arc<str>)>,
+    pub(crate) by_ip: SortedTable<IpAddr, EndpointMeta>,
+    /// Host-side interface names by ifindex.
+    pub(crate) ifaces: SortedTable<u32, Arc<str>>,
     /// Labels of every identity known (local and cluster), shared with the previous snapshot
     /// where unchanged ([`Enrichment::share_labels`]): flows in the ring keep the snapshot they
     /// were read under alive until they are named, so snapshots must not each copy them all.
@@ -185,22 +198,6 @@ pub struct LocalEndpoint {
     pub meta: EndpointMeta,
 }
 
-/// Sorts `(key, value)` pairs by key, the last of equal keys kept (as a map's inserts would).
-fn sorted_by_key<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
-    // Reversed, then a stable sort: the newest of equal keys comes first, and `dedup` keeps it.
-    v.reverse();
-    v.sort_by_key(|(k, _)| *k);
-    v.dedup_by_key(|(k, _)| *k);
-    v.shrink_to_fit();
-    v
-}
-
-fn lookup<'a, K: Ord, V>(v: &'a [(K, V)], key: &K) -> Option<&'a V> {
-    v.binary_search_by(|(k, _)| k.cmp(key))
-        .ok()
-        .map(|i| &v[i].1)
-}
-
 impl Enrichment {
     /// Sets the local endpoints (replacing any). They are kept in sorted vectors, not hash
     /// maps: the snapshot is rebuilt on every endpoint change and read by binary search, and a
@@ -215,8 +212,8 @@ impl Enrichment {
             ifaces.push((l.ifindex, l.iface));
             by_ip.push((l.ip, l.meta));
         }
-        self.ifaces = sorted_by_key(ifaces);
-        self.by_ip = sorted_by_key(by_ip);
+        self.ifaces = ifaces.into();
+        self.by_ip = by_ip.into();
     }
 
     /// The labels for `identity`: `prev`'s list when it holds the same labels (so consecutive
@@ -230,31 +227,32 @@ impl Enrichment {
 
     /// The name of a host-side interface (empty when unknown).
     pub fn iface_name(&self, ifindex: u32) -> String {
-        lookup(&self.ifaces, &ifindex)
+        self.ifaces
+            .get(&ifindex)
             .map(|s| s.to_string())
             .unwrap_or_default()
     }
 
     /// The local endpoint at `ip`, if any.
     pub fn local(&self, ip: IpAddr) -> Option<&EndpointMeta> {
-        lookup(&self.by_ip, &ip)
+        self.by_ip.get(&ip)
     }
 
     /// The name of a host-side interface, as this snapshot holds it.
     pub fn iface(&self, ifindex: u32) -> Option<&Arc<str>> {
-        lookup(&self.ifaces, &ifindex)
+        self.ifaces.get(&ifindex)
     }
 
     /// The flow endpoint for `ip` seen with `identity`: a local endpoint by address, otherwise
     /// what the identity says (labels, namespace; pods of other nodes have no name here).
     pub fn endpoint(&self, ip: IpAddr, identity: u32) -> flow::Endpoint {
-        if let Some(m) = lookup(&self.by_ip, &ip) {
+        if let Some(m) = self.by_ip.get(&ip) {
             return flow::Endpoint {
                 id: m.endpoint_id,
                 identity: if identity == 0 { m.identity } else { identity },
-                namespace: m.namespace.to_string(),
+                namespace: m.namespace().to_string(),
                 labels: m.labels.to_vec(),
-                pod_name: m.pod.to_string(),
+                pod_name: m.pod().to_string(),
                 workloads: Vec::new(),
             };
         }
@@ -294,8 +292,7 @@ mod tests {
         let meta = |id: u32, pod: &str| EndpointMeta {
             endpoint_id: id,
             identity: 300 + id,
-            namespace: "demo".into(),
-            pod: pod.into(),
+            name: format!("demo/{pod}").into(),
             labels: Arc::from(vec![format!("k8s:app={pod}")]),
         };
         let local = |ifindex: u32, ip: &str, m: EndpointMeta| LocalEndpoint {

@@ -3,6 +3,7 @@
 //! connection tasks only read it, per request, so a policy change applies to the next request
 //! of a kept-alive connection.
 
+use crate::agent::sorted::SortedTable;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub struct ProxyView {
     /// Local endpoints by address.
     pub locals: HashMap<IpAddr, Local>,
     /// Every known address: local and remote endpoints, this node's own addresses (host).
-    pub peers: HashMap<IpAddr, PeerInfo>,
+    pub peers: SortedTable<IpAddr, PeerInfo>,
 }
 
 /// The L4 verdict of a connection the proxy received.
@@ -233,7 +234,7 @@ impl ProxyView {
                     };
                     let mut yes = BTreeSet::new();
                     let mut no = BTreeSet::new();
-                    for (ip, p) in &self.peers {
+                    for (ip, p) in self.peers.iter() {
                         if ip == ep_ip || ip.is_ipv4() != ep_ip.is_ipv4() {
                             continue;
                         }
@@ -344,21 +345,22 @@ mod tests {
                 policy: Arc::new(m),
             },
         );
-        for (ip, id) in [
+        v.peers = [
             ("10.0.0.5", 400),
             ("10.0.0.6", 300),
             ("10.0.1.6", 300),
             ("10.0.0.7", 301),
             ("10.0.0.8", 302),
-        ] {
-            v.peers.insert(
-                ip.parse().unwrap(),
-                PeerInfo {
-                    identity: id,
-                    name: None,
-                },
-            );
-        }
+        ]
+        .into_iter()
+        .map(|(ip, id)| {
+            let info = PeerInfo {
+                identity: id,
+                name: None,
+            };
+            (ip.parse().unwrap(), info)
+        })
+        .collect();
         v
     }
 
