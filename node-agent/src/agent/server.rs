@@ -240,8 +240,6 @@ struct Agent {
     gossip_impostors: usize,
     /// The DNS proxy (`None`: not configured).
     dns: Option<DnsProxy>,
-    /// The view the proxies were last given: the next one takes its endpoint names from it.
-    proxy_view: Arc<ProxyView>,
     /// Addresses learned by the DNS proxy as programmed: names per address (the engine holds
     /// their identities, the ipcache maps them).
     fqdn_programmed: BTreeMap<IpAddr, (BTreeSet<String>, u32)>,
@@ -329,7 +327,6 @@ impl Agent {
             gossip_refused: (0, 0),
             gossip_impostors: 0,
             dns,
-            proxy_view: Arc::new(ProxyView::default()),
             fqdn_programmed: BTreeMap::new(),
             config,
         };
@@ -1167,7 +1164,7 @@ impl Agent {
                 .get(&r.identity)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(Vec::new()));
-            // The policy engine's string for the name: a rebuild allocates none per endpoint.
+            // The policy engine's string for the name, not a copy per endpoint and snapshot.
             let name = self.endpoint_name(r);
             let iface = match prev.iface(ifindex) {
                 Some(name) if **name == *r.spec.host_iface => Arc::clone(name),
@@ -1410,7 +1407,6 @@ impl Agent {
         }
         // One view, shared by both proxies.
         let v = Arc::new(self.proxy_view());
-        self.proxy_view = Arc::clone(&v);
         if let Some(dns) = &mut self.dns
             && let Err(e) = dns.update(Arc::clone(&v))
         {
@@ -1454,7 +1450,7 @@ impl Agent {
             peers.push((IpAddr::V4(*ip), info));
         }
         for e in self.registry.iter() {
-            // The policy engine's string for the name: a rebuild allocates none per endpoint.
+            // The policy engine's string for the name, not a copy per endpoint and snapshot.
             let name = self.endpoint_name(e);
             // Only endpoints with L7 rules: the others' traffic never reaches the proxy. The
             // engine's state is shared as it is (it is never changed in place), not copied.
