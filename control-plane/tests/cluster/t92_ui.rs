@@ -3,20 +3,15 @@
 //! with the field; without token files, requests addressed to a DNS name are refused (no DNS
 //! rebinding); with token files, `/api` needs a read token while the page itself is public.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixture::TestCluster;
+use crate::fixture::{TestCluster, free_port};
 
 const ADMIN: &str = "admin-0123456789abcdef";
 const READ: &str = "read-0123456789abcdef";
 const MEMBER: &str = "member-0123456789abcdef";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_serves_its_page_and_json_and_guards_the_api() -> anyhow::Result<()> {
