@@ -4,14 +4,18 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_cp_client::{Client, ClientConfig};
 use serde_json::Value;
+
+// One implementation for both control-plane fixtures.
+#[path = "../../../control-plane/tests/support/loopback_port.rs"]
+mod loopback_port;
+use loopback_port::loopback_port;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -47,32 +51,9 @@ impl Run {
     }
 }
 
-/// A loopback port free for a member to listen on, below the kernel's ephemeral port range:
-/// a port the kernel picks for a bind to port 0 is free only until the member binds it, and
-/// meanwhile any outgoing connection may take it as its source port (as in the control
-/// plane's own cluster fixture, where that once left a cluster with no leader). Each test
-/// process starts at its own offset and checks that the port is free.
+/// A loopback port for a member to listen on (see [`loopback_port`]).
 pub fn free_port() -> u16 {
-    const FIRST: u64 = 10_000;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let end = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32_768)
-        .min(32_768);
-    if end < FIRST + 1_000 {
-        return TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-    }
-    let span = end - FIRST;
-    let offset = u64::from(std::process::id()) * 7_919 % span;
-    (0..span)
-        .map(|_| FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span)
-        .filter_map(|p| u16::try_from(p).ok())
-        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free loopback port below the ephemeral range")
+    loopback_port().expect("a free loopback port")
 }
 
 /// A scratch directory under /tmp, removed by its owner's drop.

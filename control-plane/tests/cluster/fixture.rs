@@ -1,10 +1,8 @@
 //! A control plane of real `palisade-controlplane` processes on loopback, killed on drop.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,6 +10,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
+
+#[path = "../support/loopback_port.rs"]
+mod loopback_port;
+use loopback_port::loopback_port;
 
 /// One member's addresses and process.
 pub struct Member {
@@ -36,36 +38,9 @@ pub struct TestCluster {
     pub grpc: bool,
 }
 
-/// A loopback port free for a member to listen on, below the kernel's ephemeral port range.
-///
-/// Not one the kernel picks for a bind to port 0: such a port is free only until the member
-/// binds it, and meanwhile any outgoing connection on the machine (the members' Raft clients,
-/// the tests' HTTP clients) may take it as its source port. A bootstrapping member that lost
-/// its port that way leaves a cluster with no leader at all, which failed CI once. Ports below
-/// the ephemeral range are never given out as source ports, so only another listener can take
-/// one; each test process starts at its own offset and checks that the port is free.
+/// A loopback port for a member to listen on (see [`loopback_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    const FIRST: u64 = 10_000;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let end = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32_768)
-        .min(32_768);
-    if end < FIRST + 1_000 {
-        // An unusual ephemeral range: no room below it, take what the kernel gives.
-        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
-    }
-    let span = end - FIRST;
-    let offset = u64::from(std::process::id()) * 7_919 % span;
-    for _ in 0..span {
-        let port = FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = u16::try_from(port)?;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port in {FIRST}..{end}")
+    Ok(loopback_port()?)
 }
 
 impl TestCluster {
